@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install the current build into a scratch prefix, then build and run a
+# consumer through find_package(ktls) and another through pkg-config.
+# usage: check_install.sh SOURCE_DIR BUILD_DIR WORK_DIR
+set -euo pipefail
+src=$1 build=$2 work=$3
+rm -rf "$work"
+mkdir -p "$work"
+cmake --install "$build" --prefix "$work/prefix" >"$work/install.log"
+
+consumer=$src/tests/install/consumer
+cmake -S "$consumer" -B "$work/cmake-consumer" -DCMAKE_PREFIX_PATH="$work/prefix" >"$work/configure.log"
+cmake --build "$work/cmake-consumer" >"$work/build.log"
+"$work/cmake-consumer/consumer"
+
+pc_dir=$(dirname "$(find "$work/prefix" -name ktls.pc | head -n1)")
+flags=$(PKG_CONFIG_PATH=$pc_dir pkg-config --cflags --libs ktls)
+# shellcheck disable=SC2086  # flags are words on purpose
+c++ -std=c++20 "$consumer/main.cc" -o "$work/pkgconfig-consumer" $flags
+"$work/pkgconfig-consumer"
+test -x "$work/prefix/bin/ktls-probe"
+echo "ok: find_package(ktls) and pkg-config ktls both build and run"
