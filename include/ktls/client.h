@@ -1,0 +1,50 @@
+// ktls/client.h: connecting to a TLS server, offloaded after the handshake.
+//
+//   ktls::ClientConfig config;           // verifies against the system CAs
+//   auto conn = ktls::Connect("example.org", 443, config);
+#ifndef KTLS_CLIENT_H_
+#define KTLS_CLIENT_H_
+
+#include <openssl/ssl.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ktls/connection.h"
+#include "ktls/export.h"
+#include "ktls/offload.h"
+#include "ktls/result.h"
+
+namespace ktls {
+
+struct KTLS_API ClientConfig {
+  // verify: check the server's certificate chain and name. Defaults on.
+  bool verify = true;
+  // ca_file: trust these CAs (PEM) instead of the system store.
+  std::string ca_file;
+  // sni: the server name to send and verify; defaults to the host passed
+  // to Connect unless that is an IP address.
+  std::string sni;
+  // alpn: protocols to offer, in preference order.
+  std::vector<std::string> alpn;
+  // ciphersuites: TLS 1.3 suites to offer, in OpenSSL's syntax. Empty:
+  // OpenSSL's default (no AES-128-CCM).
+  std::string ciphersuites;
+  // Client certificate and key (PEM files) for servers that ask for one.
+  std::string cert_file;
+  std::string key_file;
+  // ssl_ctx: your own context instead (ktls takes a reference).
+  SSL_CTX* ssl_ctx = nullptr;
+  std::chrono::milliseconds handshake_timeout{10'000};
+  OffloadOptions offload;
+};
+
+// Connect resolves host, connects over TCP, runs the handshake and
+// offloads.
+KTLS_API Result<Connection> Connect(const std::string& host, std::uint16_t port, const ClientConfig& config);
+
+}  // namespace ktls
+
+#endif  // KTLS_CLIENT_H_

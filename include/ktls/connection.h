@@ -1,0 +1,128 @@
+// ktls/connection.h: one TLS connection after its handshake, with each
+// direction either in the kernel or still in OpenSSL.
+#ifndef KTLS_CONNECTION_H_
+#define KTLS_CONNECTION_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ktls/export.h"
+#include "ktls/result.h"
+
+namespace ktls {
+
+namespace detail {
+class ConnectionImpl;
+}  // namespace detail
+
+// Where one direction's records are protected.
+enum class Offload : std::uint8_t {
+  kUser,    // OpenSSL, in this process.
+  kKernel,  // The kernel (kTLS).
+};
+
+// OffloadName returns "user" or "kernel".
+KTLS_API const char* OffloadName(Offload where) noexcept;
+
+// IoProgress: what one Read, Write or SendFile call did.
+struct KTLS_API IoProgress {
+  // bytes: how many bytes were read or written (possibly fewer than asked).
+  std::size_t bytes = 0;
+  // would_block: the socket is non-blocking and the call could make no
+  // progress now. Wait for the fd to be readable (wants_read) or writable,
+  // then call again. Not an error.
+  bool would_block = false;
+  // end_of_stream: Read only. The peer sent close_notify: no more data will
+  // come. Not an error (a peer that closes TCP without close_notify gets
+  // ErrorCategory::kTruncated instead).
+  bool end_of_stream = false;
+};
+
+// SessionInfo: what a request handler needs to know about the session.
+// Captured at offload, so it stays available after the SSL object is gone.
+struct KTLS_API SessionInfo {
+  std::string protocol;      // "TLSv1.3"
+  std::string cipher_suite;  // IANA name, e.g. "TLS_AES_128_GCM_SHA256".
+  std::string alpn;          // Negotiated ALPN protocol, or empty.
+  std::string sni;           // Server name the client asked for, or empty.
+  bool resumed = false;      // The handshake resumed an earlier session.
+  // The peer's certificate chain, leaf first, DER-encoded. Empty when the
+  // peer sent no certificate.
+  std::vector<std::vector<unsigned char>> peer_certificates;
+};
+
+// Connection: an established TLS connection. Move-only; owns the socket.
+//
+// Thread safety: one thread may read while another writes; two concurrent
+// reads, or two concurrent writes, are not allowed.
+class KTLS_API Connection {
+ public:
+  Connection();  // An empty connection: every call fails with kUsage.
+  Connection(Connection&&) noexcept;
+  Connection& operator=(Connection&&) noexcept;
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+  // ~Connection closes the socket without sending close_notify; call
+  // Shutdown first for an orderly end.
+  ~Connection();
+
+  // Read reads up to buf.size() bytes of application data. Plaintext that
+  // OpenSSL had already decrypted before offload comes first. Control
+  // records (session tickets, alerts) are handled inside: a ticket is
+  // consumed, close_notify ends the stream (IoProgress::end_of_stream), any
+  // other alert is an Error of category kAlert naming it. After an error the
+  // connection is dead: later calls fail with kClosed.
+  Result<IoProgress> Read(std::span<std::byte> buf);
+
+  // Write writes up to data.size() bytes. Like write(2), it may return
+  // after writing only part (a signal, a non-blocking socket); WriteAll
+  // loops until everything is written.
+  Result<IoProgress> Write(std::span<const std::byte> data);
+
+  // WriteAll writes all of data, or fails. Blocking sockets only: on a
+  // non-blocking socket it returns what it wrote when the socket would block.
+  Result<IoProgress> WriteAll(std::span<const std::byte> data);
+
+  // SendFile sends count bytes of file_fd starting at offset. With TX in the
+  // kernel this is sendfile(2) on the socket: no copy through userspace.
+  // With TX in OpenSSL, the file is read and written in 16 KiB pieces. May
+  // return after sending part, like Write.
+  Result<IoProgress> SendFile(int file_fd, off_t offset, std::size_t count);
+
+  // Shutdown sends close_notify (as an alert record, whichever side holds
+  // TX) and then shuts down the socket's write side. Reading still works.
+  Result<void> Shutdown();
+
+  // Close closes the socket (and frees anything still held). Idempotent.
+  void Close();
+
+  // Where each direction's records are protected now.
+  Offload tx() const noexcept;
+  Offload rx() const noexcept;
+
+  // The session's details (available in every offload state).
+  const SessionInfo& session() const noexcept;
+
+  // fd is the socket, for poll/epoll. Do not read or write it directly
+  // unless both directions are in the kernel and you handle control
+  // records yourself.
+  int fd() const noexcept;
+
+  // ~Connection-safe accessors for tests and tools.
+  std::uint64_t tickets_dropped() const noexcept;
+
+  explicit Connection(std::unique_ptr<detail::ConnectionImpl> impl);
+
+ private:
+  std::unique_ptr<detail::ConnectionImpl> impl_;
+};
+
+}  // namespace ktls
+
+#endif  // KTLS_CONNECTION_H_

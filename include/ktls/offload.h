@@ -1,0 +1,66 @@
+// ktls/offload.h: offloading a connection whose handshake you ran yourself
+// with OpenSSL ("bring your own OpenSSL"), and the options every way of
+// making a connection shares.
+//
+//   SSL_CTX* ctx = ...;                  // your context
+//   ktls::PrepareContext(ctx);           // once, before handshakes
+//   SSL* ssl = SSL_new(ctx);
+//   ktls::PrepareSsl(ssl);               // before the handshake
+//   SSL_set_fd(ssl, fd); SSL_accept(ssl);
+//   auto conn = ktls::OffloadSsl(ssl, {});  // ktls now owns ssl and fd
+#ifndef KTLS_OFFLOAD_H_
+#define KTLS_OFFLOAD_H_
+
+#include <openssl/ssl.h>
+
+#include <functional>
+#include <string>
+
+#include "ktls/connection.h"
+#include "ktls/export.h"
+#include "ktls/result.h"
+
+namespace ktls {
+
+// OffloadReport: told to OffloadOptions::on_fallback when a direction
+// stayed in OpenSSL, and why.
+struct KTLS_API OffloadReport {
+  Offload tx = Offload::kUser;
+  Offload rx = Offload::kUser;
+  std::string reason;  // Why TX and/or RX stayed in userspace.
+};
+
+// OffloadOptions: how to offload.
+struct KTLS_API OffloadOptions {
+  // rx: put the receive direction in the kernel too. When false, RX stays in
+  // OpenSSL and only TX is offloaded.
+  bool rx = true;
+  // on_fallback: called (on the thread that offloads) when a direction could
+  // not go to the kernel, with the reason. The connection works anyway.
+  std::function<void(const OffloadReport&)> on_fallback;
+};
+
+// PrepareContext makes ctx ready for offload: it installs a key-log
+// callback that captures each connection's traffic secrets (and calls any
+// key-log callback you had set, with the same lines). Call once per
+// SSL_CTX, before its handshakes. Idempotent.
+KTLS_API Result<void> PrepareContext(SSL_CTX* ctx);
+
+// PrepareSsl makes ssl ready for offload: call before its handshake, after
+// PrepareContext on its context. It turns off read-ahead (so OpenSSL never
+// reads records meant for the kernel) and OpenSSL's own kTLS, disables TLS
+// 1.3 early data, and installs a message callback that counts records for
+// exact sequence numbers. It takes over ssl's message callback.
+KTLS_API Result<void> PrepareSsl(SSL* ssl);
+
+// OffloadSsl hands a connection whose handshake has completed to the
+// kernel, each direction as far as possible. On success the Connection owns
+// ssl and its socket (SSL_get_fd(ssl)); once both directions are in the
+// kernel, ssl is freed. Fails, leaving ssl with the caller, when called
+// wrongly: handshake not finished, ssl not prepared, no socket. (Out of
+// memory is the one other failure; then ssl and its socket are freed.)
+KTLS_API Result<Connection> OffloadSsl(SSL* ssl, const OffloadOptions& options);
+
+}  // namespace ktls
+
+#endif  // KTLS_OFFLOAD_H_

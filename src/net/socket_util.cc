@@ -1,0 +1,105 @@
+// net/socket_util.cc
+#include "net/socket_util.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <cerrno>
+#include <memory>
+
+#include "core/errors.h"
+
+namespace ktls::detail {
+namespace {
+
+struct AddrInfoFree {
+  void operator()(addrinfo* ai) const { freeaddrinfo(ai); }
+};
+
+Result<std::unique_ptr<addrinfo, AddrInfoFree>> Resolve(const std::string& host, const std::string& port,
+                                                        bool passive) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = passive ? AI_PASSIVE : AI_ADDRCONFIG;
+  addrinfo* result = nullptr;
+  const int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &result);
+  if (rc != 0) {
+    return MakeError(ErrorCategory::kIo, "cannot resolve " + host + ":" + port + ": " + gai_strerror(rc));
+  }
+  return std::unique_ptr<addrinfo, AddrInfoFree>(result);
+}
+
+}  // namespace
+
+Result<std::pair<std::string, std::string>> SplitHostPort(const std::string& host_port) {
+  const std::size_t colon = host_port.rfind(':');
+  if (colon == std::string::npos || colon + 1 == host_port.size()) {
+    return MakeError(ErrorCategory::kUsage, "expected HOST:PORT, got \"" + host_port + "\"");
+  }
+  std::string host = host_port.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return std::make_pair(host, host_port.substr(colon + 1));
+}
+
+Result<UniqueFd> ListenTcp(const std::string& host, const std::string& port) {
+  auto addrs = Resolve(host, port, true);
+  if (!addrs.ok()) return std::move(addrs).error();
+  int last_errno = 0;
+  for (addrinfo* ai = addrs->get(); ai != nullptr; ai = ai->ai_next) {
+    UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol));
+    if (fd.get() < 0) {
+      last_errno = errno;
+      continue;
+    }
+    const int one = 1;
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd.get(), SOMAXCONN) != 0) {
+      last_errno = errno;
+      continue;
+    }
+    return fd;
+  }
+  return SysError(last_errno, "cannot listen on " + host + ":" + port);
+}
+
+Result<UniqueFd> ConnectTcp(const std::string& host, const std::string& port) {
+  auto addrs = Resolve(host, port, false);
+  if (!addrs.ok()) return std::move(addrs).error();
+  int last_errno = 0;
+  for (addrinfo* ai = addrs->get(); ai != nullptr; ai = ai->ai_next) {
+    UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol));
+    if (fd.get() < 0) {
+      last_errno = errno;
+      continue;
+    }
+    int rc;
+    do {
+      rc = ::connect(fd.get(), ai->ai_addr, ai->ai_addrlen);
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0) {
+      last_errno = errno;
+      continue;
+    }
+    const int one = 1;
+    ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return fd;
+  }
+  return SysError(last_errno, "cannot connect to " + host + ":" + port);
+}
+
+Result<void> SetIoTimeout(int fd, std::chrono::milliseconds timeout) {
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+  if (::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
+      ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0) {
+    return SysError(errno, "setsockopt(SO_RCVTIMEO/SO_SNDTIMEO)");
+  }
+  return {};
+}
+
+}  // namespace ktls::detail

@@ -1,0 +1,28 @@
+// net/socket_util.h: address parsing and socket helpers for the server and
+// client.
+#ifndef KTLS_SRC_NET_SOCKET_UTIL_H_
+#define KTLS_SRC_NET_SOCKET_UTIL_H_
+
+#include <chrono>
+#include <string>
+
+#include "core/unique_fd.h"
+#include "ktls/result.h"
+
+namespace ktls::detail {
+
+// SplitHostPort splits "host:port" or "[v6]:port".
+Result<std::pair<std::string, std::string>> SplitHostPort(const std::string& host_port);
+
+// ListenTcp binds and listens on host:port.
+Result<UniqueFd> ListenTcp(const std::string& host, const std::string& port);
+
+// ConnectTcp resolves host and connects to the first address that answers.
+Result<UniqueFd> ConnectTcp(const std::string& host, const std::string& port);
+
+// SetHandshakeTimeout sets SO_RCVTIMEO and SO_SNDTIMEO (zero clears them).
+Result<void> SetIoTimeout(int fd, std::chrono::milliseconds timeout);
+
+}  // namespace ktls::detail
+
+#endif  // KTLS_SRC_NET_SOCKET_UTIL_H_

@@ -1,0 +1,1064 @@
+#!/usr/bin/env python3
+"""Interop tests: ktls-echo against real TLS peers, on a kernel with kTLS.
+
+usage: echo_interop.py PATH/TO/ktls-echo [TEST_NAME_SUBSTRING...]
+
+Peers: `openssl s_client` and Python's ssl module against the ktls-echo
+server; `openssl s_server` and Python's ssl module against the ktls-echo
+client. Every test sends random data, checks it came back byte for byte
+(SHA-256), and checks ktls-echo's key=value line for the connection:
+version=TLSv1.3, the negotiated cipher, tx=kernel and rx=kernel (rx=user only
+with --no-rx), the byte counts, and exactly how the connection ended. Also:
+session tickets (0, 2, 5), client certificates, resumption, HelloRetryRequest,
+each TLS 1.3 cipher suite, certificate verification, a FIN without
+close_notify, a fatal alert after offload, and data in the same TCP segment
+as the client's Finished.
+
+/proc/net/tls_stat proves that the kernel did the work: in each test TlsTxSw
+and TlsRxSw grow by the kernel directions the lines report plus what
+ktls-echo's start-up probe installs on throwaway sockets (measured once, at
+the start), TlsDecryptError does not move, and TlsCurrTxSw/TlsCurrRxSw are
+back where they were once every process has exited.
+
+Exit status: 0 when every test passed, 1 when one failed, 77 (with a line
+"SKIP: <reason>") when this kernel has no kTLS, which is a failure instead
+when KTLS_REQUIRE_KERNEL=1. When tests ran, the last line is always
+"N passed, N failed".
+"""
+import collections
+import hashlib
+import itertools
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HOST = "127.0.0.1"
+PAYLOAD_LEN = 256 * 1024
+STEP_TIMEOUT = 20  # seconds: the limit for any one process or exchange
+TLS_STAT = "/proc/net/tls_stat"
+
+# OpenSSL's default TLS 1.3 list puts this first and both ends use the
+# default unless a test says otherwise.
+DEFAULT_SUITE = "TLS_AES_256_GCM_SHA384"
+SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
+          "TLS_AES_128_CCM_SHA256")
+# Not in OpenSSL's default TLS 1.3 list: ktls-echo must be told to allow it.
+SUITES_NEEDING_OPTION = {"TLS_AES_128_CCM_SHA256"}
+
+ECHO = ""       # the ktls-echo binary (argv[1])
+OPENSSL = ""    # the openssl command-line tool
+PKI = None      # Pki: certificates for every test, made once
+PROBE_COST = None  # Counters: what one ktls-echo start-up probe adds to tls_stat
+
+Identity = collections.namedtuple("Identity", "cert key")
+Counters = collections.namedtuple("Counters", "tx rx")
+
+
+# --- Certificates ------------------------------------------------------------
+
+def run_openssl(*args):
+    done = subprocess.run([OPENSSL, *args], capture_output=True, text=True, timeout=STEP_TIMEOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+    return done.stdout
+
+
+class Pki:
+    """Two CAs and the leaf certificates the tests need, made with the
+    openssl CLI in `directory` (P-256 keys: quick to make under UML)."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        self.ca = self._ca("ca", "ktls interop CA")
+        self.other_ca = self._ca("other-ca", "ktls interop other CA")
+        self.server = self._leaf("server", self.ca, "localhost", "serverAuth",
+                                 "subjectAltName=DNS:localhost,IP:127.0.0.1")
+        self.wrong_name = self._leaf("wrong-name", self.ca, "elsewhere.example", "serverAuth",
+                                     "subjectAltName=DNS:elsewhere.example")
+        self.client = self._leaf("client", self.ca, "ktls interop client", "clientAuth")
+        self.stranger = self._leaf("stranger", self.other_ca, "ktls interop stranger", "clientAuth")
+        # An OpenSSL configuration (OPENSSL_CONF) for ktls-echo that allows
+        # only P-256 for key exchange: OpenSSL clients send their first key
+        # share for X25519, so the server must answer HelloRetryRequest.
+        self.p256_only_conf = self._path("p256-only.cnf")
+        with open(self.p256_only_conf, "w") as f:
+            f.write("openssl_conf = openssl_init\n[openssl_init]\nssl_conf = ssl_sect\n"
+                    "[ssl_sect]\nsystem_default = system_default_sect\n"
+                    "[system_default_sect]\nGroups = P-256\n")
+
+    def _path(self, name):
+        return os.path.join(self.dir, name)
+
+    def _ca(self, name, common_name):
+        ident = Identity(self._path(name + ".pem"), self._path(name + ".key"))
+        run_openssl("req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", ident.key, "-out", ident.cert, "-subj", "/CN=" + common_name, "-days", "2",
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        return ident
+
+    def _leaf(self, name, issuer, common_name, usage, *extensions):
+        ident = Identity(self._path(name + ".pem"), self._path(name + ".key"))
+        csr = self._path(name + ".csr")
+        ext = self._path(name + ".ext")
+        with open(ext, "w") as f:
+            f.write("\n".join(["basicConstraints=critical,CA:FALSE", "extendedKeyUsage=" + usage, *extensions]))
+            f.write("\n")
+        run_openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", ident.key, "-out", csr, "-subj", "/CN=" + common_name)
+        run_openssl("x509", "-req", "-in", csr, "-CA", issuer.cert, "-CAkey", issuer.key, "-CAcreateserial",
+                    "-days", "2", "-out", ident.cert, "-extfile", ext)
+        return ident
+
+
+# --- Kernel counters ---------------------------------------------------------
+
+def read_tls_stat():
+    with open(TLS_STAT) as f:
+        return {name: int(value) for name, value in (line.split() for line in f if line.strip())}
+
+
+def ensure_tls_module():
+    """Attaching the "tls" ULP once makes the kernel load the module (and
+    create /proc/net/tls_stat) where it is available but not loaded yet."""
+    if os.path.exists(TLS_STAT):
+        return
+    tcp_ulp = getattr(socket, "TCP_ULP", 31)
+    with socket.create_server((HOST, 0)) as listener, \
+            socket.create_connection(listener.getsockname(), timeout=5) as client:
+        peer, _ = listener.accept()
+        with peer:
+            try:
+                client.setsockopt(socket.IPPROTO_TCP, tcp_ulp, b"tls")
+            except OSError:
+                pass
+
+
+# --- Processes ---------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def is_listening(port):
+    """Whether something listens on TCP `port` (read from /proc, so nothing
+    connects: s_server -naccept 1 would count a test connection)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for row in f:
+                    fields = row.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+def wait_until(predicate, timeout, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def stop_process(proc, pumps=()):
+    """Terminates proc (kills it if it does not go) and reaps it; then, once
+    the pumps have read its output to the end, closes its pipes."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    for pump in pumps:
+        if pump.ident is not None:  # Started.
+            pump.join(timeout=5)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            try:
+                pipe.close()
+            except OSError:
+                pass
+
+
+class Pump(threading.Thread):
+    """Copies everything from a pipe into `data` until end of file."""
+
+    def __init__(self, pipe):
+        super().__init__(daemon=True)
+        self.pipe = pipe
+        self.data = bytearray()
+        self.lock = threading.Lock()
+
+    def run(self):
+        while True:
+            try:
+                chunk = self.pipe.read1(65536)
+            except (OSError, ValueError):
+                break
+            if not chunk:
+                break
+            with self.lock:
+                self.data += chunk
+
+    def size(self):
+        with self.lock:
+            return len(self.data)
+
+    def text(self):
+        with self.lock:
+            return self.data.decode(errors="replace")
+
+
+class Feeder(threading.Thread):
+    """Writes `data` to a pipe and leaves it open (close_pipe() closes it)."""
+
+    def __init__(self, pipe, data):
+        super().__init__(daemon=True)
+        self.pipe = pipe
+        self.payload = data
+
+    def run(self):
+        try:
+            self.pipe.write(self.payload)
+            self.pipe.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # The peer went away; the test's checks say why.
+
+    def close_pipe(self):
+        self.join(timeout=STEP_TIMEOUT)
+        try:
+            self.pipe.close()
+        except (BrokenPipeError, OSError):
+            pass
+
+
+Exchange = collections.namedtuple("Exchange", "returncode stdout stderr")
+
+
+def exchange(cmd, payload, done, finish="close_stdin"):
+    """Runs cmd, writes payload to its stdin and collects its stdout and
+    stderr.
+
+    Once done(stdout, stderr) is true (or its stdout hit end of file, or
+    STEP_TIMEOUT passed), finishes it: "close_stdin" closes its stdin and
+    waits for it to exit; "kill" kills it with SIGKILL, so its TCP connection
+    ends with a FIN and no close_notify."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = Pump(proc.stdout), Pump(proc.stderr)
+    feeder = Feeder(proc.stdin, payload)
+    try:
+        for t in (out, err, feeder):
+            t.start()
+
+        def finished():
+            if not out.is_alive():
+                return True
+            with out.lock, err.lock:
+                return done(out.data, err.data)
+
+        wait_until(finished, STEP_TIMEOUT)
+        if finish == "kill":
+            proc.kill()
+        else:
+            feeder.close_pipe()
+        try:
+            proc.wait(timeout=STEP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass  # Reported below as returncode None.
+        returncode = proc.poll()
+        stop_process(proc, (out, err))
+        return Exchange(returncode, bytes(out.data), err.text())
+    finally:
+        stop_process(proc, (out, err))
+
+
+def received(num_bytes):
+    """An exchange() `done`: the process wrote num_bytes to its stdout."""
+    return lambda out, err: len(out) >= num_bytes
+
+
+def until_exit(out, err):
+    """An exchange() `done` for a process that must exit by itself."""
+    return False
+
+
+def parse_line(line):
+    """ktls-echo's per-connection line as a dict of its key=value words."""
+    return dict(word.partition("=")[::2] for word in line.split())
+
+
+def connection_lines(text):
+    return [line for line in text.splitlines() if line.startswith("peer=")]
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+class EchoServer:
+    """ktls-echo as a server on 127.0.0.1 (a free port), for a `with` block.
+    Its stderr is collected; connection_lines() waits for the per-connection
+    lines."""
+
+    def __init__(self, *args, identity=None, env=None):
+        identity = identity or PKI.server
+        self.cmd = [ECHO, "--listen", f"{HOST}:0", "--cert", identity.cert, "--key", identity.key, *args]
+        self.env = None if env is None else {**os.environ, **env}
+        self.proc = None
+        self.port = None
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env=self.env)
+        self.err = Pump(self.proc.stderr)
+        self.err.start()
+        try:
+            wait_until(lambda: "listening port=" in self.err.text() or not self.err.is_alive(), STEP_TIMEOUT)
+            match = re.search(r"^listening port=(\d+)$", self.err.text(), re.M)
+            if not match:
+                raise AssertionError(f"ktls-echo did not start listening ({' '.join(self.cmd)}), "
+                                     f"exit status {self.proc.poll()}, stderr:\n{self.err.text()}")
+            self.port = int(match.group(1))
+        except BaseException:
+            stop_process(self.proc, (self.err,))
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        stop_process(self.proc, (self.err,))
+
+    def connection_lines(self, count):
+        """The first `count` per-connection lines, parsed; waits for them."""
+        wait_until(lambda: len(connection_lines(self.err.text())) >= count, STEP_TIMEOUT)
+        lines = connection_lines(self.err.text())
+        if len(lines) < count:
+            raise AssertionError(f"expected {count} connection line(s) from ktls-echo, got {len(lines)}; "
+                                 f"stderr:\n{self.err.text()}")
+        return [parse_line(line) for line in lines[:count]]
+
+
+class SServer:
+    """`openssl s_server -quiet -naccept 1` in its default mode, which
+    copies its stdin to the connection and the connection to its stdout:
+    `send` is written to the client, everything the client sends lands in
+    self.out."""
+
+    def __init__(self, *args, identity=None, send=b""):
+        identity = identity or PKI.server
+        self.args = ["-cert", identity.cert, "-key", identity.key, "-naccept", "1", "-quiet", *args]
+        self.send = send
+        self.proc = None
+
+    def __enter__(self):
+        # s_server -quiet does not print its port: pick a free one, and try
+        # again should another process take it first.
+        for _ in range(5):
+            self.port = free_port()
+            self.proc = subprocess.Popen([OPENSSL, "s_server", "-accept", f"{HOST}:{self.port}", *self.args],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.out, self.err = Pump(self.proc.stdout), Pump(self.proc.stderr)
+            self.out.start()
+            self.err.start()
+            if wait_until(lambda: is_listening(self.port) or self.proc.poll() is not None, STEP_TIMEOUT) \
+                    and self.proc.poll() is None:
+                self.feeder = Feeder(self.proc.stdin, self.send)
+                self.feeder.start()
+                return self
+            stop_process(self.proc, (self.out, self.err))
+            if "in use" not in self.err.text():
+                break
+        raise AssertionError(f"openssl s_server did not start: {self.err.text()}")
+
+    def __exit__(self, *exc):
+        stop_process(self.proc, (self.out, self.err))
+
+    def wait(self):
+        """Exit status once the one connection is over (None: still running)."""
+        try:
+            return self.proc.wait(timeout=STEP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+class PythonTlsServer(threading.Thread):
+    """A TLS 1.3 server on Python's ssl module for one connection on
+    127.0.0.1; subclasses serve(conn) it. An exception ends up in
+    self.error, for the test to report."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.ctx.load_cert_chain(PKI.server.cert, PKI.server.key)
+        self.listener = socket.create_server((HOST, 0))
+        self.listener.settimeout(STEP_TIMEOUT)
+        self.port = self.listener.getsockname()[1]
+        self.error = None
+
+    def run(self):
+        try:
+            conn, _ = self.listener.accept()
+            with conn:
+                conn.settimeout(STEP_TIMEOUT)
+                self.serve(conn)
+        except Exception as e:
+            self.error = e
+        finally:
+            self.listener.close()
+
+    def finish(self):
+        """Waits for the connection to be over; False if it is not."""
+        self.join(timeout=STEP_TIMEOUT)
+        self.listener.close()
+        return not self.is_alive()
+
+
+class PythonEchoServer(PythonTlsServer):
+    """Echoes everything. ending="close_notify": until the client's
+    close_notify, then answers with its own. ending="fin": after echoing
+    `expect_len` bytes, shuts TCP down (FIN) without a close_notify."""
+
+    def __init__(self, num_tickets=2, ending="close_notify", expect_len=0):
+        super().__init__()
+        self.ctx.num_tickets = num_tickets
+        self.ending = ending
+        self.expect_len = expect_len
+        self.received = bytearray()
+        self.peer_end = None  # How the client ended: close_notify or truncated.
+        self.cipher = None
+
+    def serve(self, conn):
+        with self.ctx.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False) as tls:
+            self.cipher = tls.cipher()[0]
+            while True:
+                try:
+                    data = tls.recv(65536)
+                except ssl.SSLEOFError:
+                    self.peer_end = "truncated"
+                    return
+                if not data:
+                    self.peer_end = "close_notify"
+                    tls.unwrap()  # Our close_notify; the peer's is already in.
+                    return
+                self.received += data
+                tls.sendall(data)
+                if self.ending == "fin" and len(self.received) >= self.expect_len:
+                    with socket.socket(fileno=os.dup(tls.fileno())) as raw:
+                        raw.settimeout(STEP_TIMEOUT)
+                        raw.shutdown(socket.SHUT_WR)  # FIN, no close_notify.
+                        while raw.recv(65536):  # Swallow the rest, so no RST.
+                            pass
+                    return
+
+
+class LateAlertServer(PythonTlsServer):
+    """Requires a client certificate, and holds the client's second flight
+    back until hold() returns before processing it (memory BIOs): its
+    certificate_required alert then reaches a client that has finished its
+    handshake and offloaded."""
+
+    def __init__(self, hold):
+        super().__init__()
+        self.ctx.load_verify_locations(PKI.ca.cert)
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.hold = hold
+        self.handshake_error = None  # What our OpenSSL said (expected).
+        self.alert_sent = threading.Event()
+
+    def serve(self, conn):
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = self.ctx.wrap_bio(incoming, outgoing, server_side=True)
+        flight_sent = False
+        while True:
+            try:
+                tls.do_handshake()
+                raise AssertionError("the handshake succeeded without a client certificate")
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as e:
+                self.handshake_error = e
+                conn.sendall(outgoing.read())  # The alert.
+                conn.shutdown(socket.SHUT_WR)
+                self.alert_sent.set()
+                while conn.recv(65536):  # Until the client closes: no RST.
+                    pass
+                return
+            if outgoing.pending:
+                conn.sendall(outgoing.read())
+                if not flight_sent:
+                    flight_sent = True
+                    self.hold()  # The client finishes and offloads meanwhile.
+            data = conn.recv(65536)
+            if not data:
+                raise AssertionError("the client closed during the handshake")
+            incoming.write(data)
+
+
+def s_client_cmd(port, *args, quiet=True):
+    """openssl s_client verifying our server; with quiet, stdout carries
+    only the data from the server. -quiet implies -ign_eof (s_client would
+    keep the connection open forever after its stdin ends), so -no_ign_eof
+    after it: at end of stdin, s_client sends close_notify and exits."""
+    cmd = [OPENSSL, "s_client", "-connect", f"{HOST}:{port}", "-servername", "localhost",
+           "-CAfile", PKI.ca.cert, "-verify_hostname", "localhost", "-verify_return_error", "-nocommands"]
+    if quiet:
+        cmd += ["-quiet", "-no_ign_eof"]
+    return cmd + list(args)
+
+
+def echo_client_cmd(port, *args, ca=None):
+    return [ECHO, "--connect", f"{HOST}:{port}", "--ca", (ca or PKI.ca).cert, *args]
+
+
+def echo_help():
+    return subprocess.run([ECHO, "--help"], capture_output=True, text=True, timeout=STEP_TIMEOUT).stdout
+
+
+def require_ciphersuites_option(test, suite):
+    if "--ciphersuites" not in echo_help():
+        test.fail(f"ktls-echo has no --ciphersuites option, and {suite} is not in OpenSSL's default TLS 1.3 "
+                  f"list, so ktls-echo cannot negotiate it with a real peer")
+
+
+# --- Tests ---------------------------------------------------------------------
+
+class InteropTest(unittest.TestCase):
+    """Counts what the kernel must have done, and checks it at the end of
+    each test (check_kernel_counters)."""
+
+    def setUp(self):
+        self.stat_before = read_tls_stat()
+        self.num_probes = 0        # ktls-echo processes that surely probed
+        self.num_maybe_probes = 0  # clients whose handshake failed: probe or not
+        self.kernel_tx = 0
+        self.kernel_rx = 0
+
+    def echo_server(self, *args, **kwargs):
+        self.num_probes += 1  # A server probes before it prints "listening".
+        return EchoServer(*args, **kwargs)
+
+    def check_line(self, fields, side, *, cipher=DEFAULT_SUITE, tx="kernel", rx="kernel", bytes_in=None,
+                   bytes_out=None, end="close_notify"):
+        """Asserts one ktls-echo connection line; `side` is "server" or
+        "client" (a client also probes in its own process)."""
+        if side == "client":
+            if fields.get("version") == "-":
+                self.num_maybe_probes += 1
+            else:
+                self.num_probes += 1
+        self.kernel_tx += fields.get("tx") == "kernel"
+        self.kernel_rx += fields.get("rx") == "kernel"
+        expected = {"version": "TLSv1.3", "cipher": cipher, "tx": tx, "rx": rx,
+                    "bytes_in": str(bytes_in), "bytes_out": str(bytes_out), "end": end}
+        self.assertEqual({key: fields.get(key) for key in expected}, expected, f"ktls-echo {side} line: {fields}")
+
+    def check_refused_line(self, fields, side, end_pattern):
+        """A connection that ended in the handshake: nothing offloaded, no
+        data, and an end=error:... matching end_pattern."""
+        if side == "client":
+            self.num_maybe_probes += 1
+        got = {key: fields.get(key) for key in ("version", "tx", "rx", "bytes_in", "bytes_out")}
+        self.assertEqual(got, {"version": "-", "tx": "user", "rx": "user", "bytes_in": "0", "bytes_out": "0"},
+                         f"ktls-echo {side} line: {fields}")
+        self.assertRegex(fields.get("end", ""), end_pattern, f"ktls-echo {side} line: {fields}")
+
+    def check_kernel_counters(self):
+        """Call after every ktls-echo process of the test has exited."""
+        after = read_tls_stat()
+        delta = {name: after[name] - self.stat_before.get(name, 0) for name in after}
+        for name, directions, probe in (("TlsTxSw", self.kernel_tx, PROBE_COST.tx),
+                                        ("TlsRxSw", self.kernel_rx, PROBE_COST.rx)):
+            low = directions + self.num_probes * probe
+            high = low + self.num_maybe_probes * probe
+            self.assertTrue(low <= delta[name] <= high,
+                            f"{name} grew by {delta[name]}, expected {low}..{high}: {directions} kernel "
+                            f"direction(s) in the lines, {self.num_probes} (+{self.num_maybe_probes}) "
+                            f"probe(s) of {probe} each")
+        self.assertEqual(delta["TlsDecryptError"], 0, "the kernel failed to decrypt a record")
+        for name in ("TlsCurrTxSw", "TlsCurrRxSw"):
+            self.assertEqual(after[name], self.stat_before[name], f"{name}: kTLS sockets left open")
+
+    def only_line(self, stderr):
+        """The one connection line in a ktls-echo client's stderr, parsed."""
+        lines = connection_lines(stderr)
+        self.assertEqual(len(lines), 1, f"expected one connection line from the ktls-echo client:\n{stderr}")
+        return parse_line(lines[0])
+
+    def assert_echoed(self, got, sent, who):
+        self.assertEqual((len(got), sha(got)), (len(sent), sha(sent)), f"{who}: data did not come back intact")
+
+
+class OpenSslClientTest(InteropTest):
+    """openssl s_client against the ktls-echo server."""
+
+    def s_client_echo(self, server, *args, payload_len=PAYLOAD_LEN, finish="close_stdin"):
+        payload = os.urandom(payload_len)
+        run = exchange(s_client_cmd(server.port, *args), payload, received(len(payload)), finish)
+        self.assert_echoed(run.stdout, payload, f"s_client {' '.join(args)} (stderr: {run.stderr})")
+        if finish == "kill":
+            self.assertEqual(run.returncode, -9, run.stderr)
+        else:
+            self.assertEqual(run.returncode, 0, f"s_client failed: {run.stderr}")
+        return payload, run
+
+    def tickets_test(self, num_tickets):
+        msg_file = os.path.join(PKI.dir, f"msg-tickets-{num_tickets}.txt")
+        with self.echo_server("--tickets", str(num_tickets)) as server:
+            payload, _ = self.s_client_echo(server, "-msg", "-msgfile", msg_file)
+            [line] = server.connection_lines(1)
+        self.check_line(line, "server", bytes_in=len(payload), bytes_out=len(payload))
+        with open(msg_file) as f:
+            received = [m for m in f if m.startswith("<<<") and m.rstrip().endswith("NewSessionTicket")]
+        self.assertEqual(len(received), num_tickets, "NewSessionTicket messages s_client received")
+        self.check_kernel_counters()
+
+    def test_tickets_0(self):
+        self.tickets_test(0)
+
+    def test_tickets_2(self):
+        self.tickets_test(2)
+
+    def test_tickets_5(self):
+        self.tickets_test(5)
+
+    def test_hello_retry_request(self):
+        msg_file = os.path.join(PKI.dir, "msg-s_client-hrr.txt")
+        with self.echo_server(env={"OPENSSL_CONF": PKI.p256_only_conf}) as server:
+            payload, _ = self.s_client_echo(server, "-msg", "-msgfile", msg_file)
+            [line] = server.connection_lines(1)
+        self.check_line(line, "server", bytes_in=len(payload), bytes_out=len(payload))
+        with open(msg_file) as f:
+            hellos = [m for m in f if m.startswith(">>>") and m.rstrip().endswith("ClientHello")]
+        self.assertEqual(len(hellos), 2, "ClientHellos s_client sent (2: there was a HelloRetryRequest)")
+        self.check_kernel_counters()
+
+    def test_no_rx(self):
+        with self.echo_server("--no-rx") as server:
+            payload, _ = self.s_client_echo(server)
+            [line] = server.connection_lines(1)
+        self.check_line(line, "server", rx="user", bytes_in=len(payload), bytes_out=len(payload))
+        self.check_kernel_counters()
+
+    def test_fin_without_close_notify_is_truncation(self):
+        # s_client killed after the whole echo arrived: the kernel closes
+        # its socket with a FIN and no close_notify.
+        with self.echo_server() as server:
+            payload, _ = self.s_client_echo(server, finish="kill")
+            [line] = server.connection_lines(1)
+        self.check_line(line, "server", bytes_in=len(payload), bytes_out=len(payload), end="truncated")
+        self.check_kernel_counters()
+
+    def test_client_certificate(self):
+        with self.echo_server("--client-ca", PKI.ca.cert) as server:
+            payload, _ = self.s_client_echo(server, "-cert", PKI.client.cert, "-key", PKI.client.key)
+            [line] = server.connection_lines(1)
+        self.check_line(line, "server", bytes_in=len(payload), bytes_out=len(payload))
+        self.check_kernel_counters()
+
+    def refused_client_test(self, args, client_error, server_end):
+        with self.echo_server("--client-ca", PKI.ca.cert) as server:
+            # s_client sends nothing (so no data of its own is unread when the
+            # server closes, which would make that close an RST that can
+            # overtake the alert) and exits once it has the server's alert.
+            run = exchange(s_client_cmd(server.port, *args), b"", until_exit)
+            [line] = server.connection_lines(1)
+        self.assertEqual(run.stdout, b"", "a refused client got data back")
+        self.assertNotEqual(run.returncode, 0, "s_client should fail")
+        self.assertRegex(run.stderr, client_error)
+        self.check_refused_line(line, "server", server_end)
+        self.check_kernel_counters()
+
+    def test_client_without_certificate_is_refused(self):
+        self.refused_client_test([], r"alert certificate required",
+                                 r"^error:.*peer_did_not_return_a_certificate")
+
+    def test_client_certificate_from_other_ca_is_refused(self):
+        self.refused_client_test(["-cert", PKI.stranger.cert, "-key", PKI.stranger.key],
+                                 r"alert unknown ca", r"^error:.*certificate_verify_failed")
+
+    def test_resumption(self):
+        sess = os.path.join(PKI.dir, "s_client-session.pem")
+        payload = os.urandom(64 * 1024)
+        with self.echo_server() as server:
+            runs = []
+            for args in (["-sess_out", sess], ["-sess_in", sess]):
+                # Without -quiet, s_client prints "New, ..." or "Reused, ..."
+                # on stdout, around the echoed data.
+                run = exchange(s_client_cmd(server.port, *args, quiet=False), payload,
+                               lambda out, err: payload in out)
+                self.assertEqual(run.returncode, 0, f"s_client {args} failed: {run.stderr}")
+                self.assertIn(payload, run.stdout, "echo did not come back intact")
+                runs.append(run)
+            lines = server.connection_lines(2)
+        self.assertIn(b"New, TLSv1.3, Cipher is " + DEFAULT_SUITE.encode(), runs[0].stdout)
+        self.assertIn(b"Reused, TLSv1.3, Cipher is " + DEFAULT_SUITE.encode(), runs[1].stdout)
+        for line in lines:
+            self.check_line(line, "server", bytes_in=len(payload), bytes_out=len(payload))
+        self.check_kernel_counters()
+
+    def cipher_test(self, suite):
+        args = []
+        if suite in SUITES_NEEDING_OPTION:
+            require_ciphersuites_option(self, suite)
+            args = ["--ciphersuites", suite]
+        with self.echo_server(*args) as server:
+            payload, _ = self.s_client_echo(server, "-ciphersuites", suite)
+            [line] = server.connection_lines(1)
+        self.check_line(line, "server", cipher=suite, bytes_in=len(payload), bytes_out=len(payload))
+        self.check_kernel_counters()
+
+    def test_concurrent_clients(self):
+        num_clients, payload_len = 8, 64 * 1024
+        payloads = [os.urandom(payload_len) for _ in range(num_clients)]
+        runs = [None] * num_clients
+        with self.echo_server() as server:
+            def client(i):
+                runs[i] = exchange(s_client_cmd(server.port), payloads[i], received(len(payloads[i])))
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(num_clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=2 * STEP_TIMEOUT)
+            lines = server.connection_lines(num_clients)
+        for i, run in enumerate(runs):
+            self.assertIsNotNone(run, f"client {i} did not finish")
+            self.assert_echoed(run.stdout, payloads[i], f"client {i} ({run.stderr})")
+        for line in lines:
+            self.check_line(line, "server", bytes_in=payload_len, bytes_out=payload_len)
+        self.check_kernel_counters()
+
+
+class PythonClientTest(InteropTest):
+    """Python's ssl module as the client of the ktls-echo server."""
+
+    # Writes in these sizes, each read back before the next: records that
+    # fill a TLS record exactly, or one byte less or more.
+    CHUNKS = (1, 100, 16383, 16384, 16385, 65536)
+
+    def context(self):
+        ctx = ssl.create_default_context(cafile=PKI.ca.cert)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        return ctx
+
+    def lockstep_echo(self, tls, payload):
+        back = bytearray()
+        offset = 0
+        sizes = itertools.cycle(self.CHUNKS)
+        while offset < len(payload):
+            chunk = payload[offset:offset + next(sizes)]
+            offset += len(chunk)
+            tls.sendall(chunk)
+            want = len(chunk)
+            while want:
+                data = tls.recv(min(want, 65536))
+                self.assertTrue(data, "the server ended the connection before echoing everything")
+                back += data
+                want -= len(data)
+        return bytes(back)
+
+    def connect(self, ctx, port, session=None):
+        sock = socket.create_connection((HOST, port), timeout=STEP_TIMEOUT)
+        return ctx.wrap_socket(sock, server_hostname="localhost", session=session)
+
+    def test_echo(self):
+        payload = os.urandom(PAYLOAD_LEN)
+        with self.echo_server() as server:
+            with self.connect(self.context(), server.port) as tls:
+                self.assertEqual(tls.version(), "TLSv1.3")
+                cipher = tls.cipher()[0]
+                self.assert_echoed(self.lockstep_echo(tls, payload), payload, "Python client")
+                # unwrap sends close_notify and returns only once the
+                # server's close_notify (sent by the kernel) arrived.
+                tls.unwrap()
+            [line] = server.connection_lines(1)
+        self.check_line(line, "server", cipher=cipher, bytes_in=len(payload), bytes_out=len(payload))
+        self.check_kernel_counters()
+
+    def test_data_in_the_same_segment_as_finished(self):
+        # Memory BIOs let the client put its Finished and its first
+        # application data into one TCP send, so the data is already at the
+        # server while its OpenSSL reads the Finished: whatever OpenSSL took
+        # of it must be handed over, the rest left for the kernel, in order.
+        payload = os.urandom(32 * 1024)
+        with self.echo_server() as server:
+            with socket.create_connection((HOST, server.port), timeout=STEP_TIMEOUT) as sock:
+                incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+                tls = self.context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+                while True:
+                    try:
+                        tls.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        sock.sendall(outgoing.read())
+                        incoming.write(self.recv_some(sock))
+                tls.write(payload)
+                sock.sendall(outgoing.read())  # Finished + data, one send.
+                back = bytearray()
+                while len(back) < len(payload):
+                    try:
+                        back += tls.read(65536)
+                    except ssl.SSLWantReadError:
+                        incoming.write(self.recv_some(sock))
+                self.assert_echoed(bytes(back), payload, "memory-BIO client")
+                cipher = tls.cipher()[0]
+                try:
+                    tls.unwrap()
+                except ssl.SSLWantReadError:
+                    pass
+                sock.sendall(outgoing.read())  # close_notify.
+            [line] = server.connection_lines(1)
+        self.check_line(line, "server", cipher=cipher, bytes_in=len(payload), bytes_out=len(payload))
+        self.check_kernel_counters()
+
+    def recv_some(self, sock):
+        data = sock.recv(65536)
+        self.assertTrue(data, "the server closed the connection")
+        return data
+
+    def test_resumption(self):
+        payload = os.urandom(64 * 1024)
+        ctx = self.context()
+        with self.echo_server() as server:
+            session = None
+            for attempt in range(2):
+                with self.connect(ctx, server.port, session) as tls:
+                    self.assertEqual(tls.session_reused, attempt == 1)
+                    self.assert_echoed(self.lockstep_echo(tls, payload), payload, f"connection {attempt + 1}")
+                    session = tls.session
+                    tls.unwrap()
+            lines = server.connection_lines(2)
+        for line in lines:
+            self.check_line(line, "server", bytes_in=len(payload), bytes_out=len(payload))
+        self.check_kernel_counters()
+
+
+class OpenSslServerTest(InteropTest):
+    """The ktls-echo client against openssl s_server, data both ways."""
+
+    def both_ways(self, *s_server_args, client_args=(), cipher=DEFAULT_SUITE, rx="kernel"):
+        to_server, to_client = os.urandom(PAYLOAD_LEN), os.urandom(PAYLOAD_LEN)
+        with SServer(*s_server_args, send=to_client) as server:
+            run = exchange(echo_client_cmd(server.port, *client_args), to_server,
+                           lambda out, err: len(out) >= len(to_client) and server.out.size() >= len(to_server))
+            server_status = server.wait()
+            self.assertEqual(server_status, 0, f"s_server: {server.err.text()}")
+            received = bytes(server.out.data)
+        self.assert_echoed(received, to_server, f"s_server received ({run.stderr})")
+        self.assert_echoed(run.stdout, to_client, f"ktls-echo client received ({run.stderr})")
+        line = self.only_line(run.stderr)
+        self.check_line(line, "client", cipher=cipher, rx=rx, bytes_in=len(to_client), bytes_out=len(to_server))
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.check_kernel_counters()
+
+    def test_tickets_2(self):
+        self.both_ways("-num_tickets", "2")
+
+    def test_tickets_0(self):
+        self.both_ways("-num_tickets", "0")
+
+    def test_tickets_5(self):
+        self.both_ways("-num_tickets", "5")
+
+    def test_no_rx(self):
+        self.both_ways(client_args=["--no-rx"], rx="user")
+
+    def test_hello_retry_request(self):
+        # The client's first key share is X25519: s_server asks again.
+        msg_file = os.path.join(PKI.dir, "msg-s_server-hrr.txt")
+        self.both_ways("-groups", "P-256", "-msg", "-msgfile", msg_file)
+        with open(msg_file) as f:
+            hellos = [m for m in f if m.startswith("<<<") and m.rstrip().endswith("ClientHello")]
+        self.assertEqual(len(hellos), 2, "ClientHellos s_server received (2: there was a HelloRetryRequest)")
+
+    def test_client_certificate(self):
+        self.both_ways("-Verify", "1", "-CAfile", PKI.ca.cert, "-verify_return_error",
+                       client_args=["--cert", PKI.client.cert, "--key", PKI.client.key])
+
+    def cipher_test(self, suite):
+        client_args = []
+        if suite in SUITES_NEEDING_OPTION:
+            require_ciphersuites_option(self, suite)
+            client_args = ["--ciphersuites", suite]
+        self.both_ways("-ciphersuites", suite, client_args=client_args, cipher=suite)
+
+    def test_wrong_ca_fails_verification(self):
+        with SServer() as server:
+            run = exchange(echo_client_cmd(server.port, ca=PKI.other_ca), b"", until_exit)
+            server.wait()
+        self.assertEqual(run.returncode, 1, run.stderr)
+        line = self.only_line(run.stderr)
+        self.check_refused_line(line, "client", r"^error:.*verif.*unable_to_get_local_issuer_certificate")
+        self.check_kernel_counters()
+
+    def test_wrong_name_fails_verification(self):
+        with SServer(identity=PKI.wrong_name) as server:
+            run = exchange(echo_client_cmd(server.port), b"", until_exit)
+            server.wait()
+        self.assertEqual(run.returncode, 1, run.stderr)
+        line = self.only_line(run.stderr)
+        self.check_refused_line(line, "client", r"^error:.*verif.*IP_address_mismatch")
+        self.check_kernel_counters()
+
+    def test_missing_client_certificate_alert(self):
+        # s_server demands a certificate the client does not have. In TLS 1.3
+        # the client's handshake is over before the server sees that, so its
+        # certificate_required alert comes after Connect returned: after
+        # offload, or, when the alert and s_server's FIN beat the offload,
+        # before it (the kernel then refuses the "tls" ULP on the closing
+        # socket, ENOTCONN, and the connection stays in OpenSSL). Either way
+        # the alert must be named. PythonServerTest pins the first case.
+        with SServer("-Verify", "1", "-CAfile", PKI.ca.cert, "-verify_return_error") as server:
+            # The client reads on until its stdin ends: keep that open until
+            # s_server has sent its alert and exited.
+            run = exchange(echo_client_cmd(server.port), b"", lambda out, err: server.proc.poll() is not None)
+            server.wait()
+        self.assertEqual(run.returncode, 1, run.stderr)
+        self.assertEqual(run.stdout, b"")
+        line = self.only_line(run.stderr)
+        offload = "kernel" if line.get("tx") == "kernel" else "user"
+        self.check_line(line, "client", tx=offload, rx=offload, bytes_in=0, bytes_out=0,
+                        end="error:alert_certificate_required")
+        self.check_kernel_counters()
+
+
+class PythonServerTest(InteropTest):
+    """The ktls-echo client against a Python ssl echo server."""
+
+    def echo_test(self, num_tickets, ending):
+        payload = os.urandom(PAYLOAD_LEN)
+        server = PythonEchoServer(num_tickets=num_tickets, ending=ending, expect_len=len(payload))
+        server.start()
+        run = exchange(echo_client_cmd(server.port), payload, received(len(payload)))
+        self.assertTrue(server.finish(), "the Python server did not finish")
+        self.assertIsNone(server.error, f"Python server: {server.error!r}; client stderr: {run.stderr}")
+        self.assert_echoed(bytes(server.received), payload, "Python server received")
+        self.assert_echoed(run.stdout, payload, f"ktls-echo client received ({run.stderr})")
+        line = self.only_line(run.stderr)
+        self.check_line(line, "client", cipher=server.cipher, bytes_in=len(payload), bytes_out=len(payload),
+                        end=ending if ending == "close_notify" else "truncated")
+        if ending == "close_notify":
+            self.assertEqual(server.peer_end, "close_notify")
+            self.assertEqual(run.returncode, 0, run.stderr)
+        else:
+            self.assertEqual(run.returncode, 1, run.stderr)
+        self.check_kernel_counters()
+
+    def test_echo_close_notify(self):
+        self.echo_test(2, "close_notify")
+
+    def test_echo_no_tickets(self):
+        self.echo_test(0, "close_notify")
+
+    def test_server_fin_without_close_notify_is_truncation(self):
+        self.echo_test(3, "fin")
+
+    def test_alert_after_offload_is_named(self):
+        # Hold the alert back until the client's RX is in the kernel: its
+        # probe's RX installs, then its own.
+        rx_offloaded = self.stat_before["TlsRxSw"] + PROBE_COST.rx + 1
+        server = LateAlertServer(hold=lambda: wait_until(lambda: read_tls_stat()["TlsRxSw"] >= rx_offloaded, 5))
+        server.start()
+        run = exchange(echo_client_cmd(server.port), b"", lambda out, err: server.alert_sent.is_set())
+        self.assertTrue(server.finish(), "the Python server did not finish")
+        self.assertIsNone(server.error, f"Python server: {server.error!r}; client stderr: {run.stderr}")
+        self.assertRegex(str(server.handshake_error), "PEER_DID_NOT_RETURN_A_CERTIFICATE")
+        self.assertEqual(run.returncode, 1, run.stderr)
+        line = self.only_line(run.stderr)
+        self.check_line(line, "client", bytes_in=0, bytes_out=0, end="error:alert_certificate_required")
+        self.check_kernel_counters()
+
+
+def add_cipher_tests():
+    for suite in SUITES:
+        for cls in (OpenSslClientTest, OpenSslServerTest):
+            setattr(cls, f"test_cipher_{suite}", lambda self, s=suite: self.cipher_test(s))
+
+
+add_cipher_tests()
+
+
+# --- Main ----------------------------------------------------------------------
+
+class TimedResult(unittest.TextTestResult):
+    """Also records how long each test took."""
+
+    def startTest(self, test):
+        self.started = time.monotonic()
+        super().startTest(test)
+
+    def stopTest(self, test):
+        super().stopTest(test)
+        self.durations = getattr(self, "durations", [])
+        self.durations.append((time.monotonic() - self.started, test.id().split(".", 1)[1]))
+
+
+def measure_probe_cost():
+    """What one ktls-echo start-up (its kernel probe) adds to tls_stat."""
+    before = read_tls_stat()
+    with EchoServer():
+        after = read_tls_stat()
+    return Counters(after["TlsTxSw"] - before["TlsTxSw"], after["TlsRxSw"] - before["TlsRxSw"])
+
+
+def main():
+    global ECHO, OPENSSL, PKI, PROBE_COST
+    if len(sys.argv) < 2:
+        print("usage: echo_interop.py PATH/TO/ktls-echo [TEST_NAME_SUBSTRING...]", file=sys.stderr)
+        return 2
+    ECHO = os.path.abspath(sys.argv[1])
+    ensure_tls_module()
+    if not os.path.exists(TLS_STAT):
+        reason = f"no {TLS_STAT}: this kernel has no kTLS (CONFIG_TLS off, or the tls module not loaded)"
+        if os.environ.get("KTLS_REQUIRE_KERNEL") == "1":
+            print(f"FAIL: kernel required but {reason}")
+            print("0 passed, 1 failed")
+            return 1
+        print(f"SKIP: {reason}")
+        return 77
+    OPENSSL = shutil.which("openssl") or ""
+    if not OPENSSL or not os.access(ECHO, os.X_OK):
+        print(f"FAIL: need the openssl CLI in PATH (found: {OPENSSL or 'none'}) and ktls-echo at {ECHO}")
+        print("0 passed, 1 failed")
+        return 1
+    openssl_version = subprocess.run([OPENSSL, "version"], capture_output=True, text=True,
+                                     timeout=STEP_TIMEOUT).stdout.strip()
+    print(f"kernel {os.uname().release}; {openssl_version}; Python ssl: {ssl.OPENSSL_VERSION}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="ktls-interop-") as tmp:
+        try:
+            PKI = Pki(tmp)
+            PROBE_COST = measure_probe_cost()
+        except Exception as e:
+            print(f"FAIL: setting up: {e}")
+            print("0 passed, 1 failed")
+            return 1
+        print(f"ktls-echo's start-up probe: TlsTxSw +{PROBE_COST.tx}, TlsRxSw +{PROBE_COST.rx}", flush=True)
+        loader = unittest.TestLoader()
+        loader.testNamePatterns = [f"*{name}*" for name in sys.argv[2:]] or None
+        tests = loader.loadTestsFromModule(sys.modules[__name__])
+        result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2, resultclass=TimedResult).run(tests)
+    slowest = sorted(getattr(result, "durations", []), reverse=True)[:3]
+    print("slowest: " + ", ".join(f"{name} {seconds:.1f}s" for seconds, name in slowest), flush=True)
+    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    passed = result.testsRun - failed - len(result.skipped) - len(result.expectedFailures)
+    print(f"{passed} passed, {failed} failed", flush=True)
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,886 @@
+// tests/kernel/offload_kernel_test.cc: the library's Listener and Connect
+// moving data inside a real kernel, in every offload state.
+//
+// Each test checks the bytes (SHA-256 of what came back against what was
+// sent), where each direction ended up on both ends (Connection::tx()/rx()),
+// and, where the point is that the kernel did the work, /proc/net/tls_stat:
+// a test here cannot pass on a connection that silently stayed in OpenSSL.
+//
+//  a. Echo in sizes around the 16 KiB record limit, 1 MiB and 64 MiB, for
+//     every TLS 1.3 suite, both directions in the kernel on both ends.
+//  b. SendFile from several offsets with TX in the kernel, in mixed mode
+//     (TX kernel, RX OpenSSL) and with both directions in OpenSSL.
+//  c. 100 connections at once.
+//  d. Fallback per direction, provoked through the syscall seam: TLS_RX,
+//     TLS_TX or TCP_ULP refused.
+//  e. TlsTxSw/TlsRxSw move by exactly the number of directions offloaded.
+//
+// The other end of every connection is the library too; handshake shapes
+// and plain OpenSSL peers are in offload_shapes_kernel_test.cc.
+#include <openssl/ssl.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <ostream>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "common/self_signed.h"
+#include "core/openssl_ptr.h"
+#include "kernel/tls_uapi.h"
+#include "ktls/client.h"
+#include "ktls/connection.h"
+#include "ktls/offload.h"
+#include "ktls/probe.h"
+#include "ktls/server.h"
+#include "ktls/types.h"
+#include "tests/support/fault_syscalls.h"
+#include "tests/support/kernel_env.h"
+#include "tests/support/sockets.h"
+
+namespace ktls::testing {
+namespace {
+
+namespace uapi = ::ktls::detail::uapi;
+using Bytes = std::vector<std::uint8_t>;
+using detail::UniqueSslCtx;
+
+constexpr std::size_t kKiB = 1024;
+constexpr std::size_t kMiB = 1024 * kKiB;
+// A blocked read or write fails with EAGAIN after this long instead of
+// hanging the guest.
+constexpr std::chrono::seconds kIoTimeout{30};
+// A test still running after this long has its sockets shut down
+// (Watchdog) and fails.
+constexpr std::chrono::seconds kTestDeadline{60};
+// Lockstep echo: write this much, read it back, repeat.
+constexpr std::size_t kLockstepChunk = 16 * kKiB;
+
+// ---------------------------------------------------------------------------
+// Peers. (The same small kit is in offload_shapes_kernel_test.cc.)
+
+// TempCert: a self-signed certificate (CN=localhost, SAN 127.0.0.1; its own
+// CA) in a fresh temporary directory, removed with the object.
+class TempCert : public tools::SelfSigned {
+ public:
+  TempCert() {
+    std::string error;
+    if (!tools::MakeSelfSigned(*this, error)) throw std::runtime_error("MakeSelfSigned: " + error);
+  }
+  ~TempCert() {
+    ::unlink(cert_file.c_str());
+    ::unlink(key_file.c_str());
+    ::rmdir(cert_file.substr(0, cert_file.rfind('/')).c_str());
+  }
+  TempCert(const TempCert&) = delete;
+  TempCert& operator=(const TempCert&) = delete;
+};
+
+// TestCert: the servers' certificate, one per process.
+const TempCert& TestCert() {
+  static const TempCert cert;
+  return cert;
+}
+
+std::string ExpectedOffload(Offload tx, Offload rx) {
+  return std::string("tx=") + OffloadName(tx) + " rx=" + OffloadName(rx);
+}
+
+// Watchdog: if the test is still running at the deadline, shuts down every
+// socket it watches, so that each blocked read or write on them returns and
+// the test fails instead of hanging the guest. (SO_RCVTIMEO is not enough:
+// with a direction in OpenSSL, ktls waits in poll() without a timeout.) It
+// holds a dup of each socket, so it never touches a descriptor number that
+// was closed and reused; Forget closes the dup.
+class Watchdog {
+ public:
+  explicit Watchdog(std::chrono::seconds deadline) {
+    thread_ = std::thread([this, deadline] {
+      std::unique_lock lock(mu_);
+      if (!wake_.wait_for(lock, deadline, [this] { return stop_; })) FireLocked();
+    });
+  }
+  ~Watchdog() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+    for (int dup_fd : dups_) ::close(dup_fd);
+  }
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+  // Watch returns the token to Forget fd by (-1 if it could not be dup'ed).
+  int Watch(int fd) {
+    const int dup_fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    std::lock_guard lock(mu_);
+    if (dup_fd >= 0) {
+      dups_.push_back(dup_fd);
+      if (fired_) ::shutdown(dup_fd, SHUT_RDWR);
+    }
+    return dup_fd;
+  }
+  void Forget(int token) {
+    std::lock_guard lock(mu_);
+    if (std::erase(dups_, token) > 0) ::close(token);
+  }
+  // Fire shuts everything down now.
+  void Fire() {
+    std::lock_guard lock(mu_);
+    FireLocked();
+  }
+  bool fired() const {
+    std::lock_guard lock(mu_);
+    return fired_;
+  }
+
+ private:
+  void FireLocked() {
+    fired_ = true;
+    for (int dup_fd : dups_) ::shutdown(dup_fd, SHUT_RDWR);
+  }
+
+  mutable std::mutex mu_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  bool fired_ = false;
+  std::vector<int> dups_;
+  std::thread thread_;
+};
+
+// ServerEnd: what the server saw on one accepted connection.
+struct ServerEnd {
+  std::string error;  // Empty unless the handshake or the handler failed.
+  Offload tx = Offload::kUser;
+  Offload rx = Offload::kUser;
+  std::string fallback_reason;  // What on_fallback was told, if it was called.
+  SessionInfo session;
+  std::size_t bytes_in = 0;
+  std::size_t bytes_out = 0;
+};
+
+using Handler = std::function<void(Connection&, ServerEnd&)>;
+
+// The fallback reason for the connection this thread is handshaking.
+thread_local std::string t_fallback_reason;
+
+// TestServer: a Listener on 127.0.0.1 (a free port) and a thread that
+// accepts num_connections clients, each handshaken and handled on its own
+// worker thread. ServerEnd i belongs to the i-th accepted client. Its
+// sockets are under a Watchdog (kTestDeadline): shutting the server's end
+// down also ends whatever the client is waiting for.
+class TestServer {
+ public:
+  TestServer(const ServerConfig& config, std::size_t num_connections, Handler handler)
+      : dog_(kTestDeadline), handler_(std::move(handler)), ends_(num_connections) {
+    ServerConfig recording = config;
+    recording.offload.on_fallback = [chained = config.offload.on_fallback](const OffloadReport& report) {
+      t_fallback_reason = report.reason;
+      if (chained) chained(report);
+    };
+    auto listener = Listener::Listen("127.0.0.1:0", recording);
+    if (!listener.ok()) {
+      listen_error_ = listener.error().ToString();
+      return;
+    }
+    listener_.emplace(std::move(listener).value());
+    dog_.Watch(listener_->fd());  // Shutting it down wakes accept().
+    acceptor_ = std::thread([this] { AcceptLoop(); });
+  }
+  // Without Join, a test that failed early stops accepting at once.
+  ~TestServer() { Stop(std::chrono::seconds(0)); }
+  TestServer(const TestServer&) = delete;
+  TestServer& operator=(const TestServer&) = delete;
+
+  bool ok() const { return listener_.has_value(); }
+  const std::string& listen_error() const { return listen_error_; }
+  std::uint16_t port() const { return static_cast<std::uint16_t>(listener_->port()); }
+
+  // WaitHandshaken waits (at most kTestDeadline) until count connections
+  // have been through Handshake, offload included. A client must wait for
+  // it before its FIN can reach the server: the kernel attaches the tls ULP
+  // only to an ESTABLISHED socket, so after an early FIN (CLOSE_WAIT)
+  // setsockopt(TCP_ULP) fails with ENOTCONN and the server rightly stays in
+  // OpenSSL.
+  bool WaitHandshaken(std::size_t count) {
+    std::unique_lock lock(mu_);
+    return done_.wait_for(lock, kTestDeadline, [&] { return num_handshaken_ >= count; });
+  }
+
+  // Join waits (at most kTestDeadline) for every connection to be handled
+  // and returns what the server saw. A client that never came shows up as
+  // an error on its ServerEnd, not as a hang.
+  const std::vector<ServerEnd>& Join() {
+    Stop(kTestDeadline);
+    EXPECT_FALSE(dog_.fired()) << "the test ran past its deadline; its sockets were shut down";
+    return ends_;
+  }
+
+ private:
+  void AcceptLoop() {
+    for (std::size_t i = 0; i < ends_.size(); ++i) {
+      auto socket = listener_->AcceptSocket();
+      if (!socket.ok()) {
+        std::lock_guard lock(mu_);
+        for (std::size_t j = i; j < ends_.size(); ++j) ends_[j].error = "never accepted: " + socket.error().ToString();
+        num_handshaken_ += ends_.size() - i;
+        num_done_ += ends_.size() - i;
+        done_.notify_all();
+        return;
+      }
+      workers_.emplace_back([this, i, fd = *socket] { Serve(fd, ends_[i]); });
+    }
+  }
+
+  void Serve(int fd, ServerEnd& end) {
+    t_fallback_reason.clear();
+    auto conn = listener_->Handshake(fd);
+    end.fallback_reason = t_fallback_reason;
+    {
+      std::lock_guard lock(mu_);
+      ++num_handshaken_;
+      done_.notify_all();
+    }
+    if (!conn.ok()) {
+      end.error = "server handshake: " + conn.error().ToString();
+    } else {
+      end.tx = conn->tx();
+      end.rx = conn->rx();
+      end.session = conn->session();
+      if (!SetIoTimeout(conn->fd(), kIoTimeout)) end.error = "SetIoTimeout failed on the server socket";
+      const int token = dog_.Watch(conn->fd());
+      if (end.error.empty()) handler_(*conn, end);
+      dog_.Forget(token);  // Before the Connection closes the socket.
+    }
+    std::lock_guard lock(mu_);
+    ++num_done_;
+    done_.notify_all();
+  }
+
+  void Stop(std::chrono::seconds deadline) {
+    if (!acceptor_.joinable()) return;
+    std::unique_lock lock(mu_);
+    if (!done_.wait_for(lock, deadline, [this] { return num_done_ == ends_.size(); })) dog_.Fire();
+    lock.unlock();
+    acceptor_.join();
+    for (std::thread& worker : workers_) worker.join();
+  }
+
+  Watchdog dog_;  // First: outlives the threads that use it.
+  std::optional<Listener> listener_;
+  std::string listen_error_;
+  Handler handler_;
+  std::vector<ServerEnd> ends_;  // Sized once: workers hold references.
+  std::vector<std::thread> workers_;
+  std::thread acceptor_;
+  std::mutex mu_;
+  std::condition_variable done_;
+  std::size_t num_handshaken_ = 0;
+  std::size_t num_done_ = 0;
+};
+
+// ReadToEnd reads until the peer's close_notify, appending to out. Returns
+// what went wrong, or an empty string.
+std::string ReadToEnd(Connection& conn, Bytes& out) {
+  std::vector<std::byte> buf(256 * kKiB);
+  for (;;) {
+    auto got = conn.Read(buf);
+    if (!got.ok()) return "Read: " + got.error().ToString();
+    if (got->end_of_stream) return {};
+    if (got->would_block) return "Read timed out before close_notify";
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(buf.data());
+    out.insert(out.end(), bytes, bytes + got->bytes);
+  }
+}
+
+// ReadExactly reads exactly len bytes, appending to out.
+std::string ReadExactly(Connection& conn, std::size_t len, Bytes& out) {
+  std::vector<std::byte> buf(len);
+  std::size_t have = 0;
+  while (have < len) {
+    auto got = conn.Read(std::span(buf).subspan(have));
+    if (!got.ok()) return "Read: " + got.error().ToString();
+    if (got->end_of_stream) return "close_notify after " + std::to_string(have) + " of " + std::to_string(len) + " bytes";
+    if (got->would_block) return "Read timed out";
+    have += got->bytes;
+  }
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(buf.data());
+  out.insert(out.end(), bytes, bytes + len);
+  return {};
+}
+
+std::string WriteAll(Connection& conn, std::span<const std::uint8_t> data) {
+  auto wrote = conn.WriteAll(std::as_bytes(data));
+  if (!wrote.ok()) return "Write: " + wrote.error().ToString();
+  if (wrote->bytes != data.size()) return "Write timed out after " + std::to_string(wrote->bytes) + " bytes";
+  return {};
+}
+
+std::string ShutdownText(Connection& conn) {
+  auto shut = conn.Shutdown();
+  return shut.ok() ? std::string() : "Shutdown: " + shut.error().ToString();
+}
+
+// Echo: the server side of EchoThrough. Copies everything back until the
+// peer's close_notify, then sends its own.
+void Echo(Connection& conn, ServerEnd& end) {
+  std::vector<std::byte> buf(256 * kKiB);
+  for (;;) {
+    auto got = conn.Read(buf);
+    if (!got.ok()) {
+      end.error = "server Read: " + got.error().ToString();
+      return;
+    }
+    if (got->end_of_stream) break;
+    if (got->would_block) {
+      end.error = "server Read timed out";
+      return;
+    }
+    end.bytes_in += got->bytes;
+    auto wrote = conn.WriteAll(std::span(buf).first(got->bytes));
+    if (!wrote.ok() || wrote->bytes != got->bytes) {
+      end.error = "server Write: " + (wrote.ok() ? std::string("timed out") : wrote.error().ToString());
+      return;
+    }
+    end.bytes_out += wrote->bytes;
+  }
+  end.error = ShutdownText(conn);
+}
+
+// Pace: how EchoThrough drives a connection.
+enum class Pace {
+  // A second thread writes while this one reads. Only where the two
+  // directions share no state: both in the kernel, or TX kernel + RX
+  // OpenSSL. One SSL object must never be used by two threads at once.
+  kConcurrent,
+  // Write kLockstepChunk bytes, read them back, repeat: one thread.
+  kLockstep,
+};
+
+// EchoThrough sends data to an Echo server, then close_notify, and reads
+// everything that comes back (into echoed) up to the server's close_notify.
+// Returns what went wrong, or an empty string.
+std::string EchoThrough(Connection& conn, std::span<const std::uint8_t> data, Pace pace, Bytes& echoed) {
+  if (pace == Pace::kConcurrent) {
+    std::string write_error;
+    std::thread writer([&] {
+      write_error = WriteAll(conn, data);
+      if (write_error.empty()) write_error = ShutdownText(conn);
+    });
+    const std::string read_error = ReadToEnd(conn, echoed);
+    writer.join();
+    return !write_error.empty() ? write_error : read_error;
+  }
+  for (std::size_t offset = 0; offset < data.size(); offset += kLockstepChunk) {
+    const auto chunk = data.subspan(offset, std::min(kLockstepChunk, data.size() - offset));
+    if (std::string error = WriteAll(conn, chunk); !error.empty()) return error;
+    if (std::string error = ReadExactly(conn, chunk.size(), echoed); !error.empty()) return error;
+  }
+  if (std::string error = ShutdownText(conn); !error.empty()) return error;
+  return ReadToEnd(conn, echoed);
+}
+
+// ClientFor: the library's client config trusting TestCert.
+ClientConfig ClientFor() {
+  ClientConfig config;
+  config.ca_file = TestCert().cert_file;
+  return config;
+}
+
+ServerConfig ServerFor() {
+  ServerConfig config;
+  config.cert_file = TestCert().cert_file;
+  config.key_file = TestCert().key_file;
+  return config;
+}
+
+// ConnectTo connects the library's client and bounds its I/O.
+Result<Connection> ConnectTo(std::uint16_t port, const ClientConfig& config) {
+  auto conn = Connect("127.0.0.1", port, config);
+  if (conn.ok() && !SetIoTimeout(conn->fd(), kIoTimeout)) {
+    return Error{ErrorCategory::kIo, errno, "SetIoTimeout on the client socket", -1};
+  }
+  return conn;
+}
+
+// FallbackLog collects OffloadOptions::on_fallback reports from any thread.
+class FallbackLog {
+ public:
+  std::function<void(const OffloadReport&)> Callback() {
+    return [this](const OffloadReport& report) {
+      std::lock_guard lock(mu_);
+      reports_.push_back(report);
+    };
+  }
+  std::vector<OffloadReport> reports() {
+    std::lock_guard lock(mu_);
+    return reports_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<OffloadReport> reports_;
+};
+
+// --- end of the peer kit ----------------------------------------------------
+
+// SuiteCase: one TLS 1.3 cipher suite, by OpenSSL name and kernel cipher.
+struct SuiteCase {
+  const char* name;
+  Cipher cipher;
+};
+
+void PrintTo(const SuiteCase& suite, std::ostream* out) { *out << suite.name; }
+
+constexpr std::array<SuiteCase, 4> kSuites = {{
+    {"TLS_AES_128_GCM_SHA256", Cipher::kAes128Gcm},
+    {"TLS_AES_256_GCM_SHA384", Cipher::kAes256Gcm},
+    {"TLS_CHACHA20_POLY1305_SHA256", Cipher::kChaCha20Poly1305},
+    {"TLS_AES_128_CCM_SHA256", Cipher::kAes128Ccm},
+}};
+
+// NewSuiteContext: a TLS 1.3-only context that negotiates exactly one suite
+// (CCM is off by default in OpenSSL; both ends have to name it). A server
+// context carries TestCert; a client context trusts it.
+UniqueSslCtx NewSuiteContext(bool server, const char* suite) {
+  UniqueSslCtx ctx(SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()));
+  if (!ctx || SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION) != 1 ||
+      SSL_CTX_set_ciphersuites(ctx.get(), suite) != 1) {
+    return nullptr;
+  }
+  if (server) {
+    if (SSL_CTX_use_certificate_chain_file(ctx.get(), TestCert().cert_file.c_str()) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx.get(), TestCert().key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+      return nullptr;
+    }
+  } else {
+    if (SSL_CTX_load_verify_locations(ctx.get(), TestCert().cert_file.c_str(), nullptr) != 1) return nullptr;
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  }
+  return ctx;
+}
+
+void ExpectOffloaded(Offload tx, Offload rx, Offload want_tx, Offload want_rx, const std::string& who) {
+  EXPECT_EQ(ExpectedOffload(tx, rx), ExpectedOffload(want_tx, want_rx))
+      << who << " should have TX in " << OffloadName(want_tx) << " and RX in " << OffloadName(want_rx);
+}
+
+void ExpectOffloaded(const ServerEnd& end, Offload want_tx, Offload want_rx, const std::string& who) {
+  ExpectOffloaded(end.tx, end.rx, want_tx, want_rx,
+                  end.fallback_reason.empty() ? who : who + " (fallback: " + end.fallback_reason + ")");
+}
+
+// CounterDelta: how much a /proc/net/tls_stat counter moved (-1: missing).
+long long CounterDelta(const std::map<std::string, long long>& before, const std::map<std::string, long long>& after,
+                       const std::string& name) {
+  const auto b = before.find(name);
+  const auto a = after.find(name);
+  if (b == before.end() || a == after.end()) return -1;
+  return a->second - b->second;
+}
+
+// TlsStatSnapshot: /proc/net/tls_stat now, after the process-wide probe has
+// run (the probe's own sockets count too, so it must not run in between).
+std::map<std::string, long long> TlsStatSnapshot() {
+  (void)CachedCapabilities();
+  return ReadTlsStat();
+}
+
+void ExpectSwCountersMoved(const std::map<std::string, long long>& before, long long tx_sw, long long rx_sw) {
+  const auto after = ReadTlsStat();
+  ASSERT_TRUE(after.count("TlsTxSw") && after.count("TlsRxSw"))
+      << "/proc/net/tls_stat should list TlsTxSw and TlsRxSw where kTLS is available";
+  EXPECT_EQ(CounterDelta(before, after, "TlsTxSw"), tx_sw)
+      << "TlsTxSw should count each socket whose TX went to software kTLS";
+  EXPECT_EQ(CounterDelta(before, after, "TlsRxSw"), rx_sw)
+      << "TlsRxSw should count each socket whose RX went to software kTLS";
+}
+
+// --- a. Every size, every suite ----------------------------------------------
+
+class OffloadSuiteKernelTest : public ::testing::TestWithParam<SuiteCase> {};
+
+TEST_P(OffloadSuiteKernelTest, EchoesEachSizeWithBothDirectionsInKernel) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  KTLS_REQUIRE_CIPHER_OR_SKIP(TlsVersion::kTls13, GetParam().cipher);
+  // Empty, one byte, one byte short of a full record, a full record, one
+  // byte into the second record, and many records.
+  constexpr std::array<std::size_t, 6> kSizes = {0, 1, 16383, 16384, 16385, kMiB};
+  const UniqueSslCtx server_ctx = NewSuiteContext(true, GetParam().name);
+  const UniqueSslCtx client_ctx = NewSuiteContext(false, GetParam().name);
+  ASSERT_TRUE(server_ctx && client_ctx) << "building the " << GetParam().name << " contexts";
+  FallbackLog fallbacks;
+  ServerConfig server_config;
+  server_config.ssl_ctx = server_ctx.get();
+  server_config.offload.on_fallback = fallbacks.Callback();
+  TestServer server(server_config, kSizes.size(), Echo);
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+
+  std::size_t num_connected = 0;
+  for (std::size_t size : kSizes) {
+    SCOPED_TRACE("echo of " + std::to_string(size) + " bytes");
+    ClientConfig client_config = ClientFor();
+    client_config.ssl_ctx = client_ctx.get();
+    client_config.offload.on_fallback = fallbacks.Callback();
+    auto conn = ConnectTo(server.port(), client_config);
+    ASSERT_TRUE(conn.ok()) << "Connect: " << conn.error().ToString();
+    ASSERT_TRUE(server.WaitHandshaken(++num_connected)) << "the server should have finished handshake and offload";
+    ExpectOffloaded(conn->tx(), conn->rx(), Offload::kKernel, Offload::kKernel, "the client");
+    EXPECT_EQ(conn->session().cipher_suite, GetParam().name);
+    EXPECT_EQ(conn->session().protocol, "TLSv1.3");
+    const Bytes data = RandomBytes(size);
+    Bytes echoed;
+    ASSERT_EQ(EchoThrough(*conn, data, Pace::kConcurrent, echoed), "") << "the echo should complete cleanly";
+    EXPECT_EQ(echoed.size(), data.size());
+    EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data)) << "the echoed bytes should be the bytes sent";
+  }
+  const std::vector<ServerEnd>& ends = server.Join();
+  for (std::size_t i = 0; i < ends.size(); ++i) {
+    SCOPED_TRACE("server side of the echo of " + std::to_string(kSizes[i]) + " bytes");
+    EXPECT_EQ(ends[i].error, "");
+    ExpectOffloaded(ends[i], Offload::kKernel, Offload::kKernel, "the server");
+    EXPECT_EQ(ends[i].bytes_in, kSizes[i]);
+    EXPECT_EQ(ends[i].session.cipher_suite, GetParam().name);
+  }
+  EXPECT_TRUE(fallbacks.reports().empty()) << "nothing should have fallen back: "
+                                           << (fallbacks.reports().empty() ? "" : fallbacks.reports()[0].reason);
+}
+
+INSTANTIATE_TEST_SUITE_P(Tls13, OffloadSuiteKernelTest, ::testing::ValuesIn(kSuites),
+                         [](const ::testing::TestParamInfo<SuiteCase>& param_info) {
+                           std::string name;
+                           for (char c : CipherName(param_info.param.cipher)) name.push_back(c);
+                           return name;
+                         });
+
+// 64 MiB, one suite (AES-128-GCM): UML's kernel AES is slow, and every byte
+// is encrypted and decrypted twice.
+TEST(OffloadKernelTest, Echoes64MiBWithBothDirectionsInKernel) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  KTLS_REQUIRE_CIPHER_OR_SKIP(TlsVersion::kTls13, Cipher::kAes128Gcm);
+  const UniqueSslCtx server_ctx = NewSuiteContext(true, "TLS_AES_128_GCM_SHA256");
+  const UniqueSslCtx client_ctx = NewSuiteContext(false, "TLS_AES_128_GCM_SHA256");
+  ASSERT_TRUE(server_ctx && client_ctx);
+  ServerConfig server_config;
+  server_config.ssl_ctx = server_ctx.get();
+  TestServer server(server_config, 1, Echo);
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  ClientConfig client_config = ClientFor();
+  client_config.ssl_ctx = client_ctx.get();
+  auto conn = ConnectTo(server.port(), client_config);
+  ASSERT_TRUE(conn.ok()) << "Connect: " << conn.error().ToString();
+  ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
+  ExpectOffloaded(conn->tx(), conn->rx(), Offload::kKernel, Offload::kKernel, "the client");
+
+  const Bytes data = RandomBytes(64 * kMiB);
+  Bytes echoed;
+  echoed.reserve(data.size());
+  ASSERT_EQ(EchoThrough(*conn, data, Pace::kConcurrent, echoed), "");
+  EXPECT_EQ(echoed.size(), data.size());
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data)) << "the echoed 64 MiB should be the bytes sent";
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
+  EXPECT_EQ(end.bytes_in, data.size());
+}
+
+// --- b. SendFile --------------------------------------------------------------
+
+// TempFile: an unlinked temporary file with random contents.
+class TempFile {
+ public:
+  explicit TempFile(std::size_t len) : contents_(RandomBytes(len)) {
+    const char* dir = std::getenv("TMPDIR");
+    std::string path = std::string(dir != nullptr ? dir : "/tmp") + "/ktls-sendfile-XXXXXX";
+    fd_.reset(::mkstemp(path.data()));
+    if (!fd_) return;
+    ::unlink(path.c_str());
+    if (!testing::WriteAll(fd_.get(), contents_)) fd_.reset();
+  }
+  bool ok() const { return fd_.valid(); }
+  int fd() const { return fd_.get(); }
+  std::span<const std::uint8_t> Slice(std::size_t offset, std::size_t len) const {
+    return std::span(contents_).subspan(offset, len);
+  }
+
+ private:
+  Bytes contents_;
+  UniqueFd fd_;
+};
+
+// FileRange: one SendFile call's worth of a file.
+struct FileRange {
+  std::size_t offset;
+  std::size_t len;
+};
+
+enum class SendFileMode {
+  kBothInKernel,  // TX and RX in the kernel.
+  kMixed,         // The server offloads TX only (OffloadOptions::rx = false).
+  kUser,          // TLS_TX refused through the seam: everything in OpenSSL.
+};
+
+std::string SendFileModeName(const ::testing::TestParamInfo<SendFileMode>& param_info) {
+  switch (param_info.param) {
+    case SendFileMode::kBothInKernel: return "BothInKernel";
+    case SendFileMode::kMixed: return "TxKernelRxUser";
+    case SendFileMode::kUser: return "BothInOpenSsl";
+  }
+  return "unknown";
+}
+
+class OffloadSendFileKernelTest : public ::testing::TestWithParam<SendFileMode> {};
+
+TEST_P(OffloadSendFileKernelTest, SendsFileRangesFromSeveralOffsets) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  const SendFileMode mode = GetParam();
+  const TempFile file(3 * kMiB + 12345);
+  ASSERT_TRUE(file.ok()) << "cannot create the temporary file";
+  // From the start, one byte in, one byte short of a record, and deep into
+  // the file up to its end; lengths that end mid-record.
+  const std::array<FileRange, 4> ranges = {{
+      {0, 100000},
+      {1, 16384},
+      {16383, 50001},
+      {2 * kMiB + 4097, kMiB + 12345 - 4097},
+  }};
+  Bytes expected;
+  for (const FileRange& range : ranges) {
+    const auto slice = file.Slice(range.offset, range.len);
+    expected.insert(expected.end(), slice.begin(), slice.end());
+  }
+
+  std::optional<ScopedFault> fault;
+  if (mode == SendFileMode::kUser) {
+    fault.emplace(Fault{Syscall::kSetSockOpt, EINVAL, uapi::kSolTls, uapi::kTlsTx, 0, -1});
+  }
+  FallbackLog server_fallbacks;
+  ServerConfig server_config = ServerFor();
+  server_config.offload.rx = mode != SendFileMode::kMixed;
+  server_config.offload.on_fallback = server_fallbacks.Callback();
+  TestServer server(server_config, 1, [&](Connection& conn, ServerEnd& end) {
+    for (const FileRange& range : ranges) {
+      std::size_t sent = 0;
+      while (sent < range.len) {
+        auto wrote = conn.SendFile(file.fd(), static_cast<off_t>(range.offset + sent), range.len - sent);
+        if (!wrote.ok() || wrote->bytes == 0) {
+          end.error = "SendFile at offset " + std::to_string(range.offset + sent) + ": " +
+                      (wrote.ok() ? std::string("no progress") : wrote.error().ToString());
+          return;
+        }
+        sent += wrote->bytes;
+      }
+      end.bytes_out += sent;
+    }
+    if (end.error = ShutdownText(conn); !end.error.empty()) return;
+    Bytes rest;
+    end.error = ReadToEnd(conn, rest);  // The client's close_notify.
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+
+  auto conn = ConnectTo(server.port(), ClientFor());
+  ASSERT_TRUE(conn.ok()) << "Connect: " << conn.error().ToString();
+  Bytes received;
+  EXPECT_EQ(ReadToEnd(*conn, received), "");
+  EXPECT_EQ(ShutdownText(*conn), "");
+  EXPECT_EQ(received.size(), expected.size());
+  EXPECT_EQ(Sha256Hex(received), Sha256Hex(expected)) << "the client should receive exactly the file ranges sent";
+  const Offload client_tx = conn->tx();
+  const Offload client_rx = conn->rx();
+  conn->Close();  // Whatever happened, the server stops waiting for us now.
+
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  EXPECT_EQ(end.bytes_out, expected.size());
+  switch (mode) {
+    case SendFileMode::kBothInKernel:
+      ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
+      EXPECT_TRUE(server_fallbacks.reports().empty());
+      break;
+    case SendFileMode::kMixed:
+      ExpectOffloaded(end, Offload::kKernel, Offload::kUser, "the server (RX offload off)");
+      ASSERT_EQ(server_fallbacks.reports().size(), 1u) << "on_fallback should say RX stayed in OpenSSL";
+      EXPECT_NE(server_fallbacks.reports()[0].reason.find("RX offload is turned off"), std::string::npos)
+          << server_fallbacks.reports()[0].reason;
+      break;
+    case SendFileMode::kUser:
+      ExpectOffloaded(end, Offload::kUser, Offload::kUser, "the server (TLS_TX refused)");
+      ExpectOffloaded(client_tx, client_rx, Offload::kUser, Offload::kUser, "the client (TLS_TX refused)");
+      ASSERT_EQ(server_fallbacks.reports().size(), 1u);
+      EXPECT_NE(server_fallbacks.reports()[0].reason.find("TLS_TX"), std::string::npos)
+          << server_fallbacks.reports()[0].reason;
+      break;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, OffloadSendFileKernelTest,
+                         ::testing::Values(SendFileMode::kBothInKernel, SendFileMode::kMixed, SendFileMode::kUser),
+                         SendFileModeName);
+
+// --- c. Many connections at once ---------------------------------------------
+
+TEST(OffloadKernelTest, HundredConcurrentConnectionsEchoWithBothDirectionsInKernel) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  constexpr std::size_t kNumConnections = 100;
+  constexpr std::size_t kPayloadLen = 64 * kKiB;
+  ServerConfig server_config = ServerFor();
+  server_config.handshake_timeout = std::chrono::seconds(60);  // One CPU, 100 handshakes.
+  TestServer server(server_config, kNumConnections, Echo);
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+
+  std::vector<std::string> outcomes(kNumConnections);
+  std::vector<std::thread> clients;
+  for (std::size_t i = 0; i < kNumConnections; ++i) {
+    clients.emplace_back([&outcomes, i, port = server.port()] {
+      ClientConfig config = ClientFor();
+      config.handshake_timeout = std::chrono::seconds(60);
+      auto conn = ConnectTo(port, config);
+      if (!conn.ok()) {
+        outcomes[i] = "Connect: " + conn.error().ToString();
+        return;
+      }
+      if (conn->tx() != Offload::kKernel || conn->rx() != Offload::kKernel) {
+        outcomes[i] = "client offload " + ExpectedOffload(conn->tx(), conn->rx()) + ", expected both in the kernel";
+        return;
+      }
+      const Bytes data = RandomBytes(kPayloadLen);  // Different on every connection.
+      Bytes echoed;
+      outcomes[i] = EchoThrough(*conn, data, Pace::kLockstep, echoed);
+      if (outcomes[i].empty() && Sha256Hex(echoed) != Sha256Hex(data)) outcomes[i] = "echoed bytes differ";
+    });
+  }
+  for (std::thread& client : clients) client.join();
+  for (std::size_t i = 0; i < kNumConnections; ++i) EXPECT_EQ(outcomes[i], "") << "client " << i;
+  const std::vector<ServerEnd>& ends = server.Join();
+  for (std::size_t i = 0; i < ends.size(); ++i) {
+    SCOPED_TRACE("server connection " + std::to_string(i));
+    EXPECT_EQ(ends[i].error, "");
+    ExpectOffloaded(ends[i], Offload::kKernel, Offload::kKernel, "the server");
+    EXPECT_EQ(ends[i].bytes_in, kPayloadLen);
+  }
+}
+
+// --- d. Fallback per direction -----------------------------------------------
+
+// RefusedOption: which setsockopt the seam refuses (for every socket, so
+// both ends fall back the same way), and what must follow.
+struct RefusedOption {
+  const char* name;  // As the fallback reason must spell it.
+  int level;
+  int option;
+  int err;
+  Offload tx;  // Where each direction must end up.
+  Offload rx;
+  Pace pace;  // How the echo may drive the connection in that state.
+};
+
+void PrintTo(const RefusedOption& refused, std::ostream* out) { *out << refused.name << " refused"; }
+
+class OffloadFallbackKernelTest : public ::testing::TestWithParam<RefusedOption> {};
+
+TEST_P(OffloadFallbackKernelTest, EchoesWithEachDirectionWhereItEndedUp) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  const RefusedOption& refused = GetParam();
+  const auto stats_before = TlsStatSnapshot();
+  ScopedFault fault(Fault{Syscall::kSetSockOpt, refused.err, refused.level, refused.option, 0, -1});
+  FallbackLog fallbacks;
+  ServerConfig server_config = ServerFor();
+  server_config.offload.on_fallback = fallbacks.Callback();
+  TestServer server(server_config, 1, Echo);
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  ClientConfig client_config = ClientFor();
+  client_config.offload.on_fallback = fallbacks.Callback();
+  auto conn = ConnectTo(server.port(), client_config);
+  ASSERT_TRUE(conn.ok()) << "Connect: " << conn.error().ToString();
+  ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
+  ExpectOffloaded(conn->tx(), conn->rx(), refused.tx, refused.rx, "the client");
+
+  // Several records each way; in mixed mode the kernel encrypts what
+  // OpenSSL decrypts at the other end, and the other way round.
+  const Bytes data = RandomBytes(kMiB + 16385);
+  Bytes echoed;
+  ASSERT_EQ(EchoThrough(*conn, data, refused.pace, echoed), "");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data)) << "the echoed bytes should be the bytes sent";
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectOffloaded(end, refused.tx, refused.rx, "the server");
+
+  const std::vector<OffloadReport> reports = fallbacks.reports();
+  ASSERT_EQ(reports.size(), 2u) << "on_fallback should be called once on each end";
+  for (const OffloadReport& report : reports) {
+    ExpectOffloaded(report.tx, report.rx, refused.tx, refused.rx, "the fallback report");
+    EXPECT_NE(report.reason.find(refused.name), std::string::npos)
+        << "the fallback reason should name " << refused.name << ": " << report.reason;
+  }
+  // Only what reached the kernel counts: TX on both ends in mixed mode.
+  const long long kernel_tx = refused.tx == Offload::kKernel ? 2 : 0;
+  ExpectSwCountersMoved(stats_before, kernel_tx, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Refused, OffloadFallbackKernelTest,
+    ::testing::Values(
+        RefusedOption{"TLS_RX", uapi::kSolTls, uapi::kTlsRx, EINVAL, Offload::kKernel, Offload::kUser,
+                      Pace::kConcurrent},
+        RefusedOption{"TLS_TX", uapi::kSolTls, uapi::kTlsTx, EINVAL, Offload::kUser, Offload::kUser, Pace::kLockstep},
+        RefusedOption{"TCP_ULP", uapi::kSolTcp, uapi::kTcpUlp, ENOENT, Offload::kUser, Offload::kUser,
+                      Pace::kLockstep}),
+    [](const ::testing::TestParamInfo<RefusedOption>& param_info) {
+      std::string name;
+      for (const char* c = param_info.param.name; *c != '\0'; ++c) {
+        if (*c != '_') name.push_back(*c);
+      }
+      return name;
+    });
+
+// --- e. /proc/net/tls_stat ---------------------------------------------------
+
+// One connection with both directions offloaded on both ends adds 2 to
+// TlsTxSw and TlsRxSw; one whose server keeps RX in OpenSSL adds 2 and 1.
+TEST(OffloadKernelTest, TlsStatCountsEveryOffloadedDirection) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  for (const bool server_rx : {true, false}) {
+    SCOPED_TRACE(server_rx ? "server RX offload on" : "server RX offload off");
+    const auto stats_before = TlsStatSnapshot();
+    ServerConfig server_config = ServerFor();
+    server_config.offload.rx = server_rx;
+    TestServer server(server_config, 1, Echo);
+    ASSERT_TRUE(server.ok()) << server.listen_error();
+    auto conn = ConnectTo(server.port(), ClientFor());
+    ASSERT_TRUE(conn.ok()) << "Connect: " << conn.error().ToString();
+    ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
+    ExpectOffloaded(conn->tx(), conn->rx(), Offload::kKernel, Offload::kKernel, "the client");
+    const Bytes data = RandomBytes(20000);
+    Bytes echoed;
+    ASSERT_EQ(EchoThrough(*conn, data, Pace::kConcurrent, echoed), "");
+    EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data));
+    const ServerEnd& end = server.Join()[0];
+    EXPECT_EQ(end.error, "");
+    ExpectOffloaded(end, Offload::kKernel, server_rx ? Offload::kKernel : Offload::kUser, "the server");
+    ExpectSwCountersMoved(stats_before, 2, server_rx ? 2 : 1);
+  }
+}
+
+}  // namespace
+}  // namespace ktls::testing

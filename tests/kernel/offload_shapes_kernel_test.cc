@@ -1,0 +1,1239 @@
+// tests/kernel/offload_shapes_kernel_test.cc: every handshake shape that
+// moves a sequence number, and every way an offloaded connection can end.
+//
+// A record sequence number that is off by one in either direction does not
+// show until data flows: the kernel then fails the read with EBADMSG (ktls
+// reports bad_record_mac), or the peer's OpenSSL fails to decrypt. So every
+// shape here is followed by data in both directions, checked by SHA-256.
+//
+//  a. The server sends 0, 1 or 5 session tickets before offload; the
+//     library's client, with RX in the kernel, consumes them.
+//  b. Mutual TLS (client Certificate, CertificateVerify).
+//  c. Session resumption by ticket.
+//  d. HelloRetryRequest (a second ClientHello).
+//  e. A client that sends application data in the same TCP segment as its
+//     Finished: read by the kernel after offload, or, with read-ahead on,
+//     buffered by OpenSSL and drained by ktls before offload.
+//  f. How RX ends: close_notify, a FIN without it, a fatal alert; and the
+//     close_notify our Shutdown sends, as a plain OpenSSL peer sees it.
+//
+// Peers are the library (Listener, Connect, the bring-your-own API) where it
+// can make the shape, and plain OpenSSL where the test needs control that the
+// library's client does not offer.
+#include <netinet/in.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <poll.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "common/self_signed.h"
+#include "core/openssl_ptr.h"
+#include "kernel/tls_uapi.h"
+#include "ktls/client.h"
+#include "ktls/connection.h"
+#include "ktls/offload.h"
+#include "ktls/server.h"
+#include "ktls/types.h"
+#include "tests/support/kernel_env.h"
+#include "tests/support/sockets.h"
+
+namespace ktls::testing {
+namespace {
+
+namespace uapi = ::ktls::detail::uapi;
+using Bytes = std::vector<std::uint8_t>;
+using detail::UniqueBio;
+using detail::UniqueSession;
+using detail::UniqueSsl;
+using detail::UniqueSslCtx;
+
+constexpr std::size_t kKiB = 1024;
+// A blocked read or write fails with EAGAIN after this long instead of
+// hanging the guest.
+constexpr std::chrono::seconds kIoTimeout{30};
+// A test still running after this long has its sockets shut down
+// (Watchdog) and fails.
+constexpr std::chrono::seconds kTestDeadline{60};
+// A plain OpenSSL peer's echo: write this much, read it back, repeat (one
+// SSL object must never be used by two threads at once).
+constexpr std::size_t kLockstepChunk = 16 * kKiB;
+// TLS alert descriptions (RFC 8446 6).
+constexpr std::uint8_t kAlertLevelFatal = 2;
+constexpr std::uint8_t kAlertHandshakeFailure = 40;
+
+// ---------------------------------------------------------------------------
+// Peers. (The same small kit is in offload_kernel_test.cc.)
+
+// TempCert: a self-signed certificate (CN=localhost, SAN 127.0.0.1; its own
+// CA) in a fresh temporary directory, removed with the object.
+class TempCert : public tools::SelfSigned {
+ public:
+  TempCert() {
+    std::string error;
+    if (!tools::MakeSelfSigned(*this, error)) throw std::runtime_error("MakeSelfSigned: " + error);
+  }
+  ~TempCert() {
+    ::unlink(cert_file.c_str());
+    ::unlink(key_file.c_str());
+    ::rmdir(cert_file.substr(0, cert_file.rfind('/')).c_str());
+  }
+  TempCert(const TempCert&) = delete;
+  TempCert& operator=(const TempCert&) = delete;
+};
+
+// TestCert: the servers' certificate, one per process.
+const TempCert& TestCert() {
+  static const TempCert cert;
+  return cert;
+}
+
+std::string ExpectedOffload(Offload tx, Offload rx) {
+  return std::string("tx=") + OffloadName(tx) + " rx=" + OffloadName(rx);
+}
+
+void ExpectBothInKernel(Offload tx, Offload rx, const std::string& who) {
+  EXPECT_EQ(ExpectedOffload(tx, rx), ExpectedOffload(Offload::kKernel, Offload::kKernel))
+      << who << " should have both directions in the kernel";
+}
+
+// Watchdog: if the test is still running at the deadline, shuts down every
+// socket it watches, so that each blocked read or write on them returns and
+// the test fails instead of hanging the guest. (SO_RCVTIMEO is not enough:
+// with a direction in OpenSSL, ktls waits in poll() without a timeout.) It
+// holds a dup of each socket, so it never touches a descriptor number that
+// was closed and reused; Forget closes the dup.
+class Watchdog {
+ public:
+  explicit Watchdog(std::chrono::seconds deadline) {
+    thread_ = std::thread([this, deadline] {
+      std::unique_lock lock(mu_);
+      if (!wake_.wait_for(lock, deadline, [this] { return stop_; })) FireLocked();
+    });
+  }
+  ~Watchdog() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+    for (int dup_fd : dups_) ::close(dup_fd);
+  }
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+  // Watch returns the token to Forget fd by (-1 if it could not be dup'ed).
+  int Watch(int fd) {
+    const int dup_fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    std::lock_guard lock(mu_);
+    if (dup_fd >= 0) {
+      dups_.push_back(dup_fd);
+      if (fired_) ::shutdown(dup_fd, SHUT_RDWR);
+    }
+    return dup_fd;
+  }
+  void Forget(int token) {
+    std::lock_guard lock(mu_);
+    if (std::erase(dups_, token) > 0) ::close(token);
+  }
+  // Fire shuts everything down now.
+  void Fire() {
+    std::lock_guard lock(mu_);
+    FireLocked();
+  }
+  bool fired() const {
+    std::lock_guard lock(mu_);
+    return fired_;
+  }
+
+ private:
+  void FireLocked() {
+    fired_ = true;
+    for (int dup_fd : dups_) ::shutdown(dup_fd, SHUT_RDWR);
+  }
+
+  mutable std::mutex mu_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  bool fired_ = false;
+  std::vector<int> dups_;
+  std::thread thread_;
+};
+
+// ServerEnd: what the server saw on one accepted connection.
+struct ServerEnd {
+  std::string error;  // Empty unless the handshake or the handler failed.
+  Offload tx = Offload::kUser;
+  Offload rx = Offload::kUser;
+  std::string fallback_reason;  // What on_fallback was told, if it was called.
+  SessionInfo session;
+  std::size_t bytes_in = 0;
+};
+
+void ExpectBothInKernel(const ServerEnd& end, const std::string& who) {
+  ExpectBothInKernel(end.tx, end.rx,
+                     end.fallback_reason.empty() ? who : who + " (fallback: " + end.fallback_reason + ")");
+}
+
+using Handler = std::function<void(Connection&, ServerEnd&)>;
+
+// The fallback reason for the connection this thread is handshaking.
+thread_local std::string t_fallback_reason;
+
+// TestServer: a Listener on 127.0.0.1 (a free port) and a thread that
+// accepts num_connections clients, each handshaken and handled on its own
+// worker thread. ServerEnd i belongs to the i-th accepted client. Its
+// sockets are under a Watchdog (kTestDeadline): shutting the server's end
+// down also ends whatever the client is waiting for.
+class TestServer {
+ public:
+  TestServer(const ServerConfig& config, std::size_t num_connections, Handler handler)
+      : dog_(kTestDeadline), handler_(std::move(handler)), ends_(num_connections) {
+    ServerConfig recording = config;
+    recording.offload.on_fallback = [chained = config.offload.on_fallback](const OffloadReport& report) {
+      t_fallback_reason = report.reason;
+      if (chained) chained(report);
+    };
+    auto listener = Listener::Listen("127.0.0.1:0", recording);
+    if (!listener.ok()) {
+      listen_error_ = listener.error().ToString();
+      return;
+    }
+    listener_.emplace(std::move(listener).value());
+    dog_.Watch(listener_->fd());  // Shutting it down wakes accept().
+    acceptor_ = std::thread([this] { AcceptLoop(); });
+  }
+  // Without Join, a test that failed early stops accepting at once.
+  ~TestServer() { Stop(std::chrono::seconds(0)); }
+  TestServer(const TestServer&) = delete;
+  TestServer& operator=(const TestServer&) = delete;
+
+  bool ok() const { return listener_.has_value(); }
+  const std::string& listen_error() const { return listen_error_; }
+  std::uint16_t port() const { return static_cast<std::uint16_t>(listener_->port()); }
+
+  // WaitHandshaken waits (at most kTestDeadline) until count connections
+  // have been through Handshake, offload included. A client must wait for
+  // it before its FIN can reach the server: the kernel attaches the tls ULP
+  // only to an ESTABLISHED socket, so after an early FIN (CLOSE_WAIT)
+  // setsockopt(TCP_ULP) fails with ENOTCONN and the server rightly stays in
+  // OpenSSL.
+  bool WaitHandshaken(std::size_t count) {
+    std::unique_lock lock(mu_);
+    return done_.wait_for(lock, kTestDeadline, [&] { return num_handshaken_ >= count; });
+  }
+
+  // Join waits (at most kTestDeadline) for every connection to be handled
+  // and returns what the server saw.
+  const std::vector<ServerEnd>& Join() {
+    Stop(kTestDeadline);
+    EXPECT_FALSE(dog_.fired()) << "the test ran past its deadline; its sockets were shut down";
+    return ends_;
+  }
+
+ private:
+  void AcceptLoop() {
+    for (std::size_t i = 0; i < ends_.size(); ++i) {
+      auto socket = listener_->AcceptSocket();
+      if (!socket.ok()) {
+        std::lock_guard lock(mu_);
+        for (std::size_t j = i; j < ends_.size(); ++j) ends_[j].error = "never accepted: " + socket.error().ToString();
+        num_handshaken_ += ends_.size() - i;
+        num_done_ += ends_.size() - i;
+        done_.notify_all();
+        return;
+      }
+      workers_.emplace_back([this, i, fd = *socket] { Serve(fd, ends_[i]); });
+    }
+  }
+
+  void Serve(int fd, ServerEnd& end) {
+    t_fallback_reason.clear();
+    auto conn = listener_->Handshake(fd);
+    end.fallback_reason = t_fallback_reason;
+    {
+      std::lock_guard lock(mu_);
+      ++num_handshaken_;
+      done_.notify_all();
+    }
+    if (!conn.ok()) {
+      end.error = "server handshake: " + conn.error().ToString();
+    } else {
+      end.tx = conn->tx();
+      end.rx = conn->rx();
+      end.session = conn->session();
+      if (!SetIoTimeout(conn->fd(), kIoTimeout)) end.error = "SetIoTimeout failed on the server socket";
+      const int token = dog_.Watch(conn->fd());
+      if (end.error.empty()) handler_(*conn, end);
+      dog_.Forget(token);  // Before the Connection closes the socket.
+    }
+    std::lock_guard lock(mu_);
+    ++num_done_;
+    done_.notify_all();
+  }
+
+  void Stop(std::chrono::seconds deadline) {
+    if (!acceptor_.joinable()) return;
+    std::unique_lock lock(mu_);
+    if (!done_.wait_for(lock, deadline, [this] { return num_done_ == ends_.size(); })) dog_.Fire();
+    lock.unlock();
+    acceptor_.join();
+    for (std::thread& worker : workers_) worker.join();
+  }
+
+  Watchdog dog_;  // First: outlives the threads that use it.
+  std::optional<Listener> listener_;
+  std::string listen_error_;
+  Handler handler_;
+  std::vector<ServerEnd> ends_;  // Sized once: workers hold references.
+  std::vector<std::thread> workers_;
+  std::thread acceptor_;
+  std::mutex mu_;
+  std::condition_variable done_;
+  std::size_t num_handshaken_ = 0;
+  std::size_t num_done_ = 0;
+};
+
+// ReadToEnd reads until the peer's close_notify, appending to out. Returns
+// what went wrong, or an empty string.
+std::string ReadToEnd(Connection& conn, Bytes& out, std::size_t read_len = 256 * kKiB) {
+  std::vector<std::byte> buf(read_len);
+  for (;;) {
+    auto got = conn.Read(buf);
+    if (!got.ok()) return "Read: " + got.error().ToString();
+    if (got->end_of_stream) return {};
+    if (got->would_block) return "Read timed out before close_notify";
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(buf.data());
+    out.insert(out.end(), bytes, bytes + got->bytes);
+  }
+}
+
+std::string WriteAll(Connection& conn, std::span<const std::uint8_t> data) {
+  auto wrote = conn.WriteAll(std::as_bytes(data));
+  if (!wrote.ok()) return "Write: " + wrote.error().ToString();
+  if (wrote->bytes != data.size()) return "Write timed out after " + std::to_string(wrote->bytes) + " bytes";
+  return {};
+}
+
+std::string ShutdownText(Connection& conn) {
+  auto shut = conn.Shutdown();
+  return shut.ok() ? std::string() : "Shutdown: " + shut.error().ToString();
+}
+
+// Echo: copies everything back until the peer's close_notify, then sends
+// its own.
+void Echo(Connection& conn, ServerEnd& end) {
+  std::vector<std::byte> buf(256 * kKiB);
+  for (;;) {
+    auto got = conn.Read(buf);
+    if (!got.ok()) {
+      end.error = "server Read: " + got.error().ToString();
+      return;
+    }
+    if (got->end_of_stream) break;
+    if (got->would_block) {
+      end.error = "server Read timed out";
+      return;
+    }
+    end.bytes_in += got->bytes;
+    auto wrote = conn.WriteAll(std::span(buf).first(got->bytes));
+    if (!wrote.ok() || wrote->bytes != got->bytes) {
+      end.error = "server Write: " + (wrote.ok() ? std::string("timed out") : wrote.error().ToString());
+      return;
+    }
+  }
+  end.error = ShutdownText(conn);
+}
+
+// EchoThrough sends data to an Echo server from a second thread, then
+// close_notify, while this thread reads everything that comes back up to the
+// server's close_notify. Both directions must be in the kernel (they share
+// no state then). Returns what went wrong, or an empty string.
+std::string EchoThrough(Connection& conn, std::span<const std::uint8_t> data, Bytes& echoed) {
+  std::string write_error;
+  std::thread writer([&] {
+    write_error = WriteAll(conn, data);
+    if (write_error.empty()) write_error = ShutdownText(conn);
+  });
+  const std::string read_error = ReadToEnd(conn, echoed);
+  writer.join();
+  return !write_error.empty() ? write_error : read_error;
+}
+
+ServerConfig ServerFor() {
+  ServerConfig config;
+  config.cert_file = TestCert().cert_file;
+  config.key_file = TestCert().key_file;
+  return config;
+}
+
+ClientConfig ClientFor() {
+  ClientConfig config;
+  config.ca_file = TestCert().cert_file;
+  return config;
+}
+
+// ConnectTo connects the library's client and bounds its I/O.
+Result<Connection> ConnectTo(std::uint16_t port, const ClientConfig& config) {
+  auto conn = Connect("127.0.0.1", port, config);
+  if (conn.ok() && !SetIoTimeout(conn->fd(), kIoTimeout)) {
+    return Error{ErrorCategory::kIo, errno, "SetIoTimeout on the client socket", -1};
+  }
+  return conn;
+}
+
+// --- end of the shared peer kit ---------------------------------------------
+
+// Plain OpenSSL peers: no ktls anywhere, RX and TX in userspace.
+
+std::string OpenSslErrors() {
+  std::string text;
+  char buf[256];
+  while (unsigned long code = ERR_get_error()) {
+    ERR_error_string_n(code, buf, sizeof(buf));
+    text += text.empty() ? "" : "; ";
+    text += buf;
+  }
+  return text;
+}
+
+std::string SslFailure(SSL* ssl, int ret, const char* what) {
+  const int saved_errno = errno;
+  const int code = SSL_get_error(ssl, ret);
+  std::string text = std::string(what) + " failed: SSL_get_error " + std::to_string(code);
+  if (code == SSL_ERROR_SYSCALL && saved_errno != 0) text += std::string(" (") + std::strerror(saved_errno) + ")";
+  const std::string errors = OpenSslErrors();
+  return errors.empty() ? text : text + ": " + errors;
+}
+
+// NewPlainContext: a TLS 1.3-only context. A server context carries
+// TestCert; a client context trusts it.
+UniqueSslCtx NewPlainContext(bool server) {
+  UniqueSslCtx ctx(SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()));
+  if (!ctx || SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION) != 1) return nullptr;
+  if (server) {
+    if (SSL_CTX_use_certificate_chain_file(ctx.get(), TestCert().cert_file.c_str()) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx.get(), TestCert().key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+      return nullptr;
+    }
+  } else {
+    if (SSL_CTX_load_verify_locations(ctx.get(), TestCert().cert_file.c_str(), nullptr) != 1) return nullptr;
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  }
+  return ctx;
+}
+
+UniqueFd TcpConnect(std::uint16_t port) {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(port);
+  if (!fd || ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      !SetIoTimeout(fd.get(), kIoTimeout)) {
+    return UniqueFd();
+  }
+  return fd;
+}
+
+// PlainPeer: an OpenSSL connection ktls does not touch. The socket is owned
+// here, not by the SSL.
+struct PlainPeer {
+  UniqueFd fd;
+  UniqueSsl ssl;
+};
+
+// NewPlainPeer wraps fd in a fresh SSL from ctx.
+std::string NewPlainPeer(SSL_CTX* ctx, UniqueFd fd, PlainPeer& out) {
+  out.fd = std::move(fd);
+  if (!out.fd) return "no socket";
+  out.ssl.reset(SSL_new(ctx));
+  if (!out.ssl || SSL_set_fd(out.ssl.get(), out.fd.get()) != 1) return "SSL_new/SSL_set_fd: " + OpenSslErrors();
+  return {};
+}
+
+// ConnectPlain: a plain OpenSSL client handshake with the server on port,
+// resuming session if given.
+std::string ConnectPlain(SSL_CTX* ctx, std::uint16_t port, SSL_SESSION* session, PlainPeer& out) {
+  if (std::string error = NewPlainPeer(ctx, TcpConnect(port), out); !error.empty()) return error;
+  if (session != nullptr && SSL_set_session(out.ssl.get(), session) != 1) return "SSL_set_session";
+  ERR_clear_error();
+  const int ret = SSL_connect(out.ssl.get());
+  return ret == 1 ? std::string() : SslFailure(out.ssl.get(), ret, "SSL_connect");
+}
+
+std::string SslWriteAll(SSL* ssl, std::span<const std::uint8_t> data) {
+  while (!data.empty()) {
+    std::size_t n = 0;
+    ERR_clear_error();
+    const int ret = SSL_write_ex(ssl, data.data(), data.size(), &n);
+    if (ret != 1) return SslFailure(ssl, ret, "SSL_write");
+    data = data.subspan(n);
+  }
+  return {};
+}
+
+std::string SslReadExactly(SSL* ssl, std::size_t len, Bytes& out) {
+  const std::size_t start = out.size();
+  out.resize(start + len);
+  std::size_t have = 0;
+  while (have < len) {
+    std::size_t n = 0;
+    ERR_clear_error();
+    const int ret = SSL_read_ex(ssl, out.data() + start + have, len - have, &n);
+    if (ret != 1) return SslFailure(ssl, ret, "SSL_read");
+    have += n;
+  }
+  return {};
+}
+
+// SslExpectCloseNotify: the next SSL_read must report the peer's
+// close_notify (SSL_ERROR_ZERO_RETURN) and no more data.
+std::string SslExpectCloseNotify(SSL* ssl) {
+  std::uint8_t byte = 0;
+  std::size_t n = 0;
+  ERR_clear_error();
+  const int ret = SSL_read_ex(ssl, &byte, 1, &n);
+  if (ret == 1) return "data where close_notify was expected";
+  const int code = SSL_get_error(ssl, ret);
+  return code == SSL_ERROR_ZERO_RETURN ? std::string() : SslFailure(ssl, ret, "SSL_read expecting close_notify");
+}
+
+// PlainEchoThrough: the plain client's side of an echo, in lockstep, ending
+// with close_notify both ways.
+std::string PlainEchoThrough(SSL* ssl, std::span<const std::uint8_t> data, Bytes& echoed) {
+  for (std::size_t offset = 0; offset < data.size(); offset += kLockstepChunk) {
+    const auto chunk = data.subspan(offset, std::min(kLockstepChunk, data.size() - offset));
+    if (std::string error = SslWriteAll(ssl, chunk); !error.empty()) return error;
+    if (std::string error = SslReadExactly(ssl, chunk.size(), echoed); !error.empty()) return error;
+  }
+  ERR_clear_error();
+  if (SSL_shutdown(ssl) < 0) return "SSL_shutdown: " + OpenSslErrors();
+  return SslExpectCloseNotify(ssl);
+}
+
+// ---------------------------------------------------------------------------
+// a. Session tickets before offload.
+
+class OffloadTicketsKernelTest : public ::testing::TestWithParam<int> {};
+
+// The server's tickets go out under the application key before the server
+// offloads, so its TX sequence number starts at the number of tickets. The
+// library's client offloads RX before they arrive: the kernel hands them to
+// ktls as handshake records, which it must consume (and count) silently,
+// even when a read buffer is smaller than a ticket.
+TEST_P(OffloadTicketsKernelTest, ServerTicketsBeforeOffloadKeepDataFlowing) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  const int num_tickets = GetParam();
+  ServerConfig server_config = ServerFor();
+  server_config.num_tickets = num_tickets;
+  TestServer server(server_config, 1, Echo);
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  auto conn = ConnectTo(server.port(), ClientFor());
+  ASSERT_TRUE(conn.ok()) << "Connect: " << conn.error().ToString();
+  ExpectBothInKernel(conn->tx(), conn->rx(), "the client");
+
+  // First a short echo read back through a 3-byte buffer: the tickets come
+  // first, in pieces.
+  const Bytes hello = RandomBytes(1000);
+  ASSERT_EQ(WriteAll(*conn, hello), "");
+  Bytes echoed;
+  std::array<std::byte, 3> tiny{};
+  while (echoed.size() < hello.size()) {
+    auto got = conn->Read(tiny);
+    ASSERT_TRUE(got.ok()) << "a ticket must never surface as an error: " << got.error().ToString();
+    ASSERT_FALSE(got->end_of_stream || got->would_block) << "after " << echoed.size() << " bytes";
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(tiny.data());
+    echoed.insert(echoed.end(), bytes, bytes + got->bytes);
+  }
+  EXPECT_EQ(echoed, hello);
+  EXPECT_EQ(conn->tickets_dropped(), static_cast<std::uint64_t>(num_tickets))
+      << "every ticket the server sent should have been consumed by the first read";
+
+  const Bytes data = RandomBytes(100 * kKiB + 1);
+  echoed.clear();
+  ASSERT_EQ(EchoThrough(*conn, data, echoed), "");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data)) << "the echoed bytes should be the bytes sent";
+  EXPECT_EQ(conn->tickets_dropped(), static_cast<std::uint64_t>(num_tickets));
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectBothInKernel(end, "the server");
+  EXPECT_EQ(end.bytes_in, hello.size() + data.size());
+}
+
+INSTANTIATE_TEST_SUITE_P(NumTickets, OffloadTicketsKernelTest, ::testing::Values(0, 1, 5),
+                         [](const ::testing::TestParamInfo<int>& param_info) {
+                           return std::to_string(param_info.param) + "Tickets";
+                         });
+
+// ---------------------------------------------------------------------------
+// b. Mutual TLS.
+
+Bytes CertificateDer(const std::string& pem_file) {
+  std::FILE* file = std::fopen(pem_file.c_str(), "r");
+  if (file == nullptr) return {};
+  detail::UniqueX509 cert(PEM_read_X509(file, nullptr, nullptr, nullptr));
+  std::fclose(file);
+  if (!cert) return {};
+  const int len = i2d_X509(cert.get(), nullptr);
+  if (len <= 0) return {};
+  Bytes der(static_cast<std::size_t>(len));
+  unsigned char* out = der.data();
+  i2d_X509(cert.get(), &out);
+  return der;
+}
+
+// The client's Certificate and CertificateVerify add records to its TX
+// under the handshake key; its application records still start at zero.
+TEST(OffloadShapesKernelTest, MutualTlsClientCertificate) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  const TempCert client_cert;
+  ServerConfig server_config = ServerFor();
+  server_config.client_ca_file = client_cert.cert_file;
+  TestServer server(server_config, 1, Echo);
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  ClientConfig client_config = ClientFor();
+  client_config.cert_file = client_cert.cert_file;
+  client_config.key_file = client_cert.key_file;
+  auto conn = ConnectTo(server.port(), client_config);
+  ASSERT_TRUE(conn.ok()) << "Connect with a client certificate: " << conn.error().ToString();
+  ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
+  ExpectBothInKernel(conn->tx(), conn->rx(), "the client");
+
+  const Bytes data = RandomBytes(64 * kKiB + 1);
+  Bytes echoed;
+  ASSERT_EQ(EchoThrough(*conn, data, echoed), "");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data)) << "the echoed bytes should be the bytes sent";
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectBothInKernel(end, "the server");
+  ASSERT_FALSE(end.session.peer_certificates.empty())
+      << "the server's SessionInfo should carry the client's certificate";
+  EXPECT_EQ(end.session.peer_certificates[0], CertificateDer(client_cert.cert_file))
+      << "the first peer certificate should be the client's leaf";
+  ASSERT_FALSE(conn->session().peer_certificates.empty());
+  EXPECT_EQ(conn->session().peer_certificates[0], CertificateDer(TestCert().cert_file));
+}
+
+// ---------------------------------------------------------------------------
+// c. Session resumption.
+
+// A plain OpenSSL client (RX in userspace, so it keeps the tickets) makes a
+// full handshake, then resumes with one of its tickets. The resumed
+// handshake has no Certificate messages and its own ticket count.
+TEST(OffloadShapesKernelTest, ResumedSessionByTicket) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  TestServer server(ServerFor(), 2, Echo);
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  const UniqueSslCtx client_ctx = NewPlainContext(false);
+  ASSERT_TRUE(client_ctx);
+
+  UniqueSession session;
+  {
+    PlainPeer first;
+    ASSERT_EQ(ConnectPlain(client_ctx.get(), server.port(), nullptr, first), "");
+    const Bytes data = RandomBytes(20000);
+    Bytes echoed;
+    ASSERT_EQ(PlainEchoThrough(first.ssl.get(), data, echoed), "") << "full handshake";
+    EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data));
+    session.reset(SSL_get1_session(first.ssl.get()));
+    ASSERT_TRUE(session && SSL_SESSION_is_resumable(session.get()) == 1)
+        << "the client should hold a resumable session from the server's tickets";
+  }
+  PlainPeer second;
+  ASSERT_EQ(ConnectPlain(client_ctx.get(), server.port(), session.get(), second), "");
+  EXPECT_EQ(SSL_session_reused(second.ssl.get()), 1) << "the second handshake should resume";
+  const Bytes data = RandomBytes(70000);
+  Bytes echoed;
+  ASSERT_EQ(PlainEchoThrough(second.ssl.get(), data, echoed), "") << "resumed handshake";
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data)) << "the echoed bytes should be the bytes sent";
+
+  const std::vector<ServerEnd>& ends = server.Join();
+  EXPECT_EQ(ends[0].error, "");
+  EXPECT_EQ(ends[1].error, "");
+  ExpectBothInKernel(ends[0], "the server (full handshake)");
+  ExpectBothInKernel(ends[1], "the server (resumed)");
+  EXPECT_FALSE(ends[0].session.resumed);
+  EXPECT_TRUE(ends[1].session.resumed) << "SessionInfo::resumed should say the second handshake resumed";
+}
+
+// ---------------------------------------------------------------------------
+// d. HelloRetryRequest.
+
+// CountClientHellos: a BIO callback on the client's write BIO that counts
+// ClientHello messages in the records written (plaintext, so visible).
+long CountClientHellos(BIO* bio, int oper, const char* argp, std::size_t len, int /*argi*/, long /*argl*/, int ret,
+                       std::size_t* /*processed*/) {
+  if (oper != BIO_CB_WRITE || argp == nullptr) return ret;
+  auto* count = reinterpret_cast<int*>(BIO_get_callback_arg(bio));
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(argp);
+  for (std::size_t at = 0; at + 6 <= len;) {
+    const std::size_t record_len = std::size_t{bytes[at + 3]} << 8 | bytes[at + 4];
+    if (bytes[at] == 22 && bytes[at + 5] == 1) ++*count;  // handshake record, client_hello
+    at += 5 + record_len;
+  }
+  return ret;
+}
+
+// The client's groups are "X25519:P-384", the server's only P-384. OpenSSL
+// sends a key share for its first group only, so the server must answer
+// the first ClientHello with a HelloRetryRequest and the client sends a
+// second one. The client is the bring-your-own API, so the test can watch
+// its socket and ask for the negotiated group before offloading.
+TEST(OffloadShapesKernelTest, HelloRetryRequest) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  const UniqueSslCtx server_ctx = NewPlainContext(true);
+  const UniqueSslCtx client_ctx = NewPlainContext(false);
+  ASSERT_TRUE(server_ctx && client_ctx);
+  ASSERT_EQ(SSL_CTX_set1_groups_list(server_ctx.get(), "P-384"), 1);
+  ASSERT_EQ(SSL_CTX_set1_groups_list(client_ctx.get(), "X25519:P-384"), 1);
+  ServerConfig server_config;
+  server_config.ssl_ctx = server_ctx.get();
+  TestServer server(server_config, 1, Echo);
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+
+  ASSERT_TRUE(PrepareContext(client_ctx.get()).ok());
+  PlainPeer client;
+  ASSERT_EQ(NewPlainPeer(client_ctx.get(), TcpConnect(server.port()), client), "");
+  ASSERT_TRUE(PrepareSsl(client.ssl.get()).ok());
+  int client_hellos = 0;
+  BIO* wbio = SSL_get_wbio(client.ssl.get());
+  BIO_set_callback_arg(wbio, reinterpret_cast<char*>(&client_hellos));
+  BIO_set_callback_ex(wbio, CountClientHellos);
+  ERR_clear_error();
+  const int ret = SSL_connect(client.ssl.get());
+  ASSERT_EQ(ret, 1) << SslFailure(client.ssl.get(), ret, "SSL_connect");
+  EXPECT_EQ(SSL_get_negotiated_group(client.ssl.get()), NID_secp384r1) << "the handshake should settle on P-384";
+  EXPECT_EQ(client_hellos, 2) << "a HelloRetryRequest should have made the client send a second ClientHello";
+  BIO_set_callback_ex(wbio, nullptr);
+
+  auto conn = OffloadSsl(client.ssl.get(), {});
+  ASSERT_TRUE(conn.ok()) << "OffloadSsl: " << conn.error().ToString();
+  client.ssl.release();  // The Connection owns the SSL and the socket now.
+  client.fd.release();
+  ExpectBothInKernel(conn->tx(), conn->rx(), "the client");
+  ASSERT_TRUE(SetIoTimeout(conn->fd(), kIoTimeout));
+  ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
+  const Bytes data = RandomBytes(50000);
+  Bytes echoed;
+  ASSERT_EQ(EchoThrough(*conn, data, echoed), "");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data)) << "the echoed bytes should be the bytes sent";
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectBothInKernel(end, "the server");
+}
+
+// ---------------------------------------------------------------------------
+// e. Application data right behind the client's Finished.
+
+// HoldState: a client write BIO that, from the moment the server's Finished
+// has been read, holds everything OpenSSL writes until Release sends it in
+// one send(): the client's Finished and the application data written right
+// after SSL_connect arrive at the server together.
+struct HoldState {
+  int fd = -1;
+  bool holding = false;
+  Bytes held;
+};
+
+int HoldWrite(BIO* bio, const char* data, int len) {
+  auto* state = static_cast<HoldState*>(BIO_get_data(bio));
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(data);
+  if (state->holding) {
+    state->held.insert(state->held.end(), bytes, bytes + len);
+    return len;
+  }
+  return testing::WriteAll(state->fd, std::span(bytes, static_cast<std::size_t>(len))) ? len : -1;
+}
+
+long HoldCtrl(BIO* /*bio*/, int cmd, long /*num*/, void* /*ptr*/) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
+
+int HoldCreate(BIO* bio) {
+  BIO_set_init(bio, 1);
+  return 1;
+}
+
+BIO* NewHoldBio(HoldState* state) {
+  static BIO_METHOD* method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "test hold");
+    BIO_meth_set_write(m, HoldWrite);
+    BIO_meth_set_ctrl(m, HoldCtrl);
+    BIO_meth_set_create(m, HoldCreate);
+    return m;
+  }();
+  BIO* bio = BIO_new(method);
+  if (bio != nullptr) BIO_set_data(bio, state);
+  return bio;
+}
+
+void HoldAfterServerFinished(int write_p, int /*version*/, int content_type, const void* buf, std::size_t len,
+                             SSL* /*ssl*/, void* arg) {
+  constexpr std::uint8_t kFinished = 20;
+  if (write_p == 0 && content_type == SSL3_RT_HANDSHAKE && len > 0 &&
+      static_cast<const std::uint8_t*>(buf)[0] == kFinished) {
+    static_cast<HoldState*>(arg)->holding = true;
+  }
+}
+
+// ConnectPlainWithDataBehindFinished: a plain OpenSSL client handshake on
+// fd whose Finished goes out in one send() with early (SSL_write right
+// after SSL_connect).
+std::string ConnectPlainWithDataBehindFinished(SSL_CTX* ctx, UniqueFd fd, std::span<const std::uint8_t> early,
+                                               HoldState& hold, PlainPeer& out) {
+  if (std::string error = NewPlainPeer(ctx, std::move(fd), out); !error.empty()) return error;
+  hold.fd = out.fd.get();
+  BIO* wbio = NewHoldBio(&hold);
+  if (wbio == nullptr) return "BIO_new: " + OpenSslErrors();
+  SSL_set0_wbio(out.ssl.get(), wbio);
+  SSL_set_msg_callback(out.ssl.get(), HoldAfterServerFinished);
+  SSL_set_msg_callback_arg(out.ssl.get(), &hold);
+  ERR_clear_error();
+  const int ret = SSL_connect(out.ssl.get());
+  if (ret != 1) return SslFailure(out.ssl.get(), ret, "SSL_connect");
+  if (!hold.holding) return "the client never saw the server's Finished";
+  if (std::string error = SslWriteAll(out.ssl.get(), early); !error.empty()) return error;
+  hold.holding = false;
+  if (!testing::WriteAll(hold.fd, hold.held)) return std::string("send of Finished + data: ") + std::strerror(errno);
+  hold.held.clear();
+  return {};
+}
+
+// With the library's Listener (read-ahead off) OpenSSL reads exactly the
+// Finished; the data behind it waits in the socket and the kernel decrypts
+// it after RX offload. It must come out first, in order.
+TEST(OffloadShapesKernelTest, ClientDataBehindFinishedReachesListenerInOrder) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  TestServer server(ServerFor(), 1, Echo);
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  const UniqueSslCtx client_ctx = NewPlainContext(false);
+  ASSERT_TRUE(client_ctx);
+  const Bytes early = RandomBytes(40000);  // Three records.
+  HoldState hold;
+  PlainPeer client;
+  ASSERT_EQ(ConnectPlainWithDataBehindFinished(client_ctx.get(), TcpConnect(server.port()), early, hold, client), "");
+
+  Bytes echoed;
+  ASSERT_EQ(SslReadExactly(client.ssl.get(), early.size(), echoed), "");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(early)) << "the data sent behind Finished should come back first, in order";
+  const Bytes later = RandomBytes(50000);
+  echoed.clear();
+  ASSERT_EQ(PlainEchoThrough(client.ssl.get(), later, echoed), "");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(later));
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectBothInKernel(end, "the server");
+  EXPECT_EQ(end.bytes_in, early.size() + later.size());
+}
+
+// OffloadByoServerKernelTest: a bring-your-own server (PrepareSsl,
+// SSL_accept, OffloadSsl, then Echo) on its own thread, and a plain OpenSSL
+// client in the test, over one loopback TCP pair. The hooks let a test step
+// in before the handshake and between handshake and offload.
+class OffloadByoServerKernelTest : public ::testing::Test {
+ protected:
+  struct Hooks {
+    std::function<void(SSL*)> before_accept;   // After PrepareSsl.
+    std::function<void(SSL*)> before_offload;  // After SSL_accept.
+    OffloadOptions options;
+  };
+
+  void SetUp() override {
+    server_ctx_ = NewPlainContext(true);
+    client_ctx_ = NewPlainContext(false);
+    ASSERT_TRUE(server_ctx_ && client_ctx_);
+    ASSERT_TRUE(PrepareContext(server_ctx_.get()).ok());
+    pair_ = LoopbackTcpPair();
+    ASSERT_TRUE(SetIoTimeout(pair_.client.get(), kIoTimeout) && SetIoTimeout(pair_.server.get(), kIoTimeout));
+    dog_.Watch(pair_.server.get());
+  }
+
+  void TearDown() override {
+    if (server_.joinable()) JoinServer("the test body ended before joining the server");
+  }
+
+  void StartServer(Hooks hooks) {
+    server_ = std::thread([this, hooks = std::move(hooks)] {
+      PlainPeer peer;
+      if (end_.error = NewPlainPeer(server_ctx_.get(), std::move(pair_.server), peer); !end_.error.empty()) return;
+      if (auto prepared = PrepareSsl(peer.ssl.get()); !prepared.ok()) {
+        end_.error = "PrepareSsl: " + prepared.error().ToString();
+        return;
+      }
+      if (hooks.before_accept) hooks.before_accept(peer.ssl.get());
+      ERR_clear_error();
+      const int ret = SSL_accept(peer.ssl.get());
+      if (ret != 1) {
+        end_.error = SslFailure(peer.ssl.get(), ret, "SSL_accept");
+        return;
+      }
+      if (hooks.before_offload) hooks.before_offload(peer.ssl.get());
+      OffloadOptions options = hooks.options;
+      options.on_fallback = [this](const OffloadReport& report) { end_.fallback_reason = report.reason; };
+      auto conn = OffloadSsl(peer.ssl.get(), options);
+      if (!conn.ok()) {
+        end_.error = "OffloadSsl: " + conn.error().ToString();
+        return;
+      }
+      peer.ssl.release();  // The Connection owns the SSL and the socket now.
+      peer.fd.release();
+      end_.tx = conn->tx();
+      end_.rx = conn->rx();
+      Echo(*conn, end_);
+    });
+  }
+
+  // JoinServer waits for the server; a client that failed (client_error not
+  // empty) first shuts its socket so the server stops waiting for it.
+  void JoinServer(const std::string& client_error = "") {
+    if (!client_error.empty()) ::shutdown(client_.fd.get(), SHUT_RDWR);
+    server_.join();
+    EXPECT_FALSE(dog_.fired()) << "the test ran past its deadline; its sockets were shut down";
+  }
+
+  UniqueSslCtx server_ctx_;
+  UniqueSslCtx client_ctx_;
+  SocketPair pair_;
+  Watchdog dog_{kTestDeadline};
+  ServerEnd end_;  // Written by the server thread; read after JoinServer.
+  HoldState hold_;
+  PlainPeer client_;
+  std::thread server_;
+};
+
+class OffloadReadAheadKernelTest : public OffloadByoServerKernelTest,
+                                   public ::testing::WithParamInterface<std::size_t> {};
+
+// A bring-your-own server that turns read-ahead back on after PrepareSsl:
+// reading the client's Finished, OpenSSL also pulls in the records behind
+// it (all of them, or up to a partial record with 40000 bytes: its buffer
+// holds about one full record). ktls must drain them before RX goes to the
+// kernel, and deliver their plaintext first.
+TEST_P(OffloadReadAheadKernelTest, BufferedRecordsAreDrainedBeforeRxOffload) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  bool had_buffered_records = false;
+  StartServer({.before_accept = [](SSL* ssl) { SSL_set_read_ahead(ssl, 1); },
+               .before_offload = [&](SSL* ssl) { had_buffered_records = SSL_has_pending(ssl) == 1; }});
+
+  const Bytes early = RandomBytes(GetParam());
+  std::string client_error =
+      ConnectPlainWithDataBehindFinished(client_ctx_.get(), std::move(pair_.client), early, hold_, client_);
+  Bytes echoed;
+  if (client_error.empty()) client_error = SslReadExactly(client_.ssl.get(), early.size(), echoed);
+  const Bytes later = RandomBytes(30000);
+  Bytes later_echoed;
+  if (client_error.empty()) client_error = PlainEchoThrough(client_.ssl.get(), later, later_echoed);
+  JoinServer(client_error);
+
+  EXPECT_EQ(client_error, "");
+  EXPECT_EQ(end_.error, "");
+  EXPECT_TRUE(had_buffered_records)
+      << "OpenSSL should have read records past the Finished (the point of this test)";
+  ExpectBothInKernel(end_, "the read-ahead server");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(early)) << "the buffered data should come back first, in order";
+  EXPECT_EQ(Sha256Hex(later_echoed), Sha256Hex(later)) << "data after offload should follow it";
+  EXPECT_EQ(end_.bytes_in, early.size() + later.size());
+}
+
+INSTANTIATE_TEST_SUITE_P(EarlyBytes, OffloadReadAheadKernelTest, ::testing::Values(6000, 40000),
+                         [](const ::testing::TestParamInfo<std::size_t>& param_info) {
+                           return std::to_string(param_info.param) + "Bytes";
+                         });
+
+// A client that sends its request, close_notify and FIN right behind its
+// Finished: by the time the server offloads, its socket is in CLOSE_WAIT,
+// where the kernel refuses the tls ULP (ENOTCONN). The server must say so
+// through on_fallback and serve the connection in OpenSSL. (A bring-your-own
+// server, so the test can wait for the FIN before offloading.)
+TEST_F(OffloadByoServerKernelTest, ClientFinBeforeOffloadLeavesServerInOpenSsl) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  bool saw_fin_before_offload = false;
+  StartServer({.before_offload = [&](SSL* ssl) {
+    pollfd hup{SSL_get_fd(ssl), POLLRDHUP, 0};
+    saw_fin_before_offload = ::poll(&hup, 1, 10'000) == 1 && (hup.revents & POLLRDHUP) != 0;
+  }});
+
+  const Bytes request = RandomBytes(20000);
+  std::string client_error =
+      ConnectPlainWithDataBehindFinished(client_ctx_.get(), std::move(pair_.client), request, hold_, client_);
+  if (client_error.empty() && SSL_shutdown(client_.ssl.get()) < 0) client_error = "SSL_shutdown: " + OpenSslErrors();
+  if (client_error.empty() && ::shutdown(client_.fd.get(), SHUT_WR) != 0) client_error = "shutdown(SHUT_WR)";
+  Bytes echoed;
+  if (client_error.empty()) client_error = SslReadExactly(client_.ssl.get(), request.size(), echoed);
+  if (client_error.empty()) client_error = SslExpectCloseNotify(client_.ssl.get());
+  JoinServer(client_error);
+
+  EXPECT_EQ(client_error, "");
+  EXPECT_EQ(end_.error, "");
+  EXPECT_TRUE(saw_fin_before_offload) << "the client's FIN should have arrived before the offload";
+  EXPECT_EQ(ExpectedOffload(end_.tx, end_.rx), ExpectedOffload(Offload::kUser, Offload::kUser))
+      << "the kernel refuses the tls ULP on a socket in CLOSE_WAIT";
+  EXPECT_NE(end_.fallback_reason.find("TCP_ULP"), std::string::npos)
+      << "on_fallback should name TCP_ULP: " << end_.fallback_reason;
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(request)) << "OpenSSL should serve the request and close_notify";
+  EXPECT_EQ(end_.bytes_in, request.size());
+}
+
+// ---------------------------------------------------------------------------
+// f. How RX ends.
+
+// RxEnding: what the server read until its connection ended.
+struct RxEnding {
+  Bytes data;
+  bool end_of_stream = false;
+  std::optional<Error> error;       // The error that ended reading, if any.
+  std::optional<Error> later_error;  // A further Read's error, if any.
+};
+
+// ReadUntilEnding: the server handler for these tests. Reads until
+// end_of_stream or an error, then reads once more.
+Handler ReadUntilEnding(RxEnding& ending) {
+  return [&ending](Connection& conn, ServerEnd& end) {
+    std::array<std::byte, 16 * kKiB> buf{};
+    for (;;) {
+      auto got = conn.Read(buf);
+      if (!got.ok()) {
+        ending.error = got.error();
+        break;
+      }
+      if (got->would_block) {
+        end.error = "server Read timed out";
+        return;
+      }
+      if (got->end_of_stream) {
+        ending.end_of_stream = true;
+        break;
+      }
+      const auto* bytes = reinterpret_cast<const std::uint8_t*>(buf.data());
+      ending.data.insert(ending.data.end(), bytes, bytes + got->bytes);
+    }
+    auto again = conn.Read(buf);
+    if (!again.ok()) ending.later_error = again.error();
+    if (ending.end_of_stream && !(again.ok() && again->end_of_stream)) {
+      end.error = "a Read after close_notify should report end_of_stream again";
+    }
+    if (ending.end_of_stream) end.error = ShutdownText(conn);
+  };
+}
+
+std::string CategoryOf(const std::optional<Error>& error) {
+  return error ? std::string(ErrorCategoryName(error->category)) + " (" + error->ToString() + ")" : "no error";
+}
+
+TEST(OffloadEndOfStreamKernelTest, PeerCloseNotifyIsEndOfStream) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  RxEnding ending;
+  TestServer server(ServerFor(), 1, ReadUntilEnding(ending));
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  auto conn = ConnectTo(server.port(), ClientFor());
+  ASSERT_TRUE(conn.ok()) << "Connect: " << conn.error().ToString();
+  ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
+  const Bytes data = RandomBytes(5000);
+  ASSERT_EQ(WriteAll(*conn, data), "");
+  ASSERT_EQ(ShutdownText(*conn), "");
+  Bytes nothing;
+  EXPECT_EQ(ReadToEnd(*conn, nothing), "") << "the server answers with its own close_notify";
+  EXPECT_TRUE(nothing.empty());
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectBothInKernel(end, "the server");
+  EXPECT_EQ(ending.data, data);
+  EXPECT_TRUE(ending.end_of_stream) << "close_notify should end the stream cleanly, got " << CategoryOf(ending.error);
+}
+
+// A FIN without close_notify, from a kTLS peer (shutdown(SHUT_WR) on its
+// socket) or from a plain OpenSSL peer that closes its socket: the data
+// before it is delivered, then truncation, distinct from a clean end.
+TEST(OffloadEndOfStreamKernelTest, FinWithoutCloseNotifyIsTruncation) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  {
+    SCOPED_TRACE("the library's client shuts its socket's write side");
+    RxEnding ending;
+    TestServer server(ServerFor(), 1, ReadUntilEnding(ending));
+    ASSERT_TRUE(server.ok()) << server.listen_error();
+    auto conn = ConnectTo(server.port(), ClientFor());
+    ASSERT_TRUE(conn.ok()) << "Connect: " << conn.error().ToString();
+    ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
+    const Bytes data = RandomBytes(5000);
+    ASSERT_EQ(WriteAll(*conn, data), "");
+    ASSERT_EQ(::shutdown(conn->fd(), SHUT_WR), 0);
+    const ServerEnd& end = server.Join()[0];
+    EXPECT_EQ(end.error, "");
+    ExpectBothInKernel(end, "the server");
+    EXPECT_EQ(ending.data, data);
+    EXPECT_FALSE(ending.end_of_stream);
+    ASSERT_TRUE(ending.error) << "a FIN without close_notify should be an error";
+    EXPECT_EQ(ending.error->category, ErrorCategory::kTruncated) << ending.error->ToString();
+    ASSERT_TRUE(ending.later_error);
+    EXPECT_EQ(ending.later_error->category, ErrorCategory::kClosed) << ending.later_error->ToString();
+  }
+  {
+    SCOPED_TRACE("a plain OpenSSL client closes its socket");
+    RxEnding ending;
+    ServerConfig config = ServerFor();
+    config.num_tickets = 0;  // Unread tickets at close would make the client's close an RST.
+    TestServer server(config, 1, ReadUntilEnding(ending));
+    ASSERT_TRUE(server.ok()) << server.listen_error();
+    const UniqueSslCtx client_ctx = NewPlainContext(false);
+    ASSERT_TRUE(client_ctx);
+    PlainPeer client;
+    ASSERT_EQ(ConnectPlain(client_ctx.get(), server.port(), nullptr, client), "");
+    ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
+    const Bytes data = RandomBytes(5000);
+    ASSERT_EQ(SslWriteAll(client.ssl.get(), data), "");
+    client.ssl.reset();  // No SSL_shutdown: no close_notify.
+    client.fd.reset();
+    const ServerEnd& end = server.Join()[0];
+    EXPECT_EQ(end.error, "");
+    ExpectBothInKernel(end, "the server");
+    EXPECT_EQ(ending.data, data);
+    ASSERT_TRUE(ending.error) << "a FIN without close_notify should be an error";
+    EXPECT_EQ(ending.error->category, ErrorCategory::kTruncated) << ending.error->ToString();
+  }
+}
+
+// SendRecord sends payload as one record of content_type on a socket whose
+// TX is in the kernel (TLS_SET_RECORD_TYPE), as a misbehaving peer would.
+ssize_t SendRecord(int fd, std::uint8_t content_type, std::span<const std::uint8_t> payload) {
+  iovec iov{const_cast<std::uint8_t*>(payload.data()), payload.size()};
+  alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(std::uint8_t))> control{};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = uapi::kSolTls;
+  cmsg->cmsg_type = uapi::kTlsSetRecordType;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(std::uint8_t));
+  std::memcpy(CMSG_DATA(cmsg), &content_type, sizeof(content_type));
+  return ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+}
+
+// The library's client, TX in the kernel, sends a fatal handshake_failure
+// alert record by hand after some data.
+TEST(OffloadEndOfStreamKernelTest, PeerFatalAlertIsAnAlertError) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  RxEnding ending;
+  TestServer server(ServerFor(), 1, ReadUntilEnding(ending));
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  auto conn = ConnectTo(server.port(), ClientFor());
+  ASSERT_TRUE(conn.ok()) << "Connect: " << conn.error().ToString();
+  ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
+  ASSERT_EQ(conn->tx(), Offload::kKernel) << "the alert is sent through the client's kernel TX";
+  const Bytes data = RandomBytes(3000);
+  ASSERT_EQ(WriteAll(*conn, data), "");
+  const std::array<std::uint8_t, 2> alert = {kAlertLevelFatal, kAlertHandshakeFailure};
+  ASSERT_EQ(SendRecord(conn->fd(), 21, alert), 2) << std::strerror(errno);
+
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectBothInKernel(end, "the server");
+  EXPECT_EQ(ending.data, data) << "the data before the alert should be delivered";
+  ASSERT_TRUE(ending.error) << "a fatal alert should be an error, not " << (ending.end_of_stream ? "end_of_stream" : "?");
+  EXPECT_EQ(ending.error->category, ErrorCategory::kAlert) << ending.error->ToString();
+  EXPECT_EQ(ending.error->tls_alert, kAlertHandshakeFailure);
+  EXPECT_NE(ending.error->detail.find("handshake_failure"), std::string::npos)
+      << "the error should name the alert: " << ending.error->detail;
+  ASSERT_TRUE(ending.later_error);
+  EXPECT_EQ(ending.later_error->category, ErrorCategory::kClosed) << ending.later_error->ToString();
+}
+
+// A record that fails authentication is fatal: the server's Read reports
+// bad_record_mac, and the server tells the peer so with a bad_record_mac
+// alert through its kernel TX. The plain OpenSSL client writes the bad
+// record straight onto its socket.
+TEST(OffloadEndOfStreamKernelTest, CorruptRecordIsFatalAndAnsweredWithBadRecordMac) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  constexpr int kAlertBadRecordMac = 20;
+  RxEnding ending;
+  TestServer server(ServerFor(), 1, ReadUntilEnding(ending));
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  const UniqueSslCtx client_ctx = NewPlainContext(false);
+  ASSERT_TRUE(client_ctx);
+  PlainPeer client;
+  ASSERT_EQ(ConnectPlain(client_ctx.get(), server.port(), nullptr, client), "");
+  ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
+  const Bytes data = RandomBytes(3000);
+  ASSERT_EQ(SslWriteAll(client.ssl.get(), data), "");
+  // An application-data record of 32 random bytes: no key makes that a
+  // valid AEAD ciphertext and tag.
+  Bytes bad_record = {23, 3, 3, 0, 32};
+  const Bytes garbage = RandomBytes(32);
+  bad_record.insert(bad_record.end(), garbage.begin(), garbage.end());
+  ASSERT_TRUE(testing::WriteAll(client.fd.get(), bad_record));
+
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectBothInKernel(end, "the server");
+  EXPECT_EQ(ending.data, data) << "the records before the bad one should be delivered";
+  ASSERT_TRUE(ending.error) << "a record that fails authentication should be an error";
+  EXPECT_EQ(ending.error->category, ErrorCategory::kProtocol) << ending.error->ToString();
+  EXPECT_EQ(ending.error->tls_alert, kAlertBadRecordMac) << ending.error->ToString();
+
+  // The client reads the server's tickets, then its alert.
+  std::uint8_t byte = 0;
+  std::size_t n = 0;
+  ERR_clear_error();
+  const int ret = SSL_read_ex(client.ssl.get(), &byte, 1, &n);
+  ASSERT_NE(ret, 1) << "no data should follow";
+  EXPECT_EQ(SSL_get_error(client.ssl.get(), ret), SSL_ERROR_SSL) << SslFailure(client.ssl.get(), ret, "SSL_read");
+  EXPECT_EQ(ERR_GET_REASON(ERR_peek_last_error()), SSL_R_SSLV3_ALERT_BAD_RECORD_MAC)
+      << "the client should have received a bad_record_mac alert: " << OpenSslErrors();
+}
+
+// Our Shutdown, with TX in the kernel, sends close_notify as an alert
+// record: a plain OpenSSL client reads the data, then SSL_ERROR_ZERO_RETURN.
+TEST(OffloadEndOfStreamKernelTest, ShutdownSendsCloseNotifyToPlainPeer) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  const Bytes data = RandomBytes(3000);
+  RxEnding ending;
+  TestServer server(ServerFor(), 1, [&](Connection& conn, ServerEnd& end) {
+    if (end.error = WriteAll(conn, data); !end.error.empty()) return;
+    if (end.error = ShutdownText(conn); !end.error.empty()) return;
+    Bytes rest;
+    end.error = ReadToEnd(conn, rest);  // The client's close_notify.
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  const UniqueSslCtx client_ctx = NewPlainContext(false);
+  ASSERT_TRUE(client_ctx);
+  PlainPeer client;
+  ASSERT_EQ(ConnectPlain(client_ctx.get(), server.port(), nullptr, client), "");
+  Bytes received;
+  ASSERT_EQ(SslReadExactly(client.ssl.get(), data.size(), received), "");
+  EXPECT_EQ(received, data);
+  EXPECT_EQ(SslExpectCloseNotify(client.ssl.get()), "")
+      << "the plain peer should see our close_notify as SSL_ERROR_ZERO_RETURN";
+  EXPECT_EQ(SSL_shutdown(client.ssl.get()), 1) << "both close_notify alerts exchanged";
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectBothInKernel(end, "the server");
+}
+
+}  // namespace
+}  // namespace ktls::testing

@@ -1,0 +1,194 @@
+// Connections whose directions stay in OpenSSL: the fallback every host
+// gets when the kernel cannot take over. The ULP is made to fail through the
+// seam, so these run the same on any host, with or without kTLS.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/self_signed.h"
+#include "kernel/tls_uapi.h"
+#include "ktls/client.h"
+#include "ktls/server.h"
+#include "tests/support/fault_syscalls.h"
+#include "tests/support/sockets.h"
+
+namespace ktls {
+namespace {
+
+using testing::Fault;
+using testing::Syscall;
+
+std::span<const std::byte> AsBytes(const std::vector<std::uint8_t>& v) {
+  return std::as_bytes(std::span(v.data(), v.size()));
+}
+
+// ReadAll reads until end_of_stream or error; returns what was read.
+std::vector<std::uint8_t> ReadAll(Connection& conn, Error* error_out = nullptr) {
+  std::vector<std::uint8_t> out;
+  std::vector<std::byte> buf(70000);
+  for (;;) {
+    auto got = conn.Read(buf);
+    if (!got.ok()) {
+      if (error_out) *error_out = got.error();
+      return out;
+    }
+    if (got->end_of_stream) return out;
+    const auto* p = reinterpret_cast<const std::uint8_t*>(buf.data());
+    out.insert(out.end(), p, p + got->bytes);
+  }
+}
+
+class UserspaceConnection : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string error;
+    ASSERT_TRUE(tools::MakeSelfSigned(cert_, error)) << error;
+    testing::ClearFaults();
+    // The kernel refuses the "tls" ULP: everything stays in OpenSSL.
+    testing::InjectFault(Fault{.call = Syscall::kSetSockOpt, .err = ENOENT, .level = detail::uapi::kSolTcp,
+                               .name = detail::uapi::kTcpUlp, .times = -1});
+    ServerConfig config;
+    config.cert_file = cert_.cert_file;
+    config.key_file = cert_.key_file;
+    config.alpn = {"echo/1"};
+    config.offload.on_fallback = [this](const OffloadReport& report) { server_reason_ = report.reason; };
+    auto listener = Listener::Listen("127.0.0.1:0", config);
+    ASSERT_TRUE(listener.ok()) << listener.error().ToString();
+    listener_ = std::make_unique<Listener>(std::move(listener).value());
+  }
+  void TearDown() override { testing::ClearFaults(); }
+
+  ClientConfig ClientFor() {
+    ClientConfig config;
+    config.ca_file = cert_.cert_file;
+    config.sni = "localhost";
+    config.alpn = {"echo/1"};
+    return config;
+  }
+
+  tools::SelfSigned cert_;
+  std::unique_ptr<Listener> listener_;
+  std::string server_reason_;
+};
+
+// Echo with one thread writing while another reads the same connection:
+// OpenSSL forbids concurrent calls on one SSL, so the Connection must
+// serialise them without blocking the reader against the writer.
+TEST_F(UserspaceConnection, ConcurrentReadAndWriteEchoIsExact) {
+  std::thread server([&] {
+    auto conn = listener_->Accept();
+    ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+    std::vector<std::byte> buf(50000);
+    for (;;) {
+      auto got = conn->Read(buf);
+      ASSERT_TRUE(got.ok()) << got.error().ToString();
+      if (got->end_of_stream) break;
+      ASSERT_TRUE(conn->WriteAll(std::span(buf.data(), got->bytes)).ok());
+    }
+    ASSERT_TRUE(conn->Shutdown().ok());
+  });
+  auto conn = Connect("127.0.0.1", static_cast<std::uint16_t>(listener_->port()), ClientFor());
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  EXPECT_EQ(conn->tx(), Offload::kUser);
+  EXPECT_EQ(conn->rx(), Offload::kUser);
+  EXPECT_EQ(conn->session().protocol, "TLSv1.3");
+  EXPECT_EQ(conn->session().alpn, "echo/1");
+
+  const auto payload = testing::RandomBytes(6 * 1024 * 1024 + 17);
+  std::thread writer([&] {
+    for (std::size_t off = 0; off < payload.size(); off += 100'003) {
+      const std::size_t len = std::min<std::size_t>(100'003, payload.size() - off);
+      auto put = conn->WriteAll(AsBytes(payload).subspan(off, len));
+      ASSERT_TRUE(put.ok()) << put.error().ToString();
+    }
+    ASSERT_TRUE(conn->Shutdown().ok());
+  });
+  Error error;
+  const auto echoed = ReadAll(*conn, &error);
+  writer.join();
+  server.join();
+  EXPECT_EQ(error.detail, "") << error.ToString();
+  EXPECT_EQ(testing::Sha256Hex(echoed), testing::Sha256Hex(payload));
+  EXPECT_NE(server_reason_.find("TCP_ULP"), std::string::npos) << server_reason_;
+}
+
+TEST_F(UserspaceConnection, FinWithoutCloseNotifyIsTruncationNotEndOfStream) {
+  Error server_error;
+  std::vector<std::uint8_t> got;
+  std::thread server([&] {
+    auto conn = listener_->Accept();
+    ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+    got = ReadAll(*conn, &server_error);
+  });
+  auto conn = Connect("127.0.0.1", static_cast<std::uint16_t>(listener_->port()), ClientFor());
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  const std::vector<std::uint8_t> hello = {'h', 'i'};
+  ASSERT_TRUE(conn->WriteAll(AsBytes(hello)).ok());
+  ::shutdown(conn->fd(), SHUT_WR);  // FIN, no close_notify.
+  server.join();
+  EXPECT_EQ(got, hello);
+  EXPECT_EQ(server_error.category, ErrorCategory::kTruncated) << server_error.ToString();
+}
+
+TEST_F(UserspaceConnection, SendFileFromOffsetsWithoutKernelTx) {
+  const auto content = testing::RandomBytes(300'000);
+  char path[] = "/tmp/ktls-sendfile-XXXXXX";
+  const int file = ::mkstemp(path);
+  ASSERT_GE(file, 0);
+  ::unlink(path);
+  ASSERT_TRUE(testing::WriteAll(file, content));
+
+  const std::vector<std::pair<off_t, std::size_t>> pieces = {{0, 1}, {1, 16383}, {16384, 16385}, {150'000, 150'000}};
+  std::vector<std::uint8_t> received;
+  std::thread server([&] {
+    auto conn = listener_->Accept();
+    ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+    received = ReadAll(*conn);
+  });
+  auto conn = Connect("127.0.0.1", static_cast<std::uint16_t>(listener_->port()), ClientFor());
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  std::vector<std::uint8_t> expected;
+  for (auto [offset, count] : pieces) {
+    std::size_t sent = 0;
+    while (sent < count) {
+      auto r = conn->SendFile(file, offset + static_cast<off_t>(sent), count - sent);
+      ASSERT_TRUE(r.ok()) << r.error().ToString();
+      ASSERT_GT(r->bytes, 0u);
+      sent += r->bytes;
+    }
+    expected.insert(expected.end(), content.begin() + offset, content.begin() + offset + static_cast<off_t>(count));
+  }
+  ASSERT_TRUE(conn->Shutdown().ok());
+  server.join();
+  ::close(file);
+  EXPECT_EQ(testing::Sha256Hex(received), testing::Sha256Hex(expected));
+}
+
+TEST_F(UserspaceConnection, WrongCaFailsHandshakeNamingVerification) {
+  std::thread server([&] { (void)listener_->Accept(); });
+  tools::SelfSigned other;
+  std::string error;
+  ASSERT_TRUE(tools::MakeSelfSigned(other, error)) << error;
+  ClientConfig config = ClientFor();
+  config.ca_file = other.cert_file;
+  auto conn = Connect("127.0.0.1", static_cast<std::uint16_t>(listener_->port()), config);
+  server.join();
+  ASSERT_FALSE(conn.ok());
+  EXPECT_NE(conn.error().detail.find("certificate verif"), std::string::npos) << conn.error().ToString();
+}
+
+TEST_F(UserspaceConnection, EmptyConnectionIsUsageError) {
+  Connection empty;
+  std::byte b[1];
+  EXPECT_EQ(empty.Read(b).error().category, ErrorCategory::kUsage);
+  EXPECT_EQ(empty.fd(), -1);
+}
+
+}  // namespace
+}  // namespace ktls

@@ -1,0 +1,305 @@
+// ktls-echo: a TLS echo server (or client) on kernel TLS.
+//
+//   ktls-echo [--listen ADDR:PORT] [--cert FILE --key FILE] [--rx|--no-rx]
+//             [--client-ca FILE] [--tickets N]
+//   ktls-echo --connect HOST:PORT [--ca FILE] [--insecure] [--cert F --key F]
+//
+// Server: echoes every byte back on each connection (one thread each) until
+// the client sends close_notify, then answers with its own. Client: copies
+// stdin to the connection and the connection to stdout until both are done.
+// Either way, one line per connection on stderr:
+//   peer=... version=... cipher=... resumed=yes|no tx=kernel|user rx=kernel|user
+//   bytes_in=N bytes_out=N end=close_notify|eof|truncated|error:<reason>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <cxxopts.hpp>
+
+#include "common/self_signed.h"
+#include "ktls/client.h"
+#include "ktls/probe.h"
+#include "ktls/server.h"
+
+namespace {
+
+std::mutex log_mu;
+
+void Log(const std::string& line) {
+  std::lock_guard lock(log_mu);
+  std::fprintf(stderr, "%s\n", line.c_str());
+  std::fflush(stderr);
+}
+
+std::string PeerName(int fd) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof(addr);
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return "unknown";
+  char host[INET6_ADDRSTRLEN] = "?";
+  int port = 0;
+  if (addr.ss_family == AF_INET) {
+    auto* in = reinterpret_cast<sockaddr_in*>(&addr);
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+    port = ntohs(in->sin_port);
+    return std::string(host) + ":" + std::to_string(port);
+  }
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(&addr);
+  inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+  port = ntohs(in6->sin6_port);
+  return "[" + std::string(host) + "]:" + std::to_string(port);
+}
+
+// EndWord renders how a connection ended, for the log line.
+std::string EndWord(const ktls::Error& error) {
+  switch (error.category) {
+    case ktls::ErrorCategory::kTruncated: return "truncated";
+    case ktls::ErrorCategory::kAlert:
+      return "error:alert_" + std::string(ktls::AlertName(error.tls_alert));
+    default: {
+      // One word: "protocol:TLS_handshake:...". ": " separators become ":".
+      std::string reason;
+      const std::string text = error.ToString();
+      for (std::size_t i = 0; i < text.size(); ++i) {
+        if (text[i] == ' ' && i > 0 && text[i - 1] == ':') continue;
+        reason += text[i] == ' ' ? '_' : text[i];
+      }
+      return "error:" + reason;
+    }
+  }
+}
+
+std::string ConnectionLine(const std::string& peer, const ktls::Connection& conn, std::uint64_t bytes_in,
+                           std::uint64_t bytes_out, const std::string& end) {
+  const ktls::SessionInfo& s = conn.session();
+  return "peer=" + peer + " version=" + s.protocol + " cipher=" + s.cipher_suite +
+         " resumed=" + (s.resumed ? "yes" : "no") + " tx=" + ktls::OffloadName(conn.tx()) +
+         " rx=" + ktls::OffloadName(conn.rx()) +
+         " bytes_in=" + std::to_string(bytes_in) + " bytes_out=" + std::to_string(bytes_out) + " end=" + end;
+}
+
+void LogFallback(const ktls::OffloadReport& report) {
+  Log(std::string("offload: tx=") + ktls::OffloadName(report.tx) + " rx=" + ktls::OffloadName(report.rx) +
+      " reason=\"" + report.reason + "\"");
+}
+
+void ServeOne(ktls::Listener& listener, int socket) {
+  const std::string peer = PeerName(socket);
+  auto conn = listener.Handshake(socket);
+  if (!conn.ok()) {
+    const ktls::Error& e = conn.error();
+    const bool eof = e.category == ktls::ErrorCategory::kTruncated;
+    Log("peer=" + peer + " version=- cipher=- resumed=no tx=user rx=user bytes_in=0 bytes_out=0 end=" +
+        (eof ? std::string("eof") : EndWord(e)));
+    return;
+  }
+  std::uint64_t bytes_in = 0, bytes_out = 0;
+  std::array<std::byte, 64 * 1024> buf;
+  std::string end;
+  for (;;) {
+    auto got = conn->Read(buf);
+    if (!got.ok()) {
+      end = EndWord(got.error());
+      break;
+    }
+    if (got->end_of_stream) {
+      end = "close_notify";
+      (void)conn->Shutdown();  // Answer with our close_notify.
+      break;
+    }
+    bytes_in += got->bytes;
+    auto put = conn->WriteAll(std::span(buf.data(), got->bytes));
+    if (!put.ok()) {
+      end = EndWord(put.error());
+      break;
+    }
+    bytes_out += put->bytes;
+  }
+  Log(ConnectionLine(peer, *conn, bytes_in, bytes_out, end));
+}
+
+int RunServer(const cxxopts::ParseResult& args) {
+  ktls::ServerConfig config;
+  config.offload.rx = !args.count("no-rx");
+  config.client_ca_file = args["client-ca"].as<std::string>();
+  config.num_tickets = args["tickets"].as<int>();
+  config.ciphersuites = args["ciphersuites"].as<std::string>();
+  config.offload.on_fallback = LogFallback;
+  if (args.count("cert")) {
+    config.cert_file = args["cert"].as<std::string>();
+    config.key_file = args["key"].as<std::string>();
+  } else {
+    ktls::tools::SelfSigned self;
+    std::string error;
+    if (!ktls::tools::MakeSelfSigned(self, error)) {
+      std::fprintf(stderr, "ktls-echo: %s\n", error.c_str());
+      return 1;
+    }
+    config.cert_file = self.cert_file;
+    config.key_file = self.key_file;
+    Log("certificate: self-signed, " + self.cert_file + " sha256=" + self.fingerprint);
+  }
+  auto listener = ktls::Listener::Listen(args["listen"].as<std::string>(), config);
+  if (!listener.ok()) {
+    std::fprintf(stderr, "ktls-echo: %s\n", listener.error().ToString().c_str());
+    return 1;
+  }
+  const ktls::Capabilities& caps = ktls::CachedCapabilities();
+  Log(std::string("ktls: ") + (caps.available ? "available" : "unavailable: " + caps.reason) +
+      " kernel=" + caps.kernel + " rekey=" + (caps.rekey ? "yes" : "no"));
+  Log("listening port=" + std::to_string(listener->port()));
+  for (;;) {
+    auto socket = listener->AcceptSocket();
+    if (!socket.ok()) {
+      Log("accept: " + socket.error().ToString());
+      if (socket.error().sys_errno == EMFILE || socket.error().sys_errno == ENFILE) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));  // Let connections finish.
+        continue;
+      }
+      return 1;
+    }
+    std::thread(ServeOne, std::ref(*listener), *socket).detach();
+  }
+}
+
+int RunClient(const cxxopts::ParseResult& args) {
+  const std::string target = args["connect"].as<std::string>();
+  const std::size_t colon = target.rfind(':');
+  if (colon == std::string::npos) {
+    std::fprintf(stderr, "ktls-echo: --connect wants HOST:PORT\n");
+    return 2;
+  }
+  std::string host = target.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  const int port = std::stoi(target.substr(colon + 1));
+  ktls::ClientConfig config;
+  config.ca_file = args["ca"].as<std::string>();
+  config.verify = !args.count("insecure");
+  config.offload.rx = !args.count("no-rx");
+  config.ciphersuites = args["ciphersuites"].as<std::string>();
+  config.offload.on_fallback = LogFallback;
+  if (args.count("cert")) {
+    config.cert_file = args["cert"].as<std::string>();
+    config.key_file = args["key"].as<std::string>();
+  }
+  // Probe before connecting, so offload follows the handshake at once.
+  (void)ktls::CachedCapabilities();
+  auto conn = ktls::Connect(host, static_cast<std::uint16_t>(port), config);
+  if (!conn.ok()) {
+    Log("peer=" + target + " version=- cipher=- resumed=no tx=user rx=user bytes_in=0 bytes_out=0 end=" +
+        EndWord(conn.error()));
+    return 1;
+  }
+  std::atomic<std::uint64_t> bytes_out{0};
+  // The sender is done, or idle waiting for stdin: bytes_out is final.
+  std::atomic<bool> sender_settled{false};
+  std::string send_error;
+  // stdin -> connection, then close_notify.
+  std::thread sender([&] {
+    std::array<std::byte, 64 * 1024> buf;
+    for (;;) {
+      sender_settled = true;
+      const ssize_t n = ::read(STDIN_FILENO, buf.data(), buf.size());
+      sender_settled = false;
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      auto put = conn->WriteAll(std::span(buf.data(), static_cast<std::size_t>(n)));
+      if (!put.ok()) {
+        send_error = EndWord(put.error());
+        return;
+      }
+      bytes_out += put->bytes;
+    }
+    if (auto shut = conn->Shutdown(); !shut.ok()) send_error = EndWord(shut.error());
+    sender_settled = true;
+  });
+  std::uint64_t bytes_in = 0;
+  std::string end;
+  std::array<std::byte, 64 * 1024> buf;
+  for (;;) {
+    auto got = conn->Read(buf);
+    if (!got.ok()) {
+      end = EndWord(got.error());
+      break;
+    }
+    if (got->end_of_stream) {
+      end = "close_notify";
+      break;
+    }
+    std::size_t off = 0;
+    while (off < got->bytes) {
+      const ssize_t n = ::write(STDOUT_FILENO, buf.data() + off, got->bytes - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        end = "error:stdout";
+        break;
+      }
+      off += static_cast<std::size_t>(n);
+    }
+    bytes_in += got->bytes;
+    if (!end.empty()) break;
+  }
+  if (end != "close_notify") {
+    // The connection is over; the sender may be blocked reading stdin
+    // forever. Let it finish the write in progress (bounded), report, and
+    // leave without waiting for stdin.
+    for (int i = 0; i < 100 && !sender_settled; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    Log(ConnectionLine(target, *conn, bytes_in, bytes_out.load(), end));
+    std::fflush(stdout);
+    std::_Exit(1);
+  }
+  sender.join();
+  if (!send_error.empty()) end = send_error;
+  Log(ConnectionLine(target, *conn, bytes_in, bytes_out.load(), end));
+  return end == "close_notify" ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // OpenSSL writes to sockets with write(2): a peer that vanished must not
+  // kill the process.
+  ::signal(SIGPIPE, SIG_IGN);
+  cxxopts::Options options("ktls-echo", "TLS echo server and client on kernel TLS (kTLS).");
+  options.add_options()
+      ("listen", "Server: listen on ADDR:PORT", cxxopts::value<std::string>()->default_value("127.0.0.1:8443"))
+      ("cert", "Certificate chain (PEM); without it, a fresh self-signed one", cxxopts::value<std::string>())
+      ("key", "Private key (PEM), with --cert", cxxopts::value<std::string>())
+      ("rx", "Offload RX too (the default)")
+      ("no-rx", "Keep RX in OpenSSL; offload TX only")
+      ("client-ca", "Server: require client certificates signed by these CAs", cxxopts::value<std::string>()->default_value(""))
+      ("tickets", "Server: TLS 1.3 session tickets per handshake", cxxopts::value<int>()->default_value("2"))
+      ("ciphersuites", "TLS 1.3 cipher suites, OpenSSL syntax (default: OpenSSL's, without AES-128-CCM)",
+       cxxopts::value<std::string>()->default_value(""))
+      ("connect", "Client: connect to HOST:PORT", cxxopts::value<std::string>())
+      ("ca", "Client: trust these CAs (PEM) instead of the system store", cxxopts::value<std::string>()->default_value(""))
+      ("insecure", "Client: do not verify the server's certificate")
+      ("h,help", "Show this help");
+  cxxopts::ParseResult args;
+  try {
+    args = options.parse(argc, argv);
+    if (!args.unmatched().empty()) {
+      throw cxxopts::exceptions::exception("unexpected argument: " + args.unmatched().front());
+    }
+    if (args.count("cert") != args.count("key")) throw cxxopts::exceptions::exception("--cert and --key go together");
+    if (args.count("rx") && args.count("no-rx")) throw cxxopts::exceptions::exception("--rx or --no-rx, not both");
+  } catch (const cxxopts::exceptions::exception& e) {
+    std::cerr << "ktls-echo: " << e.what() << "\n" << options.help();
+    return 2;
+  }
+  if (args.count("help")) {
+    std::cout << options.help();
+    return 0;
+  }
+  return args.count("connect") ? RunClient(args) : RunServer(args);
+}
