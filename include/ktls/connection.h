@@ -102,6 +102,16 @@ class KTLS_API Connection {
   // Close closes the socket (and frees anything still held). Idempotent.
   void Close();
 
+  // UpdateKeys sends a TLS 1.3 KeyUpdate now and switches TX to the next
+  // traffic secret; with request_peer_update, the peer is asked to do the
+  // same for its direction. With TX in the kernel this needs Linux 6.14 or
+  // later (ErrorCategory::kUnsupported otherwise).
+  Result<void> UpdateKeys(bool request_peer_update);
+
+  // Key updates done on this connection since offload, per direction.
+  std::uint64_t tx_key_updates() const noexcept;
+  std::uint64_t rx_key_updates() const noexcept;
+
   // Where each direction's records are protected now.
   Offload tx() const noexcept;
   Offload rx() const noexcept;
@@ -114,7 +124,8 @@ class KTLS_API Connection {
   // records yourself.
   int fd() const noexcept;
 
-  // ~Connection-safe accessors for tests and tools.
+  // tickets_dropped: session tickets that arrived after RX went to the
+  // kernel (a client cannot store them any more) and were discarded.
   std::uint64_t tickets_dropped() const noexcept;
 
   explicit Connection(std::unique_ptr<detail::ConnectionImpl> impl);

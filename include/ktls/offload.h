@@ -13,6 +13,7 @@
 
 #include <openssl/ssl.h>
 
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -30,11 +31,26 @@ struct KTLS_API OffloadReport {
   std::string reason;  // Why TX and/or RX stayed in userspace.
 };
 
+// RxOffload: whether the receive direction goes to the kernel.
+enum class RxOffload : std::uint8_t {
+  // kAuto: where the kernel can install new RX keys (TLS 1.3 KeyUpdate,
+  // Linux 6.14 and later), yes; elsewhere no, because a peer's KeyUpdate
+  // would end an RX-offloaded connection there. The default.
+  kAuto,
+  kOn,   // Always (a peer's KeyUpdate then ends the connection on old kernels).
+  kOff,  // Never: RX stays in OpenSSL, only TX is offloaded.
+};
+
 // OffloadOptions: how to offload.
 struct KTLS_API OffloadOptions {
-  // rx: put the receive direction in the kernel too. When false, RX stays in
-  // OpenSSL and only TX is offloaded.
-  bool rx = true;
+  RxOffload rx = RxOffload::kAuto;
+  // key_update_after_records: send a KeyUpdate before the TX record
+  // sequence number reaches this. 0 means the AEAD's limit as ktls sets it:
+  // 2^24 records for AES-GCM (RFC 8446 5.5 allows 2^24.5), 2^21 for
+  // AES-CCM, never for ChaCha20-Poly1305 (its limit is beyond 2^64 records).
+  // On kernels that cannot rekey, the connection is closed with
+  // close_notify before the limit instead.
+  std::uint64_t key_update_after_records = 0;
   // on_fallback: called (on the thread that offloads) when a direction could
   // not go to the kernel, with the reason. The connection works anyway.
   std::function<void(const OffloadReport&)> on_fallback;

@@ -14,7 +14,10 @@
 #include <string>
 
 #include "conn/connection_impl.h"
+#include "conn/traffic_keys.h"
+#include "handshake/capture.h"
 #include "core/errors.h"
+#include "keys/tls13_key_schedule.h"
 #include "kernel/syscalls.h"
 #include "kernel/tls_uapi.h"
 
@@ -27,6 +30,7 @@ constexpr int kAlertCloseNotify = 0;
 constexpr int kAlertUnexpectedMessage = 10;
 constexpr int kAlertBadRecordMac = 20;
 constexpr int kAlertRecordOverflow = 22;
+constexpr int kAlertIllegalParameter = 47;
 constexpr int kAlertDecodeError = 50;
 constexpr int kAlertInternalError = 80;
 constexpr unsigned char kAlertLevelWarning = 1;
@@ -42,6 +46,17 @@ constexpr std::size_t kMaxPostHandshakeMessageLen = 64 * 1024;
 
 // sendfile with TX in OpenSSL reads the file in pieces of one record.
 constexpr std::size_t kUserSendFileChunk = 16 * 1024;
+
+// The largest TLS plaintext record (RFC 8446 5.1).
+constexpr std::size_t kMaxRecordPlaintext = 16 * 1024;
+
+// MaxRecordsFor bounds the records one write of len bytes makes: full
+// records first, one more for a record left open by the previous write.
+std::uint64_t MaxRecordsFor(std::size_t len) { return (len + kMaxRecordPlaintext - 1) / kMaxRecordPlaintext + 1; }
+
+// KeyUpdate (RFC 8446 4.6.3): handshake type 24, a 1-byte body.
+constexpr unsigned char kKeyUpdateNotRequested = 0;
+constexpr unsigned char kKeyUpdateRequested = 1;
 
 bool WouldBlock(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
@@ -90,23 +105,26 @@ Result<IoProgress> ConnectionImpl::ReadUser(std::span<std::byte> buf) {
     ERR_clear_error();
     errno = 0;
     const int ret = SSL_read_ex(ssl.get(), buf.data(), buf.size(), &n);
-    if (ret == 1) return IoProgress{n, false, false};
-    const int code = SSL_get_error(ssl.get(), ret);
+    if (tx == Offload::kKernel) {
+      if (auto done = AnswerOpenSslKeyUpdates()) {
+        ERR_clear_error();
+        return std::move(*done);
+      }
+    }
+    if (ret == 1 && !openssl_write_attempted) return IoProgress{n, false, false};
+    const int code = ret == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl.get(), ret);
     if (code == SSL_ERROR_ZERO_RETURN) {
       peer_closed = true;
       return IoProgress{0, false, true};
     }
     if (openssl_write_attempted) {
-      // With TX in the kernel OpenSSL must not write. What it wanted to
-      // write while reading is an answer to the peer's KeyUpdate
-      // (update_requested), or an alert: this connection cannot go on
-      // correctly.
-      ERR_clear_error();
-      lock.unlock();
-      SendFatalAlert(kAlertInternalError);
-      return Fail(MakeError(ErrorCategory::kUnsupported,
-                            "the peer asked for something OpenSSL must answer (a KeyUpdate with "
-                            "update_requested, or an alert) while TX is in the kernel"));
+      // TX is in the kernel: what OpenSSL meant to send goes out from here.
+      openssl_write_attempted = false;
+      if (auto done = HandleOpenSslWrites()) {
+        ERR_clear_error();
+        return std::move(*done);
+      }
+      if (ret == 1) return IoProgress{n, false, false};
     }
     if (code == SSL_ERROR_WANT_READ || code == SSL_ERROR_WANT_WRITE) {
       lock.unlock();
@@ -137,6 +155,12 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
         SendFatalAlert(kAlertBadRecordMac);
         return Fail(AlertError(ErrorCategory::kProtocol, kAlertBadRecordMac,
                                "a record failed authentication; nothing of it was delivered"));
+      }
+      if (err == EKEYEXPIRED) {
+        // The kernel paused RX after a KeyUpdate that ktls did not see as
+        // one: nothing can be decrypted any more.
+        SendFatalAlert(kAlertInternalError);
+        return Fail(MakeError(ErrorCategory::kInternal, "the kernel paused RX for a key update ktls did not expect"));
       }
       if (err == EMSGSIZE) {
         SendFatalAlert(kAlertRecordOverflow);
@@ -191,6 +215,7 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
     }
     if (handshake_bytes_.size() < kHandshakeHeaderLen + body_len) return std::nullopt;
     const unsigned char msg_type = handshake_bytes_[0];
+    const unsigned char body_first_byte = body_len > 0 ? handshake_bytes_[kHandshakeHeaderLen] : 0;
     handshake_bytes_.erase(handshake_bytes_.begin(),
                            handshake_bytes_.begin() + static_cast<std::ptrdiff_t>(kHandshakeHeaderLen + body_len));
     if (msg_type == kHandshakeNewSessionTicket && !is_server) {
@@ -200,10 +225,34 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
       continue;
     }
     if (msg_type == kHandshakeKeyUpdate) {
-      SendFatalAlert(kAlertInternalError);
-      return Fail(MakeError(ErrorCategory::kUnsupported,
-                            "the peer sent a TLS 1.3 KeyUpdate; ktls cannot yet rekey a connection whose RX "
-                            "is in the kernel"));
+      if (body_len != 1) {
+        SendFatalAlert(kAlertDecodeError);
+        return Fail(AlertError(ErrorCategory::kProtocol, kAlertDecodeError, "malformed KeyUpdate"));
+      }
+      const unsigned char request = body_first_byte;
+      if (request != kKeyUpdateNotRequested && request != kKeyUpdateRequested) {
+        SendFatalAlert(kAlertIllegalParameter);
+        return Fail(AlertError(ErrorCategory::kProtocol, kAlertIllegalParameter, "KeyUpdate with an invalid request"));
+      }
+      if (!handshake_bytes_.empty()) {
+        // Keys change at record boundaries (RFC 8446 5.1).
+        SendFatalAlert(kAlertUnexpectedMessage);
+        return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
+                               "data after a KeyUpdate in the same record"));
+      }
+      if (!kernel_rekey) {
+        // The kernel keeps decrypting with the old key; everything after
+        // this record would fail. End here, naming why.
+        SendFatalAlert(kAlertInternalError);
+        return Fail(MakeError(ErrorCategory::kUnsupported,
+                              "the peer sent a TLS 1.3 KeyUpdate, and this kernel cannot install new RX keys "
+                              "(needs Linux 6.14); RxOffload::kAuto keeps RX in OpenSSL on such kernels"));
+      }
+      if (auto rekeyed = RekeyRx(); !rekeyed) return Fail(std::move(rekeyed).error());
+      if (request == kKeyUpdateRequested) {
+        if (auto answered = AnswerPeerKeyUpdate(); !answered) return Fail(std::move(answered).error());
+      }
+      continue;
     }
     SendFatalAlert(kAlertUnexpectedMessage);
     return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
@@ -257,12 +306,18 @@ Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data) {
   if (sent_close_) return MakeError(ErrorCategory::kClosed, "write after Shutdown");
   if (data.empty()) return IoProgress{};
   if (tx == Offload::kKernel) {
-    iovec iov{const_cast<std::byte*>(data.data()), data.size()};
+    std::lock_guard lock(tx_mu_);
+    std::size_t len = data.size();
+    if (auto ready = BeforeKernelWrite(&len); !ready) return Fail(std::move(ready).error());
+    iovec iov{const_cast<std::byte*>(data.data()), len};
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     const ssize_t n = sys::SendMsg(socket.get(), &msg, MSG_NOSIGNAL);
-    if (n >= 0) return IoProgress{static_cast<std::size_t>(n), false, false};
+    if (n >= 0) {
+      tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
+      return IoProgress{static_cast<std::size_t>(n), false, false};
+    }
     if (WouldBlock(static_cast<int>(-n))) return IoProgress{0, true, false};
     return Fail(SysError(static_cast<int>(-n), "sendmsg on the kTLS socket"));
   }
@@ -271,6 +326,14 @@ Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data) {
     std::size_t n = 0;
     ERR_clear_error();
     errno = 0;
+    // TX in OpenSSL: the same AEAD limit, counted by the message callback.
+    if (const CaptureState* state = GetCaptureState(ssl.get());
+        state != nullptr && key_update_threshold != 0 &&
+        state->tx.records + MaxRecordsFor(data.size()) >= key_update_threshold &&
+        SSL_get_key_update_type(ssl.get()) == SSL_KEY_UPDATE_NONE) {
+      SSL_key_update(ssl.get(), SSL_KEY_UPDATE_NOT_REQUESTED);  // Sent ahead of this write's data.
+      ++tx_key_updates;
+    }
     const int ret = SSL_write_ex(ssl.get(), data.data(), data.size(), &n);
     if (ret == 1) return IoProgress{n, false, false};
     const int code = SSL_get_error(ssl.get(), ret);
@@ -289,9 +352,15 @@ Result<IoProgress> ConnectionImpl::SendFile(int file_fd, off_t offset, std::size
   if (sent_close_) return MakeError(ErrorCategory::kClosed, "sendfile after Shutdown");
   if (count == 0) return IoProgress{};
   if (tx == Offload::kKernel) {
+    std::lock_guard lock(tx_mu_);
+    std::size_t len = count;
+    if (auto ready = BeforeKernelWrite(&len); !ready) return Fail(std::move(ready).error());
     off_t pos = offset;
-    const ssize_t n = sys::SendFile(socket.get(), file_fd, &pos, count);
-    if (n >= 0) return IoProgress{static_cast<std::size_t>(n), false, false};
+    const ssize_t n = sys::SendFile(socket.get(), file_fd, &pos, len);
+    if (n >= 0) {
+      tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
+      return IoProgress{static_cast<std::size_t>(n), false, false};
+    }
     if (WouldBlock(static_cast<int>(-n))) return IoProgress{0, true, false};
     // A bad file is the caller's error, not the connection's.
     if (n == -EBADF || n == -EINVAL || n == -ESPIPE) return SysError(static_cast<int>(-n), "sendfile: bad input file");
@@ -322,10 +391,164 @@ Result<IoProgress> ConnectionImpl::SendFile(int file_fd, off_t offset, std::size
   return IoProgress{sent, false, false};
 }
 
+Result<std::uint64_t> ConnectionImpl::KernelTxSeq() {
+  alignas(8) std::array<unsigned char, 64> info{};
+  socklen_t len = CryptoInfoSize(cipher);  // The kernel wants exactly this.
+  const int rc = sys::GetSockOpt(socket.get(), uapi::kSolTls, uapi::kTlsTx, info.data(), &len);
+  const std::optional<std::uint64_t> seq = rc == 0 ? RecSeqOf(info.data(), len) : std::nullopt;
+  OPENSSL_cleanse(info.data(), info.size());  // The kernel returns the key too.
+  if (rc != 0) return SysError(-rc, "getsockopt(TLS_TX) for the record sequence number");
+  if (!seq) return MakeError(ErrorCategory::kInternal, "getsockopt(TLS_TX) returned an unknown crypto_info");
+  return *seq;
+}
+
+Result<void> ConnectionImpl::UpdateTxKeyLocked(bool request_peer_update) {
+  if (!kernel_rekey) {
+    return MakeError(ErrorCategory::kUnsupported, "this kernel cannot install new TX keys (needs Linux 6.14)");
+  }
+  // Everything that can fail is done before the KeyUpdate goes out.
+  auto next = NextTls13TrafficSecret(cipher, tx_secret.bytes());
+  if (!next.ok()) return std::move(next).error();
+  auto info = PackTls13Direction(cipher, *next, 0);
+  if (!info.ok()) return std::move(info).error();
+  const std::array<unsigned char, 5> key_update{
+      kHandshakeKeyUpdate, 0, 0, 1, request_peer_update ? kKeyUpdateRequested : kKeyUpdateNotRequested};
+  if (auto sent = SendKernelControlRecord(uapi::kRecordHandshake, key_update); !sent) return sent;
+  // The peer now expects the next key: if the kernel refused it, nothing
+  // more can be sent on this connection.
+  const int rc = sys::SetSockOpt(socket.get(), uapi::kSolTls, uapi::kTlsTx, info->data(), info->size());
+  if (rc != 0) {
+    failed_ = true;
+    return SysError(-rc, "setsockopt(TLS_TX) with the updated key, after sending KeyUpdate");
+  }
+  tx_secret = *next;
+  tx_records_bound_ = 0;
+  ++tx_key_updates;
+  return {};
+}
+
+Result<void> ConnectionImpl::BeforeKernelWrite(std::size_t* len) {
+  if (tx_update_pending_.exchange(false)) {
+    if (auto updated = UpdateTxKeyLocked(false); !updated) return updated;
+  }
+  if (key_update_threshold == 0 || tx_records_bound_ + MaxRecordsFor(*len) < key_update_threshold) return {};
+  // Near the limit: ask the kernel for the exact count (it includes the
+  // records sendfile made).
+  auto seq = KernelTxSeq();
+  if (!seq.ok()) return std::move(seq).error();
+  tx_records_bound_ = *seq;
+  if (*seq + 2 > key_update_threshold) {
+    if (!kernel_rekey) {
+      // Closing is the only safe way on: close_notify still fits.
+      const std::array<unsigned char, 2> close_notify{kAlertLevelWarning, kAlertCloseNotify};
+      (void)SendKernelControlRecord(uapi::kRecordAlert, close_notify);
+      sent_close_ = true;
+      ::shutdown(socket.get(), SHUT_WR);
+      return MakeError(ErrorCategory::kUnsupported,
+                       "TX reached " + std::to_string(*seq) + " records under one key, the AEAD limit ktls keeps, "
+                       "and this kernel cannot rekey (needs Linux 6.14): closed with close_notify");
+    }
+    if (auto updated = UpdateTxKeyLocked(false); !updated) return updated;
+  }
+  // Keep this write's records under the limit: a write of L bytes makes at
+  // most MaxRecordsFor(L) records.
+  const std::uint64_t room = key_update_threshold - tx_records_bound_;
+  if (MaxRecordsFor(*len) > room) *len = static_cast<std::size_t>((room - 1) * kMaxRecordPlaintext);
+  return {};
+}
+
+Result<void> ConnectionImpl::AnswerPeerKeyUpdate() {
+  tx_update_pending_ = true;
+  std::unique_lock lock(tx_mu_, std::try_to_lock);
+  if (!lock.owns_lock()) return {};  // A write is in progress; it answers first.
+  if (!tx_update_pending_.exchange(false)) return {};
+  return UpdateTxKeyLocked(false);
+}
+
+Result<void> ConnectionImpl::RekeyRx() {
+  auto next = NextTls13TrafficSecret(cipher, rx_secret.bytes());
+  if (!next.ok()) return std::move(next).error();
+  auto info = PackTls13Direction(cipher, *next, 0);
+  if (!info.ok()) return std::move(info).error();
+  const int rc = sys::SetSockOpt(socket.get(), uapi::kSolTls, uapi::kTlsRx, info->data(), info->size());
+  if (rc != 0) {
+    SendFatalAlert(kAlertInternalError);
+    return SysError(-rc, "setsockopt(TLS_RX) with the peer's updated key");
+  }
+  rx_secret = *next;
+  ++rx_key_updates;
+  return {};
+}
+
+std::optional<Result<IoProgress>> ConnectionImpl::HandleOpenSslWrites() {
+  CaptureState* state = GetCaptureState(ssl.get());
+  if (state == nullptr) return Fail(MakeError(ErrorCategory::kInternal, "OpenSSL wrote, and its state is gone"));
+  if (state->written_alerts > 0) {
+    // OpenSSL hit an error and sent an alert: relay it; SSL_read fails too.
+    state->written_alerts = 0;
+    const std::array<unsigned char, 2> alert{state->last_written_alert[0], state->last_written_alert[1]};
+    (void)SendKernelControlRecord(uapi::kRecordAlert, alert);
+    sent_close_ = true;
+    return std::nullopt;
+  }
+  if (state->written_key_updates > 0) {
+    // OpenSSL's own answer to a peer's update_requested, discarded:
+    // AnswerOpenSslKeyUpdates already answered through the kernel.
+    state->written_key_updates = 0;
+    return std::nullopt;
+  }
+  return Fail(MakeError(ErrorCategory::kInternal, "OpenSSL wrote a record ktls cannot relay"));
+}
+
+std::optional<Result<IoProgress>> ConnectionImpl::AnswerOpenSslKeyUpdates() {
+  CaptureState* state = GetCaptureState(ssl.get());
+  if (state == nullptr || state->read_update_requests == answered_update_requests_) return std::nullopt;
+  // One KeyUpdate of ours answers every request received so far.
+  answered_update_requests_ = state->read_update_requests;
+  if (!kernel_rekey) {
+    (void)Shutdown();
+    return Fail(MakeError(ErrorCategory::kUnsupported,
+                          "the peer asked for a key update (update_requested) and this kernel cannot install new "
+                          "TX keys (needs Linux 6.14): closed with close_notify"));
+  }
+  if (auto answered = AnswerPeerKeyUpdate(); !answered) return Fail(std::move(answered).error());
+  return std::nullopt;
+}
+
+Result<void> ConnectionImpl::UpdateKeys(bool request_peer_update) {
+  if (socket.get() < 0) return MakeError(ErrorCategory::kUsage, "UpdateKeys on a closed connection");
+  if (failed_ || sent_close_) return MakeError(ErrorCategory::kClosed, "UpdateKeys after the connection ended");
+  if (tx == Offload::kKernel) {
+    std::lock_guard lock(tx_mu_);
+    auto updated = UpdateTxKeyLocked(request_peer_update);
+    if (!updated && failed_) (void)Fail(updated.error());
+    return updated;
+  }
+  std::unique_lock lock(ssl_mu_);
+  if (SSL_key_update(ssl.get(), request_peer_update ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED) != 1) {
+    return OpenSslError(ErrorCategory::kUsage, "SSL_key_update");
+  }
+  for (;;) {
+    ERR_clear_error();
+    const int ret = SSL_do_handshake(ssl.get());  // Sends the KeyUpdate now.
+    if (ret == 1) break;
+    const int code = SSL_get_error(ssl.get(), ret);
+    if (code != SSL_ERROR_WANT_WRITE && code != SSL_ERROR_WANT_READ) return SslCallError(ssl.get(), ret, "KeyUpdate");
+    lock.unlock();
+    if (!WaitFor(code == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN)) {
+      return MakeError(ErrorCategory::kIo, "KeyUpdate would block; it goes out with the next write");
+    }
+    lock.lock();
+  }
+  ++tx_key_updates;
+  return {};
+}
+
 Result<void> ConnectionImpl::Shutdown() {
   if (socket.get() < 0) return MakeError(ErrorCategory::kUsage, "shutdown on a closed connection");
   if (sent_close_) return {};
   if (tx == Offload::kKernel) {
+    std::lock_guard lock(tx_mu_);  // Never between a KeyUpdate and the new key.
     const std::array<unsigned char, 2> close_notify{kAlertLevelWarning, kAlertCloseNotify};
     if (auto sent = SendKernelControlRecord(uapi::kRecordAlert, close_notify); !sent) return sent;
   } else {
@@ -393,6 +616,21 @@ Result<void> Connection::Shutdown() { return impl_ ? impl_->Shutdown() : Result<
 
 void Connection::Close() {
   if (impl_) impl_->Close();
+}
+
+Result<void> Connection::UpdateKeys(bool request_peer_update) {
+  return impl_ ? impl_->UpdateKeys(request_peer_update) : Result<void>(EmptyConnection());
+}
+
+std::uint64_t Connection::tx_key_updates() const noexcept { return impl_ ? impl_->tx_key_updates.load() : 0; }
+
+std::uint64_t Connection::rx_key_updates() const noexcept {
+  if (!impl_) return 0;
+  std::uint64_t n = impl_->rx_key_updates.load();
+  if (impl_->ssl) {
+    if (const detail::CaptureState* state = detail::GetCaptureState(impl_->ssl.get())) n += state->read_key_updates;
+  }
+  return n;
 }
 
 Offload Connection::tx() const noexcept { return impl_ ? impl_->tx : Offload::kUser; }

@@ -12,6 +12,7 @@
 
 #include "core/openssl_ptr.h"
 #include "core/unique_fd.h"
+#include "keys/secret.h"
 #include "ktls/connection.h"
 #include "ktls/types.h"
 
@@ -24,6 +25,7 @@ class ConnectionImpl {
   ConnectionImpl(UniqueFd fd, UniqueSsl ssl, bool is_server);
 
   Result<IoProgress> Read(std::span<std::byte> buf);
+  Result<void> UpdateKeys(bool request_peer_update);
   Result<IoProgress> Write(std::span<const std::byte> data);
   Result<IoProgress> SendFile(int file_fd, off_t offset, std::size_t count);
   Result<void> Shutdown();
@@ -47,6 +49,20 @@ class ConnectionImpl {
   bool openssl_write_attempted = false;
   std::atomic<std::uint64_t> tickets_dropped = 0;
 
+  // --- TLS 1.3 key updates ---
+  Cipher cipher = Cipher::kAes128Gcm;
+  // kernel_rekey: the kernel accepts new keys on a live socket (6.14+).
+  bool kernel_rekey = false;
+  // The current traffic secrets of the directions in the kernel, kept only
+  // where the kernel can rekey (they are needed to derive the next ones).
+  Secret tx_secret;  // Guarded by tx_mu_.
+  Secret rx_secret;  // Used by the reader only.
+  // key_update_threshold: TX records under one key before a KeyUpdate (or,
+  // without kernel rekey, a clean close); 0: never.
+  std::uint64_t key_update_threshold = 0;
+  std::atomic<std::uint64_t> tx_key_updates = 0;
+  std::atomic<std::uint64_t> rx_key_updates = 0;
+
  private:
   Result<IoProgress> ReadKernel(std::span<std::byte> buf);
   Result<IoProgress> ReadUser(std::span<std::byte> buf);
@@ -59,6 +75,31 @@ class ConnectionImpl {
   void SendFatalAlert(int alert);
   Result<void> SendKernelControlRecord(unsigned char type, std::span<const unsigned char> payload);
   Result<IoProgress> Fail(Error error);
+  // --- kernel TX, all under tx_mu_ ---
+  // BeforeKernelWrite runs before every write of up to *len bytes: it sends
+  // a KeyUpdate the peer asked for, and keeps the record count below the
+  // threshold (updating keys, or closing where the kernel cannot rekey). It
+  // may shorten *len so that this write's records fit under the limit.
+  Result<void> BeforeKernelWrite(std::size_t* len);
+  // UpdateTxKeyLocked sends KeyUpdate under the current key, then installs
+  // the next one.
+  Result<void> UpdateTxKeyLocked(bool request_peer_update);
+  // KernelTxSeq asks the kernel for the next TX record's sequence number.
+  Result<std::uint64_t> KernelTxSeq();
+  // AnswerPeerKeyUpdate: the peer sent update_requested; answer now if no
+  // write is in progress, else the next write does (RFC 8446 4.6.3 wants
+  // it before our next application data).
+  Result<void> AnswerPeerKeyUpdate();
+  // HandleOpenSslWrites deals with what OpenSSL tried to write while reading
+  // with TX in the kernel (mixed mode): a KeyUpdate answer is sent by the
+  // kernel instead, an alert is relayed.
+  std::optional<Result<IoProgress>> HandleOpenSslWrites();
+  // AnswerOpenSslKeyUpdates answers, through the kernel, the peer's
+  // update_requested KeyUpdates that OpenSSL read (RX in OpenSSL, TX in the
+  // kernel). Called under ssl_mu_ after every SSL_read.
+  std::optional<Result<IoProgress>> AnswerOpenSslKeyUpdates();
+  std::uint64_t answered_update_requests_ = 0;  // Under ssl_mu_.
+  Result<void> RekeyRx();
   // WaitFor waits for the socket to become readable (POLLIN) or writable
   // (POLLOUT) when the socket is blocking. Returns false, without waiting,
   // when the caller made the socket non-blocking: then "would block" is the
@@ -68,6 +109,11 @@ class ConnectionImpl {
   // One reader and one writer may run at once: OpenSSL calls are serialised
   // by ssl_mu_ (never held while waiting); the flags are atomic.
   std::mutex ssl_mu_;
+  // Kernel TX writes and TX key changes: a KeyUpdate record and the switch
+  // to the next key must not have application data between them.
+  std::mutex tx_mu_;
+  std::atomic<bool> tx_update_pending_ = false;
+  std::uint64_t tx_records_bound_ = 0;  // >= records sent under the TX key. Under tx_mu_.
   std::atomic<bool> failed_ = false;     // An error ended the connection.
   std::atomic<bool> sent_close_ = false;  // We sent close_notify (or a fatal alert).
   std::vector<unsigned char> handshake_bytes_;  // Partial post-handshake message.

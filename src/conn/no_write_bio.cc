@@ -4,15 +4,14 @@
 namespace ktls::detail {
 namespace {
 
-int NoWrite(BIO* bio, const char* /*data*/, int /*len*/) {
+int NoWrite(BIO* bio, const char* /*data*/, int len) {
   if (auto* attempted = static_cast<bool*>(BIO_get_data(bio))) *attempted = true;
   BIO_clear_retry_flags(bio);
-  return -1;
+  return len;  // Discarded: see the header.
 }
 
 long Ctrl(BIO* /*bio*/, int cmd, long /*num*/, void* /*ptr*/) {
-  // OpenSSL flushes after writing; claim success so the failed write is the
-  // error it sees. Everything else is unsupported.
+  // OpenSSL flushes after writing. Everything else is unsupported.
   return cmd == BIO_CTRL_FLUSH ? 1 : 0;
 }
 

@@ -21,6 +21,7 @@
 #include "conn/no_write_bio.h"
 #include "conn/offload_internal.h"
 #include "conn/socket_bio.h"
+#include "conn/traffic_keys.h"
 #include "core/errors.h"
 #include "handshake/capture.h"
 #include "kernel/crypto_info.h"
@@ -69,6 +70,7 @@ void CaptureSession(SSL* ssl, SessionInfo& info) {
 struct Plan {
   bool tx = false;
   bool rx = false;
+  Cipher cipher = Cipher::kAes128Gcm;
   KernelCryptoInfo tx_info;
   KernelCryptoInfo rx_info;
   std::string reason;  // Why a direction stays in userspace.
@@ -77,14 +79,6 @@ struct Plan {
 void AddReason(std::string& reason, const std::string& more) {
   if (!reason.empty()) reason += "; ";
   reason += more;
-}
-
-// PackDirection derives one direction's key and IV from its traffic secret
-// and packs them with the next record's sequence number.
-Result<KernelCryptoInfo> PackDirection(Cipher cipher, const Secret& secret, std::uint64_t seq) {
-  auto keys = DeriveTls13TrafficKeys(cipher, secret.bytes());
-  if (!keys.ok()) return std::move(keys).error();
-  return PackCryptoInfo(TlsVersion::kTls13, cipher, keys->key.bytes(), keys->iv.bytes(), seq);
 }
 
 // DrainOpenSsl moves whatever OpenSSL has buffered (decrypted or not) into
@@ -134,6 +128,7 @@ Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& o
     plan.reason = std::string("cipher not offloadable: ") + (suite ? SSL_CIPHER_standard_name(suite) : "none");
     return plan;
   }
+  plan.cipher = *cipher;
   if (state.rejected_keylog_lines != 0) {
     plan.reason = "a key-log line for this connection did not parse or match; not trusting the secrets";
     return plan;
@@ -150,7 +145,7 @@ Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& o
                            "before its handshake)");
   } else if (BIO_wpending(SSL_get_wbio(ssl)) > 0 || SSL_want_write(ssl)) {
     AddReason(plan.reason, "OpenSSL has unsent data buffered");
-  } else if (auto info = PackDirection(*cipher, own_secret, state.tx.records); !info.ok()) {
+  } else if (auto info = PackTls13Direction(*cipher, own_secret, state.tx.records); !info.ok()) {
     AddReason(plan.reason, "TX keys: " + info.error().ToString());
   } else {
     plan.tx = true;
@@ -159,8 +154,11 @@ Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& o
 
   // RX goes to the kernel only together with TX, and only if asked.
   if (!plan.tx) return plan;
-  if (!options.rx) {
+  if (options.rx == RxOffload::kOff) {
     AddReason(plan.reason, "RX offload is turned off");
+  } else if (options.rx == RxOffload::kAuto && !caps.rekey) {
+    AddReason(plan.reason, "RX stays in OpenSSL: this kernel cannot install new RX keys (needs Linux 6.14), so a "
+                           "peer's KeyUpdate would end the connection (RxOffload::kOn forces RX offload)");
   } else if (!caps.Supports(TlsVersion::kTls13, *cipher, true)) {
     AddReason(plan.reason, std::string("the kernel does not accept TLS 1.3 ") + std::string(CipherName(*cipher)) +
                                " for RX");
@@ -168,7 +166,7 @@ Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& o
     AddReason(plan.reason, "RX traffic secret or record count unknown");
   } else if (DrainOpenSsl(conn, plan.reason)) {
     // Draining read records, so the count is taken after it.
-    if (auto info = PackDirection(*cipher, peer_secret, state.rx.records); !info.ok()) {
+    if (auto info = PackTls13Direction(*cipher, peer_secret, state.rx.records); !info.ok()) {
       AddReason(plan.reason, "RX keys: " + info.error().ToString());
     } else {
       plan.rx = true;
@@ -233,7 +231,18 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
       conn->rx = Offload::kKernel;
     }
   }
-  // Key material is no longer needed in userspace.
+  // Key updates need each offloaded direction's current secret, and only a
+  // kernel that can rekey can use them; otherwise no key material stays.
+  conn->cipher = plan.cipher;
+  conn->kernel_rekey = CachedCapabilities().rekey;
+  conn->key_update_threshold =
+      options.key_update_after_records != 0 ? options.key_update_after_records : DefaultKeyUpdateThreshold(plan.cipher);
+  if (conn->kernel_rekey) {
+    Secret& own = conn->is_server ? state->server_secret : state->client_secret;
+    Secret& peer = conn->is_server ? state->client_secret : state->server_secret;
+    if (conn->tx == Offload::kKernel) conn->tx_secret = own;
+    if (conn->rx == Offload::kKernel) conn->rx_secret = peer;
+  }
   state->client_secret.Wipe();
   state->server_secret.Wipe();
   plan.tx_info = KernelCryptoInfo();

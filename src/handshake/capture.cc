@@ -79,6 +79,12 @@ void MessageCallback(int write_p, int /*version*/, int content_type, const void*
 void CountRecordEvent(CaptureState& state, bool write_p, int content_type, const unsigned char* buf,
                       std::size_t len) {
   DirectionCount& dir = write_p ? state.tx : state.rx;
+  if (content_type == SSL3_RT_ALERT && write_p && len >= 2) {
+    ++state.written_alerts;
+    state.last_written_alert[0] = buf[0];
+    state.last_written_alert[1] = buf[1];
+    return;
+  }
   if (content_type == SSL3_RT_HEADER) {
     // One record. OpenSSL reports a record's header before the messages it
     // carries, so a key change announced by a message takes effect from the
@@ -100,6 +106,13 @@ void CountRecordEvent(CaptureState& state, bool write_p, int content_type, const
     case kHandshakeKeyUpdate:
       dir.key_updated = true;
       dir.records = 0;
+      if (write_p) {
+        ++state.written_key_updates;
+      } else {
+        ++state.read_key_updates;
+        // KeyUpdate: type(1) length(3) request_update(1); 1 = update_requested.
+        if (len >= 5 && buf[4] == 1) ++state.read_update_requests;
+      }
       break;
     default:
       break;

@@ -13,6 +13,7 @@
 
 #include <openssl/ssl.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "keys/secret.h"
@@ -43,6 +44,16 @@ struct CaptureState {
   // client random did not match; nonzero means the secrets are not to be
   // trusted.
   int rejected_keylog_lines = 0;
+  // What OpenSSL wrote, for a Connection whose TX is in the kernel: there
+  // OpenSSL's writes never reach the wire, and ktls sends their equivalent.
+  int written_key_updates = 0;        // KeyUpdate messages.
+  int written_alerts = 0;             // Alerts; the last one's bytes below.
+  unsigned char last_written_alert[2] = {0, 0};
+  std::atomic<std::uint64_t> read_key_updates = 0;  // KeyUpdates OpenSSL received.
+  // KeyUpdates OpenSSL received with update_requested. OpenSSL answers only
+  // at its next SSL_write, which never comes with TX in the kernel; ktls
+  // answers these itself.
+  std::uint64_t read_update_requests = 0;
 };
 
 // InstallContextCapture installs the chaining key-log callback on ctx.

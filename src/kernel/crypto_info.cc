@@ -32,6 +32,16 @@ void FillAes(Struct& s, std::span<const unsigned char> key, std::span<const unsi
 
 }  // namespace
 
+socklen_t CryptoInfoSize(Cipher cipher) noexcept {
+  switch (cipher) {
+    case Cipher::kAes128Gcm: return sizeof(uapi::CryptoInfoAesGcm128);
+    case Cipher::kAes256Gcm: return sizeof(uapi::CryptoInfoAesGcm256);
+    case Cipher::kChaCha20Poly1305: return sizeof(uapi::CryptoInfoChaCha20Poly1305);
+    case Cipher::kAes128Ccm: return sizeof(uapi::CryptoInfoAesCcm128);
+  }
+  return 0;
+}
+
 std::size_t KeyLength(Cipher cipher) noexcept {
   switch (cipher) {
     case Cipher::kAes128Gcm: return uapi::kAesGcm128KeyLen;

@@ -70,6 +70,10 @@ Result<KernelCryptoInfo> PackCryptoInfo(TlsVersion version, Cipher cipher,
                                         std::span<const unsigned char> iv,
                                         std::uint64_t rec_seq);
 
+// CryptoInfoSize is sizeof the kernel's crypto_info struct for cipher; the
+// kernel insists on exactly this optlen for TLS_TX/TLS_RX, set or get.
+socklen_t CryptoInfoSize(Cipher cipher) noexcept;
+
 // KeyLength returns the AEAD key length for cipher.
 std::size_t KeyLength(Cipher cipher) noexcept;
 

@@ -318,7 +318,10 @@ class EchoServer:
 
     def __init__(self, *args, identity=None, env=None):
         identity = identity or PKI.server
-        self.cmd = [ECHO, "--listen", f"{HOST}:0", "--cert", identity.cert, "--key", identity.key, *args]
+        # RX in the kernel on both kernels: without --rx, 6.1 (no rekey) keeps
+        # RX in OpenSSL by default. --no-rx tests pass their own choice.
+        rx = [] if "--no-rx" in args else ["--rx"]
+        self.cmd = [ECHO, "--listen", f"{HOST}:0", "--cert", identity.cert, "--key", identity.key, *rx, *args]
         self.env = None if env is None else {**os.environ, **env}
         self.proc = None
         self.port = None
@@ -523,7 +526,8 @@ def s_client_cmd(port, *args, quiet=True):
 
 
 def echo_client_cmd(port, *args, ca=None):
-    return [ECHO, "--connect", f"{HOST}:{port}", "--ca", (ca or PKI.ca).cert, *args]
+    rx = [] if "--no-rx" in args else ["--rx"]  # As for the server.
+    return [ECHO, "--connect", f"{HOST}:{port}", "--ca", (ca or PKI.ca).cert, *rx, *args]
 
 
 def echo_help():

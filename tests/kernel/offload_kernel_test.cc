@@ -13,12 +13,13 @@
 //  c. 100 connections at once.
 //  d. Fallback per direction, provoked through the syscall seam: TLS_RX,
 //     TLS_TX or TCP_ULP refused.
+//     RxOffload::kAuto keeps RX in OpenSSL where the kernel cannot rekey.
 //  e. TlsTxSw/TlsRxSw move by exactly the number of directions offloaded.
 //
 // The other end of every connection is the library too; handshake shapes
 // and plain OpenSSL peers are in offload_shapes_kernel_test.cc.
-#include <openssl/ssl.h>
 #include <fcntl.h>
+#include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -321,7 +322,7 @@ std::string ReadExactly(Connection& conn, std::size_t len, Bytes& out) {
   while (have < len) {
     auto got = conn.Read(std::span(buf).subspan(have));
     if (!got.ok()) return "Read: " + got.error().ToString();
-    if (got->end_of_stream) return "close_notify after " + std::to_string(have) + " of " + std::to_string(len) + " bytes";
+    if (got->end_of_stream) return "close_notify after " + std::to_string(have) + " bytes of " + std::to_string(len);
     if (got->would_block) return "Read timed out";
     have += got->bytes;
   }
@@ -370,11 +371,11 @@ void Echo(Connection& conn, ServerEnd& end) {
 
 // Pace: how EchoThrough drives a connection.
 enum class Pace {
-  // A second thread writes while this one reads. Only where the two
-  // directions share no state: both in the kernel, or TX kernel + RX
-  // OpenSSL. One SSL object must never be used by two threads at once.
+  // A second thread writes while this one reads, as Connection allows in
+  // every offload state.
   kConcurrent,
-  // Write kLockstepChunk bytes, read them back, repeat: one thread.
+  // Write kLockstepChunk bytes, read them back, repeat, on one thread: the
+  // way a request/response peer uses a connection.
   kLockstep,
 };
 
@@ -404,12 +405,14 @@ std::string EchoThrough(Connection& conn, std::span<const std::uint8_t> data, Pa
 // ClientFor: the library's client config trusting TestCert.
 ClientConfig ClientFor() {
   ClientConfig config;
+  config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too (kAuto would keep it in OpenSSL).
   config.ca_file = TestCert().cert_file;
   return config;
 }
 
 ServerConfig ServerFor() {
   ServerConfig config;
+  config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too (kAuto would keep it in OpenSSL).
   config.cert_file = TestCert().cert_file;
   config.key_file = TestCert().key_file;
   return config;
@@ -532,6 +535,7 @@ TEST_P(OffloadSuiteKernelTest, EchoesEachSizeWithBothDirectionsInKernel) {
   ASSERT_TRUE(server_ctx && client_ctx) << "building the " << GetParam().name << " contexts";
   FallbackLog fallbacks;
   ServerConfig server_config;
+  server_config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too (kAuto would keep it in OpenSSL).
   server_config.ssl_ctx = server_ctx.get();
   server_config.offload.on_fallback = fallbacks.Callback();
   TestServer server(server_config, kSizes.size(), Echo);
@@ -583,6 +587,7 @@ TEST(OffloadKernelTest, Echoes64MiBWithBothDirectionsInKernel) {
   const UniqueSslCtx client_ctx = NewSuiteContext(false, "TLS_AES_128_GCM_SHA256");
   ASSERT_TRUE(server_ctx && client_ctx);
   ServerConfig server_config;
+  server_config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too (kAuto would keep it in OpenSSL).
   server_config.ssl_ctx = server_ctx.get();
   TestServer server(server_config, 1, Echo);
   ASSERT_TRUE(server.ok()) << server.listen_error();
@@ -677,7 +682,7 @@ TEST_P(OffloadSendFileKernelTest, SendsFileRangesFromSeveralOffsets) {
   }
   FallbackLog server_fallbacks;
   ServerConfig server_config = ServerFor();
-  server_config.offload.rx = mode != SendFileMode::kMixed;
+  server_config.offload.rx = mode != SendFileMode::kMixed ? RxOffload::kOn : RxOffload::kOff;
   server_config.offload.on_fallback = server_fallbacks.Callback();
   TestServer server(server_config, 1, [&](Connection& conn, ServerEnd& end) {
     for (const FileRange& range : ranges) {
@@ -792,7 +797,7 @@ struct RefusedOption {
   int err;
   Offload tx;  // Where each direction must end up.
   Offload rx;
-  Pace pace;  // How the echo may drive the connection in that state.
+  Pace pace;  // How the echo drives the connection.
 };
 
 void PrintTo(const RefusedOption& refused, std::ostream* out) { *out << refused.name << " refused"; }
@@ -843,7 +848,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         RefusedOption{"TLS_RX", uapi::kSolTls, uapi::kTlsRx, EINVAL, Offload::kKernel, Offload::kUser,
                       Pace::kConcurrent},
-        RefusedOption{"TLS_TX", uapi::kSolTls, uapi::kTlsTx, EINVAL, Offload::kUser, Offload::kUser, Pace::kLockstep},
+        RefusedOption{"TLS_TX", uapi::kSolTls, uapi::kTlsTx, EINVAL, Offload::kUser, Offload::kUser,
+                      Pace::kConcurrent},
         RefusedOption{"TCP_ULP", uapi::kSolTcp, uapi::kTcpUlp, ENOENT, Offload::kUser, Offload::kUser,
                       Pace::kLockstep}),
     [](const ::testing::TestParamInfo<RefusedOption>& param_info) {
@@ -853,6 +859,42 @@ INSTANTIATE_TEST_SUITE_P(
       }
       return name;
     });
+
+// RxOffload::kAuto (the default) puts RX in the kernel only where the kernel
+// can take new RX keys (Linux 6.14+, Capabilities::rekey); elsewhere RX
+// stays in OpenSSL, on_fallback says why, and the connection still works.
+TEST(OffloadFallbackKernelTest, RxOffloadAutoFollowsKernelRekeySupport) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  const bool rekey = CachedCapabilities().rekey;
+  const Offload want_rx = rekey ? Offload::kKernel : Offload::kUser;
+  FallbackLog fallbacks;
+  ServerConfig server_config = ServerFor();
+  server_config.offload.rx = RxOffload::kAuto;
+  server_config.offload.on_fallback = fallbacks.Callback();
+  TestServer server(server_config, 1, Echo);
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  ClientConfig client_config = ClientFor();
+  client_config.offload.rx = RxOffload::kAuto;
+  client_config.offload.on_fallback = fallbacks.Callback();
+  auto conn = ConnectTo(server.port(), client_config);
+  ASSERT_TRUE(conn.ok()) << "Connect: " << conn.error().ToString();
+  ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
+  const std::string rekey_text = rekey ? " (the kernel can rekey)" : " (the kernel cannot rekey)";
+  ExpectOffloaded(conn->tx(), conn->rx(), Offload::kKernel, want_rx, "the client" + rekey_text);
+  const Bytes data = RandomBytes(kMiB + 1);
+  Bytes echoed;
+  ASSERT_EQ(EchoThrough(*conn, data, Pace::kConcurrent, echoed), "");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data)) << "the echoed bytes should be the bytes sent";
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectOffloaded(end, Offload::kKernel, want_rx, "the server" + rekey_text);
+  const std::vector<OffloadReport> reports = fallbacks.reports();
+  ASSERT_EQ(reports.size(), rekey ? 0u : 2u) << "on_fallback is called exactly when RX stays in OpenSSL";
+  for (const OffloadReport& report : reports) {
+    EXPECT_NE(report.reason.find("6.14"), std::string::npos)
+        << "the reason should say which kernel can take RX: " << report.reason;
+  }
+}
 
 // --- e. /proc/net/tls_stat ---------------------------------------------------
 
@@ -864,7 +906,7 @@ TEST(OffloadKernelTest, TlsStatCountsEveryOffloadedDirection) {
     SCOPED_TRACE(server_rx ? "server RX offload on" : "server RX offload off");
     const auto stats_before = TlsStatSnapshot();
     ServerConfig server_config = ServerFor();
-    server_config.offload.rx = server_rx;
+    server_config.offload.rx = server_rx ? RxOffload::kOn : RxOffload::kOff;
     TestServer server(server_config, 1, Echo);
     ASSERT_TRUE(server.ok()) << server.listen_error();
     auto conn = ConnectTo(server.port(), ClientFor());

@@ -373,8 +373,7 @@ void Echo(Connection& conn, ServerEnd& end) {
 
 // EchoThrough sends data to an Echo server from a second thread, then
 // close_notify, while this thread reads everything that comes back up to the
-// server's close_notify. Both directions must be in the kernel (they share
-// no state then). Returns what went wrong, or an empty string.
+// server's close_notify. Returns what went wrong, or an empty string.
 std::string EchoThrough(Connection& conn, std::span<const std::uint8_t> data, Bytes& echoed) {
   std::string write_error;
   std::thread writer([&] {
@@ -388,6 +387,7 @@ std::string EchoThrough(Connection& conn, std::span<const std::uint8_t> data, By
 
 ServerConfig ServerFor() {
   ServerConfig config;
+  config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too (kAuto would keep it in OpenSSL).
   config.cert_file = TestCert().cert_file;
   config.key_file = TestCert().key_file;
   return config;
@@ -395,6 +395,7 @@ ServerConfig ServerFor() {
 
 ClientConfig ClientFor() {
   ClientConfig config;
+  config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too (kAuto would keep it in OpenSSL).
   config.ca_file = TestCert().cert_file;
   return config;
 }
@@ -714,6 +715,7 @@ TEST(OffloadShapesKernelTest, HelloRetryRequest) {
   ASSERT_EQ(SSL_CTX_set1_groups_list(server_ctx.get(), "P-384"), 1);
   ASSERT_EQ(SSL_CTX_set1_groups_list(client_ctx.get(), "X25519:P-384"), 1);
   ServerConfig server_config;
+  server_config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too (kAuto would keep it in OpenSSL).
   server_config.ssl_ctx = server_ctx.get();
   TestServer server(server_config, 1, Echo);
   ASSERT_TRUE(server.ok()) << server.listen_error();
@@ -733,7 +735,9 @@ TEST(OffloadShapesKernelTest, HelloRetryRequest) {
   EXPECT_EQ(client_hellos, 2) << "a HelloRetryRequest should have made the client send a second ClientHello";
   BIO_set_callback_ex(wbio, nullptr);
 
-  auto conn = OffloadSsl(client.ssl.get(), {});
+  OffloadOptions options;
+  options.rx = RxOffload::kOn;  // Kernel RX on 6.1 too.
+  auto conn = OffloadSsl(client.ssl.get(), options);
   ASSERT_TRUE(conn.ok()) << "OffloadSsl: " << conn.error().ToString();
   client.ssl.release();  // The Connection owns the SSL and the socket now.
   client.fd.release();
@@ -853,15 +857,10 @@ TEST(OffloadShapesKernelTest, ClientDataBehindFinishedReachesListenerInOrder) {
 
 // OffloadByoServerKernelTest: a bring-your-own server (PrepareSsl,
 // SSL_accept, OffloadSsl, then Echo) on its own thread, and a plain OpenSSL
-// client in the test, over one loopback TCP pair. The hooks let a test step
-// in before the handshake and between handshake and offload.
+// client in the test, over one loopback TCP pair.
 class OffloadByoServerKernelTest : public ::testing::Test {
  protected:
-  struct Hooks {
-    std::function<void(SSL*)> before_accept;   // After PrepareSsl.
-    std::function<void(SSL*)> before_offload;  // After SSL_accept.
-    OffloadOptions options;
-  };
+  using Hook = std::function<void(SSL*)>;
 
   void SetUp() override {
     server_ctx_ = NewPlainContext(true);
@@ -877,23 +876,26 @@ class OffloadByoServerKernelTest : public ::testing::Test {
     if (server_.joinable()) JoinServer("the test body ended before joining the server");
   }
 
-  void StartServer(Hooks hooks) {
-    server_ = std::thread([this, hooks = std::move(hooks)] {
+  // StartServer runs the server; before_accept runs after PrepareSsl,
+  // before_offload after SSL_accept.
+  void StartServer(Hook before_accept, Hook before_offload) {
+    server_ = std::thread([this, before_accept = std::move(before_accept), before_offload = std::move(before_offload)] {
       PlainPeer peer;
       if (end_.error = NewPlainPeer(server_ctx_.get(), std::move(pair_.server), peer); !end_.error.empty()) return;
       if (auto prepared = PrepareSsl(peer.ssl.get()); !prepared.ok()) {
         end_.error = "PrepareSsl: " + prepared.error().ToString();
         return;
       }
-      if (hooks.before_accept) hooks.before_accept(peer.ssl.get());
+      if (before_accept) before_accept(peer.ssl.get());
       ERR_clear_error();
       const int ret = SSL_accept(peer.ssl.get());
       if (ret != 1) {
         end_.error = SslFailure(peer.ssl.get(), ret, "SSL_accept");
         return;
       }
-      if (hooks.before_offload) hooks.before_offload(peer.ssl.get());
-      OffloadOptions options = hooks.options;
+      if (before_offload) before_offload(peer.ssl.get());
+      OffloadOptions options;
+      options.rx = RxOffload::kOn;  // Kernel RX on 6.1 too.
       options.on_fallback = [this](const OffloadReport& report) { end_.fallback_reason = report.reason; };
       auto conn = OffloadSsl(peer.ssl.get(), options);
       if (!conn.ok()) {
@@ -937,8 +939,8 @@ class OffloadReadAheadKernelTest : public OffloadByoServerKernelTest,
 TEST_P(OffloadReadAheadKernelTest, BufferedRecordsAreDrainedBeforeRxOffload) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
   bool had_buffered_records = false;
-  StartServer({.before_accept = [](SSL* ssl) { SSL_set_read_ahead(ssl, 1); },
-               .before_offload = [&](SSL* ssl) { had_buffered_records = SSL_has_pending(ssl) == 1; }});
+  StartServer([](SSL* ssl) { SSL_set_read_ahead(ssl, 1); },
+              [&](SSL* ssl) { had_buffered_records = SSL_has_pending(ssl) == 1; });
 
   const Bytes early = RandomBytes(GetParam());
   std::string client_error =
@@ -973,10 +975,10 @@ INSTANTIATE_TEST_SUITE_P(EarlyBytes, OffloadReadAheadKernelTest, ::testing::Valu
 TEST_F(OffloadByoServerKernelTest, ClientFinBeforeOffloadLeavesServerInOpenSsl) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
   bool saw_fin_before_offload = false;
-  StartServer({.before_offload = [&](SSL* ssl) {
+  StartServer(nullptr, [&](SSL* ssl) {
     pollfd hup{SSL_get_fd(ssl), POLLRDHUP, 0};
     saw_fin_before_offload = ::poll(&hup, 1, 10'000) == 1 && (hup.revents & POLLRDHUP) != 0;
-  }});
+  });
 
   const Bytes request = RandomBytes(20000);
   std::string client_error =
@@ -1155,7 +1157,8 @@ TEST(OffloadEndOfStreamKernelTest, PeerFatalAlertIsAnAlertError) {
   EXPECT_EQ(end.error, "");
   ExpectBothInKernel(end, "the server");
   EXPECT_EQ(ending.data, data) << "the data before the alert should be delivered";
-  ASSERT_TRUE(ending.error) << "a fatal alert should be an error, not " << (ending.end_of_stream ? "end_of_stream" : "?");
+  ASSERT_TRUE(ending.error) << "a fatal alert should be an error"
+                            << (ending.end_of_stream ? ", not end_of_stream" : "");
   EXPECT_EQ(ending.error->category, ErrorCategory::kAlert) << ending.error->ToString();
   EXPECT_EQ(ending.error->tls_alert, kAlertHandshakeFailure);
   EXPECT_NE(ending.error->detail.find("handshake_failure"), std::string::npos)

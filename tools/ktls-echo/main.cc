@@ -9,7 +9,8 @@
 // stdin to the connection and the connection to stdout until both are done.
 // Either way, one line per connection on stderr:
 //   peer=... version=... cipher=... resumed=yes|no tx=kernel|user rx=kernel|user
-//   bytes_in=N bytes_out=N end=close_notify|eof|truncated|error:<reason>
+//   bytes_in=N bytes_out=N key_updates_tx=N key_updates_rx=N
+//   end=close_notify|eof|truncated|error:<reason>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -85,7 +86,15 @@ std::string ConnectionLine(const std::string& peer, const ktls::Connection& conn
   return "peer=" + peer + " version=" + s.protocol + " cipher=" + s.cipher_suite +
          " resumed=" + (s.resumed ? "yes" : "no") + " tx=" + ktls::OffloadName(conn.tx()) +
          " rx=" + ktls::OffloadName(conn.rx()) +
-         " bytes_in=" + std::to_string(bytes_in) + " bytes_out=" + std::to_string(bytes_out) + " end=" + end;
+         " bytes_in=" + std::to_string(bytes_in) + " bytes_out=" + std::to_string(bytes_out) +
+         " key_updates_tx=" + std::to_string(conn.tx_key_updates()) +
+         " key_updates_rx=" + std::to_string(conn.rx_key_updates()) + " end=" + end;
+}
+
+ktls::RxOffload RxPolicy(const cxxopts::ParseResult& args) {
+  if (args.count("rx")) return ktls::RxOffload::kOn;
+  if (args.count("no-rx")) return ktls::RxOffload::kOff;
+  return ktls::RxOffload::kAuto;
 }
 
 void LogFallback(const ktls::OffloadReport& report) {
@@ -130,11 +139,12 @@ void ServeOne(ktls::Listener& listener, int socket) {
 
 int RunServer(const cxxopts::ParseResult& args) {
   ktls::ServerConfig config;
-  config.offload.rx = !args.count("no-rx");
+  config.offload.rx = RxPolicy(args);
   config.client_ca_file = args["client-ca"].as<std::string>();
   config.num_tickets = args["tickets"].as<int>();
   config.ciphersuites = args["ciphersuites"].as<std::string>();
   config.offload.on_fallback = LogFallback;
+  config.offload.key_update_after_records = args["key-update-after"].as<std::uint64_t>();
   if (args.count("cert")) {
     config.cert_file = args["cert"].as<std::string>();
     config.key_file = args["key"].as<std::string>();
@@ -185,9 +195,10 @@ int RunClient(const cxxopts::ParseResult& args) {
   ktls::ClientConfig config;
   config.ca_file = args["ca"].as<std::string>();
   config.verify = !args.count("insecure");
-  config.offload.rx = !args.count("no-rx");
+  config.offload.rx = RxPolicy(args);
   config.ciphersuites = args["ciphersuites"].as<std::string>();
   config.offload.on_fallback = LogFallback;
+  config.offload.key_update_after_records = args["key-update-after"].as<std::uint64_t>();
   if (args.count("cert")) {
     config.cert_file = args["cert"].as<std::string>();
     config.key_file = args["key"].as<std::string>();
@@ -275,12 +286,14 @@ int main(int argc, char** argv) {
       ("listen", "Server: listen on ADDR:PORT", cxxopts::value<std::string>()->default_value("127.0.0.1:8443"))
       ("cert", "Certificate chain (PEM); without it, a fresh self-signed one", cxxopts::value<std::string>())
       ("key", "Private key (PEM), with --cert", cxxopts::value<std::string>())
-      ("rx", "Offload RX too (the default)")
+      ("rx", "Offload RX even where the kernel cannot rekey (default: only where it can)")
       ("no-rx", "Keep RX in OpenSSL; offload TX only")
       ("client-ca", "Server: require client certificates signed by these CAs", cxxopts::value<std::string>()->default_value(""))
       ("tickets", "Server: TLS 1.3 session tickets per handshake", cxxopts::value<int>()->default_value("2"))
       ("ciphersuites", "TLS 1.3 cipher suites, OpenSSL syntax (default: OpenSSL's, without AES-128-CCM)",
        cxxopts::value<std::string>()->default_value(""))
+      ("key-update-after", "Send a KeyUpdate every N TX records (0: at the cipher's AEAD limit)",
+       cxxopts::value<std::uint64_t>()->default_value("0"))
       ("connect", "Client: connect to HOST:PORT", cxxopts::value<std::string>())
       ("ca", "Client: trust these CAs (PEM) instead of the system store", cxxopts::value<std::string>()->default_value(""))
       ("insecure", "Client: do not verify the server's certificate")
