@@ -34,9 +34,9 @@ KTLS_API const char* OffloadName(Offload where) noexcept;
 struct KTLS_API IoProgress {
   // bytes: how many bytes were read or written (possibly fewer than asked).
   std::size_t bytes = 0;
-  // would_block: the socket is non-blocking and the call could make no
-  // progress now. Wait for the fd to be readable (wants_read) or writable,
-  // then call again. Not an error.
+  // would_block: the socket is non-blocking (or its SO_RCVTIMEO /
+  // SO_SNDTIMEO ran out) and the call could make no progress now. Wait for
+  // the fd to be readable or writable, then call again. Not an error.
   bool would_block = false;
   // end_of_stream: Read only. The peer sent close_notify: no more data will
   // come. Not an error (a peer that closes TCP without close_notify gets

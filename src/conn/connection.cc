@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <string>
 
@@ -92,10 +93,20 @@ Result<IoProgress> ConnectionImpl::Read(std::span<std::byte> buf) {
 bool ConnectionImpl::WaitFor(short events) {
   const int flags = ::fcntl(socket.get(), F_GETFL);
   if (flags < 0 || (flags & O_NONBLOCK) != 0) return false;
-  pollfd pfd{socket.get(), events, 0};
-  while (::poll(&pfd, 1, -1) < 0 && errno == EINTR) {
+  // Wait no longer than a blocking recvmsg/sendmsg would: the kernel path
+  // honours SO_RCVTIMEO/SO_SNDTIMEO, so the OpenSSL path must too.
+  timeval tv{};
+  socklen_t len = sizeof(tv);
+  int timeout_ms = -1;
+  if (sys::GetSockOpt(socket.get(), SOL_SOCKET, events == POLLIN ? SO_RCVTIMEO : SO_SNDTIMEO, &tv, &len) == 0 &&
+      (tv.tv_sec != 0 || tv.tv_usec != 0)) {
+    timeout_ms = static_cast<int>(std::min<long long>(tv.tv_sec * 1000LL + tv.tv_usec / 1000, INT_MAX));
   }
-  return true;
+  pollfd pfd{socket.get(), events, 0};
+  int rc;
+  while ((rc = ::poll(&pfd, 1, timeout_ms)) < 0 && errno == EINTR) {
+  }
+  return rc > 0;  // Timed out: the caller reports would_block, as recvmsg would.
 }
 
 Result<IoProgress> ConnectionImpl::ReadUser(std::span<std::byte> buf) {

@@ -16,8 +16,9 @@
 //     RxOffload::kAuto keeps RX in OpenSSL where the kernel cannot rekey.
 //  e. TlsTxSw/TlsRxSw move by exactly the number of directions offloaded.
 //
-// The other end of every connection is the library too; handshake shapes
-// and plain OpenSSL peers are in offload_shapes_kernel_test.cc.
+// The other end of every connection is the library too (tests/support/
+// tls_peers.h); handshake shapes and plain OpenSSL peers are in
+// offload_shapes_kernel_test.cc.
 #include <fcntl.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
@@ -57,6 +58,7 @@
 #include "tests/support/fault_syscalls.h"
 #include "tests/support/kernel_env.h"
 #include "tests/support/sockets.h"
+#include "tests/support/tls_peers.h"
 
 namespace ktls::testing {
 namespace {
@@ -67,386 +69,6 @@ using detail::UniqueSslCtx;
 
 constexpr std::size_t kKiB = 1024;
 constexpr std::size_t kMiB = 1024 * kKiB;
-// A blocked read or write fails with EAGAIN after this long instead of
-// hanging the guest.
-constexpr std::chrono::seconds kIoTimeout{30};
-// A test still running after this long has its sockets shut down
-// (Watchdog) and fails.
-constexpr std::chrono::seconds kTestDeadline{60};
-// Lockstep echo: write this much, read it back, repeat.
-constexpr std::size_t kLockstepChunk = 16 * kKiB;
-
-// ---------------------------------------------------------------------------
-// Peers. (The same small kit is in offload_shapes_kernel_test.cc.)
-
-// TempCert: a self-signed certificate (CN=localhost, SAN 127.0.0.1; its own
-// CA) in a fresh temporary directory, removed with the object.
-class TempCert : public tools::SelfSigned {
- public:
-  TempCert() {
-    std::string error;
-    if (!tools::MakeSelfSigned(*this, error)) throw std::runtime_error("MakeSelfSigned: " + error);
-  }
-  ~TempCert() {
-    ::unlink(cert_file.c_str());
-    ::unlink(key_file.c_str());
-    ::rmdir(cert_file.substr(0, cert_file.rfind('/')).c_str());
-  }
-  TempCert(const TempCert&) = delete;
-  TempCert& operator=(const TempCert&) = delete;
-};
-
-// TestCert: the servers' certificate, one per process.
-const TempCert& TestCert() {
-  static const TempCert cert;
-  return cert;
-}
-
-std::string ExpectedOffload(Offload tx, Offload rx) {
-  return std::string("tx=") + OffloadName(tx) + " rx=" + OffloadName(rx);
-}
-
-// Watchdog: if the test is still running at the deadline, shuts down every
-// socket it watches, so that each blocked read or write on them returns and
-// the test fails instead of hanging the guest. (SO_RCVTIMEO is not enough:
-// with a direction in OpenSSL, ktls waits in poll() without a timeout.) It
-// holds a dup of each socket, so it never touches a descriptor number that
-// was closed and reused; Forget closes the dup.
-class Watchdog {
- public:
-  explicit Watchdog(std::chrono::seconds deadline) {
-    thread_ = std::thread([this, deadline] {
-      std::unique_lock lock(mu_);
-      if (!wake_.wait_for(lock, deadline, [this] { return stop_; })) FireLocked();
-    });
-  }
-  ~Watchdog() {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    wake_.notify_all();
-    thread_.join();
-    for (int dup_fd : dups_) ::close(dup_fd);
-  }
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-
-  // Watch returns the token to Forget fd by (-1 if it could not be dup'ed).
-  int Watch(int fd) {
-    const int dup_fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    std::lock_guard lock(mu_);
-    if (dup_fd >= 0) {
-      dups_.push_back(dup_fd);
-      if (fired_) ::shutdown(dup_fd, SHUT_RDWR);
-    }
-    return dup_fd;
-  }
-  void Forget(int token) {
-    std::lock_guard lock(mu_);
-    if (std::erase(dups_, token) > 0) ::close(token);
-  }
-  // Fire shuts everything down now.
-  void Fire() {
-    std::lock_guard lock(mu_);
-    FireLocked();
-  }
-  bool fired() const {
-    std::lock_guard lock(mu_);
-    return fired_;
-  }
-
- private:
-  void FireLocked() {
-    fired_ = true;
-    for (int dup_fd : dups_) ::shutdown(dup_fd, SHUT_RDWR);
-  }
-
-  mutable std::mutex mu_;
-  std::condition_variable wake_;
-  bool stop_ = false;
-  bool fired_ = false;
-  std::vector<int> dups_;
-  std::thread thread_;
-};
-
-// ServerEnd: what the server saw on one accepted connection.
-struct ServerEnd {
-  std::string error;  // Empty unless the handshake or the handler failed.
-  Offload tx = Offload::kUser;
-  Offload rx = Offload::kUser;
-  std::string fallback_reason;  // What on_fallback was told, if it was called.
-  SessionInfo session;
-  std::size_t bytes_in = 0;
-  std::size_t bytes_out = 0;
-};
-
-using Handler = std::function<void(Connection&, ServerEnd&)>;
-
-// The fallback reason for the connection this thread is handshaking.
-thread_local std::string t_fallback_reason;
-
-// TestServer: a Listener on 127.0.0.1 (a free port) and a thread that
-// accepts num_connections clients, each handshaken and handled on its own
-// worker thread. ServerEnd i belongs to the i-th accepted client. Its
-// sockets are under a Watchdog (kTestDeadline): shutting the server's end
-// down also ends whatever the client is waiting for.
-class TestServer {
- public:
-  TestServer(const ServerConfig& config, std::size_t num_connections, Handler handler)
-      : dog_(kTestDeadline), handler_(std::move(handler)), ends_(num_connections) {
-    ServerConfig recording = config;
-    recording.offload.on_fallback = [chained = config.offload.on_fallback](const OffloadReport& report) {
-      t_fallback_reason = report.reason;
-      if (chained) chained(report);
-    };
-    auto listener = Listener::Listen("127.0.0.1:0", recording);
-    if (!listener.ok()) {
-      listen_error_ = listener.error().ToString();
-      return;
-    }
-    listener_.emplace(std::move(listener).value());
-    dog_.Watch(listener_->fd());  // Shutting it down wakes accept().
-    acceptor_ = std::thread([this] { AcceptLoop(); });
-  }
-  // Without Join, a test that failed early stops accepting at once.
-  ~TestServer() { Stop(std::chrono::seconds(0)); }
-  TestServer(const TestServer&) = delete;
-  TestServer& operator=(const TestServer&) = delete;
-
-  bool ok() const { return listener_.has_value(); }
-  const std::string& listen_error() const { return listen_error_; }
-  std::uint16_t port() const { return static_cast<std::uint16_t>(listener_->port()); }
-
-  // WaitHandshaken waits (at most kTestDeadline) until count connections
-  // have been through Handshake, offload included. A client must wait for
-  // it before its FIN can reach the server: the kernel attaches the tls ULP
-  // only to an ESTABLISHED socket, so after an early FIN (CLOSE_WAIT)
-  // setsockopt(TCP_ULP) fails with ENOTCONN and the server rightly stays in
-  // OpenSSL.
-  bool WaitHandshaken(std::size_t count) {
-    std::unique_lock lock(mu_);
-    return done_.wait_for(lock, kTestDeadline, [&] { return num_handshaken_ >= count; });
-  }
-
-  // Join waits (at most kTestDeadline) for every connection to be handled
-  // and returns what the server saw. A client that never came shows up as
-  // an error on its ServerEnd, not as a hang.
-  const std::vector<ServerEnd>& Join() {
-    Stop(kTestDeadline);
-    EXPECT_FALSE(dog_.fired()) << "the test ran past its deadline; its sockets were shut down";
-    return ends_;
-  }
-
- private:
-  void AcceptLoop() {
-    for (std::size_t i = 0; i < ends_.size(); ++i) {
-      auto socket = listener_->AcceptSocket();
-      if (!socket.ok()) {
-        std::lock_guard lock(mu_);
-        for (std::size_t j = i; j < ends_.size(); ++j) ends_[j].error = "never accepted: " + socket.error().ToString();
-        num_handshaken_ += ends_.size() - i;
-        num_done_ += ends_.size() - i;
-        done_.notify_all();
-        return;
-      }
-      workers_.emplace_back([this, i, fd = *socket] { Serve(fd, ends_[i]); });
-    }
-  }
-
-  void Serve(int fd, ServerEnd& end) {
-    t_fallback_reason.clear();
-    auto conn = listener_->Handshake(fd);
-    end.fallback_reason = t_fallback_reason;
-    {
-      std::lock_guard lock(mu_);
-      ++num_handshaken_;
-      done_.notify_all();
-    }
-    if (!conn.ok()) {
-      end.error = "server handshake: " + conn.error().ToString();
-    } else {
-      end.tx = conn->tx();
-      end.rx = conn->rx();
-      end.session = conn->session();
-      if (!SetIoTimeout(conn->fd(), kIoTimeout)) end.error = "SetIoTimeout failed on the server socket";
-      const int token = dog_.Watch(conn->fd());
-      if (end.error.empty()) handler_(*conn, end);
-      dog_.Forget(token);  // Before the Connection closes the socket.
-    }
-    std::lock_guard lock(mu_);
-    ++num_done_;
-    done_.notify_all();
-  }
-
-  void Stop(std::chrono::seconds deadline) {
-    if (!acceptor_.joinable()) return;
-    std::unique_lock lock(mu_);
-    if (!done_.wait_for(lock, deadline, [this] { return num_done_ == ends_.size(); })) dog_.Fire();
-    lock.unlock();
-    acceptor_.join();
-    for (std::thread& worker : workers_) worker.join();
-  }
-
-  Watchdog dog_;  // First: outlives the threads that use it.
-  std::optional<Listener> listener_;
-  std::string listen_error_;
-  Handler handler_;
-  std::vector<ServerEnd> ends_;  // Sized once: workers hold references.
-  std::vector<std::thread> workers_;
-  std::thread acceptor_;
-  std::mutex mu_;
-  std::condition_variable done_;
-  std::size_t num_handshaken_ = 0;
-  std::size_t num_done_ = 0;
-};
-
-// ReadToEnd reads until the peer's close_notify, appending to out. Returns
-// what went wrong, or an empty string.
-std::string ReadToEnd(Connection& conn, Bytes& out) {
-  std::vector<std::byte> buf(256 * kKiB);
-  for (;;) {
-    auto got = conn.Read(buf);
-    if (!got.ok()) return "Read: " + got.error().ToString();
-    if (got->end_of_stream) return {};
-    if (got->would_block) return "Read timed out before close_notify";
-    const auto* bytes = reinterpret_cast<const std::uint8_t*>(buf.data());
-    out.insert(out.end(), bytes, bytes + got->bytes);
-  }
-}
-
-// ReadExactly reads exactly len bytes, appending to out.
-std::string ReadExactly(Connection& conn, std::size_t len, Bytes& out) {
-  std::vector<std::byte> buf(len);
-  std::size_t have = 0;
-  while (have < len) {
-    auto got = conn.Read(std::span(buf).subspan(have));
-    if (!got.ok()) return "Read: " + got.error().ToString();
-    if (got->end_of_stream) return "close_notify after " + std::to_string(have) + " bytes of " + std::to_string(len);
-    if (got->would_block) return "Read timed out";
-    have += got->bytes;
-  }
-  const auto* bytes = reinterpret_cast<const std::uint8_t*>(buf.data());
-  out.insert(out.end(), bytes, bytes + len);
-  return {};
-}
-
-std::string WriteAll(Connection& conn, std::span<const std::uint8_t> data) {
-  auto wrote = conn.WriteAll(std::as_bytes(data));
-  if (!wrote.ok()) return "Write: " + wrote.error().ToString();
-  if (wrote->bytes != data.size()) return "Write timed out after " + std::to_string(wrote->bytes) + " bytes";
-  return {};
-}
-
-std::string ShutdownText(Connection& conn) {
-  auto shut = conn.Shutdown();
-  return shut.ok() ? std::string() : "Shutdown: " + shut.error().ToString();
-}
-
-// Echo: the server side of EchoThrough. Copies everything back until the
-// peer's close_notify, then sends its own.
-void Echo(Connection& conn, ServerEnd& end) {
-  std::vector<std::byte> buf(256 * kKiB);
-  for (;;) {
-    auto got = conn.Read(buf);
-    if (!got.ok()) {
-      end.error = "server Read: " + got.error().ToString();
-      return;
-    }
-    if (got->end_of_stream) break;
-    if (got->would_block) {
-      end.error = "server Read timed out";
-      return;
-    }
-    end.bytes_in += got->bytes;
-    auto wrote = conn.WriteAll(std::span(buf).first(got->bytes));
-    if (!wrote.ok() || wrote->bytes != got->bytes) {
-      end.error = "server Write: " + (wrote.ok() ? std::string("timed out") : wrote.error().ToString());
-      return;
-    }
-    end.bytes_out += wrote->bytes;
-  }
-  end.error = ShutdownText(conn);
-}
-
-// Pace: how EchoThrough drives a connection.
-enum class Pace {
-  // A second thread writes while this one reads, as Connection allows in
-  // every offload state.
-  kConcurrent,
-  // Write kLockstepChunk bytes, read them back, repeat, on one thread: the
-  // way a request/response peer uses a connection.
-  kLockstep,
-};
-
-// EchoThrough sends data to an Echo server, then close_notify, and reads
-// everything that comes back (into echoed) up to the server's close_notify.
-// Returns what went wrong, or an empty string.
-std::string EchoThrough(Connection& conn, std::span<const std::uint8_t> data, Pace pace, Bytes& echoed) {
-  if (pace == Pace::kConcurrent) {
-    std::string write_error;
-    std::thread writer([&] {
-      write_error = WriteAll(conn, data);
-      if (write_error.empty()) write_error = ShutdownText(conn);
-    });
-    const std::string read_error = ReadToEnd(conn, echoed);
-    writer.join();
-    return !write_error.empty() ? write_error : read_error;
-  }
-  for (std::size_t offset = 0; offset < data.size(); offset += kLockstepChunk) {
-    const auto chunk = data.subspan(offset, std::min(kLockstepChunk, data.size() - offset));
-    if (std::string error = WriteAll(conn, chunk); !error.empty()) return error;
-    if (std::string error = ReadExactly(conn, chunk.size(), echoed); !error.empty()) return error;
-  }
-  if (std::string error = ShutdownText(conn); !error.empty()) return error;
-  return ReadToEnd(conn, echoed);
-}
-
-// ClientFor: the library's client config trusting TestCert.
-ClientConfig ClientFor() {
-  ClientConfig config;
-  config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too (kAuto would keep it in OpenSSL).
-  config.ca_file = TestCert().cert_file;
-  return config;
-}
-
-ServerConfig ServerFor() {
-  ServerConfig config;
-  config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too (kAuto would keep it in OpenSSL).
-  config.cert_file = TestCert().cert_file;
-  config.key_file = TestCert().key_file;
-  return config;
-}
-
-// ConnectTo connects the library's client and bounds its I/O.
-Result<Connection> ConnectTo(std::uint16_t port, const ClientConfig& config) {
-  auto conn = Connect("127.0.0.1", port, config);
-  if (conn.ok() && !SetIoTimeout(conn->fd(), kIoTimeout)) {
-    return Error{ErrorCategory::kIo, errno, "SetIoTimeout on the client socket", -1};
-  }
-  return conn;
-}
-
-// FallbackLog collects OffloadOptions::on_fallback reports from any thread.
-class FallbackLog {
- public:
-  std::function<void(const OffloadReport&)> Callback() {
-    return [this](const OffloadReport& report) {
-      std::lock_guard lock(mu_);
-      reports_.push_back(report);
-    };
-  }
-  std::vector<OffloadReport> reports() {
-    std::lock_guard lock(mu_);
-    return reports_;
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<OffloadReport> reports_;
-};
-
-// --- end of the peer kit ----------------------------------------------------
 
 // SuiteCase: one TLS 1.3 cipher suite, by OpenSSL name and kernel cipher.
 struct SuiteCase {
@@ -462,37 +84,6 @@ constexpr std::array<SuiteCase, 4> kSuites = {{
     {"TLS_CHACHA20_POLY1305_SHA256", Cipher::kChaCha20Poly1305},
     {"TLS_AES_128_CCM_SHA256", Cipher::kAes128Ccm},
 }};
-
-// NewSuiteContext: a TLS 1.3-only context that negotiates exactly one suite
-// (CCM is off by default in OpenSSL; both ends have to name it). A server
-// context carries TestCert; a client context trusts it.
-UniqueSslCtx NewSuiteContext(bool server, const char* suite) {
-  UniqueSslCtx ctx(SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()));
-  if (!ctx || SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION) != 1 ||
-      SSL_CTX_set_ciphersuites(ctx.get(), suite) != 1) {
-    return nullptr;
-  }
-  if (server) {
-    if (SSL_CTX_use_certificate_chain_file(ctx.get(), TestCert().cert_file.c_str()) != 1 ||
-        SSL_CTX_use_PrivateKey_file(ctx.get(), TestCert().key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
-      return nullptr;
-    }
-  } else {
-    if (SSL_CTX_load_verify_locations(ctx.get(), TestCert().cert_file.c_str(), nullptr) != 1) return nullptr;
-    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
-  }
-  return ctx;
-}
-
-void ExpectOffloaded(Offload tx, Offload rx, Offload want_tx, Offload want_rx, const std::string& who) {
-  EXPECT_EQ(ExpectedOffload(tx, rx), ExpectedOffload(want_tx, want_rx))
-      << who << " should have TX in " << OffloadName(want_tx) << " and RX in " << OffloadName(want_rx);
-}
-
-void ExpectOffloaded(const ServerEnd& end, Offload want_tx, Offload want_rx, const std::string& who) {
-  ExpectOffloaded(end.tx, end.rx, want_tx, want_rx,
-                  end.fallback_reason.empty() ? who : who + " (fallback: " + end.fallback_reason + ")");
-}
 
 // CounterDelta: how much a /proc/net/tls_stat counter moved (-1: missing).
 long long CounterDelta(const std::map<std::string, long long>& before, const std::map<std::string, long long>& after,
@@ -530,8 +121,8 @@ TEST_P(OffloadSuiteKernelTest, EchoesEachSizeWithBothDirectionsInKernel) {
   // Empty, one byte, one byte short of a full record, a full record, one
   // byte into the second record, and many records.
   constexpr std::array<std::size_t, 6> kSizes = {0, 1, 16383, 16384, 16385, kMiB};
-  const UniqueSslCtx server_ctx = NewSuiteContext(true, GetParam().name);
-  const UniqueSslCtx client_ctx = NewSuiteContext(false, GetParam().name);
+  const UniqueSslCtx server_ctx = NewTestContext(true, GetParam().name);
+  const UniqueSslCtx client_ctx = NewTestContext(false, GetParam().name);
   ASSERT_TRUE(server_ctx && client_ctx) << "building the " << GetParam().name << " contexts";
   FallbackLog fallbacks;
   ServerConfig server_config;
@@ -583,8 +174,8 @@ INSTANTIATE_TEST_SUITE_P(Tls13, OffloadSuiteKernelTest, ::testing::ValuesIn(kSui
 TEST(OffloadKernelTest, Echoes64MiBWithBothDirectionsInKernel) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
   KTLS_REQUIRE_CIPHER_OR_SKIP(TlsVersion::kTls13, Cipher::kAes128Gcm);
-  const UniqueSslCtx server_ctx = NewSuiteContext(true, "TLS_AES_128_GCM_SHA256");
-  const UniqueSslCtx client_ctx = NewSuiteContext(false, "TLS_AES_128_GCM_SHA256");
+  const UniqueSslCtx server_ctx = NewTestContext(true, "TLS_AES_128_GCM_SHA256");
+  const UniqueSslCtx client_ctx = NewTestContext(false, "TLS_AES_128_GCM_SHA256");
   ASSERT_TRUE(server_ctx && client_ctx);
   ServerConfig server_config;
   server_config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too (kAuto would keep it in OpenSSL).

@@ -62,6 +62,7 @@
 #include "ktls/types.h"
 #include "tests/support/kernel_env.h"
 #include "tests/support/sockets.h"
+#include "tests/support/tls_peers.h"
 
 namespace ktls::testing {
 namespace {
@@ -74,342 +75,12 @@ using detail::UniqueSsl;
 using detail::UniqueSslCtx;
 
 constexpr std::size_t kKiB = 1024;
-// A blocked read or write fails with EAGAIN after this long instead of
-// hanging the guest.
-constexpr std::chrono::seconds kIoTimeout{30};
-// A test still running after this long has its sockets shut down
-// (Watchdog) and fails.
-constexpr std::chrono::seconds kTestDeadline{60};
 // A plain OpenSSL peer's echo: write this much, read it back, repeat (one
 // SSL object must never be used by two threads at once).
 constexpr std::size_t kLockstepChunk = 16 * kKiB;
 // TLS alert descriptions (RFC 8446 6).
 constexpr std::uint8_t kAlertLevelFatal = 2;
 constexpr std::uint8_t kAlertHandshakeFailure = 40;
-
-// ---------------------------------------------------------------------------
-// Peers. (The same small kit is in offload_kernel_test.cc.)
-
-// TempCert: a self-signed certificate (CN=localhost, SAN 127.0.0.1; its own
-// CA) in a fresh temporary directory, removed with the object.
-class TempCert : public tools::SelfSigned {
- public:
-  TempCert() {
-    std::string error;
-    if (!tools::MakeSelfSigned(*this, error)) throw std::runtime_error("MakeSelfSigned: " + error);
-  }
-  ~TempCert() {
-    ::unlink(cert_file.c_str());
-    ::unlink(key_file.c_str());
-    ::rmdir(cert_file.substr(0, cert_file.rfind('/')).c_str());
-  }
-  TempCert(const TempCert&) = delete;
-  TempCert& operator=(const TempCert&) = delete;
-};
-
-// TestCert: the servers' certificate, one per process.
-const TempCert& TestCert() {
-  static const TempCert cert;
-  return cert;
-}
-
-std::string ExpectedOffload(Offload tx, Offload rx) {
-  return std::string("tx=") + OffloadName(tx) + " rx=" + OffloadName(rx);
-}
-
-void ExpectBothInKernel(Offload tx, Offload rx, const std::string& who) {
-  EXPECT_EQ(ExpectedOffload(tx, rx), ExpectedOffload(Offload::kKernel, Offload::kKernel))
-      << who << " should have both directions in the kernel";
-}
-
-// Watchdog: if the test is still running at the deadline, shuts down every
-// socket it watches, so that each blocked read or write on them returns and
-// the test fails instead of hanging the guest. (SO_RCVTIMEO is not enough:
-// with a direction in OpenSSL, ktls waits in poll() without a timeout.) It
-// holds a dup of each socket, so it never touches a descriptor number that
-// was closed and reused; Forget closes the dup.
-class Watchdog {
- public:
-  explicit Watchdog(std::chrono::seconds deadline) {
-    thread_ = std::thread([this, deadline] {
-      std::unique_lock lock(mu_);
-      if (!wake_.wait_for(lock, deadline, [this] { return stop_; })) FireLocked();
-    });
-  }
-  ~Watchdog() {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    wake_.notify_all();
-    thread_.join();
-    for (int dup_fd : dups_) ::close(dup_fd);
-  }
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-
-  // Watch returns the token to Forget fd by (-1 if it could not be dup'ed).
-  int Watch(int fd) {
-    const int dup_fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    std::lock_guard lock(mu_);
-    if (dup_fd >= 0) {
-      dups_.push_back(dup_fd);
-      if (fired_) ::shutdown(dup_fd, SHUT_RDWR);
-    }
-    return dup_fd;
-  }
-  void Forget(int token) {
-    std::lock_guard lock(mu_);
-    if (std::erase(dups_, token) > 0) ::close(token);
-  }
-  // Fire shuts everything down now.
-  void Fire() {
-    std::lock_guard lock(mu_);
-    FireLocked();
-  }
-  bool fired() const {
-    std::lock_guard lock(mu_);
-    return fired_;
-  }
-
- private:
-  void FireLocked() {
-    fired_ = true;
-    for (int dup_fd : dups_) ::shutdown(dup_fd, SHUT_RDWR);
-  }
-
-  mutable std::mutex mu_;
-  std::condition_variable wake_;
-  bool stop_ = false;
-  bool fired_ = false;
-  std::vector<int> dups_;
-  std::thread thread_;
-};
-
-// ServerEnd: what the server saw on one accepted connection.
-struct ServerEnd {
-  std::string error;  // Empty unless the handshake or the handler failed.
-  Offload tx = Offload::kUser;
-  Offload rx = Offload::kUser;
-  std::string fallback_reason;  // What on_fallback was told, if it was called.
-  SessionInfo session;
-  std::size_t bytes_in = 0;
-};
-
-void ExpectBothInKernel(const ServerEnd& end, const std::string& who) {
-  ExpectBothInKernel(end.tx, end.rx,
-                     end.fallback_reason.empty() ? who : who + " (fallback: " + end.fallback_reason + ")");
-}
-
-using Handler = std::function<void(Connection&, ServerEnd&)>;
-
-// The fallback reason for the connection this thread is handshaking.
-thread_local std::string t_fallback_reason;
-
-// TestServer: a Listener on 127.0.0.1 (a free port) and a thread that
-// accepts num_connections clients, each handshaken and handled on its own
-// worker thread. ServerEnd i belongs to the i-th accepted client. Its
-// sockets are under a Watchdog (kTestDeadline): shutting the server's end
-// down also ends whatever the client is waiting for.
-class TestServer {
- public:
-  TestServer(const ServerConfig& config, std::size_t num_connections, Handler handler)
-      : dog_(kTestDeadline), handler_(std::move(handler)), ends_(num_connections) {
-    ServerConfig recording = config;
-    recording.offload.on_fallback = [chained = config.offload.on_fallback](const OffloadReport& report) {
-      t_fallback_reason = report.reason;
-      if (chained) chained(report);
-    };
-    auto listener = Listener::Listen("127.0.0.1:0", recording);
-    if (!listener.ok()) {
-      listen_error_ = listener.error().ToString();
-      return;
-    }
-    listener_.emplace(std::move(listener).value());
-    dog_.Watch(listener_->fd());  // Shutting it down wakes accept().
-    acceptor_ = std::thread([this] { AcceptLoop(); });
-  }
-  // Without Join, a test that failed early stops accepting at once.
-  ~TestServer() { Stop(std::chrono::seconds(0)); }
-  TestServer(const TestServer&) = delete;
-  TestServer& operator=(const TestServer&) = delete;
-
-  bool ok() const { return listener_.has_value(); }
-  const std::string& listen_error() const { return listen_error_; }
-  std::uint16_t port() const { return static_cast<std::uint16_t>(listener_->port()); }
-
-  // WaitHandshaken waits (at most kTestDeadline) until count connections
-  // have been through Handshake, offload included. A client must wait for
-  // it before its FIN can reach the server: the kernel attaches the tls ULP
-  // only to an ESTABLISHED socket, so after an early FIN (CLOSE_WAIT)
-  // setsockopt(TCP_ULP) fails with ENOTCONN and the server rightly stays in
-  // OpenSSL.
-  bool WaitHandshaken(std::size_t count) {
-    std::unique_lock lock(mu_);
-    return done_.wait_for(lock, kTestDeadline, [&] { return num_handshaken_ >= count; });
-  }
-
-  // Join waits (at most kTestDeadline) for every connection to be handled
-  // and returns what the server saw.
-  const std::vector<ServerEnd>& Join() {
-    Stop(kTestDeadline);
-    EXPECT_FALSE(dog_.fired()) << "the test ran past its deadline; its sockets were shut down";
-    return ends_;
-  }
-
- private:
-  void AcceptLoop() {
-    for (std::size_t i = 0; i < ends_.size(); ++i) {
-      auto socket = listener_->AcceptSocket();
-      if (!socket.ok()) {
-        std::lock_guard lock(mu_);
-        for (std::size_t j = i; j < ends_.size(); ++j) ends_[j].error = "never accepted: " + socket.error().ToString();
-        num_handshaken_ += ends_.size() - i;
-        num_done_ += ends_.size() - i;
-        done_.notify_all();
-        return;
-      }
-      workers_.emplace_back([this, i, fd = *socket] { Serve(fd, ends_[i]); });
-    }
-  }
-
-  void Serve(int fd, ServerEnd& end) {
-    t_fallback_reason.clear();
-    auto conn = listener_->Handshake(fd);
-    end.fallback_reason = t_fallback_reason;
-    {
-      std::lock_guard lock(mu_);
-      ++num_handshaken_;
-      done_.notify_all();
-    }
-    if (!conn.ok()) {
-      end.error = "server handshake: " + conn.error().ToString();
-    } else {
-      end.tx = conn->tx();
-      end.rx = conn->rx();
-      end.session = conn->session();
-      if (!SetIoTimeout(conn->fd(), kIoTimeout)) end.error = "SetIoTimeout failed on the server socket";
-      const int token = dog_.Watch(conn->fd());
-      if (end.error.empty()) handler_(*conn, end);
-      dog_.Forget(token);  // Before the Connection closes the socket.
-    }
-    std::lock_guard lock(mu_);
-    ++num_done_;
-    done_.notify_all();
-  }
-
-  void Stop(std::chrono::seconds deadline) {
-    if (!acceptor_.joinable()) return;
-    std::unique_lock lock(mu_);
-    if (!done_.wait_for(lock, deadline, [this] { return num_done_ == ends_.size(); })) dog_.Fire();
-    lock.unlock();
-    acceptor_.join();
-    for (std::thread& worker : workers_) worker.join();
-  }
-
-  Watchdog dog_;  // First: outlives the threads that use it.
-  std::optional<Listener> listener_;
-  std::string listen_error_;
-  Handler handler_;
-  std::vector<ServerEnd> ends_;  // Sized once: workers hold references.
-  std::vector<std::thread> workers_;
-  std::thread acceptor_;
-  std::mutex mu_;
-  std::condition_variable done_;
-  std::size_t num_handshaken_ = 0;
-  std::size_t num_done_ = 0;
-};
-
-// ReadToEnd reads until the peer's close_notify, appending to out. Returns
-// what went wrong, or an empty string.
-std::string ReadToEnd(Connection& conn, Bytes& out, std::size_t read_len = 256 * kKiB) {
-  std::vector<std::byte> buf(read_len);
-  for (;;) {
-    auto got = conn.Read(buf);
-    if (!got.ok()) return "Read: " + got.error().ToString();
-    if (got->end_of_stream) return {};
-    if (got->would_block) return "Read timed out before close_notify";
-    const auto* bytes = reinterpret_cast<const std::uint8_t*>(buf.data());
-    out.insert(out.end(), bytes, bytes + got->bytes);
-  }
-}
-
-std::string WriteAll(Connection& conn, std::span<const std::uint8_t> data) {
-  auto wrote = conn.WriteAll(std::as_bytes(data));
-  if (!wrote.ok()) return "Write: " + wrote.error().ToString();
-  if (wrote->bytes != data.size()) return "Write timed out after " + std::to_string(wrote->bytes) + " bytes";
-  return {};
-}
-
-std::string ShutdownText(Connection& conn) {
-  auto shut = conn.Shutdown();
-  return shut.ok() ? std::string() : "Shutdown: " + shut.error().ToString();
-}
-
-// Echo: copies everything back until the peer's close_notify, then sends
-// its own.
-void Echo(Connection& conn, ServerEnd& end) {
-  std::vector<std::byte> buf(256 * kKiB);
-  for (;;) {
-    auto got = conn.Read(buf);
-    if (!got.ok()) {
-      end.error = "server Read: " + got.error().ToString();
-      return;
-    }
-    if (got->end_of_stream) break;
-    if (got->would_block) {
-      end.error = "server Read timed out";
-      return;
-    }
-    end.bytes_in += got->bytes;
-    auto wrote = conn.WriteAll(std::span(buf).first(got->bytes));
-    if (!wrote.ok() || wrote->bytes != got->bytes) {
-      end.error = "server Write: " + (wrote.ok() ? std::string("timed out") : wrote.error().ToString());
-      return;
-    }
-  }
-  end.error = ShutdownText(conn);
-}
-
-// EchoThrough sends data to an Echo server from a second thread, then
-// close_notify, while this thread reads everything that comes back up to the
-// server's close_notify. Returns what went wrong, or an empty string.
-std::string EchoThrough(Connection& conn, std::span<const std::uint8_t> data, Bytes& echoed) {
-  std::string write_error;
-  std::thread writer([&] {
-    write_error = WriteAll(conn, data);
-    if (write_error.empty()) write_error = ShutdownText(conn);
-  });
-  const std::string read_error = ReadToEnd(conn, echoed);
-  writer.join();
-  return !write_error.empty() ? write_error : read_error;
-}
-
-ServerConfig ServerFor() {
-  ServerConfig config;
-  config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too (kAuto would keep it in OpenSSL).
-  config.cert_file = TestCert().cert_file;
-  config.key_file = TestCert().key_file;
-  return config;
-}
-
-ClientConfig ClientFor() {
-  ClientConfig config;
-  config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too (kAuto would keep it in OpenSSL).
-  config.ca_file = TestCert().cert_file;
-  return config;
-}
-
-// ConnectTo connects the library's client and bounds its I/O.
-Result<Connection> ConnectTo(std::uint16_t port, const ClientConfig& config) {
-  auto conn = Connect("127.0.0.1", port, config);
-  if (conn.ok() && !SetIoTimeout(conn->fd(), kIoTimeout)) {
-    return Error{ErrorCategory::kIo, errno, "SetIoTimeout on the client socket", -1};
-  }
-  return conn;
-}
-
-// --- end of the shared peer kit ---------------------------------------------
 
 // Plain OpenSSL peers: no ktls anywhere, RX and TX in userspace.
 
@@ -431,23 +102,6 @@ std::string SslFailure(SSL* ssl, int ret, const char* what) {
   if (code == SSL_ERROR_SYSCALL && saved_errno != 0) text += std::string(" (") + std::strerror(saved_errno) + ")";
   const std::string errors = OpenSslErrors();
   return errors.empty() ? text : text + ": " + errors;
-}
-
-// NewPlainContext: a TLS 1.3-only context. A server context carries
-// TestCert; a client context trusts it.
-UniqueSslCtx NewPlainContext(bool server) {
-  UniqueSslCtx ctx(SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()));
-  if (!ctx || SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION) != 1) return nullptr;
-  if (server) {
-    if (SSL_CTX_use_certificate_chain_file(ctx.get(), TestCert().cert_file.c_str()) != 1 ||
-        SSL_CTX_use_PrivateKey_file(ctx.get(), TestCert().key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
-      return nullptr;
-    }
-  } else {
-    if (SSL_CTX_load_verify_locations(ctx.get(), TestCert().cert_file.c_str(), nullptr) != 1) return nullptr;
-    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
-  }
-  return ctx;
 }
 
 UniqueFd TcpConnect(std::uint16_t port) {
@@ -558,7 +212,7 @@ TEST_P(OffloadTicketsKernelTest, ServerTicketsBeforeOffloadKeepDataFlowing) {
   ASSERT_TRUE(server.ok()) << server.listen_error();
   auto conn = ConnectTo(server.port(), ClientFor());
   ASSERT_TRUE(conn.ok()) << "Connect: " << conn.error().ToString();
-  ExpectBothInKernel(conn->tx(), conn->rx(), "the client");
+  ExpectOffloaded(conn->tx(), conn->rx(), Offload::kKernel, Offload::kKernel, "the client");
 
   // First a short echo read back through a 3-byte buffer: the tickets come
   // first, in pieces.
@@ -579,12 +233,12 @@ TEST_P(OffloadTicketsKernelTest, ServerTicketsBeforeOffloadKeepDataFlowing) {
 
   const Bytes data = RandomBytes(100 * kKiB + 1);
   echoed.clear();
-  ASSERT_EQ(EchoThrough(*conn, data, echoed), "");
+  ASSERT_EQ(EchoThrough(*conn, data, Pace::kConcurrent, echoed), "");
   EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data)) << "the echoed bytes should be the bytes sent";
   EXPECT_EQ(conn->tickets_dropped(), static_cast<std::uint64_t>(num_tickets));
   const ServerEnd& end = server.Join()[0];
   EXPECT_EQ(end.error, "");
-  ExpectBothInKernel(end, "the server");
+  ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
   EXPECT_EQ(end.bytes_in, hello.size() + data.size());
 }
 
@@ -625,15 +279,15 @@ TEST(OffloadShapesKernelTest, MutualTlsClientCertificate) {
   auto conn = ConnectTo(server.port(), client_config);
   ASSERT_TRUE(conn.ok()) << "Connect with a client certificate: " << conn.error().ToString();
   ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
-  ExpectBothInKernel(conn->tx(), conn->rx(), "the client");
+  ExpectOffloaded(conn->tx(), conn->rx(), Offload::kKernel, Offload::kKernel, "the client");
 
   const Bytes data = RandomBytes(64 * kKiB + 1);
   Bytes echoed;
-  ASSERT_EQ(EchoThrough(*conn, data, echoed), "");
+  ASSERT_EQ(EchoThrough(*conn, data, Pace::kConcurrent, echoed), "");
   EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data)) << "the echoed bytes should be the bytes sent";
   const ServerEnd& end = server.Join()[0];
   EXPECT_EQ(end.error, "");
-  ExpectBothInKernel(end, "the server");
+  ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
   ASSERT_FALSE(end.session.peer_certificates.empty())
       << "the server's SessionInfo should carry the client's certificate";
   EXPECT_EQ(end.session.peer_certificates[0], CertificateDer(client_cert.cert_file))
@@ -652,7 +306,7 @@ TEST(OffloadShapesKernelTest, ResumedSessionByTicket) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
   TestServer server(ServerFor(), 2, Echo);
   ASSERT_TRUE(server.ok()) << server.listen_error();
-  const UniqueSslCtx client_ctx = NewPlainContext(false);
+  const UniqueSslCtx client_ctx = NewTestContext(false);
   ASSERT_TRUE(client_ctx);
 
   UniqueSession session;
@@ -678,8 +332,8 @@ TEST(OffloadShapesKernelTest, ResumedSessionByTicket) {
   const std::vector<ServerEnd>& ends = server.Join();
   EXPECT_EQ(ends[0].error, "");
   EXPECT_EQ(ends[1].error, "");
-  ExpectBothInKernel(ends[0], "the server (full handshake)");
-  ExpectBothInKernel(ends[1], "the server (resumed)");
+  ExpectOffloaded(ends[0], Offload::kKernel, Offload::kKernel, "the server (full handshake)");
+  ExpectOffloaded(ends[1], Offload::kKernel, Offload::kKernel, "the server (resumed)");
   EXPECT_FALSE(ends[0].session.resumed);
   EXPECT_TRUE(ends[1].session.resumed) << "SessionInfo::resumed should say the second handshake resumed";
 }
@@ -709,8 +363,8 @@ long CountClientHellos(BIO* bio, int oper, const char* argp, std::size_t len, in
 // its socket and ask for the negotiated group before offloading.
 TEST(OffloadShapesKernelTest, HelloRetryRequest) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
-  const UniqueSslCtx server_ctx = NewPlainContext(true);
-  const UniqueSslCtx client_ctx = NewPlainContext(false);
+  const UniqueSslCtx server_ctx = NewTestContext(true);
+  const UniqueSslCtx client_ctx = NewTestContext(false);
   ASSERT_TRUE(server_ctx && client_ctx);
   ASSERT_EQ(SSL_CTX_set1_groups_list(server_ctx.get(), "P-384"), 1);
   ASSERT_EQ(SSL_CTX_set1_groups_list(client_ctx.get(), "X25519:P-384"), 1);
@@ -741,16 +395,16 @@ TEST(OffloadShapesKernelTest, HelloRetryRequest) {
   ASSERT_TRUE(conn.ok()) << "OffloadSsl: " << conn.error().ToString();
   client.ssl.release();  // The Connection owns the SSL and the socket now.
   client.fd.release();
-  ExpectBothInKernel(conn->tx(), conn->rx(), "the client");
+  ExpectOffloaded(conn->tx(), conn->rx(), Offload::kKernel, Offload::kKernel, "the client");
   ASSERT_TRUE(SetIoTimeout(conn->fd(), kIoTimeout));
   ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
   const Bytes data = RandomBytes(50000);
   Bytes echoed;
-  ASSERT_EQ(EchoThrough(*conn, data, echoed), "");
+  ASSERT_EQ(EchoThrough(*conn, data, Pace::kConcurrent, echoed), "");
   EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data)) << "the echoed bytes should be the bytes sent";
   const ServerEnd& end = server.Join()[0];
   EXPECT_EQ(end.error, "");
-  ExpectBothInKernel(end, "the server");
+  ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
 }
 
 // ---------------------------------------------------------------------------
@@ -835,7 +489,7 @@ TEST(OffloadShapesKernelTest, ClientDataBehindFinishedReachesListenerInOrder) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
   TestServer server(ServerFor(), 1, Echo);
   ASSERT_TRUE(server.ok()) << server.listen_error();
-  const UniqueSslCtx client_ctx = NewPlainContext(false);
+  const UniqueSslCtx client_ctx = NewTestContext(false);
   ASSERT_TRUE(client_ctx);
   const Bytes early = RandomBytes(40000);  // Three records.
   HoldState hold;
@@ -851,7 +505,7 @@ TEST(OffloadShapesKernelTest, ClientDataBehindFinishedReachesListenerInOrder) {
   EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(later));
   const ServerEnd& end = server.Join()[0];
   EXPECT_EQ(end.error, "");
-  ExpectBothInKernel(end, "the server");
+  ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
   EXPECT_EQ(end.bytes_in, early.size() + later.size());
 }
 
@@ -863,8 +517,8 @@ class OffloadByoServerKernelTest : public ::testing::Test {
   using Hook = std::function<void(SSL*)>;
 
   void SetUp() override {
-    server_ctx_ = NewPlainContext(true);
-    client_ctx_ = NewPlainContext(false);
+    server_ctx_ = NewTestContext(true);
+    client_ctx_ = NewTestContext(false);
     ASSERT_TRUE(server_ctx_ && client_ctx_);
     ASSERT_TRUE(PrepareContext(server_ctx_.get()).ok());
     pair_ = LoopbackTcpPair();
@@ -956,7 +610,7 @@ TEST_P(OffloadReadAheadKernelTest, BufferedRecordsAreDrainedBeforeRxOffload) {
   EXPECT_EQ(end_.error, "");
   EXPECT_TRUE(had_buffered_records)
       << "OpenSSL should have read records past the Finished (the point of this test)";
-  ExpectBothInKernel(end_, "the read-ahead server");
+  ExpectOffloaded(end_, Offload::kKernel, Offload::kKernel, "the read-ahead server");
   EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(early)) << "the buffered data should come back first, in order";
   EXPECT_EQ(Sha256Hex(later_echoed), Sha256Hex(later)) << "data after offload should follow it";
   EXPECT_EQ(end_.bytes_in, early.size() + later.size());
@@ -1063,7 +717,7 @@ TEST(OffloadEndOfStreamKernelTest, PeerCloseNotifyIsEndOfStream) {
   EXPECT_TRUE(nothing.empty());
   const ServerEnd& end = server.Join()[0];
   EXPECT_EQ(end.error, "");
-  ExpectBothInKernel(end, "the server");
+  ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
   EXPECT_EQ(ending.data, data);
   EXPECT_TRUE(ending.end_of_stream) << "close_notify should end the stream cleanly, got " << CategoryOf(ending.error);
 }
@@ -1086,7 +740,7 @@ TEST(OffloadEndOfStreamKernelTest, FinWithoutCloseNotifyIsTruncation) {
     ASSERT_EQ(::shutdown(conn->fd(), SHUT_WR), 0);
     const ServerEnd& end = server.Join()[0];
     EXPECT_EQ(end.error, "");
-    ExpectBothInKernel(end, "the server");
+    ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
     EXPECT_EQ(ending.data, data);
     EXPECT_FALSE(ending.end_of_stream);
     ASSERT_TRUE(ending.error) << "a FIN without close_notify should be an error";
@@ -1101,7 +755,7 @@ TEST(OffloadEndOfStreamKernelTest, FinWithoutCloseNotifyIsTruncation) {
     config.num_tickets = 0;  // Unread tickets at close would make the client's close an RST.
     TestServer server(config, 1, ReadUntilEnding(ending));
     ASSERT_TRUE(server.ok()) << server.listen_error();
-    const UniqueSslCtx client_ctx = NewPlainContext(false);
+    const UniqueSslCtx client_ctx = NewTestContext(false);
     ASSERT_TRUE(client_ctx);
     PlainPeer client;
     ASSERT_EQ(ConnectPlain(client_ctx.get(), server.port(), nullptr, client), "");
@@ -1112,7 +766,7 @@ TEST(OffloadEndOfStreamKernelTest, FinWithoutCloseNotifyIsTruncation) {
     client.fd.reset();
     const ServerEnd& end = server.Join()[0];
     EXPECT_EQ(end.error, "");
-    ExpectBothInKernel(end, "the server");
+    ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
     EXPECT_EQ(ending.data, data);
     ASSERT_TRUE(ending.error) << "a FIN without close_notify should be an error";
     EXPECT_EQ(ending.error->category, ErrorCategory::kTruncated) << ending.error->ToString();
@@ -1155,7 +809,7 @@ TEST(OffloadEndOfStreamKernelTest, PeerFatalAlertIsAnAlertError) {
 
   const ServerEnd& end = server.Join()[0];
   EXPECT_EQ(end.error, "");
-  ExpectBothInKernel(end, "the server");
+  ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
   EXPECT_EQ(ending.data, data) << "the data before the alert should be delivered";
   ASSERT_TRUE(ending.error) << "a fatal alert should be an error"
                             << (ending.end_of_stream ? ", not end_of_stream" : "");
@@ -1177,7 +831,7 @@ TEST(OffloadEndOfStreamKernelTest, CorruptRecordIsFatalAndAnsweredWithBadRecordM
   RxEnding ending;
   TestServer server(ServerFor(), 1, ReadUntilEnding(ending));
   ASSERT_TRUE(server.ok()) << server.listen_error();
-  const UniqueSslCtx client_ctx = NewPlainContext(false);
+  const UniqueSslCtx client_ctx = NewTestContext(false);
   ASSERT_TRUE(client_ctx);
   PlainPeer client;
   ASSERT_EQ(ConnectPlain(client_ctx.get(), server.port(), nullptr, client), "");
@@ -1193,7 +847,7 @@ TEST(OffloadEndOfStreamKernelTest, CorruptRecordIsFatalAndAnsweredWithBadRecordM
 
   const ServerEnd& end = server.Join()[0];
   EXPECT_EQ(end.error, "");
-  ExpectBothInKernel(end, "the server");
+  ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
   EXPECT_EQ(ending.data, data) << "the records before the bad one should be delivered";
   ASSERT_TRUE(ending.error) << "a record that fails authentication should be an error";
   EXPECT_EQ(ending.error->category, ErrorCategory::kProtocol) << ending.error->ToString();
@@ -1223,7 +877,7 @@ TEST(OffloadEndOfStreamKernelTest, ShutdownSendsCloseNotifyToPlainPeer) {
     end.error = ReadToEnd(conn, rest);  // The client's close_notify.
   });
   ASSERT_TRUE(server.ok()) << server.listen_error();
-  const UniqueSslCtx client_ctx = NewPlainContext(false);
+  const UniqueSslCtx client_ctx = NewTestContext(false);
   ASSERT_TRUE(client_ctx);
   PlainPeer client;
   ASSERT_EQ(ConnectPlain(client_ctx.get(), server.port(), nullptr, client), "");
@@ -1235,7 +889,7 @@ TEST(OffloadEndOfStreamKernelTest, ShutdownSendsCloseNotifyToPlainPeer) {
   EXPECT_EQ(SSL_shutdown(client.ssl.get()), 1) << "both close_notify alerts exchanged";
   const ServerEnd& end = server.Join()[0];
   EXPECT_EQ(end.error, "");
-  ExpectBothInKernel(end, "the server");
+  ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
 }
 
 }  // namespace

@@ -160,6 +160,13 @@ int RunServer(const cxxopts::ParseResult& args) {
     Log("certificate: self-signed, " + self.cert_file + " sha256=" + self.fingerprint);
   }
   auto listener = ktls::Listener::Listen(args["listen"].as<std::string>(), config);
+  if (!args.count("cert")) {
+    // The listener has loaded the generated certificate; leave no files behind.
+    const std::string dir = config.cert_file.substr(0, config.cert_file.rfind('/'));
+    std::remove(config.cert_file.c_str());
+    std::remove(config.key_file.c_str());
+    ::rmdir(dir.c_str());
+  }
   if (!listener.ok()) {
     std::fprintf(stderr, "ktls-echo: %s\n", listener.error().ToString().c_str());
     return 1;
