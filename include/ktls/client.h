@@ -16,6 +16,7 @@
 #include "ktls/export.h"
 #include "ktls/offload.h"
 #include "ktls/result.h"
+#include "ktls/types.h"
 
 namespace ktls {
 
@@ -29,6 +30,11 @@ struct KTLS_API ClientConfig {
   std::string sni;
   // alpn: protocols to offer, in preference order.
   std::vector<std::string> alpn;
+  // max_version: the highest protocol version to offer (the lowest is
+  // TLS 1.2).
+  TlsVersion max_version = TlsVersion::kTls13;
+  // cipher_list: TLS 1.2 cipher suites, in OpenSSL's cipher-list syntax.
+  std::string cipher_list;
   // ciphersuites: TLS 1.3 suites to offer, in OpenSSL's syntax. Empty:
   // OpenSSL's default (no AES-128-CCM).
   std::string ciphersuites;

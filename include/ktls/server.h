@@ -22,6 +22,7 @@
 #include "ktls/export.h"
 #include "ktls/offload.h"
 #include "ktls/result.h"
+#include "ktls/types.h"
 
 namespace ktls {
 
@@ -41,6 +42,12 @@ struct KTLS_API ServerConfig {
   // num_tickets: TLS 1.3 session tickets sent after each full handshake
   // (OpenSSL's default is 2; 0 turns resumption by ticket off).
   int num_tickets = 2;
+  // max_version: the highest protocol version to negotiate (the lowest is
+  // TLS 1.2).
+  TlsVersion max_version = TlsVersion::kTls13;
+  // cipher_list: TLS 1.2 cipher suites, in OpenSSL's cipher-list syntax.
+  // Empty: OpenSSL's default.
+  std::string cipher_list;
   // ciphersuites: TLS 1.3 suites to allow, in OpenSSL's syntax
   // ("TLS_AES_128_GCM_SHA256:TLS_AES_128_CCM_SHA256"). Empty: OpenSSL's
   // default, which leaves out AES-128-CCM.

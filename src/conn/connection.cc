@@ -34,10 +34,14 @@ constexpr int kAlertRecordOverflow = 22;
 constexpr int kAlertIllegalParameter = 47;
 constexpr int kAlertDecodeError = 50;
 constexpr int kAlertInternalError = 80;
+constexpr int kAlertNoRenegotiation = 100;
 constexpr unsigned char kAlertLevelWarning = 1;
 constexpr unsigned char kAlertLevelFatal = 2;
 
-// Post-handshake messages a peer may send (RFC 8446 4).
+// Post-handshake messages a peer may send (RFC 8446 4), and TLS 1.2's
+// renegotiation openers (RFC 5246 7.4).
+constexpr unsigned char kHandshakeHelloRequest = 0;
+constexpr unsigned char kHandshakeClientHello = 1;
 constexpr unsigned char kHandshakeNewSessionTicket = 4;
 constexpr unsigned char kHandshakeKeyUpdate = 24;
 constexpr std::size_t kHandshakeHeaderLen = 4;
@@ -229,13 +233,20 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
     const unsigned char body_first_byte = body_len > 0 ? handshake_bytes_[kHandshakeHeaderLen] : 0;
     handshake_bytes_.erase(handshake_bytes_.begin(),
                            handshake_bytes_.begin() + static_cast<std::ptrdiff_t>(kHandshakeHeaderLen + body_len));
-    if (msg_type == kHandshakeNewSessionTicket && !is_server) {
+    if (version == TlsVersion::kTls12 && (msg_type == kHandshakeHelloRequest || msg_type == kHandshakeClientHello)) {
+      // Renegotiation: impossible once records are in the kernel, and
+      // refused from the start (SSL_OP_NO_RENEGOTIATION).
+      SendFatalAlert(kAlertNoRenegotiation);
+      return Fail(AlertError(ErrorCategory::kProtocol, kAlertNoRenegotiation,
+                             "the peer tried to renegotiate an offloaded TLS 1.2 connection"));
+    }
+    if (version == TlsVersion::kTls13 && msg_type == kHandshakeNewSessionTicket && !is_server) {
       // The SSL object that could store it may already be gone: a ticket
       // after RX offload is dropped (counted), never surfaced as an error.
       ++tickets_dropped;
       continue;
     }
-    if (msg_type == kHandshakeKeyUpdate) {
+    if (version == TlsVersion::kTls13 && msg_type == kHandshakeKeyUpdate) {
       if (body_len != 1) {
         SendFatalAlert(kAlertDecodeError);
         return Fail(AlertError(ErrorCategory::kProtocol, kAlertDecodeError, "malformed KeyUpdate"));
@@ -414,6 +425,7 @@ Result<std::uint64_t> ConnectionImpl::KernelTxSeq() {
 }
 
 Result<void> ConnectionImpl::UpdateTxKeyLocked(bool request_peer_update) {
+  if (version == TlsVersion::kTls12) return MakeError(ErrorCategory::kUnsupported, "TLS 1.2 has no key updates");
   if (!kernel_rekey) {
     return MakeError(ErrorCategory::kUnsupported, "this kernel cannot install new TX keys (needs Linux 6.14)");
   }
@@ -456,8 +468,10 @@ Result<void> ConnectionImpl::BeforeKernelWrite(std::size_t* len) {
       sent_close_ = true;
       ::shutdown(socket.get(), SHUT_WR);
       return MakeError(ErrorCategory::kUnsupported,
-                       "TX reached " + std::to_string(*seq) + " records under one key, the AEAD limit ktls keeps, "
-                       "and this kernel cannot rekey (needs Linux 6.14): closed with close_notify");
+                       "TX reached " + std::to_string(*seq) + " records under one key, the AEAD limit ktls keeps, " +
+                           (version == TlsVersion::kTls12 ? std::string("and TLS 1.2 has no key updates")
+                                                          : std::string("and this kernel cannot rekey (needs Linux 6.14)")) +
+                           ": closed with close_notify");
     }
     if (auto updated = UpdateTxKeyLocked(false); !updated) return updated;
   }

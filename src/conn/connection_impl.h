@@ -26,6 +26,10 @@ class ConnectionImpl {
 
   Result<IoProgress> Read(std::span<std::byte> buf);
   Result<void> UpdateKeys(bool request_peer_update);
+  // SetTxRecordsBound starts the TX record count at offload: the kernel's
+  // first sequence number, after records OpenSSL sent under the same key
+  // (session tickets, a TLS 1.2 Finished).
+  void SetTxRecordsBound(std::uint64_t records) { tx_records_bound_ = records; }
   Result<IoProgress> Write(std::span<const std::byte> data);
   Result<IoProgress> SendFile(int file_fd, off_t offset, std::size_t count);
   Result<void> Shutdown();
@@ -50,8 +54,10 @@ class ConnectionImpl {
   std::atomic<std::uint64_t> tickets_dropped = 0;
 
   // --- TLS 1.3 key updates ---
+  TlsVersion version = TlsVersion::kTls13;
   Cipher cipher = Cipher::kAes128Gcm;
-  // kernel_rekey: the kernel accepts new keys on a live socket (6.14+).
+  // kernel_rekey: TLS 1.3 and the kernel accepts new keys on a live socket
+  // (6.14+).
   bool kernel_rekey = false;
   // The current traffic secrets of the directions in the kernel, kept only
   // where the kernel can rekey (they are needed to derive the next ones).

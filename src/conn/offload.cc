@@ -8,12 +8,19 @@
 // OpenSSL; a failing TLS_RX only leaves RX in OpenSSL.
 #include "ktls/offload.h"
 
+#include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/obj_mac.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <sys/socket.h>
 
+#include <array>
 #include <cstring>
+#include <memory>
+#include <optional>
+#include <string_view>
 #include <string>
 #include <utility>
 
@@ -27,6 +34,7 @@
 #include "kernel/crypto_info.h"
 #include "kernel/syscalls.h"
 #include "kernel/tls_uapi.h"
+#include "keys/tls12_key_block.h"
 #include "keys/tls13_key_schedule.h"
 #include "ktls/probe.h"
 
@@ -70,6 +78,7 @@ void CaptureSession(SSL* ssl, SessionInfo& info) {
 struct Plan {
   bool tx = false;
   bool rx = false;
+  TlsVersion version = TlsVersion::kTls13;
   Cipher cipher = Cipher::kAes128Gcm;
   KernelCryptoInfo tx_info;
   KernelCryptoInfo rx_info;
@@ -109,6 +118,96 @@ bool DrainOpenSsl(ConnectionImpl& conn, std::string& reason) {
   return true;
 }
 
+// Tls12Cipher maps a negotiated TLS 1.2 suite to a kernel cipher: the AEAD
+// suites with AES-128/256-GCM, ChaCha20-Poly1305 or AES-128-CCM (16-byte
+// tag). CBC suites and CCM_8 have no kernel implementation.
+std::optional<Cipher> Tls12Cipher(const SSL_CIPHER* suite) {
+  if (suite == nullptr || SSL_CIPHER_is_aead(suite) != 1) return std::nullopt;
+  const std::string_view name = SSL_CIPHER_standard_name(suite);
+  if (name.find("CCM_8") != std::string_view::npos) return std::nullopt;
+  switch (SSL_CIPHER_get_cipher_nid(suite)) {
+    case NID_aes_128_gcm: return Cipher::kAes128Gcm;
+    case NID_aes_256_gcm: return Cipher::kAes256Gcm;
+    case NID_chacha20_poly1305: return Cipher::kChaCha20Poly1305;
+    case NID_aes_128_ccm: return Cipher::kAes128Ccm;
+    default: return std::nullopt;
+  }
+}
+
+// DirectionKeys packs one direction's crypto_info for the negotiated
+// version, or says why it cannot.
+class DirectionKeys {
+ public:
+  virtual ~DirectionKeys() = default;
+  // Pack builds the crypto_info for our side (own) or the peer's.
+  virtual Result<KernelCryptoInfo> Pack(bool own, std::uint64_t rec_seq) const = 0;
+};
+
+// TLS 1.3: each direction from its traffic secret (captured from the key log).
+class Tls13Keys final : public DirectionKeys {
+ public:
+  Tls13Keys(Cipher cipher, const Secret& own, const Secret& peer) : cipher_(cipher), own_(own), peer_(peer) {}
+  Result<KernelCryptoInfo> Pack(bool own, std::uint64_t rec_seq) const override {
+    const Secret& secret = own ? own_ : peer_;
+    if (secret.size() != Tls13Params(cipher_).secret_len) {
+      return MakeError(ErrorCategory::kInternal, "traffic secret not captured (was the SSL prepared before its handshake?)");
+    }
+    return PackTls13Direction(cipher_, secret, rec_seq);
+  }
+
+ private:
+  Cipher cipher_;
+  const Secret& own_;
+  const Secret& peer_;
+};
+
+// TLS 1.2: both directions from the key block. For AES-GCM and AES-CCM the
+// kernel takes the explicit nonce of the next record in `iv` and counts up
+// from it; ktls starts it at the record's sequence number (RFC 5288 3 allows
+// this; OpenSSL does the same for CCM), which never repeats under one key.
+class Tls12KeysFromBlock final : public DirectionKeys {
+ public:
+  Tls12KeysFromBlock(Cipher cipher, bool is_server, Tls12Keys keys)
+      : cipher_(cipher), is_server_(is_server), keys_(std::move(keys)) {}
+  Result<KernelCryptoInfo> Pack(bool own, std::uint64_t rec_seq) const override {
+    const bool client_side = own != is_server_;
+    const Secret& key = client_side ? keys_.client_key : keys_.server_key;
+    const Secret& fixed_iv = client_side ? keys_.client_iv : keys_.server_iv;
+    std::array<unsigned char, kNonceLen> iv{};
+    std::copy(fixed_iv.bytes().begin(), fixed_iv.bytes().end(), iv.begin());
+    if (cipher_ != Cipher::kChaCha20Poly1305) {
+      for (int i = 0; i < 8; ++i) iv[kNonceLen - 1 - i] = static_cast<unsigned char>(rec_seq >> (8 * i));
+    }
+    auto info = PackCryptoInfo(TlsVersion::kTls12, cipher_, key.bytes(), iv, rec_seq);
+    OPENSSL_cleanse(iv.data(), iv.size());
+    return info;
+  }
+
+ private:
+  Cipher cipher_;
+  bool is_server_;
+  Tls12Keys keys_;
+};
+
+Result<std::unique_ptr<DirectionKeys>> Tls12KeysFor(SSL* ssl, Cipher cipher, bool is_server) {
+  std::array<unsigned char, 48> master{};
+  std::array<unsigned char, 32> client_random{}, server_random{};
+  const SSL_SESSION* session = SSL_get_session(ssl);
+  const SSL_CIPHER* suite = SSL_get_current_cipher(ssl);
+  const EVP_MD* prf_md = suite != nullptr ? SSL_CIPHER_get_handshake_digest(suite) : nullptr;
+  if (session == nullptr || prf_md == nullptr ||
+      SSL_SESSION_get_master_key(session, master.data(), master.size()) != master.size() ||
+      SSL_get_client_random(ssl, client_random.data(), client_random.size()) != client_random.size() ||
+      SSL_get_server_random(ssl, server_random.data(), server_random.size()) != server_random.size()) {
+    OPENSSL_cleanse(master.data(), master.size());
+    return MakeError(ErrorCategory::kInternal, "TLS 1.2 master secret or randoms unavailable");
+  }
+  auto keys = DeriveTls12Keys(cipher, EVP_MD_get0_name(prf_md), master, client_random, server_random);
+  OPENSSL_cleanse(master.data(), master.size());
+  if (!keys.ok()) return std::move(keys).error();
+  return std::unique_ptr<DirectionKeys>(std::make_unique<Tls12KeysFromBlock>(cipher, is_server, std::move(keys).value()));
+}
+
 Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& options) {
   Plan plan;
   SSL* ssl = conn.ssl.get();
@@ -117,13 +216,17 @@ Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& o
     plan.reason = "kernel TLS unavailable: " + caps.reason;
     return plan;
   }
-  if (SSL_version(ssl) != TLS1_3_VERSION) {
-    plan.reason = std::string("protocol ") + SSL_get_version(ssl) + " is not offloaded (TLS 1.3 only so far)";
+  const int version = SSL_version(ssl);
+  if (version != TLS1_3_VERSION && version != TLS1_2_VERSION) {
+    plan.reason = std::string("protocol ") + SSL_get_version(ssl) + " cannot be offloaded";
     return plan;
   }
+  plan.version = version == TLS1_3_VERSION ? TlsVersion::kTls13 : TlsVersion::kTls12;
   const SSL_CIPHER* suite = SSL_get_current_cipher(ssl);
-  const auto cipher =
-      suite == nullptr ? std::nullopt : CipherFromTls13SuiteId(static_cast<std::uint16_t>(SSL_CIPHER_get_id(suite)));
+  const auto cipher = plan.version == TlsVersion::kTls13
+                          ? (suite == nullptr ? std::nullopt
+                                              : CipherFromTls13SuiteId(static_cast<std::uint16_t>(SSL_CIPHER_get_id(suite))))
+                          : Tls12Cipher(suite);
   if (!cipher) {
     plan.reason = std::string("cipher not offloadable: ") + (suite ? SSL_CIPHER_standard_name(suite) : "none");
     return plan;
@@ -133,19 +236,29 @@ Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& o
     plan.reason = "a key-log line for this connection did not parse or match; not trusting the secrets";
     return plan;
   }
-  const Secret& own_secret = conn.is_server ? state.server_secret : state.client_secret;
-  const Secret& peer_secret = conn.is_server ? state.client_secret : state.server_secret;
-  const std::size_t secret_len = Tls13Params(*cipher).secret_len;
+  std::unique_ptr<DirectionKeys> keys;
+  if (plan.version == TlsVersion::kTls13) {
+    keys = std::make_unique<Tls13Keys>(*cipher, conn.is_server ? state.server_secret : state.client_secret,
+                                       conn.is_server ? state.client_secret : state.server_secret);
+  } else {
+    auto derived = Tls12KeysFor(ssl, *cipher, conn.is_server);
+    if (!derived.ok()) {
+      plan.reason = derived.error().ToString();
+      return plan;
+    }
+    keys = std::move(derived).value();
+  }
+  const std::string cipher_text =
+      std::string("TLS ") + std::string(TlsVersionName(plan.version)) + " " + std::string(CipherName(*cipher));
 
   // TX.
-  if (!caps.Supports(TlsVersion::kTls13, *cipher, false)) {
-    AddReason(plan.reason, std::string("the kernel does not accept TLS 1.3 ") + std::string(CipherName(*cipher)));
-  } else if (!state.tx.app_keys || state.tx.key_updated || own_secret.size() != secret_len) {
-    AddReason(plan.reason, "TX traffic secret or record count unknown (key update, or the SSL was not prepared "
-                           "before its handshake)");
+  if (!caps.Supports(plan.version, *cipher, false)) {
+    AddReason(plan.reason, "the kernel does not accept " + cipher_text);
+  } else if (!state.tx.app_keys || state.tx.key_updated) {
+    AddReason(plan.reason, "TX record count unknown (a key update, or the SSL was not prepared before its handshake)");
   } else if (BIO_wpending(SSL_get_wbio(ssl)) > 0 || SSL_want_write(ssl)) {
     AddReason(plan.reason, "OpenSSL has unsent data buffered");
-  } else if (auto info = PackTls13Direction(*cipher, own_secret, state.tx.records); !info.ok()) {
+  } else if (auto info = keys->Pack(/*own=*/true, state.tx.records); !info.ok()) {
     AddReason(plan.reason, "TX keys: " + info.error().ToString());
   } else {
     plan.tx = true;
@@ -154,19 +267,19 @@ Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& o
 
   // RX goes to the kernel only together with TX, and only if asked.
   if (!plan.tx) return plan;
+  const bool rekey = caps.rekey || plan.version == TlsVersion::kTls12;  // TLS 1.2 has no key updates.
   if (options.rx == RxOffload::kOff) {
     AddReason(plan.reason, "RX offload is turned off");
-  } else if (options.rx == RxOffload::kAuto && !caps.rekey) {
+  } else if (options.rx == RxOffload::kAuto && !rekey) {
     AddReason(plan.reason, "RX stays in OpenSSL: this kernel cannot install new RX keys (needs Linux 6.14), so a "
                            "peer's KeyUpdate would end the connection (RxOffload::kOn forces RX offload)");
-  } else if (!caps.Supports(TlsVersion::kTls13, *cipher, true)) {
-    AddReason(plan.reason, std::string("the kernel does not accept TLS 1.3 ") + std::string(CipherName(*cipher)) +
-                               " for RX");
-  } else if (!state.rx.app_keys || state.rx.key_updated || peer_secret.size() != secret_len) {
-    AddReason(plan.reason, "RX traffic secret or record count unknown");
+  } else if (!caps.Supports(plan.version, *cipher, true)) {
+    AddReason(plan.reason, "the kernel does not accept " + cipher_text + " for RX");
+  } else if (!state.rx.app_keys || state.rx.key_updated) {
+    AddReason(plan.reason, "RX record count unknown");
   } else if (DrainOpenSsl(conn, plan.reason)) {
     // Draining read records, so the count is taken after it.
-    if (auto info = PackTls13Direction(*cipher, peer_secret, state.rx.records); !info.ok()) {
+    if (auto info = keys->Pack(/*own=*/false, state.rx.records); !info.ok()) {
       AddReason(plan.reason, "RX keys: " + info.error().ToString());
     } else {
       plan.rx = true;
@@ -221,6 +334,7 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
       // TX now belongs to the kernel. Nothing below may fail for TX, and
       // OpenSSL must never write to this socket again.
       conn->tx = Offload::kKernel;
+      conn->SetTxRecordsBound(state->tx.records);
     }
   }
   if (plan.rx) {
@@ -234,7 +348,8 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
   // Key updates need each offloaded direction's current secret, and only a
   // kernel that can rekey can use them; otherwise no key material stays.
   conn->cipher = plan.cipher;
-  conn->kernel_rekey = CachedCapabilities().rekey;
+  conn->version = plan.version;
+  conn->kernel_rekey = CachedCapabilities().rekey && plan.version == TlsVersion::kTls13;
   conn->key_update_threshold =
       options.key_update_after_records != 0 ? options.key_update_after_records : DefaultKeyUpdateThreshold(plan.cipher);
   if (conn->kernel_rekey) {

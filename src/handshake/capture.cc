@@ -68,16 +68,16 @@ void KeylogCallback(const SSL* ssl, const char* line) {
   target = parsed->secret;
 }
 
-void MessageCallback(int write_p, int /*version*/, int content_type, const void* buf, std::size_t len, SSL* /*ssl*/,
+void MessageCallback(int write_p, int /*version*/, int content_type, const void* buf, std::size_t len, SSL* ssl,
                      void* arg) {
   CountRecordEvent(*static_cast<CaptureState*>(arg), write_p != 0, content_type,
-                   static_cast<const unsigned char*>(buf), len);
+                   static_cast<const unsigned char*>(buf), len, SSL_version(ssl) == TLS1_3_VERSION);
 }
 
 }  // namespace
 
 void CountRecordEvent(CaptureState& state, bool write_p, int content_type, const unsigned char* buf,
-                      std::size_t len) {
+                      std::size_t len, bool tls13) {
   DirectionCount& dir = write_p ? state.tx : state.rx;
   if (content_type == SSL3_RT_ALERT && write_p && len >= 2) {
     ++state.written_alerts;
@@ -92,6 +92,19 @@ void CountRecordEvent(CaptureState& state, bool write_p, int content_type, const
     ++dir.records;
     return;
   }
+  if (!tls13) {
+    // TLS 1.2: the new keys start right after ChangeCipherSpec, with the
+    // Finished record (seq 0), so the next record after Finished is seq 1.
+    // (OpenSSL reports ChangeCipherSpec only when writing it, so Finished is
+    // the marker both ways.) Renegotiation, the only source of a second
+    // Finished, is disabled.
+    if (content_type == SSL3_RT_HANDSHAKE && len >= 1 && buf[0] == kHandshakeFinished && !dir.app_keys) {
+      dir.app_keys = true;
+      dir.records = 1;
+    }
+    return;
+  }
+  // TLS 1.3: ChangeCipherSpec records are middlebox-compatibility noise.
   if (content_type != SSL3_RT_HANDSHAKE || len < 1) return;
   switch (buf[0]) {
     case kHandshakeFinished:
@@ -154,6 +167,8 @@ Result<void> InstallSslCapture(SSL* ssl) {
   SSL_set_read_ahead(ssl, 0);
   // OpenSSL's own kTLS would race ktls for the socket.
   SSL_clear_options(ssl, SSL_OP_ENABLE_KTLS);
+  // Renegotiation cannot work once records are in the kernel.
+  SSL_set_options(ssl, SSL_OP_NO_RENEGOTIATION);
   // 0-RTT data is under a different key and replayable: never accepted.
   SSL_set_max_early_data(ssl, 0);
   SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);

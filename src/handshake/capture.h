@@ -67,9 +67,11 @@ Result<void> InstallSslCapture(SSL* ssl);
 CaptureState* GetCaptureState(const SSL* ssl);
 
 // CountRecordEvent applies one message-callback event to state; exposed for
-// unit tests that replay OpenSSL's callback sequences.
+// unit tests that replay OpenSSL's callback sequences. tls13: the
+// negotiated version is TLS 1.3 (its keys change at Finished and KeyUpdate;
+// TLS 1.2's at ChangeCipherSpec).
 void CountRecordEvent(CaptureState& state, bool write_p, int content_type, const unsigned char* buf,
-                      std::size_t len);
+                      std::size_t len, bool tls13 = true);
 
 }  // namespace ktls::detail
 

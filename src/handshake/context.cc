@@ -29,7 +29,14 @@ Result<UniqueSslCtx> AdoptContext(SSL_CTX* ctx) {
   return owned;
 }
 
-Result<void> SetCiphersuites(SSL_CTX* ctx, const std::string& suites) {
+// SetVersionsAndCiphers applies the config's protocol range and suites.
+Result<void> SetVersionsAndCiphers(SSL_CTX* ctx, TlsVersion max_version, const std::string& cipher_list,
+                                   const std::string& suites) {
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_max_proto_version(ctx, max_version == TlsVersion::kTls12 ? TLS1_2_VERSION : TLS1_3_VERSION);
+  if (!cipher_list.empty() && SSL_CTX_set_cipher_list(ctx, cipher_list.c_str()) != 1) {
+    return OpenSslError(ErrorCategory::kUsage, "bad TLS 1.2 cipher list \"" + cipher_list + "\"");
+  }
   if (!suites.empty() && SSL_CTX_set_ciphersuites(ctx, suites.c_str()) != 1) {
     return OpenSslError(ErrorCategory::kUsage, "bad TLS 1.3 cipher suites \"" + suites + "\"");
   }
@@ -65,7 +72,6 @@ Result<UniqueSslCtx> NewServerContext(const ServerConfig& config, const std::vec
   if (config.ssl_ctx != nullptr) return AdoptContext(config.ssl_ctx);
   UniqueSslCtx ctx(SSL_CTX_new(TLS_server_method()));
   if (!ctx) return OpenSslError(ErrorCategory::kInternal, "SSL_CTX_new");
-  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
   // Renegotiation cannot work once records are in the kernel.
   SSL_CTX_set_options(ctx.get(), SSL_OP_NO_RENEGOTIATION);
   if (auto loaded = LoadCertificate(ctx.get(), config.cert_file, config.key_file); !loaded) {
@@ -82,7 +88,9 @@ Result<UniqueSslCtx> NewServerContext(const ServerConfig& config, const std::vec
   }
   if (config.num_tickets < 0) return MakeError(ErrorCategory::kUsage, "num_tickets must be >= 0");
   SSL_CTX_set_num_tickets(ctx.get(), static_cast<std::size_t>(config.num_tickets));
-  if (auto set = SetCiphersuites(ctx.get(), config.ciphersuites); !set) return std::move(set).error();
+  if (auto set = SetVersionsAndCiphers(ctx.get(), config.max_version, config.cipher_list, config.ciphersuites); !set) {
+    return std::move(set).error();
+  }
   if (alpn_wire != nullptr && !alpn_wire->empty()) {
     SSL_CTX_set_alpn_select_cb(ctx.get(), SelectAlpn, const_cast<std::vector<unsigned char>*>(alpn_wire));
   }
@@ -94,7 +102,6 @@ Result<UniqueSslCtx> NewClientContext(const ClientConfig& config) {
   if (config.ssl_ctx != nullptr) return AdoptContext(config.ssl_ctx);
   UniqueSslCtx ctx(SSL_CTX_new(TLS_client_method()));
   if (!ctx) return OpenSslError(ErrorCategory::kInternal, "SSL_CTX_new");
-  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
   SSL_CTX_set_options(ctx.get(), SSL_OP_NO_RENEGOTIATION);
   if (config.verify) {
     const int loaded = config.ca_file.empty()
@@ -103,7 +110,9 @@ Result<UniqueSslCtx> NewClientContext(const ClientConfig& config) {
     if (loaded != 1) return OpenSslError(ErrorCategory::kUsage, "cannot load CA certificates " + config.ca_file);
     SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
   }
-  if (auto set = SetCiphersuites(ctx.get(), config.ciphersuites); !set) return std::move(set).error();
+  if (auto set = SetVersionsAndCiphers(ctx.get(), config.max_version, config.cipher_list, config.ciphersuites); !set) {
+    return std::move(set).error();
+  }
   if (!config.cert_file.empty()) {
     if (auto loaded = LoadCertificate(ctx.get(), config.cert_file, config.key_file); !loaded) {
       return std::move(loaded).error();

@@ -108,6 +108,35 @@ TEST(RecordCount, OnlyTheFirstFinishedSwitchesKeys) {
   EXPECT_EQ(s.tx.records, 2u);
 }
 
+// TLS 1.2: the Finished is the first record under the new keys (seq 0), so
+// the next record after it is seq 1, in each direction, whichever side
+// finishes first (full handshake or resumption).
+TEST(RecordCount, Tls12FinishedIsSequenceZero) {
+  CaptureState s;
+  const auto event = [&s](bool write, int type, unsigned char msg) {
+    const unsigned char body[4] = {msg, 0, 0, 0};
+    CountRecordEvent(s, write, type, body, sizeof(body), /*tls13=*/false);
+  };
+  // Abbreviated handshake, server side: ServerHello, CCS, Finished out;
+  // CCS, Finished in.
+  event(true, SSL3_RT_HEADER, 0);
+  event(true, SSL3_RT_HANDSHAKE, 2);
+  event(true, SSL3_RT_HEADER, 0);
+  event(true, SSL3_RT_CHANGE_CIPHER_SPEC, 1);
+  EXPECT_FALSE(s.tx.app_keys) << "ChangeCipherSpec alone does not mark the epoch";
+  event(true, SSL3_RT_HEADER, 0);
+  event(true, SSL3_RT_HANDSHAKE, 20);
+  EXPECT_TRUE(s.tx.app_keys);
+  EXPECT_EQ(s.tx.records, 1u);
+  event(false, SSL3_RT_HEADER, 0);  // CCS record, reported only as a header.
+  event(false, SSL3_RT_HEADER, 0);
+  event(false, SSL3_RT_HANDSHAKE, 20);
+  EXPECT_TRUE(s.rx.app_keys);
+  EXPECT_EQ(s.rx.records, 1u);
+  event(true, SSL3_RT_HEADER, 0);  // Application data.
+  EXPECT_EQ(s.tx.records, 2u);
+}
+
 // A key-log callback the application set before PrepareContext keeps
 // receiving every line.
 std::mutex lines_mu;

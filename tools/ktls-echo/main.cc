@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <charconv>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -97,6 +98,10 @@ ktls::RxOffload RxPolicy(const cxxopts::ParseResult& args) {
   return ktls::RxOffload::kAuto;
 }
 
+ktls::TlsVersion MaxVersion(const cxxopts::ParseResult& args) {
+  return args["tls-max"].as<std::string>() == "1.2" ? ktls::TlsVersion::kTls12 : ktls::TlsVersion::kTls13;
+}
+
 void LogFallback(const ktls::OffloadReport& report) {
   Log(std::string("offload: tx=") + ktls::OffloadName(report.tx) + " rx=" + ktls::OffloadName(report.rx) +
       " reason=\"" + report.reason + "\"");
@@ -143,6 +148,8 @@ int RunServer(const cxxopts::ParseResult& args) {
   config.client_ca_file = args["client-ca"].as<std::string>();
   config.num_tickets = args["tickets"].as<int>();
   config.ciphersuites = args["ciphersuites"].as<std::string>();
+  config.cipher_list = args["cipher-list"].as<std::string>();
+  config.max_version = MaxVersion(args);
   config.offload.on_fallback = LogFallback;
   config.offload.key_update_after_records = args["key-update-after"].as<std::uint64_t>();
   if (args.count("cert")) {
@@ -198,12 +205,21 @@ int RunClient(const cxxopts::ParseResult& args) {
   }
   std::string host = target.substr(0, colon);
   if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  const int port = std::stoi(target.substr(colon + 1));
+  const std::string port_text = target.substr(colon + 1);
+  int port = 0;
+  const auto [parsed_end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (ec != std::errc() || parsed_end != port_text.data() + port_text.size() || port < 1 || port > 65535) {
+    std::fprintf(stderr, "ktls-echo: --connect wants HOST:PORT with a port from 1 to 65535, got \"%s\"\n",
+                 target.c_str());
+    return 2;
+  }
   ktls::ClientConfig config;
   config.ca_file = args["ca"].as<std::string>();
   config.verify = !args.count("insecure");
   config.offload.rx = RxPolicy(args);
   config.ciphersuites = args["ciphersuites"].as<std::string>();
+  config.cipher_list = args["cipher-list"].as<std::string>();
+  config.max_version = MaxVersion(args);
   config.offload.on_fallback = LogFallback;
   config.offload.key_update_after_records = args["key-update-after"].as<std::uint64_t>();
   if (args.count("cert")) {
@@ -299,6 +315,9 @@ int main(int argc, char** argv) {
       ("tickets", "Server: TLS 1.3 session tickets per handshake", cxxopts::value<int>()->default_value("2"))
       ("ciphersuites", "TLS 1.3 cipher suites, OpenSSL syntax (default: OpenSSL's, without AES-128-CCM)",
        cxxopts::value<std::string>()->default_value(""))
+      ("tls-max", "Highest TLS version: 1.2 or 1.3", cxxopts::value<std::string>()->default_value("1.3"))
+      ("cipher-list", "TLS 1.2 cipher suites, OpenSSL syntax (default: OpenSSL's)",
+       cxxopts::value<std::string>()->default_value(""))
       ("key-update-after", "Send a KeyUpdate every N TX records (0: at the cipher's AEAD limit)",
        cxxopts::value<std::uint64_t>()->default_value("0"))
       ("connect", "Client: connect to HOST:PORT", cxxopts::value<std::string>())
@@ -313,6 +332,9 @@ int main(int argc, char** argv) {
     }
     if (args.count("cert") != args.count("key")) throw cxxopts::exceptions::exception("--cert and --key go together");
     if (args.count("rx") && args.count("no-rx")) throw cxxopts::exceptions::exception("--rx or --no-rx, not both");
+    if (const auto v = args["tls-max"].as<std::string>(); v != "1.2" && v != "1.3") {
+      throw cxxopts::exceptions::exception("--tls-max takes 1.2 or 1.3");
+    }
   } catch (const cxxopts::exceptions::exception& e) {
     std::cerr << "ktls-echo: " << e.what() << "\n" << options.help();
     return 2;
