@@ -175,7 +175,8 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
         // The kernel paused RX after a KeyUpdate that ktls did not see as
         // one: nothing can be decrypted any more.
         SendFatalAlert(kAlertInternalError);
-        return Fail(MakeError(ErrorCategory::kInternal, "the kernel paused RX for a key update ktls did not expect"));
+        return Fail(AlertError(ErrorCategory::kInternal, kAlertInternalError,
+                               "the kernel paused RX for a key update ktls did not expect; sent"));
       }
       if (err == EMSGSIZE) {
         SendFatalAlert(kAlertRecordOverflow);
@@ -266,9 +267,9 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
         // The kernel keeps decrypting with the old key; everything after
         // this record would fail. End here, naming why.
         SendFatalAlert(kAlertInternalError);
-        return Fail(MakeError(ErrorCategory::kUnsupported,
-                              "the peer sent a TLS 1.3 KeyUpdate, and this kernel cannot install new RX keys "
-                              "(needs Linux 6.14); RxOffload::kAuto keeps RX in OpenSSL on such kernels"));
+        return Fail(AlertError(ErrorCategory::kUnsupported, kAlertInternalError,
+                               "the peer sent a TLS 1.3 KeyUpdate, and this kernel cannot install new RX keys "
+                               "(needs Linux 6.14); RxOffload::kAuto keeps RX in OpenSSL on such kernels; sent"));
       }
       if (auto rekeyed = RekeyRx(); !rekeyed) return Fail(std::move(rekeyed).error());
       if (request == kKeyUpdateRequested) {
