@@ -132,12 +132,21 @@ void ServeOne(ktls::Listener& listener, int socket) {
       break;
     }
     bytes_in += got->bytes;
-    auto put = conn->WriteAll(std::span(buf.data(), got->bytes));
-    if (!put.ok()) {
-      end = EndWord(put.error());
+    // Write, not WriteAll, so bytes_out counts what went out before an error.
+    std::string write_error;
+    for (std::size_t off = 0; off < got->bytes && write_error.empty();) {
+      auto put = conn->Write(std::span(buf.data() + off, got->bytes - off));
+      if (!put.ok()) {
+        write_error = EndWord(put.error());
+      } else {
+        off += put->bytes;
+        bytes_out += put->bytes;
+      }
+    }
+    if (!write_error.empty()) {
+      end = write_error;
       break;
     }
-    bytes_out += put->bytes;
   }
   Log(ConnectionLine(peer, *conn, bytes_in, bytes_out, end));
 }
