@@ -596,6 +596,12 @@ Result<void> ConnectionImpl::Shutdown() {
 }
 
 void ConnectionImpl::Close() {
+  if (ssl && sent_close_ && !failed_) {
+    // close_notify went out through the kernel, where OpenSSL did not see
+    // it; without this, freeing the SSL would drop a good session from the
+    // server's cache.
+    SSL_set_shutdown(ssl.get(), SSL_get_shutdown(ssl.get()) | SSL_SENT_SHUTDOWN);
+  }
   ssl.reset();
   socket.reset();
 }

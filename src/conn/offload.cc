@@ -365,6 +365,10 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
 
   if (conn->tx == Offload::kKernel && conn->rx == Offload::kKernel) {
     // Neither direction needs OpenSSL any more: free the SSL and its buffers.
+    // Mark it shut down first: OpenSSL drops the session of an SSL freed
+    // without one from the server's cache (as possibly truncated), which
+    // would make every session-ID resumption fail.
+    SSL_set_shutdown(conn->ssl.get(), SSL_get_shutdown(conn->ssl.get()) | SSL_SENT_SHUTDOWN);
     conn->ssl.reset();
   } else if (conn->tx == Offload::kKernel) {
     SSL_set_bio(conn->ssl.get(), socket_bio.release(), no_write.release());
