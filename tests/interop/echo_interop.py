@@ -26,24 +26,23 @@ when KTLS_REQUIRE_KERNEL=1. When tests ran, the last line is always
 "N passed, N failed".
 """
 import collections
-import hashlib
 import itertools
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 import unittest
 
-HOST = "127.0.0.1"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ktls_interop  # noqa: E402
+from ktls_interop import (HOST, STEP_TIMEOUT, PkiBase, Pump, free_port, is_listening,  # noqa: E402
+                          parse_line, raw_connection_lines as connection_lines, read_tls_stat, sha,
+                          wait_until)
+
 PAYLOAD_LEN = 256 * 1024
-STEP_TIMEOUT = 20  # seconds: the limit for any one process or exchange
-TLS_STAT = "/proc/net/tls_stat"
 
 # OpenSSL's default TLS 1.3 list puts this first and both ends use the
 # default unless a test says otherwise.
@@ -58,122 +57,36 @@ OPENSSL = ""    # the openssl command-line tool
 PKI = None      # Pki: certificates for every test, made once
 PROBE_COST = None  # Counters: what one ktls-echo start-up probe adds to tls_stat
 
-Identity = collections.namedtuple("Identity", "cert key")
 Counters = collections.namedtuple("Counters", "tx rx")
 
 
 # --- Certificates ------------------------------------------------------------
 
-def run_openssl(*args):
-    done = subprocess.run([OPENSSL, *args], capture_output=True, text=True, timeout=STEP_TIMEOUT)
-    if done.returncode != 0:
-        raise RuntimeError(f"openssl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
-    return done.stdout
-
-
-class Pki:
+class Pki(PkiBase):
     """Two CAs and the leaf certificates the tests need, made with the
     openssl CLI in `directory` (P-256 keys: quick to make under UML)."""
 
     def __init__(self, directory):
-        self.dir = directory
-        self.ca = self._ca("ca", "ktls interop CA")
-        self.other_ca = self._ca("other-ca", "ktls interop other CA")
-        self.server = self._leaf("server", self.ca, "localhost", "serverAuth",
-                                 "subjectAltName=DNS:localhost,IP:127.0.0.1")
-        self.wrong_name = self._leaf("wrong-name", self.ca, "elsewhere.example", "serverAuth",
-                                     "subjectAltName=DNS:elsewhere.example")
-        self.client = self._leaf("client", self.ca, "ktls interop client", "clientAuth")
-        self.stranger = self._leaf("stranger", self.other_ca, "ktls interop stranger", "clientAuth")
+        super().__init__(directory)
+        self.ca = self.make_ca("ca", "ktls interop CA")
+        self.other_ca = self.make_ca("other-ca", "ktls interop other CA")
+        self.server = self.make_leaf("server", self.ca, "localhost", "serverAuth",
+                                     "subjectAltName=DNS:localhost,IP:127.0.0.1")
+        self.wrong_name = self.make_leaf("wrong-name", self.ca, "elsewhere.example", "serverAuth",
+                                         "subjectAltName=DNS:elsewhere.example")
+        self.client = self.make_leaf("client", self.ca, "ktls interop client", "clientAuth")
+        self.stranger = self.make_leaf("stranger", self.other_ca, "ktls interop stranger", "clientAuth")
         # An OpenSSL configuration (OPENSSL_CONF) for ktls-echo that allows
         # only P-256 for key exchange: OpenSSL clients send their first key
         # share for X25519, so the server must answer HelloRetryRequest.
-        self.p256_only_conf = self._path("p256-only.cnf")
+        self.p256_only_conf = self.path("p256-only.cnf")
         with open(self.p256_only_conf, "w") as f:
             f.write("openssl_conf = openssl_init\n[openssl_init]\nssl_conf = ssl_sect\n"
                     "[ssl_sect]\nsystem_default = system_default_sect\n"
                     "[system_default_sect]\nGroups = P-256\n")
 
-    def _path(self, name):
-        return os.path.join(self.dir, name)
-
-    def _ca(self, name, common_name):
-        ident = Identity(self._path(name + ".pem"), self._path(name + ".key"))
-        run_openssl("req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-keyout", ident.key, "-out", ident.cert, "-subj", "/CN=" + common_name, "-days", "2",
-                    "-addext", "basicConstraints=critical,CA:TRUE",
-                    "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-        return ident
-
-    def _leaf(self, name, issuer, common_name, usage, *extensions):
-        ident = Identity(self._path(name + ".pem"), self._path(name + ".key"))
-        csr = self._path(name + ".csr")
-        ext = self._path(name + ".ext")
-        with open(ext, "w") as f:
-            f.write("\n".join(["basicConstraints=critical,CA:FALSE", "extendedKeyUsage=" + usage, *extensions]))
-            f.write("\n")
-        run_openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-keyout", ident.key, "-out", csr, "-subj", "/CN=" + common_name)
-        run_openssl("x509", "-req", "-in", csr, "-CA", issuer.cert, "-CAkey", issuer.key, "-CAcreateserial",
-                    "-days", "2", "-out", ident.cert, "-extfile", ext)
-        return ident
-
-
-# --- Kernel counters ---------------------------------------------------------
-
-def read_tls_stat():
-    with open(TLS_STAT) as f:
-        return {name: int(value) for name, value in (line.split() for line in f if line.strip())}
-
-
-def ensure_tls_module():
-    """Attaching the "tls" ULP once makes the kernel load the module (and
-    create /proc/net/tls_stat) where it is available but not loaded yet."""
-    if os.path.exists(TLS_STAT):
-        return
-    tcp_ulp = getattr(socket, "TCP_ULP", 31)
-    with socket.create_server((HOST, 0)) as listener, \
-            socket.create_connection(listener.getsockname(), timeout=5) as client:
-        peer, _ = listener.accept()
-        with peer:
-            try:
-                client.setsockopt(socket.IPPROTO_TCP, tcp_ulp, b"tls")
-            except OSError:
-                pass
-
 
 # --- Processes ---------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def is_listening(port):
-    """Whether something listens on TCP `port` (read from /proc, so nothing
-    connects: s_server -naccept 1 would count a test connection)."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for row in f:
-                    fields = row.split()
-                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        return True
-        except FileNotFoundError:
-            pass
-    return False
-
-
-def wait_until(predicate, timeout, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
-
 
 def stop_process(proc, pumps=()):
     """Terminates proc (kills it if it does not go) and reaps it; then, once
@@ -194,35 +107,6 @@ def stop_process(proc, pumps=()):
                 pipe.close()
             except OSError:
                 pass
-
-
-class Pump(threading.Thread):
-    """Copies everything from a pipe into `data` until end of file."""
-
-    def __init__(self, pipe):
-        super().__init__(daemon=True)
-        self.pipe = pipe
-        self.data = bytearray()
-        self.lock = threading.Lock()
-
-    def run(self):
-        while True:
-            try:
-                chunk = self.pipe.read1(65536)
-            except (OSError, ValueError):
-                break
-            if not chunk:
-                break
-            with self.lock:
-                self.data += chunk
-
-    def size(self):
-        with self.lock:
-            return len(self.data)
-
-    def text(self):
-        with self.lock:
-            return self.data.decode(errors="replace")
 
 
 class Feeder(threading.Thread):
@@ -296,19 +180,6 @@ def received(num_bytes):
 def until_exit(out, err):
     """An exchange() `done` for a process that must exit by itself."""
     return False
-
-
-def parse_line(line):
-    """ktls-echo's per-connection line as a dict of its key=value words."""
-    return dict(word.partition("=")[::2] for word in line.split())
-
-
-def connection_lines(text):
-    return [line for line in text.splitlines() if line.startswith("peer=")]
-
-
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
 
 
 class EchoServer:
@@ -999,69 +870,34 @@ add_cipher_tests()
 
 # --- Main ----------------------------------------------------------------------
 
-class TimedResult(unittest.TextTestResult):
-    """Also records how long each test took."""
-
-    def startTest(self, test):
-        self.started = time.monotonic()
-        super().startTest(test)
-
-    def stopTest(self, test):
-        super().stopTest(test)
-        self.durations = getattr(self, "durations", [])
-        self.durations.append((time.monotonic() - self.started, test.id().split(".", 1)[1]))
-
-
 def measure_probe_cost():
     """What one ktls-echo start-up (its kernel probe) adds to tls_stat."""
-    before = read_tls_stat()
-    with EchoServer():
-        after = read_tls_stat()
-    return Counters(after["TlsTxSw"] - before["TlsTxSw"], after["TlsRxSw"] - before["TlsRxSw"])
+    added = ktls_interop.tls_stat_added(EchoServer)
+    return Counters(added["TlsTxSw"], added["TlsRxSw"])
 
 
 def main():
-    global ECHO, OPENSSL, PKI, PROBE_COST
+    global ECHO, OPENSSL
     if len(sys.argv) < 2:
         print("usage: echo_interop.py PATH/TO/ktls-echo [TEST_NAME_SUBSTRING...]", file=sys.stderr)
         return 2
     ECHO = os.path.abspath(sys.argv[1])
-    ensure_tls_module()
-    if not os.path.exists(TLS_STAT):
-        reason = f"no {TLS_STAT}: this kernel has no kTLS (CONFIG_TLS off, or the tls module not loaded)"
-        if os.environ.get("KTLS_REQUIRE_KERNEL") == "1":
-            print(f"FAIL: kernel required but {reason}")
-            print("0 passed, 1 failed")
-            return 1
-        print(f"SKIP: {reason}")
-        return 77
-    OPENSSL = shutil.which("openssl") or ""
+    status = ktls_interop.check_kernel_tls()
+    if status is not None:
+        return status
+    OPENSSL = ktls_interop.find_openssl()
     if not OPENSSL or not os.access(ECHO, os.X_OK):
-        print(f"FAIL: need the openssl CLI in PATH (found: {OPENSSL or 'none'}) and ktls-echo at {ECHO}")
-        print("0 passed, 1 failed")
-        return 1
-    openssl_version = subprocess.run([OPENSSL, "version"], capture_output=True, text=True,
-                                     timeout=STEP_TIMEOUT).stdout.strip()
-    print(f"kernel {os.uname().release}; {openssl_version}; Python ssl: {ssl.OPENSSL_VERSION}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="ktls-interop-") as tmp:
-        try:
-            PKI = Pki(tmp)
-            PROBE_COST = measure_probe_cost()
-        except Exception as e:
-            print(f"FAIL: setting up: {e}")
-            print("0 passed, 1 failed")
-            return 1
-        print(f"ktls-echo's start-up probe: TlsTxSw +{PROBE_COST.tx}, TlsRxSw +{PROBE_COST.rx}", flush=True)
-        loader = unittest.TestLoader()
-        loader.testNamePatterns = [f"*{name}*" for name in sys.argv[2:]] or None
-        tests = loader.loadTestsFromModule(sys.modules[__name__])
-        result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2, resultclass=TimedResult).run(tests)
-    slowest = sorted(getattr(result, "durations", []), reverse=True)[:3]
-    print("slowest: " + ", ".join(f"{name} {seconds:.1f}s" for seconds, name in slowest), flush=True)
-    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
-    passed = result.testsRun - failed - len(result.skipped) - len(result.expectedFailures)
-    print(f"{passed} passed, {failed} failed", flush=True)
-    return 0 if failed == 0 else 1
+        return ktls_interop.fail(f"need the openssl CLI in PATH (found: {OPENSSL or 'none'}) and ktls-echo at {ECHO}")
+    print(f"kernel {os.uname().release}; {ktls_interop.openssl_version()}; Python ssl: {ssl.OPENSSL_VERSION}",
+          flush=True)
+    return ktls_interop.run_tests(sys.modules[__name__], sys.argv[2:], "ktls-interop-", set_up)
+
+
+def set_up(directory):
+    global PKI, PROBE_COST
+    PKI = Pki(directory)
+    PROBE_COST = measure_probe_cost()
+    print(f"ktls-echo's start-up probe: TlsTxSw +{PROBE_COST.tx}, TlsRxSw +{PROBE_COST.rx}", flush=True)
 
 
 if __name__ == "__main__":

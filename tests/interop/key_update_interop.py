@@ -40,8 +40,6 @@ Exit status: 0 when every test passed, 1 when one failed, 77 (with a line
 when KTLS_REQUIRE_KERNEL=1. When tests ran, the last line is always
 "N passed, N failed".
 """
-import collections
-import hashlib
 import math
 import os
 import platform
@@ -57,9 +55,11 @@ import threading
 import time
 import unittest
 
-HOST = "127.0.0.1"
-STEP_TIMEOUT = 20  # seconds: the limit for any one process or exchange
-TLS_STAT = "/proc/net/tls_stat"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ktls_interop  # noqa: E402
+from ktls_interop import (HOST, STEP_TIMEOUT, PkiBase, Pump, free_port, is_listening, parse_line,  # noqa: E402
+                          raw_connection_lines, read_tls_stat, sha)
+
 RECORD = 16 * 1024  # TLS maximum record plaintext
 BULK_LEN = 1024 * 1024
 THRESHOLD = 4  # --key-update-after for the automatic-update tests
@@ -75,8 +75,6 @@ REKEY = False   # whether this kernel can rekey kTLS sockets (>= 6.14)
 COUNTERS = ("TlsTxSw", "TlsRxSw", "TlsTxRekeyOk", "TlsRxRekeyOk", "TlsRxRekeyReceived", "TlsTxRekeyError",
             "TlsRxRekeyError", "TlsDecryptError")
 
-Identity = collections.namedtuple("Identity", "cert key")
-
 
 def kernel_can_rekey(release):
     """Linux 6.14 added TLS 1.3 key updates to kTLS (both directions)."""
@@ -86,119 +84,20 @@ def kernel_can_rekey(release):
 
 # --- Certificates ------------------------------------------------------------
 
-def run_openssl(*args):
-    done = subprocess.run([OPENSSL, *args], capture_output=True, text=True, timeout=STEP_TIMEOUT)
-    if done.returncode != 0:
-        raise RuntimeError(f"openssl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
-    return done.stdout
-
-
-class Pki:
+class Pki(PkiBase):
     """A CA and a server certificate for localhost and 127.0.0.1 (P-256)."""
 
     def __init__(self, directory):
-        self.dir = directory
-        self.ca = Identity(self.path("ca.pem"), self.path("ca.key"))
-        run_openssl("req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-keyout", self.ca.key, "-out", self.ca.cert, "-subj", "/CN=ktls key update CA", "-days", "2",
-                    "-addext", "basicConstraints=critical,CA:TRUE",
-                    "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-        self.server = Identity(self.path("server.pem"), self.path("server.key"))
-        csr, ext = self.path("server.csr"), self.path("server.ext")
-        with open(ext, "w") as f:
-            f.write("basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n"
-                    "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        run_openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-keyout", self.server.key, "-out", csr, "-subj", "/CN=localhost")
-        run_openssl("x509", "-req", "-in", csr, "-CA", self.ca.cert, "-CAkey", self.ca.key, "-CAcreateserial",
-                    "-days", "2", "-out", self.server.cert, "-extfile", ext)
-
-    def path(self, name):
-        return os.path.join(self.dir, name)
-
-
-# --- Kernel counters ---------------------------------------------------------
-
-def read_tls_stat():
-    with open(TLS_STAT) as f:
-        return {name: int(value) for name, value in (line.split() for line in f if line.strip())}
-
-
-def ensure_tls_module():
-    """Attaching the "tls" ULP once makes the kernel load the module (and
-    create /proc/net/tls_stat) where it is available but not loaded yet."""
-    if os.path.exists(TLS_STAT):
-        return
-    tcp_ulp = getattr(socket, "TCP_ULP", 31)
-    with socket.create_server((HOST, 0)) as listener, \
-            socket.create_connection(listener.getsockname(), timeout=5) as client:
-        peer, _ = listener.accept()
-        with peer:
-            try:
-                client.setsockopt(socket.IPPROTO_TCP, tcp_ulp, b"tls")
-            except OSError:
-                pass
+        super().__init__(directory)
+        self.ca = self.make_ca("ca", "ktls key update CA")
+        self.server = self.make_leaf("server", self.ca, "localhost", "serverAuth",
+                                     "subjectAltName=DNS:localhost,IP:127.0.0.1")
 
 
 # --- Processes ---------------------------------------------------------------
 
 def wait_until(predicate, timeout, interval=0.005):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def is_listening(port):
-    """Whether something listens on TCP `port` (read from /proc, so nothing
-    connects: s_server -naccept 1 would count a test connection)."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for row in f:
-                    fields = row.split()
-                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        return True
-        except FileNotFoundError:
-            pass
-    return False
-
-
-class Pump(threading.Thread):
-    """Copies everything from a pipe into `data` until end of file."""
-
-    def __init__(self, pipe):
-        super().__init__(daemon=True)
-        self.pipe = pipe
-        self.data = bytearray()
-        self.lock = threading.Lock()
-
-    def run(self):
-        while True:
-            try:
-                chunk = self.pipe.read1(65536)
-            except (OSError, ValueError):
-                break
-            if not chunk:
-                break
-            with self.lock:
-                self.data += chunk
-
-    def bytes(self):
-        with self.lock:
-            return bytes(self.data)
-
-    def text(self):
-        return self.bytes().decode(errors="replace")
+    return ktls_interop.wait_until(predicate, timeout, interval)
 
 
 class Proc:
@@ -282,17 +181,8 @@ class Proc:
                     pass
 
 
-def parse_line(line):
-    """ktls-echo's per-connection line as a dict of its key=value words."""
-    return dict(word.partition("=")[::2] for word in line.split())
-
-
 def connection_lines(text):
-    return [parse_line(line) for line in text.splitlines() if line.startswith("peer=")]
-
-
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
+    return [parse_line(line) for line in raw_connection_lines(text)]
 
 
 class EchoServer(Proc):
@@ -622,7 +512,6 @@ class KeyUpdateTest(unittest.TestCase):
             position = found + len(line)
 
 
-@unittest.skipUnless(kernel_can_rekey(platform.release()), "this kernel cannot rekey kTLS (needs 6.14)")
 class RekeyKernelTest(KeyUpdateTest):
     """Kernels that can rekey: every KeyUpdate is honoured, with the kernel
     re-keyed in place."""
@@ -815,7 +704,6 @@ class RekeyKernelTest(KeyUpdateTest):
                             TlsRxRekeyReceived=client_updates + server_updates)
 
 
-@unittest.skipIf(kernel_can_rekey(platform.release()), "this kernel can rekey kTLS")
 class NoRekeyKernelTest(KeyUpdateTest):
     """Kernels that cannot rekey: each case ends with its named error, and
     nothing is sent under a key the peer has retired."""
@@ -925,73 +813,41 @@ class NoRekeyKernelTest(KeyUpdateTest):
 
 # --- Main ----------------------------------------------------------------------
 
-class TimedResult(unittest.TextTestResult):
-    """Also records how long each test took."""
-
-    def startTest(self, test):
-        self.started = time.monotonic()
-        super().startTest(test)
-
-    def stopTest(self, test):
-        super().stopTest(test)
-        self.durations = getattr(self, "durations", [])
-        self.durations.append((time.monotonic() - self.started, test.id().split(".", 1)[1]))
-
-
 def measure_probe():
     """What one ktls-echo process (its start-up probe) adds to tls_stat."""
-    before = read_tls_stat()
-    with EchoServer():
-        after = read_tls_stat()
-    return {name: after[name] - before[name] for name in COUNTERS if name in after}
+    added = ktls_interop.tls_stat_added(EchoServer)
+    return {name: added[name] for name in COUNTERS if name in added}
 
 
 def main():
-    global ECHO, OPENSSL, STDBUF, PKI, PROBE, REKEY
+    global ECHO, OPENSSL, STDBUF, REKEY
     if len(sys.argv) < 2:
         print("usage: key_update_interop.py PATH/TO/ktls-echo [TEST_NAME_SUBSTRING...]", file=sys.stderr)
         return 2
     ECHO = os.path.abspath(sys.argv[1])
-    ensure_tls_module()
-    if not os.path.exists(TLS_STAT):
-        reason = f"no {TLS_STAT}: this kernel has no kTLS (CONFIG_TLS off, or the tls module not loaded)"
-        if os.environ.get("KTLS_REQUIRE_KERNEL") == "1":
-            print(f"FAIL: kernel required but {reason}")
-            print("0 passed, 1 failed")
-            return 1
-        print(f"SKIP: {reason}")
-        return 77
-    OPENSSL = shutil.which("openssl") or ""
+    status = ktls_interop.check_kernel_tls()
+    if status is not None:
+        return status
+    OPENSSL = ktls_interop.find_openssl()
     STDBUF = shutil.which("stdbuf") or ""
     if not OPENSSL or not STDBUF or not os.access(ECHO, os.X_OK):
-        print(f"FAIL: need the openssl CLI (found: {OPENSSL or 'none'}) and stdbuf (found: {STDBUF or 'none'}) "
-              f"in PATH, and ktls-echo at {ECHO}")
-        print("0 passed, 1 failed")
-        return 1
+        return ktls_interop.fail(f"need the openssl CLI (found: {OPENSSL or 'none'}) and stdbuf "
+                                 f"(found: {STDBUF or 'none'}) in PATH, and ktls-echo at {ECHO}")
     REKEY = kernel_can_rekey(platform.release())
-    openssl_version = subprocess.run([OPENSSL, "version"], capture_output=True, text=True,
-                                     timeout=STEP_TIMEOUT).stdout.strip()
-    print(f"kernel {platform.release()} (rekey: {'yes' if REKEY else 'no'}); {openssl_version}; "
+    print(f"kernel {platform.release()} (rekey: {'yes' if REKEY else 'no'}); {ktls_interop.openssl_version()}; "
           f"Python ssl: {ssl.OPENSSL_VERSION}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="ktls-key-update-") as tmp:
-        try:
-            PKI = Pki(tmp)
-            PROBE = measure_probe()
-        except Exception as e:
-            print(f"FAIL: setting up: {e}")
-            print("0 passed, 1 failed")
-            return 1
-        print(f"ktls-echo's start-up probe adds: {PROBE}", flush=True)
-        loader = unittest.TestLoader()
-        loader.testNamePatterns = [f"*{name}*" for name in sys.argv[2:]] or None
-        tests = loader.loadTestsFromModule(sys.modules[__name__])
-        result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2, resultclass=TimedResult).run(tests)
-    slowest = sorted(getattr(result, "durations", []), reverse=True)[:3]
-    print("slowest: " + ", ".join(f"{name} {seconds:.1f}s" for seconds, name in slowest), flush=True)
-    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
-    passed = result.testsRun - failed - len(result.skipped) - len(result.expectedFailures)
-    print(f"{passed} passed, {failed} failed", flush=True)
-    return 0 if failed == 0 else 1
+    # Each kernel runs the class that states its behaviour; the other one is
+    # not loaded at all (a skipped test would pass silently).
+    test_class = RekeyKernelTest if kernel_can_rekey(platform.release()) else NoRekeyKernelTest
+    return ktls_interop.run_tests(sys.modules[__name__], sys.argv[2:], "ktls-key-update-", set_up,
+                                  classes=[test_class])
+
+
+def set_up(directory):
+    global PKI, PROBE
+    PKI = Pki(directory)
+    PROBE = measure_probe()
+    print(f"ktls-echo's start-up probe adds: {PROBE}", flush=True)
 
 
 if __name__ == "__main__":

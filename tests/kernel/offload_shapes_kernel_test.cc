@@ -54,7 +54,6 @@
 
 #include "common/self_signed.h"
 #include "core/openssl_ptr.h"
-#include "kernel/tls_uapi.h"
 #include "ktls/client.h"
 #include "ktls/connection.h"
 #include "ktls/offload.h"
@@ -67,12 +66,12 @@
 namespace ktls::testing {
 namespace {
 
-namespace uapi = ::ktls::detail::uapi;
 using Bytes = std::vector<std::uint8_t>;
 using detail::UniqueBio;
 using detail::UniqueSession;
 using detail::UniqueSsl;
 using detail::UniqueSslCtx;
+using namespace plain_openssl;  // NOLINT: OpenSslErrors, SslWriteAll, ... (tls_peers.h)
 
 constexpr std::size_t kKiB = 1024;
 // A plain OpenSSL peer's echo: write this much, read it back, repeat (one
@@ -83,26 +82,6 @@ constexpr std::uint8_t kAlertLevelFatal = 2;
 constexpr std::uint8_t kAlertHandshakeFailure = 40;
 
 // Plain OpenSSL peers: no ktls anywhere, RX and TX in userspace.
-
-std::string OpenSslErrors() {
-  std::string text;
-  char buf[256];
-  while (unsigned long code = ERR_get_error()) {
-    ERR_error_string_n(code, buf, sizeof(buf));
-    text += text.empty() ? "" : "; ";
-    text += buf;
-  }
-  return text;
-}
-
-std::string SslFailure(SSL* ssl, int ret, const char* what) {
-  const int saved_errno = errno;
-  const int code = SSL_get_error(ssl, ret);
-  std::string text = std::string(what) + " failed: SSL_get_error " + std::to_string(code);
-  if (code == SSL_ERROR_SYSCALL && saved_errno != 0) text += std::string(" (") + std::strerror(saved_errno) + ")";
-  const std::string errors = OpenSslErrors();
-  return errors.empty() ? text : text + ": " + errors;
-}
 
 UniqueFd TcpConnect(std::uint16_t port) {
   UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -141,43 +120,6 @@ std::string ConnectPlain(SSL_CTX* ctx, std::uint16_t port, SSL_SESSION* session,
   ERR_clear_error();
   const int ret = SSL_connect(out.ssl.get());
   return ret == 1 ? std::string() : SslFailure(out.ssl.get(), ret, "SSL_connect");
-}
-
-std::string SslWriteAll(SSL* ssl, std::span<const std::uint8_t> data) {
-  while (!data.empty()) {
-    std::size_t n = 0;
-    ERR_clear_error();
-    const int ret = SSL_write_ex(ssl, data.data(), data.size(), &n);
-    if (ret != 1) return SslFailure(ssl, ret, "SSL_write");
-    data = data.subspan(n);
-  }
-  return {};
-}
-
-std::string SslReadExactly(SSL* ssl, std::size_t len, Bytes& out) {
-  const std::size_t start = out.size();
-  out.resize(start + len);
-  std::size_t have = 0;
-  while (have < len) {
-    std::size_t n = 0;
-    ERR_clear_error();
-    const int ret = SSL_read_ex(ssl, out.data() + start + have, len - have, &n);
-    if (ret != 1) return SslFailure(ssl, ret, "SSL_read");
-    have += n;
-  }
-  return {};
-}
-
-// SslExpectCloseNotify: the next SSL_read must report the peer's
-// close_notify (SSL_ERROR_ZERO_RETURN) and no more data.
-std::string SslExpectCloseNotify(SSL* ssl) {
-  std::uint8_t byte = 0;
-  std::size_t n = 0;
-  ERR_clear_error();
-  const int ret = SSL_read_ex(ssl, &byte, 1, &n);
-  if (ret == 1) return "data where close_notify was expected";
-  const int code = SSL_get_error(ssl, ret);
-  return code == SSL_ERROR_ZERO_RETURN ? std::string() : SslFailure(ssl, ret, "SSL_read expecting close_notify");
 }
 
 // PlainEchoThrough: the plain client's side of an echo, in lockstep, ending
@@ -771,24 +713,6 @@ TEST(OffloadEndOfStreamKernelTest, FinWithoutCloseNotifyIsTruncation) {
     ASSERT_TRUE(ending.error) << "a FIN without close_notify should be an error";
     EXPECT_EQ(ending.error->category, ErrorCategory::kTruncated) << ending.error->ToString();
   }
-}
-
-// SendRecord sends payload as one record of content_type on a socket whose
-// TX is in the kernel (TLS_SET_RECORD_TYPE), as a misbehaving peer would.
-ssize_t SendRecord(int fd, std::uint8_t content_type, std::span<const std::uint8_t> payload) {
-  iovec iov{const_cast<std::uint8_t*>(payload.data()), payload.size()};
-  alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(std::uint8_t))> control{};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.data();
-  msg.msg_controllen = control.size();
-  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-  cmsg->cmsg_level = uapi::kSolTls;
-  cmsg->cmsg_type = uapi::kTlsSetRecordType;
-  cmsg->cmsg_len = CMSG_LEN(sizeof(std::uint8_t));
-  std::memcpy(CMSG_DATA(cmsg), &content_type, sizeof(content_type));
-  return ::sendmsg(fd, &msg, MSG_NOSIGNAL);
 }
 
 // The library's client, TX in the kernel, sends a fatal handshake_failure

@@ -2,17 +2,22 @@
 #include "tests/support/tls_peers.h"
 
 #include <fcntl.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
+#include <cstring>
 #include <stdexcept>
 #include <utility>
 
+#include "kernel/tls_uapi.h"
 #include "tests/support/sockets.h"
 
 namespace ktls::testing {
@@ -326,5 +331,83 @@ std::vector<OffloadReport> FallbackLog::reports() {
   std::lock_guard lock(mu_);
   return reports_;
 }
+
+// --- Plain OpenSSL peers ------------------------------------------------------
+
+namespace plain_openssl {
+
+std::string OpenSslErrors() {
+  std::string text;
+  char buf[256];
+  while (unsigned long code = ERR_get_error()) {
+    ERR_error_string_n(code, buf, sizeof(buf));
+    text += text.empty() ? "" : "; ";
+    text += buf;
+  }
+  return text;
+}
+
+std::string SslFailure(SSL* ssl, int ret, const char* what) {
+  const int saved_errno = errno;
+  const int code = SSL_get_error(ssl, ret);
+  std::string text = std::string(what) + " failed: SSL_get_error " + std::to_string(code);
+  if (code == SSL_ERROR_SYSCALL && saved_errno != 0) text += std::string(" (") + std::strerror(saved_errno) + ")";
+  const std::string errors = OpenSslErrors();
+  return errors.empty() ? text : text + ": " + errors;
+}
+
+std::string SslWriteAll(SSL* ssl, std::span<const std::uint8_t> data) {
+  while (!data.empty()) {
+    std::size_t n = 0;
+    ERR_clear_error();
+    const int ret = SSL_write_ex(ssl, data.data(), data.size(), &n);
+    if (ret != 1) return SslFailure(ssl, ret, "SSL_write");
+    data = data.subspan(n);
+  }
+  return {};
+}
+
+std::string SslReadExactly(SSL* ssl, std::size_t len, std::vector<std::uint8_t>& out) {
+  const std::size_t start = out.size();
+  out.resize(start + len);
+  std::size_t have = 0;
+  while (have < len) {
+    std::size_t n = 0;
+    ERR_clear_error();
+    const int ret = SSL_read_ex(ssl, out.data() + start + have, len - have, &n);
+    if (ret != 1) return SslFailure(ssl, ret, "SSL_read");
+    have += n;
+  }
+  return {};
+}
+
+std::string SslExpectCloseNotify(SSL* ssl) {
+  std::uint8_t byte = 0;
+  std::size_t n = 0;
+  ERR_clear_error();
+  const int ret = SSL_read_ex(ssl, &byte, 1, &n);
+  if (ret == 1) return "data where close_notify was expected";
+  const int code = SSL_get_error(ssl, ret);
+  return code == SSL_ERROR_ZERO_RETURN ? std::string() : SslFailure(ssl, ret, "SSL_read expecting close_notify");
+}
+
+ssize_t SendRecord(int fd, std::uint8_t content_type, std::span<const std::uint8_t> payload) {
+  namespace uapi = ::ktls::detail::uapi;
+  iovec iov{const_cast<std::uint8_t*>(payload.data()), payload.size()};
+  alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(std::uint8_t))> control{};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = uapi::kSolTls;
+  cmsg->cmsg_type = uapi::kTlsSetRecordType;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(std::uint8_t));
+  std::memcpy(CMSG_DATA(cmsg), &content_type, sizeof(content_type));
+  return ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+}
+
+}  // namespace plain_openssl
 
 }  // namespace ktls::testing

@@ -9,6 +9,8 @@
 #ifndef KTLS_TESTS_SUPPORT_TLS_PEERS_H_
 #define KTLS_TESTS_SUPPORT_TLS_PEERS_H_
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -208,6 +210,30 @@ class FallbackLog {
   std::mutex mu_;
   std::vector<OffloadReport> reports_;
 };
+
+// Plain OpenSSL peers (no ktls anywhere, RX and TX in userspace), for tests
+// that need control the library's client does not offer. In their own
+// namespace, so that they clash with no test file's own helpers of the same
+// name: a test file that uses them says `using namespace plain_openssl;`.
+namespace plain_openssl {
+
+// OpenSslErrors drains OpenSSL's error queue into "; "-separated text.
+std::string OpenSslErrors();
+// SslFailure describes a failed SSL call (what) that returned ret: the
+// SSL_get_error code, errno for SSL_ERROR_SYSCALL, and the error queue.
+std::string SslFailure(SSL* ssl, int ret, const char* what);
+// SslWriteAll writes all of data.
+std::string SslWriteAll(SSL* ssl, std::span<const std::uint8_t> data);
+// SslReadExactly reads exactly len bytes, appending to out.
+std::string SslReadExactly(SSL* ssl, std::size_t len, std::vector<std::uint8_t>& out);
+// SslExpectCloseNotify: the next SSL_read must report the peer's
+// close_notify (SSL_ERROR_ZERO_RETURN) and no more data.
+std::string SslExpectCloseNotify(SSL* ssl);
+// SendRecord sends payload as one record of content_type on a socket whose
+// TX is in the kernel (TLS_SET_RECORD_TYPE), as a misbehaving peer would.
+ssize_t SendRecord(int fd, std::uint8_t content_type, std::span<const std::uint8_t> payload);
+
+}  // namespace plain_openssl
 
 }  // namespace ktls::testing
 
