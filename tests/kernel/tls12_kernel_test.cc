@@ -57,6 +57,8 @@
 namespace ktls::testing {
 namespace {
 
+using namespace plain_openssl;  // NOLINT: the shared plain-OpenSSL peer helpers.
+
 using Bytes = std::vector<std::uint8_t>;
 using detail::UniqueSession;
 using detail::UniqueSsl;
@@ -107,25 +109,7 @@ ClientConfig Tls12Client(const char* cipher_list) {
 
 // --- Plain OpenSSL peers ---------------------------------------------------------
 
-std::string OpenSslErrors() {
-  std::string text;
-  char buf[256];
-  while (unsigned long code = ERR_get_error()) {
-    ERR_error_string_n(code, buf, sizeof(buf));
-    text += text.empty() ? "" : "; ";
-    text += buf;
-  }
-  return text;
-}
 
-std::string SslFailure(SSL* ssl, int ret, const char* what) {
-  const int saved_errno = errno;
-  const int code = SSL_get_error(ssl, ret);
-  std::string text = std::string(what) + " failed: SSL_get_error " + std::to_string(code);
-  if (code == SSL_ERROR_SYSCALL && saved_errno != 0) text += std::string(" (") + std::strerror(saved_errno) + ")";
-  const std::string errors = OpenSslErrors();
-  return errors.empty() ? text : text + ": " + errors;
-}
 
 // NewTls12Context: a TLS 1.2-only plain OpenSSL context. A server context
 // carries TestCert and keeps a server-side session cache; a client context
@@ -187,45 +171,8 @@ std::string ConnectPlain(SSL_CTX* ctx, std::uint16_t port, SSL_SESSION* session,
   return ret == 1 ? std::string() : SslFailure(out.ssl.get(), ret, "SSL_connect");
 }
 
-std::string SslWriteAll(SSL* ssl, std::span<const std::uint8_t> data) {
-  while (!data.empty()) {
-    std::size_t n = 0;
-    ERR_clear_error();
-    const int ret = SSL_write_ex(ssl, data.data(), data.size(), &n);
-    if (ret != 1) return SslFailure(ssl, ret, "SSL_write");
-    data = data.subspan(n);
-  }
-  return {};
-}
 
-std::string SslReadExactly(SSL* ssl, std::size_t len, Bytes& out) {
-  const std::size_t start = out.size();
-  out.resize(start + len);
-  std::size_t have = 0;
-  while (have < len) {
-    std::size_t n = 0;
-    ERR_clear_error();
-    const int ret = SSL_read_ex(ssl, out.data() + start + have, len - have, &n);
-    if (ret != 1) {
-      out.resize(start + have);
-      return SslFailure(ssl, ret, "SSL_read");
-    }
-    have += n;
-  }
-  return {};
-}
 
-// SslExpectCloseNotify: the next SSL_read must report the peer's
-// close_notify (SSL_ERROR_ZERO_RETURN) and no more data.
-std::string SslExpectCloseNotify(SSL* ssl) {
-  std::uint8_t byte = 0;
-  std::size_t n = 0;
-  ERR_clear_error();
-  const int ret = SSL_read_ex(ssl, &byte, 1, &n);
-  if (ret == 1) return "data where close_notify was expected";
-  const int code = SSL_get_error(ssl, ret);
-  return code == SSL_ERROR_ZERO_RETURN ? std::string() : SslFailure(ssl, ret, "SSL_read expecting close_notify");
-}
 
 // PlainEchoThrough: the plain client's side of an echo, in lockstep, ending
 // with close_notify both ways.
