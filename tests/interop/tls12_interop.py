@@ -1,0 +1,761 @@
+#!/usr/bin/env python3
+"""Interop tests for TLS 1.2 offload: ktls-echo against real TLS 1.2 peers,
+on a kernel with kTLS.
+
+usage: tls12_interop.py PATH/TO/ktls-echo [TEST_NAME_SUBSTRING...]
+
+ktls-echo runs with --tls-max 1.2 (and --rx, so RX goes to the kernel on
+6.1 as well). Peers: `openssl s_client -tls1_2` for every suite the kernel
+can carry (ECDHE-ECDSA and ECDHE-RSA with AES-128-GCM, AES-256-GCM and
+ChaCha20-Poly1305, ECDHE-ECDSA with AES-128-CCM), session ID and ticket
+resumption (abbreviated handshakes), a CBC suite that must stay in
+userspace, and a renegotiation attempt after offload that must end the
+connection with a no_renegotiation alert; Python's ssl client capped at
+TLS 1.2; gnutls-cli forced to TLS 1.2; and the ktls-echo client against
+`openssl s_server -tls1_2`. Every test sends random data, checks it came
+back byte for byte (SHA-256), and checks ktls-echo's key=value line.
+
+/proc/net/tls_stat proves that the kernel did the work: TlsTxSw and TlsRxSw
+grow by the kernel directions the lines report plus what ktls-echo's
+start-up probe installs (measured once, at the start), TlsDecryptError does
+not move, and TlsCurrTxSw/TlsCurrRxSw are back where they were.
+
+Exit status: 0 when every test passed, 1 when one failed, 77 (with a line
+"SKIP: <reason>") when this kernel has no kTLS, which is a failure instead
+when KTLS_REQUIRE_KERNEL=1. When tests ran, the last line is always
+"N passed, N failed".
+"""
+import collections
+import hashlib
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HOST = "127.0.0.1"
+PAYLOAD_LEN = 256 * 1024
+STEP_TIMEOUT = 20  # seconds: the limit for any one process or exchange
+TLS_STAT = "/proc/net/tls_stat"
+
+# (OpenSSL name, server certificate): every TLS 1.2 suite the kernel carries.
+OFFLOADABLE = (
+    ("ECDHE-ECDSA-AES128-GCM-SHA256", "ecdsa"),
+    ("ECDHE-ECDSA-AES256-GCM-SHA384", "ecdsa"),
+    ("ECDHE-ECDSA-CHACHA20-POLY1305", "ecdsa"),
+    ("ECDHE-ECDSA-AES128-CCM", "ecdsa"),
+    ("ECDHE-RSA-AES128-GCM-SHA256", "rsa"),
+    ("ECDHE-RSA-AES256-GCM-SHA384", "rsa"),
+    ("ECDHE-RSA-CHACHA20-POLY1305", "rsa"),
+)
+CBC_SUITE = "ECDHE-ECDSA-AES128-SHA256"
+# ktls-echo reports the standard (IANA) names.
+STANDARD_NAMES = {
+    "ECDHE-ECDSA-AES128-GCM-SHA256": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384": "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305": "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "ECDHE-ECDSA-AES128-CCM": "TLS_ECDHE_ECDSA_WITH_AES_128_CCM",
+    "ECDHE-RSA-AES128-GCM-SHA256": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "ECDHE-RSA-AES256-GCM-SHA384": "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "ECDHE-RSA-CHACHA20-POLY1305": "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "ECDHE-ECDSA-AES128-SHA256": "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+}
+OFFLOADABLE_STANDARD = {STANDARD_NAMES[name] for name, _ in OFFLOADABLE}
+# What s_client and ktls-echo agree on with OpenSSL's default lists.
+DEFAULT_SUITE = "ECDHE-ECDSA-AES256-GCM-SHA384"
+
+ECHO = ""       # the ktls-echo binary (argv[1])
+OPENSSL = ""    # the openssl command-line tool
+PKI = None      # Pki: certificates for every test, made once
+PROBE_COST = None  # Counters: what one ktls-echo start-up probe adds to tls_stat
+
+Identity = collections.namedtuple("Identity", "cert key")
+Counters = collections.namedtuple("Counters", "tx rx")
+
+
+# --- Certificates ------------------------------------------------------------
+
+def run_openssl(*args):
+    done = subprocess.run([OPENSSL, *args], capture_output=True, text=True, timeout=STEP_TIMEOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+    return done.stdout
+
+
+class Pki:
+    """A CA and two server certificates for localhost / 127.0.0.1, one with
+    a P-256 key (ECDSA suites) and one with an RSA key (RSA suites), made
+    with the openssl CLI in `directory`."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        self.ca = self._ca("ca", "ktls TLS 1.2 interop CA")
+        san = "subjectAltName=DNS:localhost,IP:127.0.0.1"
+        self.server = self._leaf("server-ecdsa", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"], san)
+        self.rsa_server = self._leaf("server-rsa", ["-newkey", "rsa:2048"], san)
+
+    def identity(self, kind):
+        return self.server if kind == "ecdsa" else self.rsa_server
+
+    def _path(self, name):
+        return os.path.join(self.dir, name)
+
+    def _ca(self, name, common_name):
+        ident = Identity(self._path(name + ".pem"), self._path(name + ".key"))
+        run_openssl("req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", ident.key, "-out", ident.cert, "-subj", "/CN=" + common_name, "-days", "2",
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        return ident
+
+    def _leaf(self, name, key_args, *extensions):
+        ident = Identity(self._path(name + ".pem"), self._path(name + ".key"))
+        csr = self._path(name + ".csr")
+        ext = self._path(name + ".ext")
+        with open(ext, "w") as f:
+            f.write("\n".join(["basicConstraints=critical,CA:FALSE", "extendedKeyUsage=serverAuth", *extensions]))
+            f.write("\n")
+        run_openssl("req", "-new", *key_args, "-nodes", "-keyout", ident.key, "-out", csr, "-subj", "/CN=localhost")
+        run_openssl("x509", "-req", "-in", csr, "-CA", self.ca.cert, "-CAkey", self.ca.key, "-CAcreateserial",
+                    "-days", "2", "-out", ident.cert, "-extfile", ext)
+        return ident
+
+
+# --- Kernel counters ---------------------------------------------------------
+
+def read_tls_stat():
+    with open(TLS_STAT) as f:
+        return {name: int(value) for name, value in (line.split() for line in f if line.strip())}
+
+
+def ensure_tls_module():
+    """Attaching the "tls" ULP once makes the kernel load the module (and
+    create /proc/net/tls_stat) where it is available but not loaded yet."""
+    if os.path.exists(TLS_STAT):
+        return
+    tcp_ulp = getattr(socket, "TCP_ULP", 31)
+    with socket.create_server((HOST, 0)) as listener, \
+            socket.create_connection(listener.getsockname(), timeout=5) as client:
+        peer, _ = listener.accept()
+        with peer:
+            try:
+                client.setsockopt(socket.IPPROTO_TCP, tcp_ulp, b"tls")
+            except OSError:
+                pass
+
+
+# --- Processes ---------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def is_listening(port):
+    """Whether something listens on TCP `port` (read from /proc, so nothing
+    connects: s_server -naccept 1 would count a test connection)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for row in f:
+                    fields = row.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+def wait_until(predicate, timeout, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def stop_process(proc, pumps=()):
+    """Terminates proc (kills it if it does not go) and reaps it; then, once
+    the pumps have read its output to the end, closes its pipes."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    for pump in pumps:
+        if pump.ident is not None:  # Started.
+            pump.join(timeout=5)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            try:
+                pipe.close()
+            except OSError:
+                pass
+
+
+class Pump(threading.Thread):
+    """Copies everything from a pipe into `data` until end of file."""
+
+    def __init__(self, pipe):
+        super().__init__(daemon=True)
+        self.pipe = pipe
+        self.data = bytearray()
+        self.lock = threading.Lock()
+
+    def run(self):
+        while True:
+            try:
+                chunk = self.pipe.read1(65536)
+            except (OSError, ValueError):
+                break
+            if not chunk:
+                break
+            with self.lock:
+                self.data += chunk
+
+    def size(self):
+        with self.lock:
+            return len(self.data)
+
+    def text(self):
+        with self.lock:
+            return self.data.decode(errors="replace")
+
+
+class Feeder(threading.Thread):
+    """Writes `data` to a pipe and leaves it open (close_pipe() closes it)."""
+
+    def __init__(self, pipe, data):
+        super().__init__(daemon=True)
+        self.pipe = pipe
+        self.payload = data
+
+    def run(self):
+        try:
+            self.pipe.write(self.payload)
+            self.pipe.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # The peer went away; the test's checks say why.
+
+    def close_pipe(self):
+        self.join(timeout=STEP_TIMEOUT)
+        try:
+            self.pipe.close()
+        except (BrokenPipeError, OSError):
+            pass
+
+
+Exchange = collections.namedtuple("Exchange", "returncode stdout stderr")
+
+
+def exchange(cmd, payload, done, finish="close_stdin"):
+    """Runs cmd, writes payload to its stdin and collects its stdout and
+    stderr.
+
+    Once done(stdout, stderr) is true (or its stdout hit end of file, or
+    STEP_TIMEOUT passed), finishes it: "close_stdin" closes its stdin and
+    waits for it to exit; "kill" kills it with SIGKILL, so its TCP connection
+    ends with a FIN and no close_notify."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = Pump(proc.stdout), Pump(proc.stderr)
+    feeder = Feeder(proc.stdin, payload)
+    try:
+        for t in (out, err, feeder):
+            t.start()
+
+        def finished():
+            if not out.is_alive():
+                return True
+            with out.lock, err.lock:
+                return done(out.data, err.data)
+
+        wait_until(finished, STEP_TIMEOUT)
+        if finish == "kill":
+            proc.kill()
+        else:
+            feeder.close_pipe()
+        try:
+            proc.wait(timeout=STEP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass  # Reported below as returncode None.
+        returncode = proc.poll()
+        stop_process(proc, (out, err))
+        return Exchange(returncode, bytes(out.data), err.text())
+    finally:
+        stop_process(proc, (out, err))
+
+
+def received(num_bytes):
+    """An exchange() `done`: the process wrote num_bytes to its stdout."""
+    return lambda out, err: len(out) >= num_bytes
+
+
+def until_exit(out, err):
+    """An exchange() `done` for a process that must exit by itself."""
+    return False
+
+
+def parse_line(line):
+    """ktls-echo's per-connection line as a dict of its key=value words."""
+    return dict(word.partition("=")[::2] for word in line.split())
+
+
+def connection_lines(text):
+    return [line for line in text.splitlines() if line.startswith("peer=")]
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+class EchoServer:
+    """ktls-echo --tls-max 1.2 as a server on 127.0.0.1 (a free port), for a
+    `with` block. Its stderr is collected; connection_lines() waits for the
+    per-connection lines."""
+
+    def __init__(self, *args, identity=None, rx_option="--rx"):
+        identity = identity or PKI.server
+        # RX in the kernel on both kernels, stated rather than left to the
+        # default (which is on for TLS 1.2: it has no key updates;
+        # test_rx_offload_by_default checks that with rx_option=None).
+        rx = [rx_option] if rx_option else []
+        self.cmd = [ECHO, "--listen", f"{HOST}:0", "--tls-max", "1.2", "--cert", identity.cert,
+                    "--key", identity.key, *rx, *args]
+        self.proc = None
+        self.port = None
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        self.err = Pump(self.proc.stderr)
+        self.err.start()
+        try:
+            wait_until(lambda: "listening port=" in self.err.text() or not self.err.is_alive(), STEP_TIMEOUT)
+            match = re.search(r"^listening port=(\d+)$", self.err.text(), re.M)
+            if not match:
+                raise AssertionError(f"ktls-echo did not start listening ({' '.join(self.cmd)}), "
+                                     f"exit status {self.proc.poll()}, stderr:\n{self.err.text()}")
+            self.port = int(match.group(1))
+        except BaseException:
+            stop_process(self.proc, (self.err,))
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        stop_process(self.proc, (self.err,))
+
+    def connection_lines(self, count):
+        """The first `count` per-connection lines, parsed; waits for them."""
+        wait_until(lambda: len(connection_lines(self.err.text())) >= count, STEP_TIMEOUT)
+        lines = connection_lines(self.err.text())
+        if len(lines) < count:
+            raise AssertionError(f"expected {count} connection line(s) from ktls-echo, got {len(lines)}; "
+                                 f"stderr:\n{self.err.text()}")
+        return [parse_line(line) for line in lines[:count]]
+
+    def offload_lines(self):
+        return [line for line in self.err.text().splitlines() if line.startswith("offload:")]
+
+
+class SServer:
+    """`openssl s_server -quiet -naccept 1` in its default mode, which
+    copies its stdin to the connection and the connection to its stdout:
+    `send` is written to the client, everything the client sends lands in
+    self.out."""
+
+    def __init__(self, *args, identity=None, send=b""):
+        identity = identity or PKI.server
+        self.args = ["-cert", identity.cert, "-key", identity.key, "-naccept", "1", "-quiet", *args]
+        self.send = send
+        self.proc = None
+
+    def __enter__(self):
+        # s_server -quiet does not print its port: pick a free one, and try
+        # again should another process take it first.
+        for _ in range(5):
+            self.port = free_port()
+            self.proc = subprocess.Popen([OPENSSL, "s_server", "-accept", f"{HOST}:{self.port}", *self.args],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.out, self.err = Pump(self.proc.stdout), Pump(self.proc.stderr)
+            self.out.start()
+            self.err.start()
+            if wait_until(lambda: is_listening(self.port) or self.proc.poll() is not None, STEP_TIMEOUT) \
+                    and self.proc.poll() is None:
+                self.feeder = Feeder(self.proc.stdin, self.send)
+                self.feeder.start()
+                return self
+            stop_process(self.proc, (self.out, self.err))
+            if "in use" not in self.err.text():
+                break
+        raise AssertionError(f"openssl s_server did not start: {self.err.text()}")
+
+    def __exit__(self, *exc):
+        stop_process(self.proc, (self.out, self.err))
+
+    def wait(self):
+        """Exit status once the one connection is over (None: still running)."""
+        try:
+            return self.proc.wait(timeout=STEP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def s_client_cmd(port, *args, quiet=True, commands=False):
+    """openssl s_client -tls1_2 verifying our server; with quiet, stdout
+    carries only the data from the server (-no_ign_eof: at end of stdin,
+    s_client sends close_notify and exits). With commands, a line "R" read
+    from stdin makes it renegotiate."""
+    cmd = [OPENSSL, "s_client", "-tls1_2", "-connect", f"{HOST}:{port}", "-servername", "localhost",
+           "-CAfile", PKI.ca.cert, "-verify_hostname", "localhost", "-verify_return_error"]
+    if not commands:
+        cmd.append("-nocommands")
+    if quiet:
+        cmd += ["-quiet", "-no_ign_eof"]
+    return cmd + list(args)
+
+
+def text_payload(length):
+    """Random lowercase hex in 1 KiB lines: no s_client command letters
+    (Q, R, k, K), and gnutls-cli, which sends a record per line it reads,
+    sends a few hundred records rather than one per 64 bytes."""
+    digits = os.urandom(length // 2).hex()
+    return "".join(digits[i:i + 1023] + "\n" for i in range(0, len(digits), 1023)).encode()
+
+
+# --- Tests ---------------------------------------------------------------------
+
+class InteropTest(unittest.TestCase):
+    """Counts what the kernel must have done, and checks it at the end of
+    each test (check_kernel_counters)."""
+
+    def setUp(self):
+        self.stat_before = read_tls_stat()
+        self.num_probes = 0
+        self.kernel_tx = 0
+        self.kernel_rx = 0
+
+    def echo_server(self, *args, **kwargs):
+        self.num_probes += 1  # A server probes before it prints "listening".
+        return EchoServer(*args, **kwargs)
+
+    def check_line(self, fields, side, *, cipher=DEFAULT_SUITE, tx="kernel", rx="kernel", resumed="no",
+                   bytes_in=None, bytes_out=None, end="close_notify"):
+        """Asserts one ktls-echo connection line; cipher is an OpenSSL name
+        (None: any offloadable suite)."""
+        if side == "client":
+            self.num_probes += 1  # A client probes in its own process.
+        self.kernel_tx += fields.get("tx") == "kernel"
+        self.kernel_rx += fields.get("rx") == "kernel"
+        expected = {"version": "TLSv1.2", "tx": tx, "rx": rx, "resumed": resumed,
+                    "bytes_in": str(bytes_in), "bytes_out": str(bytes_out), "end": end,
+                    "key_updates_tx": "0", "key_updates_rx": "0"}
+        if cipher is not None:
+            expected["cipher"] = STANDARD_NAMES[cipher]
+        self.assertEqual({key: fields.get(key) for key in expected}, expected, f"ktls-echo {side} line: {fields}")
+        if cipher is None:
+            self.assertIn(fields.get("cipher"), OFFLOADABLE_STANDARD, f"ktls-echo {side} line: {fields}")
+
+    def check_kernel_counters(self):
+        """Call after every ktls-echo process of the test has exited."""
+        after = read_tls_stat()
+        delta = {name: after[name] - self.stat_before.get(name, 0) for name in after}
+        for name, directions, probe in (("TlsTxSw", self.kernel_tx, PROBE_COST.tx),
+                                        ("TlsRxSw", self.kernel_rx, PROBE_COST.rx)):
+            expected = directions + self.num_probes * probe
+            self.assertEqual(delta[name], expected,
+                             f"{name} grew by {delta[name]}, expected {expected}: {directions} kernel "
+                             f"direction(s) in the lines, {self.num_probes} probe(s) of {probe} each")
+        self.assertEqual(delta["TlsDecryptError"], 0, "the kernel failed to decrypt a record")
+        for name in ("TlsCurrTxSw", "TlsCurrRxSw"):
+            self.assertEqual(after[name], self.stat_before[name], f"{name}: kTLS sockets left open")
+
+    def assert_echoed(self, got, sent, who):
+        self.assertEqual((len(got), sha(got)), (len(sent), sha(sent)), f"{who}: data did not come back intact")
+
+
+class OpenSslClientTest(InteropTest):
+    """openssl s_client -tls1_2 against the ktls-echo server."""
+
+    def suite_test(self, suite, cert):
+        # --cipher-list: OpenSSL's default list lacks CCM, and one suite
+        # makes the outcome certain.
+        with self.echo_server("--cipher-list", suite, identity=PKI.identity(cert)) as server:
+            payload = os.urandom(PAYLOAD_LEN)
+            run = exchange(s_client_cmd(server.port, "-cipher", suite), payload, received(len(payload)))
+            [line] = server.connection_lines(1)
+        self.assert_echoed(run.stdout, payload, f"s_client -cipher {suite} (stderr: {run.stderr})")
+        self.assertEqual(run.returncode, 0, f"s_client failed: {run.stderr}")
+        self.check_line(line, "server", cipher=suite, bytes_in=len(payload), bytes_out=len(payload))
+        self.check_kernel_counters()
+
+    def resumption_test(self, ticket):
+        """Two s_client runs, -sess_out then -sess_in: the second resumes
+        (abbreviated handshake: the server's Finished comes first)."""
+        sess = os.path.join(PKI.dir, f"s_client-session-{'ticket' if ticket else 'id'}.pem")
+        extra = [] if ticket else ["-no_ticket"]
+        payload = text_payload(64 * 1024)
+        runs = []
+        with self.echo_server() as server:
+            for args in (["-sess_out", sess], ["-sess_in", sess]):
+                # Without -quiet, s_client prints "New, ..." or "Reused, ..."
+                # and the session on stdout, around the echoed data.
+                run = exchange(s_client_cmd(server.port, *extra, *args, quiet=False), payload,
+                               lambda out, err: payload in out)
+                self.assertEqual(run.returncode, 0, f"s_client {args} failed: {run.stderr}")
+                self.assertIn(payload, run.stdout, "echo did not come back intact")
+                runs.append(run.stdout.decode(errors="replace"))
+            lines = server.connection_lines(2)
+        outcomes = [re.findall(r"^(?:New|Reused), .*$", run, re.M) for run in runs]
+        self.assertEqual(outcomes, [["New, TLSv1.2, Cipher is " + DEFAULT_SUITE],
+                                    ["Reused, TLSv1.2, Cipher is " + DEFAULT_SUITE]], "s_client's sessions")
+        for run in runs:
+            # The session s_client holds has a ticket exactly when tickets are on.
+            self.assertEqual("TLS session ticket lifetime hint" in run, ticket, "a ticket in s_client's session")
+        for line, resumed in zip(lines, ("no", "yes")):
+            self.check_line(line, "server", resumed=resumed, bytes_in=len(payload), bytes_out=len(payload))
+        self.check_kernel_counters()
+
+    # Resumption by session ID needs the session to stay in the server's
+    # cache when the library frees the SSL after offload (it once did not:
+    # SSL_free drops sessions of SSLs not marked shut down).
+    def test_resumption_session_id(self):
+        self.resumption_test(ticket=False)
+
+    def test_resumption_ticket(self):
+        self.resumption_test(ticket=True)
+
+    def test_rx_offload_by_default(self):
+        """Without --rx or --no-rx (RX offload "auto"), TLS 1.2 RX goes to
+        the kernel on every kernel: TLS 1.2 has no key updates."""
+        with self.echo_server(rx_option=None) as server:
+            payload = os.urandom(PAYLOAD_LEN)
+            run = exchange(s_client_cmd(server.port), payload, received(len(payload)))
+            [line] = server.connection_lines(1)
+            offload = server.offload_lines()
+        self.assert_echoed(run.stdout, payload, f"s_client (stderr: {run.stderr})")
+        self.assertEqual(run.returncode, 0, f"s_client failed: {run.stderr}")
+        self.check_line(line, "server", bytes_in=len(payload), bytes_out=len(payload))
+        self.assertEqual(offload, [], "no direction stayed in userspace")
+        self.check_kernel_counters()
+
+    def test_cbc_suite_stays_in_userspace(self):
+        with self.echo_server("--cipher-list", CBC_SUITE) as server:
+            payload = os.urandom(PAYLOAD_LEN)
+            run = exchange(s_client_cmd(server.port, "-cipher", CBC_SUITE), payload, received(len(payload)))
+            [line] = server.connection_lines(1)
+            offload = server.offload_lines()
+        self.assert_echoed(run.stdout, payload, f"s_client -cipher {CBC_SUITE} (stderr: {run.stderr})")
+        self.assertEqual(run.returncode, 0, f"s_client failed: {run.stderr}")
+        self.check_line(line, "server", cipher=CBC_SUITE, tx="user", rx="user", bytes_in=len(payload),
+                        bytes_out=len(payload))
+        self.assertEqual(len(offload), 1, f"offload lines: {offload}")
+        self.assertRegex(offload[0], r'^offload: tx=user rx=user reason=".*cipher not offloadable')
+        self.check_kernel_counters()
+
+    def test_renegotiation_after_offload_is_refused(self):
+        """s_client's "R" command sends a ClientHello on the offloaded
+        connection: ktls-echo answers with a fatal no_renegotiation alert
+        and ends the connection, naming it."""
+        payload = text_payload(16 * 1024)
+        with self.echo_server() as server:
+            proc = subprocess.Popen(s_client_cmd(server.port, quiet=False, commands=True),
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            out, err = Pump(proc.stdout), Pump(proc.stderr)
+            out.start()
+            err.start()
+            try:
+                proc.stdin.write(payload)
+                proc.stdin.flush()
+                self.assertTrue(wait_until(lambda: payload in bytes(out.data), STEP_TIMEOUT),
+                                f"no echo before renegotiating: {err.text()}")
+                proc.stdin.write(b"R\n")
+                proc.stdin.flush()
+                try:
+                    returncode = proc.wait(timeout=STEP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    returncode = None
+            finally:
+                stop_process(proc, (out, err))
+            [line] = server.connection_lines(1)
+        # s_client sent its ClientHello and got a fatal no_renegotiation
+        # alert (100) back through the kernel.
+        self.assertRegex(err.text(), r"(?s)RENEGOTIATING\n.*:tlsv1 alert no renegotiation:.*SSL alert number 100",
+                         f"s_client stderr: {err.text()}")
+        self.assertNotEqual(returncode, 0, f"s_client should fail: {err.text()}")
+        self.check_line(line, "server", bytes_in=len(payload), bytes_out=len(payload),
+                        end="error:protocol:the_peer_tried_to_renegotiate_an_offloaded_TLS_1.2_connection_"
+                            "(no_renegotiation)")
+        self.check_kernel_counters()
+
+
+def add_suite_tests():
+    for suite, cert in OFFLOADABLE:
+        setattr(OpenSslClientTest, f"test_suite_{suite}", lambda self, s=suite, c=cert: self.suite_test(s, c))
+
+
+add_suite_tests()
+
+
+class PythonClientTest(InteropTest):
+    """Python's ssl client, capped at TLS 1.2, against the ktls-echo server."""
+
+    def test_echo(self):
+        ctx = ssl.create_default_context(cafile=PKI.ca.cert)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        payload = os.urandom(PAYLOAD_LEN)
+        got = bytearray()
+        with self.echo_server() as server:
+            with socket.create_connection((HOST, server.port), timeout=STEP_TIMEOUT) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                version, cipher = tls.version(), tls.cipher()[0]
+                # Lockstep, so neither side's buffers fill up.
+                for i in range(0, len(payload), 16384):
+                    chunk = payload[i:i + 16384]
+                    tls.sendall(chunk)
+                    want = len(got) + len(chunk)
+                    while len(got) < want:
+                        data = tls.recv(want - len(got))
+                        self.assertTrue(data, "the server closed early")
+                        got += data
+                tls.unwrap()  # close_notify, then the server's.
+            [line] = server.connection_lines(1)
+        self.assertEqual(version, "TLSv1.2")
+        self.assert_echoed(bytes(got), payload, "Python ssl client")
+        self.assertEqual(line.get("cipher"), STANDARD_NAMES.get(cipher), f"Python negotiated {cipher}")
+        self.check_line(line, "server", cipher=cipher, bytes_in=len(payload), bytes_out=len(payload))
+        self.check_kernel_counters()
+
+
+class GnuTlsClientTest(InteropTest):
+    """gnutls-cli forced to TLS 1.2 against the ktls-echo server."""
+
+    def test_echo(self):
+        gnutls_cli = shutil.which("gnutls-cli")
+        if not gnutls_cli:
+            self.fail("gnutls-cli not found (Debian package gnutls-bin; scripts/setup installs it)")
+        payload = text_payload(64 * 1024)  # gnutls-cli is slow with stdin
+        with self.echo_server() as server:
+            # 127.0.0.1 is in the certificate's subjectAltName.
+            run = exchange([gnutls_cli, "--priority", "NORMAL:-VERS-ALL:+VERS-TLS1.2", "--x509cafile",
+                            PKI.ca.cert, "-p", str(server.port), HOST], payload,
+                           lambda out, err: payload in out)
+            [line] = server.connection_lines(1)
+        # gnutls-cli prints its status around the data on stdout.
+        text = run.stdout.decode(errors="replace")
+        self.assertEqual(run.returncode, 0, f"gnutls-cli failed: {text[:3000]} {run.stderr}")
+        self.assertIn(payload, run.stdout, f"echo did not come back intact: {text[:3000]}")
+        self.assertIn("- Description: (TLS1.2-X.509)", text)
+        self.assertNotIn("NOT trusted", text)
+        self.check_line(line, "server", cipher=None, bytes_in=len(payload), bytes_out=len(payload))
+        self.check_kernel_counters()
+
+
+class OpenSslServerTest(InteropTest):
+    """The ktls-echo client (--tls-max 1.2) against openssl s_server -tls1_2,
+    data both ways."""
+
+    def both_ways(self, suite, cert):
+        to_server, to_client = os.urandom(PAYLOAD_LEN), os.urandom(PAYLOAD_LEN)
+        with SServer("-tls1_2", "-cipher", suite, identity=PKI.identity(cert), send=to_client) as server:
+            cmd = [ECHO, "--connect", f"{HOST}:{server.port}", "--ca", PKI.ca.cert, "--tls-max", "1.2", "--rx"]
+            run = exchange(cmd, to_server,
+                           lambda out, err: len(out) >= len(to_client) and server.out.size() >= len(to_server))
+            server_status = server.wait()
+            self.assertEqual(server_status, 0, f"s_server: {server.err.text()}")
+            received_data = bytes(server.out.data)
+        self.assert_echoed(received_data, to_server, f"s_server received ({run.stderr})")
+        self.assert_echoed(run.stdout, to_client, f"ktls-echo client received ({run.stderr})")
+        lines = connection_lines(run.stderr)
+        self.assertEqual(len(lines), 1, f"expected one connection line from the ktls-echo client:\n{run.stderr}")
+        self.check_line(parse_line(lines[0]), "client", cipher=suite, bytes_in=len(to_client),
+                        bytes_out=len(to_server))
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.check_kernel_counters()
+
+    def test_ecdsa_aes128_gcm(self):
+        self.both_ways("ECDHE-ECDSA-AES128-GCM-SHA256", "ecdsa")
+
+    def test_rsa_chacha20(self):
+        self.both_ways("ECDHE-RSA-CHACHA20-POLY1305", "rsa")
+
+
+# --- Main ----------------------------------------------------------------------
+
+class TimedResult(unittest.TextTestResult):
+    """Also records how long each test took."""
+
+    def startTest(self, test):
+        self.started = time.monotonic()
+        super().startTest(test)
+
+    def stopTest(self, test):
+        super().stopTest(test)
+        self.durations = getattr(self, "durations", [])
+        self.durations.append((time.monotonic() - self.started, test.id().split(".", 1)[1]))
+
+
+def measure_probe_cost():
+    """What one ktls-echo start-up (its kernel probe) adds to tls_stat."""
+    before = read_tls_stat()
+    with EchoServer():
+        after = read_tls_stat()
+    return Counters(after["TlsTxSw"] - before["TlsTxSw"], after["TlsRxSw"] - before["TlsRxSw"])
+
+
+def main():
+    global ECHO, OPENSSL, PKI, PROBE_COST
+    if len(sys.argv) < 2:
+        print("usage: tls12_interop.py PATH/TO/ktls-echo [TEST_NAME_SUBSTRING...]", file=sys.stderr)
+        return 2
+    ECHO = os.path.abspath(sys.argv[1])
+    ensure_tls_module()
+    if not os.path.exists(TLS_STAT):
+        reason = f"no {TLS_STAT}: this kernel has no kTLS (CONFIG_TLS off, or the tls module not loaded)"
+        if os.environ.get("KTLS_REQUIRE_KERNEL") == "1":
+            print(f"FAIL: kernel required but {reason}")
+            print("0 passed, 1 failed")
+            return 1
+        print(f"SKIP: {reason}")
+        return 77
+    OPENSSL = shutil.which("openssl") or ""
+    if not OPENSSL or not os.access(ECHO, os.X_OK):
+        print(f"FAIL: need the openssl CLI in PATH (found: {OPENSSL or 'none'}) and ktls-echo at {ECHO}")
+        print("0 passed, 1 failed")
+        return 1
+    openssl_version = subprocess.run([OPENSSL, "version"], capture_output=True, text=True,
+                                     timeout=STEP_TIMEOUT).stdout.strip()
+    print(f"kernel {os.uname().release}; {openssl_version}; Python ssl: {ssl.OPENSSL_VERSION}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="ktls-tls12-interop-") as tmp:
+        try:
+            PKI = Pki(tmp)
+            PROBE_COST = measure_probe_cost()
+        except Exception as e:
+            print(f"FAIL: setting up: {e}")
+            print("0 passed, 1 failed")
+            return 1
+        print(f"ktls-echo's start-up probe: TlsTxSw +{PROBE_COST.tx}, TlsRxSw +{PROBE_COST.rx}", flush=True)
+        loader = unittest.TestLoader()
+        loader.testNamePatterns = [f"*{name}*" for name in sys.argv[2:]] or None
+        tests = loader.loadTestsFromModule(sys.modules[__name__])
+        result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2, resultclass=TimedResult).run(tests)
+    slowest = sorted(getattr(result, "durations", []), reverse=True)[:3]
+    print("slowest: " + ", ".join(f"{name} {seconds:.1f}s" for seconds, name in slowest), flush=True)
+    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    passed = result.testsRun - failed - len(result.skipped) - len(result.expectedFailures)
+    print(f"{passed} passed, {failed} failed", flush=True)
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
