@@ -40,6 +40,7 @@
 #include <ostream>
 #include <span>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -50,6 +51,7 @@
 #include "ktls/probe.h"
 #include "ktls/server.h"
 #include "ktls/types.h"
+#include "net/socket_util.h"
 #include "tests/support/kernel_env.h"
 #include "tests/support/sockets.h"
 #include "tests/support/tls_peers.h"
@@ -453,6 +455,94 @@ INSTANTIATE_TEST_SUITE_P(Tls12, Tls12ResumptionKernelTest,
                          ::testing::Values(ResumeBy::kTicket, ResumeBy::kSessionId), ResumeByName);
 
 // --- d. CBC stays in userspace -----------------------------------------------------
+
+// The bring-your-own-OpenSSL path with TLS 1.2: the application's own
+// context and handshake (PrepareContext, PrepareSsl, SSL_accept), then
+// OffloadSsl; the library's client on the other end.
+TEST(Tls12KernelTest, BringYourOwnOpenSslServerOffloadsBothWays) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  UniqueSslCtx ctx = NewTls12Context(/*server=*/true, /*no_ticket=*/false);
+  ASSERT_TRUE(ctx);
+  ASSERT_TRUE(PrepareContext(ctx.get()).ok());
+  auto listener = detail::ListenTcp("127.0.0.1", "0");
+  ASSERT_TRUE(listener.ok()) << listener.error().ToString();
+  sockaddr_in addr{};
+  socklen_t addr_len = sizeof(addr);
+  ASSERT_EQ(::getsockname(listener->get(), reinterpret_cast<sockaddr*>(&addr), &addr_len), 0);
+  const auto port = ntohs(addr.sin_port);
+
+  const Bytes payload = RandomBytes(100'000);
+  std::string server_error;
+  Offload server_tx = Offload::kUser, server_rx = Offload::kUser;
+  std::string server_protocol;
+  std::thread server([&] {
+    const int fd = ::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      server_error = "accept failed";
+      return;
+    }
+    SetIoTimeout(fd, std::chrono::seconds(30));
+    SSL* ssl = SSL_new(ctx.get());
+    if (!PrepareSsl(ssl).ok() || SSL_set_fd(ssl, fd) != 1 || SSL_accept(ssl) != 1) {
+      server_error = "BYO handshake failed: " + OpenSslErrors();
+      SSL_free(ssl);
+      ::close(fd);
+      return;
+    }
+    OffloadOptions options;
+    options.rx = RxOffload::kOn;
+    auto conn = OffloadSsl(ssl, options);  // Owns ssl and fd from here.
+    if (!conn.ok()) {
+      server_error = "OffloadSsl: " + conn.error().ToString();
+      SSL_free(ssl);
+      ::close(fd);
+      return;
+    }
+    server_tx = conn->tx();
+    server_rx = conn->rx();
+    server_protocol = conn->session().protocol;
+    std::vector<std::byte> buf(20000);
+    for (;;) {
+      auto got = conn->Read(buf);
+      if (!got.ok()) {
+        server_error = "server Read: " + got.error().ToString();
+        return;
+      }
+      if (got->end_of_stream) break;
+      if (auto put = conn->WriteAll(std::span(buf.data(), got->bytes)); !put.ok()) {
+        server_error = "server Write: " + put.error().ToString();
+        return;
+      }
+    }
+    if (auto shut = conn->Shutdown(); !shut.ok()) server_error = "server Shutdown: " + shut.error().ToString();
+  });
+
+  auto conn = Connect("127.0.0.1", port, Tls12Client(kEcdsaAes128Gcm));
+  ASSERT_TRUE(conn.ok()) << "Connect: " << conn.error().ToString();
+  SetIoTimeout(conn->fd(), std::chrono::seconds(30));
+  EXPECT_EQ(conn->tx(), Offload::kKernel);
+  EXPECT_EQ(conn->rx(), Offload::kKernel);
+  Bytes echoed;
+  std::thread writer([&] {
+    EXPECT_TRUE(conn->WriteAll(std::as_bytes(std::span(payload.data(), payload.size()))).ok());
+    EXPECT_TRUE(conn->Shutdown().ok());
+  });
+  std::vector<std::byte> buf(20000);
+  for (;;) {
+    auto got = conn->Read(buf);
+    ASSERT_TRUE(got.ok()) << got.error().ToString();
+    if (got->end_of_stream) break;
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(buf.data());
+    echoed.insert(echoed.end(), bytes, bytes + got->bytes);
+  }
+  writer.join();
+  server.join();
+  EXPECT_EQ(server_error, "");
+  EXPECT_EQ(server_tx, Offload::kKernel);
+  EXPECT_EQ(server_rx, Offload::kKernel);
+  EXPECT_EQ(server_protocol, "TLSv1.2");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(payload));
+}
 
 TEST(Tls12KernelTest, CbcSuiteStaysInUserspaceAndWorks) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
