@@ -38,7 +38,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
-from ktls_interop import (HOST, STEP_TIMEOUT, PkiBase, Pump, free_port, is_listening,  # noqa: E402
+from ktls_interop import (HOST, STEP_TIMEOUT, Feeder, PkiBase, Pump, exchange, free_port,  # noqa: E402
+                          is_listening, received, stop_process, until_exit,
                           parse_line, raw_connection_lines as connection_lines, read_tls_stat, sha,
                           wait_until)
 
@@ -84,102 +85,6 @@ class Pki(PkiBase):
             f.write("openssl_conf = openssl_init\n[openssl_init]\nssl_conf = ssl_sect\n"
                     "[ssl_sect]\nsystem_default = system_default_sect\n"
                     "[system_default_sect]\nGroups = P-256\n")
-
-
-# --- Processes ---------------------------------------------------------------
-
-def stop_process(proc, pumps=()):
-    """Terminates proc (kills it if it does not go) and reaps it; then, once
-    the pumps have read its output to the end, closes its pipes."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    for pump in pumps:
-        if pump.ident is not None:  # Started.
-            pump.join(timeout=5)
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        if pipe is not None:
-            try:
-                pipe.close()
-            except OSError:
-                pass
-
-
-class Feeder(threading.Thread):
-    """Writes `data` to a pipe and leaves it open (close_pipe() closes it)."""
-
-    def __init__(self, pipe, data):
-        super().__init__(daemon=True)
-        self.pipe = pipe
-        self.payload = data
-
-    def run(self):
-        try:
-            self.pipe.write(self.payload)
-            self.pipe.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            pass  # The peer went away; the test's checks say why.
-
-    def close_pipe(self):
-        self.join(timeout=STEP_TIMEOUT)
-        try:
-            self.pipe.close()
-        except (BrokenPipeError, OSError):
-            pass
-
-
-Exchange = collections.namedtuple("Exchange", "returncode stdout stderr")
-
-
-def exchange(cmd, payload, done, finish="close_stdin"):
-    """Runs cmd, writes payload to its stdin and collects its stdout and
-    stderr.
-
-    Once done(stdout, stderr) is true (or its stdout hit end of file, or
-    STEP_TIMEOUT passed), finishes it: "close_stdin" closes its stdin and
-    waits for it to exit; "kill" kills it with SIGKILL, so its TCP connection
-    ends with a FIN and no close_notify."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = Pump(proc.stdout), Pump(proc.stderr)
-    feeder = Feeder(proc.stdin, payload)
-    try:
-        for t in (out, err, feeder):
-            t.start()
-
-        def finished():
-            if not out.is_alive():
-                return True
-            with out.lock, err.lock:
-                return done(out.data, err.data)
-
-        wait_until(finished, STEP_TIMEOUT)
-        if finish == "kill":
-            proc.kill()
-        else:
-            feeder.close_pipe()
-        try:
-            proc.wait(timeout=STEP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass  # Reported below as returncode None.
-        returncode = proc.poll()
-        stop_process(proc, (out, err))
-        return Exchange(returncode, bytes(out.data), err.text())
-    finally:
-        stop_process(proc, (out, err))
-
-
-def received(num_bytes):
-    """An exchange() `done`: the process wrote num_bytes to its stdout."""
-    return lambda out, err: len(out) >= num_bytes
-
-
-def until_exit(out, err):
-    """An exchange() `done` for a process that must exit by itself."""
-    return False
 
 
 class EchoServer:

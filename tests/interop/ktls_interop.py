@@ -1,7 +1,7 @@
 """Scaffolding shared by the interop scripts (echo_interop.py,
-key_update_interop.py): certificates made with the openssl CLI,
-/proc/net/tls_stat, ports and pipes, and the main's skip/77 handling and
-"N passed, N failed" summary.
+key_update_interop.py, tls12_interop.py): certificates made with the
+openssl CLI, /proc/net/tls_stat, ports, pipes and processes (exchange()),
+and the main's skip/77 handling and "N passed, N failed" summary.
 
 The scripts run as `python3 tests/interop/SCRIPT.py`, so this directory is
 on sys.path and they import this module by name.
@@ -48,9 +48,12 @@ def run_openssl(*args):
     return done.stdout
 
 
+P256_KEY_ARGS = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256")
+
+
 class PkiBase:
     """Makes CAs and leaf certificates with the openssl CLI in `directory`
-    (P-256 keys: quick to make under UML)."""
+    (P-256 keys by default: quick to make under UML)."""
 
     def __init__(self, directory):
         self.dir = directory
@@ -66,14 +69,17 @@ class PkiBase:
                     "-addext", "keyUsage=critical,keyCertSign,cRLSign")
         return ident
 
-    def make_leaf(self, name, issuer, common_name, usage, *extensions):
+    def make_leaf(self, name, issuer, common_name, usage, *extensions, key_args=P256_KEY_ARGS):
+        """A leaf certificate signed by `issuer`; key_args are openssl req's
+        key options (a P-256 key unless told otherwise, e.g. ("-newkey",
+        "rsa:2048"))."""
         ident = Identity(self.path(name + ".pem"), self.path(name + ".key"))
         csr = self.path(name + ".csr")
         ext = self.path(name + ".ext")
         with open(ext, "w") as f:
             f.write("\n".join(["basicConstraints=critical,CA:FALSE", "extendedKeyUsage=" + usage, *extensions]))
             f.write("\n")
-        run_openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        run_openssl("req", "-new", *key_args, "-nodes",
                     "-keyout", ident.key, "-out", csr, "-subj", "/CN=" + common_name)
         run_openssl("x509", "-req", "-in", csr, "-CA", issuer.cert, "-CAkey", issuer.key, "-CAcreateserial",
                     "-days", "2", "-out", ident.cert, "-extfile", ext)
@@ -175,6 +181,100 @@ class Pump(threading.Thread):
 
     def text(self):
         return self.bytes().decode(errors="replace")
+
+
+def stop_process(proc, pumps=()):
+    """Terminates proc (kills it if it does not go) and reaps it; then, once
+    the pumps have read its output to the end, closes its pipes."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    for pump in pumps:
+        if pump.ident is not None:  # Started.
+            pump.join(timeout=5)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            try:
+                pipe.close()
+            except OSError:
+                pass
+
+
+class Feeder(threading.Thread):
+    """Writes `data` to a pipe and leaves it open (close_pipe() closes it)."""
+
+    def __init__(self, pipe, data):
+        super().__init__(daemon=True)
+        self.pipe = pipe
+        self.payload = data
+
+    def run(self):
+        try:
+            self.pipe.write(self.payload)
+            self.pipe.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # The peer went away; the test's checks say why.
+
+    def close_pipe(self):
+        self.join(timeout=STEP_TIMEOUT)
+        try:
+            self.pipe.close()
+        except (BrokenPipeError, OSError):
+            pass
+
+
+Exchange = collections.namedtuple("Exchange", "returncode stdout stderr")
+
+
+def exchange(cmd, payload, done, finish="close_stdin"):
+    """Runs cmd, writes payload to its stdin and collects its stdout and
+    stderr.
+
+    Once done(stdout, stderr) is true (or its stdout hit end of file, or
+    STEP_TIMEOUT passed), finishes it: "close_stdin" closes its stdin and
+    waits for it to exit; "kill" kills it with SIGKILL, so its TCP connection
+    ends with a FIN and no close_notify."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = Pump(proc.stdout), Pump(proc.stderr)
+    feeder = Feeder(proc.stdin, payload)
+    try:
+        for t in (out, err, feeder):
+            t.start()
+
+        def finished():
+            if not out.is_alive():
+                return True
+            with out.lock, err.lock:
+                return done(out.data, err.data)
+
+        wait_until(finished, STEP_TIMEOUT)
+        if finish == "kill":
+            proc.kill()
+        else:
+            feeder.close_pipe()
+        try:
+            proc.wait(timeout=STEP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass  # Reported below as returncode None.
+        returncode = proc.poll()
+        stop_process(proc, (out, err))
+        return Exchange(returncode, bytes(out.data), err.text())
+    finally:
+        stop_process(proc, (out, err))
+
+
+def received(num_bytes):
+    """An exchange() `done`: the process wrote num_bytes to its stdout."""
+    return lambda out, err: len(out) >= num_bytes
+
+
+def until_exit(out, err):
+    """An exchange() `done` for a process that must exit by itself."""
+    return False
 
 
 # --- ktls-echo's output ------------------------------------------------------

@@ -26,7 +26,6 @@ when KTLS_REQUIRE_KERNEL=1. When tests ran, the last line is always
 "N passed, N failed".
 """
 import collections
-import hashlib
 import os
 import re
 import shutil
@@ -34,15 +33,15 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
-import threading
-import time
 import unittest
 
-HOST = "127.0.0.1"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ktls_interop  # noqa: E402
+from ktls_interop import (HOST, STEP_TIMEOUT, Feeder, PkiBase, Pump, exchange, free_port,  # noqa: E402
+                          is_listening, parse_line, raw_connection_lines as connection_lines, read_tls_stat,
+                          received, sha, stop_process, wait_until)
+
 PAYLOAD_LEN = 256 * 1024
-STEP_TIMEOUT = 20  # seconds: the limit for any one process or exchange
-TLS_STAT = "/proc/net/tls_stat"
 
 # (OpenSSL name, server certificate): every TLS 1.2 suite the kernel carries.
 OFFLOADABLE = (
@@ -75,249 +74,29 @@ OPENSSL = ""    # the openssl command-line tool
 PKI = None      # Pki: certificates for every test, made once
 PROBE_COST = None  # Counters: what one ktls-echo start-up probe adds to tls_stat
 
-Identity = collections.namedtuple("Identity", "cert key")
 Counters = collections.namedtuple("Counters", "tx rx")
 
 
 # --- Certificates ------------------------------------------------------------
 
-def run_openssl(*args):
-    done = subprocess.run([OPENSSL, *args], capture_output=True, text=True, timeout=STEP_TIMEOUT)
-    if done.returncode != 0:
-        raise RuntimeError(f"openssl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
-    return done.stdout
-
-
-class Pki:
+class Pki(PkiBase):
     """A CA and two server certificates for localhost / 127.0.0.1, one with
     a P-256 key (ECDSA suites) and one with an RSA key (RSA suites), made
     with the openssl CLI in `directory`."""
 
     def __init__(self, directory):
-        self.dir = directory
-        self.ca = self._ca("ca", "ktls TLS 1.2 interop CA")
+        super().__init__(directory)
+        self.ca = self.make_ca("ca", "ktls TLS 1.2 interop CA")
         san = "subjectAltName=DNS:localhost,IP:127.0.0.1"
-        self.server = self._leaf("server-ecdsa", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"], san)
-        self.rsa_server = self._leaf("server-rsa", ["-newkey", "rsa:2048"], san)
+        self.server = self.make_leaf("server-ecdsa", self.ca, "localhost", "serverAuth", san)
+        self.rsa_server = self.make_leaf("server-rsa", self.ca, "localhost", "serverAuth", san,
+                                         key_args=("-newkey", "rsa:2048"))
 
     def identity(self, kind):
         return self.server if kind == "ecdsa" else self.rsa_server
 
-    def _path(self, name):
-        return os.path.join(self.dir, name)
-
-    def _ca(self, name, common_name):
-        ident = Identity(self._path(name + ".pem"), self._path(name + ".key"))
-        run_openssl("req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-keyout", ident.key, "-out", ident.cert, "-subj", "/CN=" + common_name, "-days", "2",
-                    "-addext", "basicConstraints=critical,CA:TRUE",
-                    "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-        return ident
-
-    def _leaf(self, name, key_args, *extensions):
-        ident = Identity(self._path(name + ".pem"), self._path(name + ".key"))
-        csr = self._path(name + ".csr")
-        ext = self._path(name + ".ext")
-        with open(ext, "w") as f:
-            f.write("\n".join(["basicConstraints=critical,CA:FALSE", "extendedKeyUsage=serverAuth", *extensions]))
-            f.write("\n")
-        run_openssl("req", "-new", *key_args, "-nodes", "-keyout", ident.key, "-out", csr, "-subj", "/CN=localhost")
-        run_openssl("x509", "-req", "-in", csr, "-CA", self.ca.cert, "-CAkey", self.ca.key, "-CAcreateserial",
-                    "-days", "2", "-out", ident.cert, "-extfile", ext)
-        return ident
-
-
-# --- Kernel counters ---------------------------------------------------------
-
-def read_tls_stat():
-    with open(TLS_STAT) as f:
-        return {name: int(value) for name, value in (line.split() for line in f if line.strip())}
-
-
-def ensure_tls_module():
-    """Attaching the "tls" ULP once makes the kernel load the module (and
-    create /proc/net/tls_stat) where it is available but not loaded yet."""
-    if os.path.exists(TLS_STAT):
-        return
-    tcp_ulp = getattr(socket, "TCP_ULP", 31)
-    with socket.create_server((HOST, 0)) as listener, \
-            socket.create_connection(listener.getsockname(), timeout=5) as client:
-        peer, _ = listener.accept()
-        with peer:
-            try:
-                client.setsockopt(socket.IPPROTO_TCP, tcp_ulp, b"tls")
-            except OSError:
-                pass
-
 
 # --- Processes ---------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def is_listening(port):
-    """Whether something listens on TCP `port` (read from /proc, so nothing
-    connects: s_server -naccept 1 would count a test connection)."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for row in f:
-                    fields = row.split()
-                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        return True
-        except FileNotFoundError:
-            pass
-    return False
-
-
-def wait_until(predicate, timeout, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
-def stop_process(proc, pumps=()):
-    """Terminates proc (kills it if it does not go) and reaps it; then, once
-    the pumps have read its output to the end, closes its pipes."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    for pump in pumps:
-        if pump.ident is not None:  # Started.
-            pump.join(timeout=5)
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        if pipe is not None:
-            try:
-                pipe.close()
-            except OSError:
-                pass
-
-
-class Pump(threading.Thread):
-    """Copies everything from a pipe into `data` until end of file."""
-
-    def __init__(self, pipe):
-        super().__init__(daemon=True)
-        self.pipe = pipe
-        self.data = bytearray()
-        self.lock = threading.Lock()
-
-    def run(self):
-        while True:
-            try:
-                chunk = self.pipe.read1(65536)
-            except (OSError, ValueError):
-                break
-            if not chunk:
-                break
-            with self.lock:
-                self.data += chunk
-
-    def size(self):
-        with self.lock:
-            return len(self.data)
-
-    def text(self):
-        with self.lock:
-            return self.data.decode(errors="replace")
-
-
-class Feeder(threading.Thread):
-    """Writes `data` to a pipe and leaves it open (close_pipe() closes it)."""
-
-    def __init__(self, pipe, data):
-        super().__init__(daemon=True)
-        self.pipe = pipe
-        self.payload = data
-
-    def run(self):
-        try:
-            self.pipe.write(self.payload)
-            self.pipe.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            pass  # The peer went away; the test's checks say why.
-
-    def close_pipe(self):
-        self.join(timeout=STEP_TIMEOUT)
-        try:
-            self.pipe.close()
-        except (BrokenPipeError, OSError):
-            pass
-
-
-Exchange = collections.namedtuple("Exchange", "returncode stdout stderr")
-
-
-def exchange(cmd, payload, done, finish="close_stdin"):
-    """Runs cmd, writes payload to its stdin and collects its stdout and
-    stderr.
-
-    Once done(stdout, stderr) is true (or its stdout hit end of file, or
-    STEP_TIMEOUT passed), finishes it: "close_stdin" closes its stdin and
-    waits for it to exit; "kill" kills it with SIGKILL, so its TCP connection
-    ends with a FIN and no close_notify."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = Pump(proc.stdout), Pump(proc.stderr)
-    feeder = Feeder(proc.stdin, payload)
-    try:
-        for t in (out, err, feeder):
-            t.start()
-
-        def finished():
-            if not out.is_alive():
-                return True
-            with out.lock, err.lock:
-                return done(out.data, err.data)
-
-        wait_until(finished, STEP_TIMEOUT)
-        if finish == "kill":
-            proc.kill()
-        else:
-            feeder.close_pipe()
-        try:
-            proc.wait(timeout=STEP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass  # Reported below as returncode None.
-        returncode = proc.poll()
-        stop_process(proc, (out, err))
-        return Exchange(returncode, bytes(out.data), err.text())
-    finally:
-        stop_process(proc, (out, err))
-
-
-def received(num_bytes):
-    """An exchange() `done`: the process wrote num_bytes to its stdout."""
-    return lambda out, err: len(out) >= num_bytes
-
-
-def until_exit(out, err):
-    """An exchange() `done` for a process that must exit by itself."""
-    return False
-
-
-def parse_line(line):
-    """ktls-echo's per-connection line as a dict of its key=value words."""
-    return dict(word.partition("=")[::2] for word in line.split())
-
-
-def connection_lines(text):
-    return [line for line in text.splitlines() if line.startswith("peer=")]
-
-
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
-
 
 class EchoServer:
     """ktls-echo --tls-max 1.2 as a server on 127.0.0.1 (a free port), for a
@@ -499,14 +278,14 @@ class OpenSslClientTest(InteropTest):
         self.check_line(line, "server", cipher=suite, bytes_in=len(payload), bytes_out=len(payload))
         self.check_kernel_counters()
 
-    def resumption_test(self, ticket):
+    def resumption_test(self, ticket, suite=DEFAULT_SUITE, cert="ecdsa"):
         """Two s_client runs, -sess_out then -sess_in: the second resumes
         (abbreviated handshake: the server's Finished comes first)."""
-        sess = os.path.join(PKI.dir, f"s_client-session-{'ticket' if ticket else 'id'}.pem")
-        extra = [] if ticket else ["-no_ticket"]
+        sess = os.path.join(PKI.dir, f"s_client-session-{'ticket' if ticket else 'id'}-{suite}.pem")
+        extra = ([] if ticket else ["-no_ticket"]) + ["-cipher", suite]
         payload = text_payload(64 * 1024)
         runs = []
-        with self.echo_server() as server:
+        with self.echo_server("--cipher-list", suite, identity=PKI.identity(cert)) as server:
             for args in (["-sess_out", sess], ["-sess_in", sess]):
                 # Without -quiet, s_client prints "New, ..." or "Reused, ..."
                 # and the session on stdout, around the echoed data.
@@ -517,13 +296,14 @@ class OpenSslClientTest(InteropTest):
                 runs.append(run.stdout.decode(errors="replace"))
             lines = server.connection_lines(2)
         outcomes = [re.findall(r"^(?:New|Reused), .*$", run, re.M) for run in runs]
-        self.assertEqual(outcomes, [["New, TLSv1.2, Cipher is " + DEFAULT_SUITE],
-                                    ["Reused, TLSv1.2, Cipher is " + DEFAULT_SUITE]], "s_client's sessions")
+        self.assertEqual(outcomes, [["New, TLSv1.2, Cipher is " + suite],
+                                    ["Reused, TLSv1.2, Cipher is " + suite]], "s_client's sessions")
         for run in runs:
             # The session s_client holds has a ticket exactly when tickets are on.
             self.assertEqual("TLS session ticket lifetime hint" in run, ticket, "a ticket in s_client's session")
         for line, resumed in zip(lines, ("no", "yes")):
-            self.check_line(line, "server", resumed=resumed, bytes_in=len(payload), bytes_out=len(payload))
+            self.check_line(line, "server", cipher=suite, resumed=resumed, bytes_in=len(payload),
+                            bytes_out=len(payload))
         self.check_kernel_counters()
 
     # Resumption by session ID needs the session to stay in the server's
@@ -600,8 +380,12 @@ class OpenSslClientTest(InteropTest):
 
 
 def add_suite_tests():
+    """Each offloadable suite, with a full handshake and resumed (by ticket;
+    by session ID too for the default suite, above)."""
     for suite, cert in OFFLOADABLE:
         setattr(OpenSslClientTest, f"test_suite_{suite}", lambda self, s=suite, c=cert: self.suite_test(s, c))
+        setattr(OpenSslClientTest, f"test_suite_{suite}_resumed",
+                lambda self, s=suite, c=cert: self.resumption_test(True, s, c))
 
 
 add_suite_tests()
@@ -692,69 +476,34 @@ class OpenSslServerTest(InteropTest):
 
 # --- Main ----------------------------------------------------------------------
 
-class TimedResult(unittest.TextTestResult):
-    """Also records how long each test took."""
-
-    def startTest(self, test):
-        self.started = time.monotonic()
-        super().startTest(test)
-
-    def stopTest(self, test):
-        super().stopTest(test)
-        self.durations = getattr(self, "durations", [])
-        self.durations.append((time.monotonic() - self.started, test.id().split(".", 1)[1]))
-
-
 def measure_probe_cost():
     """What one ktls-echo start-up (its kernel probe) adds to tls_stat."""
-    before = read_tls_stat()
-    with EchoServer():
-        after = read_tls_stat()
-    return Counters(after["TlsTxSw"] - before["TlsTxSw"], after["TlsRxSw"] - before["TlsRxSw"])
+    added = ktls_interop.tls_stat_added(EchoServer)
+    return Counters(added["TlsTxSw"], added["TlsRxSw"])
 
 
 def main():
-    global ECHO, OPENSSL, PKI, PROBE_COST
+    global ECHO, OPENSSL
     if len(sys.argv) < 2:
         print("usage: tls12_interop.py PATH/TO/ktls-echo [TEST_NAME_SUBSTRING...]", file=sys.stderr)
         return 2
     ECHO = os.path.abspath(sys.argv[1])
-    ensure_tls_module()
-    if not os.path.exists(TLS_STAT):
-        reason = f"no {TLS_STAT}: this kernel has no kTLS (CONFIG_TLS off, or the tls module not loaded)"
-        if os.environ.get("KTLS_REQUIRE_KERNEL") == "1":
-            print(f"FAIL: kernel required but {reason}")
-            print("0 passed, 1 failed")
-            return 1
-        print(f"SKIP: {reason}")
-        return 77
-    OPENSSL = shutil.which("openssl") or ""
+    status = ktls_interop.check_kernel_tls()
+    if status is not None:
+        return status
+    OPENSSL = ktls_interop.find_openssl()
     if not OPENSSL or not os.access(ECHO, os.X_OK):
-        print(f"FAIL: need the openssl CLI in PATH (found: {OPENSSL or 'none'}) and ktls-echo at {ECHO}")
-        print("0 passed, 1 failed")
-        return 1
-    openssl_version = subprocess.run([OPENSSL, "version"], capture_output=True, text=True,
-                                     timeout=STEP_TIMEOUT).stdout.strip()
-    print(f"kernel {os.uname().release}; {openssl_version}; Python ssl: {ssl.OPENSSL_VERSION}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="ktls-tls12-interop-") as tmp:
-        try:
-            PKI = Pki(tmp)
-            PROBE_COST = measure_probe_cost()
-        except Exception as e:
-            print(f"FAIL: setting up: {e}")
-            print("0 passed, 1 failed")
-            return 1
-        print(f"ktls-echo's start-up probe: TlsTxSw +{PROBE_COST.tx}, TlsRxSw +{PROBE_COST.rx}", flush=True)
-        loader = unittest.TestLoader()
-        loader.testNamePatterns = [f"*{name}*" for name in sys.argv[2:]] or None
-        tests = loader.loadTestsFromModule(sys.modules[__name__])
-        result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2, resultclass=TimedResult).run(tests)
-    slowest = sorted(getattr(result, "durations", []), reverse=True)[:3]
-    print("slowest: " + ", ".join(f"{name} {seconds:.1f}s" for seconds, name in slowest), flush=True)
-    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
-    passed = result.testsRun - failed - len(result.skipped) - len(result.expectedFailures)
-    print(f"{passed} passed, {failed} failed", flush=True)
-    return 0 if failed == 0 else 1
+        return ktls_interop.fail(f"need the openssl CLI in PATH (found: {OPENSSL or 'none'}) and ktls-echo at {ECHO}")
+    print(f"kernel {os.uname().release}; {ktls_interop.openssl_version()}; Python ssl: {ssl.OPENSSL_VERSION}",
+          flush=True)
+    return ktls_interop.run_tests(sys.modules[__name__], sys.argv[2:], "ktls-tls12-interop-", set_up)
+
+
+def set_up(directory):
+    global PKI, PROBE_COST
+    PKI = Pki(directory)
+    PROBE_COST = measure_probe_cost()
+    print(f"ktls-echo's start-up probe: TlsTxSw +{PROBE_COST.tx}, TlsRxSw +{PROBE_COST.rx}", flush=True)
 
 
 if __name__ == "__main__":
