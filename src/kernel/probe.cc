@@ -20,12 +20,17 @@
 
 #include <array>
 
+#include "core/unique_fd.h"
 #include "kernel/crypto_info.h"
 #include "kernel/syscalls.h"
 #include "kernel/tls_uapi.h"
 #endif
 
 namespace ktls {
+
+#if defined(__linux__)
+using detail::UniqueFd;
+#endif
 
 bool Capabilities::Supports(TlsVersion version, Cipher cipher, bool need_rx) const noexcept {
   for (const CipherSupport& row : ciphers) {
@@ -46,71 +51,45 @@ std::vector<CipherSupport> EmptyRows() {
 
 #if defined(__linux__)
 
-// Fd closes the descriptor it owns.
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  Fd(Fd&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
-  Fd& operator=(Fd&& other) noexcept {
-    if (this != &other) {
-      Reset();
-      fd_ = other.fd_;
-      other.fd_ = -1;
-    }
-    return *this;
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { Reset(); }
-  int get() const { return fd_; }
-
- private:
-  void Reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-  int fd_;
-};
-
 // ConnectedPair makes an established loopback TCP connection. Both ends are
 // kept open until the question is answered, so the socket under test stays
 // ESTABLISHED. On failure err holds the errno and step names the call.
 struct PairResult {
-  Fd client;
-  Fd server;
+  UniqueFd client;
+  UniqueFd server;
   int err = 0;
   const char* step = "";
 };
 
 PairResult ConnectedPair() {
   PairResult out;
-  Fd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (listener.get() < 0) return {Fd(), Fd(), errno, "socket"};
+  UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (listener.get() < 0) return {UniqueFd(), UniqueFd(), errno, "socket"};
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   addr.sin_port = 0;
   socklen_t addr_len = sizeof(addr);
   if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return {Fd(), Fd(), errno, "bind 127.0.0.1"};
+    return {UniqueFd(), UniqueFd(), errno, "bind 127.0.0.1"};
   }
-  if (::listen(listener.get(), 1) != 0) return {Fd(), Fd(), errno, "listen"};
+  if (::listen(listener.get(), 1) != 0) return {UniqueFd(), UniqueFd(), errno, "listen"};
   if (::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &addr_len) != 0) {
-    return {Fd(), Fd(), errno, "getsockname"};
+    return {UniqueFd(), UniqueFd(), errno, "getsockname"};
   }
-  out.client = Fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (out.client.get() < 0) return {Fd(), Fd(), errno, "socket"};
+  out.client = UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (out.client.get() < 0) return {UniqueFd(), UniqueFd(), errno, "socket"};
   int rc;
   do {
     rc = ::connect(out.client.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
   } while (rc != 0 && errno == EINTR);
-  if (rc != 0) return {Fd(), Fd(), errno, "connect to loopback"};
+  if (rc != 0) return {UniqueFd(), UniqueFd(), errno, "connect to loopback"};
   int server_fd;
   do {
     server_fd = ::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC);
   } while (server_fd < 0 && errno == EINTR);
-  if (server_fd < 0) return {Fd(), Fd(), errno, "accept"};
-  out.server = Fd(server_fd);
+  if (server_fd < 0) return {UniqueFd(), UniqueFd(), errno, "accept"};
+  out.server = UniqueFd(server_fd);
   return out;
 }
 
