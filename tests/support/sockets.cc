@@ -26,11 +26,6 @@ sockaddr* AsSockaddr(sockaddr_in* addr) { return reinterpret_cast<sockaddr*>(add
 
 }  // namespace
 
-void UniqueFd::reset(int fd) {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = fd;
-}
-
 SocketPair LoopbackTcpPair() {
   UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!listener) ThrowErrno("socket");

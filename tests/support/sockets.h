@@ -15,37 +15,12 @@
 #include <string>
 #include <vector>
 
+#include "core/unique_fd.h"
+
 namespace ktls::testing {
 
-// UniqueFd owns one file descriptor and closes it when destroyed. Move-only.
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
-  UniqueFd& operator=(UniqueFd&& other) noexcept {
-    if (this != &other) reset(other.release());
-    return *this;
-  }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  ~UniqueFd() { reset(); }
-
-  int get() const { return fd_; }
-  bool valid() const { return fd_ >= 0; }
-  explicit operator bool() const { return valid(); }
-  // release gives up ownership and returns the descriptor.
-  int release() {
-    const int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-  // reset closes the current descriptor (if any) and owns fd instead.
-  void reset(int fd = -1);
-
- private:
-  int fd_ = -1;
-};
+// UniqueFd: the library's own move-only fd (src/core/unique_fd.h).
+using UniqueFd = ktls::detail::UniqueFd;
 
 // SocketPair: the two ends of one established TCP connection.
 struct SocketPair {
