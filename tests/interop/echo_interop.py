@@ -132,47 +132,11 @@ class EchoServer:
         return [parse_line(line) for line in lines[:count]]
 
 
-class SServer:
-    """`openssl s_server -quiet -naccept 1` in its default mode, which
-    copies its stdin to the connection and the connection to its stdout:
-    `send` is written to the client, everything the client sends lands in
-    self.out."""
+class SServer(ktls_interop.SServer):
+    """ktls_interop.SServer with this suite's openssl and server identity."""
 
     def __init__(self, *args, identity=None, send=b""):
-        identity = identity or PKI.server
-        self.args = ["-cert", identity.cert, "-key", identity.key, "-naccept", "1", "-quiet", *args]
-        self.send = send
-        self.proc = None
-
-    def __enter__(self):
-        # s_server -quiet does not print its port: pick a free one, and try
-        # again should another process take it first.
-        for _ in range(5):
-            self.port = free_port()
-            self.proc = subprocess.Popen([OPENSSL, "s_server", "-accept", f"{HOST}:{self.port}", *self.args],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            self.out, self.err = Pump(self.proc.stdout), Pump(self.proc.stderr)
-            self.out.start()
-            self.err.start()
-            if wait_until(lambda: is_listening(self.port) or self.proc.poll() is not None, STEP_TIMEOUT) \
-                    and self.proc.poll() is None:
-                self.feeder = Feeder(self.proc.stdin, self.send)
-                self.feeder.start()
-                return self
-            stop_process(self.proc, (self.out, self.err))
-            if "in use" not in self.err.text():
-                break
-        raise AssertionError(f"openssl s_server did not start: {self.err.text()}")
-
-    def __exit__(self, *exc):
-        stop_process(self.proc, (self.out, self.err))
-
-    def wait(self):
-        """Exit status once the one connection is over (None: still running)."""
-        try:
-            return self.proc.wait(timeout=STEP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            return None
+        super().__init__(OPENSSL, identity or PKI.server, *args, send=send)
 
 
 class PythonTlsServer(threading.Thread):
