@@ -38,8 +38,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
-from ktls_interop import (HOST, STEP_TIMEOUT, Feeder, PkiBase, Pump, exchange, free_port,  # noqa: E402
-                          is_listening, received, stop_process, until_exit,
+from ktls_interop import (HOST, STEP_TIMEOUT, PkiBase, Pump, exchange,  # noqa: E402
+                          received, stop_process, until_exit,
                           parse_line, raw_connection_lines as connection_lines, read_tls_stat, sha,
                           wait_until)
 

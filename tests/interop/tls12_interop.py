@@ -37,8 +37,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
-from ktls_interop import (HOST, STEP_TIMEOUT, Feeder, PkiBase, Pump, exchange, free_port,  # noqa: E402
-                          is_listening, parse_line, raw_connection_lines as connection_lines, read_tls_stat,
+from ktls_interop import (HOST, STEP_TIMEOUT, PkiBase, Pump, exchange,  # noqa: E402
+                          parse_line, raw_connection_lines as connection_lines, read_tls_stat,
                           received, sha, stop_process, wait_until)
 
 PAYLOAD_LEN = 256 * 1024
