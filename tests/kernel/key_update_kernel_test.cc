@@ -364,25 +364,6 @@ const char* SenderName(Sender sender) { return sender == Sender::kWrite ? "Write
 
 void PrintTo(Sender sender, std::ostream* out) { *out << SenderName(sender); }
 
-// TempFile: an unlinked temporary file with random contents.
-class TempFile {
- public:
-  explicit TempFile(std::size_t len) : contents_(RandomBytes(len)) {
-    const char* dir = std::getenv("TMPDIR");
-    std::string path = std::string(dir != nullptr ? dir : "/tmp") + "/ktls-keyupdate-XXXXXX";
-    fd_.reset(::mkstemp(path.data()));
-    if (!fd_) return;
-    ::unlink(path.c_str());
-    if (!testing::WriteAll(fd_.get(), contents_)) fd_.reset();
-  }
-  bool ok() const { return fd_.valid(); }
-  int fd() const { return fd_.get(); }
-  const Bytes& contents() const { return contents_; }
-
- private:
-  Bytes contents_;
-  UniqueFd fd_;
-};
 
 // ThresholdSender: what the sending server saw.
 struct ThresholdSender {

@@ -251,27 +251,6 @@ INSTANTIATE_TEST_SUITE_P(Tls12, Tls12SuiteKernelTest, ::testing::ValuesIn(kSuite
 
 // --- b. SendFile ---------------------------------------------------------------
 
-// TempFile: an unlinked temporary file with random contents.
-class TempFile {
- public:
-  explicit TempFile(std::size_t len) : contents_(RandomBytes(len)) {
-    const char* dir = std::getenv("TMPDIR");
-    std::string path = std::string(dir != nullptr ? dir : "/tmp") + "/ktls-tls12-sendfile-XXXXXX";
-    fd_.reset(::mkstemp(path.data()));
-    if (!fd_) return;
-    ::unlink(path.c_str());
-    if (!testing::WriteAll(fd_.get(), contents_)) fd_.reset();
-  }
-  bool ok() const { return fd_.valid(); }
-  int fd() const { return fd_.get(); }
-  std::span<const std::uint8_t> Slice(std::size_t offset, std::size_t len) const {
-    return std::span(contents_).subspan(offset, len);
-  }
-
- private:
-  Bytes contents_;
-  UniqueFd fd_;
-};
 
 struct FileRange {
   std::size_t offset;

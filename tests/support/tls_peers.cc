@@ -13,7 +13,9 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <stdexcept>
 #include <utility>
 
@@ -333,6 +335,15 @@ std::vector<OffloadReport> FallbackLog::reports() {
 }
 
 // --- Plain OpenSSL peers ------------------------------------------------------
+
+TempFile::TempFile(std::size_t len) : contents_(RandomBytes(len)) {
+  const char* dir = std::getenv("TMPDIR");
+  std::string path = std::string(dir != nullptr ? dir : "/tmp") + "/ktls-test-file-XXXXXX";
+  fd_.reset(::mkstemp(path.data()));
+  if (!fd_) return;
+  ::unlink(path.c_str());
+  if (!WriteAll(fd_.get(), contents_)) fd_.reset();
+}
 
 namespace plain_openssl {
 

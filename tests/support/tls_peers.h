@@ -29,6 +29,7 @@
 #include "ktls/connection.h"
 #include "ktls/offload.h"
 #include "ktls/server.h"
+#include "tests/support/sockets.h"
 
 namespace ktls::testing {
 
@@ -209,6 +210,23 @@ class FallbackLog {
  private:
   std::mutex mu_;
   std::vector<OffloadReport> reports_;
+};
+
+// TempFile: an unlinked temporary file holding len random bytes, for
+// sendfile tests. ok() is false if it could not be made.
+class TempFile {
+ public:
+  explicit TempFile(std::size_t len);
+  bool ok() const { return fd_.valid(); }
+  int fd() const { return fd_.get(); }
+  const std::vector<std::uint8_t>& contents() const { return contents_; }
+  std::span<const std::uint8_t> Slice(std::size_t offset, std::size_t len) const {
+    return std::span(contents_).subspan(offset, len);
+  }
+
+ private:
+  std::vector<std::uint8_t> contents_;
+  UniqueFd fd_;
 };
 
 // Plain OpenSSL peers (no ktls anywhere, RX and TX in userspace), for tests
