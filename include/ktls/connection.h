@@ -30,6 +30,14 @@ enum class Offload : std::uint8_t {
 // OffloadName returns "user" or "kernel".
 KTLS_API const char* OffloadName(Offload where) noexcept;
 
+// Wait: the socket readiness a call that would block waits for. A read can
+// need the socket writable (OpenSSL answering the peer), a write readable.
+enum class Wait : std::uint8_t {
+  kNone,      // Nothing to wait for.
+  kReadable,  // Wait until the socket is readable (POLLIN).
+  kWritable,  // Wait until the socket is writable (POLLOUT).
+};
+
 // IoProgress: what one Read, Write or SendFile call did.
 struct KTLS_API IoProgress {
   // bytes: how many bytes were read or written (possibly fewer than asked).
@@ -42,6 +50,8 @@ struct KTLS_API IoProgress {
   // come. Not an error (a peer that closes TCP without close_notify gets
   // ErrorCategory::kTruncated instead).
   bool end_of_stream = false;
+  // wait: with would_block, what to wait for before calling again.
+  Wait wait = Wait::kNone;
 };
 
 // SessionInfo: what a request handler needs to know about the session.
@@ -97,7 +107,10 @@ class KTLS_API Connection {
 
   // Shutdown sends close_notify (as an alert record, whichever side holds
   // TX) and then shuts down the socket's write side. Reading still works.
-  Result<void> Shutdown();
+  // On a non-blocking socket whose send buffer is full it returns
+  // would_block (nothing sent): wait as IoProgress::wait says and call
+  // again. Once close_notify went out, further calls do nothing.
+  Result<IoProgress> Shutdown();
 
   // Close closes the socket (and frees anything still held). Idempotent.
   void Close();

@@ -20,6 +20,7 @@
 
 #include "ktls/connection.h"
 #include "ktls/export.h"
+#include "ktls/handshake.h"
 #include "ktls/offload.h"
 #include "ktls/result.h"
 #include "ktls/types.h"
@@ -59,6 +60,39 @@ struct KTLS_API ServerConfig {
   OffloadOptions offload;
 };
 
+// ServerContext: a server's TLS configuration (certificate, ALPN, offload
+// options), ready to run handshakes on sockets accepted by anyone: a
+// Listener, an Asio acceptor, your own accept loop. Cheap to share: copies
+// refer to the same SSL_CTX. Safe to use from several threads at once.
+class KTLS_API ServerContext {
+ public:
+  // Create loads the certificate and key (or takes config.ssl_ctx) and
+  // prepares the context for offload.
+  static Result<ServerContext> Create(const ServerConfig& config);
+
+  ServerContext(const ServerContext&);
+  ServerContext& operator=(const ServerContext&);
+  ServerContext(ServerContext&&) noexcept;
+  ServerContext& operator=(ServerContext&&) noexcept;
+  ~ServerContext();
+
+  // StartHandshake takes ownership of a connected socket (closing it if
+  // this fails), makes it non-blocking, and returns the handshake to drive
+  // with Step. The deadline is config.handshake_timeout from now.
+  Result<PendingHandshake> StartHandshake(int socket) const;
+
+  // config is the configuration the context was made from.
+  const ServerConfig& config() const noexcept;
+  // ssl_ctx is the OpenSSL context (owned by this ServerContext).
+  SSL_CTX* ssl_ctx() const noexcept;
+
+  struct Impl;
+
+ private:
+  explicit ServerContext(std::shared_ptr<const Impl> impl);
+  std::shared_ptr<const Impl> impl_;
+};
+
 // Listener: a listening TCP socket plus a TLS configuration. Accept and
 // Handshake are safe to call from several threads at once.
 class KTLS_API Listener {
@@ -80,14 +114,21 @@ class KTLS_API Listener {
   // AcceptSocket and Handshake split Accept, so a server can hand each new
   // socket to a worker thread and keep accepting.
   Result<int> AcceptSocket();
-  // Handshake takes ownership of socket (closing it on failure).
+  // Handshake takes ownership of socket (closing it on failure), runs the
+  // handshake (blocking, bounded by ServerConfig::handshake_timeout) and
+  // offloads. The Connection's socket is blocking.
   Result<Connection> Handshake(int socket);
+  // StartHandshake is Handshake for event loops: see ServerContext.
+  Result<PendingHandshake> StartHandshake(int socket) const;
 
   int fd() const noexcept;
   // port is the bound port (useful after listening on port 0).
   int port() const noexcept;
   // ssl_ctx is the context handshakes use (owned by the listener).
   SSL_CTX* ssl_ctx() const noexcept;
+  // context is the listener's TLS configuration, to run handshakes on
+  // sockets accepted elsewhere.
+  const ServerContext& context() const noexcept;
 
   struct Impl;
 

@@ -65,6 +65,13 @@ constexpr unsigned char kKeyUpdateRequested = 1;
 
 bool WouldBlock(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
+// Blocked: no progress now; call again once the socket is ready for `wait`.
+IoProgress Blocked(Wait wait) { return IoProgress{0, true, false, wait}; }
+
+// IsWouldBlock: a control record could not go out now (non-blocking socket
+// with a full send buffer). Nothing was sent; trying again later is safe.
+bool IsWouldBlock(const Error& error) { return error.category == ErrorCategory::kIo && WouldBlock(error.sys_errno); }
+
 }  // namespace
 
 ConnectionImpl::ConnectionImpl(UniqueFd fd, UniqueSsl ssl_in, bool server)
@@ -143,7 +150,9 @@ Result<IoProgress> ConnectionImpl::ReadUser(std::span<std::byte> buf) {
     }
     if (code == SSL_ERROR_WANT_READ || code == SSL_ERROR_WANT_WRITE) {
       lock.unlock();
-      if (!WaitFor(code == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT)) return IoProgress{0, true, false};
+      if (!WaitFor(code == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT)) {
+        return Blocked(code == SSL_ERROR_WANT_READ ? Wait::kReadable : Wait::kWritable);
+      }
       continue;
     }
     return Fail(SslCallError(ssl.get(), ret, "SSL_read"));
@@ -165,7 +174,7 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
     const ssize_t n = sys::RecvMsg(socket.get(), &msg, 0);
     if (n < 0) {
       const int err = static_cast<int>(-n);
-      if (WouldBlock(err)) return IoProgress{0, true, false};
+      if (WouldBlock(err)) return Blocked(Wait::kReadable);
       if (err == EBADMSG) {
         SendFatalAlert(kAlertBadRecordMac);
         return Fail(AlertError(ErrorCategory::kProtocol, kAlertBadRecordMac,
@@ -331,7 +340,10 @@ Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data) {
   if (tx == Offload::kKernel) {
     std::lock_guard lock(tx_mu_);
     std::size_t len = data.size();
-    if (auto ready = BeforeKernelWrite(&len); !ready) return Fail(std::move(ready).error());
+    if (auto ready = BeforeKernelWrite(&len); !ready) {
+      if (IsWouldBlock(ready.error())) return Blocked(Wait::kWritable);
+      return Fail(std::move(ready).error());
+    }
     iovec iov{const_cast<std::byte*>(data.data()), len};
     msghdr msg{};
     msg.msg_iov = &iov;
@@ -341,7 +353,7 @@ Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data) {
       tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
       return IoProgress{static_cast<std::size_t>(n), false, false};
     }
-    if (WouldBlock(static_cast<int>(-n))) return IoProgress{0, true, false};
+    if (WouldBlock(static_cast<int>(-n))) return Blocked(Wait::kWritable);
     return Fail(SysError(static_cast<int>(-n), "sendmsg on the kTLS socket"));
   }
   for (;;) {
@@ -362,7 +374,9 @@ Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data) {
     const int code = SSL_get_error(ssl.get(), ret);
     if (code == SSL_ERROR_WANT_WRITE || code == SSL_ERROR_WANT_READ) {
       lock.unlock();
-      if (!WaitFor(code == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN)) return IoProgress{0, true, false};
+      if (!WaitFor(code == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN)) {
+        return Blocked(code == SSL_ERROR_WANT_WRITE ? Wait::kWritable : Wait::kReadable);
+      }
       continue;  // OpenSSL wants the same buffer again (ACCEPT_MOVING_WRITE_BUFFER is set).
     }
     return Fail(SslCallError(ssl.get(), ret, "SSL_write"));
@@ -377,14 +391,17 @@ Result<IoProgress> ConnectionImpl::SendFile(int file_fd, off_t offset, std::size
   if (tx == Offload::kKernel) {
     std::lock_guard lock(tx_mu_);
     std::size_t len = count;
-    if (auto ready = BeforeKernelWrite(&len); !ready) return Fail(std::move(ready).error());
+    if (auto ready = BeforeKernelWrite(&len); !ready) {
+      if (IsWouldBlock(ready.error())) return Blocked(Wait::kWritable);
+      return Fail(std::move(ready).error());
+    }
     off_t pos = offset;
     const ssize_t n = sys::SendFile(socket.get(), file_fd, &pos, len);
     if (n >= 0) {
       tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
       return IoProgress{static_cast<std::size_t>(n), false, false};
     }
-    if (WouldBlock(static_cast<int>(-n))) return IoProgress{0, true, false};
+    if (WouldBlock(static_cast<int>(-n))) return Blocked(Wait::kWritable);
     // A bad file is the caller's error, not the connection's.
     if (n == -EBADF || n == -EINVAL || n == -ESPIPE) return SysError(static_cast<int>(-n), "sendfile: bad input file");
     return Fail(SysError(static_cast<int>(-n), "sendfile on the kTLS socket"));
@@ -408,7 +425,8 @@ Result<IoProgress> ConnectionImpl::SendFile(int file_fd, off_t offset, std::size
     }
     sent += wrote->bytes;
     if (wrote->would_block || wrote->bytes < static_cast<std::size_t>(got)) {
-      return IoProgress{sent, sent == 0 && wrote->would_block, false};
+      if (sent == 0) return *wrote;  // Blocked: says what to wait for.
+      return IoProgress{sent, false, false};
     }
   }
   return IoProgress{sent, false, false};
@@ -453,7 +471,10 @@ Result<void> ConnectionImpl::UpdateTxKeyLocked(bool request_peer_update) {
 
 Result<void> ConnectionImpl::BeforeKernelWrite(std::size_t* len) {
   if (tx_update_pending_.exchange(false)) {
-    if (auto updated = UpdateTxKeyLocked(false); !updated) return updated;
+    if (auto updated = UpdateTxKeyLocked(false); !updated) {
+      if (IsWouldBlock(updated.error())) tx_update_pending_ = true;  // Still owed; nothing was sent.
+      return updated;
+    }
   }
   if (key_update_threshold == 0 || tx_records_bound_ + MaxRecordsFor(*len) < key_update_threshold) return {};
   // Near the limit: ask the kernel for the exact count (it includes the
@@ -488,7 +509,12 @@ Result<void> ConnectionImpl::AnswerPeerKeyUpdate() {
   std::unique_lock lock(tx_mu_, std::try_to_lock);
   if (!lock.owns_lock()) return {};  // A write is in progress; it answers first.
   if (!tx_update_pending_.exchange(false)) return {};
-  return UpdateTxKeyLocked(false);
+  auto updated = UpdateTxKeyLocked(false);
+  if (!updated && IsWouldBlock(updated.error())) {
+    tx_update_pending_ = true;  // The send buffer is full: the next write answers.
+    return {};
+  }
+  return updated;
 }
 
 Result<void> ConnectionImpl::RekeyRx() {
@@ -570,13 +596,16 @@ Result<void> ConnectionImpl::UpdateKeys(bool request_peer_update) {
   return {};
 }
 
-Result<void> ConnectionImpl::Shutdown() {
+Result<IoProgress> ConnectionImpl::Shutdown() {
   if (socket.get() < 0) return MakeError(ErrorCategory::kUsage, "shutdown on a closed connection");
-  if (sent_close_) return {};
+  if (sent_close_) return IoProgress{};
   if (tx == Offload::kKernel) {
     std::lock_guard lock(tx_mu_);  // Never between a KeyUpdate and the new key.
     const std::array<unsigned char, 2> close_notify{kAlertLevelWarning, kAlertCloseNotify};
-    if (auto sent = SendKernelControlRecord(uapi::kRecordAlert, close_notify); !sent) return sent;
+    if (auto sent = SendKernelControlRecord(uapi::kRecordAlert, close_notify); !sent) {
+      if (IsWouldBlock(sent.error())) return Blocked(Wait::kWritable);
+      return std::move(sent).error();
+    }
   } else {
     for (;;) {
       std::unique_lock lock(ssl_mu_);
@@ -586,13 +615,13 @@ Result<void> ConnectionImpl::Shutdown() {
       const int code = SSL_get_error(ssl.get(), ret);
       lock.unlock();
       if (code == SSL_ERROR_WANT_WRITE && WaitFor(POLLOUT)) continue;
-      if (code == SSL_ERROR_WANT_WRITE) return MakeError(ErrorCategory::kIo, "close_notify would block; retry");
+      if (code == SSL_ERROR_WANT_WRITE) return Blocked(Wait::kWritable);
       return SslCallError(ssl.get(), ret, "SSL_shutdown");
     }
   }
   sent_close_ = true;
   ::shutdown(socket.get(), SHUT_WR);
-  return {};
+  return IoProgress{};
 }
 
 void ConnectionImpl::Close() {
@@ -635,7 +664,7 @@ Result<IoProgress> Connection::WriteAll(std::span<const std::byte> data) {
     auto wrote = Write(data.subspan(done));
     if (!wrote.ok()) return wrote;
     done += wrote->bytes;
-    if (wrote->would_block) return IoProgress{done, true, false};
+    if (wrote->would_block) return IoProgress{done, true, false, wrote->wait};
   }
   return IoProgress{done, false, false};
 }
@@ -644,7 +673,9 @@ Result<IoProgress> Connection::SendFile(int file_fd, off_t offset, std::size_t c
   return impl_ ? impl_->SendFile(file_fd, offset, count) : Result<IoProgress>(EmptyConnection());
 }
 
-Result<void> Connection::Shutdown() { return impl_ ? impl_->Shutdown() : Result<void>(EmptyConnection()); }
+Result<IoProgress> Connection::Shutdown() {
+  return impl_ ? impl_->Shutdown() : Result<IoProgress>(EmptyConnection());
+}
 
 void Connection::Close() {
   if (impl_) impl_->Close();

@@ -32,7 +32,7 @@ class ConnectionImpl {
   void SetTxRecordsBound(std::uint64_t records) { tx_records_bound_ = records; }
   Result<IoProgress> Write(std::span<const std::byte> data);
   Result<IoProgress> SendFile(int file_fd, off_t offset, std::size_t count);
-  Result<void> Shutdown();
+  Result<IoProgress> Shutdown();
   void Close();
 
   // --- set up by offload (conn/offload.cc) ---

@@ -1,5 +1,6 @@
 // net/client.cc: Connect.
 #include "ktls/client.h"
+#include "ktls/handshake.h"
 
 #include <arpa/inet.h>
 #include <openssl/err.h>
@@ -11,6 +12,7 @@
 #include "core/errors.h"
 #include "core/openssl_ptr.h"
 #include "handshake/context.h"
+#include "net/pending_handshake.h"
 #include "net/socket_util.h"
 
 namespace ktls {
@@ -23,18 +25,12 @@ bool IsIpAddress(const std::string& host) {
 
 }  // namespace
 
-Result<Connection> Connect(const std::string& host, std::uint16_t port, const ClientConfig& config) {
+Result<PendingHandshake> StartClientHandshake(int socket, const std::string& host, const ClientConfig& config) {
+  detail::UniqueFd fd(socket);
   auto ctx = detail::NewClientContext(config);
   if (!ctx.ok()) return std::move(ctx).error();
   auto alpn = detail::AlpnWire(config.alpn);
   if (!alpn.ok()) return std::move(alpn).error();
-
-  auto fd = detail::ConnectTcp(host, std::to_string(port));
-  if (!fd.ok()) return std::move(fd).error();
-  const auto timeout = config.handshake_timeout;
-  if (timeout.count() > 0) {
-    if (auto set = detail::SetIoTimeout(fd->get(), timeout); !set) return std::move(set).error();
-  }
 
   detail::UniqueSsl ssl(SSL_new(ctx->get()));
   if (!ssl) return detail::OpenSslError(ErrorCategory::kInternal, "SSL_new");
@@ -53,25 +49,16 @@ Result<Connection> Connect(const std::string& host, std::uint16_t port, const Cl
   if (!alpn->empty() && SSL_set_alpn_protos(ssl.get(), alpn->data(), static_cast<unsigned int>(alpn->size())) != 0) {
     return detail::OpenSslError(ErrorCategory::kInternal, "SSL_set_alpn_protos");
   }
-  if (SSL_set_fd(ssl.get(), fd->get()) != 1) return detail::OpenSslError(ErrorCategory::kInternal, "SSL_set_fd");
-  ERR_clear_error();
-  errno = 0;
-  const int ret = SSL_connect(ssl.get());
-  if (ret != 1) {
-    const long verify = SSL_get_verify_result(ssl.get());
-    Error error = detail::SslCallError(ssl.get(), ret, "TLS handshake");
-    if (verify != X509_V_OK) {
-      error.detail += ": certificate verification failed: ";
-      error.detail += X509_verify_cert_error_string(verify);
-    }
-    return error;
-  }
-  if (timeout.count() > 0) {
-    if (auto cleared = detail::SetIoTimeout(fd->get(), std::chrono::milliseconds(0)); !cleared) {
-      return std::move(cleared).error();
-    }
-  }
-  return detail::OffloadHandshaken(std::move(fd).value(), std::move(ssl), /*is_server=*/false, config.offload);
+  return detail::NewPendingHandshake(std::move(fd), std::move(ssl), /*is_server=*/false, config.offload,
+                                     config.handshake_timeout);
+}
+
+Result<Connection> Connect(const std::string& host, std::uint16_t port, const ClientConfig& config) {
+  auto fd = detail::ConnectTcp(host, std::to_string(port));
+  if (!fd.ok()) return std::move(fd).error();
+  auto handshake = StartClientHandshake(fd->release(), host, config);
+  if (!handshake.ok()) return std::move(handshake).error();
+  return detail::FinishBlocking(std::move(handshake).value());
 }
 
 }  // namespace ktls

@@ -13,15 +13,51 @@
 #include "core/openssl_ptr.h"
 #include "core/unique_fd.h"
 #include "handshake/context.h"
+#include "net/pending_handshake.h"
 #include "net/socket_util.h"
 
 namespace ktls {
 
-struct Listener::Impl {
-  detail::UniqueFd fd;
+struct ServerContext::Impl {
   std::vector<unsigned char> alpn_wire;  // Read by the context's ALPN callback.
   detail::UniqueSslCtx ctx;
   ServerConfig config;
+};
+
+ServerContext::ServerContext(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+ServerContext::ServerContext(const ServerContext&) = default;
+ServerContext& ServerContext::operator=(const ServerContext&) = default;
+ServerContext::ServerContext(ServerContext&&) noexcept = default;
+ServerContext& ServerContext::operator=(ServerContext&&) noexcept = default;
+ServerContext::~ServerContext() = default;
+
+Result<ServerContext> ServerContext::Create(const ServerConfig& config) {
+  auto impl = std::make_shared<Impl>();
+  impl->config = config;
+  auto wire = detail::AlpnWire(config.alpn);
+  if (!wire.ok()) return std::move(wire).error();
+  impl->alpn_wire = std::move(wire).value();
+  auto ctx = detail::NewServerContext(config, &impl->alpn_wire);
+  if (!ctx.ok()) return std::move(ctx).error();
+  impl->ctx = std::move(ctx).value();
+  return ServerContext(std::move(impl));
+}
+
+Result<PendingHandshake> ServerContext::StartHandshake(int socket) const {
+  detail::UniqueFd fd(socket);
+  detail::UniqueSsl ssl(SSL_new(impl_->ctx.get()));
+  if (!ssl) return detail::OpenSslError(ErrorCategory::kInternal, "SSL_new");
+  if (auto prepared = PrepareSsl(ssl.get()); !prepared) return std::move(prepared).error();
+  return detail::NewPendingHandshake(std::move(fd), std::move(ssl), /*is_server=*/true, impl_->config.offload,
+                                     impl_->config.handshake_timeout);
+}
+
+const ServerConfig& ServerContext::config() const noexcept { return impl_->config; }
+SSL_CTX* ServerContext::ssl_ctx() const noexcept { return impl_->ctx.get(); }
+
+struct Listener::Impl {
+  detail::UniqueFd fd;
+  ServerContext context;
   int port = 0;
 };
 
@@ -39,15 +75,10 @@ Result<Listener> Listener::Listen(const std::string& host_port, const ServerConf
 }
 
 Result<Listener> Listener::Wrap(int listen_fd, const ServerConfig& config) {
-  auto impl = std::make_unique<Impl>();
-  impl->fd.reset(listen_fd);
-  impl->config = config;
-  auto wire = detail::AlpnWire(config.alpn);
-  if (!wire.ok()) return std::move(wire).error();
-  impl->alpn_wire = std::move(wire).value();
-  auto ctx = detail::NewServerContext(config, &impl->alpn_wire);
-  if (!ctx.ok()) return std::move(ctx).error();
-  impl->ctx = std::move(ctx).value();
+  detail::UniqueFd fd(listen_fd);
+  auto context = ServerContext::Create(config);
+  if (!context.ok()) return std::move(context).error();
+  auto impl = std::make_unique<Impl>(Impl{std::move(fd), std::move(context).value(), 0});
   sockaddr_storage addr{};
   socklen_t len = sizeof(addr);
   if (::getsockname(listen_fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
@@ -71,51 +102,12 @@ Result<int> Listener::AcceptSocket() {
   }
 }
 
-namespace {
-
-// LingeringClose ends a connection whose handshake failed so that the
-// client still reads our alert: closing a socket with unread input sends a
-// reset, which can overtake the alert. Shut down our side, then discard what
-// the client still sends, for a moment, before closing.
-void LingeringClose(detail::UniqueFd fd) {
-  ::shutdown(fd.get(), SHUT_WR);
-  (void)detail::SetIoTimeout(fd.get(), std::chrono::milliseconds(100));
-  char discard[4096];
-  for (int i = 0; i < 16 && ::recv(fd.get(), discard, sizeof(discard), 0) > 0; ++i) {
-  }
-}
-
-}  // namespace
+Result<PendingHandshake> Listener::StartHandshake(int socket) const { return impl_->context.StartHandshake(socket); }
 
 Result<Connection> Listener::Handshake(int socket) {
-  detail::UniqueFd fd(socket);
-  const auto timeout = impl_->config.handshake_timeout;
-  if (timeout.count() > 0) {
-    if (auto set = detail::SetIoTimeout(fd.get(), timeout); !set) return std::move(set).error();
-  }
-  detail::UniqueSsl ssl(SSL_new(impl_->ctx.get()));
-  if (!ssl) return detail::OpenSslError(ErrorCategory::kInternal, "SSL_new");
-  if (auto prepared = PrepareSsl(ssl.get()); !prepared) return std::move(prepared).error();
-  if (SSL_set_fd(ssl.get(), fd.get()) != 1) return detail::OpenSslError(ErrorCategory::kInternal, "SSL_set_fd");
-  ERR_clear_error();
-  errno = 0;
-  const int ret = SSL_accept(ssl.get());
-  if (ret != 1) {
-    Error error = detail::SslCallError(ssl.get(), ret, "TLS handshake");
-    if (error.sys_errno == EAGAIN || error.sys_errno == EWOULDBLOCK) {
-      error = detail::MakeError(ErrorCategory::kIo, "TLS handshake timed out");
-      error.sys_errno = ETIMEDOUT;
-    }
-    ssl.reset();
-    LingeringClose(std::move(fd));
-    return error;
-  }
-  if (timeout.count() > 0) {
-    if (auto cleared = detail::SetIoTimeout(fd.get(), std::chrono::milliseconds(0)); !cleared) {
-      return std::move(cleared).error();
-    }
-  }
-  return detail::OffloadHandshaken(std::move(fd), std::move(ssl), /*is_server=*/true, impl_->config.offload);
+  auto handshake = StartHandshake(socket);
+  if (!handshake.ok()) return std::move(handshake).error();
+  return detail::FinishBlocking(std::move(handshake).value());
 }
 
 Result<Connection> Listener::Accept() {
@@ -126,6 +118,7 @@ Result<Connection> Listener::Accept() {
 
 int Listener::fd() const noexcept { return impl_->fd.get(); }
 int Listener::port() const noexcept { return impl_->port; }
-SSL_CTX* Listener::ssl_ctx() const noexcept { return impl_->ctx.get(); }
+SSL_CTX* Listener::ssl_ctx() const noexcept { return impl_->context.ssl_ctx(); }
+const ServerContext& Listener::context() const noexcept { return impl_->context; }
 
 }  // namespace ktls

@@ -91,15 +91,4 @@ Result<UniqueFd> ConnectTcp(const std::string& host, const std::string& port) {
   return SysError(last_errno, "cannot connect to " + host + ":" + port);
 }
 
-Result<void> SetIoTimeout(int fd, std::chrono::milliseconds timeout) {
-  timeval tv{};
-  tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
-  tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
-  if (::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
-      ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0) {
-    return SysError(errno, "setsockopt(SO_RCVTIMEO/SO_SNDTIMEO)");
-  }
-  return {};
-}
-
 }  // namespace ktls::detail

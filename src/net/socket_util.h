@@ -3,7 +3,6 @@
 #ifndef KTLS_SRC_NET_SOCKET_UTIL_H_
 #define KTLS_SRC_NET_SOCKET_UTIL_H_
 
-#include <chrono>
 #include <string>
 
 #include "core/unique_fd.h"
@@ -20,8 +19,6 @@ Result<UniqueFd> ListenTcp(const std::string& host, const std::string& port);
 // ConnectTcp resolves host and connects to the first address that answers.
 Result<UniqueFd> ConnectTcp(const std::string& host, const std::string& port);
 
-// SetHandshakeTimeout sets SO_RCVTIMEO and SO_SNDTIMEO (zero clears them).
-Result<void> SetIoTimeout(int fd, std::chrono::milliseconds timeout);
 
 }  // namespace ktls::detail
 

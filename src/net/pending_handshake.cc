@@ -1,0 +1,165 @@
+// net/pending_handshake.cc: PendingHandshake, the one handshake driver.
+// The blocking Listener::Handshake and Connect run it too (FinishBlocking),
+// so both kinds of caller get the same handshake and the same offload.
+#include "net/pending_handshake.h"
+
+#include <fcntl.h>
+#include <openssl/err.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <utility>
+
+#include "conn/offload_internal.h"
+#include "core/errors.h"
+
+namespace ktls {
+namespace detail {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+Result<void> SetNonBlocking(int fd, bool on) {
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0) return SysError(errno, "fcntl(F_GETFL)");
+  const int wanted = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
+  if (wanted != flags && ::fcntl(fd, F_SETFL, wanted) != 0) return SysError(errno, "fcntl(F_SETFL)");
+  return {};
+}
+
+// DrainInput reads (and drops) what the peer already sent, without waiting:
+// closing a socket with unread input sends a reset, which can overtake the
+// alert we just sent.
+void DrainInput(int fd) {
+  char discard[4096];
+  for (int i = 0; i < 16 && ::recv(fd, discard, sizeof(discard), MSG_DONTWAIT) > 0; ++i) {
+  }
+}
+
+int RemainingMs(Clock::time_point deadline) {
+  if (deadline == Clock::time_point::max()) return -1;
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  return static_cast<int>(std::clamp<long long>(left, 0, INT_MAX));
+}
+
+}  // namespace
+
+PendingHandshakeImpl::~PendingHandshakeImpl() {
+  if (state == State::kFailed && socket.get() >= 0) DrainInput(socket.get());
+  ssl.reset();  // Before the socket: the SSL's BIO refers to it.
+}
+
+Result<PendingHandshake> NewPendingHandshake(UniqueFd socket, UniqueSsl ssl, bool is_server,
+                                             const OffloadOptions& offload, std::chrono::milliseconds timeout) {
+  if (auto set = SetNonBlocking(socket.get(), true); !set) return std::move(set).error();
+  if (SSL_set_fd(ssl.get(), socket.get()) != 1) return OpenSslError(ErrorCategory::kInternal, "SSL_set_fd");
+  // The socket belongs to us, not to the BIO.
+  if (BIO* bio = SSL_get_rbio(ssl.get())) BIO_set_close(bio, BIO_NOCLOSE);
+  if (is_server) {
+    SSL_set_accept_state(ssl.get());
+  } else {
+    SSL_set_connect_state(ssl.get());
+  }
+  auto impl = std::make_unique<PendingHandshakeImpl>();
+  impl->socket = std::move(socket);
+  impl->ssl = std::move(ssl);
+  impl->is_server = is_server;
+  impl->offload = offload;
+  if (timeout.count() > 0) impl->deadline = Clock::now() + timeout;
+  return PendingHandshake(std::move(impl));
+}
+
+Result<Connection> FinishBlocking(PendingHandshake handshake) {
+  for (;;) {
+    auto wait = handshake.Step();
+    if (!wait.ok()) {
+      if (handshake.fd() >= 0 && wait.error().sys_errno != ETIMEDOUT) {
+        // Give the client a moment to read our alert and close first.
+        pollfd pfd{handshake.fd(), POLLIN, 0};
+        (void)::poll(&pfd, 1, 100);
+      }
+      return std::move(wait).error();
+    }
+    if (*wait == Wait::kNone) break;
+    pollfd pfd{handshake.fd(), static_cast<short>(*wait == Wait::kReadable ? POLLIN : POLLOUT), 0};
+    const int rc = ::poll(&pfd, 1, RemainingMs(handshake.deadline()));
+    if (rc < 0 && errno != EINTR) return SysError(errno, "poll during the TLS handshake");
+    // rc == 0: the deadline passed; Step reports it.
+  }
+  if (auto set = SetNonBlocking(handshake.fd(), false); !set) return std::move(set).error();
+  return handshake.Finish();
+}
+
+}  // namespace detail
+
+PendingHandshake::PendingHandshake(std::unique_ptr<detail::PendingHandshakeImpl> impl) : impl_(std::move(impl)) {}
+PendingHandshake::PendingHandshake(PendingHandshake&&) noexcept = default;
+PendingHandshake& PendingHandshake::operator=(PendingHandshake&&) noexcept = default;
+PendingHandshake::~PendingHandshake() = default;
+
+Result<Wait> PendingHandshake::Step() {
+  using State = detail::PendingHandshakeImpl::State;
+  if (!impl_) return detail::MakeError(ErrorCategory::kUsage, "empty ktls::PendingHandshake");
+  switch (impl_->state) {
+    case State::kDone:
+      return Wait::kNone;
+    case State::kFailed:
+      return detail::MakeError(ErrorCategory::kClosed, "the handshake already failed");
+    case State::kFinished:
+      return detail::MakeError(ErrorCategory::kUsage, "the handshake was already finished");
+    case State::kRunning:
+      break;
+  }
+  SSL* ssl = impl_->ssl.get();
+  const auto fail = [this](Error error) -> Result<Wait> {
+    impl_->state = State::kFailed;
+    // OpenSSL wrote its alert (if any) straight to the socket; a FIN after
+    // it tells the peer nothing more comes.
+    ::shutdown(impl_->socket.get(), SHUT_WR);
+    return error;
+  };
+  if (std::chrono::steady_clock::now() >= impl_->deadline) {
+    Error error = detail::MakeError(ErrorCategory::kIo, "TLS handshake timed out");
+    error.sys_errno = ETIMEDOUT;
+    return fail(std::move(error));
+  }
+  ERR_clear_error();
+  errno = 0;
+  const int ret = SSL_do_handshake(ssl);
+  if (ret == 1) {
+    impl_->state = State::kDone;
+    return Wait::kNone;
+  }
+  const int code = SSL_get_error(ssl, ret);
+  if (code == SSL_ERROR_WANT_READ) return Wait::kReadable;
+  if (code == SSL_ERROR_WANT_WRITE) return Wait::kWritable;
+  const long verify = SSL_get_verify_result(ssl);
+  Error error = detail::SslCallError(ssl, ret, "TLS handshake");
+  if (!impl_->is_server && verify != X509_V_OK) {
+    error.detail += ": certificate verification failed: ";
+    error.detail += X509_verify_cert_error_string(verify);
+  }
+  return fail(std::move(error));
+}
+
+Result<Connection> PendingHandshake::Finish() {
+  using State = detail::PendingHandshakeImpl::State;
+  if (!impl_) return detail::MakeError(ErrorCategory::kUsage, "empty ktls::PendingHandshake");
+  if (impl_->state != State::kDone) {
+    return detail::MakeError(ErrorCategory::kUsage, "Finish before Step reported the handshake complete");
+  }
+  impl_->state = State::kFinished;
+  return detail::OffloadHandshaken(std::move(impl_->socket), std::move(impl_->ssl), impl_->is_server,
+                                   impl_->offload);
+}
+
+int PendingHandshake::fd() const noexcept { return impl_ ? impl_->socket.get() : -1; }
+
+std::chrono::steady_clock::time_point PendingHandshake::deadline() const noexcept {
+  return impl_ ? impl_->deadline : std::chrono::steady_clock::time_point::max();
+}
+
+}  // namespace ktls

@@ -1,0 +1,142 @@
+// Unit tests: PendingHandshake's contract, on the host (the connections stay
+// in OpenSSL here; the kernel tests cover offload).
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "ktls/handshake.h"
+#include "ktls/server.h"
+#include "tests/support/sockets.h"
+#include "tests/support/tls_peers.h"
+
+namespace ktls::testing {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::steady_clock;
+
+TEST(PendingHandshakeTest, SilentClientTimesOutAtTheDeadline) {
+  SocketPair pair = LoopbackTcpPair();
+  ASSERT_TRUE(pair.client.valid() && pair.server.valid());
+  ServerConfig config = ServerFor();
+  config.handshake_timeout = milliseconds(200);
+  auto context = ServerContext::Create(config);
+  ASSERT_TRUE(context.ok()) << context.error().ToString();
+  const auto started = steady_clock::now();
+  auto hs = context->StartHandshake(pair.server.release());
+  ASSERT_TRUE(hs.ok()) << hs.error().ToString();
+  EXPECT_GE(hs->deadline(), started + milliseconds(200));
+  EXPECT_LE(hs->deadline(), steady_clock::now() + milliseconds(200));
+
+  auto first = hs->Step();
+  ASSERT_TRUE(first.ok()) << first.error().ToString();
+  EXPECT_EQ(*first, Wait::kReadable);  // Nothing sent: wait for the ClientHello.
+  pollfd pfd{hs->fd(), POLLIN, 0};
+  ASSERT_EQ(::poll(&pfd, 1, 400), 0) << "the silent client's socket became readable";
+  // poll waited the full 400 ms, past the deadline.
+  auto late = hs->Step();
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.error().category, ErrorCategory::kIo);
+  EXPECT_EQ(late.error().sys_errno, ETIMEDOUT);
+  // The server closed its side: the client reads EOF.
+  char byte;
+  EXPECT_EQ(::recv(pair.client.get(), &byte, 1, 0), 0);
+  auto again = hs->Step();
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.error().category, ErrorCategory::kClosed);
+}
+
+TEST(PendingHandshakeTest, FinishBeforeTheHandshakeEndsIsAUsageError) {
+  SocketPair pair = LoopbackTcpPair();
+  ASSERT_TRUE(pair.client.valid() && pair.server.valid());
+  auto context = ServerContext::Create(ServerFor());
+  ASSERT_TRUE(context.ok()) << context.error().ToString();
+  auto hs = context->StartHandshake(pair.server.release());
+  ASSERT_TRUE(hs.ok());
+  auto conn = hs->Finish();
+  ASSERT_FALSE(conn.ok());
+  EXPECT_EQ(conn.error().category, ErrorCategory::kUsage);
+  EXPECT_GE(hs->fd(), 0) << "a usage error must not take the socket";
+}
+
+// DriveBoth steps two handshakes on this thread until both are done or one
+// fails; returns the first failure.
+std::optional<Error> DriveBoth(PendingHandshake& a, PendingHandshake& b) {
+  Wait wait_a = Wait::kReadable;
+  Wait wait_b = Wait::kReadable;
+  const auto deadline = steady_clock::now() + kIoTimeout;
+  while ((wait_a != Wait::kNone || wait_b != Wait::kNone) && steady_clock::now() < deadline) {
+    for (auto [hs, wait] : {std::pair{&a, &wait_a}, std::pair{&b, &wait_b}}) {
+      if (*wait == Wait::kNone) continue;
+      auto step = hs->Step();
+      if (!step.ok()) return step.error();
+      *wait = *step;
+    }
+    pollfd fds[2] = {{a.fd(), static_cast<short>(wait_a == Wait::kWritable ? POLLOUT : POLLIN), 0},
+                     {b.fd(), static_cast<short>(wait_b == Wait::kWritable ? POLLOUT : POLLIN), 0}};
+    (void)::poll(fds, 2, 100);
+  }
+  return std::nullopt;
+}
+
+TEST(PendingHandshakeTest, BothEndsOnOneThreadThenDataFlows) {
+  SocketPair pair = LoopbackTcpPair();
+  ASSERT_TRUE(pair.client.valid() && pair.server.valid());
+  ServerConfig server_config = ServerFor();
+  server_config.alpn = {"http/1.1"};
+  auto context = ServerContext::Create(server_config);
+  ASSERT_TRUE(context.ok()) << context.error().ToString();
+  auto server_hs = context->StartHandshake(pair.server.release());
+  ASSERT_TRUE(server_hs.ok());
+  ClientConfig client_config = ClientFor();
+  client_config.alpn = {"h2", "http/1.1"};
+  auto client_hs = StartClientHandshake(pair.client.release(), "localhost", client_config);
+  ASSERT_TRUE(client_hs.ok()) << client_hs.error().ToString();
+  auto failed = DriveBoth(*client_hs, *server_hs);
+  ASSERT_FALSE(failed.has_value()) << failed->ToString();
+  auto server = server_hs->Finish();
+  auto client = client_hs->Finish();
+  ASSERT_TRUE(server.ok() && client.ok());
+  EXPECT_EQ(server->session().alpn, "http/1.1");
+  EXPECT_EQ(client->session().protocol, "TLSv1.3");
+
+  const auto data = RandomBytes(1000);
+  auto wrote = client->Write(std::as_bytes(std::span(data)));
+  ASSERT_TRUE(wrote.ok());
+  ASSERT_EQ(wrote->bytes, data.size());
+  std::vector<std::uint8_t> got(data.size());
+  std::size_t have = 0;
+  while (have < got.size()) {
+    auto read = server->Read(std::as_writable_bytes(std::span(got).subspan(have)));
+    ASSERT_TRUE(read.ok()) << read.error().ToString();
+    if (read->would_block) {
+      EXPECT_EQ(read->wait, Wait::kReadable);
+      pollfd pfd{server->fd(), POLLIN, 0};
+      ASSERT_EQ(::poll(&pfd, 1, 5000), 1);
+    }
+    have += read->bytes;
+  }
+  EXPECT_EQ(got, data);
+}
+
+TEST(PendingHandshakeTest, UntrustedServerFailsTheClientStepWithTheReason) {
+  SocketPair pair = LoopbackTcpPair();
+  ASSERT_TRUE(pair.client.valid() && pair.server.valid());
+  auto context = ServerContext::Create(ServerFor());
+  ASSERT_TRUE(context.ok());
+  auto server_hs = context->StartHandshake(pair.server.release());
+  ASSERT_TRUE(server_hs.ok());
+  ClientConfig client_config = ClientFor();
+  client_config.ca_file.clear();  // The system store, which does not know TestCert.
+  auto client_hs = StartClientHandshake(pair.client.release(), "localhost", client_config);
+  ASSERT_TRUE(client_hs.ok());
+  auto failed = DriveBoth(*client_hs, *server_hs);
+  ASSERT_TRUE(failed.has_value());
+  EXPECT_NE(failed->detail.find("certificate verification failed"), std::string::npos) << failed->ToString();
+}
+
+}  // namespace
+}  // namespace ktls::testing
