@@ -12,6 +12,7 @@ consumer=$src/tests/install/consumer
 cmake -S "$consumer" -B "$work/cmake-consumer" -DCMAKE_PREFIX_PATH="$work/prefix" >"$work/configure.log"
 cmake --build "$work/cmake-consumer" >"$work/build.log"
 "$work/cmake-consumer/consumer"
+"$work/cmake-consumer/asio_consumer"
 
 pc_dir=$(dirname "$(find "$work/prefix" -name ktls.pc | head -n1)")
 flags=$(PKG_CONFIG_PATH=$pc_dir pkg-config --cflags --libs ktls)

@@ -1,0 +1,276 @@
+// Kernel tests: ktls::asio with Boost.Beast, in every offload state: an
+// HTTP request/response exchange over keep-alive with a body sent by
+// async_sendfile; the handshake deadline and cancellation, which must leave
+// no descriptor behind.
+#include <dirent.h>
+#include <gtest/gtest.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "kernel/tls_uapi.h"
+#include "ktls/asio.h"
+#include "tests/support/fault_syscalls.h"
+#include "tests/support/kernel_env.h"
+#include "tests/support/sockets.h"
+#include "tests/support/tls_peers.h"
+
+namespace ktls::testing {
+namespace {
+
+namespace net = boost::asio;
+namespace http = boost::beast::http;
+using net::ip::tcp;
+using boost::system::error_code;
+
+enum class Shape { kBoth, kTxOnly, kNeither };
+
+std::string ShapeName(const ::testing::TestParamInfo<Shape>& info) {
+  switch (info.param) {
+    case Shape::kBoth: return "BothInKernel";
+    case Shape::kTxOnly: return "TxOnlyInKernel";
+    case Shape::kNeither: return "NeitherInKernel";
+  }
+  return "?";
+}
+
+int OpenFdCount() {
+  int count = 0;
+  if (DIR* dir = ::opendir("/proc/self/fd")) {
+    while (::readdir(dir) != nullptr) ++count;
+    ::closedir(dir);
+  }
+  return count;
+}
+
+// RunFor runs io until it has no more work, or fails the test after the
+// deadline (a hung operation).
+void RunFor(net::io_context& io, std::chrono::seconds deadline) {
+  io.run_for(deadline);
+  EXPECT_TRUE(io.stopped()) << "operations still outstanding after " << deadline.count() << " s";
+}
+
+class AsioKernelTest : public ::testing::TestWithParam<Shape> {
+ protected:
+  void SetUp() override {
+    ClearFaults();
+    if (GetParam() == Shape::kNeither) {
+      InjectFault({.call = Syscall::kSetSockOpt, .err = ENOENT, .level = detail::uapi::kSolTcp,
+                   .name = detail::uapi::kTcpUlp, .times = -1});
+    }
+  }
+  void TearDown() override { ClearFaults(); }
+
+  OffloadOptions Options() const {
+    OffloadOptions options;
+    options.rx = GetParam() == Shape::kBoth ? RxOffload::kOn : RxOffload::kOff;
+    return options;
+  }
+  Offload WantTx() const { return GetParam() == Shape::kNeither ? Offload::kUser : Offload::kKernel; }
+  Offload WantRx() const { return GetParam() == Shape::kBoth ? Offload::kKernel : Offload::kUser; }
+};
+
+// Server: accepts one client and answers its requests until it closes:
+// /file with the file by async_sendfile, anything else with a short text.
+net::awaitable<void> Serve(tcp::acceptor& acceptor, const ServerContext& context, const TempFile& file,
+                           std::string& error, Offload& tx, Offload& rx) {
+  error_code ec;
+  asio::stream s = co_await asio::async_accept(acceptor, context, net::redirect_error(net::use_awaitable, ec));
+  if (ec) {
+    error = "accept: " + ec.message() + ": " + s.last_error().ToString();
+    co_return;
+  }
+  tx = s.connection().tx();
+  rx = s.connection().rx();
+  boost::beast::flat_buffer buffer;
+  for (;;) {
+    http::request<http::empty_body> request;
+    co_await http::async_read(s, buffer, request, net::redirect_error(net::use_awaitable, ec));
+    if (ec == http::error::end_of_stream) break;  // The client's close_notify.
+    if (ec) {
+      error = "read request: " + ec.message();
+      co_return;
+    }
+    if (request.target() == "/file") {
+      http::response<http::empty_body> response{http::status::ok, 11};
+      response.content_length(file.contents().size());
+      response.keep_alive(true);
+      http::response_serializer<http::empty_body> serializer{response};
+      co_await http::async_write_header(s, serializer, net::redirect_error(net::use_awaitable, ec));
+      if (!ec) {
+        const std::size_t sent = co_await s.async_sendfile(file.fd(), 0, file.contents().size(),
+                                                          net::redirect_error(net::use_awaitable, ec));
+        if (!ec && sent != file.contents().size()) error = "async_sendfile sent " + std::to_string(sent);
+      }
+    } else {
+      http::response<http::string_body> response{http::status::ok, 11};
+      response.body() = "hello " + std::string(request.target());
+      response.prepare_payload();
+      response.keep_alive(true);
+      co_await http::async_write(s, response, net::redirect_error(net::use_awaitable, ec));
+    }
+    if (ec) {
+      error = "write response: " + ec.message() + ": " + s.last_error().ToString();
+      co_return;
+    }
+  }
+  co_await s.async_shutdown(net::redirect_error(net::use_awaitable, ec));
+  if (ec) error = "shutdown: " + ec.message();
+}
+
+net::awaitable<void> Fetch(tcp::endpoint endpoint, ClientConfig config, std::vector<std::string>& bodies,
+                           std::string& error, Offload& tx, Offload& rx) {
+  error_code ec;
+  auto executor = co_await net::this_coro::executor;
+  tcp::socket socket(executor);
+  co_await socket.async_connect(endpoint, net::redirect_error(net::use_awaitable, ec));
+  if (ec) {
+    error = "connect: " + ec.message();
+    co_return;
+  }
+  asio::stream s(std::move(socket));
+  co_await s.async_handshake("localhost", config, net::redirect_error(net::use_awaitable, ec));
+  if (ec) {
+    error = "handshake: " + ec.message() + ": " + s.last_error().ToString();
+    co_return;
+  }
+  tx = s.connection().tx();
+  rx = s.connection().rx();
+  boost::beast::flat_buffer buffer;
+  for (const char* target : {"/hello", "/file", "/again"}) {
+    http::request<http::empty_body> request{http::verb::get, target, 11};
+    request.set(http::field::host, "localhost");
+    co_await http::async_write(s, request, net::redirect_error(net::use_awaitable, ec));
+    if (ec) {
+      error = std::string("write ") + target + ": " + ec.message();
+      co_return;
+    }
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(64 * 1024 * 1024);
+    co_await http::async_read(s, buffer, parser, net::redirect_error(net::use_awaitable, ec));
+    if (ec) {
+      error = std::string("read ") + target + ": " + ec.message() + ": " + s.last_error().ToString();
+      co_return;
+    }
+    bodies.push_back(parser.release().body());
+  }
+  co_await s.async_shutdown(net::redirect_error(net::use_awaitable, ec));
+  if (ec) {
+    error = "shutdown: " + ec.message();
+    co_return;
+  }
+  char byte;
+  co_await s.async_read_some(net::buffer(&byte, 1), net::redirect_error(net::use_awaitable, ec));
+  if (ec != net::error::eof) error = "expected the server's close_notify, got: " + ec.message();
+}
+
+TEST_P(AsioKernelTest, BeastRequestsOverKeepAliveWithSendfileBody) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  const auto stats_before = ReadTlsStat();
+  TempFile file(3 * 1024 * 1024 + 99);
+  ASSERT_TRUE(file.ok());
+  ServerConfig server_config = ServerFor();
+  server_config.offload = Options();
+  auto context = ServerContext::Create(server_config);
+  ASSERT_TRUE(context.ok()) << context.error().ToString();
+  ClientConfig client_config = ClientFor();
+  client_config.offload = Options();
+
+  net::io_context io;
+  tcp::acceptor acceptor(io, tcp::endpoint(net::ip::address_v4::loopback(), 0));
+  std::string server_error, client_error;
+  Offload server_tx{}, server_rx{}, client_tx{}, client_rx{};
+  std::vector<std::string> bodies;
+  net::co_spawn(io, Serve(acceptor, *context, file, server_error, server_tx, server_rx), net::detached);
+  net::co_spawn(io, Fetch(acceptor.local_endpoint(), client_config, bodies, client_error, client_tx, client_rx),
+                net::detached);
+  RunFor(io, kTestDeadline);
+
+  EXPECT_EQ(server_error, "");
+  EXPECT_EQ(client_error, "");
+  ASSERT_EQ(bodies.size(), 3u);
+  EXPECT_EQ(bodies[0], "hello /hello");
+  EXPECT_EQ(Sha256Hex(std::span(reinterpret_cast<const std::uint8_t*>(bodies[1].data()), bodies[1].size())),
+            Sha256Hex(file.contents()));
+  EXPECT_EQ(bodies[2], "hello /again");
+  ExpectOffloaded(server_tx, server_rx, WantTx(), WantRx(), "server");
+  ExpectOffloaded(client_tx, client_rx, WantTx(), WantRx(), "client");
+  const auto stats_after = ReadTlsStat();
+  const auto delta = [&](const char* name) { return stats_after.at(name) - stats_before.at(name); };
+  EXPECT_EQ(delta("TlsTxSw"), WantTx() == Offload::kKernel ? 2 : 0);
+  EXPECT_EQ(delta("TlsRxSw"), WantRx() == Offload::kKernel ? 2 : 0);
+  EXPECT_EQ(delta("TlsDecryptError"), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AsioKernelTest, ::testing::Values(Shape::kBoth, Shape::kTxOnly, Shape::kNeither),
+                         ShapeName);
+
+TEST(AsioHandshakeKernelTest, SilentClientTimesOutAndLeavesNoDescriptor) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  ServerConfig config = ServerFor();
+  config.handshake_timeout = std::chrono::milliseconds(300);
+  auto context = ServerContext::Create(config);
+  ASSERT_TRUE(context.ok());
+  net::io_context io;
+  tcp::acceptor acceptor(io, tcp::endpoint(net::ip::address_v4::loopback(), 0));
+  const int fds_before = OpenFdCount();
+  tcp::socket silent(io);
+  silent.connect(acceptor.local_endpoint());
+  error_code result = net::error::would_block;  // Overwritten by the handler.
+  std::string detail;
+  asio::async_accept(acceptor, *context, [&](error_code ec, asio::stream s) {
+    result = ec;
+    detail = s.last_error().ToString();
+    EXPECT_FALSE(s.is_open());
+  });
+  RunFor(io, std::chrono::seconds(10));
+  EXPECT_EQ(result, boost::system::errc::timed_out) << result.message();
+  EXPECT_NE(detail.find("timed out"), std::string::npos) << detail;
+  // The server's end is gone: the client reads EOF.
+  char byte;
+  error_code read_ec;
+  silent.read_some(net::buffer(&byte, 1), read_ec);
+  EXPECT_EQ(read_ec, net::error::eof);
+  silent.close();
+  EXPECT_EQ(OpenFdCount(), fds_before) << "a descriptor leaked";
+}
+
+TEST(AsioHandshakeKernelTest, CancelledHandshakeClosesTheSocketAndOffloadsNothing) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  auto context = ServerContext::Create(ServerFor());
+  ASSERT_TRUE(context.ok());
+  const auto stats_before = ReadTlsStat();
+  net::io_context io;
+  tcp::acceptor acceptor(io, tcp::endpoint(net::ip::address_v4::loopback(), 0));
+  const int fds_before = OpenFdCount();
+  tcp::socket silent(io);
+  silent.connect(acceptor.local_endpoint());
+  tcp::socket accepted = acceptor.accept();
+  std::optional<asio::stream> s;
+  s.emplace(std::move(accepted));
+  error_code result = net::error::would_block;
+  s->async_handshake(*context, [&](error_code ec) { result = ec; });
+  net::steady_timer timer(io, std::chrono::milliseconds(100));
+  timer.async_wait([&](error_code) { s->cancel(); });
+  RunFor(io, std::chrono::seconds(10));
+  EXPECT_EQ(result, net::error::operation_aborted) << result.message();
+  EXPECT_FALSE(s->is_open());
+  s.reset();
+  silent.close();
+  EXPECT_EQ(OpenFdCount(), fds_before) << "a descriptor leaked";
+  const auto stats_after = ReadTlsStat();
+  EXPECT_EQ(stats_after.at("TlsTxSw"), stats_before.at("TlsTxSw")) << "a cancelled handshake offloaded TX";
+}
+
+}  // namespace
+}  // namespace ktls::testing
