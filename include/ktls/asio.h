@@ -27,16 +27,6 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#include <boost/asio/associated_executor.hpp>
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/buffer.hpp>
-#include <boost/asio/compose.hpp>
-#include <boost/asio/error.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/system/error_code.hpp>
-
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
@@ -47,6 +37,18 @@
 #include <system_error>
 #include <utility>
 #include <vector>
+
+// Boost after the standard headers: some 1.74 headers use std::exchange
+// without including <utility>.
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/compose.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/system/error_code.hpp>
 
 #include "ktls/client.h"
 #include "ktls/connection.h"
@@ -78,6 +80,10 @@ enum class error {
 
 namespace detail {
 
+// Boost 1.74's error_category has a non-virtual destructor (protected);
+// deriving from it is how categories are made.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wnon-virtual-dtor"
 class ErrorCategory final : public boost::system::error_category {
  public:
   const char* name() const noexcept override { return "ktls"; }
@@ -96,6 +102,7 @@ class ErrorCategory final : public boost::system::error_category {
     return "unknown ktls error";
   }
 };
+#pragma GCC diagnostic pop
 
 }  // namespace detail
 

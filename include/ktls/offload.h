@@ -41,8 +41,17 @@ enum class RxOffload : std::uint8_t {
   kOff,  // Never: RX stays in OpenSSL, only TX is offloaded.
 };
 
+// TxOffload: whether the send direction (and with it, anything) goes to
+// the kernel.
+enum class TxOffload : std::uint8_t {
+  kOn,   // Where the kernel can (the default).
+  kOff,  // Never: the connection stays whole in OpenSSL (to compare, or to
+         // switch offload off without changing code paths).
+};
+
 // OffloadOptions: how to offload.
 struct KTLS_API OffloadOptions {
+  TxOffload tx = TxOffload::kOn;
   RxOffload rx = RxOffload::kAuto;
   // key_update_after_records: send a KeyUpdate before the TX record
   // sequence number reaches this. 0 means the AEAD's limit as ktls sets it:

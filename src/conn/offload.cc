@@ -211,6 +211,10 @@ Result<std::unique_ptr<DirectionKeys>> Tls12KeysFor(SSL* ssl, Cipher cipher, boo
 Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& options) {
   Plan plan;
   SSL* ssl = conn.ssl.get();
+  if (options.tx == TxOffload::kOff) {
+    plan.reason = "offload is turned off (TxOffload::kOff)";
+    return plan;
+  }
   const Capabilities& caps = CachedCapabilities();
   if (!caps.ulp) {
     plan.reason = "kernel TLS unavailable: " + caps.reason;

@@ -1,0 +1,395 @@
+// tools/ktls-serve/file_response.cc: see file_response.h.
+#include "ktls-serve/file_response.h"
+
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <charconv>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+namespace ktls::serve {
+
+// --- Root ----------------------------------------------------------------------
+
+std::optional<Root> Root::Open(const std::string& dir, std::string& error) {
+  const int fd = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    error = "cannot open " + dir + ": " + std::strerror(errno);
+    return std::nullopt;
+  }
+  return Root(fd);
+}
+
+Root::~Root() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+int Root::OpenBeneath(const std::string& path) const {
+  open_how how{};
+  how.flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;  // O_NONBLOCK: a FIFO must not hang us.
+  // RESOLVE_BENEATH: no "..", absolute path or symlink may lead out of the
+  // root (EXDEV); RESOLVE_NO_MAGICLINKS: no /proc/self/fd-style jumps.
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+  const long fd = ::syscall(SYS_openat2, fd_, path.c_str(), &how, sizeof(how));
+  if (fd >= 0) {
+    // Back to blocking for the file: sendfile and pread on regular files.
+    const int flags = ::fcntl(static_cast<int>(fd), F_GETFL);
+    if (flags >= 0) ::fcntl(static_cast<int>(fd), F_SETFL, flags & ~O_NONBLOCK);
+    return static_cast<int>(fd);
+  }
+  return -errno;  // ENOSYS (Linux < 5.6) included: refuse rather than guess.
+}
+
+// --- FileResponse ----------------------------------------------------------------
+
+FileResponse::FileResponse(FileResponse&& other) noexcept { *this = std::move(other); }
+
+FileResponse& FileResponse::operator=(FileResponse&& other) noexcept {
+  if (this != &other) {
+    if (file_fd >= 0) ::close(file_fd);
+    file_fd = std::exchange(other.file_fd, -1);
+    status = other.status;
+    file_size = other.file_size;
+    offset = other.offset;
+    length = other.length;
+    content_type = std::move(other.content_type);
+    content_range = std::move(other.content_range);
+    last_modified = std::move(other.last_modified);
+    location = std::move(other.location);
+    allow = std::move(other.allow);
+    text_body = std::move(other.text_body);
+    send_body = other.send_body;
+    close = other.close;
+  }
+  return *this;
+}
+
+FileResponse::~FileResponse() {
+  if (file_fd >= 0) ::close(file_fd);
+}
+
+FileResponse ErrorResponse(http::status status, bool close) {
+  FileResponse response;
+  response.status = status;
+  response.content_type = "text/plain; charset=utf-8";
+  response.text_body = std::to_string(static_cast<unsigned>(status)) + " " + std::string(http::obsolete_reason(status)) + "\n";
+  response.length = response.text_body.size();
+  response.close = close;
+  return response;
+}
+
+// --- Paths -------------------------------------------------------------------------
+
+namespace {
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+}  // namespace
+
+std::optional<std::string> DecodePath(std::string_view target, http::status& status) {
+  // Origin-form only ("/path?query"); absolute-form and "*" are not for us.
+  if (target.empty() || target.front() != '/') {
+    status = http::status::bad_request;
+    return std::nullopt;
+  }
+  const std::size_t end = target.find_first_of("?#");
+  const std::string_view path = target.substr(0, end);
+  std::string decoded;
+  decoded.reserve(path.size());
+  for (std::size_t i = 0; i < path.size(); ++i) {
+    if (path[i] != '%') {
+      decoded.push_back(path[i]);
+      continue;
+    }
+    const int hi = i + 2 < path.size() ? HexValue(path[i + 1]) : -1;
+    const int lo = i + 2 < path.size() ? HexValue(path[i + 2]) : -1;
+    if (hi < 0 || lo < 0) {
+      status = http::status::bad_request;
+      return std::nullopt;
+    }
+    decoded.push_back(static_cast<char>(hi * 16 + lo));
+    i += 2;
+  }
+  if (decoded.find('\0') != std::string::npos) {
+    status = http::status::not_found;
+    return std::nullopt;
+  }
+  // Segments are checked after decoding, so "%2e%2e" and "..%2f" are ".."
+  // too. "." and empty segments are dropped; ".." is refused outright, even
+  // where it would stay inside the root.
+  std::string relative;
+  std::size_t pos = 0;
+  while (pos <= decoded.size()) {
+    std::size_t slash = decoded.find('/', pos);
+    if (slash == std::string::npos) slash = decoded.size();
+    const std::string_view segment = std::string_view(decoded).substr(pos, slash - pos);
+    pos = slash + 1;
+    if (segment.empty() || segment == ".") continue;
+    if (segment == "..") {
+      status = http::status::forbidden;
+      return std::nullopt;
+    }
+    if (!relative.empty()) relative.push_back('/');
+    relative.append(segment);
+  }
+  return relative;
+}
+
+// --- Range -------------------------------------------------------------------------
+
+namespace {
+
+std::string_view Trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+std::optional<std::uint64_t> ParseNumber(std::string_view s) {
+  if (s.empty()) return std::nullopt;
+  std::uint64_t value = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
+  if (ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
+  return value;
+}
+
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
+    if (lower(a[i]) != lower(b[i])) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+RangeKind ParseRange(std::string_view header, std::uint64_t file_size, ByteRange& range) {
+  header = Trim(header);
+  const std::size_t eq = header.find('=');
+  if (eq == std::string_view::npos || !EqualsIgnoreCase(Trim(header.substr(0, eq)), "bytes")) return RangeKind::kIgnore;
+  const std::string_view spec = Trim(header.substr(eq + 1));
+  if (spec.find(',') != std::string_view::npos) return RangeKind::kIgnore;  // Several ranges: send it all.
+  const std::size_t dash = spec.find('-');
+  if (dash == std::string_view::npos) return RangeKind::kIgnore;
+  const std::string_view first_text = spec.substr(0, dash);
+  const std::string_view last_text = spec.substr(dash + 1);
+  if (first_text.empty()) {
+    // "-N": the last N bytes.
+    const auto suffix = ParseNumber(last_text);
+    if (!suffix) return RangeKind::kIgnore;
+    if (*suffix == 0 || file_size == 0) return RangeKind::kUnsatisfiable;
+    range.first = *suffix >= file_size ? 0 : file_size - *suffix;
+    range.last = file_size - 1;
+    return RangeKind::kSatisfiable;
+  }
+  const auto first = ParseNumber(first_text);
+  if (!first) return RangeKind::kIgnore;
+  std::uint64_t last = UINT64_MAX;
+  if (!last_text.empty()) {
+    const auto parsed = ParseNumber(last_text);
+    if (!parsed || *parsed < *first) return RangeKind::kIgnore;
+    last = *parsed;
+  }
+  if (*first >= file_size) return RangeKind::kUnsatisfiable;
+  range.first = *first;
+  range.last = std::min(last, file_size - 1);
+  return RangeKind::kSatisfiable;
+}
+
+// --- Dates ---------------------------------------------------------------------------
+
+std::string HttpDate(std::time_t t) {
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  static constexpr std::array<const char*, 7> kDays{"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+  static constexpr std::array<const char*, 12> kMonths{"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%s, %02d %s %04d %02d:%02d:%02d GMT", kDays[static_cast<std::size_t>(tm.tm_wday) % 7],
+                tm.tm_mday, kMonths[static_cast<std::size_t>(tm.tm_mon) % 12], tm.tm_year + 1900, tm.tm_hour,
+                tm.tm_min, tm.tm_sec);
+  return buf;
+}
+
+std::optional<std::time_t> ParseHttpDate(std::string_view text) {
+  // IMF-fixdate only: "Sun, 06 Nov 1994 08:49:37 GMT" (RFC 9110 5.6.7).
+  static constexpr std::array<std::string_view, 12> kMonths{"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  text = Trim(text);
+  if (text.size() != 29 || text[3] != ',' || text[4] != ' ' || text[7] != ' ' || text[11] != ' ' ||
+      text[16] != ' ' || text[19] != ':' || text[22] != ':' || text[25] != ' ' || text.substr(26) != "GMT") {
+    return std::nullopt;
+  }
+  const auto num = [&](std::size_t at, std::size_t len) { return ParseNumber(text.substr(at, len)); };
+  const auto day = num(5, 2), year = num(12, 4), hour = num(17, 2), minute = num(20, 2), second = num(23, 2);
+  int month = -1;
+  for (std::size_t i = 0; i < kMonths.size(); ++i) {
+    if (text.substr(8, 3) == kMonths[i]) month = static_cast<int>(i);
+  }
+  if (!day || !year || !hour || !minute || !second || month < 0 || *day < 1 || *day > 31 || *hour > 23 ||
+      *minute > 59 || *second > 60 || *year < 1900 || *year > 9999) {
+    return std::nullopt;
+  }
+  std::tm tm{};
+  tm.tm_year = static_cast<int>(*year) - 1900;
+  tm.tm_mon = month;
+  tm.tm_mday = static_cast<int>(*day);
+  tm.tm_hour = static_cast<int>(*hour);
+  tm.tm_min = static_cast<int>(*minute);
+  tm.tm_sec = static_cast<int>(*second);
+  return ::timegm(&tm);
+}
+
+// --- Content types -----------------------------------------------------------------
+
+std::string_view ContentType(std::string_view path) {
+  struct Entry {
+    std::string_view extension;
+    std::string_view type;
+  };
+  static constexpr std::array<Entry, 30> kTypes{{
+      {"html", "text/html; charset=utf-8"},  {"htm", "text/html; charset=utf-8"},
+      {"css", "text/css; charset=utf-8"},    {"js", "text/javascript; charset=utf-8"},
+      {"mjs", "text/javascript; charset=utf-8"}, {"json", "application/json"},
+      {"txt", "text/plain; charset=utf-8"},  {"md", "text/markdown; charset=utf-8"},
+      {"xml", "application/xml"},            {"svg", "image/svg+xml"},
+      {"png", "image/png"},                  {"jpg", "image/jpeg"},
+      {"jpeg", "image/jpeg"},                {"gif", "image/gif"},
+      {"webp", "image/webp"},                {"avif", "image/avif"},
+      {"ico", "image/vnd.microsoft.icon"},   {"pdf", "application/pdf"},
+      {"wasm", "application/wasm"},          {"mp4", "video/mp4"},
+      {"webm", "video/webm"},                {"mp3", "audio/mpeg"},
+      {"ogg", "audio/ogg"},                  {"woff", "font/woff"},
+      {"woff2", "font/woff2"},               {"zip", "application/zip"},
+      {"gz", "application/gzip"},            {"tar", "application/x-tar"},
+      {"csv", "text/csv; charset=utf-8"},    {"bin", "application/octet-stream"},
+  }};
+  const std::size_t slash = path.rfind('/');
+  const std::string_view name = slash == std::string_view::npos ? path : path.substr(slash + 1);
+  const std::size_t dot = name.rfind('.');
+  if (dot != std::string_view::npos && dot + 1 < name.size()) {
+    const std::string_view extension = name.substr(dot + 1);
+    for (const Entry& entry : kTypes) {
+      if (EqualsIgnoreCase(entry.extension, extension)) return entry.type;
+    }
+  }
+  return "application/octet-stream";
+}
+
+// --- Respond -----------------------------------------------------------------------
+
+namespace {
+
+FileResponse FromOpenError(int err) {
+  // EXDEV/ELOOP: the path would leave the root (or loops); EACCES: not ours
+  // to show. The rest: not there.
+  if (err == EXDEV || err == ELOOP || err == EACCES || err == EPERM) return ErrorResponse(http::status::forbidden, false);
+  return ErrorResponse(http::status::not_found, false);
+}
+
+}  // namespace
+
+FileResponse Respond(const Root& root, const Request& request, const RequestLimits& limits) {
+  const bool head = request.method() == http::verb::head;
+  if (request.method() != http::verb::get && !head) {
+    FileResponse response = ErrorResponse(http::status::method_not_allowed, false);
+    response.allow = "GET, HEAD";
+    return response;
+  }
+  const std::string_view target(request.target().data(), request.target().size());
+  if (target.size() > limits.max_target_len) return ErrorResponse(http::status::uri_too_long, true);
+  http::status status = http::status::ok;
+  const auto relative = DecodePath(target, status);
+  if (!relative) return ErrorResponse(status, status == http::status::bad_request);
+
+  int fd = root.OpenBeneath(relative->empty() ? "." : *relative);
+  if (fd < 0) return FromOpenError(-fd);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    return ErrorResponse(http::status::internal_server_error, false);
+  }
+  std::string served_path = *relative;
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    const std::size_t path_end = target.find_first_of("?#");
+    const std::string_view path = target.substr(0, path_end);
+    const std::string index = relative->empty() ? "index.html" : *relative + "/index.html";
+    fd = root.OpenBeneath(index);
+    if (fd < 0) return FromOpenError(-fd);
+    if (path.back() != '/') {
+      // Relative links in the index resolve against the directory only
+      // with the slash: send the client there.
+      ::close(fd);
+      FileResponse response = ErrorResponse(http::status::moved_permanently, false);
+      response.location = std::string(path) + "/" + std::string(target.substr(path.size()));
+      return response;
+    }
+    if (::fstat(fd, &st) != 0) {
+      ::close(fd);
+      return ErrorResponse(http::status::internal_server_error, false);
+    }
+    served_path = index;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return ErrorResponse(http::status::not_found, false);  // No devices, FIFOs, sockets, listings.
+  }
+
+  FileResponse response;
+  response.file_fd = fd;
+  response.file_size = static_cast<std::uint64_t>(st.st_size);
+  response.length = response.file_size;
+  response.content_type = std::string(ContentType(served_path));
+  response.last_modified = HttpDate(st.st_mtime);
+  response.send_body = !head;
+
+  // If-Modified-Since (RFC 9110 13.1.3) comes before Range.
+  if (auto ims = request.find(http::field::if_modified_since); ims != request.end()) {
+    const auto since = ParseHttpDate(std::string_view(ims->value().data(), ims->value().size()));
+    if (since && st.st_mtime <= *since) {
+      response.status = http::status::not_modified;
+      response.send_body = false;
+      response.length = 0;
+      return response;
+    }
+  }
+  if (auto range_field = request.find(http::field::range); range_field != request.end()) {
+    ByteRange range;
+    switch (ParseRange(std::string_view(range_field->value().data(), range_field->value().size()), response.file_size,
+                       range)) {
+      case RangeKind::kIgnore:
+        break;
+      case RangeKind::kSatisfiable:
+        response.status = http::status::partial_content;
+        response.offset = range.first;
+        response.length = range.last - range.first + 1;
+        response.content_range = "bytes " + std::to_string(range.first) + "-" + std::to_string(range.last) + "/" +
+                                 std::to_string(response.file_size);
+        break;
+      case RangeKind::kUnsatisfiable: {
+        FileResponse refused = ErrorResponse(http::status::range_not_satisfiable, false);
+        refused.content_range = "bytes */" + std::to_string(response.file_size);
+        refused.last_modified = response.last_modified;
+        return refused;
+      }
+    }
+  }
+  return response;
+}
+
+}  // namespace ktls::serve

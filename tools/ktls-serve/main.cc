@@ -1,0 +1,547 @@
+// ktls-serve: an HTTPS static file server on kernel TLS.
+//
+//   ktls-serve [--root DIR] [--listen ADDR:PORT] [--cert FILE --key FILE]
+//              [--threads N] [--no-rx] [--no-offload] [limits...]
+//
+// HTTP/1.1 (Boost.Beast) with keep-alive, GET and HEAD, single ranges,
+// If-Modified-Since; file bodies go out with sendfile(2) through kTLS (or
+// through OpenSSL, 16 KiB at a time, where TX stays in userspace). One
+// access-log line per request on stdout:
+//   CLIENT METHOD PATH STATUS BYTES DURATIONms tx=kernel|user rx=kernel|user
+// Start-up information and per-connection errors go to stderr.
+// SIGINT/SIGTERM: stop accepting, finish the responses in flight (at most
+// --drain-timeout), send close_notify, exit 0.
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <utility>  // Before Boost: its awaitable.hpp uses std::exchange.
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cxxopts.hpp>
+#include <memory>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "common/self_signed.h"
+#include "ktls-serve/file_response.h"
+#include "ktls/asio.h"
+#include "ktls/probe.h"
+#include "ktls/server.h"
+
+namespace {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using net::ip::tcp;
+using boost::system::error_code;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+struct Options {
+  std::string root = ".";
+  std::string listen = "127.0.0.1:8443";
+  std::string cert_file;
+  std::string key_file;
+  unsigned threads = 0;  // 0: one per core.
+  bool no_rx = false;
+  bool no_offload = false;
+  bool access_log = true;
+  std::size_t header_limit = 8 * 1024;
+  std::size_t max_target_len = 2048;
+  milliseconds handshake_timeout{10'000};
+  milliseconds idle_timeout{30'000};
+  milliseconds drain_timeout{10'000};
+  std::size_t max_connections = 10'000;
+};
+
+// SendChunk: sendfile runs in pieces this big, each with the idle timeout:
+// a client that stops reading is dropped, one that reads slowly is not.
+constexpr std::size_t kSendChunk = 1024 * 1024;
+
+void LogLine(std::string line) {
+  line.push_back('\n');
+  // One write per line: lines from different threads never interleave.
+  (void)!::write(STDOUT_FILENO, line.data(), line.size());
+}
+
+void LogError(const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); }
+
+// Printable: the request target for the log, with anything unusual escaped.
+std::string Printable(std::string_view text) {
+  std::string out;
+  for (unsigned char c : text.substr(0, 512)) {
+    if (c > 0x20 && c < 0x7f) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      char buf[4];
+      std::snprintf(buf, sizeof(buf), "%%%02X", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+// One worker thread: its own io_context, and the sessions living on it.
+struct SessionState {
+  std::shared_ptr<ktls::asio::stream> stream;
+  bool idle = false;  // Waiting for the next request (safe to interrupt).
+};
+
+struct Worker {
+  net::io_context io{1};
+  std::unordered_set<SessionState*> sessions;  // Touched only on this worker's thread.
+};
+
+class Server {
+ public:
+  Server(Options options, ktls::ServerContext tls, ktls::serve::Root root)
+      : options_(std::move(options)), tls_(std::move(tls)), root_(std::move(root)) {
+    const unsigned n = options_.threads != 0 ? options_.threads : std::max(1u, std::thread::hardware_concurrency());
+    for (unsigned i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>());
+  }
+
+  // Listen binds the listening socket and says where.
+  bool Listen(const tcp::endpoint& endpoint, std::string& error) {
+    error_code ec;
+    acceptor_.open(endpoint.protocol(), ec);
+    if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) acceptor_.bind(endpoint, ec);
+    if (!ec) acceptor_.listen(net::socket_base::max_listen_connections, ec);
+    if (ec) {
+      error = "cannot listen on " + endpoint.address().to_string() + ":" + std::to_string(endpoint.port()) + ": " +
+              ec.message();
+      return false;
+    }
+    const auto local = acceptor_.local_endpoint(ec);
+    const std::string host = local.address().is_v6() ? "[" + local.address().to_string() + "]" : local.address().to_string();
+    std::fprintf(stderr, "ktls-serve: serving %s on https://%s:%u/ with %zu thread(s)\n", options_.root.c_str(),
+                 host.c_str(), local.port(), workers_.size());
+    return true;
+  }
+
+  // Run serves until a signal, then drains. Returns the exit code.
+  int Run() {
+    tcp::acceptor& acceptor = acceptor_;
+    std::vector<net::executor_work_guard<net::io_context::executor_type>> guards;
+    std::vector<std::thread> threads;
+    for (auto& worker : workers_) {
+      guards.push_back(net::make_work_guard(worker->io));
+      threads.emplace_back([&io = worker->io] { io.run(); });
+    }
+    net::signal_set signals(main_io_, SIGINT, SIGTERM);
+    signals.async_wait([&](error_code ec, int signo) {
+      if (ec) return;
+      LogError("ktls-serve: signal " + std::to_string(signo) + ": draining " + std::to_string(active_.load()) +
+               " connection(s)");
+      BeginDrain(acceptor);
+    });
+    net::co_spawn(main_io_, AcceptLoop(acceptor), net::detached);
+    main_io_.run();  // Returns once the accept loop ended and the drain finished.
+    guards.clear();
+    for (auto& worker : workers_) worker->io.stop();
+    for (auto& thread : threads) thread.join();
+    return 0;
+  }
+
+ private:
+  net::awaitable<void> AcceptLoop(tcp::acceptor& acceptor) {
+    std::size_t next = 0;
+    net::steady_timer pause(main_io_);
+    while (!draining_) {
+      if (active_.load() >= options_.max_connections) {
+        // Full: leave new clients in the listen queue until a slot frees.
+        pause.expires_after(milliseconds(10));
+        error_code ignored;
+        co_await pause.async_wait(net::redirect_error(net::use_awaitable, ignored));
+        continue;
+      }
+      Worker& worker = *workers_[next++ % workers_.size()];
+      error_code ec;
+      tcp::socket socket = co_await acceptor.async_accept(worker.io, net::redirect_error(net::use_awaitable, ec));
+      if (ec) {
+        if (draining_ || ec == net::error::operation_aborted) break;
+        LogError("ktls-serve: accept: " + ec.message());
+        if (ec == net::error::no_descriptors || ec == net::error::no_buffer_space) {
+          pause.expires_after(milliseconds(100));  // Out of fds: let connections end first.
+          error_code ignored;
+          co_await pause.async_wait(net::redirect_error(net::use_awaitable, ignored));
+        }
+        continue;
+      }
+      ++active_;
+      net::co_spawn(worker.io, Session(worker, std::move(socket)), net::detached);
+    }
+  }
+
+  void BeginDrain(tcp::acceptor& acceptor) {
+    draining_ = true;
+    error_code ignored;
+    acceptor.close(ignored);
+    // Idle connections end now; busy ones after their response.
+    for (auto& worker : workers_) {
+      net::post(worker->io, [w = worker.get()] {
+        for (SessionState* session : w->sessions) {
+          if (session->idle) session->stream->cancel();
+        }
+      });
+    }
+    drain_deadline_ = Clock::now() + options_.drain_timeout;
+    net::co_spawn(main_io_, WaitDrained(), net::detached);
+  }
+
+  net::awaitable<void> WaitDrained() {
+    net::steady_timer tick(main_io_);
+    while (active_.load() > 0 && Clock::now() < drain_deadline_) {
+      tick.expires_after(milliseconds(20));
+      error_code ignored;
+      co_await tick.async_wait(net::redirect_error(net::use_awaitable, ignored));
+    }
+    if (active_.load() > 0) {
+      LogError("ktls-serve: drain timeout: closing " + std::to_string(active_.load()) + " connection(s)");
+    }
+    main_io_.stop();
+  }
+
+  // Deadline: cancels the stream's operations when it runs out, unless
+  // re-armed or cancelled first.
+  class Deadline {
+   public:
+    Deadline(net::any_io_executor executor, std::weak_ptr<ktls::asio::stream> stream)
+        : timer_(std::move(executor)), stream_(std::move(stream)) {}
+    void Arm(milliseconds after) {
+      fired_ = std::make_shared<bool>(false);
+      timer_.expires_after(after);
+      timer_.async_wait([stream = stream_, fired = std::weak_ptr<bool>(fired_)](error_code ec) {
+        if (ec) return;
+        auto s = stream.lock();
+        auto flag = fired.lock();
+        if (!s || !flag) return;
+        *flag = true;
+        s->cancel();
+      });
+    }
+    void Cancel() { timer_.cancel(); }
+    bool fired() const { return fired_ && *fired_; }
+
+   private:
+    net::steady_timer timer_;
+    std::weak_ptr<ktls::asio::stream> stream_;
+    std::shared_ptr<bool> fired_;
+  };
+
+  net::awaitable<void> Session(Worker& worker, tcp::socket socket) {
+    error_code ec;
+    const auto remote = socket.remote_endpoint(ec);
+    const std::string peer = ec ? std::string("unknown") : remote.address().to_string() + ":" + std::to_string(remote.port());
+    auto stream = std::make_shared<ktls::asio::stream>(std::move(socket));
+    SessionState state{stream, false};
+    worker.sessions.insert(&state);
+    struct Leave {
+      Server* server;
+      Worker* worker;
+      SessionState* state;
+      ~Leave() {
+        worker->sessions.erase(state);
+        --server->active_;
+      }
+    } leave{this, &worker, &state};
+
+    co_await stream->async_handshake(tls_, net::redirect_error(net::use_awaitable, ec));
+    if (ec) {
+      LogError(peer + " handshake failed: " + stream->last_error().ToString());
+      co_return;
+    }
+    const ktls::Connection& conn = stream->connection();
+    const std::string offload = std::string("tx=") + ktls::OffloadName(conn.tx()) + " rx=" + ktls::OffloadName(conn.rx());
+    Deadline deadline(stream->get_executor(), stream);
+    beast::flat_buffer buffer;
+    bool clean = true;  // Whether to end with close_notify.
+    while (!draining_) {
+      http::request_parser<http::empty_body> parser;
+      parser.header_limit(static_cast<std::uint32_t>(options_.header_limit));
+      parser.body_limit(0);
+      state.idle = true;
+      deadline.Arm(options_.idle_timeout);
+      co_await http::async_read(*stream, buffer, parser, net::redirect_error(net::use_awaitable, ec));
+      state.idle = false;
+      deadline.Cancel();
+      const auto started = Clock::now();
+      if (ec == http::error::end_of_stream || ec == net::error::eof) break;  // close_notify.
+      if (ec == net::error::operation_aborted) {
+        if (deadline.fired() && buffer.size() > 0) {
+          LogError(peer + " dropped: request not complete within the idle timeout");
+        }
+        break;  // Idle timeout, or draining: close politely.
+      }
+      if (ec == http::error::partial_message) break;  // close_notify in the middle of a request.
+      if (ec && ec.category() != make_error_code(http::error::end_of_stream).category()) {
+        // The connection failed (a TLS alert, truncation, a reset).
+        LogError(peer + " connection error: " + ec.message() + ": " + stream->last_error().ToString());
+        clean = false;
+        break;
+      }
+      ktls::serve::FileResponse response;
+      bool head = false;
+      std::string method = "-";
+      std::string target = "-";
+      if (ec) {
+        // Beast could not parse the request: answer and close.
+        const auto status = ec == http::error::header_limit ? http::status::request_header_fields_too_large
+                                                            : http::status::bad_request;
+        response = ktls::serve::ErrorResponse(status, true);
+      } else {
+        const auto& request = parser.get();
+        head = request.method() == http::verb::head;
+        method = std::string(request.method_string());
+        target = Printable(std::string_view(request.target().data(), request.target().size()));
+        response = ktls::serve::Respond(root_, request, {options_.max_target_len});
+        if (head) response.send_body = false;
+        if (!request.keep_alive()) response.close = true;
+      }
+      if (draining_) response.close = true;
+      const std::uint64_t sent = co_await WriteResponse(*stream, deadline, response, ec);
+      LogAccess(peer, method, target, response, sent, started, offload, ec);
+      if (ec) {
+        if (deadline.fired()) LogError(peer + " dropped: not reading the response within the idle timeout");
+        clean = false;
+        break;
+      }
+      if (response.close) break;
+    }
+    if (clean) {
+      deadline.Arm(options_.idle_timeout);
+      co_await stream->async_shutdown(net::redirect_error(net::use_awaitable, ec));
+      deadline.Cancel();
+    }
+  }
+
+  // WriteResponse sends the header and the body; returns the body bytes sent.
+  net::awaitable<std::uint64_t> WriteResponse(ktls::asio::stream& stream, Deadline& deadline,
+                                              const ktls::serve::FileResponse& response, error_code& ec) {
+    http::response<http::empty_body> header{response.status, 11};
+    header.set(http::field::server, "ktls-serve");
+    if (!response.content_type.empty()) header.set(http::field::content_type, response.content_type);
+    if (!response.last_modified.empty()) header.set(http::field::last_modified, response.last_modified);
+    if (!response.content_range.empty()) header.set(http::field::content_range, response.content_range);
+    if (!response.location.empty()) header.set(http::field::location, response.location);
+    if (!response.allow.empty()) header.set(http::field::allow, response.allow);
+    if (response.file_fd >= 0) header.set(http::field::accept_ranges, "bytes");
+    if (response.status != http::status::not_modified) header.content_length(response.length);
+    header.keep_alive(!response.close);
+    http::response_serializer<http::empty_body> serializer{header};
+    deadline.Arm(options_.idle_timeout);
+    co_await http::async_write_header(stream, serializer, net::redirect_error(net::use_awaitable, ec));
+    deadline.Cancel();
+    if (ec || !response.send_body) co_return 0;
+    if (response.file_fd < 0) {
+      deadline.Arm(options_.idle_timeout);
+      const std::size_t n = co_await net::async_write(stream, net::buffer(response.text_body),
+                                                      net::redirect_error(net::use_awaitable, ec));
+      deadline.Cancel();
+      co_return n;
+    }
+    std::uint64_t sent = 0;
+    while (sent < response.length) {
+      const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(kSendChunk, response.length - sent));
+      deadline.Arm(options_.idle_timeout);
+      const std::size_t n = co_await stream.async_sendfile(
+          response.file_fd, static_cast<off_t>(response.offset + sent), chunk, net::redirect_error(net::use_awaitable, ec));
+      deadline.Cancel();
+      sent += n;
+      if (ec) break;
+    }
+    co_return sent;
+  }
+
+  void LogAccess(const std::string& peer, const std::string& method, const std::string& target,
+                 const ktls::serve::FileResponse& response, std::uint64_t sent, Clock::time_point started,
+                 const std::string& offload, error_code ec) {
+    if (!options_.access_log) return;
+    const auto ms = std::chrono::duration_cast<milliseconds>(Clock::now() - started).count();
+    std::string line = peer + " " + method + " " + target + " " + std::to_string(static_cast<unsigned>(response.status)) +
+                       " " + std::to_string(sent) + " " + std::to_string(ms) + "ms " + offload;
+    if (ec) line += " error=" + Printable(ec.message());
+    LogLine(std::move(line));
+  }
+
+  Options options_;
+  ktls::ServerContext tls_;
+  ktls::serve::Root root_;
+  net::io_context main_io_{1};
+  tcp::acceptor acceptor_{main_io_};
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::atomic<std::size_t> active_ = 0;
+  std::atomic<bool> draining_ = false;
+  Clock::time_point drain_deadline_;
+};
+
+std::string Capabilities() {
+  const ktls::Capabilities& caps = ktls::CachedCapabilities();
+  if (!caps.available) return "kTLS unavailable on Linux " + caps.kernel + ": " + caps.reason + " (serving in userspace TLS)";
+  std::string text = "kTLS on Linux " + caps.kernel + ":";
+  for (const ktls::CipherSupport& row : caps.ciphers) {
+    if (!row.tx && !row.rx) continue;
+    text += std::string(" ") + std::string(ktls::TlsVersionName(row.version)) + "/" +
+            std::string(ktls::CipherName(row.cipher)) + (row.tx && row.rx ? "(tx+rx)" : row.tx ? "(tx)" : "(rx)");
+  }
+  text += caps.rekey ? "; TLS 1.3 key updates: yes" : "; TLS 1.3 key updates: no (Linux < 6.14)";
+  return text;
+}
+
+void RaiseFileLimit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    (void)::setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
+
+std::optional<tcp::endpoint> ParseListen(const std::string& text, std::string& error) {
+  const std::size_t colon = text.rfind(':');
+  if (colon == std::string::npos) {
+    error = "--listen wants ADDR:PORT, got " + text;
+    return std::nullopt;
+  }
+  std::string host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  error_code ec;
+  const auto address = net::ip::make_address(host, ec);
+  unsigned long port = 0;
+  try {
+    port = std::stoul(text.substr(colon + 1));
+  } catch (...) {
+    port = 65536;
+  }
+  if (ec || port > 65535) {
+    error = "--listen: bad address or port: " + text;
+    return std::nullopt;
+  }
+  return tcp::endpoint(address, static_cast<unsigned short>(port));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  cxxopts::Options cli("ktls-serve", "HTTPS static file server on kernel TLS");
+  Options o;
+  long long handshake_ms = 0, idle_ms = 0, drain_ms = 0;
+  // clang-format off
+  cli.add_options()
+    ("root", "Directory to serve", cxxopts::value<std::string>()->default_value("."))
+    ("listen", "Address and port", cxxopts::value<std::string>()->default_value("127.0.0.1:8443"))
+    ("cert", "Certificate chain (PEM); without it, a self-signed one is made", cxxopts::value<std::string>())
+    ("key", "Private key (PEM)", cxxopts::value<std::string>())
+    ("threads", "Worker threads (0: one per core)", cxxopts::value<unsigned>()->default_value("0"))
+    ("no-rx", "Keep RX in userspace TLS (TX still offloaded)")
+    ("no-offload", "Keep both directions in userspace TLS (to compare)")
+    ("no-access-log", "Do not log each request")
+    ("header-limit", "Maximum request header size, request line included (bytes; larger: 431)",
+     cxxopts::value<std::size_t>()->default_value("8192"))
+    ("max-target", "Maximum request-target length (bytes; longer: 414)",
+     cxxopts::value<std::size_t>()->default_value("2048"))
+    ("handshake-timeout", "Drop clients that have not finished the handshake by then (ms)",
+     cxxopts::value<long long>()->default_value("10000"))
+    ("idle-timeout", "Drop connections that make no progress for this long (ms)",
+     cxxopts::value<long long>()->default_value("30000"))
+    ("drain-timeout", "On SIGINT/SIGTERM, wait at most this long for responses in flight (ms)",
+     cxxopts::value<long long>()->default_value("10000"))
+    ("max-connections", "Connections served at once; more wait in the listen queue",
+     cxxopts::value<std::size_t>()->default_value("10000"))
+    ("h,help", "Show this help");
+  // clang-format on
+  try {
+    auto args = cli.parse(argc, argv);
+    if (args.count("help") != 0) {
+      std::printf("%s\n", cli.help().c_str());
+      return 0;
+    }
+    o.root = args["root"].as<std::string>();
+    o.listen = args["listen"].as<std::string>();
+    if (args.count("cert") != 0) o.cert_file = args["cert"].as<std::string>();
+    if (args.count("key") != 0) o.key_file = args["key"].as<std::string>();
+    o.threads = args["threads"].as<unsigned>();
+    o.no_rx = args.count("no-rx") != 0;
+    o.no_offload = args.count("no-offload") != 0;
+    o.access_log = args.count("no-access-log") == 0;
+    o.header_limit = args["header-limit"].as<std::size_t>();
+    o.max_target_len = args["max-target"].as<std::size_t>();
+    handshake_ms = args["handshake-timeout"].as<long long>();
+    idle_ms = args["idle-timeout"].as<long long>();
+    drain_ms = args["drain-timeout"].as<long long>();
+    o.max_connections = args["max-connections"].as<std::size_t>();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ktls-serve: %s\n%s\n", e.what(), cli.help().c_str());
+    return 2;
+  }
+  if (o.cert_file.empty() != o.key_file.empty()) {
+    std::fprintf(stderr, "ktls-serve: --cert and --key go together\n");
+    return 2;
+  }
+  if (handshake_ms <= 0 || idle_ms <= 0 || drain_ms < 0 || o.header_limit == 0 || o.max_connections == 0) {
+    std::fprintf(stderr, "ktls-serve: timeouts, --header-limit and --max-connections must be positive\n");
+    return 2;
+  }
+  o.handshake_timeout = milliseconds(handshake_ms);
+  o.idle_timeout = milliseconds(idle_ms);
+  o.drain_timeout = milliseconds(drain_ms);
+
+  std::string error;
+  auto root = ktls::serve::Root::Open(o.root, error);
+  if (!root) {
+    std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
+    return 1;
+  }
+  auto endpoint = ParseListen(o.listen, error);
+  if (!endpoint) {
+    std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
+    return 2;
+  }
+  ktls::ServerConfig config;
+  ktls::tools::SelfSigned self_signed;
+  if (o.cert_file.empty()) {
+    if (!ktls::tools::MakeSelfSigned(self_signed, error)) {
+      std::fprintf(stderr, "ktls-serve: cannot make a self-signed certificate: %s\n", error.c_str());
+      return 1;
+    }
+    config.cert_file = self_signed.cert_file;
+    config.key_file = self_signed.key_file;
+    std::fprintf(stderr, "ktls-serve: self-signed certificate for localhost, SHA-256 fingerprint %s\n",
+                 self_signed.fingerprint.c_str());
+  } else {
+    config.cert_file = o.cert_file;
+    config.key_file = o.key_file;
+  }
+  config.alpn = {"http/1.1"};
+  config.handshake_timeout = o.handshake_timeout;
+  config.offload.rx = o.no_rx ? ktls::RxOffload::kOff : ktls::RxOffload::kAuto;
+  config.offload.tx = o.no_offload ? ktls::TxOffload::kOff : ktls::TxOffload::kOn;
+  auto tls = ktls::ServerContext::Create(config);
+  if (!tls.ok()) {
+    std::fprintf(stderr, "ktls-serve: TLS configuration: %s\n", tls.error().ToString().c_str());
+    return 1;
+  }
+  RaiseFileLimit();
+  std::fprintf(stderr, "ktls-serve: %s\n", Capabilities().c_str());
+
+  Server server(o, std::move(tls).value(), std::move(*root));
+  if (!server.Listen(*endpoint, error)) {
+    std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
+    return 1;
+  }
+  return server.Run();
+}
