@@ -28,6 +28,14 @@ std::optional<Root> Root::Open(const std::string& dir, std::string& error) {
   return Root(fd);
 }
 
+Root& Root::operator=(Root&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = std::exchange(other.fd_, -1);
+  }
+  return *this;
+}
+
 Root::~Root() {
   if (fd_ >= 0) ::close(fd_);
 }

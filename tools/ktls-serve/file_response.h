@@ -28,7 +28,7 @@ class Root {
   // Open opens dir; on failure returns nullopt and sets error.
   static std::optional<Root> Open(const std::string& dir, std::string& error);
   Root(Root&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
-  Root& operator=(Root&&) = delete;
+  Root& operator=(Root&& other) noexcept;
   Root(const Root&) = delete;
   ~Root();
 

@@ -1,7 +1,7 @@
 // ktls-serve: an HTTPS static file server on kernel TLS.
 //
 //   ktls-serve [--root DIR] [--listen ADDR:PORT] [--cert FILE --key FILE]
-//              [--threads N] [--no-rx] [--no-offload] [limits...]
+//              [--threads N] [--rx|--no-rx] [--no-offload] [limits...]
 //
 // HTTP/1.1 (Boost.Beast) with keep-alive, GET and HEAD, single ranges,
 // If-Modified-Since; file bodies go out with sendfile(2) through kTLS (or
@@ -58,6 +58,7 @@ struct Options {
   std::string cert_file;
   std::string key_file;
   unsigned threads = 0;  // 0: one per core.
+  bool rx = false;
   bool no_rx = false;
   bool no_offload = false;
   bool access_log = true;
@@ -447,6 +448,7 @@ int main(int argc, char** argv) {
     ("cert", "Certificate chain (PEM); without it, a self-signed one is made", cxxopts::value<std::string>())
     ("key", "Private key (PEM)", cxxopts::value<std::string>())
     ("threads", "Worker threads (0: one per core)", cxxopts::value<unsigned>()->default_value("0"))
+    ("rx", "RX in the kernel even where it cannot follow TLS 1.3 key updates (Linux < 6.14)")
     ("no-rx", "Keep RX in userspace TLS (TX still offloaded)")
     ("no-offload", "Keep both directions in userspace TLS (to compare)")
     ("no-access-log", "Do not log each request")
@@ -475,6 +477,7 @@ int main(int argc, char** argv) {
     if (args.count("cert") != 0) o.cert_file = args["cert"].as<std::string>();
     if (args.count("key") != 0) o.key_file = args["key"].as<std::string>();
     o.threads = args["threads"].as<unsigned>();
+    o.rx = args.count("rx") != 0;
     o.no_rx = args.count("no-rx") != 0;
     o.no_offload = args.count("no-offload") != 0;
     o.access_log = args.count("no-access-log") == 0;
@@ -486,6 +489,10 @@ int main(int argc, char** argv) {
     o.max_connections = args["max-connections"].as<std::size_t>();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ktls-serve: %s\n%s\n", e.what(), cli.help().c_str());
+    return 2;
+  }
+  if (o.rx && o.no_rx) {
+    std::fprintf(stderr, "ktls-serve: --rx and --no-rx contradict each other\n");
     return 2;
   }
   if (o.cert_file.empty() != o.key_file.empty()) {
@@ -528,7 +535,7 @@ int main(int argc, char** argv) {
   }
   config.alpn = {"http/1.1"};
   config.handshake_timeout = o.handshake_timeout;
-  config.offload.rx = o.no_rx ? ktls::RxOffload::kOff : ktls::RxOffload::kAuto;
+  config.offload.rx = o.no_rx ? ktls::RxOffload::kOff : o.rx ? ktls::RxOffload::kOn : ktls::RxOffload::kAuto;
   config.offload.tx = o.no_offload ? ktls::TxOffload::kOff : ktls::TxOffload::kOn;
   auto tls = ktls::ServerContext::Create(config);
   if (!tls.ok()) {

@@ -1,0 +1,206 @@
+// Unit tests: ktls-serve's request decisions (tools/ktls-serve/file_response):
+// paths that must not leave the root, ranges, dates, content types.
+#include "ktls-serve/file_response.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace ktls::serve {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(DecodePathTest, NormalPathsAndDecoding) {
+  http::status status{};
+  EXPECT_EQ(DecodePath("/", status), "");
+  EXPECT_EQ(DecodePath("/a/b.txt", status), "a/b.txt");
+  EXPECT_EQ(DecodePath("/a//./b.txt?x=1#frag", status), "a/b.txt");
+  EXPECT_EQ(DecodePath("/with%20space.txt", status), "with space.txt");
+  EXPECT_EQ(DecodePath("/%41%62", status), "Ab");
+  EXPECT_EQ(DecodePath("/...hidden", status), "...hidden");  // Only ".." exactly is special.
+}
+
+TEST(DecodePathTest, DotDotInEveryEncodingIsForbidden) {
+  for (const char* target : {"/../etc/passwd", "/a/../../etc/passwd", "/%2e%2e/etc/passwd", "/%2E%2E/etc/passwd",
+                             "/.%2e/etc/passwd", "/%2e./x", "/..%2fetc%2fpasswd", "/a/%2e%2e%2f%2e%2e%2fetc",
+                             "/a/..", "/.."}) {
+    http::status status{};
+    EXPECT_FALSE(DecodePath(target, status).has_value()) << target;
+    EXPECT_EQ(status, http::status::forbidden) << target;
+  }
+}
+
+TEST(DecodePathTest, MalformedTargetsAreRejected) {
+  for (const char* target : {"", "*", "http://example.org/x", "relative", "/bad%zz", "/cut%2", "/cut%"}) {
+    http::status status{};
+    EXPECT_FALSE(DecodePath(target, status).has_value()) << target;
+    EXPECT_EQ(status, http::status::bad_request) << target;
+  }
+  http::status status{};
+  EXPECT_FALSE(DecodePath("/nul%00byte", status).has_value());
+  EXPECT_EQ(status, http::status::not_found);
+}
+
+TEST(ParseRangeTest, SingleRanges) {
+  ByteRange r;
+  ASSERT_EQ(ParseRange("bytes=0-9", 100, r), RangeKind::kSatisfiable);
+  EXPECT_EQ(r.first, 0u);
+  EXPECT_EQ(r.last, 9u);
+  ASSERT_EQ(ParseRange("bytes=90-", 100, r), RangeKind::kSatisfiable);
+  EXPECT_EQ(r.first, 90u);
+  EXPECT_EQ(r.last, 99u);
+  ASSERT_EQ(ParseRange("bytes=95-500", 100, r), RangeKind::kSatisfiable);  // Clamped to the end.
+  EXPECT_EQ(r.last, 99u);
+  ASSERT_EQ(ParseRange("bytes=-10", 100, r), RangeKind::kSatisfiable);
+  EXPECT_EQ(r.first, 90u);
+  ASSERT_EQ(ParseRange("bytes=-1000", 100, r), RangeKind::kSatisfiable);  // Longer than the file: all of it.
+  EXPECT_EQ(r.first, 0u);
+  ASSERT_EQ(ParseRange(" Bytes = 5-5 ", 100, r), RangeKind::kSatisfiable);
+  EXPECT_EQ(r.first, 5u);
+  EXPECT_EQ(r.last, 5u);
+}
+
+TEST(ParseRangeTest, UnsatisfiableAndIgnored) {
+  ByteRange r;
+  EXPECT_EQ(ParseRange("bytes=100-", 100, r), RangeKind::kUnsatisfiable);
+  EXPECT_EQ(ParseRange("bytes=-0", 100, r), RangeKind::kUnsatisfiable);
+  EXPECT_EQ(ParseRange("bytes=0-0", 0, r), RangeKind::kUnsatisfiable);
+  for (const char* header : {"bytes=0-1,5-6", "items=0-1", "bytes=5-1", "bytes=x-1", "bytes=1-y", "bytes=",
+                             "bytes=-", "bytes=99999999999999999999-", "0-1"}) {
+    EXPECT_EQ(ParseRange(header, 100, r), RangeKind::kIgnore) << header;
+  }
+}
+
+TEST(HttpDateTest, FormatsAndParsesImfFixdate) {
+  EXPECT_EQ(HttpDate(784111777), "Sun, 06 Nov 1994 08:49:37 GMT");  // RFC 9110's example.
+  EXPECT_EQ(ParseHttpDate("Sun, 06 Nov 1994 08:49:37 GMT"), 784111777);
+  EXPECT_EQ(ParseHttpDate(HttpDate(1'700'000'000)), 1'700'000'000);
+  EXPECT_FALSE(ParseHttpDate("Sunday, 06-Nov-94 08:49:37 GMT").has_value());
+  EXPECT_FALSE(ParseHttpDate("Sun, 06 Foo 1994 08:49:37 GMT").has_value());
+  EXPECT_FALSE(ParseHttpDate("Sun, 06 Nov 1994 25:49:37 GMT").has_value());
+  EXPECT_FALSE(ParseHttpDate("").has_value());
+}
+
+TEST(ContentTypeTest, ByExtension) {
+  EXPECT_EQ(ContentType("index.html"), "text/html; charset=utf-8");
+  EXPECT_EQ(ContentType("a/b/app.JS"), "text/javascript; charset=utf-8");
+  EXPECT_EQ(ContentType("pic.png"), "image/png");
+  EXPECT_EQ(ContentType("archive.tar.gz"), "application/gzip");
+  EXPECT_EQ(ContentType("noextension"), "application/octet-stream");
+  EXPECT_EQ(ContentType("dir.d/file"), "application/octet-stream");
+  EXPECT_EQ(ContentType("trailing."), "application/octet-stream");
+}
+
+// A served directory with a secret next to it, and symlinks both ways.
+class RespondTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/ktls-serve-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    base_ = tmpl;
+    fs::create_directories(base_ / "root/sub");
+    fs::create_directories(base_ / "root/empty");
+    Write(base_ / "secret.txt", "top secret");
+    Write(base_ / "root/index.html", "<h1>home</h1>");
+    Write(base_ / "root/sub/index.html", "<h1>sub</h1>");
+    Write(base_ / "root/data.bin", std::string(100, 'x'));
+    fs::create_symlink(base_ / "secret.txt", base_ / "root/absolute-out");
+    fs::create_symlink("../secret.txt", base_ / "root/relative-out");
+    fs::create_symlink("data.bin", base_ / "root/inside");
+    ::mkfifo((base_ / "root/fifo").c_str(), 0600);
+    std::string error;
+    root_ = Root::Open((base_ / "root").string(), error);
+    ASSERT_TRUE(root_.has_value()) << error;
+  }
+  void TearDown() override { fs::remove_all(base_); }
+
+  static void Write(const fs::path& path, const std::string& text) { std::ofstream(path) << text; }
+
+  FileResponse Get(const std::string& target, http::verb method = http::verb::get,
+                   std::initializer_list<std::pair<http::field, std::string>> fields = {}) {
+    Request request{method, target, 11};
+    for (const auto& [field, value] : fields) request.set(field, value);
+    return Respond(*root_, request, RequestLimits{});
+  }
+
+  static std::string Body(const FileResponse& response) {
+    if (response.file_fd < 0) return response.text_body;
+    std::string out(response.length, '\0');
+    const ssize_t n = ::pread(response.file_fd, out.data(), out.size(), static_cast<off_t>(response.offset));
+    out.resize(n < 0 ? 0 : static_cast<std::size_t>(n));
+    return out;
+  }
+
+  fs::path base_;
+  std::optional<Root> root_;
+};
+
+TEST_F(RespondTest, FilesAndIndexes) {
+  auto home = Get("/");
+  EXPECT_EQ(home.status, http::status::ok);
+  EXPECT_EQ(Body(home), "<h1>home</h1>");
+  EXPECT_EQ(home.content_type, "text/html; charset=utf-8");
+  EXPECT_FALSE(home.last_modified.empty());
+  auto sub = Get("/sub/");
+  EXPECT_EQ(Body(sub), "<h1>sub</h1>");
+  auto redirect = Get("/sub?q=1");
+  EXPECT_EQ(redirect.status, http::status::moved_permanently);
+  EXPECT_EQ(redirect.location, "/sub/?q=1");
+  EXPECT_EQ(Get("/empty/").status, http::status::not_found) << "a directory without index.html is not listed";
+  EXPECT_EQ(Get("/missing.txt").status, http::status::not_found);
+  EXPECT_EQ(Get("/fifo").status, http::status::not_found);
+  EXPECT_EQ(Body(Get("/inside")), std::string(100, 'x')) << "a symlink within the root is followed";
+}
+
+TEST_F(RespondTest, NothingOutsideTheRoot) {
+  for (const char* target : {"/absolute-out", "/relative-out", "/../secret.txt", "/%2e%2e/secret.txt",
+                             "/..%2fsecret.txt", "/sub/%2e%2e/%2e%2e/secret.txt"}) {
+    auto response = Get(target);
+    EXPECT_TRUE(response.status == http::status::forbidden || response.status == http::status::not_found)
+        << target << " gave " << response.status;
+    EXPECT_EQ(response.file_fd, -1) << target;
+    EXPECT_EQ(Body(response).find("secret"), std::string::npos) << target;
+  }
+}
+
+TEST_F(RespondTest, MethodsAndLimits) {
+  auto post = Get("/data.bin", http::verb::post);
+  EXPECT_EQ(post.status, http::status::method_not_allowed);
+  EXPECT_EQ(post.allow, "GET, HEAD");
+  auto head = Get("/data.bin", http::verb::head);
+  EXPECT_EQ(head.status, http::status::ok);
+  EXPECT_FALSE(head.send_body);
+  EXPECT_EQ(head.length, 100u);
+  auto long_target = Get("/" + std::string(3000, 'a'));
+  EXPECT_EQ(long_target.status, http::status::uri_too_long);
+  EXPECT_TRUE(long_target.close);
+}
+
+TEST_F(RespondTest, RangesAndConditionals) {
+  auto middle = Get("/data.bin", http::verb::get, {{http::field::range, "bytes=10-19"}});
+  EXPECT_EQ(middle.status, http::status::partial_content);
+  EXPECT_EQ(middle.offset, 10u);
+  EXPECT_EQ(middle.length, 10u);
+  EXPECT_EQ(middle.content_range, "bytes 10-19/100");
+  auto beyond = Get("/data.bin", http::verb::get, {{http::field::range, "bytes=100-"}});
+  EXPECT_EQ(beyond.status, http::status::range_not_satisfiable);
+  EXPECT_EQ(beyond.content_range, "bytes */100");
+  const std::string modified = Get("/data.bin").last_modified;
+  auto not_modified = Get("/data.bin", http::verb::get, {{http::field::if_modified_since, modified}});
+  EXPECT_EQ(not_modified.status, http::status::not_modified);
+  EXPECT_FALSE(not_modified.send_body);
+  auto stale = Get("/data.bin", http::verb::get, {{http::field::if_modified_since, "Sun, 06 Nov 1994 08:49:37 GMT"}});
+  EXPECT_EQ(stale.status, http::status::ok);
+  auto garbage = Get("/data.bin", http::verb::get, {{http::field::if_modified_since, "yesterday"}});
+  EXPECT_EQ(garbage.status, http::status::ok);
+}
+
+}  // namespace
+}  // namespace ktls::serve
