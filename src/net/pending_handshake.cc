@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "conn/offload_internal.h"
+#include "conn/socket_bio.h"
 #include "core/errors.h"
 
 namespace ktls {
@@ -55,9 +56,12 @@ PendingHandshakeImpl::~PendingHandshakeImpl() {
 Result<PendingHandshake> NewPendingHandshake(UniqueFd socket, UniqueSsl ssl, bool is_server,
                                              const OffloadOptions& offload, std::chrono::milliseconds timeout) {
   if (auto set = SetNonBlocking(socket.get(), true); !set) return std::move(set).error();
-  if (SSL_set_fd(ssl.get(), socket.get()) != 1) return OpenSslError(ErrorCategory::kInternal, "SSL_set_fd");
-  // The socket belongs to us, not to the BIO.
-  if (BIO* bio = SSL_get_rbio(ssl.get())) BIO_set_close(bio, BIO_NOCLOSE);
+  // ktls's socket BIO, not OpenSSL's: it sends with MSG_NOSIGNAL, so a
+  // client that vanishes mid-handshake is an error for that connection,
+  // never a SIGPIPE for the process. It does not own the socket.
+  BIO* bio = NewSocketBio(socket.get());
+  if (bio == nullptr) return OpenSslError(ErrorCategory::kInternal, "out of memory for the socket BIO");
+  SSL_set_bio(ssl.get(), bio, bio);  // One reference, for both directions.
   if (is_server) {
     SSL_set_accept_state(ssl.get());
   } else {

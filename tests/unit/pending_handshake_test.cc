@@ -2,6 +2,7 @@
 // in OpenSSL here; the kernel tests cover offload).
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 
 #include <chrono>
@@ -120,6 +121,37 @@ TEST(PendingHandshakeTest, BothEndsOnOneThreadThenDataFlows) {
     have += read->bytes;
   }
   EXPECT_EQ(got, data);
+}
+
+// Regression: the server wrote its handshake flight with OpenSSL's own
+// socket BIO (write(2)), so a client gone mid-handshake raised SIGPIPE and
+// killed the whole server. SIGPIPE keeps its default action here, so this
+// test dies if it comes back.
+TEST(PendingHandshakeTest, ClientGoneMidHandshakeIsAnErrorNotSigpipe) {
+  ASSERT_EQ(::signal(SIGPIPE, SIG_DFL), SIG_DFL) << "something set SIGPIPE's action; the test would prove nothing";
+  SocketPair pair = LoopbackTcpPair();
+  ASSERT_TRUE(pair.client.valid() && pair.server.valid());
+  auto context = ServerContext::Create(ServerFor());
+  ASSERT_TRUE(context.ok());
+  auto server_hs = context->StartHandshake(pair.server.release());
+  ASSERT_TRUE(server_hs.ok());
+  auto client_hs = StartClientHandshake(pair.client.release(), "localhost", ClientFor());
+  ASSERT_TRUE(client_hs.ok());
+  auto sent = client_hs->Step();  // The ClientHello goes out.
+  ASSERT_TRUE(sent.ok());
+  ASSERT_EQ(*sent, Wait::kReadable);
+  // Writing on a socket that cannot send any more is what a vanished client
+  // looks like to the writer (EPIPE); shutting our side makes it certain.
+  ASSERT_EQ(::shutdown(server_hs->fd(), SHUT_WR), 0);
+  std::optional<Error> failure;
+  for (int i = 0; i < 50 && !failure; ++i) {
+    auto step = server_hs->Step();
+    if (!step.ok()) failure = step.error();
+    pollfd pfd{server_hs->fd(), POLLIN, 0};
+    (void)::poll(&pfd, 1, 20);
+  }
+  ASSERT_TRUE(failure.has_value()) << "the server's handshake did not notice the client was gone";
+  EXPECT_EQ(failure->sys_errno, EPIPE) << failure->ToString();
 }
 
 TEST(PendingHandshakeTest, UntrustedServerFailsTheClientStepWithTheReason) {
