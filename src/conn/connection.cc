@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <openssl/ssl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -64,6 +66,57 @@ constexpr unsigned char kKeyUpdateNotRequested = 0;
 constexpr unsigned char kKeyUpdateRequested = 1;
 
 bool WouldBlock(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
+
+// SigpipeHold: how ktls learns that kTLS dropped what it said it sent.
+// On a socket that can no longer send (the peer reset it and a reader took
+// the error, or its write side is shut), kTLS's sendmsg and sendfile take
+// the bytes into a record, fail to push it, and still return the count;
+// the one sign is the SIGPIPE the failed push raises (seen on 6.1 and 7.2).
+// So sends on the kTLS socket go without MSG_NOSIGNAL, with SIGPIPE blocked
+// in this thread for the call; Release() takes a SIGPIPE the call raised off
+// the thread and says so. The process's own signal handling is untouched,
+// and SIGPIPE never reaches it.
+class SigpipeHold {
+ public:
+  SigpipeHold() {
+    sigemptyset(&pipe_);
+    sigaddset(&pipe_, SIGPIPE);
+    sigset_t pending;
+    was_pending_ = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+    blocked_ = pthread_sigmask(SIG_BLOCK, &pipe_, &old_) == 0;
+  }
+  ~SigpipeHold() { (void)Release(); }
+  SigpipeHold(const SigpipeHold&) = delete;
+  SigpipeHold& operator=(const SigpipeHold&) = delete;
+
+  // Release restores the signal mask; true if the call raised SIGPIPE.
+  bool Release() {
+    if (!blocked_) return false;
+    blocked_ = false;
+    bool raised = false;
+    if (!was_pending_) {
+      const timespec no_wait{};
+      while (sigtimedwait(&pipe_, nullptr, &no_wait) == SIGPIPE) raised = true;
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+    return raised;
+  }
+
+ private:
+  sigset_t pipe_{};
+  sigset_t old_{};
+  bool was_pending_ = false;
+  bool blocked_ = false;
+};
+
+// KernelSend runs one send on the kTLS socket (see SigpipeHold): a send
+// that raised SIGPIPE failed with EPIPE, whatever count it returned.
+template <typename Send>
+ssize_t KernelSend(Send&& send) {
+  SigpipeHold hold;
+  const ssize_t n = send();
+  return hold.Release() && n >= 0 ? -EPIPE : n;
+}
 
 // Blocked: no progress now; call again once the socket is ready for `wait`.
 IoProgress Blocked(Wait wait) { return IoProgress{0, true, false, wait}; }
@@ -306,7 +359,7 @@ Result<void> ConnectionImpl::SendKernelControlRecord(unsigned char type, std::sp
   cmsg->cmsg_type = uapi::kTlsSetRecordType;
   cmsg->cmsg_len = CMSG_LEN(sizeof(unsigned char));
   *CMSG_DATA(cmsg) = type;
-  const ssize_t n = sys::SendMsg(socket.get(), &msg, MSG_NOSIGNAL);
+  const ssize_t n = KernelSend([&] { return sys::SendMsg(socket.get(), &msg, 0); });
   if (n < 0) return SysError(static_cast<int>(-n), "sendmsg of a control record");
   if (static_cast<std::size_t>(n) != payload.size()) {
     return MakeError(ErrorCategory::kIo, "short write of a control record");
@@ -348,7 +401,7 @@ Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data) {
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    const ssize_t n = sys::SendMsg(socket.get(), &msg, MSG_NOSIGNAL);
+    const ssize_t n = KernelSend([&] { return sys::SendMsg(socket.get(), &msg, 0); });
     if (n >= 0) {
       tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
       return IoProgress{static_cast<std::size_t>(n), false, false};
@@ -396,7 +449,7 @@ Result<IoProgress> ConnectionImpl::SendFile(int file_fd, off_t offset, std::size
       return Fail(std::move(ready).error());
     }
     off_t pos = offset;
-    const ssize_t n = sys::SendFile(socket.get(), file_fd, &pos, len);
+    const ssize_t n = KernelSend([&] { return sys::SendFile(socket.get(), file_fd, &pos, len); });
     if (n >= 0) {
       tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
       return IoProgress{static_cast<std::size_t>(n), false, false};

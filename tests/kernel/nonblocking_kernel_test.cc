@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 
 #include <chrono>
@@ -287,6 +288,83 @@ TEST_P(NonBlockingKernelTest, SendFileReportsPartialProgressExactly) {
   EXPECT_EQ(Sha256Hex(received), Sha256Hex(file.Slice(static_cast<std::size_t>(start), want)));
   EXPECT_GT(short_or_blocked, 0) << "sendfile never stopped short: the test proves nothing";
   ASSERT_NO_FATAL_FAILURE(ShutdownBoth());
+}
+
+// A client that vanishes in the middle of a sendfile: the server's next
+// SendFile fails with a named error. sendfile(2) has no MSG_NOSIGNAL; SIGPIPE
+// keeps its default action in this process, so a SIGPIPE would kill the test.
+TEST_P(NonBlockingKernelTest, PeerGoneMidSendFileIsAnErrorNotSigpipe) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  ASSERT_EQ(::signal(SIGPIPE, SIG_DFL), SIG_DFL) << "something set SIGPIPE's action; the test would prove nothing";
+  ASSERT_NO_FATAL_FAILURE(Handshake());
+  TempFile file(4 * 1024 * 1024);
+  ASSERT_TRUE(file.ok());
+  // The client reads a little, then resets the connection.
+  std::size_t sent = 0;
+  std::array<std::byte, 16 * 1024> buf;
+  for (int i = 0; i < 1000 && sent < 256 * 1024; ++i) {
+    auto n = server_->SendFile(file.fd(), static_cast<off_t>(sent), file.contents().size() - sent);
+    ASSERT_TRUE(n.ok()) << n.error().ToString();
+    sent += n->bytes;
+    (void)client_->Read(buf);
+    WaitBoth(client_->fd(), Wait::kReadable, server_->fd(), Wait::kWritable);
+  }
+  const linger reset{1, 0};
+  ASSERT_EQ(::setsockopt(client_->fd(), SOL_SOCKET, SO_LINGER, &reset, sizeof(reset)), 0);
+  dog_.Forget(client_token_);  // The watchdog's dup would keep the socket open.
+  client_->Close();
+  std::optional<Error> failure;
+  const auto deadline = std::chrono::steady_clock::now() + kIoTimeout;
+  while (!failure && std::chrono::steady_clock::now() < deadline) {
+    auto n = server_->SendFile(file.fd(), static_cast<off_t>(sent % file.contents().size()), 64 * 1024);
+    if (!n.ok()) {
+      failure = n.error();
+      break;
+    }
+    sent += n->bytes;
+    if (n->would_block) WaitBoth(-1, Wait::kNone, server_->fd(), Wait::kWritable);
+  }
+  ASSERT_TRUE(failure.has_value()) << "SendFile to a reset connection kept succeeding";
+  EXPECT_EQ(failure->category, ErrorCategory::kIo) << failure->ToString();
+  EXPECT_TRUE(failure->sys_errno == EPIPE || failure->sys_errno == ECONNRESET) << failure->ToString();
+  EXPECT_EQ(::signal(SIGPIPE, SIG_DFL), SIG_DFL);
+}
+
+// EPIPE itself: a socket that can send no more (here: its write side shut
+// behind the Connection's back, as a concurrent reader consuming a reset
+// leaves it) makes sendfile(2) fail with EPIPE and raise SIGPIPE, which
+// ktls holds back.
+TEST_P(NonBlockingKernelTest, SendFileEpipeRaisesNoSigpipe) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  ASSERT_EQ(::signal(SIGPIPE, SIG_DFL), SIG_DFL) << "something set SIGPIPE's action; the test would prove nothing";
+  ASSERT_NO_FATAL_FAILURE(Handshake());
+  TempFile file(64 * 1024);
+  ASSERT_TRUE(file.ok());
+  ASSERT_EQ(::shutdown(server_->fd(), SHUT_WR), 0);
+  // kTLS may take the first call's bytes into its open record (and raise
+  // SIGPIPE as it fails to push them); a later call reports the EPIPE.
+  std::optional<Error> failure;
+  for (int i = 0; i < 10 && !failure; ++i) {
+    auto n = server_->SendFile(file.fd(), 0, file.contents().size());
+    if (!n.ok()) failure = n.error();
+  }
+  ASSERT_TRUE(failure.has_value()) << "sendfile on a shut socket kept succeeding";
+  EXPECT_EQ(failure->sys_errno, EPIPE) << failure->ToString();
+  sigset_t pending;
+  ASSERT_EQ(sigpending(&pending), 0);
+  EXPECT_EQ(sigismember(&pending, SIGPIPE), 0) << "a SIGPIPE was left pending";
+}
+
+// The same for Write: the bytes of a write the kernel could not push are
+// never reported as sent.
+TEST_P(NonBlockingKernelTest, WriteEpipeIsReported) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  ASSERT_NO_FATAL_FAILURE(Handshake());
+  ASSERT_EQ(::shutdown(server_->fd(), SHUT_WR), 0);
+  const std::vector<std::uint8_t> data = RandomBytes(64 * 1024);
+  auto n = server_->Write(std::as_bytes(std::span(data)));
+  ASSERT_FALSE(n.ok()) << "a write on a shut socket reported " << n->bytes << " bytes sent";
+  EXPECT_EQ(n.error().sys_errno, EPIPE) << n.error().ToString();
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, NonBlockingKernelTest,
