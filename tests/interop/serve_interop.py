@@ -1,0 +1,406 @@
+#!/usr/bin/env python3
+"""Interop tests for ktls-serve, the HTTPS file server, on a kernel with kTLS.
+
+usage: serve_interop.py PATH/TO/ktls-serve [TEST_NAME_SUBSTRING...]
+
+Real clients: curl (a 64 MiB download, keep-alive, HEAD, ranges, 304,
+traversal attempts in every encoding), Python's http.client over ssl,
+headless Chromium (a page with an image and a script, checked in the
+rendered DOM), and raw TLS sockets for bad requests, timeouts, the
+connection limit and a drain on SIGTERM. ktls-serve runs with --rx, so both
+directions go to the kernel on 6.1 as well.
+
+/proc/net/tls_stat proves that the kernel did the work: TlsTxSw and TlsRxSw
+grow by one per connection ktls-serve offloaded (counted from after its
+start-up probe), TlsDecryptError does not move; the access log says
+tx=kernel rx=kernel for each request.
+
+Exit status: 0 when every test passed, 1 when one failed, 77 (with a line
+"SKIP: <reason>") when this kernel has no kTLS, which is a failure instead
+when KTLS_REQUIRE_KERNEL=1. When tests ran, the last line is always
+"N passed, N failed".
+"""
+import email.utils
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import time
+import unittest
+import zlib
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ktls_interop  # noqa: E402
+from ktls_interop import HOST, STEP_TIMEOUT, Pump, read_tls_stat, sha, stop_process, wait_until  # noqa: E402
+
+SERVE = ""  # ktls-serve (main() sets it)
+SITE = ""   # The served root: a directory made by set_up.
+SECRET = b"this file is outside the root"
+BIG_LEN = 64 * 1024 * 1024
+BIG = b""   # Contents of SITE/big.bin.
+MEDIUM = b""  # Contents of SITE/medium.bin (8 MiB).
+
+# One access-log line: CLIENT METHOD PATH STATUS BYTES DURATIONms tx=.. rx=..
+ACCESS = re.compile(r"^(?P<client>\S+) (?P<method>\S+) (?P<path>\S+) (?P<status>\d{3}) (?P<bytes>\d+) "
+                    r"(?P<ms>\d+)ms tx=(?P<tx>kernel|user) rx=(?P<rx>kernel|user)(?: error=.*)?$")
+
+
+class Serve:
+    """ktls-serve on a free port, serving SITE; stopped with SIGTERM, which
+    must end it with status 0."""
+
+    def __init__(self, *args, rx=True):
+        self.args = ["--root", SITE, "--listen", f"{HOST}:0", "--threads", "2", *(["--rx"] if rx else []), *args]
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([SERVE, *self.args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.out = Pump(self.proc.stdout)
+        self.err = Pump(self.proc.stderr)
+        self.out.start()
+        self.err.start()
+        if not wait_until(lambda: "https://" in self.err.text() or self.proc.poll() is not None, STEP_TIMEOUT):
+            self.stop()
+            raise AssertionError("ktls-serve did not start: " + self.err.text())
+        match = re.search(r"https://[^:]+:(\d+)/", self.err.text())
+        if not match:
+            self.stop()
+            raise AssertionError("ktls-serve did not say where it listens: " + self.err.text())
+        self.port = int(match.group(1))
+        self.stats_before = read_tls_stat()  # After the start-up probe.
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.returncode = self.proc.wait(timeout=STEP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.returncode = None
+        stop_process(self.proc, (self.out, self.err))
+
+    def url(self, path):
+        return f"https://{HOST}:{self.port}{path}"
+
+    def access(self, count, timeout=STEP_TIMEOUT):
+        """The first `count` access-log lines, parsed (waits for them)."""
+        wait_until(lambda: len(self.out.text().splitlines()) >= count, timeout)
+        lines = self.out.text().splitlines()
+        parsed = [ACCESS.match(line) for line in lines]
+        assert all(parsed), f"malformed access-log lines: {lines}"
+        return [m.groupdict() for m in parsed]
+
+    def stat_delta(self):
+        after = read_tls_stat()
+        return {name: after[name] - self.stats_before[name] for name in after if name in self.stats_before}
+
+
+def curl(*args, timeout=STEP_TIMEOUT * 3):
+    """Runs curl (TLS verification off: the certificate is self-signed);
+    returns (status, stdout bytes, stderr text)."""
+    done = subprocess.run(["curl", "-sS", "-k", "--http1.1", *args], capture_output=True, timeout=timeout)
+    return done.returncode, done.stdout, done.stderr.decode(errors="replace")
+
+
+def tls_context():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def tls_connect(port, timeout=STEP_TIMEOUT):
+    raw = socket.create_connection((HOST, port), timeout=timeout)
+    return tls_context().wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
+
+
+def read_until_close(sock):
+    """Everything until the peer's close_notify; raises ssl.SSLEOFError on a
+    close without it."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+class OffloadedDownloads(unittest.TestCase):
+    def setUp(self):
+        self.tmp = os.path.join(SITE, "..", "curl-" + self.id().rsplit(".", 1)[-1])
+        os.makedirs(self.tmp, exist_ok=True)
+
+    def test_64mib_download_is_byte_exact_with_both_directions_in_the_kernel(self):
+        with Serve() as server:
+            status, body, err = curl(server.url("/big.bin"))
+            self.assertEqual(status, 0, err)
+            self.assertEqual(len(body), BIG_LEN)
+            self.assertEqual(sha(body), sha(BIG))
+            [line] = server.access(1)
+            self.assertEqual((line["method"], line["path"], line["status"], line["bytes"]),
+                             ("GET", "/big.bin", "200", str(BIG_LEN)))
+            self.assertEqual((line["tx"], line["rx"]), ("kernel", "kernel"))
+            delta = server.stat_delta()
+            self.assertEqual((delta["TlsTxSw"], delta["TlsRxSw"]), (1, 1), delta)
+            self.assertEqual(delta["TlsDecryptError"], 0)
+
+    def test_keep_alive_serves_several_requests_on_one_connection(self):
+        with Serve() as server:
+            out = [os.path.join(self.tmp, f"out{i}") for i in range(3)]
+            status, body, err = curl("-w", "%{num_connects}\\n", "-o", out[0], server.url("/index.html"),
+                                     "-o", out[1], server.url("/medium.bin"), "-o", out[2], server.url("/app.js"))
+            self.assertEqual(status, 0, err)
+            # num_connects per transfer: 1 for the first, 0 when reused.
+            self.assertEqual(body.split(), [b"1", b"0", b"0"])
+            with open(out[1], "rb") as f:
+                self.assertEqual(sha(f.read()), sha(MEDIUM))
+            lines = server.access(3)
+            self.assertEqual([line["path"] for line in lines], ["/index.html", "/medium.bin", "/app.js"])
+            self.assertEqual(len({line["client"] for line in lines}), 1, "not one connection")
+            delta = server.stat_delta()
+            self.assertEqual((delta["TlsTxSw"], delta["TlsRxSw"]), (1, 1), delta)
+
+    def test_head_sends_headers_only(self):
+        with Serve() as server:
+            status, body, err = curl("-I", server.url("/medium.bin"))
+            self.assertEqual(status, 0, err)
+            headers = body.decode()
+            self.assertIn("HTTP/1.1 200", headers)
+            self.assertIn(f"Content-Length: {len(MEDIUM)}", headers)
+            self.assertIn("Accept-Ranges: bytes", headers)
+            [line] = server.access(1)
+            self.assertEqual((line["method"], line["status"], line["bytes"]), ("HEAD", "200", "0"))
+
+    def test_ranges_at_start_middle_and_end_and_unsatisfiable(self):
+        size = len(MEDIUM)
+        cases = [("0-99", 0, 100), ("4000000-4099999", 4000000, 100000), (f"{size - 10}-", size - 10, 10),
+                 ("-777", size - 777, 777)]
+        with Serve() as server:
+            for spec, start, length in cases:
+                status, body, err = curl("-D", "-", "-H", f"Range: bytes={spec}", server.url("/medium.bin"))
+                self.assertEqual(status, 0, err)
+                head, _, payload = body.partition(b"\r\n\r\n")
+                self.assertIn(b"HTTP/1.1 206", head, spec)
+                self.assertIn(f"Content-Range: bytes {start}-{start + length - 1}/{size}".encode(), head, spec)
+                self.assertEqual(payload, MEDIUM[start:start + length], spec)
+            status, body, err = curl("-D", "-", "-H", f"Range: bytes={size}-", server.url("/medium.bin"))
+            self.assertEqual(status, 0, err)
+            self.assertIn(b"HTTP/1.1 416", body)
+            self.assertIn(f"Content-Range: bytes */{size}".encode(), body)
+            lines = server.access(5)
+            self.assertEqual([line["status"] for line in lines], ["206"] * 4 + ["416"])
+            self.assertTrue(all((line["tx"], line["rx"]) == ("kernel", "kernel") for line in lines))
+
+    def test_if_modified_since_gives_304(self):
+        with Serve() as server:
+            status, head, err = curl("-I", server.url("/index.html"))
+            self.assertEqual(status, 0, err)
+            modified = re.search(rb"Last-Modified: ([^\r\n]+)", head).group(1).decode()
+            self.assertEqual(email.utils.parsedate_to_datetime(modified).timestamp(),
+                             int(os.stat(os.path.join(SITE, "index.html")).st_mtime))
+            status, body, err = curl("-D", "-", "-H", f"If-Modified-Since: {modified}", server.url("/index.html"))
+            self.assertEqual(status, 0, err)
+            self.assertIn(b"HTTP/1.1 304", body)
+            self.assertTrue(body.endswith(b"\r\n\r\n"), "a 304 has no body")
+            status, body, err = curl("-H", "If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT",
+                                     server.url("/index.html"))
+            self.assertIn(b"<img", body)
+
+    def test_traversal_in_every_encoding_gets_nothing_from_outside(self):
+        targets = ["/../secret.txt", "/%2e%2e/secret.txt", "/%2E%2E/secret.txt", "/.%2e/secret.txt",
+                   "/..%2fsecret.txt", "/%2e%2e%2fsecret.txt", "/sub/..%2f..%2fsecret.txt",
+                   "/sub/%2e%2e/%2e%2e/secret.txt", "/link-out", "/sub/link-out-relative"]
+        with Serve() as server:
+            for target in targets:
+                status, body, err = curl("--path-as-is", "-D", "-", server.url(target))
+                self.assertEqual(status, 0, err)
+                code = int(body.split(b" ", 2)[1])
+                self.assertIn(code, (400, 403, 404), target)
+                self.assertNotIn(SECRET, body, target)
+            status, body, err = curl(server.url("/sub/link-in"))
+            self.assertEqual(body, MEDIUM[:0] + open(os.path.join(SITE, "index.html"), "rb").read(),
+                             "a symlink inside the root is served")
+
+    def test_no_offload_and_no_rx_say_so_in_the_log(self):
+        for flag, want in (("--no-offload", ("user", "user")), ("--no-rx", ("kernel", "user"))):
+            with Serve(flag, rx=False) as server:
+                status, body, err = curl(server.url("/medium.bin"))
+                self.assertEqual(status, 0, err)
+                self.assertEqual(sha(body), sha(MEDIUM))
+                [line] = server.access(1)
+                self.assertEqual((line["tx"], line["rx"]), want, flag)
+                delta = server.stat_delta()
+                self.assertEqual((delta["TlsTxSw"], delta["TlsRxSw"]),
+                                 (int(want[0] == "kernel"), int(want[1] == "kernel")), flag)
+
+
+class OtherClients(unittest.TestCase):
+    def test_python_http_client_keep_alive(self):
+        with Serve() as server:
+            conn = http.client.HTTPSConnection(HOST, server.port, context=tls_context(), timeout=STEP_TIMEOUT)
+            try:
+                for path, want, ctype in (("/index.html", None, "text/html"), ("/medium.bin", MEDIUM, "application/"),
+                                          ("/pic.png", None, "image/png")):
+                    conn.request("GET", path)
+                    response = conn.getresponse()
+                    body = response.read()
+                    self.assertEqual(response.status, 200, path)
+                    self.assertEqual(response.version, 11)
+                    self.assertTrue(response.getheader("Content-Type").startswith(ctype), path)
+                    if want is not None:
+                        self.assertEqual(sha(body), sha(want))
+            finally:
+                conn.close()
+            lines = server.access(3)
+            self.assertEqual(len({line["client"] for line in lines}), 1, "not one connection")
+            self.assertTrue(all((line["tx"], line["rx"]) == ("kernel", "kernel") for line in lines))
+
+    def test_headless_chromium_renders_page_with_image_and_script(self):
+        chromium = shutil.which("chromium")
+        self.assertIsNotNone(chromium, "Debian's chromium package is not installed")
+        with Serve() as server:
+            done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
+                                   "--virtual-time-budget=5000", "--dump-dom", server.url("/")],
+                                  capture_output=True, timeout=STEP_TIMEOUT * 3)
+            dom = done.stdout.decode(errors="replace")
+            # app.js writes what it saw once the page (and its image) loaded.
+            self.assertIn('<p id="out">script ran; image 3x2</p>', dom, done.stderr.decode(errors="replace")[-2000:])
+            lines = server.access(3)
+            paths = {line["path"]: line for line in lines}
+            for path in ("/", "/app.js", "/pic.png"):
+                self.assertIn(path, paths)
+                self.assertEqual(paths[path]["status"], "200")
+                self.assertEqual((paths[path]["tx"], paths[path]["rx"]), ("kernel", "kernel"))
+
+
+class Robustness(unittest.TestCase):
+    def test_bad_request_gets_400_and_close_while_others_are_served(self):
+        with Serve() as server:
+            with tls_connect(server.port) as bad:
+                bad.sendall(b"GARBAGE\x01 / NOT-HTTP\r\n\r\n")
+                reply = read_until_close(bad)  # Ends with close_notify.
+            self.assertTrue(reply.startswith(b"HTTP/1.1 400"), reply[:100])
+            with tls_connect(server.port) as big_header:
+                big_header.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Fill: " + b"a" * 20000 + b"\r\n\r\n")
+                reply = read_until_close(big_header)
+            self.assertTrue(reply.startswith(b"HTTP/1.1 431"), reply[:100])
+            status, body, err = curl(server.url("/medium.bin"))
+            self.assertEqual(sha(body), sha(MEDIUM), err)
+
+    def test_silent_client_is_dropped_after_the_handshake_timeout(self):
+        with Serve("--handshake-timeout", "500") as server:
+            with socket.create_connection((HOST, server.port), timeout=STEP_TIMEOUT) as silent:
+                started = time.monotonic()
+                status, body, err = curl(server.url("/index.html"))  # Served meanwhile.
+                self.assertEqual(status, 0, err)
+                self.assertEqual(silent.recv(1), b"", "the server did not close the silent connection")
+                self.assertLess(time.monotonic() - started, STEP_TIMEOUT)
+            self.assertTrue(wait_until(lambda: "timed out" in server.err.text(), 5), server.err.text())
+
+    def test_idle_connection_is_closed_with_close_notify(self):
+        with Serve("--idle-timeout", "500") as server:
+            with tls_connect(server.port) as idle:
+                self.assertEqual(read_until_close(idle), b"")  # close_notify, not a bare FIN.
+
+    def test_connection_limit_queues_the_next_client(self):
+        with Serve("--max-connections", "1") as server:
+            first = tls_connect(server.port)
+            raw = socket.create_connection((HOST, server.port), timeout=1)
+            second = tls_context().wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False)
+            with self.assertRaises((socket.timeout, TimeoutError)):
+                second.do_handshake()  # Waits in the listen queue.
+            first.close()
+            second.settimeout(STEP_TIMEOUT)
+            # The timed-out attempt left OpenSSL mid-handshake: start afresh.
+            second.close()
+            with tls_connect(server.port) as third:
+                third.sendall(b"GET /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                self.assertTrue(read_until_close(third).startswith(b"HTTP/1.1 200"))
+
+    def test_sigterm_finishes_the_response_in_flight_and_exits_0(self):
+        with Serve("--drain-timeout", "20000") as server:
+            target = os.path.join(SITE, "..", "sigterm-download")
+            download = subprocess.Popen(["curl", "-sS", "-k", "--http1.1", "--limit-rate", "4M", "-o", target,
+                                         server.url("/medium.bin")], stderr=subprocess.PIPE)
+            # The response must be in flight when the signal comes.
+            self.assertTrue(wait_until(lambda: os.path.exists(target) and os.path.getsize(target) > 0, STEP_TIMEOUT))
+            with tls_connect(server.port) as idle:
+                idle.sendall(b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n")
+                first = idle.recv(65536)
+                self.assertTrue(first.startswith(b"HTTP/1.1 200"))
+                server.proc.send_signal(signal.SIGTERM)
+                # The idle keep-alive connection gets close_notify.
+                self.assertEqual(read_until_close(idle).find(b"HTTP/1.1"), -1)
+            _, err = download.communicate(timeout=STEP_TIMEOUT * 2)
+            self.assertEqual(download.returncode, 0, err)
+            with open(target, "rb") as f:
+                self.assertEqual(sha(f.read()), sha(MEDIUM), "the response in flight was cut")
+            self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT), 0)
+            self.assertIn("draining", server.err.text())
+
+
+# --- Main ----------------------------------------------------------------------
+
+def tiny_png(width, height):
+    """A valid RGB PNG, made by hand (no imaging library needed)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) +
+            chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def set_up(directory):
+    global SITE, BIG, MEDIUM
+    SITE = os.path.join(directory, "site")
+    os.makedirs(os.path.join(SITE, "sub"))
+    with open(os.path.join(directory, "secret.txt"), "wb") as f:
+        f.write(SECRET)
+    BIG = os.urandom(BIG_LEN)
+    MEDIUM = os.urandom(8 * 1024 * 1024 + 123)
+    files = {
+        "big.bin": BIG,
+        "medium.bin": MEDIUM,
+        "index.html": b'<!doctype html><html><head><script src="app.js"></script></head>'
+                      b'<body><img id="pic" src="pic.png"><p id="out">waiting</p></body></html>',
+        "app.js": b"window.addEventListener('load', () => {\n"
+                  b"  const img = document.getElementById('pic');\n"
+                  b"  document.getElementById('out').textContent =\n"
+                  b"      'script ran; image ' + img.naturalWidth + 'x' + img.naturalHeight;\n"
+                  b"});\n",
+        "pic.png": tiny_png(3, 2),
+    }
+    for name, data in files.items():
+        with open(os.path.join(SITE, name), "wb") as f:
+            f.write(data)
+    os.symlink(os.path.join(directory, "secret.txt"), os.path.join(SITE, "link-out"))
+    os.symlink("../../secret.txt", os.path.join(SITE, "sub", "link-out-relative"))
+    os.symlink("../index.html", os.path.join(SITE, "sub", "link-in"))
+
+
+def main():
+    global SERVE
+    if len(sys.argv) < 2:
+        print("usage: serve_interop.py PATH/TO/ktls-serve [TEST_NAME_SUBSTRING...]", file=sys.stderr)
+        return 2
+    SERVE = os.path.abspath(sys.argv[1])
+    status = ktls_interop.check_kernel_tls()
+    if status is not None:
+        return status
+    if not shutil.which("curl") or not os.access(SERVE, os.X_OK):
+        return ktls_interop.fail(f"need curl in PATH and ktls-serve at {SERVE}")
+    print(f"kernel {os.uname().release}; Python ssl: {ssl.OPENSSL_VERSION}", flush=True)
+    return ktls_interop.run_tests(sys.modules[__name__], sys.argv[2:], "ktls-serve-interop-", set_up)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
