@@ -102,7 +102,10 @@ class KTLS_API Connection {
   // SendFile sends count bytes of file_fd starting at offset. With TX in the
   // kernel this is sendfile(2) on the socket: no copy through userspace.
   // With TX in OpenSSL, the file is read and written in 16 KiB pieces. May
-  // return after sending part, like Write.
+  // return after sending part, like Write. Like sendfile(2) itself, it can
+  // raise SIGPIPE when the peer is gone (sendfile has no MSG_NOSIGNAL): a
+  // program that uses it should ignore SIGPIPE, as servers do. Everything
+  // else in ktls sends with MSG_NOSIGNAL.
   Result<IoProgress> SendFile(int file_fd, off_t offset, std::size_t count);
 
   // Shutdown sends close_notify (as an alert record, whichever side holds
@@ -118,7 +121,9 @@ class KTLS_API Connection {
   // UpdateKeys sends a TLS 1.3 KeyUpdate now and switches TX to the next
   // traffic secret; with request_peer_update, the peer is asked to do the
   // same for its direction. With TX in the kernel this needs Linux 6.14 or
-  // later (ErrorCategory::kUnsupported otherwise).
+  // later (ErrorCategory::kUnsupported otherwise). On a non-blocking socket
+  // whose send buffer is full, the KeyUpdate is queued and goes out ahead of
+  // the next write's data.
   Result<void> UpdateKeys(bool request_peer_update);
 
   // Key updates done on this connection since offload, per direction.

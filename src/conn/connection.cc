@@ -4,8 +4,6 @@
 #include <fcntl.h>
 #include <openssl/ssl.h>
 #include <poll.h>
-#include <pthread.h>
-#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -66,57 +64,6 @@ constexpr unsigned char kKeyUpdateNotRequested = 0;
 constexpr unsigned char kKeyUpdateRequested = 1;
 
 bool WouldBlock(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
-
-// SigpipeHold: how ktls learns that kTLS dropped what it said it sent.
-// On a socket that can no longer send (the peer reset it and a reader took
-// the error, or its write side is shut), kTLS's sendmsg and sendfile take
-// the bytes into a record, fail to push it, and still return the count;
-// the one sign is the SIGPIPE the failed push raises (seen on 6.1 and 7.2).
-// So sends on the kTLS socket go without MSG_NOSIGNAL, with SIGPIPE blocked
-// in this thread for the call; Release() takes a SIGPIPE the call raised off
-// the thread and says so. The process's own signal handling is untouched,
-// and SIGPIPE never reaches it.
-class SigpipeHold {
- public:
-  SigpipeHold() {
-    sigemptyset(&pipe_);
-    sigaddset(&pipe_, SIGPIPE);
-    sigset_t pending;
-    was_pending_ = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
-    blocked_ = pthread_sigmask(SIG_BLOCK, &pipe_, &old_) == 0;
-  }
-  ~SigpipeHold() { (void)Release(); }
-  SigpipeHold(const SigpipeHold&) = delete;
-  SigpipeHold& operator=(const SigpipeHold&) = delete;
-
-  // Release restores the signal mask; true if the call raised SIGPIPE.
-  bool Release() {
-    if (!blocked_) return false;
-    blocked_ = false;
-    bool raised = false;
-    if (!was_pending_) {
-      const timespec no_wait{};
-      while (sigtimedwait(&pipe_, nullptr, &no_wait) == SIGPIPE) raised = true;
-    }
-    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
-    return raised;
-  }
-
- private:
-  sigset_t pipe_{};
-  sigset_t old_{};
-  bool was_pending_ = false;
-  bool blocked_ = false;
-};
-
-// KernelSend runs one send on the kTLS socket (see SigpipeHold): a send
-// that raised SIGPIPE failed with EPIPE, whatever count it returned.
-template <typename Send>
-ssize_t KernelSend(Send&& send) {
-  SigpipeHold hold;
-  const ssize_t n = send();
-  return hold.Release() && n >= 0 ? -EPIPE : n;
-}
 
 // Blocked: no progress now; call again once the socket is ready for `wait`.
 IoProgress Blocked(Wait wait) { return IoProgress{0, true, false, wait}; }
@@ -359,7 +306,7 @@ Result<void> ConnectionImpl::SendKernelControlRecord(unsigned char type, std::sp
   cmsg->cmsg_type = uapi::kTlsSetRecordType;
   cmsg->cmsg_len = CMSG_LEN(sizeof(unsigned char));
   *CMSG_DATA(cmsg) = type;
-  const ssize_t n = KernelSend([&] { return sys::SendMsg(socket.get(), &msg, 0); });
+  const ssize_t n = sys::SendMsg(socket.get(), &msg, MSG_NOSIGNAL);
   if (n < 0) return SysError(static_cast<int>(-n), "sendmsg of a control record");
   if (static_cast<std::size_t>(n) != payload.size()) {
     return MakeError(ErrorCategory::kIo, "short write of a control record");
@@ -401,7 +348,7 @@ Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data) {
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    const ssize_t n = KernelSend([&] { return sys::SendMsg(socket.get(), &msg, 0); });
+    const ssize_t n = sys::SendMsg(socket.get(), &msg, MSG_NOSIGNAL);
     if (n >= 0) {
       tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
       return IoProgress{static_cast<std::size_t>(n), false, false};
@@ -420,7 +367,6 @@ Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data) {
         state->tx.records + MaxRecordsFor(data.size()) >= key_update_threshold &&
         SSL_get_key_update_type(ssl.get()) == SSL_KEY_UPDATE_NONE) {
       SSL_key_update(ssl.get(), SSL_KEY_UPDATE_NOT_REQUESTED);  // Sent ahead of this write's data.
-      ++tx_key_updates;
     }
     const int ret = SSL_write_ex(ssl.get(), data.data(), data.size(), &n);
     if (ret == 1) return IoProgress{n, false, false};
@@ -449,7 +395,9 @@ Result<IoProgress> ConnectionImpl::SendFile(int file_fd, off_t offset, std::size
       return Fail(std::move(ready).error());
     }
     off_t pos = offset;
-    const ssize_t n = KernelSend([&] { return sys::SendFile(socket.get(), file_fd, &pos, len); });
+    // sendfile(2) has no MSG_NOSIGNAL: to a peer that is gone it can raise
+    // SIGPIPE, as plain sendfile does (see SendFile in ktls/connection.h).
+    const ssize_t n = sys::SendFile(socket.get(), file_fd, &pos, len);
     if (n >= 0) {
       tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
       return IoProgress{static_cast<std::size_t>(n), false, false};
@@ -524,8 +472,12 @@ Result<void> ConnectionImpl::UpdateTxKeyLocked(bool request_peer_update) {
 
 Result<void> ConnectionImpl::BeforeKernelWrite(std::size_t* len) {
   if (tx_update_pending_.exchange(false)) {
-    if (auto updated = UpdateTxKeyLocked(false); !updated) {
-      if (IsWouldBlock(updated.error())) tx_update_pending_ = true;  // Still owed; nothing was sent.
+    const bool request_peer_update = tx_update_request_peer_.exchange(false);
+    if (auto updated = UpdateTxKeyLocked(request_peer_update); !updated) {
+      if (IsWouldBlock(updated.error())) {  // Still owed; nothing was sent.
+        if (request_peer_update) tx_update_request_peer_ = true;
+        tx_update_pending_ = true;
+      }
       return updated;
     }
   }
@@ -626,6 +578,13 @@ Result<void> ConnectionImpl::UpdateKeys(bool request_peer_update) {
   if (tx == Offload::kKernel) {
     std::lock_guard lock(tx_mu_);
     auto updated = UpdateTxKeyLocked(request_peer_update);
+    if (!updated && IsWouldBlock(updated.error())) {
+      // The send buffer is full (non-blocking socket): the KeyUpdate goes
+      // out ahead of the next write's data.
+      if (request_peer_update) tx_update_request_peer_ = true;
+      tx_update_pending_ = true;
+      return {};
+    }
     if (!updated && failed_) (void)Fail(updated.error());
     return updated;
   }
@@ -640,12 +599,11 @@ Result<void> ConnectionImpl::UpdateKeys(bool request_peer_update) {
     const int code = SSL_get_error(ssl.get(), ret);
     if (code != SSL_ERROR_WANT_WRITE && code != SSL_ERROR_WANT_READ) return SslCallError(ssl.get(), ret, "KeyUpdate");
     lock.unlock();
-    if (!WaitFor(code == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN)) {
-      return MakeError(ErrorCategory::kIo, "KeyUpdate would block; it goes out with the next write");
-    }
+    // Non-blocking and the send buffer is full: OpenSSL keeps the KeyUpdate
+    // and sends it ahead of the next write's data.
+    if (!WaitFor(code == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN)) return {};
     lock.lock();
   }
-  ++tx_key_updates;
   return {};
 }
 
@@ -738,7 +696,14 @@ Result<void> Connection::UpdateKeys(bool request_peer_update) {
   return impl_ ? impl_->UpdateKeys(request_peer_update) : Result<void>(EmptyConnection());
 }
 
-std::uint64_t Connection::tx_key_updates() const noexcept { return impl_ ? impl_->tx_key_updates.load() : 0; }
+std::uint64_t Connection::tx_key_updates() const noexcept {
+  if (!impl_) return 0;
+  std::uint64_t n = impl_->tx_key_updates.load();  // Those the kernel sent.
+  if (impl_->tx == Offload::kUser && impl_->ssl) {
+    if (const detail::CaptureState* state = detail::GetCaptureState(impl_->ssl.get())) n += state->sent_key_updates;
+  }
+  return n;
+}
 
 std::uint64_t Connection::rx_key_updates() const noexcept {
   if (!impl_) return 0;

@@ -119,6 +119,7 @@ class ConnectionImpl {
   // to the next key must not have application data between them.
   std::mutex tx_mu_;
   std::atomic<bool> tx_update_pending_ = false;
+  std::atomic<bool> tx_update_request_peer_ = false;  // The pending update asks the peer to update too.
   std::uint64_t tx_records_bound_ = 0;  // >= records sent under the TX key. Under tx_mu_.
   std::atomic<bool> failed_ = false;     // An error ended the connection.
   std::atomic<bool> sent_close_ = false;  // We sent close_notify (or a fatal alert).

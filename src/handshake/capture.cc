@@ -121,6 +121,7 @@ void CountRecordEvent(CaptureState& state, bool write_p, int content_type, const
       dir.records = 0;
       if (write_p) {
         ++state.written_key_updates;
+        ++state.sent_key_updates;
       } else {
         ++state.read_key_updates;
         // KeyUpdate: type(1) length(3) request_update(1); 1 = update_requested.

@@ -50,6 +50,10 @@ struct CaptureState {
   int written_alerts = 0;             // Alerts; the last one's bytes below.
   unsigned char last_written_alert[2] = {0, 0};
   std::atomic<std::uint64_t> read_key_updates = 0;  // KeyUpdates OpenSSL received.
+  // KeyUpdates OpenSSL wrote (never reset): with TX in OpenSSL these are
+  // the connection's TX key updates, its own answers to update_requested
+  // included.
+  std::atomic<std::uint64_t> sent_key_updates = 0;
   // KeyUpdates OpenSSL received with update_requested. OpenSSL answers only
   // at its next SSL_write, which never comes with TX in the kernel; ktls
   // answers these itself.
