@@ -28,6 +28,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cxxopts.hpp>
 #include <memory>
@@ -542,6 +543,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ktls-serve: TLS configuration: %s\n", tls.error().ToString().c_str());
     return 1;
   }
+  // sendfile(2) raises SIGPIPE when a client is gone (it has no
+  // MSG_NOSIGNAL); that is an error for that connection, not the process.
+  ::signal(SIGPIPE, SIG_IGN);
   RaiseFileLimit();
   std::fprintf(stderr, "ktls-serve: %s\n", Capabilities().c_str());
 
