@@ -1,4 +1,6 @@
-# KtlsSanitizers.cmake: KTLS_SANITIZE builds the library, the tools and the
+# KtlsSanitizers.cmake: sanitizer and fuzzer builds.
+#
+# KTLS_SANITIZE builds the library, the tools and the
 # tests with the compiler's sanitizers, for example
 #
 #   cmake -S . -B build-asan -DKTLS_SANITIZE=address,undefined
@@ -23,3 +25,17 @@ if(KTLS_SANITIZE)
   message(STATUS "ktls: building with -fsanitize=${KTLS_SANITIZE}")
 endif()
 
+# KTLS_BUILD_FUZZERS builds tests/fuzz as libFuzzer binaries. libFuzzer
+# comes with Clang (Debian: clang, libclang-rt-14-dev), so configure with
+# CC=clang CXX=clang++. Everything is compiled with libFuzzer's coverage
+# instrumentation (-fsanitize=fuzzer-no-link) so that the fuzzers see which
+# paths of the library an input reached; combine with
+# KTLS_SANITIZE=address,undefined to catch memory errors too. Off, the
+# fuzzers are still built, as corpus replayers (tests/fuzz/replay_main.cc).
+option(KTLS_BUILD_FUZZERS "Build the libFuzzer fuzzers in tests/fuzz (needs Clang)" OFF)
+if(KTLS_BUILD_FUZZERS)
+  if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "KTLS_BUILD_FUZZERS needs Clang (libFuzzer): configure with CC=clang CXX=clang++")
+  endif()
+  add_compile_options(-fsanitize=fuzzer-no-link)
+endif()
