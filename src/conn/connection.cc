@@ -484,10 +484,15 @@ Result<void> ConnectionImpl::BeforeKernelWrite(std::size_t* len) {
 }
 
 Result<void> ConnectionImpl::AnswerPeerKeyUpdate() {
+  // After our close_notify (or a fatal alert) nothing more goes out, and
+  // no answer is owed: RFC 8446 4.6.3 wants it before our next application
+  // data. Sending one anyway would put a record after close_notify, on a
+  // socket already shut down for writing.
+  if (sent_close_) return {};
   tx_update_pending_ = true;
   std::unique_lock lock(tx_mu_, std::try_to_lock);
-  if (!lock.owns_lock()) return {};  // A write is in progress; it answers first.
-  if (!tx_update_pending_.exchange(false)) return {};
+  if (!lock.owns_lock()) return {};  // A write (or Shutdown) is in progress; a write answers first.
+  if (!tx_update_pending_.exchange(false) || sent_close_) return {};
   return UpdateTxKeyLocked(false);
 }
 
@@ -531,6 +536,7 @@ std::optional<Result<IoProgress>> ConnectionImpl::AnswerOpenSslKeyUpdates() {
   if (state == nullptr || state->read_update_requests == answered_update_requests_) return std::nullopt;
   // One KeyUpdate of ours answers every request received so far.
   answered_update_requests_ = state->read_update_requests;
+  if (sent_close_) return std::nullopt;  // We send nothing more: no answer is owed (see AnswerPeerKeyUpdate).
   if (!kernel_rekey) {
     (void)Shutdown();
     return Fail(MakeError(ErrorCategory::kUnsupported,
@@ -577,6 +583,7 @@ Result<void> ConnectionImpl::Shutdown() {
     std::lock_guard lock(tx_mu_);  // Never between a KeyUpdate and the new key.
     const std::array<unsigned char, 2> close_notify{kAlertLevelWarning, kAlertCloseNotify};
     if (auto sent = SendKernelControlRecord(uapi::kRecordAlert, close_notify); !sent) return sent;
+    sent_close_ = true;  // Under tx_mu_: a KeyUpdate answer that waited for it sees it.
   } else {
     for (;;) {
       std::unique_lock lock(ssl_mu_);
