@@ -7,8 +7,9 @@
 #   cmake -S . -B build-tsan -DKTLS_SANITIZE=thread
 #
 # The value is passed to -fsanitize= as it is (GCC and Clang both take these
-# names). Every sanitizer halts at its first report (-fno-sanitize-recover),
-# so a finding fails the test that hit it instead of scrolling past. Kernel
+# names). ASan and UBSan halt at their first report (-fno-sanitize-recover),
+# TSan fails the program at exit, so a finding fails the test that hit it
+# instead of scrolling past. Kernel
 # tests get runtime options that suit the UML guests, and run on 7.2 only
 # (tests/harness/KtlsKernelTests.cmake says why).
 include_guard(GLOBAL)
