@@ -51,6 +51,7 @@
 #include "keys/secret.h"
 #include "keys/tls13_key_schedule.h"
 #include "tests/fuzz/fuzz_check.h"
+#include "tests/fuzz/fuzz_connection.h"
 #include "tests/support/fault_syscalls.h"
 #include "tests/support/scripted_ktls.h"
 
@@ -62,114 +63,8 @@ namespace uapi = detail::uapi;
 constexpr std::array<int, 7> kErrors = {0, EAGAIN, EBADMSG, EKEYEXPIRED, EMSGSIZE, ECONNRESET, EIO};
 constexpr std::array<std::size_t, 16> kReadSizes = {1,   2,    3,    4,     5,     7,     16,    64,
                                                      100, 1000, 4096, 16383, 16384, 16385, 65536, 100000};
-constexpr std::size_t kMaxRecordPlaintext = 16 * 1024;
-
-// Input: reads the script front to back; past the end, every read fails.
-class Input {
- public:
-  explicit Input(std::span<const std::uint8_t> data) : data_(data) {}
-  bool empty() const { return pos_ >= data_.size(); }
-  bool Byte(std::uint8_t* out) {
-    if (empty()) return false;
-    *out = data_[pos_++];
-    return true;
-  }
-  std::span<const std::uint8_t> Bytes(std::size_t len) {
-    len = std::min(len, data_.size() - pos_);
-    auto out = data_.subspan(pos_, len);
-    pos_ += len;
-    return out;
-  }
-
- private:
-  std::span<const std::uint8_t> data_;
-  std::size_t pos_ = 0;
-};
-
-// Kernel: the scripted kernel's state and the checks on what ktls sends it.
-struct Kernel {
-  ScriptedKtlsRx rx;
-  Cipher cipher = Cipher::kAes128Gcm;
-  bool rekey_fails = false;
-  bool sendmsg_fails = false;
-  std::uint64_t tx_records = 0;  // Under the current TX key.
-  bool sent_alert = false;
-
-  std::optional<ssize_t> SendMsg(const msghdr* msg) {
-    const SentRecord record = ParseSentRecord(msg);
-    FUZZ_CHECK(!sent_alert);  // Nothing follows an alert that went out (fatal or close_notify).
-    if (record.type == uapi::kRecordAlert) {
-      FUZZ_CHECK(record.bytes.size() == 2);
-      FUZZ_CHECK(record.bytes[0] == 1 || record.bytes[0] == 2);
-      sent_alert = !sendmsg_fails;
-    } else if (record.type == uapi::kRecordHandshake) {
-      // Only KeyUpdate: type 24, length 1, update_not_requested/requested.
-      FUZZ_CHECK(record.bytes.size() == 5);
-      FUZZ_CHECK(record.bytes[0] == 24 && record.bytes[1] == 0 && record.bytes[2] == 0 && record.bytes[3] == 1);
-      FUZZ_CHECK(record.bytes[4] <= 1);
-    } else {
-      FUZZ_CHECK(record.type == uapi::kRecordApplicationData);
-      FUZZ_CHECK(!record.bytes.empty());
-    }
-    if (sendmsg_fails) return -EPIPE;
-    tx_records += std::max<std::uint64_t>(1, (record.bytes.size() + kMaxRecordPlaintext - 1) / kMaxRecordPlaintext);
-    return static_cast<ssize_t>(record.bytes.size());
-  }
-
-  std::optional<int> SetSockOpt(int level, int name, socklen_t len) {
-    FUZZ_CHECK(level == uapi::kSolTls && (name == uapi::kTlsTx || name == uapi::kTlsRx));
-    FUZZ_CHECK(len == detail::CryptoInfoSize(cipher));
-    if (rekey_fails) return -EINVAL;
-    if (name == uapi::kTlsTx) tx_records = 0;
-    return 0;
-  }
-
-  std::optional<int> GetSockOpt(int level, int name, void* value, socklen_t* len) {
-    if (level == SOL_SOCKET && name == SO_ERROR) {
-      FUZZ_CHECK(*len >= sizeof(int));
-      std::memset(value, 0, sizeof(int));
-      return 0;
-    }
-    FUZZ_CHECK(level == uapi::kSolTls && name == uapi::kTlsTx);
-    FUZZ_CHECK(*len == detail::CryptoInfoSize(cipher));
-    const std::array<unsigned char, 12> iv{};
-    const std::array<unsigned char, 32> key{};
-    auto info = detail::PackCryptoInfo(TlsVersion::kTls13, cipher, std::span(key).first(detail::KeyLength(cipher)),
-                                       iv, tx_records);
-    FUZZ_CHECK(info.ok());
-    std::memcpy(value, info->data(), info->size());
-    return 0;
-  }
-};
-
-// Model: what the script allows Read to deliver.
-struct Model {
-  std::vector<std::uint8_t> data;                 // Every application-data byte queued.
-  std::size_t deliverable = SIZE_MAX;             // Data queued before the first fatal event.
-  std::size_t delivered = 0;
-  bool ended = false;                             // Read reported an error or the end.
-
-  void Fatal() { deliverable = std::min(deliverable, data.size()); }
-
-  void Check(const Result<IoProgress>& got, std::span<const std::byte> buf) {
-    if (!got.ok()) {
-      ended = true;
-      return;
-    }
-    if (got->bytes > 0) {
-      FUZZ_CHECK(!ended);
-      FUZZ_CHECK(!got->end_of_stream && !got->would_block);
-      FUZZ_CHECK(got->bytes <= buf.size());
-      FUZZ_CHECK(delivered + got->bytes <= std::min(deliverable, data.size()));
-      FUZZ_CHECK(std::memcmp(buf.data(), data.data() + delivered, got->bytes) == 0);
-      delivered += got->bytes;
-    }
-    if (got->end_of_stream) ended = true;
-  }
-};
-
 void Run(std::span<const std::uint8_t> data) {
-  Input input(data);
+  FuzzInput input(data);
   std::uint8_t config = 0;
   (void)input.Byte(&config);
 
@@ -191,22 +86,24 @@ void Run(std::span<const std::uint8_t> data) {
     (void)conn.rx_secret.Assign(secret);
   }
 
-  Kernel kernel;
-  kernel.cipher = conn.cipher;
-  kernel.rekey_fails = (config & 0x20) != 0;
-  kernel.sendmsg_fails = (config & 0x40) != 0;
+  ScriptedKtlsRx rx;
+  KernelTx tx;
+  tx.cipher = conn.cipher;
+  tx.set_key_fails = (config & 0x20) != 0;
+  tx.sendmsg_fails = (config & 0x40) != 0;
   StandIns stand_ins;
-  stand_ins.recv_msg = [&kernel](int, msghdr* msg, int) -> std::optional<ssize_t> { return kernel.rx.RecvMsg(msg); };
-  stand_ins.send_msg = [&kernel](int, const msghdr* msg, int) { return kernel.SendMsg(msg); };
-  stand_ins.set_sock_opt = [&kernel](int, int level, int name, const void*, socklen_t len) {
-    return kernel.SetSockOpt(level, name, len);
+  stand_ins.recv_msg = [&rx](int, msghdr* msg, int) -> std::optional<ssize_t> { return rx.RecvMsg(msg); };
+  stand_ins.send_msg = [&tx](int, const msghdr* msg, int) { return tx.SendMsg(msg); };
+  stand_ins.set_sock_opt = [&tx](int, int level, int name, const void* value, socklen_t len) -> std::optional<int> {
+    FUZZ_CHECK(level == uapi::kSolTls);
+    return tx.SetKey(name, value, len, /*initial=*/false);
   };
-  stand_ins.get_sock_opt = [&kernel](int, int level, int name, void* value, socklen_t* len) {
-    return kernel.GetSockOpt(level, name, value, len);
+  stand_ins.get_sock_opt = [&tx](int, int level, int name, void* value, socklen_t* len) {
+    return tx.GetSockOpt(level, name, value, len);
   };
   SetStandIns(std::move(stand_ins));
 
-  Model model;
+  ReadModel model;
   std::vector<std::byte> buf;
   const auto read = [&](std::size_t len) {
     buf.assign(len, std::byte{0});
@@ -222,7 +119,7 @@ void Run(std::span<const std::uint8_t> data) {
         std::uint8_t type = 0, len_hi = 0, len_lo = 0;
         if (!input.Byte(&type) || !input.Byte(&len_hi) || !input.Byte(&len_lo)) break;
         const auto payload = input.Bytes(std::size_t{len_hi} << 8 | len_lo);
-        kernel.rx.QueueRecord(type, payload);
+        rx.QueueRecord(type, payload);
         if (type == uapi::kRecordApplicationData) {
           model.data.insert(model.data.end(), payload.begin(), payload.end());
         } else if (type != uapi::kRecordHandshake && (type != uapi::kRecordAlert || payload.size() >= 2)) {
@@ -232,7 +129,7 @@ void Run(std::span<const std::uint8_t> data) {
       }
       case 1: {
         const int err = kErrors[param % kErrors.size()];
-        kernel.rx.QueueError(err);
+        rx.QueueError(err);
         if (err != EAGAIN) model.Fatal();
         break;
       }

@@ -3,7 +3,7 @@
 anywhere; it rewrites the seeds it knows and leaves other files alone).
 
 Seeds are small on purpose: each shows the fuzzer one shape of input. The
-kernel_rx format is described at the top of kernel_rx_fuzzer.cc. Inputs that
+formats are described at the top of each fuzzer's source. Inputs that
 once found a bug are committed next to these (named regress-*) and never
 regenerated.
 """
@@ -90,6 +90,44 @@ KERNEL_RX = {
     "big-record-small-reads": bytes([0]) + rec(DATA, bytes(range(256)) * 70) + read(13) + read(0) + read(11),
 }
 
+# openssl_rx: config byte, then steps (op & 7, param = op >> 3).
+O_TLS12, O_TICKETS, O_SET_KEY_FAILS, O_SENDMSG_FAILS = 4, 8, 0x10, 0x20
+
+
+def o(kind, param=0):
+    return bytes([kind | param << 3])
+
+
+def o_data(chunks):  # (chunks) * 8 bytes of application data
+    return o(0, chunks - 1) + bytes((i * 7) & 0xFF for i in range(chunks * 8))
+
+
+O_KEY_UPDATE, O_KEY_UPDATE_REQUESTED = o(1, 0), o(1, 1)
+O_CLOSE_NOTIFY, O_FIN = o(2), o(3)
+O_READ_SMALL, O_READ_BIG, O_READ_ALL = o(5, 1), o(5, 7), o(7)
+O_WRITE, O_SHUTDOWN, O_UPDATE_KEYS, O_UPDATE_KEYS_REQUESTED = o(6, 3), o(6, 29), o(6, 30), o(6, 31)
+
+
+def o_raw(data):
+    return o(4, len(data) - 1) + data
+
+
+OPENSSL_RX = {
+    "data-then-close-notify": bytes([0]) + o_data(4) + O_READ_SMALL + O_READ_ALL + O_CLOSE_NOTIFY + O_READ_ALL,
+    "key-update-requested": bytes([1]) + o_data(2) + O_KEY_UPDATE_REQUESTED + o_data(3) + O_READ_ALL + O_WRITE,
+    "key-update-chacha": bytes([2]) + O_KEY_UPDATE + o_data(1) + O_READ_BIG,
+    "key-update-ccm-with-tickets": bytes([3 | O_TICKETS]) + O_KEY_UPDATE_REQUESTED + O_KEY_UPDATE + o_data(1) + O_READ_ALL,
+    "tls12-renegotiation": bytes([O_TLS12]) + o_data(1) + O_READ_ALL + O_KEY_UPDATE + o_data(1) + O_READ_ALL,
+    "tls12-ccm-data": bytes([O_TLS12 | 3]) + o_data(8) + O_READ_BIG + O_CLOSE_NOTIFY + O_READ_ALL,
+    "fin-without-close-notify": bytes([0]) + o_data(2) + O_FIN + O_READ_ALL,
+    "raw-bytes-on-the-wire": bytes([0]) + o_data(1) + o_raw(b"\x17\x03\x03\x00\x10" + bytes(16)) + O_READ_ALL,
+    "shutdown-then-key-update-requested": bytes([0]) + O_SHUTDOWN + O_KEY_UPDATE_REQUESTED + o_data(1) + O_READ_ALL
+    + O_CLOSE_NOTIFY + O_READ_ALL,
+    "server-updates-keys": bytes([1]) + O_UPDATE_KEYS + O_WRITE + O_UPDATE_KEYS_REQUESTED + o_data(1) + O_READ_ALL,
+    "set-key-fails": bytes([O_SET_KEY_FAILS]) + O_KEY_UPDATE_REQUESTED + O_READ_ALL + O_WRITE,
+    "sendmsg-fails": bytes([O_SENDMSG_FAILS]) + O_WRITE + o_raw(b"\x15\x03\x03\x00\x02\x02\x28") + O_READ_ALL,
+}
+
 
 def write_corpus(name, seeds):
     directory = os.path.join(HERE, "corpus", name)
@@ -101,3 +139,4 @@ def write_corpus(name, seeds):
 
 write_corpus("keylog_line", KEYLOG)
 write_corpus("kernel_rx", KERNEL_RX)
+write_corpus("openssl_rx", OPENSSL_RX)
