@@ -515,11 +515,12 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleOpenSslWrites() {
   CaptureState* state = GetCaptureState(ssl.get());
   if (state == nullptr) return Fail(MakeError(ErrorCategory::kInternal, "OpenSSL wrote, and its state is gone"));
   if (state->written_alerts > 0) {
-    // OpenSSL hit an error and sent an alert: relay it; SSL_read fails too.
+    // OpenSSL hit an error and sent an alert: relay it, unless our
+    // close_notify (or an alert) already went out, which nothing follows.
+    // SSL_read fails too.
     state->written_alerts = 0;
     const std::array<unsigned char, 2> alert{state->last_written_alert[0], state->last_written_alert[1]};
-    (void)SendKernelControlRecord(uapi::kRecordAlert, alert);
-    sent_close_ = true;
+    if (!sent_close_.exchange(true)) (void)SendKernelControlRecord(uapi::kRecordAlert, alert);
     return std::nullopt;
   }
   if (state->written_key_updates > 0) {
