@@ -106,24 +106,17 @@ bool SetNonBlocking(int fd) { return ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) |
 
 // Handshake runs both ends over non-blocking sockets until both are done.
 bool Handshake(SSL* client, SSL* server) {
+  // Step advances one end; false when it failed for good.
+  const auto step = [](SSL* ssl, bool& done) {
+    if (done) return true;
+    const int rc = SSL_do_handshake(ssl);
+    done = rc == 1;
+    const int code = done ? SSL_ERROR_NONE : SSL_get_error(ssl, rc);
+    return done || code == SSL_ERROR_WANT_READ || code == SSL_ERROR_WANT_WRITE;
+  };
   bool client_done = false, server_done = false;
   for (int round = 0; round < 200 && !(client_done && server_done); ++round) {
-    if (!client_done) {
-      const int rc = SSL_do_handshake(client);
-      if (rc == 1) {
-        client_done = true;
-      } else if (const int code = SSL_get_error(client, rc); code != SSL_ERROR_WANT_READ && code != SSL_ERROR_WANT_WRITE) {
-        return false;
-      }
-    }
-    if (!server_done) {
-      const int rc = SSL_do_handshake(server);
-      if (rc == 1) {
-        server_done = true;
-      } else if (const int code = SSL_get_error(server, rc); code != SSL_ERROR_WANT_READ && code != SSL_ERROR_WANT_WRITE) {
-        return false;
-      }
-    }
+    if (!step(client, client_done) || !step(server, server_done)) return false;
   }
   return client_done && server_done;
 }
