@@ -510,10 +510,15 @@ Result<void> ConnectionImpl::BeforeKernelWrite(std::size_t* len) {
 }
 
 Result<void> ConnectionImpl::AnswerPeerKeyUpdate() {
+  // After our close_notify (or a fatal alert) nothing more goes out, and
+  // no answer is owed: RFC 8446 4.6.3 wants it before our next application
+  // data. Sending one anyway would put a record after close_notify, on a
+  // socket already shut down for writing.
+  if (sent_close_) return {};
   tx_update_pending_ = true;
   std::unique_lock lock(tx_mu_, std::try_to_lock);
-  if (!lock.owns_lock()) return {};  // A write is in progress; it answers first.
-  if (!tx_update_pending_.exchange(false)) return {};
+  if (!lock.owns_lock()) return {};  // A write (or Shutdown) is in progress; a write answers first.
+  if (!tx_update_pending_.exchange(false) || sent_close_) return {};
   auto updated = UpdateTxKeyLocked(false);
   if (!updated && IsWouldBlock(updated.error())) {
     tx_update_pending_ = true;  // The send buffer is full: the next write answers.
@@ -541,11 +546,12 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleOpenSslWrites() {
   CaptureState* state = GetCaptureState(ssl.get());
   if (state == nullptr) return Fail(MakeError(ErrorCategory::kInternal, "OpenSSL wrote, and its state is gone"));
   if (state->written_alerts > 0) {
-    // OpenSSL hit an error and sent an alert: relay it; SSL_read fails too.
+    // OpenSSL hit an error and sent an alert: relay it, unless our
+    // close_notify (or an alert) already went out, which nothing follows.
+    // SSL_read fails too.
     state->written_alerts = 0;
     const std::array<unsigned char, 2> alert{state->last_written_alert[0], state->last_written_alert[1]};
-    (void)SendKernelControlRecord(uapi::kRecordAlert, alert);
-    sent_close_ = true;
+    if (!sent_close_.exchange(true)) (void)SendKernelControlRecord(uapi::kRecordAlert, alert);
     return std::nullopt;
   }
   if (state->written_key_updates > 0) {
@@ -562,6 +568,7 @@ std::optional<Result<IoProgress>> ConnectionImpl::AnswerOpenSslKeyUpdates() {
   if (state == nullptr || state->read_update_requests == answered_update_requests_) return std::nullopt;
   // One KeyUpdate of ours answers every request received so far.
   answered_update_requests_ = state->read_update_requests;
+  if (sent_close_) return std::nullopt;  // We send nothing more: no answer is owed (see AnswerPeerKeyUpdate).
   if (!kernel_rekey) {
     (void)Shutdown();
     return Fail(MakeError(ErrorCategory::kUnsupported,
@@ -617,6 +624,7 @@ Result<IoProgress> ConnectionImpl::Shutdown() {
       if (IsWouldBlock(sent.error())) return Blocked(Wait::kWritable);
       return std::move(sent).error();
     }
+    sent_close_ = true;  // Under tx_mu_: a KeyUpdate answer that waited for it sees it.
   } else {
     for (;;) {
       std::unique_lock lock(ssl_mu_);

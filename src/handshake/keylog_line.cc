@@ -1,6 +1,10 @@
 // handshake/keylog_line.cc
 #include "handshake/keylog_line.h"
 
+#include <array>
+#include <span>
+#include <string_view>
+
 namespace ktls::detail {
 namespace {
 
@@ -24,22 +28,26 @@ bool DecodeHex(std::string_view hex, std::span<unsigned char> out) {
   return true;
 }
 
-// NextField splits off the text up to the next single space.
-std::string_view NextField(std::string_view& rest) {
-  const std::size_t space = rest.find(' ');
-  std::string_view field = rest.substr(0, space);
-  rest = space == std::string_view::npos ? std::string_view() : rest.substr(space + 1);
-  return field;
+// SplitFields splits line at single spaces into exactly three non-empty
+// fields: no space before the first, none after the last.
+bool SplitFields(std::string_view line, std::array<std::string_view, 3>& fields) {
+  for (std::size_t i = 0; i < fields.size(); ++i) {
+    const std::size_t space = line.find(' ');
+    const bool last = i + 1 == fields.size();
+    if ((space == std::string_view::npos) != last) return false;  // A field missing, or one too many.
+    fields[i] = line.substr(0, space);
+    if (fields[i].empty()) return false;
+    if (!last) line.remove_prefix(space + 1);
+  }
+  return true;
 }
 
 }  // namespace
 
 std::optional<KeylogLine> ParseKeylogLine(std::string_view line) {
-  std::string_view rest = line;
-  const std::string_view label = NextField(rest);
-  const std::string_view random_hex = NextField(rest);
-  const std::string_view secret_hex = NextField(rest);
-  if (!rest.empty() || secret_hex.empty()) return std::nullopt;
+  std::array<std::string_view, 3> fields;
+  if (!SplitFields(line, fields)) return std::nullopt;
+  const auto [label, random_hex, secret_hex] = fields;
 
   KeylogLine out{};
   if (label == "CLIENT_TRAFFIC_SECRET_0") {

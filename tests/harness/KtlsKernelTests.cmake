@@ -30,6 +30,30 @@ include_guard(GLOBAL)
 set(KTLS_HARNESS_DIR "${CMAKE_CURRENT_LIST_DIR}" CACHE INTERNAL "tests/harness")
 set(KTLS_UML_KERNELS 6.1 7.2 CACHE INTERNAL "UML kernels the kernel tests run on")
 
+# Sanitizer builds (KTLS_SANITIZE, cmake/KtlsSanitizers.cmake). ASan and
+# TSan place their shadow memory at fixed addresses that need a 47-bit user
+# address space. UML 6.1 gives its processes 39 bits (TASK_SIZE
+# 0x7fc0000000), and ASan stops with "Shadow memory range interleaves with
+# an existing memory mapping"; no runtime option moves the shadow, and the
+# compilers' shadow-offset flags are for the kernel's KASAN. So their kernel
+# tests run on 7.2 only (UBSan alone has no shadow and runs on both).
+# In 7.2, every page a guest process touches is one mapping of the UML
+# process on the host, and ASan's default 256 MiB quarantine alone can pass
+# the host's vm.max_map_count (65530): "UML ran out of memory on the host
+# side". 16 MiB keeps the kernel tests far below it. ktls-uml passes
+# *SAN_OPTIONS into the guest; a caller's own options come after these and
+# win.
+set(KTLS_SANITIZER_ENV_MODIFICATION "")
+if(KTLS_SANITIZE MATCHES "address|thread|memory")
+  set(KTLS_UML_KERNELS 7.2 CACHE INTERNAL "UML kernels the kernel tests run on")
+endif()
+if(KTLS_SANITIZE)
+  set(KTLS_SANITIZER_ENV_MODIFICATION
+      "ASAN_OPTIONS=string_prepend:quarantine_size_mb=16:"
+      "UBSAN_OPTIONS=string_prepend:print_stacktrace=1:"
+      "TSAN_OPTIONS=string_prepend:halt_on_error=1:second_deadlock_stack=1:")
+endif()
+
 add_test(NAME uml.fetch COMMAND "${KTLS_HARNESS_DIR}/run-kernel-test" fetch all)
 set_tests_properties(uml.fetch PROPERTIES
   LABELS kernel
@@ -94,7 +118,8 @@ function(ktls_add_kernel_test)
     set_tests_properties(${test_name} PROPERTIES
       LABELS "${labels}"
       SKIP_RETURN_CODE 77
-      TIMEOUT ${arg_TIMEOUT})
+      TIMEOUT ${arg_TIMEOUT}
+      ENVIRONMENT_MODIFICATION "${KTLS_SANITIZER_ENV_MODIFICATION}")
     if(NOT kernel STREQUAL "host")
       set_tests_properties(${test_name} PROPERTIES FIXTURES_REQUIRED ktls_uml_kernels)
     endif()

@@ -8,6 +8,7 @@
 #include <array>
 #include <cerrno>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "kernel/syscalls.h"
@@ -23,6 +24,7 @@ struct State {
   std::mutex mu;
   std::vector<Fault> faults;
   std::array<int, 7> counts{};
+  StandIns stand_ins;
 };
 
 State& GetState() {
@@ -50,6 +52,15 @@ int MatchFault(Syscall call, std::optional<int> level = std::nullopt,
   return 0;
 }
 
+// StandIn returns a copy of one stand-in, taken under the lock, so that it
+// runs without the lock (it may call through the seam itself).
+template <typename Member>
+auto StandIn(Member member) {
+  State& state = GetState();
+  std::lock_guard lock(state.mu);
+  return state.stand_ins.*member;
+}
+
 template <typename Call>
 auto Restart(Call call) -> decltype(call()) {
   for (;;) {
@@ -72,6 +83,13 @@ void ClearFaults() {
   std::lock_guard lock(state.mu);
   state.faults.clear();
   state.counts.fill(0);
+  state.stand_ins = StandIns();
+}
+
+void SetStandIns(StandIns stand_ins) {
+  State& state = GetState();
+  std::lock_guard lock(state.mu);
+  state.stand_ins = std::move(stand_ins);
 }
 
 int CallCount(Syscall call) {
@@ -84,25 +102,38 @@ int CallCount(Syscall call) {
 
 namespace ktls::detail::sys {
 
+using ktls::testing::StandIns;
 using ktls::testing::Syscall;
 
 int SetSockOpt(int fd, int level, int name, const void* value, socklen_t value_len) {
   if (int err = ktls::testing::MatchFault(Syscall::kSetSockOpt, level, name)) return -err;
+  if (auto stand_in = ktls::testing::StandIn(&StandIns::set_sock_opt)) {
+    if (auto result = stand_in(fd, level, name, value, value_len)) return *result;
+  }
   return ktls::testing::Restart([&] { return ::setsockopt(fd, level, name, value, value_len); });
 }
 
 int GetSockOpt(int fd, int level, int name, void* value, socklen_t* value_len) {
   if (int err = ktls::testing::MatchFault(Syscall::kGetSockOpt, level, name)) return -err;
+  if (auto stand_in = ktls::testing::StandIn(&StandIns::get_sock_opt)) {
+    if (auto result = stand_in(fd, level, name, value, value_len)) return *result;
+  }
   return ktls::testing::Restart([&] { return ::getsockopt(fd, level, name, value, value_len); });
 }
 
 ssize_t SendMsg(int fd, const struct msghdr* msg, int flags) {
   if (int err = ktls::testing::MatchFault(Syscall::kSendMsg)) return -err;
+  if (auto stand_in = ktls::testing::StandIn(&StandIns::send_msg)) {
+    if (auto result = stand_in(fd, msg, flags)) return *result;
+  }
   return ktls::testing::Restart([&] { return ::sendmsg(fd, msg, flags); });
 }
 
 ssize_t RecvMsg(int fd, struct msghdr* msg, int flags) {
   if (int err = ktls::testing::MatchFault(Syscall::kRecvMsg)) return -err;
+  if (auto stand_in = ktls::testing::StandIn(&StandIns::recv_msg)) {
+    if (auto result = stand_in(fd, msg, flags)) return *result;
+  }
   return ktls::testing::Restart([&] { return ::recvmsg(fd, msg, flags); });
 }
 

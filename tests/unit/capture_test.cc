@@ -45,6 +45,10 @@ TEST(KeylogLine, RejectsEverythingElse) {
            std::string("CLIENT_TRAFFIC_SECRET_0 ") + kRandom + " " + std::string(130, 'a'),  // > 64 bytes.
            std::string("CLIENT_TRAFFIC_SECRET_0 ") + kRandom + " zz" + ok_secret.substr(2),  // Bad digit.
            std::string("CLIENT_TRAFFIC_SECRET_0  ") + kRandom + " " + ok_secret,  // Double space.
+           // Found by the keylog_line fuzzer: a space after the secret was
+           // taken for the end of the line.
+           std::string("CLIENT_TRAFFIC_SECRET_0 ") + kRandom + " " + ok_secret + " ",  // Trailing space.
+           std::string(" CLIENT_TRAFFIC_SECRET_0 ") + kRandom + " " + ok_secret,  // Leading space.
            std::string(""),
        }) {
     EXPECT_FALSE(ParseKeylogLine(bad).has_value()) << bad;

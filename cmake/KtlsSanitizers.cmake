@@ -1,0 +1,42 @@
+# KtlsSanitizers.cmake: sanitizer and fuzzer builds.
+#
+# KTLS_SANITIZE builds the library, the tools and the
+# tests with the compiler's sanitizers, for example
+#
+#   cmake -S . -B build-asan -DKTLS_SANITIZE=address,undefined
+#   cmake -S . -B build-tsan -DKTLS_SANITIZE=thread
+#
+# The value is passed to -fsanitize= as it is (GCC and Clang both take these
+# names). ASan and UBSan halt at their first report (-fno-sanitize-recover),
+# TSan fails the program at exit, so a finding fails the test that hit it
+# instead of scrolling past. Kernel
+# tests get runtime options that suit the UML guests, and run on 7.2 only
+# (tests/harness/KtlsKernelTests.cmake says why).
+include_guard(GLOBAL)
+
+set(KTLS_SANITIZE "" CACHE STRING
+    "Sanitizers to build with, as for -fsanitize= (address,undefined or thread); empty: none")
+
+if(KTLS_SANITIZE)
+  if(KTLS_SANITIZE MATCHES "thread" AND KTLS_SANITIZE MATCHES "address")
+    message(FATAL_ERROR "KTLS_SANITIZE: thread and address cannot be combined")
+  endif()
+  add_compile_options(-fsanitize=${KTLS_SANITIZE} -fno-sanitize-recover=all -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=${KTLS_SANITIZE})
+  message(STATUS "ktls: building with -fsanitize=${KTLS_SANITIZE}")
+endif()
+
+# KTLS_BUILD_FUZZERS builds tests/fuzz as libFuzzer binaries. libFuzzer
+# comes with Clang (Debian: clang, libclang-rt-14-dev), so configure with
+# CC=clang CXX=clang++. Everything is compiled with libFuzzer's coverage
+# instrumentation (-fsanitize=fuzzer-no-link) so that the fuzzers see which
+# paths of the library an input reached; combine with
+# KTLS_SANITIZE=address,undefined to catch memory errors too. Off, the
+# fuzzers are still built, as corpus replayers (tests/fuzz/replay_main.cc).
+option(KTLS_BUILD_FUZZERS "Build the libFuzzer fuzzers in tests/fuzz (needs Clang)" OFF)
+if(KTLS_BUILD_FUZZERS)
+  if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "KTLS_BUILD_FUZZERS needs Clang (libFuzzer): configure with CC=clang CXX=clang++")
+  endif()
+  add_compile_options(-fsanitize=fuzzer-no-link)
+endif()
