@@ -5,13 +5,13 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
-#include <cerrno>
 
 #include "conn/offload_internal.h"
 #include "core/errors.h"
 #include "core/openssl_ptr.h"
 #include "handshake/context.h"
 #include "net/socket_util.h"
+#include "net/timed_handshake.h"
 
 namespace ktls {
 namespace {
@@ -31,10 +31,6 @@ Result<Connection> Connect(const std::string& host, std::uint16_t port, const Cl
 
   auto fd = detail::ConnectTcp(host, std::to_string(port));
   if (!fd.ok()) return std::move(fd).error();
-  const auto timeout = config.handshake_timeout;
-  if (timeout.count() > 0) {
-    if (auto set = detail::SetIoTimeout(fd->get(), timeout); !set) return std::move(set).error();
-  }
 
   detail::UniqueSsl ssl(SSL_new(ctx->get()));
   if (!ssl) return detail::OpenSslError(ErrorCategory::kInternal, "SSL_new");
@@ -54,22 +50,14 @@ Result<Connection> Connect(const std::string& host, std::uint16_t port, const Cl
     return detail::OpenSslError(ErrorCategory::kInternal, "SSL_set_alpn_protos");
   }
   if (SSL_set_fd(ssl.get(), fd->get()) != 1) return detail::OpenSslError(ErrorCategory::kInternal, "SSL_set_fd");
-  ERR_clear_error();
-  errno = 0;
-  const int ret = SSL_connect(ssl.get());
-  if (ret != 1) {
+  if (auto done = detail::RunHandshake(ssl.get(), fd->get(), /*is_server=*/false, config.handshake_timeout); !done) {
+    Error error = std::move(done).error();
     const long verify = SSL_get_verify_result(ssl.get());
-    Error error = detail::SslCallError(ssl.get(), ret, "TLS handshake");
     if (verify != X509_V_OK) {
       error.detail += ": certificate verification failed: ";
       error.detail += X509_verify_cert_error_string(verify);
     }
     return error;
-  }
-  if (timeout.count() > 0) {
-    if (auto cleared = detail::SetIoTimeout(fd->get(), std::chrono::milliseconds(0)); !cleared) {
-      return std::move(cleared).error();
-    }
   }
   return detail::OffloadHandshaken(std::move(fd).value(), std::move(ssl), /*is_server=*/false, config.offload);
 }

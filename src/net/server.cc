@@ -14,6 +14,7 @@
 #include "core/unique_fd.h"
 #include "handshake/context.h"
 #include "net/socket_util.h"
+#include "net/timed_handshake.h"
 
 namespace ktls {
 
@@ -89,31 +90,15 @@ void LingeringClose(detail::UniqueFd fd) {
 
 Result<Connection> Listener::Handshake(int socket) {
   detail::UniqueFd fd(socket);
-  const auto timeout = impl_->config.handshake_timeout;
-  if (timeout.count() > 0) {
-    if (auto set = detail::SetIoTimeout(fd.get(), timeout); !set) return std::move(set).error();
-  }
   detail::UniqueSsl ssl(SSL_new(impl_->ctx.get()));
   if (!ssl) return detail::OpenSslError(ErrorCategory::kInternal, "SSL_new");
   if (auto prepared = PrepareSsl(ssl.get()); !prepared) return std::move(prepared).error();
   if (SSL_set_fd(ssl.get(), fd.get()) != 1) return detail::OpenSslError(ErrorCategory::kInternal, "SSL_set_fd");
-  ERR_clear_error();
-  errno = 0;
-  const int ret = SSL_accept(ssl.get());
-  if (ret != 1) {
-    Error error = detail::SslCallError(ssl.get(), ret, "TLS handshake");
-    if (error.sys_errno == EAGAIN || error.sys_errno == EWOULDBLOCK) {
-      error = detail::MakeError(ErrorCategory::kIo, "TLS handshake timed out");
-      error.sys_errno = ETIMEDOUT;
-    }
+  if (auto done = detail::RunHandshake(ssl.get(), fd.get(), /*is_server=*/true, impl_->config.handshake_timeout);
+      !done) {
     ssl.reset();
     LingeringClose(std::move(fd));
-    return error;
-  }
-  if (timeout.count() > 0) {
-    if (auto cleared = detail::SetIoTimeout(fd.get(), std::chrono::milliseconds(0)); !cleared) {
-      return std::move(cleared).error();
-    }
+    return std::move(done).error();
   }
   return detail::OffloadHandshaken(std::move(fd), std::move(ssl), /*is_server=*/true, impl_->config.offload);
 }
