@@ -33,6 +33,7 @@ constexpr int kAlertBadRecordMac = 20;
 constexpr int kAlertRecordOverflow = 22;
 constexpr int kAlertIllegalParameter = 47;
 constexpr int kAlertDecodeError = 50;
+constexpr int kAlertProtocolVersion = 70;
 constexpr int kAlertInternalError = 80;
 constexpr int kAlertNoRenegotiation = 100;
 constexpr unsigned char kAlertLevelWarning = 1;
@@ -181,6 +182,15 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
       if (err == EMSGSIZE) {
         SendFatalAlert(kAlertRecordOverflow);
         return Fail(AlertError(ErrorCategory::kProtocol, kAlertRecordOverflow, "the peer sent an oversized record"));
+      }
+      if (err == EINVAL) {
+        // The kernel's record parser refused a header whose version is not
+        // 0x0303 (net/tls tls_rx_msg_size): bytes that are no TLS record.
+        // OpenSSL answers the same bytes with protocol_version, and so does
+        // ktls, whichever side RX is on.
+        SendFatalAlert(kAlertProtocolVersion);
+        return Fail(AlertError(ErrorCategory::kProtocol, kAlertProtocolVersion,
+                               "the peer sent bytes that are not a TLS record (a record header with a wrong version)"));
       }
       return Fail(SysError(err, "recvmsg on the kTLS socket"));
     }
