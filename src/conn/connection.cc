@@ -147,7 +147,17 @@ Result<IoProgress> ConnectionImpl::ReadUser(std::span<std::byte> buf) {
       if (!WaitFor(code == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT)) return IoProgress{0, true, false};
       continue;
     }
-    return Fail(SslCallError(ssl.get(), ret, "SSL_read"));
+    Error error = SslCallError(ssl.get(), ret, "SSL_read");
+    if (const CaptureState* state = GetCaptureState(ssl.get());
+        error.category == ErrorCategory::kProtocol && error.tls_alert < 0 && state != nullptr &&
+        state->last_written_alert[0] == kAlertLevelFatal) {
+      // OpenSSL refused the peer's input and sent a fatal alert (itself, or
+      // through the kernel, HandleOpenSslWrites): name it, as the kernel
+      // path does.
+      error.tls_alert = state->last_written_alert[1];
+      error.detail += " (" + std::string(AlertName(error.tls_alert)) + ")";
+    }
+    return Fail(std::move(error));
   }
 }
 
