@@ -2,6 +2,8 @@
 // state.
 #include <openssl/err.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/ssl.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -148,6 +150,7 @@ Result<IoProgress> ConnectionImpl::ReadUser(std::span<std::byte> buf) {
       continue;
     }
     Error error = SslCallError(ssl.get(), ret, "SSL_read");
+    if (error.category == ErrorCategory::kTruncated) return Fail(EndWithoutCloseNotify(std::move(error)));
     if (const CaptureState* state = GetCaptureState(ssl.get());
         error.category == ErrorCategory::kProtocol && error.tls_alert < 0 && state != nullptr &&
         state->last_written_alert[0] == kAlertLevelFatal) {
@@ -205,7 +208,8 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
       return Fail(SysError(err, "recvmsg on the kTLS socket"));
     }
     if (n == 0) {
-      return Fail(MakeError(ErrorCategory::kTruncated, "the peer closed the connection without close_notify"));
+      return Fail(EndWithoutCloseNotify(
+          MakeError(ErrorCategory::kTruncated, "the peer closed the connection without close_notify")));
     }
     unsigned char type = uapi::kRecordApplicationData;
     for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
@@ -216,6 +220,18 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
     if (type == uapi::kRecordApplicationData) return IoProgress{static_cast<std::size_t>(n), false, false};
     if (auto done = HandleControlRecord(type, buf.first(static_cast<std::size_t>(n)))) return std::move(*done);
   }
+}
+
+Error ConnectionImpl::EndWithoutCloseNotify(Error truncated) {
+  // A FIN leaves our socket in CLOSE_WAIT (our side is still open); a reset
+  // leaves it in CLOSE. Once we sent our own FIN, CLOSE is a normal end too.
+  tcp_info info{};
+  socklen_t len = sizeof(info);
+  if (!sent_close_ && sys::GetSockOpt(socket.get(), IPPROTO_TCP, TCP_INFO, &info, &len) == 0 && len > 0 &&
+      info.tcpi_state == TCP_CLOSE) {
+    return SysError(ECONNRESET, "read: the peer reset the connection");
+  }
+  return truncated;
 }
 
 std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned char type,

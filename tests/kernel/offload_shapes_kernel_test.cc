@@ -16,7 +16,7 @@
 //     buffered by OpenSSL and drained by ktls before offload.
 //  f. How RX ends: close_notify, a FIN without it, a fatal alert, bad bytes
 //     (a record that fails authentication, an oversized record, bytes that
-//     are no record, each answered with its alert); and the
+//     are no record, each answered with its alert), a reset; and the
 //     close_notify our Shutdown sends, as a plain OpenSSL peer sees it.
 //
 // Peers are the library (Listener, Connect, the bring-your-own API) where it
@@ -45,6 +45,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <mutex>
 #include <optional>
 #include <ostream>
@@ -747,6 +748,63 @@ TEST(OffloadEndOfStreamKernelTest, PeerFatalAlertIsAnAlertError) {
   ASSERT_TRUE(ending.later_error);
   EXPECT_EQ(ending.later_error->category, ErrorCategory::kClosed) << ending.later_error->ToString();
 }
+
+class OffloadResetKernelTest : public ::testing::TestWithParam<RxOffload> {};
+
+// A reset is no truncation, even once its error is gone: kTLS's sendmsg
+// consumes a pending reset's error (sk_err) while still returning the bytes
+// it took, as when a client vanishes in the middle of a large send, and the
+// next read then sees only an end of stream. Here the server consumes the
+// error itself (SO_ERROR) once the client's reset is in, then reads: that
+// must be ECONNRESET, with RX in the kernel or in OpenSSL.
+TEST_P(OffloadResetKernelTest, ResetIsReportedAfterItsErrorWasConsumed) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  ServerConfig config = ServerFor();
+  config.offload.rx = GetParam();
+  const Bytes data = RandomBytes(3000);
+  std::promise<void> data_read;
+  int consumed_error = 0;
+  std::optional<Error> read_error;
+  TestServer server(config, 1, [&](Connection& conn, ServerEnd& end) {
+    Bytes got;
+    end.error = ReadExactly(conn, data.size(), got);
+    data_read.set_value();
+    if (!end.error.empty()) return;
+    pollfd pfd{conn.fd(), 0, 0};  // POLLERR and POLLHUP are always reported.
+    if (::poll(&pfd, 1, static_cast<int>(std::chrono::milliseconds(kIoTimeout).count())) != 1) {
+      end.error = "the client's reset did not arrive";
+      return;
+    }
+    socklen_t len = sizeof(consumed_error);
+    ::getsockopt(conn.fd(), SOL_SOCKET, SO_ERROR, &consumed_error, &len);
+    std::array<std::byte, 64> buf{};
+    auto again = conn.Read(buf);
+    if (!again.ok()) read_error = again.error();
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  auto conn = ConnectTo(server.port(), ClientFor());
+  ASSERT_TRUE(conn.ok()) << "Connect: " << conn.error().ToString();
+  ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
+  ASSERT_EQ(WriteAll(*conn, data), "");
+  data_read.get_future().wait();
+  const linger reset{1, 0};  // close() sends a reset.
+  ASSERT_EQ(::setsockopt(conn->fd(), SOL_SOCKET, SO_LINGER, &reset, sizeof(reset)), 0);
+  conn->Close();
+
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectOffloaded(end, Offload::kKernel, GetParam() == RxOffload::kOn ? Offload::kKernel : Offload::kUser,
+                  "the server");
+  EXPECT_EQ(consumed_error, ECONNRESET) << "the reset should have been pending";
+  ASSERT_TRUE(read_error) << "a Read after a reset should fail";
+  EXPECT_EQ(read_error->category, ErrorCategory::kIo) << read_error->ToString();
+  EXPECT_EQ(read_error->sys_errno, ECONNRESET) << read_error->ToString();
+}
+
+INSTANTIATE_TEST_SUITE_P(Rx, OffloadResetKernelTest, ::testing::Values(RxOffload::kOn, RxOffload::kOff),
+                         [](const ::testing::TestParamInfo<RxOffload>& param_info) {
+                           return std::string(param_info.param == RxOffload::kOn ? "InKernel" : "InOpenSsl");
+                         });
 
 // BadBytes: what a plain OpenSSL client writes straight onto its socket
 // after some good records (head, then random_len random bytes), and the
