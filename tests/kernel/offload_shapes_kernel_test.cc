@@ -87,19 +87,6 @@ constexpr std::uint8_t kAlertHandshakeFailure = 40;
 
 // Plain OpenSSL peers: no ktls anywhere, RX and TX in userspace.
 
-UniqueFd TcpConnect(std::uint16_t port) {
-  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(port);
-  if (!fd || ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      !SetIoTimeout(fd.get(), kIoTimeout)) {
-    return UniqueFd();
-  }
-  return fd;
-}
-
 // PlainPeer: an OpenSSL connection ktls does not touch. The socket is owned
 // here, not by the SSL.
 struct PlainPeer {
@@ -119,7 +106,7 @@ std::string NewPlainPeer(SSL_CTX* ctx, UniqueFd fd, PlainPeer& out) {
 // ConnectPlain: a plain OpenSSL client handshake with the server on port,
 // resuming session if given.
 std::string ConnectPlain(SSL_CTX* ctx, std::uint16_t port, SSL_SESSION* session, PlainPeer& out) {
-  if (std::string error = NewPlainPeer(ctx, TcpConnect(port), out); !error.empty()) return error;
+  if (std::string error = NewPlainPeer(ctx, ConnectLoopback(port, kIoTimeout), out); !error.empty()) return error;
   if (session != nullptr && SSL_set_session(out.ssl.get(), session) != 1) return "SSL_set_session";
   ERR_clear_error();
   const int ret = SSL_connect(out.ssl.get());
@@ -322,7 +309,7 @@ TEST(OffloadShapesKernelTest, HelloRetryRequest) {
 
   ASSERT_TRUE(PrepareContext(client_ctx.get()).ok());
   PlainPeer client;
-  ASSERT_EQ(NewPlainPeer(client_ctx.get(), TcpConnect(server.port()), client), "");
+  ASSERT_EQ(NewPlainPeer(client_ctx.get(), ConnectLoopback(server.port(), kIoTimeout), client), "");
   ASSERT_TRUE(PrepareSsl(client.ssl.get()).ok());
   int client_hellos = 0;
   BIO* wbio = SSL_get_wbio(client.ssl.get());
@@ -440,7 +427,9 @@ TEST(OffloadShapesKernelTest, ClientDataBehindFinishedReachesListenerInOrder) {
   const Bytes early = RandomBytes(40000);  // Three records.
   HoldState hold;
   PlainPeer client;
-  ASSERT_EQ(ConnectPlainWithDataBehindFinished(client_ctx.get(), TcpConnect(server.port()), early, hold, client), "");
+  ASSERT_EQ(ConnectPlainWithDataBehindFinished(client_ctx.get(), ConnectLoopback(server.port(), kIoTimeout), early,
+                                               hold, client),
+            "");
 
   Bytes echoed;
   ASSERT_EQ(SslReadExactly(client.ssl.get(), early.size(), echoed), "");

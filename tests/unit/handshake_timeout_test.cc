@@ -35,15 +35,6 @@ constexpr std::chrono::milliseconds kTrickleGiveUp = 20 * kHandshakeTimeout;
 // OpenSSL waits for all of it.
 const std::vector<std::uint8_t> kLongRecordHeader = {22, 3, 1, 0x40, 0x00};
 
-UniqueFd ConnectLoopback(std::uint16_t port) {
-  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(port);
-  if (!fd || ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return UniqueFd();
-  return fd;
-}
 
 // Trickle sends kLongRecordHeader, then a byte every kTrickleInterval until
 // the peer closes the connection. Returns false if it had to give up.
