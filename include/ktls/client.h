@@ -43,6 +43,8 @@ struct KTLS_API ClientConfig {
   std::string key_file;
   // ssl_ctx: your own context instead (ktls takes a reference).
   SSL_CTX* ssl_ctx = nullptr;
+  // handshake_timeout: the whole handshake must be done by then, or Connect
+  // fails with ETIMEDOUT. Zero: no limit.
   std::chrono::milliseconds handshake_timeout{10'000};
   OffloadOptions offload;
 };

@@ -54,7 +54,8 @@ struct KTLS_API ServerConfig {
   // default, which leaves out AES-128-CCM.
   std::string ciphersuites;
   // handshake_timeout: a client that has not completed the handshake by
-  // then is dropped. Zero: no limit.
+  // then is dropped (Handshake fails with ETIMEDOUT), however it trickles
+  // its bytes in. Zero: no limit.
   std::chrono::milliseconds handshake_timeout{10'000};
   // offload: RX on or off, and the fallback callback.
   OffloadOptions offload;

@@ -2,6 +2,8 @@
 // state.
 #include <openssl/err.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/ssl.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -33,6 +35,7 @@ constexpr int kAlertBadRecordMac = 20;
 constexpr int kAlertRecordOverflow = 22;
 constexpr int kAlertIllegalParameter = 47;
 constexpr int kAlertDecodeError = 50;
+constexpr int kAlertProtocolVersion = 70;
 constexpr int kAlertInternalError = 80;
 constexpr int kAlertNoRenegotiation = 100;
 constexpr unsigned char kAlertLevelWarning = 1;
@@ -155,7 +158,18 @@ Result<IoProgress> ConnectionImpl::ReadUser(std::span<std::byte> buf) {
       }
       continue;
     }
-    return Fail(SslCallError(ssl.get(), ret, "SSL_read"));
+    Error error = SslCallError(ssl.get(), ret, "SSL_read");
+    if (error.category == ErrorCategory::kTruncated) return Fail(EndWithoutCloseNotify(std::move(error)));
+    if (const CaptureState* state = GetCaptureState(ssl.get());
+        error.category == ErrorCategory::kProtocol && error.tls_alert < 0 && state != nullptr &&
+        state->last_written_alert[0] == kAlertLevelFatal) {
+      // OpenSSL refused the peer's input and sent a fatal alert (itself, or
+      // through the kernel, HandleOpenSslWrites): name it, as the kernel
+      // path does.
+      error.tls_alert = state->last_written_alert[1];
+      error.detail += " (" + std::string(AlertName(error.tls_alert)) + ")";
+    }
+    return Fail(std::move(error));
   }
 }
 
@@ -191,10 +205,20 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
         SendFatalAlert(kAlertRecordOverflow);
         return Fail(AlertError(ErrorCategory::kProtocol, kAlertRecordOverflow, "the peer sent an oversized record"));
       }
+      if (err == EINVAL) {
+        // The kernel's record parser refused a header whose version is not
+        // 0x0303 (net/tls tls_rx_msg_size): bytes that are no TLS record.
+        // OpenSSL answers the same bytes with protocol_version, and so does
+        // ktls, whichever side RX is on.
+        SendFatalAlert(kAlertProtocolVersion);
+        return Fail(AlertError(ErrorCategory::kProtocol, kAlertProtocolVersion,
+                               "the peer sent bytes that are not a TLS record (a record header with a wrong version)"));
+      }
       return Fail(SysError(err, "recvmsg on the kTLS socket"));
     }
     if (n == 0) {
-      return Fail(MakeError(ErrorCategory::kTruncated, "the peer closed the connection without close_notify"));
+      return Fail(EndWithoutCloseNotify(
+          MakeError(ErrorCategory::kTruncated, "the peer closed the connection without close_notify")));
     }
     unsigned char type = uapi::kRecordApplicationData;
     for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
@@ -205,6 +229,18 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
     if (type == uapi::kRecordApplicationData) return IoProgress{static_cast<std::size_t>(n), false, false};
     if (auto done = HandleControlRecord(type, buf.first(static_cast<std::size_t>(n)))) return std::move(*done);
   }
+}
+
+Error ConnectionImpl::EndWithoutCloseNotify(Error truncated) {
+  // A FIN leaves our socket in CLOSE_WAIT (our side is still open); a reset
+  // leaves it in CLOSE. Once we sent our own FIN, CLOSE is a normal end too.
+  tcp_info info{};
+  socklen_t len = sizeof(info);
+  if (!sent_close_ && sys::GetSockOpt(socket.get(), IPPROTO_TCP, TCP_INFO, &info, &len) == 0 && len > 0 &&
+      info.tcpi_state == TCP_CLOSE) {
+    return SysError(ECONNRESET, "read: the peer reset the connection");
+  }
+  return truncated;
 }
 
 std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned char type,

@@ -77,6 +77,12 @@ class ConnectionImpl {
   // close_notify, nullopt to keep reading, or the error that ends the
   // connection.
   std::optional<Result<IoProgress>> HandleControlRecord(unsigned char type, std::span<const std::byte> bytes);
+  // EndWithoutCloseNotify: the error for a read that found the end of the
+  // stream without close_notify: truncated, unless the connection was in
+  // fact reset. A reset's error can be gone by then: kTLS's sendmsg
+  // consumes it (sk_err) while still returning the bytes it took, so the
+  // next read sees only the end of the stream.
+  Error EndWithoutCloseNotify(Error truncated);
   // SendAlert sends a fatal alert (best effort: the connection is ending).
   void SendFatalAlert(int alert);
   Result<void> SendKernelControlRecord(unsigned char type, std::span<const unsigned char> payload);

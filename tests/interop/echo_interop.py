@@ -28,7 +28,6 @@ when KTLS_REQUIRE_KERNEL=1. When tests ran, the last line is always
 import collections
 import itertools
 import os
-import re
 import socket
 import ssl
 import subprocess
@@ -38,8 +37,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
-from ktls_interop import (HOST, STEP_TIMEOUT, PkiBase, Pump, exchange,  # noqa: E402
-                          received, stop_process, until_exit,
+from ktls_interop import (HOST, STEP_TIMEOUT, PkiBase, exchange,  # noqa: E402
+                          received, until_exit,
                           parse_line, raw_connection_lines as connection_lines, read_tls_stat, sha,
                           wait_until)
 
@@ -87,7 +86,7 @@ class Pki(PkiBase):
                     "[system_default_sect]\nGroups = P-256\n")
 
 
-class EchoServer:
+class EchoServer(ktls_interop.ServerProcess):
     """ktls-echo as a server on 127.0.0.1 (a free port), for a `with` block.
     Its stderr is collected; connection_lines() waits for the per-connection
     lines."""
@@ -97,39 +96,8 @@ class EchoServer:
         # RX in the kernel on both kernels: without --rx, 6.1 (no rekey) keeps
         # RX in OpenSSL by default. --no-rx tests pass their own choice.
         rx = [] if "--no-rx" in args else ["--rx"]
-        self.cmd = [ECHO, "--listen", f"{HOST}:0", "--cert", identity.cert, "--key", identity.key, *rx, *args]
-        self.env = None if env is None else {**os.environ, **env}
-        self.proc = None
-        self.port = None
-
-    def __enter__(self):
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env=self.env)
-        self.err = Pump(self.proc.stderr)
-        self.err.start()
-        try:
-            wait_until(lambda: "listening port=" in self.err.text() or not self.err.is_alive(), STEP_TIMEOUT)
-            match = re.search(r"^listening port=(\d+)$", self.err.text(), re.M)
-            if not match:
-                raise AssertionError(f"ktls-echo did not start listening ({' '.join(self.cmd)}), "
-                                     f"exit status {self.proc.poll()}, stderr:\n{self.err.text()}")
-            self.port = int(match.group(1))
-        except BaseException:
-            stop_process(self.proc, (self.err,))
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        stop_process(self.proc, (self.err,))
-
-    def connection_lines(self, count):
-        """The first `count` per-connection lines, parsed; waits for them."""
-        wait_until(lambda: len(connection_lines(self.err.text())) >= count, STEP_TIMEOUT)
-        lines = connection_lines(self.err.text())
-        if len(lines) < count:
-            raise AssertionError(f"expected {count} connection line(s) from ktls-echo, got {len(lines)}; "
-                                 f"stderr:\n{self.err.text()}")
-        return [parse_line(line) for line in lines[:count]]
+        super().__init__([ECHO, "--listen", f"{HOST}:0", "--cert", identity.cert, "--key", identity.key, *rx, *args],
+                         env=env)
 
 
 class SServer(ktls_interop.SServer):

@@ -1,7 +1,9 @@
 """Scaffolding shared by the interop scripts (echo_interop.py,
-key_update_interop.py, tls12_interop.py): certificates made with the
-openssl CLI, /proc/net/tls_stat, ports, pipes and processes (exchange()),
-and the main's skip/77 handling and "N passed, N failed" summary.
+key_update_interop.py, tls12_interop.py, bad_input_interop.py): certificates
+made with the openssl CLI, /proc/net/tls_stat, ports, pipes and processes
+(exchange()), the server under test and its per-connection lines
+(ServerProcess), and the main's skip/77 handling and "N passed, N failed"
+summary.
 
 The scripts run as `python3 tests/interop/SCRIPT.py`, so this directory is
 on sys.path and they import this module by name.
@@ -9,6 +11,7 @@ on sys.path and they import this module by name.
 import collections
 import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -320,6 +323,70 @@ class SServer:
             return self.proc.wait(timeout=STEP_TIMEOUT)
         except subprocess.TimeoutExpired:
             return None
+
+
+class ServerProcess:
+    """A server under test (ktls-echo, or any server that logs the same way),
+    started from cmd for a `with` block. It must print "listening port=N" on
+    stderr once it listens, and one "peer=HOST:PORT key=value ..." line per
+    connection; its stderr is collected."""
+
+    def __init__(self, cmd, env=None):
+        self.cmd = cmd
+        self.env = None if env is None else {**os.environ, **env}
+        self.proc = None
+        self.port = None
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env=self.env)
+        self.err = Pump(self.proc.stderr)
+        self.err.start()
+        try:
+            wait_until(lambda: "listening port=" in self.err.text() or not self.err.is_alive(), STEP_TIMEOUT)
+            match = re.search(r"^listening port=(\d+)$", self.err.text(), re.M)
+            if not match:
+                raise AssertionError(f"{os.path.basename(self.cmd[0])} did not start listening "
+                                     f"({' '.join(self.cmd)}), exit status {self.proc.poll()}, "
+                                     f"stderr:\n{self.err.text()}")
+            self.port = int(match.group(1))
+        except BaseException:
+            stop_process(self.proc, (self.err,))
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        stop_process(self.proc, (self.err,))
+
+    def running(self):
+        return self.proc.poll() is None
+
+    def lines(self):
+        """Every per-connection line so far, parsed, in the order logged."""
+        return [parse_line(line) for line in raw_connection_lines(self.err.text())]
+
+    def connection_lines(self, count):
+        """The first `count` per-connection lines, parsed; waits for them."""
+        wait_until(lambda: len(self.lines()) >= count, STEP_TIMEOUT)
+        lines = self.lines()
+        if len(lines) < count:
+            raise AssertionError(f"expected {count} connection line(s) from the server, got {len(lines)}; "
+                                 f"stderr:\n{self.err.text()}")
+        return lines[:count]
+
+    def line_for(self, client_port, timeout=STEP_TIMEOUT):
+        """The line of the connection from client_port (the port the server
+        saw: a relay's upstream port when there is a relay); waits for it."""
+        peer = f"{HOST}:{client_port}"
+        found = []
+
+        def logged():
+            found[:] = [line for line in self.lines() if line.get("peer") == peer]
+            return bool(found)
+
+        if not wait_until(logged, timeout):
+            raise AssertionError(f"no line for peer={peer} from the server; stderr:\n{self.err.text()}")
+        return found[0]
 
 
 def parse_line(line):

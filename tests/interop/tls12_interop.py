@@ -98,7 +98,7 @@ class Pki(PkiBase):
 
 # --- Processes ---------------------------------------------------------------
 
-class EchoServer:
+class EchoServer(ktls_interop.ServerProcess):
     """ktls-echo --tls-max 1.2 as a server on 127.0.0.1 (a free port), for a
     `with` block. Its stderr is collected; connection_lines() waits for the
     per-connection lines."""
@@ -109,39 +109,8 @@ class EchoServer:
         # default (which is on for TLS 1.2: it has no key updates;
         # test_rx_offload_by_default checks that with rx_option=None).
         rx = [rx_option] if rx_option else []
-        self.cmd = [ECHO, "--listen", f"{HOST}:0", "--tls-max", "1.2", "--cert", identity.cert,
-                    "--key", identity.key, *rx, *args]
-        self.proc = None
-        self.port = None
-
-    def __enter__(self):
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        self.err = Pump(self.proc.stderr)
-        self.err.start()
-        try:
-            wait_until(lambda: "listening port=" in self.err.text() or not self.err.is_alive(), STEP_TIMEOUT)
-            match = re.search(r"^listening port=(\d+)$", self.err.text(), re.M)
-            if not match:
-                raise AssertionError(f"ktls-echo did not start listening ({' '.join(self.cmd)}), "
-                                     f"exit status {self.proc.poll()}, stderr:\n{self.err.text()}")
-            self.port = int(match.group(1))
-        except BaseException:
-            stop_process(self.proc, (self.err,))
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        stop_process(self.proc, (self.err,))
-
-    def connection_lines(self, count):
-        """The first `count` per-connection lines, parsed; waits for them."""
-        wait_until(lambda: len(connection_lines(self.err.text())) >= count, STEP_TIMEOUT)
-        lines = connection_lines(self.err.text())
-        if len(lines) < count:
-            raise AssertionError(f"expected {count} connection line(s) from ktls-echo, got {len(lines)}; "
-                                 f"stderr:\n{self.err.text()}")
-        return [parse_line(line) for line in lines[:count]]
+        super().__init__([ECHO, "--listen", f"{HOST}:0", "--tls-max", "1.2", "--cert", identity.cert,
+                          "--key", identity.key, *rx, *args])
 
     def offload_lines(self):
         return [line for line in self.err.text().splitlines() if line.startswith("offload:")]

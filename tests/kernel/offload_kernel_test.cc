@@ -15,6 +15,8 @@
 //     TLS_TX or TCP_ULP refused.
 //     RxOffload::kAuto keeps RX in OpenSSL where the kernel cannot rekey.
 //  e. TlsTxSw/TlsRxSw move by exactly the number of directions offloaded.
+//  f. A client that vanishes in the middle of a 64 MiB SendFile: a named
+//     error for that connection, and the listener serves on.
 //
 // The other end of every connection is the library too (tests/support/
 // tls_peers.h); handshake shapes and plain OpenSSL peers are in
@@ -27,6 +29,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <array>
 #include <cerrno>
 #include <chrono>
@@ -492,6 +495,71 @@ TEST(OffloadKernelTest, TlsStatCountsEveryOffloadedDirection) {
     ExpectOffloaded(end, Offload::kKernel, server_rx ? Offload::kKernel : Offload::kUser, "the server");
     ExpectSwCountersMoved(stats_before, 2, server_rx ? 2 : 1);
   }
+}
+
+// --- f. A client that vanishes in the middle of a sendfile -------------------
+
+// The server SendFile()s 64 MiB; the client reads 1 MiB of it and vanishes
+// (closing with unread data: a reset). The server's SendFile must fail with
+// a named error, EPIPE or ECONNRESET, having sent only part of the file, and
+// the listener must go on serving: the next client echoes with both
+// directions in the kernel on both ends. tls_stat counts every direction of
+// both connections, both ends.
+TEST(OffloadKernelTest, SendFileToAVanishingClientFailsAndTheListenerServesOn) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  constexpr std::size_t kFileLen = 64 * kMiB;
+  constexpr std::size_t kReadBeforeVanishing = kMiB;
+  const TempFile file(kFileLen);
+  ASSERT_TRUE(file.ok()) << "cannot create the temporary file";
+  const auto stats_before = TlsStatSnapshot();
+  std::atomic<int> num_handled{0};
+  std::size_t sent = 0;
+  std::optional<Error> send_error;
+  TestServer server(ServerFor(), 2, [&](Connection& conn, ServerEnd& end) {
+    if (num_handled++ > 0) return Echo(conn, end);
+    while (sent < kFileLen) {
+      auto wrote = conn.SendFile(file.fd(), static_cast<off_t>(sent), kFileLen - sent);
+      if (!wrote.ok()) {
+        send_error = wrote.error();
+        return;
+      }
+      if (wrote->bytes == 0) {
+        end.error = "SendFile made no progress";
+        return;
+      }
+      sent += wrote->bytes;
+    }
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+
+  auto vanishing = ConnectTo(server.port(), ClientFor());
+  ASSERT_TRUE(vanishing.ok()) << "Connect: " << vanishing.error().ToString();
+  Bytes received;
+  ASSERT_EQ(ReadExactly(*vanishing, kReadBeforeVanishing, received), "");
+  EXPECT_EQ(Sha256Hex(received), Sha256Hex(file.Slice(0, kReadBeforeVanishing)));
+  const linger reset{1, 0};
+  ASSERT_EQ(::setsockopt(vanishing->fd(), SOL_SOCKET, SO_LINGER, &reset, sizeof(reset)), 0);
+  vanishing->Close();
+
+  auto next = ConnectTo(server.port(), ClientFor());
+  ASSERT_TRUE(next.ok()) << "Connect: " << next.error().ToString();
+  ExpectOffloaded(next->tx(), next->rx(), Offload::kKernel, Offload::kKernel, "the next client");
+  const Bytes data = RandomBytes(256 * kKiB);
+  Bytes echoed;
+  ASSERT_EQ(EchoThrough(*next, data, Pace::kConcurrent, echoed), "");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data));
+
+  const std::vector<ServerEnd>& ends = server.Join();
+  EXPECT_EQ(ends[0].error, "");
+  ExpectOffloaded(ends[0], Offload::kKernel, Offload::kKernel, "the server, sending the file");
+  ASSERT_TRUE(send_error) << "SendFile should fail once the client is gone; it sent " << sent << " bytes";
+  EXPECT_EQ(send_error->category, ErrorCategory::kIo) << send_error->ToString();
+  EXPECT_TRUE(send_error->sys_errno == EPIPE || send_error->sys_errno == ECONNRESET) << send_error->ToString();
+  EXPECT_GE(sent, kReadBeforeVanishing);
+  EXPECT_LT(sent, kFileLen);
+  EXPECT_EQ(ends[1].error, "");
+  ExpectOffloaded(ends[1], Offload::kKernel, Offload::kKernel, "the server, echoing");
+  ExpectSwCountersMoved(stats_before, 4, 4);
 }
 
 }  // namespace

@@ -14,7 +14,9 @@
 //  e. A client that sends application data in the same TCP segment as its
 //     Finished: read by the kernel after offload, or, with read-ahead on,
 //     buffered by OpenSSL and drained by ktls before offload.
-//  f. How RX ends: close_notify, a FIN without it, a fatal alert; and the
+//  f. How RX ends: close_notify, a FIN without it, a fatal alert, bad bytes
+//     (a record that fails authentication, an oversized record, bytes that
+//     are no record, each answered with its alert), a reset; and the
 //     close_notify our Shutdown sends, as a plain OpenSSL peer sees it.
 //
 // Peers are the library (Listener, Connect, the bring-your-own API) where it
@@ -43,8 +45,10 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <mutex>
 #include <optional>
+#include <ostream>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -83,19 +87,6 @@ constexpr std::uint8_t kAlertHandshakeFailure = 40;
 
 // Plain OpenSSL peers: no ktls anywhere, RX and TX in userspace.
 
-UniqueFd TcpConnect(std::uint16_t port) {
-  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(port);
-  if (!fd || ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      !SetIoTimeout(fd.get(), kIoTimeout)) {
-    return UniqueFd();
-  }
-  return fd;
-}
-
 // PlainPeer: an OpenSSL connection ktls does not touch. The socket is owned
 // here, not by the SSL.
 struct PlainPeer {
@@ -115,7 +106,7 @@ std::string NewPlainPeer(SSL_CTX* ctx, UniqueFd fd, PlainPeer& out) {
 // ConnectPlain: a plain OpenSSL client handshake with the server on port,
 // resuming session if given.
 std::string ConnectPlain(SSL_CTX* ctx, std::uint16_t port, SSL_SESSION* session, PlainPeer& out) {
-  if (std::string error = NewPlainPeer(ctx, TcpConnect(port), out); !error.empty()) return error;
+  if (std::string error = NewPlainPeer(ctx, ConnectLoopback(port, kIoTimeout), out); !error.empty()) return error;
   if (session != nullptr && SSL_set_session(out.ssl.get(), session) != 1) return "SSL_set_session";
   ERR_clear_error();
   const int ret = SSL_connect(out.ssl.get());
@@ -318,7 +309,7 @@ TEST(OffloadShapesKernelTest, HelloRetryRequest) {
 
   ASSERT_TRUE(PrepareContext(client_ctx.get()).ok());
   PlainPeer client;
-  ASSERT_EQ(NewPlainPeer(client_ctx.get(), TcpConnect(server.port()), client), "");
+  ASSERT_EQ(NewPlainPeer(client_ctx.get(), ConnectLoopback(server.port(), kIoTimeout), client), "");
   ASSERT_TRUE(PrepareSsl(client.ssl.get()).ok());
   int client_hellos = 0;
   BIO* wbio = SSL_get_wbio(client.ssl.get());
@@ -436,7 +427,9 @@ TEST(OffloadShapesKernelTest, ClientDataBehindFinishedReachesListenerInOrder) {
   const Bytes early = RandomBytes(40000);  // Three records.
   HoldState hold;
   PlainPeer client;
-  ASSERT_EQ(ConnectPlainWithDataBehindFinished(client_ctx.get(), TcpConnect(server.port()), early, hold, client), "");
+  ASSERT_EQ(ConnectPlainWithDataBehindFinished(client_ctx.get(), ConnectLoopback(server.port(), kIoTimeout), early,
+                                               hold, client),
+            "");
 
   Bytes echoed;
   ASSERT_EQ(SslReadExactly(client.ssl.get(), early.size(), echoed), "");
@@ -745,13 +738,84 @@ TEST(OffloadEndOfStreamKernelTest, PeerFatalAlertIsAnAlertError) {
   EXPECT_EQ(ending.later_error->category, ErrorCategory::kClosed) << ending.later_error->ToString();
 }
 
-// A record that fails authentication is fatal: the server's Read reports
-// bad_record_mac, and the server tells the peer so with a bad_record_mac
-// alert through its kernel TX. The plain OpenSSL client writes the bad
-// record straight onto its socket.
-TEST(OffloadEndOfStreamKernelTest, CorruptRecordIsFatalAndAnsweredWithBadRecordMac) {
+class OffloadResetKernelTest : public ::testing::TestWithParam<RxOffload> {};
+
+// A reset is no truncation, even once its error is gone: kTLS's sendmsg
+// consumes a pending reset's error (sk_err) while still returning the bytes
+// it took, as when a client vanishes in the middle of a large send, and the
+// next read then sees only an end of stream. Here the server consumes the
+// error itself (SO_ERROR) once the client's reset is in, then reads: that
+// must be ECONNRESET, with RX in the kernel or in OpenSSL.
+TEST_P(OffloadResetKernelTest, ResetIsReportedAfterItsErrorWasConsumed) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
-  constexpr int kAlertBadRecordMac = 20;
+  ServerConfig config = ServerFor();
+  config.offload.rx = GetParam();
+  const Bytes data = RandomBytes(3000);
+  std::promise<void> data_read;
+  int consumed_error = 0;
+  std::optional<Error> read_error;
+  TestServer server(config, 1, [&](Connection& conn, ServerEnd& end) {
+    Bytes got;
+    end.error = ReadExactly(conn, data.size(), got);
+    data_read.set_value();
+    if (!end.error.empty()) return;
+    pollfd pfd{conn.fd(), 0, 0};  // POLLERR and POLLHUP are always reported.
+    if (::poll(&pfd, 1, static_cast<int>(std::chrono::milliseconds(kIoTimeout).count())) != 1) {
+      end.error = "the client's reset did not arrive";
+      return;
+    }
+    socklen_t len = sizeof(consumed_error);
+    ::getsockopt(conn.fd(), SOL_SOCKET, SO_ERROR, &consumed_error, &len);
+    std::array<std::byte, 64> buf{};
+    auto again = conn.Read(buf);
+    if (!again.ok()) read_error = again.error();
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  auto conn = ConnectTo(server.port(), ClientFor());
+  ASSERT_TRUE(conn.ok()) << "Connect: " << conn.error().ToString();
+  ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
+  ASSERT_EQ(WriteAll(*conn, data), "");
+  data_read.get_future().wait();
+  const linger reset{1, 0};  // close() sends a reset.
+  ASSERT_EQ(::setsockopt(conn->fd(), SOL_SOCKET, SO_LINGER, &reset, sizeof(reset)), 0);
+  conn->Close();
+
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectOffloaded(end, Offload::kKernel, GetParam() == RxOffload::kOn ? Offload::kKernel : Offload::kUser,
+                  "the server");
+  EXPECT_EQ(consumed_error, ECONNRESET) << "the reset should have been pending";
+  ASSERT_TRUE(read_error) << "a Read after a reset should fail";
+  EXPECT_EQ(read_error->category, ErrorCategory::kIo) << read_error->ToString();
+  EXPECT_EQ(read_error->sys_errno, ECONNRESET) << read_error->ToString();
+}
+
+INSTANTIATE_TEST_SUITE_P(Rx, OffloadResetKernelTest, ::testing::Values(RxOffload::kOn, RxOffload::kOff),
+                         [](const ::testing::TestParamInfo<RxOffload>& param_info) {
+                           return std::string(param_info.param == RxOffload::kOn ? "InKernel" : "InOpenSsl");
+                         });
+
+// BadBytes: what a plain OpenSSL client writes straight onto its socket
+// after some good records (head, then random_len random bytes), and the
+// alert the server must answer with.
+struct BadBytes {
+  const char* name;
+  std::vector<std::uint8_t> head;
+  std::size_t random_len;
+  int alert;
+};
+
+void PrintTo(const BadBytes& bad, std::ostream* out) { *out << bad.name; }
+
+class OffloadBadRecordKernelTest : public ::testing::TestWithParam<BadBytes> {};
+
+// Bad bytes after offload are fatal: the server's Read reports them as a
+// protocol error naming the alert, and the server tells the peer so through
+// its kernel TX, whatever the kernel's RX refused them with (EBADMSG,
+// EMSGSIZE, EINVAL). The records before are delivered.
+TEST_P(OffloadBadRecordKernelTest, IsFatalAndAnsweredWithTheRightAlert) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  const BadBytes& bad = GetParam();
   RxEnding ending;
   TestServer server(ServerFor(), 1, ReadUntilEnding(ending));
   ASSERT_TRUE(server.ok()) << server.listen_error();
@@ -762,20 +826,20 @@ TEST(OffloadEndOfStreamKernelTest, CorruptRecordIsFatalAndAnsweredWithBadRecordM
   ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
   const Bytes data = RandomBytes(3000);
   ASSERT_EQ(SslWriteAll(client.ssl.get(), data), "");
-  // An application-data record of 32 random bytes: no key makes that a
-  // valid AEAD ciphertext and tag.
-  Bytes bad_record = {23, 3, 3, 0, 32};
-  const Bytes garbage = RandomBytes(32);
-  bad_record.insert(bad_record.end(), garbage.begin(), garbage.end());
-  ASSERT_TRUE(testing::WriteAll(client.fd.get(), bad_record));
+  Bytes bytes = bad.head;
+  const Bytes tail = RandomBytes(bad.random_len);
+  bytes.insert(bytes.end(), tail.begin(), tail.end());
+  ASSERT_TRUE(testing::WriteAll(client.fd.get(), bytes));
 
   const ServerEnd& end = server.Join()[0];
   EXPECT_EQ(end.error, "");
   ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
-  EXPECT_EQ(ending.data, data) << "the records before the bad one should be delivered";
-  ASSERT_TRUE(ending.error) << "a record that fails authentication should be an error";
+  EXPECT_EQ(ending.data, data) << "the records before the bad bytes should be delivered";
+  ASSERT_TRUE(ending.error) << "bad bytes should be an error";
   EXPECT_EQ(ending.error->category, ErrorCategory::kProtocol) << ending.error->ToString();
-  EXPECT_EQ(ending.error->tls_alert, kAlertBadRecordMac) << ending.error->ToString();
+  EXPECT_EQ(ending.error->tls_alert, bad.alert) << ending.error->ToString();
+  EXPECT_NE(ending.error->detail.find(std::string(AlertName(bad.alert))), std::string::npos)
+      << "the error should name the alert: " << ending.error->detail;
 
   // The client reads the server's tickets, then its alert.
   std::uint8_t byte = 0;
@@ -784,9 +848,25 @@ TEST(OffloadEndOfStreamKernelTest, CorruptRecordIsFatalAndAnsweredWithBadRecordM
   const int ret = SSL_read_ex(client.ssl.get(), &byte, 1, &n);
   ASSERT_NE(ret, 1) << "no data should follow";
   EXPECT_EQ(SSL_get_error(client.ssl.get(), ret), SSL_ERROR_SSL) << SslFailure(client.ssl.get(), ret, "SSL_read");
-  EXPECT_EQ(ERR_GET_REASON(ERR_peek_last_error()), SSL_R_SSLV3_ALERT_BAD_RECORD_MAC)
-      << "the client should have received a bad_record_mac alert: " << OpenSslErrors();
+  EXPECT_EQ(ERR_GET_REASON(ERR_peek_last_error()), SSL_AD_REASON_OFFSET + bad.alert)
+      << "the client should have received a " << AlertName(bad.alert) << " alert: " << OpenSslErrors();
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    Bytes, OffloadBadRecordKernelTest,
+    ::testing::Values(
+        // An application-data record of 32 random bytes: no key makes that a
+        // valid AEAD ciphertext and tag (the kernel: EBADMSG).
+        BadBytes{"RecordFailingAuthentication", {23, 3, 3, 0, 32}, 32, 20},
+        // Longer than a TLS 1.3 record may be, 2^14 + 256 (EMSGSIZE).
+        BadBytes{"OversizedRecord", {23, 3, 3, 0x41, 0x01}, 4096, 22},
+        // Plain text where a record belongs: "ET" is no record version
+        // (EINVAL), and OpenSSL answers such bytes with protocol_version.
+        BadBytes{"BytesThatAreNoRecord",
+                 {'G', 'E', 'T', ' ', '/', ' ', 'H', 'T', 'T', 'P', '/', '1', '.', '1', '\r', '\n', '\r', '\n'},
+                 0,
+                 70}),
+    [](const ::testing::TestParamInfo<BadBytes>& param_info) { return std::string(param_info.param.name); });
 
 // Our Shutdown, with TX in the kernel, sends close_notify as an alert
 // record: a plain OpenSSL client reads the data, then SSL_ERROR_ZERO_RETURN.

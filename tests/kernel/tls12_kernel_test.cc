@@ -140,19 +140,6 @@ UniqueSslCtx NewTls12Context(bool server, bool no_ticket) {
   return ctx;
 }
 
-UniqueFd TcpConnect(std::uint16_t port) {
-  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(port);
-  if (!fd || ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      !SetIoTimeout(fd.get(), kPlainIoTimeout)) {
-    return UniqueFd();
-  }
-  return fd;
-}
-
 // PlainPeer: an OpenSSL client ktls does not touch. The socket is owned
 // here, not by the SSL.
 struct PlainPeer {
@@ -163,7 +150,7 @@ struct PlainPeer {
 // ConnectPlain: a plain OpenSSL client handshake with the server on port,
 // resuming session if given.
 std::string ConnectPlain(SSL_CTX* ctx, std::uint16_t port, SSL_SESSION* session, PlainPeer& out) {
-  out.fd = TcpConnect(port);
+  out.fd = ConnectLoopback(port, kPlainIoTimeout);
   if (!out.fd) return std::string("TCP connect failed: ") + std::strerror(errno);
   out.ssl.reset(SSL_new(ctx));
   if (!out.ssl || SSL_set_fd(out.ssl.get(), out.fd.get()) != 1) return "SSL_new/SSL_set_fd: " + OpenSslErrors();

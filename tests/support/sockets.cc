@@ -55,6 +55,22 @@ SocketPair LoopbackTcpPair() {
   return pair;
 }
 
+UniqueFd ConnectLoopback(std::uint16_t port, std::chrono::milliseconds io_timeout) {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(port);
+  int rc = -1;
+  if (fd) {
+    do {
+      rc = ::connect(fd.get(), AsSockaddr(&addr), sizeof(addr));
+    } while (rc != 0 && errno == EINTR);
+  }
+  if (rc != 0 || (io_timeout.count() > 0 && !SetIoTimeout(fd.get(), io_timeout))) return UniqueFd();
+  return fd;
+}
+
 bool SetIoTimeout(int fd, std::chrono::milliseconds timeout) {
   timeval tv{};
   tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);

@@ -33,6 +33,11 @@ struct SocketPair {
 // Throws std::system_error naming the failed call.
 SocketPair LoopbackTcpPair();
 
+// ConnectLoopback connects a fresh TCP socket to 127.0.0.1:port and, when
+// io_timeout is not zero, sets it (SetIoTimeout). An empty UniqueFd if
+// anything failed (errno set).
+UniqueFd ConnectLoopback(std::uint16_t port, std::chrono::milliseconds io_timeout = {});
+
 // SetIoTimeout sets SO_RCVTIMEO and SO_SNDTIMEO so a test that goes wrong
 // fails with EAGAIN instead of hanging. Returns false if setsockopt failed.
 bool SetIoTimeout(int fd, std::chrono::milliseconds timeout);

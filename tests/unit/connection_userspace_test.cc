@@ -136,6 +136,35 @@ TEST_F(UserspaceConnection, FinWithoutCloseNotifyIsTruncationNotEndOfStream) {
   EXPECT_EQ(server_error.category, ErrorCategory::kTruncated) << server_error.ToString();
 }
 
+// A record longer than TLS allows: OpenSSL refuses it and sends
+// record_overflow. The server's error names the alert it sent, as it does
+// with RX in the kernel, and the client receives that alert.
+TEST_F(UserspaceConnection, BadRecordErrorNamesTheAlertSent) {
+  constexpr int kAlertRecordOverflow = 22;
+  Error server_error;
+  std::vector<std::uint8_t> got;
+  std::thread server([&] {
+    auto conn = listener_->Accept();
+    ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+    got = ReadAll(*conn, &server_error);
+  });
+  auto conn = Connect("127.0.0.1", static_cast<std::uint16_t>(listener_->port()), ClientFor());
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  const std::vector<std::uint8_t> hello = {'h', 'i'};
+  ASSERT_TRUE(conn->WriteAll(AsBytes(hello)).ok());
+  const std::vector<std::uint8_t> oversized_header = {23, 3, 3, 0x41, 0x01};  // 2^14 + 257 bytes.
+  ASSERT_TRUE(testing::WriteAll(conn->fd(), oversized_header));
+  server.join();
+  EXPECT_EQ(got, hello);
+  EXPECT_EQ(server_error.category, ErrorCategory::kProtocol) << server_error.ToString();
+  EXPECT_EQ(server_error.tls_alert, kAlertRecordOverflow) << server_error.ToString();
+  EXPECT_NE(server_error.detail.find("(record_overflow)"), std::string::npos) << server_error.ToString();
+  Error client_error;
+  ReadAll(*conn, &client_error);
+  EXPECT_EQ(client_error.category, ErrorCategory::kAlert) << client_error.ToString();
+  EXPECT_EQ(client_error.tls_alert, kAlertRecordOverflow) << client_error.ToString();
+}
+
 TEST_F(UserspaceConnection, SendFileFromOffsetsWithoutKernelTx) {
   const auto content = testing::RandomBytes(300'000);
   char path[] = "/tmp/ktls-sendfile-XXXXXX";

@@ -1,7 +1,7 @@
 // ktls-echo: a TLS echo server (or client) on kernel TLS.
 //
 //   ktls-echo [--listen ADDR:PORT] [--cert FILE --key FILE] [--rx|--no-rx]
-//             [--client-ca FILE] [--tickets N]
+//             [--client-ca FILE] [--tickets N] [--handshake-timeout-ms MS]
 //   ktls-echo --connect HOST:PORT [--ca FILE] [--insecure] [--cert F --key F]
 //
 // Server: echoes every byte back on each connection (one thread each) until
@@ -19,6 +19,7 @@
 
 #include <array>
 #include <charconv>
+#include <chrono>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -161,6 +162,7 @@ int RunServer(const cxxopts::ParseResult& args) {
   config.max_version = MaxVersion(args);
   config.offload.on_fallback = LogFallback;
   config.offload.key_update_after_records = args["key-update-after"].as<std::uint64_t>();
+  config.handshake_timeout = std::chrono::milliseconds(args["handshake-timeout-ms"].as<std::uint64_t>());
   if (args.count("cert")) {
     config.cert_file = args["cert"].as<std::string>();
     config.key_file = args["key"].as<std::string>();
@@ -322,6 +324,9 @@ int main(int argc, char** argv) {
       ("no-rx", "Keep RX in OpenSSL; offload TX only")
       ("client-ca", "Server: require client certificates signed by these CAs", cxxopts::value<std::string>()->default_value(""))
       ("tickets", "Server: TLS 1.3 session tickets per handshake", cxxopts::value<int>()->default_value("2"))
+      ("handshake-timeout-ms", "Server: drop a client whose handshake is not done after this long (0: never)",
+       cxxopts::value<std::uint64_t>()->default_value(
+           std::to_string(ktls::ServerConfig{}.handshake_timeout.count())))
       ("ciphersuites", "TLS 1.3 cipher suites, OpenSSL syntax (default: OpenSSL's, without AES-128-CCM)",
        cxxopts::value<std::string>()->default_value(""))
       ("tls-max", "Highest TLS version: 1.2 or 1.3", cxxopts::value<std::string>()->default_value("1.3"))
