@@ -75,7 +75,7 @@ void RaiseFdLimit(std::size_t need) {
 // the error) on a pipe, and holds them until its control pipe closes.
 class ClientProcess {
  public:
-  ClientProcess(std::uint16_t port, std::size_t count) {
+  ClientProcess(std::uint16_t port, std::size_t count, bool with_certificate) {
     int ready[2], control[2];
     if (::pipe2(ready, O_CLOEXEC) != 0 || ::pipe2(control, O_CLOEXEC) != 0) {
       throw BenchError(std::string("pipe: ") + std::strerror(errno));
@@ -86,7 +86,7 @@ class ClientProcess {
     if (pid_ == 0) {
       ::close(ready[0]);
       ::close(control[1]);
-      RunChild(port, count, ready[1], control[0]);
+      RunChild(port, count, with_certificate, ready[1], control[0]);
     }
     ::close(ready[1]);
     ::close(control[0]);
@@ -125,10 +125,11 @@ class ClientProcess {
   }
 
  private:
-  [[noreturn]] static void RunChild(std::uint16_t port, std::size_t count, int ready, int control) {
+  [[noreturn]] static void RunChild(std::uint16_t port, std::size_t count, bool with_certificate, int ready,
+                                    int control) {
     std::string report = "R";
     try {
-      UniqueSslCtx ctx = NewClientContext("", /*read_ahead=*/false);
+      UniqueSslCtx ctx = NewClientContext("", /*read_ahead=*/false, with_certificate);
       std::vector<std::pair<UniqueFd, UniqueSsl>> conns;
       conns.reserve(count);
       std::byte byte[16];
@@ -156,17 +157,34 @@ class ClientProcess {
   UniqueFd control_;
 };
 
-RunResult IdleRun(SSL_CTX* server_ctx, ServerTls kind, RxOffload rx, bool want_rx_kernel, std::size_t n) {
+// Variant: one way of holding the connections.
+struct IdleVariant {
+  SSL_CTX* ctx;
+  ServerTls kind;
+  OffloadOptions options;
+  bool want_rx_kernel;
+  bool client_certificates;
+};
+
+OffloadOptions OffloadWith(RxOffload rx, bool keep_peer_certificates = true) {
+  OffloadOptions options;
+  options.rx = rx;
+  options.keep_peer_certificates = keep_peer_certificates;
+  return options;
+}
+
+RunResult IdleRun(const IdleVariant& v, std::size_t n) {
   LoopbackListener listener;
   const std::size_t total = kWarmupConnections + n;
   std::vector<ServerEnd> ends;
   ends.reserve(total);
-  ClientProcess clients(listener.port(), total);
+  ClientProcess clients(listener.port(), total, v.client_certificates);
   const std::byte one{1};
   const auto accept_one = [&] {
-    ServerEnd end = ServerEnd::Handshake(server_ctx, listener.Accept(), kind, rx);
-    if (kind == ServerTls::kKtls && (!end.tx_in_kernel() || end.rx_in_kernel() != want_rx_kernel)) {
-      throw BenchError("ktls offloaded " + end.Where() + ", expected rx in the " + (want_rx_kernel ? "kernel" : "user"));
+    ServerEnd end = ServerEnd::Handshake(v.ctx, listener.Accept(), v.kind, v.options);
+    if (v.kind == ServerTls::kKtls && (!end.tx_in_kernel() || end.rx_in_kernel() != v.want_rx_kernel)) {
+      throw BenchError("ktls offloaded " + end.Where() + ", expected rx in the " +
+                       (v.want_rx_kernel ? "kernel" : "user"));
     }
     end.WriteAll(std::span(&one, 1));
     ends.push_back(std::move(end));
@@ -186,8 +204,8 @@ RunResult IdleRun(SSL_CTX* server_ctx, ServerTls kind, RxOffload rx, bool want_r
   const long long tx = TlsStatDelta(stat_before, stat_after, "TlsCurrTxSw");
   const long long rxs = TlsStatDelta(stat_before, stat_after, "TlsCurrRxSw");
   result.notes = ends.back().Where() + ", TlsCurrTxSw +" + std::to_string(tx) + " TlsCurrRxSw +" + std::to_string(rxs);
-  if (!stat_after.empty() && kind == ServerTls::kKtls &&
-      (tx != static_cast<long long>(n) || rxs != (want_rx_kernel ? static_cast<long long>(n) : 0))) {
+  if (!stat_after.empty() && v.kind == ServerTls::kKtls &&
+      (tx != static_cast<long long>(n) || rxs != (v.want_rx_kernel ? static_cast<long long>(n) : 0))) {
     throw BenchError("kTLS counters do not match the connections held: " + result.notes);
   }
   const double per = 1.0 / static_cast<double>(n);
@@ -205,6 +223,10 @@ void AddIdleMemory(Report& report, const Options& opts) {
   UniqueSslCtx release_ctx = NewServerContext("", ServerTls::kOpenSsl);
   SSL_CTX_set_mode(release_ctx.get(), SSL_MODE_RELEASE_BUFFERS);
   UniqueSslCtx ktls_ctx = NewServerContext("", ServerTls::kKtls);
+  UniqueSslCtx plain_mtls_ctx = NewServerContext("", ServerTls::kOpenSsl);
+  RequireClientCertificate(plain_mtls_ctx.get());
+  UniqueSslCtx ktls_mtls_ctx = NewServerContext("", ServerTls::kKtls);
+  RequireClientCertificate(ktls_mtls_ctx.get());
   const auto count_for = [n](bool warmup) { return warmup ? std::max<std::size_t>(n / 10, 1) : n; };
 
   const std::string what = std::to_string(n) + " idle TLS 1.3 connections, server side";
@@ -232,23 +254,28 @@ void AddIdleMemory(Report& report, const Options& opts) {
     comparisons.push_back(&report.comparisons[report.comparisons.size() - std::size(metrics) + i]);
   }
 
-  const auto run = [&](SSL_CTX* ctx, ServerTls kind, RxOffload rx, bool want_rx_kernel) {
-    return [&, ctx, kind, rx, want_rx_kernel](bool warmup) {
-      return IdleRun(ctx, kind, rx, want_rx_kernel, count_for(warmup));
-    };
-  };
+  const auto run = [&](IdleVariant v) { return [&, v](bool warmup) { return IdleRun(v, count_for(warmup)); }; };
   std::vector<Variant> variants;
   variants.push_back({"openssl", "OpenSSL, records in userspace (defaults)",
-                      run(plain_ctx.get(), ServerTls::kOpenSsl, RxOffload::kOn, false)});
+                      run({plain_ctx.get(), ServerTls::kOpenSsl, OffloadWith(RxOffload::kOn), false, false})});
   variants.push_back({"openssl_release_buffers", "OpenSSL with SSL_MODE_RELEASE_BUFFERS",
-                      run(release_ctx.get(), ServerTls::kOpenSsl, RxOffload::kOn, false)});
-  variants.push_back({"ktls", "ktls, TX and RX in the kernel", run(ktls_ctx.get(), ServerTls::kKtls, RxOffload::kOn, true)});
+                      run({release_ctx.get(), ServerTls::kOpenSsl, OffloadWith(RxOffload::kOn), false, false})});
+  variants.push_back({"ktls", "ktls, TX and RX in the kernel",
+                      run({ktls_ctx.get(), ServerTls::kKtls, OffloadWith(RxOffload::kOn), true, false})});
   if (!CachedCapabilities().rekey) {
     // Where the kernel cannot rekey, ktls's default keeps RX (and the SSL)
     // in userspace: show what that costs too.
     variants.push_back({"ktls_rx_user", "ktls default here: TX in the kernel, RX in OpenSSL",
-                        run(ktls_ctx.get(), ServerTls::kKtls, RxOffload::kAuto, false)});
+                        run({ktls_ctx.get(), ServerTls::kKtls, OffloadWith(RxOffload::kAuto), false, false})});
   }
+  // Mutual TLS: the server keeps each client's certificate (OpenSSL in its
+  // session, ktls as DER in SessionInfo).
+  variants.push_back({"openssl_client_cert", "OpenSSL, clients present a certificate",
+                      run({plain_mtls_ctx.get(), ServerTls::kOpenSsl, OffloadWith(RxOffload::kOn), false, true})});
+  variants.push_back({"ktls_client_cert", "ktls, TX and RX in the kernel, clients present a certificate",
+                      run({ktls_mtls_ctx.get(), ServerTls::kKtls, OffloadWith(RxOffload::kOn), true, true})});
+  variants.push_back({"ktls_client_cert_not_kept", "the same with OffloadOptions::keep_peer_certificates = false",
+                      run({ktls_mtls_ctx.get(), ServerTls::kKtls, OffloadWith(RxOffload::kOn, false), true, true})});
   RunInterleaved(variants, opts.runs, comparisons);
   for (const Comparison* comparison : comparisons) report.PrintComparison(std::cout, *comparison);
 }

@@ -116,7 +116,7 @@ UniqueSslCtx NewServerContext(const std::string& suites, ServerTls kind) {
   return ctx;
 }
 
-UniqueSslCtx NewClientContext(const std::string& suites, bool read_ahead) {
+UniqueSslCtx NewClientContext(const std::string& suites, bool read_ahead, bool with_certificate) {
   UniqueSslCtx ctx(SSL_CTX_new(TLS_client_method()));
   if (!ctx || SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION) != 1 ||
       SSL_CTX_set_max_proto_version(ctx.get(), TLS1_3_VERSION) != 1) {
@@ -126,11 +126,22 @@ UniqueSslCtx NewClientContext(const std::string& suites, bool read_ahead) {
     Fail("client suites " + suites + ": " + OpenSslErrors());
   }
   SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_NONE, nullptr);
+  if (with_certificate && (SSL_CTX_use_certificate_chain_file(ctx.get(), Cert().cert_file.c_str()) != 1 ||
+                           SSL_CTX_use_PrivateKey_file(ctx.get(), Cert().key_file.c_str(), SSL_FILETYPE_PEM) != 1)) {
+    Fail("client certificate: " + OpenSslErrors());
+  }
   if (read_ahead) {
     SSL_CTX_set_read_ahead(ctx.get(), 1);
     SSL_CTX_set_default_read_buffer_len(ctx.get(), 64 * 1024);
   }
   return ctx;
+}
+
+void RequireClientCertificate(SSL_CTX* ctx) {
+  if (SSL_CTX_load_verify_locations(ctx, Cert().cert_file.c_str(), nullptr) != 1) {
+    Fail("client CA: " + OpenSslErrors());
+  }
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
 }
 
 LoopbackListener::LoopbackListener() : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
@@ -236,7 +247,13 @@ std::size_t SslRead(SSL* ssl, std::span<std::byte> buf) {
   SslFail(ssl, ret, "SSL_read");
 }
 
-ServerEnd ServerEnd::Handshake(SSL_CTX* ctx, UniqueFd fd, ServerTls kind, RxOffload rx) {
+OffloadOptions ServerEnd::BothWays() {
+  OffloadOptions options;
+  options.rx = RxOffload::kOn;
+  return options;
+}
+
+ServerEnd ServerEnd::Handshake(SSL_CTX* ctx, UniqueFd fd, ServerTls kind, const OffloadOptions& options) {
   ServerEnd end;
   end.kind_ = kind;
   UniqueSsl ssl(SSL_new(ctx));
@@ -253,8 +270,6 @@ ServerEnd ServerEnd::Handshake(SSL_CTX* ctx, UniqueFd fd, ServerTls kind, RxOffl
     end.ssl_ = std::move(ssl);
     return end;
   }
-  OffloadOptions options;
-  options.rx = rx;
   const double start = NowSeconds();
   auto conn = OffloadSsl(ssl.get(), options);
   end.offload_seconds_ = NowSeconds() - start;

@@ -59,8 +59,12 @@ UniqueSslCtx NewServerContext(const std::string& suites, ServerTls kind);
 // NewClientContext: TLS 1.3 only, no certificate verification (the server's
 // CertificateVerify signature is still checked). read_ahead: OpenSSL reads
 // as much as its 64 KiB buffer holds per read(2), not one record header and
-// then its body.
-UniqueSslCtx NewClientContext(const std::string& suites, bool read_ahead);
+// then its body. with_certificate: the client presents the benchmark's
+// certificate when asked.
+UniqueSslCtx NewClientContext(const std::string& suites, bool read_ahead, bool with_certificate = false);
+// RequireClientCertificate makes a server context ask for and check a
+// client certificate (mutual TLS): the benchmark's own, trusted as its CA.
+void RequireClientCertificate(SSL_CTX* ctx);
 
 // LoopbackListener: a TCP listener on 127.0.0.1, a free port.
 class LoopbackListener {
@@ -114,8 +118,9 @@ std::size_t SslRead(SSL* ssl, std::span<std::byte> buf);
 class ServerEnd {
  public:
   // Handshake takes fd, runs the server handshake and, for kKtls, offloads
-  // with the given RX policy.
-  static ServerEnd Handshake(SSL_CTX* ctx, UniqueFd fd, ServerTls kind, RxOffload rx = RxOffload::kOn);
+  // with options (by default both directions, RxOffload::kOn).
+  static ServerEnd Handshake(SSL_CTX* ctx, UniqueFd fd, ServerTls kind, const OffloadOptions& options = BothWays());
+  static OffloadOptions BothWays();
 
   void WriteAll(std::span<const std::byte> data);
   // SendFileAll: ktls SendFile, or OpenSSL's SSL_sendfile (kOpenSslKtls).

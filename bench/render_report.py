@@ -42,6 +42,9 @@ CASE_NAMES = {
     "openssl_release_buffers": "OpenSSL, `SSL_MODE_RELEASE_BUFFERS`",
     "ktls": "ktls",
     "ktls_rx_user": "ktls default here (RX in OpenSSL)",
+    "openssl_client_cert": "OpenSSL, client certificates",
+    "ktls_client_cert": "ktls, client certificates",
+    "ktls_client_cert_not_kept": "ktls, client certificates, `keep_peer_certificates = false`",
 }
 GROUP_TITLES = {
     "bulk_send": "Bulk send, one connection (MB/s, higher is better; ratio to the AF_ALG ceiling)",
@@ -236,10 +239,12 @@ def render_targets(envs):
             if case and case.get("ratio") is not None:
                 rows.append(f"| handshakes/s with offload >= 0.95x userspace, {kind} | {label} | "
                             f"{case['ratio']:.2f}x | {verdict(case['ratio'] >= 0.95, overlaps(case, ref, 0.95))} |")
-        case = case_of(find(env, "idle_memory.heap"), "ktls")
-        if case and case["status"] == "ok":
-            rows.append(f"| <= 1 KiB userspace heap per idle connection, both directions offloaded | {label} | "
-                        f"{case['median']:.0f} bytes | {verdict(case['median'] <= 1024)} |")
+        for case_id, what in (("ktls", ""), ("ktls_client_cert", ", client certificates"),
+                              ("ktls_client_cert_not_kept", ", client certificates not kept")):
+            case = case_of(find(env, "idle_memory.heap"), case_id)
+            if case and case["status"] == "ok":
+                rows.append(f"| <= 1 KiB userspace heap per idle connection, both directions offloaded{what} | "
+                            f"{label} | {case['median']:.0f} bytes | {verdict(case['median'] <= 1024)} |")
         if not any(c["group"] == "static_files" for c in env["comparisons"]):
             rows.append(f"| `ktls-serve` >= nginx, 4 KiB and 16 MiB files | {label} | not measured yet "
                         "(part 5 of issue #7 waits for `ktls-serve`) | - |")

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 
+IDLE_CASES = ["openssl", "openssl_release_buffers", "ktls", "openssl_client_cert", "ktls_client_cert",
+              "ktls_client_cert_not_kept"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -54,9 +56,7 @@ def main():
                    "AES_256_GCM"), ("TLS_CHACHA20_POLY1305_SHA256", "CHACHA20_POLY1305"),
                    ("TLS_AES_128_CCM_SHA256", "AES_128_CCM")]}
         want = {"handshakes.full": ["openssl", "ktls"], "handshakes.resumed": ["openssl", "ktls"],
-                "idle_memory.heap": ["openssl", "openssl_release_buffers", "ktls"],
-                "idle_memory.rss": ["openssl", "openssl_release_buffers", "ktls"],
-                "idle_memory.kernel": ["openssl", "openssl_release_buffers", "ktls"]}
+                "idle_memory.heap": IDLE_CASES, "idle_memory.rss": IDLE_CASES, "idle_memory.kernel": IDLE_CASES}
         for suite in suites:
             name = ciphers[suite]
             want[f"bulk_send.{name}"] = ["af_alg", "ktls_write", "ktls_sendfile", "openssl_write",
