@@ -122,7 +122,7 @@ def render_conditions(envs, machine):
     lines = []
     if machine:
         lines.append(f"- Host: {machine.get('cpu', '?')}, {machine.get('cpus', '?')} CPUs, "
-                     f"host kernel {machine.get('kernel', '?')} (no kTLS: {not machine.get('host_ktls', False)}), "
+                     f"host kernel {machine.get('kernel', '?')} ({'with' if machine.get('host_ktls') else 'without'} kTLS), "
                      f"run {machine.get('date', '?')}, load average at the start {machine.get('loadavg', '?')}.")
     for label, env in envs.items():
         e, p = env["environment"], env["parameters"]
