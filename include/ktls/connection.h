@@ -63,7 +63,8 @@ struct KTLS_API SessionInfo {
   std::string sni;           // Server name the client asked for, or empty.
   bool resumed = false;      // The handshake resumed an earlier session.
   // The peer's certificate chain, leaf first, DER-encoded. Empty when the
-  // peer sent no certificate.
+  // peer sent no certificate, or with OffloadOptions::keep_peer_certificates
+  // false.
   std::vector<std::vector<unsigned char>> peer_certificates;
 };
 

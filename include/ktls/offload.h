@@ -60,6 +60,14 @@ struct KTLS_API OffloadOptions {
   // On kernels that cannot rekey, the connection is closed with
   // close_notify before the limit instead.
   std::uint64_t key_update_after_records = 0;
+  // keep_peer_certificates: copy the peer's certificate chain (DER) into
+  // SessionInfo::peer_certificates, so it outlives the SSL. false leaves it
+  // empty and saves the chain's size on every connection (a few hundred
+  // bytes to several KiB; with both directions in the kernel it is most of
+  // what an idle connection keeps in userspace): for servers that check
+  // client certificates during the handshake and need nothing of them
+  // afterwards. Everything else in SessionInfo is kept either way.
+  bool keep_peer_certificates = true;
   // on_fallback: called (on the thread that offloads) when a direction could
   // not go to the kernel, with the reason. The connection works anyway.
   std::function<void(const OffloadReport&)> on_fallback;

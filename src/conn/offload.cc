@@ -42,7 +42,7 @@ namespace ktls {
 namespace detail {
 namespace {
 
-void CaptureSession(SSL* ssl, SessionInfo& info) {
+void CaptureSession(SSL* ssl, SessionInfo& info, bool keep_peer_certificates) {
   info.protocol = SSL_get_version(ssl);
   if (const SSL_CIPHER* cipher = SSL_get_current_cipher(ssl)) {
     if (const char* name = SSL_CIPHER_standard_name(cipher)) info.cipher_suite = name;
@@ -53,6 +53,7 @@ void CaptureSession(SSL* ssl, SessionInfo& info) {
   if (alpn != nullptr) info.alpn.assign(reinterpret_cast<const char*>(alpn), alpn_len);
   if (const char* sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) info.sni = sni;
   info.resumed = SSL_session_reused(ssl) == 1;
+  if (!keep_peer_certificates) return;
 
   const auto add_der = [&info](X509* cert) {
     const int len = i2d_X509(cert, nullptr);
@@ -302,7 +303,7 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
     return MakeError(ErrorCategory::kUsage, "offload: the handshake has not finished");
   }
   auto conn = std::make_unique<ConnectionImpl>(std::move(socket), std::move(ssl), is_server);
-  CaptureSession(conn->ssl.get(), conn->session);
+  CaptureSession(conn->ssl.get(), conn->session, options.keep_peer_certificates);
 
   // The socket belongs to the Connection; OpenSSL's BIOs must never close it.
   if (BIO* rbio = SSL_get_rbio(conn->ssl.get())) BIO_set_close(rbio, BIO_NOCLOSE);

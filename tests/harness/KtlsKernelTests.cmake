@@ -75,10 +75,13 @@ endforeach()
 # (the tls module loaded: /proc/net/tls_stat). Elsewhere it could only ever
 # skip, and a kernel test that skips is no test: the UML kernels cover it.
 # Reconfigure after loading the module to pick it up.
+# (Cached, like KTLS_UML_KERNELS, so that directories other than tests/ that
+# call ktls_add_kernel_test see it: include_guard keeps them from
+# including this file again.)
 if(EXISTS "/proc/net/tls_stat")
-  set(KTLS_KERNEL_TEST_TARGETS host ${KTLS_UML_KERNELS})
+  set(KTLS_KERNEL_TEST_TARGETS host ${KTLS_UML_KERNELS} CACHE INTERNAL "where kernel tests run")
 else()
-  set(KTLS_KERNEL_TEST_TARGETS ${KTLS_UML_KERNELS})
+  set(KTLS_KERNEL_TEST_TARGETS ${KTLS_UML_KERNELS} CACHE INTERNAL "where kernel tests run")
 endif()
 
 function(ktls_add_kernel_test)

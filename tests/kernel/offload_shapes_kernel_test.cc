@@ -229,6 +229,35 @@ TEST(OffloadShapesKernelTest, MutualTlsClientCertificate) {
   EXPECT_EQ(conn->session().peer_certificates[0], CertificateDer(TestCert().cert_file));
 }
 
+// keep_peer_certificates = false: the same mutual-TLS connection is
+// offloaded both ways (the SSL is freed) and echoes, and the server's
+// SessionInfo holds no certificate.
+TEST(OffloadShapesKernelTest, MutualTlsWithoutKeepingPeerCertificates) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  const TempCert client_cert;
+  ServerConfig server_config = ServerFor();
+  server_config.client_ca_file = client_cert.cert_file;
+  server_config.offload.keep_peer_certificates = false;
+  TestServer server(server_config, 1, Echo);
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  ClientConfig client_config = ClientFor();
+  client_config.cert_file = client_cert.cert_file;
+  client_config.key_file = client_cert.key_file;
+  auto conn = ConnectTo(server.port(), client_config);
+  ASSERT_TRUE(conn.ok()) << "Connect with a client certificate: " << conn.error().ToString();
+  ASSERT_TRUE(server.WaitHandshaken(1)) << "the server should have finished handshake and offload";
+
+  const Bytes data = RandomBytes(20000);
+  Bytes echoed;
+  ASSERT_EQ(EchoThrough(*conn, data, Pace::kLockstep, echoed), "");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data)) << "the echoed bytes should be the bytes sent";
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
+  EXPECT_TRUE(end.session.peer_certificates.empty()) << "the client's certificate should not have been kept";
+  EXPECT_EQ(end.session.protocol, "TLSv1.3");
+}
+
 // ---------------------------------------------------------------------------
 // c. Session resumption.
 

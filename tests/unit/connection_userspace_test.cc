@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -210,6 +211,36 @@ TEST_F(UserspaceConnection, WrongCaFailsHandshakeNamingVerification) {
   server.join();
   ASSERT_FALSE(conn.ok());
   EXPECT_NE(conn.error().detail.find("certificate verif"), std::string::npos) << conn.error().ToString();
+}
+
+// OffloadOptions::keep_peer_certificates = false: the server's SessionInfo
+// keeps no certificate of the client (that is the memory it saves on every
+// connection), and the rest of the session as before. The client, with the
+// default, still keeps the server's.
+TEST_F(UserspaceConnection, PeerCertificatesAreNotKeptWhenAskedNotTo) {
+  ServerConfig config;
+  config.cert_file = cert_.cert_file;
+  config.key_file = cert_.key_file;
+  config.client_ca_file = cert_.cert_file;  // Mutual TLS; the client presents the same certificate.
+  config.alpn = {"echo/1"};
+  config.offload.keep_peer_certificates = false;
+  auto listener = Listener::Listen("127.0.0.1:0", config);
+  ASSERT_TRUE(listener.ok()) << listener.error().ToString();
+  std::optional<Result<Connection>> accepted;
+  std::thread server([&] { accepted.emplace(listener->Accept()); });
+  ClientConfig client_config = ClientFor();
+  client_config.cert_file = cert_.cert_file;
+  client_config.key_file = cert_.key_file;
+  auto conn = Connect("127.0.0.1", static_cast<std::uint16_t>(listener->port()), client_config);
+  server.join();
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  ASSERT_TRUE(accepted.has_value() && accepted->ok()) << (accepted ? accepted->error().ToString() : "no accept");
+  const SessionInfo& session = (*accepted)->session();
+  EXPECT_TRUE(session.peer_certificates.empty()) << "the client's certificate should not have been kept";
+  EXPECT_EQ(session.protocol, "TLSv1.3");
+  EXPECT_EQ(session.alpn, "echo/1");
+  EXPECT_FALSE(session.cipher_suite.empty());
+  EXPECT_EQ(conn->session().peer_certificates.size(), 1u) << "the client keeps the server's certificate by default";
 }
 
 TEST_F(UserspaceConnection, EmptyConnectionIsUsageError) {

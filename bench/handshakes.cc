@@ -1,0 +1,127 @@
+// bench/handshakes.cc: handshakes per second, one connection after the
+// other, each a whole connection: TCP connect and accept, the TLS 1.3
+// handshake (ECDHE X25519, ECDSA P-256 certificate, two session tickets,
+// OpenSSL's default suite), then for ktls the offload of both directions;
+// the server writes one byte and close_notify, the client reads them (and
+// the tickets before them), and both close. Resumed handshakes present the ticket of the
+// previous connection.
+//
+// The same server SSL_CTX settings and the same plain OpenSSL client are
+// used for both cases; ktls only adds PrepareContext/PrepareSsl before the
+// handshake and OffloadSsl after it.
+#include <iostream>
+#include <optional>
+
+#include "cases.h"
+#include "runner.h"
+
+namespace ktls::bench {
+namespace {
+
+RunResult HandshakeRun(SSL_CTX* server_ctx, SSL_CTX* client_ctx, ServerTls kind, bool resumed, std::size_t count) {
+  LoopbackListener listener;
+  // A resumed run starts with one full handshake, untimed, for the ticket.
+  const std::size_t total = count + (resumed ? 1 : 0);
+  std::size_t num_resumed = 0;
+  ClientThread client(listener, [&] {
+    UniqueSession session;
+    std::byte byte[16];
+    for (std::size_t i = 0; i < total; ++i) {
+      UniqueFd fd = ConnectLoopback(listener.port());
+      UniqueSsl ssl = ClientHandshake(client_ctx, fd.get(), resumed ? session.get() : nullptr);
+      if (SslRead(ssl.get(), byte) != 1) throw BenchError("expected one byte from the server");
+      if (SslRead(ssl.get(), byte) != 0) throw BenchError("expected close_notify from the server");
+      if (SSL_session_reused(ssl.get()) == 1) ++num_resumed;
+      if (resumed) session.reset(SSL_get1_session(ssl.get()));
+      // The server has closed; we do not answer its close_notify. Marking
+      // the SSL shut down keeps OpenSSL from flagging the session as not
+      // resumable when it is freed.
+      SSL_set_shutdown(ssl.get(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+    }
+  });
+  const auto before = TlsStat();
+  const std::byte one{1};
+  double start = NowSeconds();
+  // Where the server's time goes, per phase (on UML's one CPU the client
+  // runs in between, so "handshake" includes the client's share).
+  double handshake_seconds = 0, offload_seconds = 0, finish_seconds = 0, close_seconds = 0;
+  for (std::size_t i = 0; i < total; ++i) {
+    if (i == total - count) start = NowSeconds();
+    const double t0 = NowSeconds();
+    std::optional<ServerEnd> end(ServerEnd::Handshake(server_ctx, listener.Accept(), kind));
+    const double t1 = NowSeconds();
+    if (kind == ServerTls::kKtls && !(end->tx_in_kernel() && end->rx_in_kernel())) {
+      throw BenchError("ktls did not offload both directions: " + end->Where());
+    }
+    end->WriteAll(std::span(&one, 1));
+    end->Shutdown();
+    const double t2 = NowSeconds();
+    const double offload = end->offload_seconds();
+    end.reset();
+    const double t3 = NowSeconds();
+    handshake_seconds += t1 - t0 - offload;
+    offload_seconds += offload;
+    finish_seconds += t2 - t1;
+    close_seconds += t3 - t2;
+  }
+  client.Join();
+  const double elapsed = NowSeconds() - start;
+
+  RunResult result;
+  if (num_resumed != (resumed ? count : 0)) {
+    throw BenchError(std::to_string(num_resumed) + " of " + std::to_string(total) + " handshakes resumed, expected " +
+                     std::to_string(resumed ? count : 0));
+  }
+  const auto after = TlsStat();
+  const long long tx = TlsStatDelta(before, after, "TlsTxSw");
+  const long long rx = TlsStatDelta(before, after, "TlsRxSw");
+  if (!after.empty()) {
+    const long long want = kind == ServerTls::kKtls ? static_cast<long long>(total) : 0;
+    if (tx != want || rx != want) {
+      throw BenchError("TlsTxSw +" + std::to_string(tx) + ", TlsRxSw +" + std::to_string(rx) + " for " +
+                       std::to_string(total) + " connections, expected +" + std::to_string(want));
+    }
+  }
+  result.notes = std::string(kind == ServerTls::kKtls ? "tx=kernel rx=kernel" : "tx=user rx=user") + ", TlsTxSw +" +
+                 std::to_string(tx) + " TlsRxSw +" + std::to_string(rx) + " per run";
+  const auto us = [total](double seconds) {
+    return std::to_string(static_cast<int>(seconds / static_cast<double>(total) * 1e6));
+  };
+  result.notes += "; server us per connection: accept+handshake " + us(handshake_seconds) + ", OffloadSsl " +
+                  us(offload_seconds) + ", write+close_notify " + us(finish_seconds) + ", close " + us(close_seconds);
+  result.values = {elapsed > 0 ? static_cast<double>(count) / elapsed : 0};
+  return result;
+}
+
+}  // namespace
+
+void AddHandshakes(Report& report, const Options& opts) {
+  UniqueSslCtx client_ctx = NewClientContext("", /*read_ahead=*/false);
+  UniqueSslCtx plain_ctx = NewServerContext("", ServerTls::kOpenSsl);
+  UniqueSslCtx ktls_ctx = NewServerContext("", ServerTls::kKtls);
+  const std::size_t count = opts.handshakes;
+  const auto count_for = [count](bool warmup) { return warmup ? std::max<std::size_t>(count / 4, 1) : count; };
+
+  for (const bool resumed : {false, true}) {
+    Comparison& comparison = report.comparisons.emplace_back();
+    comparison.id = resumed ? "handshakes.resumed" : "handshakes.full";
+    comparison.group = "handshakes";
+    comparison.title = std::string(resumed ? "Resumed (ticket)" : "Full") + " TLS 1.3 handshakes per second, " +
+                       std::to_string(count) + " connections one after another";
+    comparison.metric = "rate";
+    comparison.unit = "handshakes/s";
+    comparison.reference = "openssl";
+    const auto run = [&, resumed](SSL_CTX* ctx, ServerTls kind) {
+      return [&, ctx, kind, resumed](bool warmup) {
+        return HandshakeRun(ctx, client_ctx.get(), kind, resumed, count_for(warmup));
+      };
+    };
+    std::vector<Variant> variants;
+    variants.push_back({"openssl", "handshake, records stay in OpenSSL", run(plain_ctx.get(), ServerTls::kOpenSsl)});
+    variants.push_back({"ktls", "handshake, then ktls offloads TX and RX", run(ktls_ctx.get(), ServerTls::kKtls)});
+    RunInterleaved(variants, opts.runs, {&comparison});
+    report.PrintComparison(std::cout, comparison);
+  }
+}
+
+}  // namespace ktls::bench

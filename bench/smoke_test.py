@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""smoke_test.py: a tiny run of every ktls-bench case, then the report
+renderer on its output, so that neither can rot unnoticed.
+
+    smoke_test.py PATH/TO/ktls-bench
+
+Runs inside a kernel with kTLS (CTest: kernel.bench-smoke.6.1 and .7.2).
+It checks what the benchmark claims to measure, never how fast anything
+was: every comparison is there, every ktls case was measured (ktls-bench
+itself fails a case whose offload did not happen or that
+/proc/net/tls_stat did not count), every case that was not measured says
+why, and the renderer fills every generated block of docs/BENCHMARKS.md
+and draws the chart. Exit 77 (skip) when ktls-bench reports no kTLS.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+IDLE_CASES = ["openssl", "openssl_release_buffers", "ktls", "openssl_client_cert", "ktls_client_cert",
+              "ktls_client_cert_not_kept"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def fail(message):
+    print(f"FAIL: {message}")
+    sys.exit(1)
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit("usage: smoke_test.py PATH/TO/ktls-bench")
+    bench = sys.argv[1]
+    work = tempfile.mkdtemp(prefix="ktls-bench-smoke-")
+    try:
+        result = os.path.join(work, "smoke.json")
+        run = subprocess.run([bench, "--runs", "1", "--bulk-mib", "1", "--handshakes", "4", "--idle-connections",
+                              "8", "--label", "smoke", "--json", result], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=240)
+        print(run.stdout)
+        if run.returncode == 77:
+            sys.exit(77)
+        if run.returncode != 0:
+            fail(f"ktls-bench exited {run.returncode}")
+        with open(result) as f:
+            data = json.load(f)
+
+        suites = data["parameters"]["suites"]
+        if "TLS_AES_128_GCM_SHA256" not in suites:
+            fail(f"AES-128-GCM was not measured (suites: {suites})")
+        ciphers = {s: n for s, n in [("TLS_AES_128_GCM_SHA256", "AES_128_GCM"), ("TLS_AES_256_GCM_SHA384",
+                   "AES_256_GCM"), ("TLS_CHACHA20_POLY1305_SHA256", "CHACHA20_POLY1305"),
+                   ("TLS_AES_128_CCM_SHA256", "AES_128_CCM")]}
+        want = {"handshakes.full": ["openssl", "ktls"], "handshakes.resumed": ["openssl", "ktls"],
+                "idle_memory.heap": IDLE_CASES, "idle_memory.rss": IDLE_CASES, "idle_memory.kernel": IDLE_CASES}
+        for suite in suites:
+            name = ciphers[suite]
+            want[f"bulk_send.{name}"] = ["af_alg", "ktls_write", "ktls_sendfile", "openssl_write",
+                                         "openssl_ktls_write", "openssl_ktls_sendfile"]
+            want[f"bulk_receive.{name}"] = ["openssl_read", "openssl_read_ahead", "ktls_read"]
+        got = {c["id"]: c for c in data["comparisons"]}
+        for comparison_id, case_ids in want.items():
+            comparison = got.get(comparison_id)
+            if comparison is None:
+                fail(f"comparison {comparison_id} missing")
+            cases = {c["id"]: c for c in comparison["cases"]}
+            for case_id in case_ids:
+                case = cases.get(case_id)
+                if case is None:
+                    fail(f"{comparison_id}: case {case_id} missing")
+                if case["status"] == "ok":
+                    if len(case["samples"]) != 1 or not case["min"] <= case["median"] <= case["max"]:
+                        fail(f"{comparison_id}/{case_id}: bad summary {case}")
+                elif case_id.startswith("ktls") or case_id.startswith("openssl_read") or case_id == "openssl":
+                    fail(f"{comparison_id}/{case_id} not measured: {case.get('reason')}")
+                elif not case.get("reason"):
+                    fail(f"{comparison_id}/{case_id} not measured and no reason given")
+            # Where the records were: ktls-bench already failed the run if
+            # the offload or its counters were wrong; check it said so.
+            for case_id, where in (("ktls_write", "tx=kernel"), ("ktls_sendfile", "tx=kernel"),
+                                   ("ktls_read", "rx=kernel"), ("ktls", "tx=kernel rx=kernel"),
+                                   ("openssl_write", "tx=user"), ("openssl", "tx=user rx=user")):
+                if case_id in cases and where not in cases[case_id]["notes"]:
+                    fail(f"{comparison_id}/{case_id}: notes do not say {where}: {cases[case_id]['notes']}")
+
+        # The renderer, on a copy of the real doc.
+        doc = os.path.join(work, "BENCHMARKS.md")
+        shutil.copy(os.path.join(ROOT, "docs", "BENCHMARKS.md"), doc)
+        charts = os.path.join(work, "charts")
+        subprocess.run([sys.executable, os.path.join(HERE, "render_report.py"), "--doc", doc, "--chart-dir", charts,
+                        result], check=True)
+        with open(doc) as f:
+            text = f.read()
+        for block in ("conditions", "targets", "results"):
+            start = text.index(f"<!-- generated:{block} -->")
+            end = text.index(f"<!-- /generated:{block} -->")
+            if "smoke" not in text[start:end]:
+                fail(f"the rendered {block} block does not show the run")
+        chart = os.path.join(charts, "bulk_send-smoke.png")
+        with open(chart, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                fail(f"{chart} is not a PNG")
+        print("PASS")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
