@@ -22,6 +22,7 @@
 #include "ktls/asio.h"
 #include "tests/support/fault_syscalls.h"
 #include "tests/support/kernel_env.h"
+#include "tests/support/offload_shape.h"
 #include "tests/support/sockets.h"
 #include "tests/support/tls_peers.h"
 
@@ -32,17 +33,6 @@ namespace net = boost::asio;
 namespace http = boost::beast::http;
 using net::ip::tcp;
 using boost::system::error_code;
-
-enum class Shape { kBoth, kTxOnly, kNeither };
-
-std::string ShapeName(const ::testing::TestParamInfo<Shape>& info) {
-  switch (info.param) {
-    case Shape::kBoth: return "BothInKernel";
-    case Shape::kTxOnly: return "TxOnlyInKernel";
-    case Shape::kNeither: return "NeitherInKernel";
-  }
-  return "?";
-}
 
 int OpenFdCount() {
   int count = 0;
@@ -60,25 +50,7 @@ void RunFor(net::io_context& io, std::chrono::seconds deadline) {
   EXPECT_TRUE(io.stopped()) << "operations still outstanding after " << deadline.count() << " s";
 }
 
-class AsioKernelTest : public ::testing::TestWithParam<Shape> {
- protected:
-  void SetUp() override {
-    ClearFaults();
-    if (GetParam() == Shape::kNeither) {
-      InjectFault({.call = Syscall::kSetSockOpt, .err = ENOENT, .level = detail::uapi::kSolTcp,
-                   .name = detail::uapi::kTcpUlp, .times = -1});
-    }
-  }
-  void TearDown() override { ClearFaults(); }
-
-  OffloadOptions Options() const {
-    OffloadOptions options;
-    options.rx = GetParam() == Shape::kBoth ? RxOffload::kOn : RxOffload::kOff;
-    return options;
-  }
-  Offload WantTx() const { return GetParam() == Shape::kNeither ? Offload::kUser : Offload::kKernel; }
-  Offload WantRx() const { return GetParam() == Shape::kBoth ? Offload::kKernel : Offload::kUser; }
-};
+class AsioKernelTest : public OffloadShapeTest {};
 
 // Server: accepts one client and answers its requests until it closes:
 // /file with the file by async_sendfile, anything else with a short text.
@@ -212,8 +184,7 @@ TEST_P(AsioKernelTest, BeastRequestsOverKeepAliveWithSendfileBody) {
   EXPECT_EQ(delta("TlsDecryptError"), 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, AsioKernelTest, ::testing::Values(Shape::kBoth, Shape::kTxOnly, Shape::kNeither),
-                         ShapeName);
+INSTANTIATE_TEST_SUITE_P(Shapes, AsioKernelTest, AllOffloadShapes(), OffloadShapeName);
 
 TEST(AsioHandshakeKernelTest, SilentClientTimesOutAndLeavesNoDescriptor) {
   KTLS_REQUIRE_KTLS_OR_SKIP();

@@ -22,23 +22,12 @@
 #include "ktls/server.h"
 #include "tests/support/fault_syscalls.h"
 #include "tests/support/kernel_env.h"
+#include "tests/support/offload_shape.h"
 #include "tests/support/sockets.h"
 #include "tests/support/tls_peers.h"
 
 namespace ktls::testing {
 namespace {
-
-// Shape: which directions go to the kernel, on both ends.
-enum class Shape { kBoth, kTxOnly, kNeither };
-
-std::string ShapeName(const ::testing::TestParamInfo<Shape>& info) {
-  switch (info.param) {
-    case Shape::kBoth: return "BothInKernel";
-    case Shape::kTxOnly: return "TxOnlyInKernel";
-    case Shape::kNeither: return "NeitherInKernel";
-  }
-  return "?";
-}
 
 constexpr int kSmallSocketBuffer = 32 * 1024;  // So that writes block soon.
 
@@ -81,27 +70,8 @@ RawPair ConnectNonBlocking() {
   return pair;
 }
 
-class NonBlockingKernelTest : public ::testing::TestWithParam<Shape> {
+class NonBlockingKernelTest : public OffloadShapeTest {
  protected:
-  void SetUp() override {
-    ClearFaults();
-    if (GetParam() == Shape::kNeither) {
-      // The one way to keep a connection whole in OpenSSL on a kTLS kernel:
-      // the ULP refuses to attach.
-      InjectFault({.call = Syscall::kSetSockOpt, .err = ENOENT, .level = detail::uapi::kSolTcp,
-                   .name = detail::uapi::kTcpUlp, .times = -1});
-    }
-  }
-  void TearDown() override { ClearFaults(); }
-
-  OffloadOptions Options() const {
-    OffloadOptions options;
-    options.rx = GetParam() == Shape::kBoth ? RxOffload::kOn : RxOffload::kOff;
-    return options;
-  }
-  Offload WantTx() const { return GetParam() == Shape::kNeither ? Offload::kUser : Offload::kKernel; }
-  Offload WantRx() const { return GetParam() == Shape::kBoth ? Offload::kKernel : Offload::kUser; }
-
   // Handshake runs both handshakes on this thread and offloads both ends.
   void Handshake() {
     RawPair pair = ConnectNonBlocking();
@@ -207,7 +177,7 @@ TEST_P(NonBlockingKernelTest, EchoWithPartialWritesOnOneThread) {
   // same: the server's non-blocking Read must follow and answer it. Where
   // a direction is in a kernel that cannot rekey (6.1), that would end the
   // connection instead (the key-update tests cover it).
-  const bool can_rekey = CachedCapabilities().rekey || GetParam() == Shape::kNeither;
+  const bool can_rekey = CachedCapabilities().rekey || GetParam() == OffloadShape::kNeither;
   bool updated = false;
   const auto deadline = std::chrono::steady_clock::now() + kIoTimeout;
   while (echoed.size() < data.size() && std::chrono::steady_clock::now() < deadline) {
@@ -351,7 +321,7 @@ TEST_P(NonBlockingKernelTest, PeerGoneMidSendFileIsANamedError) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, NonBlockingKernelTest,
-                         ::testing::Values(Shape::kBoth, Shape::kTxOnly, Shape::kNeither), ShapeName);
+                         AllOffloadShapes(), OffloadShapeName);
 
 }  // namespace
 }  // namespace ktls::testing
