@@ -231,6 +231,25 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
   }
 }
 
+std::optional<Error> ConnectionImpl::SendWentNowhere(std::size_t len) {
+  // kTLS (6.1, 7.2) on a socket that can no longer send: sendmsg and
+  // sendfile copy the bytes into a record, fail to push it, and return the
+  // count anyway (the push's error is swallowed; sendfile also raises
+  // SIGPIPE). Each later call does the same, so a server would "send" a
+  // whole file to a client that is gone. TCP's state tells: only
+  // ESTABLISHED and CLOSE_WAIT can still send. One getsockopt, reading one
+  // byte of tcp_info.
+  unsigned char state = 0;
+  socklen_t state_len = sizeof(state);
+  if (sys::GetSockOpt(socket.get(), IPPROTO_TCP, TCP_INFO, &state, &state_len) != 0 || state_len != 1 ||
+      state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT) {
+    return std::nullopt;
+  }
+  const std::string lost = "the kernel took " + std::to_string(len) + " bytes it cannot send";
+  if (state == TCP_CLOSE) return SysError(ECONNRESET, "send: the peer reset the connection; " + lost);
+  return SysError(EPIPE, "send: the socket can no longer send; " + lost);
+}
+
 Error ConnectionImpl::EndWithoutCloseNotify(Error truncated) {
   // A FIN leaves our socket in CLOSE_WAIT (our side is still open); a reset
   // leaves it in CLOSE. Once we sent our own FIN, CLOSE is a normal end too.
@@ -387,6 +406,7 @@ Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data) {
     const ssize_t n = sys::SendMsg(socket.get(), &msg, MSG_NOSIGNAL);
     if (n >= 0) {
       tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
+      if (auto dead = SendWentNowhere(static_cast<std::size_t>(n))) return Fail(std::move(*dead));
       return IoProgress{static_cast<std::size_t>(n), false, false};
     }
     if (WouldBlock(static_cast<int>(-n))) return Blocked(Wait::kWritable);
@@ -436,6 +456,7 @@ Result<IoProgress> ConnectionImpl::SendFile(int file_fd, off_t offset, std::size
     const ssize_t n = sys::SendFile(socket.get(), file_fd, &pos, len);
     if (n >= 0) {
       tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
+      if (auto dead = SendWentNowhere(static_cast<std::size_t>(n))) return Fail(std::move(*dead));
       return IoProgress{static_cast<std::size_t>(n), false, false};
     }
     if (WouldBlock(static_cast<int>(-n))) return Blocked(Wait::kWritable);

@@ -87,6 +87,9 @@ class ConnectionImpl {
   void SendFatalAlert(int alert);
   Result<void> SendKernelControlRecord(unsigned char type, std::span<const unsigned char> payload);
   Result<IoProgress> Fail(Error error);
+  // SendWentNowhere: after a kernel send that returned len, the error to
+  // report if the socket could not actually send (see connection.cc).
+  std::optional<Error> SendWentNowhere(std::size_t len);
   // --- kernel TX, all under tx_mu_ ---
   // BeforeKernelWrite runs before every write of up to *len bytes: it sends
   // a KeyUpdate the peer asked for, and keeps the record count below the

@@ -282,10 +282,7 @@ TEST_P(NonBlockingKernelTest, SendFileReportsPartialProgressExactly) {
 // also raises SIGPIPE, ignored here as SendFile's documentation asks).
 TEST_P(NonBlockingKernelTest, PeerGoneMidSendFileIsANamedError) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
-  struct sigaction ignore {};
-  ignore.sa_handler = SIG_IGN;
-  struct sigaction old {};
-  ASSERT_EQ(::sigaction(SIGPIPE, &ignore, &old), 0);
+  const ScopedIgnoreSigpipe ignore_sigpipe;
   ASSERT_NO_FATAL_FAILURE(Handshake());
   TempFile file(4 * 1024 * 1024);
   ASSERT_TRUE(file.ok());
@@ -317,7 +314,27 @@ TEST_P(NonBlockingKernelTest, PeerGoneMidSendFileIsANamedError) {
   ASSERT_TRUE(failure.has_value()) << "SendFile to a reset connection kept succeeding";
   EXPECT_EQ(failure->category, ErrorCategory::kIo) << failure->ToString();
   EXPECT_TRUE(failure->sys_errno == EPIPE || failure->sys_errno == ECONNRESET) << failure->ToString();
-  ::sigaction(SIGPIPE, &old, nullptr);
+}
+
+// On a socket that can no longer send (its write side shut behind the
+// Connection's back), kTLS returns counts for records it cannot push; ktls
+// must report EPIPE instead of bytes that went nowhere, for Write and
+// SendFile alike.
+TEST_P(NonBlockingKernelTest, SendsOnASocketThatCannotSendAreErrors) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  const ScopedIgnoreSigpipe ignore_sigpipe;
+  for (bool use_sendfile : {false, true}) {
+    SCOPED_TRACE(use_sendfile ? "SendFile" : "Write");
+    ASSERT_NO_FATAL_FAILURE(Handshake());
+    ASSERT_EQ(::shutdown(server_->fd(), SHUT_WR), 0);
+    const std::vector<std::uint8_t> data = RandomBytes(64 * 1024);
+    TempFile file(64 * 1024);
+    ASSERT_TRUE(file.ok());
+    auto n = use_sendfile ? server_->SendFile(file.fd(), 0, file.contents().size())
+                          : server_->Write(std::as_bytes(std::span(data)));
+    ASSERT_FALSE(n.ok()) << "reported " << n->bytes << " bytes sent on a shut socket";
+    EXPECT_EQ(n.error().sys_errno, EPIPE) << n.error().ToString();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, NonBlockingKernelTest,
