@@ -282,7 +282,6 @@ TEST_P(NonBlockingKernelTest, SendFileReportsPartialProgressExactly) {
 // also raises SIGPIPE, ignored here as SendFile's documentation asks).
 TEST_P(NonBlockingKernelTest, PeerGoneMidSendFileIsANamedError) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
-  const ScopedIgnoreSigpipe ignore_sigpipe;
   ASSERT_NO_FATAL_FAILURE(Handshake());
   TempFile file(4 * 1024 * 1024);
   ASSERT_TRUE(file.ok());
@@ -322,7 +321,6 @@ TEST_P(NonBlockingKernelTest, PeerGoneMidSendFileIsANamedError) {
 // SendFile alike.
 TEST_P(NonBlockingKernelTest, SendsOnASocketThatCannotSendAreErrors) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
-  const ScopedIgnoreSigpipe ignore_sigpipe;
   for (bool use_sendfile : {false, true}) {
     SCOPED_TRACE(use_sendfile ? "SendFile" : "Write");
     ASSERT_NO_FATAL_FAILURE(Handshake());

@@ -7,7 +7,6 @@
 #ifndef KTLS_TESTS_SUPPORT_SOCKETS_H_
 #define KTLS_TESTS_SUPPORT_SOCKETS_H_
 
-#include <signal.h>
 
 #include <chrono>
 #include <cstddef>
@@ -61,24 +60,6 @@ std::vector<std::uint8_t> RandomBytes(std::size_t len);
 
 // Sha256Hex returns the SHA-256 of bytes as 64 lower-case hex digits.
 std::string Sha256Hex(std::span<const std::uint8_t> bytes);
-
-// ScopedIgnoreSigpipe: SIGPIPE ignored for the object's lifetime, as a
-// program using Connection::SendFile must (sendfile(2) has no
-// MSG_NOSIGNAL); then the previous action again.
-class ScopedIgnoreSigpipe {
- public:
-  ScopedIgnoreSigpipe() {
-    struct sigaction ignore {};
-    ignore.sa_handler = SIG_IGN;
-    ::sigaction(SIGPIPE, &ignore, &old_);
-  }
-  ~ScopedIgnoreSigpipe() { ::sigaction(SIGPIPE, &old_, nullptr); }
-  ScopedIgnoreSigpipe(const ScopedIgnoreSigpipe&) = delete;
-  ScopedIgnoreSigpipe& operator=(const ScopedIgnoreSigpipe&) = delete;
-
- private:
-  struct sigaction old_ {};
-};
 
 }  // namespace ktls::testing
 
