@@ -229,8 +229,11 @@ class LoadTest(unittest.TestCase):
         before = read_tls_stat()
         ctx = client_context()
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        started = time.monotonic()
         idle = await asyncio.gather(*(idle_client(port, ctx, gate) for _ in range(ARGS.idle)))
+        idle_done = time.monotonic()
         active = await asyncio.gather(*(downloader(i, port, ctx, gate) for i in range(ARGS.download)))
+        downloads_done = time.monotonic()
         clients = idle + active
         # Every connection open and offloaded both ways; no file left open
         # (ktls-serve closes a file just after the client has its last byte:
@@ -247,7 +250,10 @@ class LoadTest(unittest.TestCase):
         during = read_tls_stat()
         for name in ("TlsCurrTxSw", "TlsCurrRxSw"):
             self.assertEqual(during[name] - before[name], len(clients), name)
+        checked = time.monotonic()
         await asyncio.gather(*(client.close() for client in clients))
+        print(f"  idle connections {idle_done - started:.1f}s, downloads {downloads_done - idle_done:.1f}s, "
+              f"checks {checked - downloads_done:.1f}s, closing {time.monotonic() - checked:.1f}s", flush=True)
         return len(clients)
 
 
