@@ -10,7 +10,10 @@
 //   CLIENT METHOD PATH STATUS BYTES DURATIONms tx=kernel|user rx=kernel|user
 // Start-up information and per-connection errors go to stderr.
 // SIGINT/SIGTERM: stop accepting, finish the responses in flight (at most
-// --drain-timeout), send close_notify, exit 0.
+// --drain-timeout), send close_notify, exit 0. SIGUSR1: one line on stderr
+// with the connections open and the heap in use (a diagnostic, for leak
+// tests).
+#include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -31,7 +34,9 @@
 #include <csignal>
 #include <cstdio>
 #include <cxxopts.hpp>
+#include <functional>
 #include <memory>
+#include <regex>
 #include <string>
 #include <thread>
 #include <unordered_set>
@@ -82,6 +87,34 @@ void LogLine(std::string line) {
 }
 
 void LogError(const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); }
+
+// HeapReport: the heap in use over all of malloc's arenas, from
+// malloc_info(3) (mallinfo2 sees the main arena only, and the worker
+// threads allocate in arenas of their own). "in use" is what malloc got
+// from the system (sbrk and mmap) less its free chunks: it grows with
+// anything allocated and not freed.
+std::string HeapReport() {
+  char* xml = nullptr;
+  std::size_t xml_len = 0;
+  FILE* out = ::open_memstream(&xml, &xml_len);
+  if (out == nullptr) return "heap unknown";
+  const int rc = ::malloc_info(0, out);
+  std::fclose(out);
+  const std::string text(xml != nullptr ? xml : "", xml_len);
+  std::free(xml);
+  // The totals over all arenas follow the last </heap>.
+  const std::size_t totals_at = text.rfind("</heap>");
+  if (rc != 0 || totals_at == std::string::npos) return "heap unknown";
+  const std::string totals = text.substr(totals_at);
+  auto size_of = [&totals](const char* tag, const char* type) -> unsigned long long {
+    const std::regex pattern(std::string("<") + tag + " type=\"" + type + "\"[^>]* size=\"([0-9]+)\"");
+    std::smatch match;
+    return std::regex_search(totals, match, pattern) ? std::stoull(match[1].str()) : 0;
+  };
+  const unsigned long long system = size_of("system", "current") + size_of("total", "mmap");
+  const unsigned long long free_chunks = size_of("total", "fast") + size_of("total", "rest");
+  return "heap in_use=" + std::to_string(system - free_chunks) + " system=" + std::to_string(system);
+}
 
 // Printable: the request target for the log, with anything unusual escaped.
 std::string Printable(std::string_view text) {
@@ -152,6 +185,13 @@ class Server {
                " connection(s)");
       BeginDrain(acceptor);
     });
+    net::signal_set report(main_io_, SIGUSR1);
+    std::function<void(error_code, int)> on_report = [&](error_code ec, int) {
+      if (ec) return;
+      LogError("ktls-serve: report: connections=" + std::to_string(active_.load()) + " " + HeapReport());
+      report.async_wait(on_report);
+    };
+    report.async_wait(on_report);
     net::co_spawn(main_io_, AcceptLoop(acceptor), net::detached);
     main_io_.run();  // Returns once the accept loop ended and the drain finished.
     guards.clear();
