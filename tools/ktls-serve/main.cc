@@ -27,6 +27,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -74,6 +75,13 @@ struct Options {
 // SendChunk: sendfile runs in pieces this big, each with the idle timeout:
 // a client that stops reading is dropped, one that reads slowly is not.
 constexpr std::size_t kSendChunk = 1024 * 1024;
+
+// SmallBody: files up to this size are read and sent with their header in
+// one write, so one TLS record and one syscall, where the header in a record
+// of its own and the body by sendfile(2) would be two of each (the
+// benchmark's 4 KiB file: docs/BENCHMARKS.md). Header and body together fit
+// in one 16 KiB record.
+constexpr std::size_t kSmallBody = 15 * 1024;
 
 void LogLine(std::string line) {
   line.push_back('\n');
@@ -250,6 +258,9 @@ class Server {
     error_code ec;
     const auto remote = socket.remote_endpoint(ec);
     const std::string peer = ec ? std::string("unknown") : remote.address().to_string() + ":" + std::to_string(remote.port());
+    // Like nginx's default (tcp_nodelay on): a response's last small
+    // segment must not wait for the client's delayed ACK.
+    socket.set_option(tcp::no_delay(true), ec);
     auto stream = std::make_shared<ktls::asio::stream>(std::move(socket));
     SessionState state{stream, false};
     worker.sessions.insert(&state);
@@ -332,10 +343,8 @@ class Server {
     }
   }
 
-  // WriteResponse sends the header and the body; returns the body bytes sent.
-  net::awaitable<std::uint64_t> WriteResponse(ktls::asio::stream& stream, Deadline& deadline,
-                                              const ktls::serve::FileResponse& response, error_code& ec) {
-    http::response<http::empty_body> header{response.status, 11};
+  template <typename Body>
+  static void SetHeader(http::response<Body>& header, const ktls::serve::FileResponse& response) {
     header.set(http::field::server, "ktls-serve");
     if (!response.content_type.empty()) header.set(http::field::content_type, response.content_type);
     if (!response.last_modified.empty()) header.set(http::field::last_modified, response.last_modified);
@@ -345,6 +354,40 @@ class Server {
     if (response.file_fd >= 0) header.set(http::field::accept_ranges, "bytes");
     if (response.status != http::status::not_modified) header.content_length(response.length);
     header.keep_alive(!response.close);
+  }
+
+  // ReadSmallBody reads a small file's bytes to send: false (and ec) when
+  // the file cannot be read or ended early.
+  static bool ReadSmallBody(const ktls::serve::FileResponse& response, std::string& body, error_code& ec) {
+    body.resize(static_cast<std::size_t>(response.length));
+    std::size_t got = 0;
+    while (got < body.size()) {
+      const ssize_t n = ::pread(response.file_fd, body.data() + got, body.size() - got,
+                                static_cast<off_t>(response.offset + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        ec = n == 0 ? make_error_code(ktls::asio::error::file_ended) : error_code(errno, boost::system::system_category());
+        return false;
+      }
+      got += static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+
+  // WriteResponse sends the header and the body; returns the body bytes sent.
+  net::awaitable<std::uint64_t> WriteResponse(ktls::asio::stream& stream, Deadline& deadline,
+                                              const ktls::serve::FileResponse& response, error_code& ec) {
+    if (response.file_fd >= 0 && response.send_body && response.length <= kSmallBody) {
+      http::response<http::string_body> message{response.status, 11};
+      SetHeader(message, response);
+      if (!ReadSmallBody(response, message.body(), ec)) co_return 0;
+      deadline.Arm(options_.idle_timeout);
+      co_await http::async_write(stream, message, net::redirect_error(net::use_awaitable, ec));
+      deadline.Cancel();
+      co_return ec ? 0 : response.length;
+    }
+    http::response<http::empty_body> header{response.status, 11};
+    SetHeader(header, response);
     http::response_serializer<http::empty_body> serializer{header};
     deadline.Arm(options_.idle_timeout);
     co_await http::async_write_header(stream, serializer, net::redirect_error(net::use_awaitable, ec));
