@@ -14,6 +14,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <utility>  // Before Boost: its awaitable.hpp uses std::exchange.
 #include <boost/asio/co_spawn.hpp>
@@ -112,17 +113,80 @@ struct SessionState {
   bool idle = false;  // Waiting for the next request (safe to interrupt).
 };
 
+class Deadline;
+
 struct Worker {
   net::io_context io{1};
   std::unordered_set<SessionState*> sessions;  // Touched only on this worker's thread.
+  // The deadlines of its sessions, checked by a sweep every sweep_period;
+  // now is the time of the last sweep. Both only on this worker's thread.
+  std::unordered_set<Deadline*> deadlines;
+  Clock::time_point now = Clock::now();
+  milliseconds sweep_period{1000};
+  net::steady_timer sweep{io};
 };
+
+// Deadline: cancels the stream's operations when it runs out, unless
+// re-armed or cancelled first. Arming and cancelling only set fields: the
+// worker's sweep (Sweep) finds the ones that ran out, so a request costs
+// no timer syscalls (timerfd_settime, clock_gettime: each a ptrace round
+// trip in UML, and a few per request with one Asio timer per deadline).
+class Deadline {
+ public:
+  Deadline(Worker& worker, std::weak_ptr<ktls::asio::stream> stream) : worker_(worker), stream_(std::move(stream)) {
+    worker_.deadlines.insert(this);
+  }
+  ~Deadline() { worker_.deadlines.erase(this); }
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
+  // Arm: runs out after at least `after` (and at most two sweep periods more).
+  void Arm(milliseconds after) {
+    fired_ = false;
+    armed_ = true;
+    expiry_ = worker_.now + after + worker_.sweep_period;
+  }
+  void Cancel() { armed_ = false; }
+  bool fired() const { return fired_; }
+  // Check: called by the sweep with the current time.
+  void Check(Clock::time_point now) {
+    if (!armed_ || now < expiry_) return;
+    armed_ = false;
+    fired_ = true;
+    if (auto s = stream_.lock()) s->cancel();
+  }
+
+ private:
+  Worker& worker_;
+  std::weak_ptr<ktls::asio::stream> stream_;
+  Clock::time_point expiry_{};
+  bool armed_ = false;
+  bool fired_ = false;
+};
+
+// Sweep runs on each worker every sweep_period: refreshes the worker's
+// clock and fires the deadlines that ran out.
+void Sweep(Worker& worker) {
+  worker.now = Clock::now();
+  // Check may cancel a stream, which only posts completions: the set
+  // does not change under us.
+  for (auto* deadline : worker.deadlines) deadline->Check(worker.now);
+  worker.sweep.expires_after(worker.sweep_period);
+  worker.sweep.async_wait([&worker](error_code ec) {
+    if (!ec) Sweep(worker);
+  });
+}
 
 class Server {
  public:
   Server(Options options, ktls::ServerContext tls, ktls::serve::Root root)
       : options_(std::move(options)), tls_(std::move(tls)), root_(std::move(root)) {
     const unsigned n = options_.threads != 0 ? options_.threads : std::max(1u, std::thread::hardware_concurrency());
-    for (unsigned i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>());
+    // Idle timeouts are checked this often: at most two periods late.
+    const milliseconds period = std::clamp(options_.idle_timeout / 8, milliseconds(10), milliseconds(1000));
+    for (unsigned i = 0; i < n; ++i) {
+      workers_.push_back(std::make_unique<Worker>());
+      workers_.back()->sweep_period = period;
+    }
   }
 
   // Listen binds the listening socket and says where.
@@ -150,6 +214,7 @@ class Server {
     std::vector<net::executor_work_guard<net::io_context::executor_type>> guards;
     std::vector<std::thread> threads;
     for (auto& worker : workers_) {
+      net::post(worker->io, [w = worker.get()] { Sweep(*w); });
       guards.push_back(net::make_work_guard(worker->io));
       threads.emplace_back([&io = worker->io] { io.run(); });
     }
@@ -227,33 +292,6 @@ class Server {
     main_io_.stop();
   }
 
-  // Deadline: cancels the stream's operations when it runs out, unless
-  // re-armed or cancelled first.
-  class Deadline {
-   public:
-    Deadline(net::any_io_executor executor, std::weak_ptr<ktls::asio::stream> stream)
-        : timer_(std::move(executor)), stream_(std::move(stream)) {}
-    void Arm(milliseconds after) {
-      fired_ = std::make_shared<bool>(false);
-      timer_.expires_after(after);
-      timer_.async_wait([stream = stream_, fired = std::weak_ptr<bool>(fired_)](error_code ec) {
-        if (ec) return;
-        auto s = stream.lock();
-        auto flag = fired.lock();
-        if (!s || !flag) return;
-        *flag = true;
-        s->cancel();
-      });
-    }
-    void Cancel() { timer_.cancel(); }
-    bool fired() const { return fired_ && *fired_; }
-
-   private:
-    net::steady_timer timer_;
-    std::weak_ptr<ktls::asio::stream> stream_;
-    std::shared_ptr<bool> fired_;
-  };
-
   net::awaitable<void> Session(Worker& worker, tcp::socket socket) {
     error_code ec;
     const auto remote = socket.remote_endpoint(ec);
@@ -281,7 +319,7 @@ class Server {
     }
     const ktls::Connection& conn = stream->connection();
     const std::string offload = std::string("tx=") + ktls::OffloadName(conn.tx()) + " rx=" + ktls::OffloadName(conn.rx());
-    Deadline deadline(stream->get_executor(), stream);
+    Deadline deadline(worker, stream);
     beast::flat_buffer buffer;
     bool clean = true;  // Whether to end with close_notify.
     while (!draining_) {
