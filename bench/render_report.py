@@ -45,12 +45,16 @@ CASE_NAMES = {
     "openssl_client_cert": "OpenSSL, client certificates",
     "ktls_client_cert": "ktls, client certificates",
     "ktls_client_cert_not_kept": "ktls, client certificates, `keep_peer_certificates = false`",
+    "nginx": "nginx, one worker, `sendfile on`, OpenSSL's kTLS",
+    "ktls_serve": "`ktls-serve --threads 1`",
+    "ktls_serve_no_offload": "`ktls-serve --threads 1 --no-offload`",
 }
 GROUP_TITLES = {
     "bulk_send": "Bulk send, one connection (MB/s, higher is better; ratio to the AF_ALG ceiling)",
     "bulk_receive": "Bulk receive, one connection (MB/s, higher is better; ratio to OpenSSL `SSL_read`)",
     "handshakes": "Handshakes per second (higher is better; ratio to OpenSSL)",
     "idle_memory": "Memory per idle connection, server side (bytes, lower is better; ratio to OpenSSL)",
+    "static_files": "Static files over HTTPS, wrk with keep-alive (higher is better; ratio to nginx)",
 }
 CHART_CASES = ["af_alg", "ktls_write", "ktls_sendfile", "openssl_write", "openssl_ktls_write", "openssl_ktls_sendfile"]
 
@@ -112,6 +116,12 @@ def case_of(comparison, case_id):
     return None
 
 
+def column(comparison):
+    """A comparison's column heading: its "column" if it has one, else its id
+    after the group."""
+    return comparison.get("column") or comparison["id"].split(".", 1)[-1]
+
+
 def env_title(label, env):
     e = env["environment"]
     kind = f"UML {e.get('uml_kernel') or ''}".strip() if e.get("uml") else "host"
@@ -133,11 +143,17 @@ def render_conditions(envs, machine):
         lines.append(f"- **{env_title(label, env)}**: {where}; {e.get('openssl', '?')}; "
                      f"TLS 1.3 rekey in the kernel: {'yes' if e.get('ktls_rekey') else 'no'}; "
                      f"kernel TLS 1.3 ciphers: {ciphers}.")
-        if p:
+        if p.get("runs"):
             lines.append(f"  {p.get('runs')} runs per case (median, min-max); bulk runs "
                          f"{p.get('bulk_bytes', 0) >> 20} MiB in {p.get('chunk_bytes', 0) >> 10} KiB calls; "
                          f"{p.get('handshakes_per_run')} handshakes per run; {p.get('idle_connections')} idle "
                          f"connections per memory run; this environment took {e.get('seconds', 0):.0f} s.")
+        static = p.get("static_files")
+        if static:
+            lines.append(f"  Static files: {static['runs']} runs per case; {static['nginx']}; wrk, one thread, "
+                         f"keep-alive, " + ", ".join(f"{size}: {static['connections'][size]} connections for "
+                                                     f"{static['seconds'][size]} s" for size in static["sizes"]) +
+                         f"; TLS 1.3 {static['suite']} only; this took {static['took_seconds']} s.")
         for skipped in p.get("suites_skipped", []):
             lines.append(f"  Not measured: {skipped['cipher']}: {skipped['reason']}.")
     return "\n".join(lines)
@@ -155,7 +171,7 @@ def render_results(envs, chart_rel):
             comparisons = [c for c in env["comparisons"] if c["group"] == group]
             title = GROUP_TITLES.get(group) or f"{group} ({comparisons[0]['unit']})"
             out.append(f"**{title}**\n")
-            columns = [c["id"].split(".", 1)[-1] for c in comparisons]
+            columns = [column(c) for c in comparisons]
             ids = []
             for comparison in comparisons:
                 ids.extend(c["id"] for c in comparison["cases"] if c["id"] not in ids)
@@ -176,7 +192,7 @@ def render_results(envs, chart_rel):
                     text = case.get("reason") if case["status"] != "ok" else case.get("notes")
                     if text and text not in seen:
                         seen.add(text)
-                        col = c["id"].split(".", 1)[-1]
+                        col = column(c)
                         prefix = f"{col}: " if len(comparisons) > 1 else ""
                         notes.append((case_id, prefix + text))
             if notes:
@@ -245,6 +261,14 @@ def render_targets(envs):
             if case and case["status"] == "ok":
                 rows.append(f"| <= 1 KiB userspace heap per idle connection, both directions offloaded{what} | "
                             f"{label} | {case['median']:.0f} bytes | {verdict(case['median'] <= 1024)} |")
+        for comparison in env["comparisons"]:
+            if comparison["group"] != "static_files" or comparison["metric"] != "rps":
+                continue
+            case, ref = case_of(comparison, "ktls_serve"), case_of(comparison, "nginx")
+            if case and case.get("ratio") is not None:
+                size = column(comparison).split(",")[0]
+                rows.append(f"| `ktls-serve` >= nginx, requests/s, {size} file | {label} | {case['ratio']:.2f}x | "
+                            f"{verdict(case['ratio'] >= 1.0, overlaps(case, ref))} |")
         if not any(c["group"] == "static_files" for c in env["comparisons"]):
             rows.append(f"| `ktls-serve` >= nginx, 4 KiB and 16 MiB files | {label} | not measured yet "
                         "(part 5 of issue #7 waits for `ktls-serve`) | - |")

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""smoke_test.py: a tiny run of every ktls-bench case, then the report
-renderer on its output, so that neither can rot unnoticed.
+"""smoke_test.py: a tiny run of every ktls-bench case and of the static
+file benchmark (bench/static_files.py: ktls-serve, nginx, wrk), then the
+report renderer on their output, so that none of them can rot unnoticed.
 
-    smoke_test.py PATH/TO/ktls-bench
+    smoke_test.py PATH/TO/ktls-bench PATH/TO/ktls-serve
 
 Runs inside a kernel with kTLS (CTest: kernel.bench-smoke.6.1 and .7.2).
 It checks what the benchmark claims to measure, never how fast anything
@@ -32,9 +33,9 @@ def fail(message):
 
 
 def main():
-    if len(sys.argv) != 2:
-        sys.exit("usage: smoke_test.py PATH/TO/ktls-bench")
-    bench = sys.argv[1]
+    if len(sys.argv) != 3:
+        sys.exit("usage: smoke_test.py PATH/TO/ktls-bench PATH/TO/ktls-serve")
+    bench, serve = sys.argv[1], sys.argv[2]
     work = tempfile.mkdtemp(prefix="ktls-bench-smoke-")
     try:
         result = os.path.join(work, "smoke.json")
@@ -87,12 +88,38 @@ def main():
                 if case_id in cases and where not in cases[case_id]["notes"]:
                     fail(f"{comparison_id}/{case_id}: notes do not say {where}: {cases[case_id]['notes']}")
 
+        # The static file benchmark: one 1 s wrk run per server and size.
+        # static_files.py itself fails a ktls-serve run whose access log or
+        # tls_stat deltas do not show the offload (or its absence).
+        static = os.path.join(work, "static.json")
+        run = subprocess.run([sys.executable, os.path.join(HERE, "static_files.py"), "--ktls-serve", serve, "--smoke",
+                              "--label", "smoke", "--json", static], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=120)
+        print(run.stdout)
+        if run.returncode != 0:
+            fail(f"static_files.py exited {run.returncode}")
+        with open(static) as f:
+            got = {c["id"]: c for c in json.load(f)["comparisons"]}
+        for size in ("4KiB", "large"):
+            for metric in ("rps", "mbps"):
+                comparison = got.get(f"static_files.{size}_{metric}")
+                if comparison is None:
+                    fail(f"comparison static_files.{size}_{metric} missing")
+                cases = {c["id"]: c for c in comparison["cases"]}
+                for case_id, where in (("nginx", "TlsTxSw"), ("ktls_serve", "tx=kernel"),
+                                       ("ktls_serve_no_offload", "tx=user")):
+                    case = cases.get(case_id)
+                    if case is None or case["status"] != "ok" or not case["median"] > 0:
+                        fail(f"static_files.{size}_{metric}/{case_id} not measured: {case}")
+                    if where not in case["notes"]:
+                        fail(f"static_files.{size}_{metric}/{case_id}: notes do not say {where}: {case['notes']}")
+
         # The renderer, on a copy of the real doc.
         doc = os.path.join(work, "BENCHMARKS.md")
         shutil.copy(os.path.join(ROOT, "docs", "BENCHMARKS.md"), doc)
         charts = os.path.join(work, "charts")
         subprocess.run([sys.executable, os.path.join(HERE, "render_report.py"), "--doc", doc, "--chart-dir", charts,
-                        result], check=True)
+                        result, static], check=True)
         with open(doc) as f:
             text = f.read()
         for block in ("conditions", "targets", "results"):
@@ -100,6 +127,8 @@ def main():
             end = text.index(f"<!-- /generated:{block} -->")
             if "smoke" not in text[start:end]:
                 fail(f"the rendered {block} block does not show the run")
+        if "`ktls-serve` >= nginx, requests/s, 4 KiB file | smoke" not in text or "Static files over HTTPS" not in text:
+            fail("the rendered doc has no static file target or table")
         chart = os.path.join(charts, "bulk_send-smoke.png")
         with open(chart, "rb") as f:
             if f.read(8) != b"\x89PNG\r\n\x1a\n":

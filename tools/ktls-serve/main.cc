@@ -17,6 +17,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <utility>  // Before Boost: its awaitable.hpp uses std::exchange.
 #include <boost/asio/co_spawn.hpp>
@@ -30,6 +31,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -79,6 +81,13 @@ struct Options {
 // SendChunk: sendfile runs in pieces this big, each with the idle timeout:
 // a client that stops reading is dropped, one that reads slowly is not.
 constexpr std::size_t kSendChunk = 1024 * 1024;
+
+// SmallBody: files up to this size are read and sent with their header in
+// one write, so one TLS record and one syscall, where the header in a record
+// of its own and the body by sendfile(2) would be two of each (the
+// benchmark's 4 KiB file: docs/BENCHMARKS.md). Header and body together fit
+// in one 16 KiB record.
+constexpr std::size_t kSmallBody = 15 * 1024;
 
 void LogLine(std::string line) {
   line.push_back('\n');
@@ -137,17 +146,80 @@ struct SessionState {
   bool idle = false;  // Waiting for the next request (safe to interrupt).
 };
 
+class Deadline;
+
 struct Worker {
   net::io_context io{1};
   std::unordered_set<SessionState*> sessions;  // Touched only on this worker's thread.
+  // The deadlines of its sessions, checked by a sweep every sweep_period;
+  // now is the time of the last sweep. Both only on this worker's thread.
+  std::unordered_set<Deadline*> deadlines;
+  Clock::time_point now = Clock::now();
+  milliseconds sweep_period{1000};
+  net::steady_timer sweep{io};
 };
+
+// Deadline: cancels the stream's operations when it runs out, unless
+// re-armed or cancelled first. Arming and cancelling only set fields: the
+// worker's sweep (Sweep) finds the ones that ran out, so a request costs
+// no timer syscalls (timerfd_settime, clock_gettime: each a ptrace round
+// trip in UML, and a few per request with one Asio timer per deadline).
+class Deadline {
+ public:
+  Deadline(Worker& worker, std::weak_ptr<ktls::asio::stream> stream) : worker_(worker), stream_(std::move(stream)) {
+    worker_.deadlines.insert(this);
+  }
+  ~Deadline() { worker_.deadlines.erase(this); }
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
+  // Arm: runs out after at least `after` (and at most two sweep periods more).
+  void Arm(milliseconds after) {
+    fired_ = false;
+    armed_ = true;
+    expiry_ = worker_.now + after + worker_.sweep_period;
+  }
+  void Cancel() { armed_ = false; }
+  bool fired() const { return fired_; }
+  // Check: called by the sweep with the current time.
+  void Check(Clock::time_point now) {
+    if (!armed_ || now < expiry_) return;
+    armed_ = false;
+    fired_ = true;
+    if (auto s = stream_.lock()) s->cancel();
+  }
+
+ private:
+  Worker& worker_;
+  std::weak_ptr<ktls::asio::stream> stream_;
+  Clock::time_point expiry_{};
+  bool armed_ = false;
+  bool fired_ = false;
+};
+
+// Sweep runs on each worker every sweep_period: refreshes the worker's
+// clock and fires the deadlines that ran out.
+void Sweep(Worker& worker) {
+  worker.now = Clock::now();
+  // Check may cancel a stream, which only posts completions: the set
+  // does not change under us.
+  for (auto* deadline : worker.deadlines) deadline->Check(worker.now);
+  worker.sweep.expires_after(worker.sweep_period);
+  worker.sweep.async_wait([&worker](error_code ec) {
+    if (!ec) Sweep(worker);
+  });
+}
 
 class Server {
  public:
   Server(Options options, ktls::ServerContext tls, ktls::serve::Root root)
       : options_(std::move(options)), tls_(std::move(tls)), root_(std::move(root)) {
     const unsigned n = options_.threads != 0 ? options_.threads : std::max(1u, std::thread::hardware_concurrency());
-    for (unsigned i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>());
+    // Idle timeouts are checked this often: at most two periods late.
+    const milliseconds period = std::clamp(options_.idle_timeout / 8, milliseconds(10), milliseconds(1000));
+    for (unsigned i = 0; i < n; ++i) {
+      workers_.push_back(std::make_unique<Worker>());
+      workers_.back()->sweep_period = period;
+    }
   }
 
   // Listen binds the listening socket and says where.
@@ -175,6 +247,7 @@ class Server {
     std::vector<net::executor_work_guard<net::io_context::executor_type>> guards;
     std::vector<std::thread> threads;
     for (auto& worker : workers_) {
+      net::post(worker->io, [w = worker.get()] { Sweep(*w); });
       guards.push_back(net::make_work_guard(worker->io));
       threads.emplace_back([&io = worker->io] { io.run(); });
     }
@@ -259,37 +332,13 @@ class Server {
     main_io_.stop();
   }
 
-  // Deadline: cancels the stream's operations when it runs out, unless
-  // re-armed or cancelled first.
-  class Deadline {
-   public:
-    Deadline(net::any_io_executor executor, std::weak_ptr<ktls::asio::stream> stream)
-        : timer_(std::move(executor)), stream_(std::move(stream)) {}
-    void Arm(milliseconds after) {
-      fired_ = std::make_shared<bool>(false);
-      timer_.expires_after(after);
-      timer_.async_wait([stream = stream_, fired = std::weak_ptr<bool>(fired_)](error_code ec) {
-        if (ec) return;
-        auto s = stream.lock();
-        auto flag = fired.lock();
-        if (!s || !flag) return;
-        *flag = true;
-        s->cancel();
-      });
-    }
-    void Cancel() { timer_.cancel(); }
-    bool fired() const { return fired_ && *fired_; }
-
-   private:
-    net::steady_timer timer_;
-    std::weak_ptr<ktls::asio::stream> stream_;
-    std::shared_ptr<bool> fired_;
-  };
-
   net::awaitable<void> Session(Worker& worker, tcp::socket socket) {
     error_code ec;
     const auto remote = socket.remote_endpoint(ec);
     const std::string peer = ec ? std::string("unknown") : remote.address().to_string() + ":" + std::to_string(remote.port());
+    // Like nginx's default (tcp_nodelay on): a response's last small
+    // segment must not wait for the client's delayed ACK.
+    socket.set_option(tcp::no_delay(true), ec);
     auto stream = std::make_shared<ktls::asio::stream>(std::move(socket));
     SessionState state{stream, false};
     worker.sessions.insert(&state);
@@ -310,7 +359,7 @@ class Server {
     }
     const ktls::Connection& conn = stream->connection();
     const std::string offload = std::string("tx=") + ktls::OffloadName(conn.tx()) + " rx=" + ktls::OffloadName(conn.rx());
-    Deadline deadline(stream->get_executor(), stream);
+    Deadline deadline(worker, stream);
     beast::flat_buffer buffer;
     bool clean = true;  // Whether to end with close_notify.
     while (!draining_) {
@@ -372,10 +421,8 @@ class Server {
     }
   }
 
-  // WriteResponse sends the header and the body; returns the body bytes sent.
-  net::awaitable<std::uint64_t> WriteResponse(ktls::asio::stream& stream, Deadline& deadline,
-                                              const ktls::serve::FileResponse& response, error_code& ec) {
-    http::response<http::empty_body> header{response.status, 11};
+  template <typename Body>
+  static void SetHeader(http::response<Body>& header, const ktls::serve::FileResponse& response) {
     header.set(http::field::server, "ktls-serve");
     if (!response.content_type.empty()) header.set(http::field::content_type, response.content_type);
     if (!response.last_modified.empty()) header.set(http::field::last_modified, response.last_modified);
@@ -385,6 +432,40 @@ class Server {
     if (response.file_fd >= 0) header.set(http::field::accept_ranges, "bytes");
     if (response.status != http::status::not_modified) header.content_length(response.length);
     header.keep_alive(!response.close);
+  }
+
+  // ReadSmallBody reads a small file's bytes to send: false (and ec) when
+  // the file cannot be read or ended early.
+  static bool ReadSmallBody(const ktls::serve::FileResponse& response, std::string& body, error_code& ec) {
+    body.resize(static_cast<std::size_t>(response.length));
+    std::size_t got = 0;
+    while (got < body.size()) {
+      const ssize_t n = ::pread(response.file_fd, body.data() + got, body.size() - got,
+                                static_cast<off_t>(response.offset + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        ec = n == 0 ? make_error_code(ktls::asio::error::file_ended) : error_code(errno, boost::system::system_category());
+        return false;
+      }
+      got += static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+
+  // WriteResponse sends the header and the body; returns the body bytes sent.
+  net::awaitable<std::uint64_t> WriteResponse(ktls::asio::stream& stream, Deadline& deadline,
+                                              const ktls::serve::FileResponse& response, error_code& ec) {
+    if (response.file_fd >= 0 && response.send_body && response.length <= kSmallBody) {
+      http::response<http::string_body> message{response.status, 11};
+      SetHeader(message, response);
+      if (!ReadSmallBody(response, message.body(), ec)) co_return 0;
+      deadline.Arm(options_.idle_timeout);
+      co_await http::async_write(stream, message, net::redirect_error(net::use_awaitable, ec));
+      deadline.Cancel();
+      co_return ec ? 0 : response.length;
+    }
+    http::response<http::empty_body> header{response.status, 11};
+    SetHeader(header, response);
     http::response_serializer<http::empty_body> serializer{header};
     deadline.Arm(options_.idle_timeout);
     co_await http::async_write_header(stream, serializer, net::redirect_error(net::use_awaitable, ec));
