@@ -23,6 +23,14 @@ if(KTLS_SANITIZE)
   endif()
   add_compile_options(-fsanitize=${KTLS_SANITIZE} -fno-sanitize-recover=all -fno-omit-frame-pointer)
   add_link_options(-fsanitize=${KTLS_SANITIZE})
+  # Clang 14's -fsanitize=function (part of undefined) cannot be assembled
+  # in C++20 coroutines ("Cannot represent a difference across sections"),
+  # which ktls-serve and the Asio tests use; Clang 15 fixed it. The rest of
+  # UBSan stays on.
+  if(KTLS_SANITIZE MATCHES "undefined" AND CMAKE_CXX_COMPILER_ID STREQUAL "Clang"
+     AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 15)
+    add_compile_options(-fno-sanitize=function)
+  endif()
   message(STATUS "ktls: building with -fsanitize=${KTLS_SANITIZE}")
 endif()
 
