@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -457,6 +458,26 @@ def run_tests(module, names, prefix, set_up, classes=None):
                  else loader.loadTestsFromModule(module))
         result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2, resultclass=TimedResult).run(tests)
     return report(result)
+
+
+def echo_suite_main(module, prefix, set_up, classes=None):
+    """The main of a suite that tests ktls-echo (`SCRIPT PATH/TO/ktls-echo
+    [TEST_NAME_SUBSTRING...]`) against the openssl CLI and Python's ssl:
+    checks the kernel, sets module.ECHO and module.OPENSSL, then
+    run_tests(module, names, prefix, set_up, classes); the exit status."""
+    if len(sys.argv) < 2:
+        print(f"usage: {os.path.basename(module.__file__)} PATH/TO/ktls-echo [TEST_NAME_SUBSTRING...]",
+              file=sys.stderr)
+        return 2
+    module.ECHO = os.path.abspath(sys.argv[1])
+    status = check_kernel_tls()
+    if status is not None:
+        return status
+    module.OPENSSL = find_openssl()
+    if not module.OPENSSL or not os.access(module.ECHO, os.X_OK):
+        return fail(f"need the openssl CLI in PATH (found: {module.OPENSSL or 'none'}) and ktls-echo at {module.ECHO}")
+    print(f"kernel {os.uname().release}; {openssl_version()}; Python ssl: {ssl.OPENSSL_VERSION}", flush=True)
+    return run_tests(module, sys.argv[2:], prefix, set_up, classes)
 
 
 def report(result):

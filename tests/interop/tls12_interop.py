@@ -416,20 +416,7 @@ def measure_probe_cost():
 
 
 def main():
-    global ECHO, OPENSSL
-    if len(sys.argv) < 2:
-        print("usage: tls12_interop.py PATH/TO/ktls-echo [TEST_NAME_SUBSTRING...]", file=sys.stderr)
-        return 2
-    ECHO = os.path.abspath(sys.argv[1])
-    status = ktls_interop.check_kernel_tls()
-    if status is not None:
-        return status
-    OPENSSL = ktls_interop.find_openssl()
-    if not OPENSSL or not os.access(ECHO, os.X_OK):
-        return ktls_interop.fail(f"need the openssl CLI in PATH (found: {OPENSSL or 'none'}) and ktls-echo at {ECHO}")
-    print(f"kernel {os.uname().release}; {ktls_interop.openssl_version()}; Python ssl: {ssl.OPENSSL_VERSION}",
-          flush=True)
-    return ktls_interop.run_tests(sys.modules[__name__], sys.argv[2:], "ktls-tls12-interop-", set_up)
+    return ktls_interop.echo_suite_main(sys.modules[__name__], "ktls-tls12-interop-", set_up)
 
 
 def set_up(directory):
