@@ -13,6 +13,8 @@
 
 #include <openssl/ssl.h>
 
+#include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -49,7 +51,25 @@ enum class TxOffload : std::uint8_t {
          // switch offload off without changing code paths).
 };
 
-// OffloadOptions: how to offload.
+// LingerOptions: what Connection::Close does after ktls ended a connection
+// (our close_notify, or a fatal alert) while the peer may still be sending.
+// Closing a socket with unread data makes the kernel send a TCP reset, and
+// a reset can destroy our alert or close_notify in the peer's receive
+// buffer before the peer reads it. So, as nginx's lingering close does,
+// ktls first shuts down its write side, then reads and discards what the
+// peer still sends, until the peer closes or a budget is spent, and only
+// then closes.
+struct KTLS_API LingerOptions {
+  // time: the longest Close waits for the peer to close. Zero: close at
+  // once (the peer may get a reset).
+  std::chrono::milliseconds time{2000};
+  // max_bytes: the most Close reads and discards before it closes anyway.
+  std::size_t max_bytes = 256 * 1024;
+};
+
+// OffloadOptions: how to offload. Every way of making a connection checks
+// them first and fails with ErrorCategory::kUsage on a value that cannot
+// work.
 struct KTLS_API OffloadOptions {
   TxOffload tx = TxOffload::kOn;
   RxOffload rx = RxOffload::kAuto;
@@ -57,8 +77,10 @@ struct KTLS_API OffloadOptions {
   // sequence number reaches this. 0 means the AEAD's limit as ktls sets it:
   // 2^24 records for AES-GCM (RFC 8446 5.5 allows 2^24.5), 2^21 for
   // AES-CCM, never for ChaCha20-Poly1305 (its limit is beyond 2^64 records).
-  // On kernels that cannot rekey, the connection is closed with
-  // close_notify before the limit instead.
+  // On kernels that cannot rekey (and in TLS 1.2), the connection ends
+  // before the limit with an internal_error alert instead (never with
+  // close_notify, which would make the cut stream look complete). 1 is
+  // refused: a KeyUpdate record alone would fill each key.
   std::uint64_t key_update_after_records = 0;
   // keep_peer_certificates: copy the peer's certificate chain (DER) into
   // SessionInfo::peer_certificates, so it outlives the SSL. false leaves it
@@ -71,6 +93,8 @@ struct KTLS_API OffloadOptions {
   // on_fallback: called (on the thread that offloads) when a direction could
   // not go to the kernel, with the reason. The connection works anyway.
   std::function<void(const OffloadReport&)> on_fallback;
+  // linger: how Close waits for the peer after ktls ended the connection.
+  LingerOptions linger;
 };
 
 // PrepareContext makes ctx ready for offload: it installs a key-log

@@ -33,10 +33,12 @@ constexpr int kAlertCloseNotify = 0;
 constexpr int kAlertUnexpectedMessage = 10;
 constexpr int kAlertBadRecordMac = 20;
 constexpr int kAlertRecordOverflow = 22;
+constexpr int kAlertHandshakeFailure = 40;
 constexpr int kAlertIllegalParameter = 47;
 constexpr int kAlertDecodeError = 50;
 constexpr int kAlertProtocolVersion = 70;
 constexpr int kAlertInternalError = 80;
+constexpr int kAlertUserCanceled = 90;
 constexpr int kAlertNoRenegotiation = 100;
 constexpr unsigned char kAlertLevelWarning = 1;
 constexpr unsigned char kAlertLevelFatal = 2;
@@ -48,9 +50,14 @@ constexpr unsigned char kHandshakeClientHello = 1;
 constexpr unsigned char kHandshakeNewSessionTicket = 4;
 constexpr unsigned char kHandshakeKeyUpdate = 24;
 constexpr std::size_t kHandshakeHeaderLen = 4;
-// A post-handshake message bigger than this is refused (a ticket is a few
-// hundred bytes; this bounds what a hostile peer can make us buffer).
-constexpr std::size_t kMaxPostHandshakeMessageLen = 64 * 1024;
+// The largest body OpenSSL accepts for each post-handshake message (its
+// *_MAX_LENGTH constants); a larger one is refused with illegal_parameter,
+// as OpenSSL does, before ktls buffers it.
+constexpr std::size_t kMaxKeyUpdateLen = 1;
+constexpr std::size_t kMaxNewSessionTicketLen = 131338;
+// OpenSSL ends a connection at the fifth warning alert in a row
+// (MAX_WARN_ALERT_COUNT) with unexpected_message; so does ktls.
+constexpr int kMaxWarningAlertsInARow = 5;
 
 // sendfile with TX in OpenSSL reads the file in pieces of one record.
 constexpr std::size_t kUserSendFileChunk = 16 * 1024;
@@ -195,8 +202,15 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
                                "a record failed authentication; nothing of it was delivered"));
       }
       if (err == EKEYEXPIRED) {
-        // The kernel paused RX after a KeyUpdate that ktls did not see as
-        // one: nothing can be decrypted any more.
+        // The kernel pauses RX after any handshake record whose first byte
+        // is 24, the KeyUpdate type. A KeyUpdate fragmented over records
+        // (legal, and OpenSSL accepts it) pauses it after its first
+        // fragment, with the rest still under the current key: install
+        // that key again and read on.
+        if (!handshake_bytes_.empty() && kernel_rekey) {
+          if (auto resumed = ResumeRxUnderCurrentKey(); !resumed) return Fail(std::move(resumed).error());
+          continue;
+        }
         SendFatalAlert(kAlertInternalError);
         return Fail(AlertError(ErrorCategory::kInternal, kAlertInternalError,
                                "the kernel paused RX for a key update ktls did not expect; sent"));
@@ -216,18 +230,35 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
       }
       return Fail(SysError(err, "recvmsg on the kTLS socket"));
     }
-    if (n == 0) {
-      return Fail(EndWithoutCloseNotify(
-          MakeError(ErrorCategory::kTruncated, "the peer closed the connection without close_notify")));
-    }
+    // A record type came with every record the call returned; no control
+    // message at all means the end of the stream.
+    bool typed = false;
     unsigned char type = uapi::kRecordApplicationData;
     for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
       if (cmsg->cmsg_level == uapi::kSolTls && cmsg->cmsg_type == uapi::kTlsGetRecordType) {
         type = *CMSG_DATA(cmsg);
+        typed = true;
       }
     }
-    if (type == uapi::kRecordApplicationData) return IoProgress{static_cast<std::size_t>(n), false, false};
-    if (auto done = HandleControlRecord(type, buf.first(static_cast<std::size_t>(n)))) return std::move(*done);
+    if (n == 0 && !typed) {
+      return Fail(EndWithoutCloseNotify(
+          MakeError(ErrorCategory::kTruncated, "the peer closed the connection without close_notify")));
+    }
+    if (type == uapi::kRecordApplicationData) {
+      // Zero-length application data records are legal (RFC 8446 5.1) and
+      // carry nothing: read on. (The kernel returns 0 for one only when a
+      // record of another type follows it.)
+      if (n == 0) continue;
+      warning_alerts_in_a_row_ = 0;
+      return IoProgress{static_cast<std::size_t>(n), false, false};
+    }
+    // kTLS returns a control record alone, and sets MSG_EOR once its last
+    // byte was returned (a buffer smaller than the record gets the rest in
+    // the following calls): record boundaries are exact.
+    const bool record_end = (msg.msg_flags & MSG_EOR) != 0;
+    if (auto done = HandleControlRecord(type, buf.first(static_cast<std::size_t>(n)), record_end)) {
+      return std::move(*done);
+    }
   }
 }
 
@@ -263,87 +294,153 @@ Error ConnectionImpl::EndWithoutCloseNotify(Error truncated) {
 }
 
 std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned char type,
-                                                                      std::span<const std::byte> bytes) {
+                                                                      std::span<const std::byte> bytes,
+                                                                      bool record_end) {
+  // What ktls answers is what OpenSSL 3 answers to the same record, so a
+  // peer sees the same alert whichever side holds RX (see the README's
+  // table of alerts).
   if (type == uapi::kRecordAlert) {
     for (std::byte b : bytes) alert_bytes_.push_back(static_cast<unsigned char>(b));
-    if (alert_bytes_.size() < 2) return std::nullopt;  // The rest comes in the next read.
-    if (alert_bytes_.size() > 2) {
-      SendFatalAlert(kAlertDecodeError);
-      return Fail(AlertError(ErrorCategory::kProtocol, kAlertDecodeError, "malformed alert record"));
+    if (!record_end && alert_bytes_.size() <= 2) return std::nullopt;  // The rest of the record comes next.
+    if (alert_bytes_.size() != 2) {
+      // An alert record holds exactly one alert (RFC 8446 5.1 forbids
+      // fragmenting or coalescing them); OpenSSL answers any other length,
+      // 0 included, with unexpected_message.
+      const std::size_t len = alert_bytes_.size();
+      alert_bytes_.clear();
+      SendFatalAlert(kAlertUnexpectedMessage);
+      return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
+                             "an alert record of " + std::to_string(len) + " bytes (an alert is 2)"));
     }
+    const int level = alert_bytes_[0];
     const int description = alert_bytes_[1];
     alert_bytes_.clear();
     if (description == kAlertCloseNotify) {
       peer_closed = true;
       return IoProgress{0, false, true};
     }
+    // Warnings that do not end the connection: user_canceled in TLS 1.3
+    // (RFC 8446 6.1), any warning in TLS 1.2. OpenSSL ignores them, up to
+    // a limit.
+    const bool warning = version == TlsVersion::kTls13 ? description == kAlertUserCanceled
+                                                       : level == kAlertLevelWarning;
+    if (warning && description == kAlertNoRenegotiation) {
+      // We never renegotiate, so this answers nothing we sent; OpenSSL
+      // takes it as a failed renegotiation.
+      SendFatalAlert(kAlertHandshakeFailure);
+      return Fail(AlertError(ErrorCategory::kProtocol, kAlertHandshakeFailure,
+                             "the peer sent no_renegotiation, and no renegotiation was asked for"));
+    }
+    if (warning) {
+      if (++warning_alerts_in_a_row_ < kMaxWarningAlertsInARow) return std::nullopt;
+      SendFatalAlert(kAlertUnexpectedMessage);
+      return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
+                             "the peer sent " + std::to_string(kMaxWarningAlertsInARow) + " warning alerts in a row"));
+    }
+    if (version == TlsVersion::kTls12 && level != kAlertLevelFatal) {
+      SendFatalAlert(kAlertIllegalParameter);
+      return Fail(AlertError(ErrorCategory::kProtocol, kAlertIllegalParameter,
+                             "an alert of unknown level " + std::to_string(level)));
+    }
     return Fail(AlertError(ErrorCategory::kAlert, description, "the peer sent an alert"));
   }
+  warning_alerts_in_a_row_ = 0;
   if (type != uapi::kRecordHandshake) {
     SendFatalAlert(kAlertUnexpectedMessage);
     return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
                            "unexpected record type " + std::to_string(type) + " after the handshake"));
   }
+  if (version == TlsVersion::kTls13 && bytes.empty() && record_end && handshake_record_len_ == 0) {
+    // RFC 8446 5.1: no zero-length handshake records (TLS 1.2 allows them,
+    // and OpenSSL skips them there).
+    SendFatalAlert(kAlertUnexpectedMessage);
+    return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage, "an empty handshake record"));
+  }
+  handshake_record_len_ = record_end ? 0 : handshake_record_len_ + bytes.size();
+  if (discard_handshake_record_) {
+    // The rest of a record that held a refused renegotiation.
+    if (record_end) discard_handshake_record_ = false;
+    return std::nullopt;
+  }
   for (std::byte b : bytes) handshake_bytes_.push_back(static_cast<unsigned char>(b));
   // Consume every complete message; keep a partial one for the next record.
   while (handshake_bytes_.size() >= kHandshakeHeaderLen) {
+    const unsigned char msg_type = handshake_bytes_[0];
     const std::size_t body_len = std::size_t{handshake_bytes_[1]} << 16 | std::size_t{handshake_bytes_[2]} << 8 |
                                  std::size_t{handshake_bytes_[3]};
-    if (body_len > kMaxPostHandshakeMessageLen) {
-      SendFatalAlert(kAlertDecodeError);
-      return Fail(AlertError(ErrorCategory::kProtocol, kAlertDecodeError, "oversized post-handshake message"));
+    // As OpenSSL does: the type is checked on the header, then the length,
+    // before the body is waited for.
+    if (version == TlsVersion::kTls12 && msg_type == (is_server ? kHandshakeClientHello : kHandshakeHelloRequest)) {
+      if (!is_server && body_len != 0) {
+        SendFatalAlert(kAlertDecodeError);
+        return Fail(AlertError(ErrorCategory::kProtocol, kAlertDecodeError, "a HelloRequest with a body"));
+      }
+      // Renegotiation is refused from the start (SSL_OP_NO_RENEGOTIATION):
+      // like OpenSSL, warn with no_renegotiation, drop the rest of the
+      // record and go on.
+      handshake_bytes_.clear();
+      discard_handshake_record_ = !record_end;
+      if (auto sent = SendWarningAlert(kAlertNoRenegotiation); !sent) return Fail(std::move(sent).error());
+      ++renegotiations_refused;
+      return std::nullopt;
+    }
+    std::size_t max_len = 0;
+    if (version == TlsVersion::kTls13 && msg_type == kHandshakeKeyUpdate) {
+      max_len = kMaxKeyUpdateLen;
+    } else if (version == TlsVersion::kTls13 && msg_type == kHandshakeNewSessionTicket && !is_server) {
+      max_len = kMaxNewSessionTicketLen;
+    } else {
+      handshake_bytes_.clear();
+      SendFatalAlert(kAlertUnexpectedMessage);
+      return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
+                             "unexpected handshake message type " + std::to_string(msg_type) +
+                                 " after the handshake"));
+    }
+    if (body_len > max_len) {
+      handshake_bytes_.clear();
+      SendFatalAlert(kAlertIllegalParameter);
+      return Fail(AlertError(ErrorCategory::kProtocol, kAlertIllegalParameter,
+                             "a post-handshake message of type " + std::to_string(msg_type) + " and " +
+                                 std::to_string(body_len) + " bytes, more than it can have"));
     }
     if (handshake_bytes_.size() < kHandshakeHeaderLen + body_len) return std::nullopt;
-    const unsigned char msg_type = handshake_bytes_[0];
     const unsigned char body_first_byte = body_len > 0 ? handshake_bytes_[kHandshakeHeaderLen] : 0;
     handshake_bytes_.erase(handshake_bytes_.begin(),
                            handshake_bytes_.begin() + static_cast<std::ptrdiff_t>(kHandshakeHeaderLen + body_len));
-    if (version == TlsVersion::kTls12 && (msg_type == kHandshakeHelloRequest || msg_type == kHandshakeClientHello)) {
-      // Renegotiation: impossible once records are in the kernel, and
-      // refused from the start (SSL_OP_NO_RENEGOTIATION).
-      SendFatalAlert(kAlertNoRenegotiation);
-      return Fail(AlertError(ErrorCategory::kProtocol, kAlertNoRenegotiation,
-                             "the peer tried to renegotiate an offloaded TLS 1.2 connection"));
-    }
-    if (version == TlsVersion::kTls13 && msg_type == kHandshakeNewSessionTicket && !is_server) {
+    if (msg_type == kHandshakeNewSessionTicket) {
       // The SSL object that could store it may already be gone: a ticket
       // after RX offload is dropped (counted), never surfaced as an error.
       ++tickets_dropped;
       continue;
     }
-    if (version == TlsVersion::kTls13 && msg_type == kHandshakeKeyUpdate) {
-      if (body_len != 1) {
-        SendFatalAlert(kAlertDecodeError);
-        return Fail(AlertError(ErrorCategory::kProtocol, kAlertDecodeError, "malformed KeyUpdate"));
-      }
-      const unsigned char request = body_first_byte;
-      if (request != kKeyUpdateNotRequested && request != kKeyUpdateRequested) {
-        SendFatalAlert(kAlertIllegalParameter);
-        return Fail(AlertError(ErrorCategory::kProtocol, kAlertIllegalParameter, "KeyUpdate with an invalid request"));
-      }
-      if (!handshake_bytes_.empty()) {
-        // Keys change at record boundaries (RFC 8446 5.1).
-        SendFatalAlert(kAlertUnexpectedMessage);
-        return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
-                               "data after a KeyUpdate in the same record"));
-      }
-      if (!kernel_rekey) {
-        // The kernel keeps decrypting with the old key; everything after
-        // this record would fail. End here, naming why.
-        SendFatalAlert(kAlertInternalError);
-        return Fail(AlertError(ErrorCategory::kUnsupported, kAlertInternalError,
-                               "the peer sent a TLS 1.3 KeyUpdate, and this kernel cannot install new RX keys "
-                               "(needs Linux 6.14); RxOffload::kAuto keeps RX in OpenSSL on such kernels; sent"));
-      }
-      if (auto rekeyed = RekeyRx(); !rekeyed) return Fail(std::move(rekeyed).error());
-      if (request == kKeyUpdateRequested) {
-        if (auto answered = AnswerPeerKeyUpdate(); !answered) return Fail(std::move(answered).error());
-      }
-      continue;
+    // KeyUpdate.
+    if (body_len != 1) {
+      SendFatalAlert(kAlertDecodeError);
+      return Fail(AlertError(ErrorCategory::kProtocol, kAlertDecodeError, "malformed KeyUpdate"));
     }
-    SendFatalAlert(kAlertUnexpectedMessage);
-    return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
-                           "unexpected handshake message type " + std::to_string(msg_type) + " after the handshake"));
+    const unsigned char request = body_first_byte;
+    if (request != kKeyUpdateNotRequested && request != kKeyUpdateRequested) {
+      SendFatalAlert(kAlertIllegalParameter);
+      return Fail(AlertError(ErrorCategory::kProtocol, kAlertIllegalParameter, "KeyUpdate with an invalid request"));
+    }
+    if (!handshake_bytes_.empty() || !record_end) {
+      // Keys change at record boundaries (RFC 8446 5.1).
+      SendFatalAlert(kAlertUnexpectedMessage);
+      return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
+                             "a KeyUpdate that does not end its record"));
+    }
+    if (!kernel_rekey) {
+      // The kernel keeps decrypting with the old key; everything after
+      // this record would fail. End here, naming why.
+      SendFatalAlert(kAlertInternalError);
+      return Fail(AlertError(ErrorCategory::kUnsupported, kAlertInternalError,
+                             "the peer sent a TLS 1.3 KeyUpdate, and this kernel cannot install new RX keys "
+                             "(needs Linux 6.14); RxOffload::kAuto keeps RX in OpenSSL on such kernels; sent"));
+    }
+    if (auto rekeyed = RekeyRx(); !rekeyed) return Fail(std::move(rekeyed).error());
+    if (request == kKeyUpdateRequested) {
+      if (auto answered = AnswerPeerKeyUpdate(); !answered) return Fail(std::move(answered).error());
+    }
   }
   return std::nullopt;
 }
@@ -369,7 +466,54 @@ Result<void> ConnectionImpl::SendKernelControlRecord(unsigned char type, std::sp
   return {};
 }
 
+Result<void> ConnectionImpl::SendWarningAlert(int alert) {
+  if (sent_close_ || tx != Offload::kKernel) return {};
+  // Never between a KeyUpdate and the key after it, and never wait for a
+  // writer (it may be blocked on a peer that waits for us to read): if a
+  // write is in progress, the alert goes out ahead of the next write.
+  std::unique_lock lock(tx_mu_, std::try_to_lock);
+  if (!lock.owns_lock()) {
+    tx_warning_pending_ = alert;
+    return {};
+  }
+  return SendPendingWarningLocked(alert);
+}
+
+Result<void> ConnectionImpl::SendPendingWarningLocked(int alert) {
+  const std::array<unsigned char, 2> payload{kAlertLevelWarning, static_cast<unsigned char>(alert)};
+  auto sent = SendKernelControlRecord(uapi::kRecordAlert, payload);
+  if (!sent && IsWouldBlock(sent.error())) {
+    tx_warning_pending_ = alert;  // The send buffer is full: the next write sends it.
+    return {};
+  }
+  if (sent) ++tx_records_bound_;
+  return sent;
+}
+
+Result<void> ConnectionImpl::ResumeRxUnderCurrentKey() {
+  alignas(8) std::array<unsigned char, 64> current{};
+  socklen_t len = CryptoInfoSize(cipher);
+  const int rc = sys::GetSockOpt(socket.get(), uapi::kSolTls, uapi::kTlsRx, current.data(), &len);
+  const std::optional<std::uint64_t> seq = rc == 0 ? RecSeqOf(current.data(), len) : std::nullopt;
+  OPENSSL_cleanse(current.data(), current.size());  // The kernel returns the key too.
+  if (!seq) {
+    SendFatalAlert(kAlertInternalError);
+    return rc != 0 ? SysError(-rc, "getsockopt(TLS_RX) for the record sequence number")
+                   : MakeError(ErrorCategory::kInternal, "getsockopt(TLS_RX) returned an unknown crypto_info");
+  }
+  auto info = PackTls13Direction(cipher, rx_secret, *seq);
+  if (!info.ok()) return std::move(info).error();
+  if (const int set = sys::SetSockOpt(socket.get(), uapi::kSolTls, uapi::kTlsRx, info->data(), info->size());
+      set != 0) {
+    SendFatalAlert(kAlertInternalError);
+    return SysError(-set, "setsockopt(TLS_RX) to read the rest of a fragmented KeyUpdate");
+  }
+  return {};
+}
+
 void ConnectionImpl::SendFatalAlert(int alert) {
+  // Without tx_mu_: a writer may hold it, blocked on a peer that waits for
+  // us. The connection ends either way.
   if (socket.get() < 0 || sent_close_.exchange(true)) return;
   if (tx == Offload::kKernel) {
     // A record that failed to decrypt leaves the kernel's error on the
@@ -528,6 +672,9 @@ Result<void> ConnectionImpl::UpdateTxKeyLocked(bool request_peer_update) {
 }
 
 Result<void> ConnectionImpl::BeforeKernelWrite(std::size_t* len) {
+  if (const int warning = tx_warning_pending_.exchange(0); warning != 0) {
+    if (auto sent = SendPendingWarningLocked(warning); !sent) return sent;
+  }
   if (tx_update_pending_.exchange(false)) {
     const bool request_peer_update = tx_update_request_peer_.exchange(false);
     if (auto updated = UpdateTxKeyLocked(request_peer_update); !updated) {
@@ -546,16 +693,15 @@ Result<void> ConnectionImpl::BeforeKernelWrite(std::size_t* len) {
   tx_records_bound_ = *seq;
   if (*seq + 2 > key_update_threshold) {
     if (!kernel_rekey) {
-      // Closing is the only safe way on: close_notify still fits.
-      const std::array<unsigned char, 2> close_notify{kAlertLevelWarning, kAlertCloseNotify};
-      (void)SendKernelControlRecord(uapi::kRecordAlert, close_notify);
-      sent_close_ = true;
-      ::shutdown(socket.get(), SHUT_WR);
-      return MakeError(ErrorCategory::kUnsupported,
-                       "TX reached " + std::to_string(*seq) + " records under one key, the AEAD limit ktls keeps, " +
-                           (version == TlsVersion::kTls12 ? std::string("and TLS 1.2 has no key updates")
-                                                          : std::string("and this kernel cannot rekey (needs Linux 6.14)")) +
-                           ": closed with close_notify");
+      // Ending is the only safe way on, and the alert still fits under the
+      // limit. Not close_notify: the peer must not take a stream cut short
+      // for a complete one.
+      SendFatalAlert(kAlertInternalError);
+      return AlertError(ErrorCategory::kUnsupported, kAlertInternalError,
+                        "TX reached " + std::to_string(*seq) + " records under one key, the AEAD limit ktls keeps, " +
+                            (version == TlsVersion::kTls12 ? std::string("and TLS 1.2 has no key updates")
+                                                           : std::string("and this kernel cannot rekey (needs Linux 6.14)")) +
+                            "; sent");
     }
     if (auto updated = UpdateTxKeyLocked(false); !updated) return updated;
   }
@@ -608,7 +754,13 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleOpenSslWrites() {
     // SSL_read fails too.
     state->written_alerts = 0;
     const std::array<unsigned char, 2> alert{state->last_written_alert[0], state->last_written_alert[1]};
-    if (!sent_close_.exchange(true)) (void)SendKernelControlRecord(uapi::kRecordAlert, alert);
+    if (alert[0] == kAlertLevelWarning) {
+      // A warning (no_renegotiation, for a TLS 1.2 peer that tried to
+      // renegotiate): the connection goes on.
+      if (auto sent = SendWarningAlert(alert[1]); !sent) return Fail(std::move(sent).error());
+      return std::nullopt;
+    }
+    SendFatalAlert(alert[1]);
     return std::nullopt;
   }
   if (state->written_key_updates > 0) {
@@ -627,10 +779,12 @@ std::optional<Result<IoProgress>> ConnectionImpl::AnswerOpenSslKeyUpdates() {
   answered_update_requests_ = state->read_update_requests;
   if (sent_close_) return std::nullopt;  // We send nothing more: no answer is owed (see AnswerPeerKeyUpdate).
   if (!kernel_rekey) {
-    (void)Shutdown();
-    return Fail(MakeError(ErrorCategory::kUnsupported,
-                          "the peer asked for a key update (update_requested) and this kernel cannot install new "
-                          "TX keys (needs Linux 6.14): closed with close_notify"));
+    // Not close_notify: the peer must not take a stream cut short for a
+    // complete one.
+    SendFatalAlert(kAlertInternalError);
+    return Fail(AlertError(ErrorCategory::kUnsupported, kAlertInternalError,
+                           "the peer asked for a key update (update_requested) and this kernel cannot install new "
+                           "TX keys (needs Linux 6.14); sent"));
   }
   if (auto answered = AnswerPeerKeyUpdate(); !answered) return Fail(std::move(answered).error());
   return std::nullopt;

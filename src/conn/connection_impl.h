@@ -52,6 +52,9 @@ class ConnectionImpl {
   // conn/no_write_bio.h. Written under ssl_mu_.
   bool openssl_write_attempted = false;
   std::atomic<std::uint64_t> tickets_dropped = 0;
+  // TLS 1.2 renegotiation attempts (ClientHello or HelloRequest) answered
+  // with a no_renegotiation warning after offload.
+  std::atomic<std::uint64_t> renegotiations_refused = 0;
 
   // --- TLS 1.3 key updates ---
   TlsVersion version = TlsVersion::kTls13;
@@ -76,14 +79,26 @@ class ConnectionImpl {
   // kernel returned. Returns an IoProgress with end_of_stream set for
   // close_notify, nullopt to keep reading, or the error that ends the
   // connection.
-  std::optional<Result<IoProgress>> HandleControlRecord(unsigned char type, std::span<const std::byte> bytes);
+  // record_end: the kernel returned the record's last byte (MSG_EOR).
+  std::optional<Result<IoProgress>> HandleControlRecord(unsigned char type, std::span<const std::byte> bytes,
+                                                        bool record_end);
+  // SendWarningAlert sends a warning alert through the kernel, now or, if
+  // a write is in progress or the send buffer is full, ahead of the next
+  // write (tx_warning_pending_).
+  Result<void> SendWarningAlert(int alert);
+  Result<void> SendPendingWarningLocked(int alert);  // Under tx_mu_.
+  // ResumeRxUnderCurrentKey installs the current RX key again at the
+  // kernel's next sequence number, after the kernel paused RX for a record
+  // that only starts a KeyUpdate.
+  Result<void> ResumeRxUnderCurrentKey();
   // EndWithoutCloseNotify: the error for a read that found the end of the
   // stream without close_notify: truncated, unless the connection was in
   // fact reset. A reset's error can be gone by then: kTLS's sendmsg
   // consumes it (sk_err) while still returning the bytes it took, so the
   // next read sees only the end of the stream.
   Error EndWithoutCloseNotify(Error truncated);
-  // SendAlert sends a fatal alert (best effort: the connection is ending).
+  // SendFatalAlert sends a fatal alert (best effort: the connection is
+  // ending) and shuts down the write side.
   void SendFatalAlert(int alert);
   Result<void> SendKernelControlRecord(unsigned char type, std::span<const unsigned char> payload);
   Result<IoProgress> Fail(Error error);
@@ -133,7 +148,12 @@ class ConnectionImpl {
   std::atomic<bool> failed_ = false;     // An error ended the connection.
   std::atomic<bool> sent_close_ = false;  // We sent close_notify (or a fatal alert).
   std::vector<unsigned char> handshake_bytes_;  // Partial post-handshake message.
-  std::vector<unsigned char> alert_bytes_;      // Partial alert.
+  std::vector<unsigned char> alert_bytes_;      // Partial alert record.
+  // --- the reader's record state ---
+  std::size_t handshake_record_len_ = 0;    // Bytes of the handshake record being read so far.
+  bool discard_handshake_record_ = false;   // Drop the rest of this record (a refused renegotiation).
+  int warning_alerts_in_a_row_ = 0;         // Ignored warning alerts since the last other record.
+  std::atomic<int> tx_warning_pending_ = 0;  // A warning alert owed, ahead of the next write.
 };
 
 }  // namespace ktls::detail

@@ -387,6 +387,35 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
   return Connection(std::move(conn));
 }
 
+Result<void> ValidateOffloadOptions(const OffloadOptions& options) {
+  if (options.tx != TxOffload::kOn && options.tx != TxOffload::kOff) {
+    return MakeError(ErrorCategory::kUsage, "OffloadOptions::tx is not a TxOffload value");
+  }
+  if (options.rx != RxOffload::kAuto && options.rx != RxOffload::kOn && options.rx != RxOffload::kOff) {
+    return MakeError(ErrorCategory::kUsage, "OffloadOptions::rx is not an RxOffload value");
+  }
+  if (options.key_update_after_records == 1) {
+    // Each key's records would be the KeyUpdate that retires it: writes
+    // would send KeyUpdates and never data.
+    return MakeError(ErrorCategory::kUsage,
+                     "OffloadOptions::key_update_after_records must be 0 (the cipher's limit) or at least 2");
+  }
+  if (options.linger.time.count() < 0) {
+    return MakeError(ErrorCategory::kUsage, "OffloadOptions::linger.time must not be negative");
+  }
+  return {};
+}
+
+Result<void> ValidateConfig(const OffloadOptions& offload, std::chrono::milliseconds handshake_timeout,
+                            TlsVersion max_version) {
+  if (auto valid = ValidateOffloadOptions(offload); !valid) return valid;
+  if (handshake_timeout.count() < 0) return MakeError(ErrorCategory::kUsage, "handshake_timeout must not be negative");
+  if (max_version != TlsVersion::kTls12 && max_version != TlsVersion::kTls13) {
+    return MakeError(ErrorCategory::kUsage, "max_version is not a TlsVersion value");
+  }
+  return {};
+}
+
 }  // namespace detail
 
 Result<void> PrepareContext(SSL_CTX* ctx) { return detail::InstallContextCapture(ctx); }
@@ -395,6 +424,7 @@ Result<void> PrepareSsl(SSL* ssl) { return detail::InstallSslCapture(ssl); }
 
 Result<Connection> OffloadSsl(SSL* ssl, const OffloadOptions& options) {
   if (ssl == nullptr) return detail::MakeError(ErrorCategory::kUsage, "OffloadSsl: null SSL");
+  if (auto valid = detail::ValidateOffloadOptions(options); !valid) return std::move(valid).error();
   const int fd = SSL_get_fd(ssl);
   if (fd < 0) return detail::MakeError(ErrorCategory::kUsage, "OffloadSsl: the SSL has no socket (SSL_set_fd)");
   if (detail::GetCaptureState(ssl) == nullptr) {

@@ -69,6 +69,7 @@ Result<std::vector<unsigned char>> AlpnWire(const std::vector<std::string>& prot
 }
 
 Result<UniqueSslCtx> NewServerContext(const ServerConfig& config, const std::vector<unsigned char>* alpn_wire) {
+  if (config.num_tickets < 0) return MakeError(ErrorCategory::kUsage, "num_tickets must be >= 0");
   if (config.ssl_ctx != nullptr) return AdoptContext(config.ssl_ctx);
   UniqueSslCtx ctx(SSL_CTX_new(TLS_server_method()));
   if (!ctx) return OpenSslError(ErrorCategory::kInternal, "SSL_CTX_new");
@@ -86,7 +87,6 @@ Result<UniqueSslCtx> NewServerContext(const ServerConfig& config, const std::vec
     }
     SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
   }
-  if (config.num_tickets < 0) return MakeError(ErrorCategory::kUsage, "num_tickets must be >= 0");
   SSL_CTX_set_num_tickets(ctx.get(), static_cast<std::size_t>(config.num_tickets));
   if (auto set = SetVersionsAndCiphers(ctx.get(), config.max_version, config.cipher_list, config.ciphersuites); !set) {
     return std::move(set).error();

@@ -27,6 +27,9 @@ bool IsIpAddress(const std::string& host) {
 
 Result<PendingHandshake> StartClientHandshake(int socket, const std::string& host, const ClientConfig& config) {
   detail::UniqueFd fd(socket);
+  if (auto valid = detail::ValidateConfig(config.offload, config.handshake_timeout, config.max_version); !valid) {
+    return std::move(valid).error();  // fd closes the socket, as on every failure here.
+  }
   auto ctx = detail::NewClientContext(config);
   if (!ctx.ok()) return std::move(ctx).error();
   auto alpn = detail::AlpnWire(config.alpn);

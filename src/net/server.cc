@@ -32,6 +32,9 @@ ServerContext& ServerContext::operator=(ServerContext&&) noexcept = default;
 ServerContext::~ServerContext() = default;
 
 Result<ServerContext> ServerContext::Create(const ServerConfig& config) {
+  if (auto valid = detail::ValidateConfig(config.offload, config.handshake_timeout, config.max_version); !valid) {
+    return std::move(valid).error();
+  }
   auto impl = std::make_shared<Impl>();
   impl->config = config;
   auto wire = detail::AlpnWire(config.alpn);

@@ -23,13 +23,14 @@ Kernels with rekey (tested: 7.2)
     --key-update-after 2 through hundreds of key updates in a row each way.
 Kernels without rekey (tested: 6.1), each case ended by its named error:
   - default mode (RX in OpenSSL): `k` is fine, `K` (update_requested) ends
-    the connection with close_notify, nothing sent after it echoed;
+    the connection with an internal_error alert (never close_notify, which
+    would make the cut stream look complete), nothing sent after it echoed;
   - --rx: `k` ends the connection with an internal_error alert, nothing sent
     after it echoed;
-  - --key-update-after 4: the server closes with close_notify before the
-    limit (the close_notify is at most record 4 under the key); the client
-    got at most 3 records of echo, fewer by the session tickets sent under
-    the same key.
+  - --key-update-after 4: the server ends with an internal_error alert
+    before the limit (the alert is at most record 4 under the key); the
+    client got at most 3 records of echo, fewer by the session tickets sent
+    under the same key.
 
 ktls-echo's start-up probe installs (and on rekey kernels re-keys) kTLS on
 throwaway sockets: what one ktls-echo process adds to tls_stat is measured
@@ -743,17 +744,18 @@ class NoRekeyKernelTest(KeyUpdateTest):
         self.assertEqual(trace.received_key_updates, 0)
         self.check_counters(1, **self.kernel_directions(line))
 
-    def test_default_mode_update_requested_closes(self):
+    def test_default_mode_update_requested_ends_with_internal_error(self):
         # update_requested cannot be answered (TX would need a new key): the
-        # server ends with close_notify before sending anything more.
+        # server ends with internal_error before sending anything more. Not
+        # close_notify, which would pass the cut stream off as complete.
         status, client, line, trace, echoed = self.s_client_session([], ("data", "data", "K"), True)
         total = sum(map(len, echoed))
         self.check_line(line, "server", rx="user", bytes_out=total, key_updates_tx=0)
         self.assertRegex(line.get("end", ""), r"^error:unsupported:the_peer_asked_for_a_key_update_"
-                                              r"\(update_requested\).*closed_with_close_notify$")
-        self.assertEqual(trace.received_alerts, ["warning close_notify"], client.describe())
+                                              r"\(update_requested\).*;_sent_\(internal_error\)$")
+        self.assertEqual(trace.received_alerts, ["fatal internal_error"], client.describe())
         self.assertEqual(trace.received_key_updates, 0)
-        self.assertEqual(status, 0, client.describe())
+        self.assertNotEqual(status, 0, client.describe())
         self.check_counters(1, **self.kernel_directions(line))
 
     def test_rx_in_kernel_update_is_refused(self):
@@ -779,12 +781,12 @@ class NoRekeyKernelTest(KeyUpdateTest):
             finally:
                 client.close()
             line = server.connection_line()
-        self.assertEqual(ending, "close_notify", f"how the server ended; its line: {line}")
+        self.assertEqual(ending, "alert:TLSV1_ALERT_INTERNAL_ERROR", f"how the server ended; its line: {line}")
         records = client.records.records_per_key()
         self.assertEqual(len(records), 1, f"records per server key: {records}")
-        self.assertLessEqual(records[0], THRESHOLD, "records under the one key (tickets, data, close_notify)")
-        # Under the one key: the tickets, data, and the close_notify, with
-        # sequence numbers below THRESHOLD.
+        self.assertLessEqual(records[0], THRESHOLD, "records under the one key (tickets, data, the alert)")
+        # Under the one key: the tickets, data, and the alert, with sequence
+        # numbers below THRESHOLD.
         most = (THRESHOLD - 1 - tickets) * RECORD
         self.assertTrue(0 < len(got) <= most, f"echo received {len(got)} bytes, expected 1..{most}")
         self.assertEqual(got, payload[:len(got)], "the echo received is not what was sent")
@@ -793,7 +795,7 @@ class NoRekeyKernelTest(KeyUpdateTest):
         # hit the limit may have written part of its data first.
         self.assertLessEqual(int(line.get("bytes_out", -1)), len(got), f"server line: {line}")
         self.assertRegex(line.get("end", ""), r"^error:unsupported:TX_reached_\d+_records_under_one_key,"
-                                              r"_the_AEAD_limit_ktls_keeps,.*closed_with_close_notify$")
+                                              r"_the_AEAD_limit_ktls_keeps,.*;_sent_\(internal_error\)$")
         reached = int(re.search(r"TX_reached_(\d+)_records", line["end"]).group(1))
         self.assertLess(reached, THRESHOLD, f"server line: {line}")
         self.check_counters(1, **self.kernel_directions(line))

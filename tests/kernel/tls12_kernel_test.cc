@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "core/openssl_ptr.h"
+#include "kernel/tls_uapi.h"
 #include "ktls/client.h"
 #include "ktls/connection.h"
 #include "ktls/offload.h"
@@ -566,7 +567,9 @@ TEST(Tls12KernelTest, CbcSuiteStaysInUserspaceAndWorks) {
 // A plain OpenSSL client (renegotiation allowed on its side) echoes some
 // data through the offloaded server, then starts a renegotiation: its
 // ClientHello reaches the server's kernel RX as a handshake record. The
-// server's Read must end with no_renegotiation, and say so to the client.
+// server answers, as OpenSSL does, with a warning no_renegotiation and
+// goes on; this client then gives up with handshake_failure (OpenSSL's
+// SSL_R_NO_RENEGOTIATION), which ends the server's Read.
 TEST(Tls12KernelTest, RenegotiationIsRefusedWithNoRenegotiation) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
   constexpr std::size_t kEchoLen = 3000;
@@ -617,16 +620,58 @@ TEST(Tls12KernelTest, RenegotiationIsRefusedWithNoRenegotiation) {
   const std::string client_failure = SslFailure(client.ssl.get(), ret, "SSL_do_handshake");
   EXPECT_NE(ret, 1) << "the renegotiation must not complete";
   EXPECT_EQ(code, SSL_ERROR_SSL) << "the client should fail on the server's alert: " << client_failure;
-  EXPECT_EQ(ERR_GET_REASON(last_error), SSL_AD_REASON_OFFSET + kAlertNoRenegotiation)
-      << "the client should have received a no_renegotiation alert: " << client_failure;
+  EXPECT_EQ(ERR_GET_REASON(last_error), SSL_R_NO_RENEGOTIATION)
+      << "the client should have received a no_renegotiation warning: " << client_failure;
 
   const ServerEnd& end = server.Join()[0];
   EXPECT_EQ(end.error, "");
   ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
   EXPECT_EQ(server_received, data);
-  ASSERT_TRUE(read_error) << "the server's Read should fail on the renegotiation";
-  EXPECT_EQ(read_error->category, ErrorCategory::kProtocol) << read_error->ToString();
-  EXPECT_EQ(read_error->tls_alert, kAlertNoRenegotiation) << read_error->ToString();
+  ASSERT_TRUE(read_error) << "the server's Read should end with the client's alert";
+  EXPECT_EQ(read_error->category, ErrorCategory::kAlert) << read_error->ToString();
+  EXPECT_EQ(read_error->tls_alert, SSL_AD_HANDSHAKE_FAILURE) << read_error->ToString();
+}
+
+// A peer that sends a renegotiation ClientHello and then simply goes on
+// (here a ktls client, writing the record through its kernel TX): the
+// server warns with no_renegotiation and keeps serving it, and the client
+// ignores the warning, as OpenSSL does on both ends.
+TEST(Tls12KernelTest, RenegotiationAttemptGetsAWarningAndTheEchoGoesOn) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  constexpr std::size_t kEchoLen = 3000;
+  TestServer server(Tls12Server(kEcdsaAes128Gcm), 1, Echo);
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  ClientConfig config = ClientFor();
+  config.max_version = TlsVersion::kTls12;
+  auto conn = ConnectTo(server.port(), config);
+  ASSERT_TRUE(conn.ok()) << "Connect: " << conn.error().ToString();
+  ASSERT_EQ(conn->tx(), Offload::kKernel);
+  ASSERT_EQ(conn->rx(), Offload::kKernel);
+
+  const Bytes first = RandomBytes(kEchoLen);
+  const Bytes second = RandomBytes(kEchoLen);
+  Bytes echoed;
+  EXPECT_EQ(WriteAll(*conn, first), "");
+  EXPECT_EQ(ReadExactly(*conn, first.size(), echoed), "");
+  // A ClientHello header and a few body bytes: the server drops the rest of
+  // the record with it, as OpenSSL does.
+  const Bytes client_hello = {1, 0, 0, 4, 3, 3, 0, 0};
+  EXPECT_EQ(SendRecord(conn->fd(), detail::uapi::kRecordHandshake, client_hello), static_cast<ssize_t>(client_hello.size()))
+      << std::strerror(errno);
+  EXPECT_EQ(WriteAll(*conn, second), "");
+  EXPECT_EQ(ReadExactly(*conn, second.size(), echoed), "") << "the warning must not end the client's reads";
+  EXPECT_EQ(ShutdownText(*conn), "");
+  Bytes rest;
+  EXPECT_EQ(ReadToEnd(*conn, rest), "");
+  conn->Close();
+
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
+  Bytes sent = first;
+  sent.insert(sent.end(), second.begin(), second.end());
+  EXPECT_EQ(end.bytes_in, sent.size());
+  EXPECT_EQ(echoed, sent);
 }
 
 // --- f. /proc/net/tls_stat -----------------------------------------------------------

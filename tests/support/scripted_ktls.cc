@@ -53,11 +53,16 @@ void ScriptedKtlsRx::QueueError(int err) {
 }
 
 ssize_t ScriptedKtlsRx::RecvMsg(msghdr* msg) {
-  // An empty record (allowed for application data) is consumed silently,
-  // as the kernel does.
+  // An empty application-data record is consumed silently, as the kernel
+  // does, unless a control record follows it: then the kernel returns 0
+  // bytes of type application data.
+  bool empty_data_before_control = false;
   while (!events_.empty() && !events_.front().is_error && events_.front().offset == events_.front().bytes.size() &&
          events_.front().type == detail::uapi::kRecordApplicationData) {
     events_.pop_front();
+    empty_data_before_control = !events_.empty() && !events_.front().is_error &&
+                                events_.front().type != detail::uapi::kRecordApplicationData;
+    if (empty_data_before_control) break;
   }
   if (events_.empty()) return -EAGAIN;
   if (events_.front().is_error) {
@@ -65,7 +70,8 @@ ssize_t ScriptedKtlsRx::RecvMsg(msghdr* msg) {
     if (err != 0) events_.pop_front();
     return -err;
   }
-  const std::uint8_t type = events_.front().type;
+  const std::uint8_t type =
+      empty_data_before_control ? detail::uapi::kRecordApplicationData : events_.front().type;
   const bool has_room = msg->msg_control != nullptr && msg->msg_controllen >= CMSG_SPACE(sizeof(type));
   if (!has_room && type != detail::uapi::kRecordApplicationData) return -EIO;
   if (has_room) {
@@ -81,13 +87,16 @@ ssize_t ScriptedKtlsRx::RecvMsg(msghdr* msg) {
   msg->msg_flags = 0;
   const std::size_t capacity = Capacity(msg);
   std::size_t pos = 0;
-  while (!events_.empty() && pos < capacity) {
+  while (!empty_data_before_control && !events_.empty() && pos < capacity) {
     Event& event = events_.front();
     if (event.is_error || event.type != type) break;
     event.offset += CopyOut(msg, &pos, std::span(event.bytes).subspan(event.offset));
     if (event.offset < event.bytes.size()) break;  // The buffer is full.
     events_.pop_front();
-    if (type != detail::uapi::kRecordApplicationData) break;  // One control record per call.
+    if (type != detail::uapi::kRecordApplicationData) {
+      msg->msg_flags |= MSG_EOR;  // The control record's last byte.
+      break;                      // One control record per call.
+    }
   }
   return static_cast<ssize_t>(pos);
 }

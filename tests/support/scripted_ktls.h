@@ -20,7 +20,11 @@ namespace ktls::testing {
 //  - each call returns bytes of one record type only; consecutive
 //    application-data records may be merged, other records never are;
 //  - a record longer than the buffer is returned in pieces, each with its
-//    type again;
+//    type again; the call that returns a control record's last byte sets
+//    MSG_EOR (an empty control record: 0 bytes, its type, MSG_EOR);
+//  - an empty application-data record is skipped, except right before a
+//    control record: then the call returns 0 bytes of type application
+//    data;
 //  - the type comes as a SOL_TLS/TLS_GET_RECORD_TYPE control message; a
 //    non-data record for a caller with no room for it is EIO;
 //  - nothing queued: EAGAIN; a queued error is returned once, except end of

@@ -402,6 +402,17 @@ std::string SslExpectCloseNotify(SSL* ssl) {
   return code == SSL_ERROR_ZERO_RETURN ? std::string() : SslFailure(ssl, ret, "SSL_read expecting close_notify");
 }
 
+std::string SslExpectAlert(SSL* ssl, int reason) {
+  std::uint8_t byte = 0;
+  std::size_t n = 0;
+  ERR_clear_error();
+  const int ret = SSL_read_ex(ssl, &byte, 1, &n);
+  if (ret == 1) return "data where an alert was expected";
+  if (SSL_get_error(ssl, ret) == SSL_ERROR_SSL && ERR_GET_REASON(ERR_peek_last_error()) == reason) return "";
+  return "expected the alert " + std::string(ERR_reason_error_string(ERR_PACK(ERR_LIB_SSL, 0, reason))) + ": " +
+         SslFailure(ssl, ret, "SSL_read");
+}
+
 ssize_t SendRecord(int fd, std::uint8_t content_type, std::span<const std::uint8_t> payload) {
   namespace uapi = ::ktls::detail::uapi;
   iovec iov{const_cast<std::uint8_t*>(payload.data()), payload.size()};

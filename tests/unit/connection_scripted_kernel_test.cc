@@ -3,8 +3,11 @@
 // each record kTLS RX hands it, exactly, on any host. The real kernels are
 // in tests/kernel; inputs found by the kernel_rx fuzzer are pinned here.
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <memory>
@@ -12,6 +15,7 @@
 #include <vector>
 
 #include "conn/connection_impl.h"
+#include "conn/traffic_keys.h"
 #include "core/unique_fd.h"
 #include "kernel/crypto_info.h"
 #include "kernel/tls_uapi.h"
@@ -45,12 +49,23 @@ class ScriptedConnection : public ::testing::Test {
     ASSERT_TRUE(conn_->tx_secret.Assign(secret));
     ASSERT_TRUE(conn_->rx_secret.Assign(secret));
     SetStandIns({
-        .set_sock_opt = [this](int, int level, int name, const void*, socklen_t) -> std::optional<int> {
-          if (level == uapi::kSolTls) installed_.push_back(name == uapi::kTlsTx ? "TLS_TX" : "TLS_RX");
+        .set_sock_opt = [this](int, int level, int name, const void* value, socklen_t len) -> std::optional<int> {
+          if (level == uapi::kSolTls) {
+            installed_.push_back(name == uapi::kTlsTx ? "TLS_TX" : "TLS_RX");
+            installed_seqs_.push_back(detail::RecSeqOf(static_cast<const unsigned char*>(value), len).value_or(~0ULL));
+          }
           return 0;
         },
-        .get_sock_opt = [](int, int, int, void* value, socklen_t* len) -> std::optional<int> {
+        .get_sock_opt = [this](int, int level, int, void* value, socklen_t* len) -> std::optional<int> {
           std::memset(value, 0, *len);  // SO_ERROR: none.
+          if (level == IPPROTO_TCP) *static_cast<unsigned char*>(value) = TCP_ESTABLISHED;  // tcp_info's state.
+          if (level == uapi::kSolTls) {  // The kernel's crypto_info, at its next record.
+            const Bytes zeros(32, 0);
+            auto info = detail::PackCryptoInfo(conn_->version, conn_->cipher, std::span(zeros).first(16),
+                                               std::span(zeros).first(12), kernel_seq_);
+            *len = std::min(*len, info->size());
+            std::memcpy(value, info->data(), *len);
+          }
           return 0;
         },
         .send_msg = [this](int, const msghdr* msg, int) -> std::optional<ssize_t> {
@@ -78,9 +93,20 @@ class ScriptedConnection : public ::testing::Test {
     }
   }
 
+  // Reset starts over with a new connection and an empty script.
+  void Reset() {
+    kernel_ = ScriptedKtlsRx();
+    sent_.clear();
+    installed_.clear();
+    installed_seqs_.clear();
+    SetUp();
+  }
+
   ScriptedKtlsRx kernel_;
+  std::uint64_t kernel_seq_ = 0;  // What getsockopt(SOL_TLS) says the next record is.
   std::vector<SentRecord> sent_;
   std::vector<std::string> installed_;
+  std::vector<std::uint64_t> installed_seqs_;
   detail::UniqueFd peer_;
   std::unique_ptr<detail::ConnectionImpl> conn_;
 };
@@ -119,6 +145,135 @@ TEST_F(ScriptedConnection, PeerKeyUpdateRequestAfterOurCloseNotifyIsNotAnswered)
   EXPECT_EQ(sent_[0].type, uapi::kRecordAlert);
   EXPECT_EQ(sent_[0].bytes, kCloseNotify);
   EXPECT_EQ(installed_, (std::vector<std::string>{"TLS_RX"})) << "RX still follows the peer's key";
+}
+
+// What OpenSSL 3 answers to the same records, as the peer sees it: each
+// case below was checked against openssl s_server by
+// tests/interop/conformance_interop.py, which repeats them on the real
+// kernels.
+class ScriptedConformance : public ScriptedConnection {
+ protected:
+  // FatalAlertSent: the one record ktls sent is a fatal alert `alert`.
+  void ExpectFatalAlertSent(std::uint8_t alert) {
+    ASSERT_EQ(sent_.size(), 1u);
+    EXPECT_EQ(sent_[0].type, uapi::kRecordAlert);
+    EXPECT_EQ(sent_[0].bytes, (Bytes{2, alert}));
+  }
+};
+
+constexpr std::uint8_t kUnexpectedMessage = 10;
+constexpr std::uint8_t kIllegalParameter = 47;
+constexpr std::uint8_t kNoRenegotiation = 100;
+
+TEST_F(ScriptedConformance, AlertRecordsOfAnyLengthButTwoAreUnexpectedMessage) {
+  for (const Bytes& alert : {Bytes{}, Bytes{2}, Bytes{2, 10, 0}}) {
+    Reset();
+    kernel_.QueueRecord(uapi::kRecordAlert, alert);
+    std::string error;
+    ReadAll(&error);
+    EXPECT_NE(error.find("an alert record of " + std::to_string(alert.size()) + " bytes"), std::string::npos) << error;
+    ExpectFatalAlertSent(kUnexpectedMessage);
+  }
+}
+
+TEST_F(ScriptedConformance, AnAlertReadOneByteAtATimeIsOneAlert) {
+  kernel_.QueueRecord(uapi::kRecordAlert, kCloseNotify);
+  std::byte one[1];
+  auto got = conn_->Read(one);  // Two recvmsg of one byte each; the second ends the record.
+  ASSERT_TRUE(got.ok()) << got.error().ToString();
+  EXPECT_TRUE(got->end_of_stream);
+  EXPECT_TRUE(sent_.empty());
+}
+
+TEST_F(ScriptedConformance, EmptyApplicationDataBeforeAnAlertIsNotTheEndOfTheStream) {
+  kernel_.QueueRecord(uapi::kRecordApplicationData, Bytes{});
+  kernel_.QueueRecord(uapi::kRecordAlert, kCloseNotify);
+  std::byte buf[100];
+  auto got = conn_->Read(buf);
+  ASSERT_TRUE(got.ok()) << got.error().ToString();
+  EXPECT_TRUE(got->end_of_stream) << "close_notify, not a truncation";
+}
+
+TEST_F(ScriptedConformance, AnEmptyHandshakeRecordIsUnexpectedMessage) {
+  kernel_.QueueRecord(uapi::kRecordHandshake, Bytes{});
+  std::string error;
+  ReadAll(&error);
+  EXPECT_NE(error.find("an empty handshake record"), std::string::npos) << error;
+  ExpectFatalAlertSent(kUnexpectedMessage);
+}
+
+TEST_F(ScriptedConformance, FourUserCanceledWarningsAreIgnoredTheFifthIsFatal) {
+  const Bytes user_canceled = {1, 90};
+  for (int i = 0; i < 4; ++i) kernel_.QueueRecord(uapi::kRecordAlert, user_canceled);
+  kernel_.QueueRecord(uapi::kRecordApplicationData, Bytes{'x'});  // Resets the count, as in OpenSSL.
+  for (int i = 0; i < 4; ++i) kernel_.QueueRecord(uapi::kRecordAlert, user_canceled);
+  std::string error;
+  EXPECT_EQ(ReadAll(&error), Bytes{'x'});
+  EXPECT_EQ(error, "");
+  EXPECT_TRUE(sent_.empty());
+  kernel_.QueueRecord(uapi::kRecordAlert, user_canceled);
+  ReadAll(&error);
+  EXPECT_NE(error.find("5 warning alerts in a row"), std::string::npos) << error;
+  ExpectFatalAlertSent(kUnexpectedMessage);
+}
+
+TEST_F(ScriptedConformance, AKeyUpdateLongerThanOneByteIsIllegalParameterBeforeItsBody) {
+  kernel_.QueueRecord(uapi::kRecordHandshake, Bytes{24, 0, 0, 2});  // The header alone.
+  std::string error;
+  ReadAll(&error);
+  EXPECT_NE(error.find("more than it can have"), std::string::npos) << error;
+  ExpectFatalAlertSent(kIllegalParameter);
+}
+
+TEST_F(ScriptedConformance, AKeyUpdateFollowedByMoreOfItsRecordIsUnexpectedMessage) {
+  // The reader's buffer ends right after the KeyUpdate, the record does not.
+  kernel_.QueueRecord(uapi::kRecordHandshake, Bytes{24, 0, 0, 1, 0, 24});
+  std::byte buf[5];
+  auto got = conn_->Read(buf);
+  ASSERT_FALSE(got.ok());
+  EXPECT_NE(got.error().ToString().find("does not end its record"), std::string::npos) << got.error().ToString();
+  ExpectFatalAlertSent(kUnexpectedMessage);
+  EXPECT_TRUE(installed_.empty()) << "no new RX key";
+}
+
+TEST_F(ScriptedConformance, AFragmentedKeyUpdateResumesRxThenRekeys) {
+  // The kernel pauses RX after the first fragment (it starts with 24).
+  kernel_.QueueRecord(uapi::kRecordHandshake, Bytes{24});
+  kernel_.QueueError(EKEYEXPIRED);
+  kernel_seq_ = 8;
+  kernel_.QueueRecord(uapi::kRecordHandshake, Bytes{0, 0, 1, 0});
+  kernel_.QueueRecord(uapi::kRecordApplicationData, Bytes{'o', 'k'});
+  std::string error;
+  EXPECT_EQ(ReadAll(&error), (Bytes{'o', 'k'}));
+  EXPECT_EQ(error, "");
+  EXPECT_TRUE(sent_.empty());
+  // The current key again (to read the rest of the KeyUpdate), then the next.
+  EXPECT_EQ(installed_, (std::vector<std::string>{"TLS_RX", "TLS_RX"}));
+  EXPECT_EQ(installed_seqs_, (std::vector<std::uint64_t>{8, 0}));
+  EXPECT_EQ(conn_->rx_key_updates.load(), 1u);
+}
+
+TEST_F(ScriptedConformance, Tls12RenegotiationGetsAWarningAndTheConnectionGoesOn) {
+  for (const bool server : {true, false}) {
+    Reset();
+    conn_->is_server = server;
+    conn_->version = TlsVersion::kTls12;
+    conn_->kernel_rekey = false;
+    // A ClientHello (to a server) or HelloRequest (to a client), with more
+    // of the record after its header, which OpenSSL drops with it.
+    const Bytes opener = server ? Bytes{1, 0, 0, 2, 3, 3} : Bytes{0, 0, 0, 0};
+    kernel_.QueueRecord(uapi::kRecordHandshake, opener);
+    kernel_.QueueRecord(uapi::kRecordApplicationData, Bytes{'o', 'k'});
+    std::string error;
+    EXPECT_EQ(ReadAll(&error), (Bytes{'o', 'k'})) << (server ? "server" : "client");
+    EXPECT_EQ(error, "");
+    ASSERT_EQ(sent_.size(), 1u);
+    EXPECT_EQ(sent_[0].type, uapi::kRecordAlert);
+    EXPECT_EQ(sent_[0].bytes, (Bytes{1, kNoRenegotiation}));
+    EXPECT_EQ(conn_->renegotiations_refused.load(), 1u);
+    auto wrote = conn_->Write(std::as_bytes(std::span("more", 4)));
+    EXPECT_TRUE(wrote.ok()) << "the connection goes on: " << wrote.error().ToString();
+  }
 }
 
 }  // namespace
