@@ -16,7 +16,12 @@ line per connection, which line_for(port) finds by the client's port.
   close_notify, or a reset.
 - Relay: a TCP relay between a real client and the server that passes the
   client's bytes through a tamperer, such as FlipBit (one bit of one
-  application-data record).
+  application-data record), and the server's too if the tamperer wants them.
+- Refragmenter: a Relay tamperer that re-sends every handshake message one
+  side writes in 1-byte records, TLS 1.2 or 1.3, and re-seals that side's
+  protected records at their shifted sequence numbers, knowing the secrets
+  from one endpoint's key log. A handshake so fragmented is legal (RFC 5246
+  6.2.1, RFC 8446 5.1), and the peer must count its records exactly.
 - non_tls_bytes(): random bytes that cannot be taken for a TLS or SSLv2
   record.
 
@@ -40,7 +45,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "data"))
 import hkdf_reference  # noqa: E402
 import tls12_prf_reference  # noqa: E402
-from ktls_interop import HOST, STEP_TIMEOUT  # noqa: E402
+from ktls_interop import HOST, STEP_TIMEOUT, wait_until  # noqa: E402
 
 # --- The record layer (RFC 8446 5) ---------------------------------------------
 
@@ -86,42 +91,40 @@ def non_tls_bytes(length):
             return data
 
 
-class RecordSplitter:
-    """Cuts a byte stream into whole records (header included) by the length
-    in each header; a partial record stays buffered."""
+class Framer:
+    """Cuts a byte stream into whole frames (header included) by the length
+    that ends each frame's header; a partial frame stays buffered."""
 
-    def __init__(self):
+    def __init__(self, header_len, length_len):
+        self.header_len, self.length_len = header_len, length_len
         self.buffer = bytearray()
 
     def feed(self, data):
         self.buffer += data
-        records = []
-        while len(self.buffer) >= RECORD_HEADER_LEN:
-            end = RECORD_HEADER_LEN + int.from_bytes(self.buffer[3:5], "big")
+        frames = []
+        while len(self.buffer) >= self.header_len:
+            end = self.header_len + int.from_bytes(self.buffer[self.header_len - self.length_len:self.header_len],
+                                                   "big")
             if len(self.buffer) < end:
                 break
-            records.append(bytes(self.buffer[:end]))
+            frames.append(bytes(self.buffer[:end]))
             del self.buffer[:end]
-        return records
+        return frames
 
 
-class HandshakeAssembler:
+class RecordSplitter(Framer):
+    """Cuts a byte stream into whole records (header included)."""
+
+    def __init__(self):
+        super().__init__(RECORD_HEADER_LEN, 2)
+
+
+class HandshakeAssembler(Framer):
     """Reassembles handshake messages (header included) from the payloads
     of handshake records, however they were fragmented (RFC 5246 6.2.1)."""
 
     def __init__(self):
-        self.buffer = bytearray()
-
-    def feed(self, payload):
-        self.buffer += payload
-        messages = []
-        while len(self.buffer) >= HANDSHAKE_HEADER_LEN:
-            end = HANDSHAKE_HEADER_LEN + int.from_bytes(self.buffer[1:4], "big")
-            if len(self.buffer) < end:
-                break
-            messages.append(bytes(self.buffer[:end]))
-            del self.buffer[:end]
-        return messages
+        super().__init__(HANDSHAKE_HEADER_LEN, 3)
 
 
 class Hello:
@@ -158,6 +161,8 @@ class HelloWatcher:
         self.hello = None
 
     def feed(self, data):
+        if self.hello is not None:
+            return data
         for rec in self.splitter.feed(data):
             if self.hello is None and rec[0] == CONTENT_HANDSHAKE:
                 for message in self.assembler.feed(rec[RECORD_HEADER_LEN:]):
@@ -472,6 +477,19 @@ class TlsClient:
         self.next_seq += 1
         return record
 
+    def seal_key_update(self, request_update=False, fragment_len=5):
+        """A TLS 1.3 KeyUpdate (RFC 8446 4.6.3) sealed in records of
+        fragment_len bytes (5: one record); every record sealed after it is
+        under the client's next traffic secret. The server's key is
+        unchanged unless request_update (and Python's ssl, which reads what
+        the server sends, knows nothing of this)."""
+        assert not self.tls12, "TLS 1.2 has no KeyUpdate"
+        message = handshake_message(HANDSHAKE_KEY_UPDATE, bytes([1 if request_update else 0]))
+        records = b"".join(self.seal(CONTENT_HANDSHAKE, message[i:i + fragment_len])
+                           for i in range(0, len(message), fragment_len))
+        self.protection, self.next_seq = self.protection.updated(), 0
+        return records
+
 
 def read_until_closed(sock):
     """Everything the peer sends on a raw socket until it closes; (data,
@@ -522,13 +540,156 @@ class FlipBit:
         return bytes(out)
 
 
+class Refragmenter:
+    """A Relay tamperer that re-sends every handshake message `side`
+    ("client" or "server") writes in records of fragment_len bytes, and
+    passes the other side's bytes through unchanged.
+
+    Plaintext handshake records (hellos, certificates, ...) are cut up as
+    they are. Protected ones are opened with the keys of that side and
+    re-sealed fragment by fragment; every later record of that side under
+    the same key is re-sealed at its shifted sequence number (TLS 1.2: after
+    ChangeCipherSpec, the Finished and everything after it; TLS 1.3: each
+    key's records, the handshake key's, then secret_0's, with
+    NewSessionTicket and KeyUpdate cut up too, and the key updated after a
+    KeyUpdate). Alerts and application data keep their record. The secrets
+    come from `keylog`, the key log file of the endpoint on `side` (found by
+    the ClientHello's random): it logs its secrets before it writes under
+    them, while its peer may log them only after reading what the relay
+    still holds.
+
+    What it did, for tests to check: `messages`, one (handshake message
+    type, length, records it went out in) per message of that side; `seq_shift`,
+    how far the sequence numbers of that side's current key moved;
+    `key_update_lookalikes`, the TLS 1.3 handshake records it sent under an
+    application key whose first byte is 24, KeyUpdate's type (Linux 6.14+
+    pauses kTLS RX after each); `errors`, anything that went wrong (the
+    relay then ends the connection).
+    """
+
+    def __init__(self, side, keylog, fragment_len=1):
+        self.side, self.keylog, self.fragment_len = side, keylog, fragment_len
+        self.lock = threading.Lock()
+        self.hellos = {"client": HelloWatcher(), "server": HelloWatcher()}
+        self.splitter = RecordSplitter()
+        self.assembler = HandshakeAssembler()
+        self.pieces_in_message = 0
+        self.protection = None  # That side's current record protection, once there is one.
+        self.seq_in = self.seq_out = 0
+        self.tls13_epoch = None  # "handshake", "application"
+        self.messages = []
+        self.key_update_lookalikes = 0
+        self.errors = []
+
+    @property
+    def seq_shift(self):
+        return self.seq_out - self.seq_in
+
+    def feed(self, data):
+        return self.relay("client", data)
+
+    def feed_reply(self, data):
+        return self.relay("server", data)
+
+    def relay(self, sender, data):
+        with self.lock:
+            self.hellos[sender].feed(data)
+            if sender != self.side:
+                return data
+            try:
+                return b"".join(self.refragment(rec) for rec in self.splitter.feed(data))
+            except Exception as e:
+                self.errors.append(f"{type(e).__name__}: {e}")
+                raise
+
+    def version(self):
+        hello = self.hellos["server"].hello
+        return hello.version if hello else None
+
+    def secret(self, label):
+        """label's secret for this connection from the key log; waits for
+        the endpoint to write it."""
+        client_random = self.hellos["client"].hello.random
+        found = {}
+
+        def logged():
+            found.update(read_keylog(self.keylog).get(label, {}))
+            return client_random in found
+
+        if not wait_until(logged, STEP_TIMEOUT):
+            raise AssertionError(f"no {label} for this connection in {self.keylog}")
+        return found[client_random]
+
+    def tls13_protection(self, label):
+        suite = TLS13_SUITES[self.hellos["server"].hello.suite]
+        return Tls13Protection(suite, self.secret(f"{self.side.upper()}_{label}"))
+
+    def set_protection(self, protection):
+        self.protection, self.seq_in, self.seq_out = protection, 0, 0
+
+    def refragment(self, rec):
+        content_type, payload = rec[0], rec[RECORD_HEADER_LEN:]
+        if content_type == CONTENT_CHANGE_CIPHER_SPEC:
+            if self.version() == TLS1_2:
+                server_hello = self.hellos["server"].hello
+                keys = tls12_protections(server_hello.suite, self.secret("CLIENT_RANDOM"),
+                                         self.hellos["client"].hello.random, server_hello.random)
+                self.set_protection(keys[0 if self.side == "client" else 1])
+            return rec
+        if self.version() == TLS1_3 and content_type == CONTENT_APPLICATION_DATA and self.protection is None:
+            self.tls13_epoch = "handshake"
+            self.set_protection(self.tls13_protection("HANDSHAKE_TRAFFIC_SECRET"))
+        if self.protection is None:
+            if content_type != CONTENT_HANDSHAKE:
+                return rec
+            pieces, _ = self.pieces(payload)
+            return b"".join(rec[:3] + len(piece).to_bytes(2, "big") + piece for piece in pieces)
+        content_type, payload = self.protection.open(self.seq_in, rec)
+        self.seq_in += 1
+        if content_type != CONTENT_HANDSHAKE:
+            return self.seal(content_type, payload)
+        pieces, completed = self.pieces(payload)
+        if self.tls13_epoch == "application":
+            self.key_update_lookalikes += sum(piece[0] == HANDSHAKE_KEY_UPDATE for piece in pieces)
+        out = b"".join(self.seal(content_type, piece) for piece in pieces)
+        # TLS 1.3 keys change after the record that ends a Finished or a
+        # KeyUpdate (RFC 8446 5.1: such a message ends its record).
+        if self.version() == TLS1_3:
+            if HANDSHAKE_FINISHED in completed and self.tls13_epoch == "handshake":
+                self.tls13_epoch = "application"
+                self.set_protection(self.tls13_protection("TRAFFIC_SECRET_0"))
+            elif HANDSHAKE_KEY_UPDATE in completed:
+                self.set_protection(self.protection.updated())
+        return out
+
+    def pieces(self, payload):
+        """(payload in fragment_len pieces, the types of the handshake
+        messages they complete); notes each message in `messages`."""
+        pieces = [payload[start:start + self.fragment_len] for start in range(0, len(payload), self.fragment_len)]
+        completed = set()
+        for piece in pieces:
+            self.pieces_in_message += 1
+            for message in self.assembler.feed(piece):
+                self.messages.append((message[0], len(message), self.pieces_in_message))
+                completed.add(message[0])
+                self.pieces_in_message = 0
+        return pieces, completed
+
+    def seal(self, content_type, payload):
+        record = self.protection.seal(self.seq_out, content_type, payload)
+        self.seq_out += 1
+        return record
+
+
 class Relay:
     """A TCP relay on 127.0.0.1 to target_port, for a `with` block. Every
     client gets its own connection to the target; the client's bytes go
     through a tamperer from make_tamperer() (feed(bytes) -> bytes to pass
-    on), the server's come back unchanged. A FIN is passed on as a FIN, a
-    reset as the end of both sides. upstream_ports lists, per client in order of arrival, the port the
-    target sees it come from."""
+    on), the server's come back unchanged, or through the tamperer's
+    feed_reply(bytes) if it has one. A FIN is passed on as a FIN, a reset
+    or a tamperer's exception as the end of both sides. upstream_ports
+    lists, per client in order of arrival, the port the target sees it come
+    from."""
 
     def __init__(self, target_port, make_tamperer=None):
         self.target_port = target_port
@@ -582,7 +743,8 @@ class Relay:
                 self.upstream_ports.append(upstream.getsockname()[1])
                 self.tamperers.append(tamperer)
                 self.accepted.notify_all()
-            for src, dst, tamper in ((client, upstream, tamperer), (upstream, client, None)):
+            for src, dst, tamper in ((client, upstream, tamperer and tamperer.feed),
+                                     (upstream, client, getattr(tamperer, "feed_reply", None))):
                 t = threading.Thread(target=self.pump, args=(src, dst, tamper), daemon=True)
                 t.start()
                 with self.lock:
@@ -596,10 +758,10 @@ class Relay:
                 if not data:
                     break
                 if tamperer is not None:
-                    data = tamperer.feed(data)
+                    data = tamperer(data)
                 dst.sendall(data)
             dst.shutdown(socket.SHUT_WR)
-        except OSError:
+        except Exception:  # OSError, or the tamperer failed (it says why).
             # A reset on one side: end the other too.
             for sock in (src, dst):
                 try:
