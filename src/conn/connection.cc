@@ -201,6 +201,17 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
         return Fail(AlertError(ErrorCategory::kProtocol, kAlertBadRecordMac,
                                "a record failed authentication; nothing of it was delivered"));
       }
+      if (err == EKEYEXPIRED && kernel_rekey) {
+        // The kernel pauses RX after every handshake record whose first
+        // byte is 24, KeyUpdate's type (net/tls tls_check_pending_rekey): it
+        // cannot see where messages start when one spans records. A whole
+        // KeyUpdate was re-keyed when its record was read (RekeyRx), so this
+        // pause came from a fragment: a byte inside another message (a
+        // NewSessionTicket sent one byte a record), or the start of a
+        // KeyUpdate. Go on under the same key.
+        if (auto resumed = ResumeRx(); !resumed) return Fail(std::move(resumed).error());
+        continue;
+      }
       if (err == EKEYEXPIRED) {
         // The kernel pauses RX after any handshake record whose first byte
         // is 24, the KeyUpdate type. A KeyUpdate fragmented over records
@@ -634,14 +645,15 @@ Result<IoProgress> ConnectionImpl::SendFile(int file_fd, off_t offset, std::size
   return IoProgress{sent, false, false};
 }
 
-Result<std::uint64_t> ConnectionImpl::KernelTxSeq() {
+Result<std::uint64_t> ConnectionImpl::KernelRecSeq(int direction) {
   alignas(8) std::array<unsigned char, 64> info{};
   socklen_t len = CryptoInfoSize(cipher);  // The kernel wants exactly this.
-  const int rc = sys::GetSockOpt(socket.get(), uapi::kSolTls, uapi::kTlsTx, info.data(), &len);
+  const int rc = sys::GetSockOpt(socket.get(), uapi::kSolTls, direction, info.data(), &len);
   const std::optional<std::uint64_t> seq = rc == 0 ? RecSeqOf(info.data(), len) : std::nullopt;
   OPENSSL_cleanse(info.data(), info.size());  // The kernel returns the key too.
-  if (rc != 0) return SysError(-rc, "getsockopt(TLS_TX) for the record sequence number");
-  if (!seq) return MakeError(ErrorCategory::kInternal, "getsockopt(TLS_TX) returned an unknown crypto_info");
+  const std::string what = direction == uapi::kTlsTx ? "getsockopt(TLS_TX)" : "getsockopt(TLS_RX)";
+  if (rc != 0) return SysError(-rc, what + " for the record sequence number");
+  if (!seq) return MakeError(ErrorCategory::kInternal, what + " returned an unknown crypto_info");
   return *seq;
 }
 
@@ -688,7 +700,7 @@ Result<void> ConnectionImpl::BeforeKernelWrite(std::size_t* len) {
   if (key_update_threshold == 0 || tx_records_bound_ + MaxRecordsFor(*len) < key_update_threshold) return {};
   // Near the limit: ask the kernel for the exact count (it includes the
   // records sendfile made).
-  auto seq = KernelTxSeq();
+  auto seq = KernelRecSeq(uapi::kTlsTx);
   if (!seq.ok()) return std::move(seq).error();
   tx_records_bound_ = *seq;
   if (*seq + 2 > key_update_threshold) {
@@ -728,6 +740,22 @@ Result<void> ConnectionImpl::AnswerPeerKeyUpdate() {
     return {};
   }
   return updated;
+}
+
+Result<void> ConnectionImpl::ResumeRx() {
+  auto seq = KernelRecSeq(uapi::kTlsRx);
+  if (!seq.ok()) {
+    SendFatalAlert(kAlertInternalError);
+    return std::move(seq).error();
+  }
+  auto info = PackTls13Direction(cipher, rx_secret, *seq);
+  if (!info.ok()) return std::move(info).error();
+  const int rc = sys::SetSockOpt(socket.get(), uapi::kSolTls, uapi::kTlsRx, info->data(), info->size());
+  if (rc != 0) {
+    SendFatalAlert(kAlertInternalError);
+    return SysError(-rc, "setsockopt(TLS_RX) with the same key, to resume RX the kernel paused");
+  }
+  return {};
 }
 
 Result<void> ConnectionImpl::RekeyRx() {

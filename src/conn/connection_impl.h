@@ -114,8 +114,9 @@ class ConnectionImpl {
   // UpdateTxKeyLocked sends KeyUpdate under the current key, then installs
   // the next one.
   Result<void> UpdateTxKeyLocked(bool request_peer_update);
-  // KernelTxSeq asks the kernel for the next TX record's sequence number.
-  Result<std::uint64_t> KernelTxSeq();
+  // KernelRecSeq asks the kernel for the next record's sequence number in
+  // one direction (uapi::kTlsTx or kTlsRx).
+  Result<std::uint64_t> KernelRecSeq(int direction);
   // AnswerPeerKeyUpdate: the peer sent update_requested; answer now if no
   // write is in progress, else the next write does (RFC 8446 4.6.3 wants
   // it before our next application data).
@@ -130,6 +131,10 @@ class ConnectionImpl {
   std::optional<Result<IoProgress>> AnswerOpenSslKeyUpdates();
   std::uint64_t answered_update_requests_ = 0;  // Under ssl_mu_.
   Result<void> RekeyRx();
+  // ResumeRx installs the current RX key again at the kernel's next RX
+  // sequence number, which ends a pause the kernel took for a KeyUpdate
+  // that was not one (Linux 6.14+; kernel_rekey only).
+  Result<void> ResumeRx();
   // WaitFor waits for the socket to become readable (POLLIN) or writable
   // (POLLOUT) when the socket is blocking. Returns false, without waiting,
   // when the caller made the socket non-blocking: then "would block" is the

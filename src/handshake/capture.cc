@@ -89,19 +89,25 @@ void CountRecordEvent(CaptureState& state, bool write_p, int content_type, const
     // One record. OpenSSL reports a record's header before the messages it
     // carries, so a key change announced by a message takes effect from the
     // next header on.
+    if (!dir.app_keys && len >= 1 && buf[0] == SSL3_RT_CHANGE_CIPHER_SPEC) {
+      // TLS 1.2's keys change right after ChangeCipherSpec: the next record
+      // is seq 0. Counting from here stays exact however many records the
+      // Finished spans (a peer may send it in 1-byte records, RFC 5246
+      // 6.2.1). The header is the only sign of a ChangeCipherSpec OpenSSL
+      // gives when reading one. The version may not be known yet (a TLS 1.3
+      // middlebox-compatibility ChangeCipherSpec looks the same), so this
+      // only restarts the count; the Finished decides below.
+      dir.records = 0;
+      return;
+    }
     ++dir.records;
     return;
   }
   if (!tls13) {
-    // TLS 1.2: the new keys start right after ChangeCipherSpec, with the
-    // Finished record (seq 0), so the next record after Finished is seq 1.
-    // (OpenSSL reports ChangeCipherSpec only when writing it, so Finished is
-    // the marker both ways.) Renegotiation, the only source of a second
-    // Finished, is disabled.
-    if (content_type == SSL3_RT_HANDSHAKE && len >= 1 && buf[0] == kHandshakeFinished && !dir.app_keys) {
-      dir.app_keys = true;
-      dir.records = 1;
-    }
+    // TLS 1.2: the Finished completes the key change; the records since
+    // ChangeCipherSpec, the Finished's included, are already counted.
+    // Renegotiation, the only source of a second Finished, is disabled.
+    if (content_type == SSL3_RT_HANDSHAKE && len >= 1 && buf[0] == kHandshakeFinished) dir.app_keys = true;
     return;
   }
   // TLS 1.3: ChangeCipherSpec records are middlebox-compatibility noise.

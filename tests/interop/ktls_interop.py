@@ -122,6 +122,25 @@ def tls_stat_added(start_process):
     return {name: after[name] - before[name] for name in after if name in before}
 
 
+def check_tls_stat(test, before, from_connections, num_probes, probe_cost):
+    """Asserts, in unittest.TestCase `test`, what tls_stat gained since
+    `before` (a read_tls_stat()), once every process of the test has exited:
+    each counter in from_connections grew by that many plus num_probes times
+    what one ktls-echo start-up probe adds to it (probe_cost, by counter);
+    TlsDecryptError did not move; TlsCurrTxSw/TlsCurrRxSw are back."""
+    after = read_tls_stat()
+    delta = {name: after[name] - before.get(name, 0) for name in after}
+    for name, directions in from_connections.items():
+        probe = probe_cost.get(name, 0)
+        expected = directions + num_probes * probe
+        test.assertEqual(delta.get(name), expected,
+                         f"{name} grew by {delta.get(name)}, expected {expected}: {directions} from the "
+                         f"connections, {num_probes} probe(s) of {probe} each")
+    test.assertEqual(delta["TlsDecryptError"], 0, "the kernel failed to decrypt a record")
+    for name in ("TlsCurrTxSw", "TlsCurrRxSw"):
+        test.assertEqual(after[name], before[name], f"{name}: kTLS sockets left open")
+
+
 # --- Processes ---------------------------------------------------------------
 
 def wait_until(predicate, timeout, interval=0.01):

@@ -180,17 +180,8 @@ class InteropTest(unittest.TestCase):
 
     def check_kernel_counters(self):
         """Call after every ktls-echo process of the test has exited."""
-        after = read_tls_stat()
-        delta = {name: after[name] - self.stat_before.get(name, 0) for name in after}
-        for name, directions, probe in (("TlsTxSw", self.kernel_tx, PROBE_COST.tx),
-                                        ("TlsRxSw", self.kernel_rx, PROBE_COST.rx)):
-            expected = directions + self.num_probes * probe
-            self.assertEqual(delta[name], expected,
-                             f"{name} grew by {delta[name]}, expected {expected}: {directions} kernel "
-                             f"direction(s) in the lines, {self.num_probes} probe(s) of {probe} each")
-        self.assertEqual(delta["TlsDecryptError"], 0, "the kernel failed to decrypt a record")
-        for name in ("TlsCurrTxSw", "TlsCurrRxSw"):
-            self.assertEqual(after[name], self.stat_before[name], f"{name}: kTLS sockets left open")
+        ktls_interop.check_tls_stat(self, self.stat_before, {"TlsTxSw": self.kernel_tx, "TlsRxSw": self.kernel_rx},
+                                    self.num_probes, {"TlsTxSw": PROBE_COST.tx, "TlsRxSw": PROBE_COST.rx})
 
     def assert_echoed(self, got, sent, who):
         self.assertEqual((len(got), sha(got)), (len(sent), sha(sent)), f"{who}: data did not come back intact")

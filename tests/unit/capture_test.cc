@@ -57,10 +57,14 @@ TEST(KeylogLine, RejectsEverythingElse) {
 
 // Replays of the message-callback events OpenSSL 3 makes, as a record
 // counter sees them: the record header first, then the messages it carries.
-void Header(CaptureState& s, bool write) { CountRecordEvent(s, write, SSL3_RT_HEADER, nullptr, 5); }
-void Message(CaptureState& s, bool write, unsigned char type) {
+// Header reports a record header of content type `type` (its first byte).
+void Header(CaptureState& s, bool write, unsigned char type = SSL3_RT_APPLICATION_DATA, bool tls13 = true) {
+  const unsigned char header[5] = {type, 3, 3, 0, 1};
+  CountRecordEvent(s, write, SSL3_RT_HEADER, header, sizeof(header), tls13);
+}
+void Message(CaptureState& s, bool write, unsigned char type, bool tls13 = true) {
   const unsigned char msg[4] = {type, 0, 0, 0};
-  CountRecordEvent(s, write, SSL3_RT_HANDSHAKE, msg, sizeof(msg));
+  CountRecordEvent(s, write, SSL3_RT_HANDSHAKE, msg, sizeof(msg), tls13);
 }
 
 TEST(RecordCount, ServerWithTicketsAndClientCertificate) {
@@ -117,28 +121,76 @@ TEST(RecordCount, OnlyTheFirstFinishedSwitchesKeys) {
 // finishes first (full handshake or resumption).
 TEST(RecordCount, Tls12FinishedIsSequenceZero) {
   CaptureState s;
-  const auto event = [&s](bool write, int type, unsigned char msg) {
-    const unsigned char body[4] = {msg, 0, 0, 0};
-    CountRecordEvent(s, write, type, body, sizeof(body), /*tls13=*/false);
-  };
+  constexpr bool kTls12 = false;
   // Abbreviated handshake, server side: ServerHello, CCS, Finished out;
   // CCS, Finished in.
-  event(true, SSL3_RT_HEADER, 0);
-  event(true, SSL3_RT_HANDSHAKE, 2);
-  event(true, SSL3_RT_HEADER, 0);
-  event(true, SSL3_RT_CHANGE_CIPHER_SPEC, 1);
+  Header(s, true, SSL3_RT_HANDSHAKE, kTls12);
+  Message(s, true, 2, kTls12);
+  Header(s, true, SSL3_RT_CHANGE_CIPHER_SPEC, kTls12);
+  const unsigned char ccs[1] = {1};
+  CountRecordEvent(s, true, SSL3_RT_CHANGE_CIPHER_SPEC, ccs, sizeof(ccs), kTls12);
   EXPECT_FALSE(s.tx.app_keys) << "ChangeCipherSpec alone does not mark the epoch";
-  event(true, SSL3_RT_HEADER, 0);
-  event(true, SSL3_RT_HANDSHAKE, 20);
+  Header(s, true, SSL3_RT_HANDSHAKE, kTls12);
+  Message(s, true, 20, kTls12);
   EXPECT_TRUE(s.tx.app_keys);
   EXPECT_EQ(s.tx.records, 1u);
-  event(false, SSL3_RT_HEADER, 0);  // CCS record, reported only as a header.
-  event(false, SSL3_RT_HEADER, 0);
-  event(false, SSL3_RT_HANDSHAKE, 20);
+  Header(s, false, SSL3_RT_CHANGE_CIPHER_SPEC, kTls12);  // Reading, OpenSSL reports only the header.
+  Header(s, false, SSL3_RT_HANDSHAKE, kTls12);
+  Message(s, false, 20, kTls12);
   EXPECT_TRUE(s.rx.app_keys);
   EXPECT_EQ(s.rx.records, 1u);
-  event(true, SSL3_RT_HEADER, 0);  // Application data.
+  Header(s, true, SSL3_RT_APPLICATION_DATA, kTls12);
   EXPECT_EQ(s.tx.records, 2u);
+}
+
+// A TLS 1.2 peer may send its Finished (16 bytes) in 16 records of one byte
+// (RFC 5246 6.2.1): all of them are under the new keys, seq 0 to 15, so the
+// first record after it is seq 16. Before ChangeCipherSpec, hellos in
+// 1-byte records count for nothing. Once seq 1 was assumed here, and the
+// kernel failed the peer's first record with bad_record_mac.
+TEST(RecordCount, Tls12FinishedInOneByteRecords) {
+  CaptureState s;
+  constexpr bool kTls12 = false;
+  for (int i = 0; i < 200; ++i) Header(s, false, SSL3_RT_HANDSHAKE, kTls12);  // ClientHello, ...
+  Message(s, false, 1, kTls12);
+  Header(s, false, SSL3_RT_CHANGE_CIPHER_SPEC, kTls12);
+  for (int i = 0; i < 16; ++i) Header(s, false, SSL3_RT_HANDSHAKE, kTls12);
+  EXPECT_FALSE(s.rx.app_keys);
+  Message(s, false, 20, kTls12);
+  EXPECT_TRUE(s.rx.app_keys);
+  EXPECT_EQ(s.rx.records, 16u);
+  Header(s, false, SSL3_RT_APPLICATION_DATA, kTls12);
+  EXPECT_EQ(s.rx.records, 17u);
+  // Our own Finished in three records (a small max_send_fragment would do it).
+  Header(s, true, SSL3_RT_CHANGE_CIPHER_SPEC, kTls12);
+  for (int i = 0; i < 3; ++i) Header(s, true, SSL3_RT_HANDSHAKE, kTls12);
+  Message(s, true, 20, kTls12);
+  EXPECT_EQ(s.tx.records, 3u);
+}
+
+// TLS 1.3: a middlebox-compatibility ChangeCipherSpec changes nothing, and a
+// Finished, NewSessionTicket or KeyUpdate spread over records counts each
+// of them: the key changes after the record that ends the Finished or the
+// KeyUpdate (OpenSSL reports the message once it is complete).
+TEST(RecordCount, Tls13MessagesInOneByteRecords) {
+  CaptureState s;
+  Header(s, false, SSL3_RT_HANDSHAKE);  // ClientHello.
+  Message(s, false, 1);
+  Header(s, false, SSL3_RT_CHANGE_CIPHER_SPEC);
+  for (int i = 0; i < 36; ++i) Header(s, false);  // Finished (SHA-256), one byte a record.
+  EXPECT_FALSE(s.rx.app_keys);
+  Message(s, false, 20);
+  EXPECT_TRUE(s.rx.app_keys);
+  EXPECT_EQ(s.rx.records, 0u);
+  for (int i = 0; i < 233; ++i) Header(s, false);  // A NewSessionTicket (at a client), one byte a record.
+  Message(s, false, 4);
+  EXPECT_EQ(s.rx.records, 233u);
+  for (int i = 0; i < 5; ++i) Header(s, false);  // KeyUpdate: type, length, request.
+  Message(s, false, 24);
+  EXPECT_TRUE(s.rx.key_updated);
+  EXPECT_EQ(s.rx.records, 0u);
+  Header(s, false);
+  EXPECT_EQ(s.rx.records, 1u);
 }
 
 // A key-log callback the application set before PrepareContext keeps
