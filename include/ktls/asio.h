@@ -3,7 +3,8 @@
 //
 // ktls::asio::stream models Asio's AsyncReadStream and AsyncWriteStream, so
 // asio::async_read, asio::async_write and Boost.Beast work on it; it adds
-// async_sendfile and async_shutdown (close_notify). Every operation takes
+// async_sendfile, async_shutdown (close_notify) and async_close (a
+// lingering close that never blocks the io_context). Every operation takes
 // the usual completion tokens (callbacks, use_future, use_awaitable, ...).
 //
 //   ktls::asio::async_accept(acceptor, server_context,
@@ -149,8 +150,9 @@ namespace ktls::asio {
 // Ownership: the stream owns the socket. The Asio socket inside is used only
 // to wait for readiness: ktls owns the descriptor (PendingHandshake, then
 // Connection), and the Asio socket always releases it before ktls closes it.
-// Destroying the stream, or close(), closes the socket without close_notify
-// (async_shutdown sends it). Moving a stream with operations outstanding is
+// Destroying the stream, or close(), closes the socket at once, without
+// close_notify (async_shutdown sends it) and without lingering (async_close
+// lingers). Moving a stream with operations outstanding is
 // not allowed.
 class stream {
  public:
@@ -277,6 +279,18 @@ class stream {
   template <typename Token>
   auto async_shutdown(Token&& token) {
     return net::async_compose<Token, void(error_code)>(ShutdownOp{this}, token, waiter_);
+  }
+
+  // async_close closes the socket, lingering first without blocking the
+  // io_context where ktls ended the connection (async_shutdown's
+  // close_notify, or a fatal alert after an error) and the peer may still
+  // be sending: what the peer sends is read and dropped until it closes, or
+  // for at most OffloadOptions::linger (see Connection::Close for why).
+  // Completes with (error_code), success unless cancelled; the socket is
+  // closed either way.
+  template <typename Token>
+  auto async_close(Token&& token) {
+    return net::async_compose<Token, void(error_code)>(CloseOp{this}, token, waiter_);
   }
 
  private:
@@ -427,6 +441,43 @@ class stream {
       error_code out = r.ok() ? error_code{} : s->Fail(r.error());
       if (!first_call) return self.complete(out);
       result = out;
+      net::post(s->waiter_.get_executor(), std::move(self));
+    }
+  };
+
+  struct CloseOp {
+    explicit CloseOp(stream* owner) : s(owner) {}
+    stream* s;
+    bool started = false;
+    bool timed = false;
+    std::optional<error_code> result;
+
+    template <typename Self>
+    void operator()(Self& self, error_code ec = {}) {
+      if (result) return self.complete(*result);
+      const bool first_call = !started;
+      started = true;
+      if (!ec && s->conn_.fd() >= 0) {
+        auto r = s->conn_.Linger();
+        if (r.ok() && r->would_block) {
+          if (!timed) {
+            // At the deadline, the wait for the peer ends (aborted).
+            timed = true;
+            s->timer_.expires_at(s->conn_.linger_deadline());
+            s->timer_.async_wait([owner = s](error_code timer_ec) {
+              if (timer_ec) return;  // Cancelled: the close is done.
+              error_code ignored;
+              owner->waiter_.cancel(ignored);
+            });
+          }
+          return s->Wait(ktls::Wait::kReadable, std::move(self));
+        }
+      }
+      // The peer closed, the budget ran out (the timer aborted the wait),
+      // or nothing was owed: close now.
+      s->close();
+      if (!first_call) return self.complete({});
+      result = error_code{};
       net::post(s->waiter_.get_executor(), std::move(self));
     }
   };

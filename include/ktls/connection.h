@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -117,7 +118,25 @@ class KTLS_API Connection {
   Result<IoProgress> Shutdown();
 
   // Close closes the socket (and frees anything still held). Idempotent.
+  // When ktls ended the connection (Shutdown's close_notify, or a fatal
+  // alert after an error) and the peer has not closed yet, a blocking
+  // socket lingers first: its write side is shut, and what the peer still
+  // sends is read and dropped until the peer closes, or for at most
+  // OffloadOptions::linger (2 s, 256 KiB by default). Closing with unread
+  // data would send a TCP reset, which can destroy our alert in the peer's
+  // receive buffer before the peer reads it. A non-blocking socket never
+  // waits here: drive Linger from your event loop first.
   void Close();
+
+  // Linger is one non-blocking step of that lingering close, for event
+  // loops: it reads and drops what the peer sends. would_block (wait for
+  // Wait::kReadable, but not past linger_deadline()) while the peer may
+  // still send; end_of_stream once there is nothing to wait for (the peer
+  // closed, the budget is spent, or ktls did not end the connection): then
+  // call Close. ktls::asio::stream::async_close does this.
+  Result<IoProgress> Linger();
+  // linger_deadline: when lingering gives up (set by the first Linger).
+  std::chrono::steady_clock::time_point linger_deadline() const noexcept;
 
   // UpdateKeys sends a TLS 1.3 KeyUpdate now and switches TX to the next
   // traffic secret; with request_peer_update, the peer is asked to do the

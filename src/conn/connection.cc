@@ -213,15 +213,8 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
         continue;
       }
       if (err == EKEYEXPIRED) {
-        // The kernel pauses RX after any handshake record whose first byte
-        // is 24, the KeyUpdate type. A KeyUpdate fragmented over records
-        // (legal, and OpenSSL accepts it) pauses it after its first
-        // fragment, with the rest still under the current key: install
-        // that key again and read on.
-        if (!handshake_bytes_.empty() && kernel_rekey) {
-          if (auto resumed = ResumeRxUnderCurrentKey(); !resumed) return Fail(std::move(resumed).error());
-          continue;
-        }
+        // A pause on a kernel that cannot rekey: nothing can be decrypted
+        // any more.
         SendFatalAlert(kAlertInternalError);
         return Fail(AlertError(ErrorCategory::kInternal, kAlertInternalError,
                                "the kernel paused RX for a key update ktls did not expect; sent"));
@@ -293,6 +286,7 @@ std::optional<Error> ConnectionImpl::SendWentNowhere(std::size_t len) {
 }
 
 Error ConnectionImpl::EndWithoutCloseNotify(Error truncated) {
+  peer_eof_ = true;
   // A FIN leaves our socket in CLOSE_WAIT (our side is still open); a reset
   // leaves it in CLOSE. Once we sent our own FIN, CLOSE is a normal end too.
   tcp_info info{};
@@ -499,27 +493,6 @@ Result<void> ConnectionImpl::SendPendingWarningLocked(int alert) {
   }
   if (sent) ++tx_records_bound_;
   return sent;
-}
-
-Result<void> ConnectionImpl::ResumeRxUnderCurrentKey() {
-  alignas(8) std::array<unsigned char, 64> current{};
-  socklen_t len = CryptoInfoSize(cipher);
-  const int rc = sys::GetSockOpt(socket.get(), uapi::kSolTls, uapi::kTlsRx, current.data(), &len);
-  const std::optional<std::uint64_t> seq = rc == 0 ? RecSeqOf(current.data(), len) : std::nullopt;
-  OPENSSL_cleanse(current.data(), current.size());  // The kernel returns the key too.
-  if (!seq) {
-    SendFatalAlert(kAlertInternalError);
-    return rc != 0 ? SysError(-rc, "getsockopt(TLS_RX) for the record sequence number")
-                   : MakeError(ErrorCategory::kInternal, "getsockopt(TLS_RX) returned an unknown crypto_info");
-  }
-  auto info = PackTls13Direction(cipher, rx_secret, *seq);
-  if (!info.ok()) return std::move(info).error();
-  if (const int set = sys::SetSockOpt(socket.get(), uapi::kSolTls, uapi::kTlsRx, info->data(), info->size());
-      set != 0) {
-    SendFatalAlert(kAlertInternalError);
-    return SysError(-set, "setsockopt(TLS_RX) to read the rest of a fragmented KeyUpdate");
-  }
-  return {};
 }
 
 void ConnectionImpl::SendFatalAlert(int alert) {
@@ -882,7 +855,82 @@ Result<IoProgress> ConnectionImpl::Shutdown() {
   return IoProgress{};
 }
 
+bool ConnectionImpl::LingerOwed() const {
+  return socket.get() >= 0 && linger.time.count() > 0 && !linger_done_ && !peer_eof_ && !peer_closed &&
+         (sent_close_ || failed_);
+}
+
+std::chrono::steady_clock::time_point ConnectionImpl::LingerDeadline() {
+  if (!linger_started_) return std::chrono::steady_clock::now() + linger.time;
+  return linger_deadline_;
+}
+
+Result<IoProgress> ConnectionImpl::Linger() {
+  if (socket.get() < 0) return MakeError(ErrorCategory::kUsage, "Linger on a closed connection");
+  const IoProgress done{0, false, true};
+  if (!LingerOwed()) return done;
+  if (!linger_started_) {
+    linger_started_ = true;
+    linger_deadline_ = std::chrono::steady_clock::now() + linger.time;
+    ::shutdown(socket.get(), SHUT_WR);  // Our FIN, where no alert sent one yet.
+  }
+  // Read and drop whatever the peer still sends, never blocking: the
+  // caller waits (Close with poll, an event loop, ktls::asio).
+  std::array<std::byte, 16 * 1024> scratch;
+  std::size_t discarded = 0;
+  for (;;) {
+    if (linger_discarded_ >= linger.max_bytes || std::chrono::steady_clock::now() >= linger_deadline_) {
+      linger_done_ = true;
+      return done;
+    }
+    ssize_t n = 0;
+    bool typed = false;
+    if (rx == Offload::kKernel) {
+      // kTLS returns records only to a caller that can take their type.
+      alignas(cmsghdr) std::array<unsigned char, CMSG_SPACE(sizeof(unsigned char))> control{};
+      iovec iov{scratch.data(), scratch.size()};
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control.data();
+      msg.msg_controllen = control.size();
+      n = sys::RecvMsg(socket.get(), &msg, MSG_DONTWAIT);
+      typed = msg.msg_controllen > 0 && CMSG_FIRSTHDR(&msg) != nullptr;
+    } else {
+      // Records for OpenSSL nobody will read: the raw bytes will do.
+      n = ::recv(socket.get(), scratch.data(), scratch.size(), MSG_DONTWAIT);
+      if (n < 0) n = -errno;
+    }
+    if (n > 0 || (n == 0 && typed)) {
+      linger_discarded_ += static_cast<std::size_t>(n);
+      discarded += static_cast<std::size_t>(n);
+      continue;
+    }
+    if (n < 0 && WouldBlock(static_cast<int>(-n))) return IoProgress{discarded, true, false, Wait::kReadable};
+    if (n < 0 && n == -EINTR) continue;
+    // The peer's FIN, a reset, or records the kernel can no longer
+    // decrypt: nothing more to wait for.
+    if (n == 0) peer_eof_ = true;
+    linger_done_ = true;
+    return done;
+  }
+}
+
 void ConnectionImpl::Close() {
+  // A blocking socket lingers here, bounded by OffloadOptions::linger; a
+  // non-blocking one never waits (its owner drives Linger from its loop).
+  const int flags = socket.get() >= 0 ? ::fcntl(socket.get(), F_GETFL) : -1;
+  while (flags >= 0 && (flags & O_NONBLOCK) == 0 && LingerOwed()) {
+    auto step = Linger();
+    if (!step.ok() || !step->would_block) break;
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(linger_deadline_ -
+                                                                            std::chrono::steady_clock::now());
+    pollfd pfd{socket.get(), POLLIN | POLLRDHUP, 0};
+    int rc;
+    while ((rc = ::poll(&pfd, 1, static_cast<int>(std::max<long long>(left.count(), 0) + 1))) < 0 && errno == EINTR) {
+    }
+    if (rc <= 0) break;  // The time is up.
+  }
   if (ssl && sent_close_ && !failed_) {
     // close_notify went out through the kernel, where OpenSSL did not see
     // it; without this, freeing the SSL would drop a good session from the
@@ -937,6 +985,14 @@ Result<IoProgress> Connection::Shutdown() {
 
 void Connection::Close() {
   if (impl_) impl_->Close();
+}
+
+Result<IoProgress> Connection::Linger() {
+  return impl_ ? impl_->Linger() : Result<IoProgress>(EmptyConnection());
+}
+
+std::chrono::steady_clock::time_point Connection::linger_deadline() const noexcept {
+  return impl_ ? impl_->LingerDeadline() : std::chrono::steady_clock::time_point{};
 }
 
 Result<void> Connection::UpdateKeys(bool request_peer_update) {

@@ -3,6 +3,7 @@
 #define KTLS_SRC_CONN_CONNECTION_IMPL_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -14,6 +15,7 @@
 #include "core/unique_fd.h"
 #include "keys/secret.h"
 #include "ktls/connection.h"
+#include "ktls/offload.h"
 #include "ktls/types.h"
 
 namespace ktls::detail {
@@ -33,6 +35,10 @@ class ConnectionImpl {
   Result<IoProgress> Write(std::span<const std::byte> data);
   Result<IoProgress> SendFile(int file_fd, off_t offset, std::size_t count);
   Result<IoProgress> Shutdown();
+  // Linger: one non-blocking step of the lingering close (see
+  // Connection::Linger).
+  Result<IoProgress> Linger();
+  std::chrono::steady_clock::time_point LingerDeadline();
   void Close();
 
   // --- set up by offload (conn/offload.cc) ---
@@ -48,6 +54,8 @@ class ConnectionImpl {
   std::size_t early_plaintext_offset = 0;
   // The peer's close_notify was already seen (before or after offload).
   std::atomic<bool> peer_closed = false;
+  // How Close lingers (OffloadOptions::linger).
+  LingerOptions linger;
   // OpenSSL tried to write with TX in the kernel (mixed mode); see
   // conn/no_write_bio.h. Written under ssl_mu_.
   bool openssl_write_attempted = false;
@@ -87,10 +95,6 @@ class ConnectionImpl {
   // write (tx_warning_pending_).
   Result<void> SendWarningAlert(int alert);
   Result<void> SendPendingWarningLocked(int alert);  // Under tx_mu_.
-  // ResumeRxUnderCurrentKey installs the current RX key again at the
-  // kernel's next sequence number, after the kernel paused RX for a record
-  // that only starts a KeyUpdate.
-  Result<void> ResumeRxUnderCurrentKey();
   // EndWithoutCloseNotify: the error for a read that found the end of the
   // stream without close_notify: truncated, unless the connection was in
   // fact reset. A reset's error can be gone by then: kTLS's sendmsg
@@ -159,6 +163,15 @@ class ConnectionImpl {
   bool discard_handshake_record_ = false;   // Drop the rest of this record (a refused renegotiation).
   int warning_alerts_in_a_row_ = 0;         // Ignored warning alerts since the last other record.
   std::atomic<int> tx_warning_pending_ = 0;  // A warning alert owed, ahead of the next write.
+  // --- the lingering close ---
+  // LingerOwed: ktls ended the connection (close_notify or a fatal alert
+  // went out, or an error ended it) and the peer may still be sending.
+  bool LingerOwed() const;
+  std::atomic<bool> peer_eof_ = false;  // The peer's FIN (or reset) was seen: nothing more comes.
+  bool linger_started_ = false;
+  bool linger_done_ = false;
+  std::size_t linger_discarded_ = 0;
+  std::chrono::steady_clock::time_point linger_deadline_{};
 };
 
 }  // namespace ktls::detail

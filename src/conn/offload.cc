@@ -303,6 +303,7 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
     return MakeError(ErrorCategory::kUsage, "offload: the handshake has not finished");
   }
   auto conn = std::make_unique<ConnectionImpl>(std::move(socket), std::move(ssl), is_server);
+  conn->linger = options.linger;
   CaptureSession(conn->ssl.get(), conn->session, options.keep_peer_certificates);
 
   // The socket belongs to the Connection; OpenSSL's BIOs must never close it.

@@ -451,12 +451,13 @@ class TlsClient:
 
     # -- records of our own --
 
-    def traffic_protection(self):
-        """The client's write protection after the handshake, from the key
-        log: TLS 1.3, its application traffic secret and the negotiated
-        suite; TLS 1.2, the key block from the master secret and both
-        randoms (the server's from its ServerHello on the wire)."""
-        label = "CLIENT_RANDOM" if self.tls12 else "CLIENT_TRAFFIC_SECRET_0"
+    def traffic_protection(self, side="client"):
+        """The client's write protection after the handshake (side="server":
+        the server's, to open what it sends), from the key log: TLS 1.3, the
+        application traffic secret and the negotiated suite; TLS 1.2, the
+        key block from the master secret and both randoms (the server's
+        from its ServerHello on the wire)."""
+        label = "CLIENT_RANDOM" if self.tls12 else f"{side.upper()}_TRAFFIC_SECRET_0"
         secrets = list(read_keylog(self.keylog).get(label, {}).items())
         if len(secrets) != 1:
             raise AssertionError(f"expected one {label} in {self.keylog}, got {len(secrets)}")
@@ -464,7 +465,8 @@ class TlsClient:
         if not self.tls12:
             return Tls13Protection(self.cipher(), secret)
         server_hello = self.server_hello.hello
-        return tls12_protections(server_hello.suite, secret, client_random, server_hello.random)[0]
+        protections = tls12_protections(server_hello.suite, secret, client_random, server_hello.random)
+        return protections[0 if side == "client" else 1]
 
     def seal(self, content_type, payload):
         """One record of content_type carrying payload, protected under the

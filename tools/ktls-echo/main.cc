@@ -150,6 +150,9 @@ void ServeOne(ktls::Listener& listener, int socket) {
     }
   }
   Log(ConnectionLine(peer, *conn, bytes_in, bytes_out, end));
+  // Linger (bounded) before the close, so that a peer still sending reads
+  // our alert or close_notify instead of a reset.
+  conn->Close();
 }
 
 int RunServer(const cxxopts::ParseResult& args) {

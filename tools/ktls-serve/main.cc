@@ -419,6 +419,9 @@ class Server {
       co_await stream->async_shutdown(net::redirect_error(net::use_awaitable, ec));
       deadline.Cancel();
     }
+    // Linger (bounded, without blocking the loop), so that a client still
+    // sending reads our close_notify or alert rather than a reset.
+    co_await stream->async_close(net::redirect_error(net::use_awaitable, ec));
   }
 
   template <typename Body>

@@ -1,0 +1,404 @@
+#!/usr/bin/env python3
+"""Conformance: for the same bytes on the wire, a ktls server answers as
+OpenSSL does in userspace.
+
+usage: conformance_interop.py PATH/TO/ktls-echo [TEST_NAME_SUBSTRING...]
+
+A hostile TLS client (tests/interop/ktls_badpeer.py: Python's ssl for the
+handshake, then records it seals itself under its live key) sends each case
+below after the handshake, then one record of data. It sends the same bytes
+to three servers:
+
+- the reference, `openssl s_server` (OpenSSL in userspace);
+- ktls-echo with RX in the kernel (--rx), where ktls decides what to answer
+  from what kTLS returns;
+- ktls-echo with RX in OpenSSL (--no-rx), where OpenSSL decides and ktls
+  sends its alert through the kernel's TX.
+
+The client opens every record the server sends (the server's key from the
+key log), so it sees the exact alert: level and description. Each case
+asserts one outcome for each server: a fatal or warning alert, the
+connection going on (ktls-echo echoes the data record), or a close with no
+alert. The reference must give the expected outcome too, so a change in
+OpenSSL shows here. Where the kernel decides and makes cases
+indistinguishable, the case says so in its name ("kernel_decides") and
+states both outcomes; on a kernel that cannot install new RX keys (before
+6.14) a KeyUpdate with RX in the kernel ends the connection with
+internal_error, ktls's documented policy.
+
+After every case a good client, connected all along, echoes through each
+ktls-echo: the process goes on serving everyone else. Every bad connection
+was offloaded (ktls-echo's line: tx=kernel, rx as asked), and at the end
+tls_stat's TlsTxSw/TlsRxSw grew by exactly the directions the lines report.
+
+Exit status: 0 when every test passed, 1 when one failed, 77 (with a line
+"SKIP: <reason>") when this kernel has no kTLS, which is a failure instead
+when KTLS_REQUIRE_KERNEL=1. When tests ran, the last line is always
+"N passed, N failed".
+"""
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ktls_interop  # noqa: E402
+from ktls_interop import (HOST, STEP_TIMEOUT, PkiBase, Pump, ServerProcess, free_port, is_listening,  # noqa: E402
+                          read_tls_stat, stop_process, wait_until)
+from ktls_badpeer import (CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, RecordSplitter,  # noqa: E402
+                          TlsClient, handshake_message, record_header, xor_seq)
+
+ECHO = ""      # the ktls-echo binary (argv[1])
+OPENSSL = ""   # the openssl command-line tool
+PKI = None     # the CA and the server's certificate
+TMP = ""       # key logs
+PROBE_COST = {}  # what one ktls-echo start-up probe adds to tls_stat
+
+# The data record sent after each case; ktls-echo echoes it if the
+# connection goes on.
+AFTER = b"after the case"
+# With no alert and no close after this long, a connection that echoes
+# nothing (s_server) goes on.
+QUIET_SECONDS = 1.5
+
+ALERTS = {0: "close_notify", 10: "unexpected_message", 20: "bad_record_mac", 22: "record_overflow",
+          40: "handshake_failure", 42: "bad_certificate", 47: "illegal_parameter", 50: "decode_error",
+          70: "protocol_version", 80: "internal_error", 90: "user_canceled", 100: "no_renegotiation"}
+
+# Outcomes, as the client sees them.
+GOES_ON = "goes on"          # no alert, no close: the data record is served
+CLOSED = "closed"            # a close with no alert (the peer's fatal alert ended it)
+CLOSE_NOTIFY_BACK = "warning close_notify, then closed"
+
+
+def fatal(name):
+    return f"fatal {name}"
+
+
+def warning_then_goes_on(name):
+    return f"warning {name}, then goes on"
+
+
+def can_rekey_rx():
+    """Whether this kernel installs new RX keys on a live socket (6.14+)."""
+    major, minor = (int(part) for part in os.uname().release.split(".")[:2])
+    return (major, minor) >= (6, 14)
+
+
+class Case:
+    """One case: `build(client)` returns the records to send; `expect` is
+    OpenSSL's outcome. kernel_rx: the outcome with RX in the kernel where
+    the kernel decides otherwise; no_rekey: with RX in the kernel on a
+    kernel that cannot install new RX keys."""
+
+    def __init__(self, build, expect, kernel_rx=None, no_rekey=None):
+        self.build, self.expect, self.kernel_rx, self.no_rekey = build, expect, kernel_rx, no_rekey
+
+    def expected(self, target):
+        if target == "ktls-echo --rx":
+            if self.no_rekey and not can_rekey_rx():
+                return self.no_rekey
+            return self.kernel_rx or self.expect
+        return self.expect
+
+
+def seal_padding_only(client):
+    """A TLS 1.3 record whose plaintext is all padding: no content type."""
+    protection = client.protection or client.traffic_protection()
+    client.protection = protection
+    inner = bytes(8)
+    header = record_header(CONTENT_APPLICATION_DATA, len(inner) + 16)
+    record = header + protection.aead.encrypt(xor_seq(protection.iv, client.next_seq), inner, header)
+    client.next_seq += 1
+    return record
+
+
+def seal_padded(client, content_type, payload, padding):
+    """A TLS 1.3 record of content_type with `padding` zero bytes after it."""
+    protection = client.protection or client.traffic_protection()
+    client.protection = protection
+    inner = payload + bytes([content_type]) + bytes(padding)
+    header = record_header(CONTENT_APPLICATION_DATA, len(inner) + 16)
+    record = header + protection.aead.encrypt(xor_seq(protection.iv, client.next_seq), inner, header)
+    client.next_seq += 1
+    return record
+
+
+def alerts(client, *alert, count=1):
+    return b"".join(client.seal(CONTENT_ALERT, bytes(alert)) for _ in range(count))
+
+
+def key_update(request=0):
+    return handshake_message(24, bytes([request]))
+
+
+TLS13_CASES = {
+    "alert_of_0_bytes": Case(lambda c: c.seal(CONTENT_ALERT, b""), fatal("unexpected_message")),
+    "alert_of_0_bytes_with_padding": Case(lambda c: seal_padded(c, CONTENT_ALERT, b"", 20),
+                                          fatal("unexpected_message")),
+    "alert_of_1_byte": Case(lambda c: c.seal(CONTENT_ALERT, b"\x02"), fatal("unexpected_message")),
+    "alert_of_3_bytes": Case(lambda c: c.seal(CONTENT_ALERT, b"\x02\x0a\x00"), fatal("unexpected_message")),
+    "close_notify_with_padding": Case(lambda c: seal_padded(c, CONTENT_ALERT, b"\x01\x00", 30),
+                                      CLOSE_NOTIFY_BACK),
+    "user_canceled_four_times": Case(lambda c: alerts(c, 1, 90, count=4), GOES_ON),
+    "user_canceled_five_times": Case(lambda c: alerts(c, 1, 90, count=5), fatal("unexpected_message")),
+    "user_canceled_four_times_data_then_four_more": Case(
+        lambda c: alerts(c, 1, 90, count=4) + c.seal(CONTENT_APPLICATION_DATA, b"x") + alerts(c, 1, 90, count=4),
+        GOES_ON),
+    "warning_bad_certificate_ends_it": Case(lambda c: alerts(c, 1, 42), CLOSED),
+    "fatal_alert_of_unknown_description": Case(lambda c: alerts(c, 2, 254), CLOSED),
+    "alert_of_unknown_level": Case(lambda c: alerts(c, 3, 10), CLOSED),
+    "empty_handshake_record": Case(lambda c: c.seal(CONTENT_HANDSHAKE, b""), fatal("unexpected_message")),
+    "finished_after_the_handshake": Case(lambda c: c.seal(CONTENT_HANDSHAKE, handshake_message(20, bytes(32))),
+                                         fatal("unexpected_message")),
+    "new_session_ticket_to_a_server": Case(lambda c: c.seal(CONTENT_HANDSHAKE, handshake_message(4, bytes(20))),
+                                           fatal("unexpected_message")),
+    "key_update_in_one_record": Case(lambda c: c.seal_key_update(fragment_len=5), GOES_ON,
+                                     no_rekey=fatal("internal_error")),
+    "key_update_in_1_byte_records": Case(lambda c: c.seal_key_update(fragment_len=1), GOES_ON,
+                                         no_rekey=fatal("internal_error")),
+    "key_update_in_3_and_2_byte_records": Case(lambda c: c.seal_key_update(fragment_len=3), GOES_ON,
+                                               no_rekey=fatal("internal_error")),
+    "two_key_updates_in_one_record": Case(lambda c: c.seal(CONTENT_HANDSHAKE, key_update() + key_update()),
+                                          fatal("unexpected_message")),
+    "key_update_then_the_start_of_a_message": Case(lambda c: c.seal(CONTENT_HANDSHAKE, key_update() + b"\x04"),
+                                                   fatal("unexpected_message")),
+    "key_update_with_invalid_request": Case(lambda c: c.seal(CONTENT_HANDSHAKE, key_update(7)),
+                                            fatal("illegal_parameter")),
+    "key_update_of_2_bytes": Case(lambda c: c.seal(CONTENT_HANDSHAKE, handshake_message(24, b"\x00\x00")),
+                                  fatal("illegal_parameter")),
+    "key_update_of_0_bytes": Case(lambda c: c.seal(CONTENT_HANDSHAKE, handshake_message(24, b"")),
+                                  fatal("decode_error")),
+    "zero_length_application_data": Case(lambda c: c.seal(CONTENT_APPLICATION_DATA, b""), GOES_ON),
+    "zero_length_application_data_before_an_alert": Case(
+        lambda c: c.seal(CONTENT_APPLICATION_DATA, b"") + c.seal(CONTENT_ALERT, b""), fatal("unexpected_message")),
+    "record_of_unknown_type": Case(lambda c: c.seal(99, b"hello"), fatal("unexpected_message")),
+    "heartbeat_record": Case(lambda c: c.seal(24, b"\x01\x00\x00"), fatal("unexpected_message")),
+    # The kernel decrypts every record: what it cannot authenticate, or finds
+    # no content type in, is EBADMSG either way.
+    "padding_only_record_kernel_decides": Case(seal_padding_only, fatal("unexpected_message"),
+                                               kernel_rx=fatal("bad_record_mac")),
+    "plaintext_change_cipher_spec_kernel_decides": Case(lambda c: record_header(20, 1) + b"\x01",
+                                                        fatal("unexpected_message"),
+                                                        kernel_rx=fatal("bad_record_mac")),
+}
+
+TLS12_CASES = {
+    "alert_of_0_bytes": Case(lambda c: c.seal(CONTENT_ALERT, b""), fatal("unexpected_message")),
+    "alert_of_1_byte": Case(lambda c: c.seal(CONTENT_ALERT, b"\x02"), fatal("unexpected_message")),
+    "alert_of_3_bytes": Case(lambda c: c.seal(CONTENT_ALERT, b"\x02\x0a\x00"), fatal("unexpected_message")),
+    "warning_four_times": Case(lambda c: alerts(c, 1, 42, count=4), GOES_ON),
+    "warning_five_times": Case(lambda c: alerts(c, 1, 42, count=5), fatal("unexpected_message")),
+    "warning_no_renegotiation": Case(lambda c: alerts(c, 1, 100), fatal("handshake_failure")),
+    "alert_of_unknown_level": Case(lambda c: alerts(c, 3, 10), fatal("illegal_parameter")),
+    "fatal_alert_of_unknown_description": Case(lambda c: alerts(c, 2, 254), CLOSED),
+    "renegotiation_client_hello": Case(lambda c: c.seal(CONTENT_HANDSHAKE, bytes([1, 0, 0, 4, 3, 3, 0, 0])),
+                                       warning_then_goes_on("no_renegotiation")),
+    "hello_request_to_a_server": Case(lambda c: c.seal(CONTENT_HANDSHAKE, bytes([0, 0, 0, 0])),
+                                      fatal("unexpected_message")),
+    "finished_after_the_handshake": Case(lambda c: c.seal(CONTENT_HANDSHAKE, handshake_message(20, bytes(12))),
+                                         fatal("unexpected_message")),
+    "key_update_in_tls12": Case(lambda c: c.seal(CONTENT_HANDSHAKE, key_update()), fatal("unexpected_message")),
+    "empty_handshake_record": Case(lambda c: c.seal(CONTENT_HANDSHAKE, b""), GOES_ON),
+    "change_cipher_spec_after_the_handshake": Case(lambda c: c.seal(20, b"\x01"), fatal("unexpected_message")),
+    "zero_length_application_data": Case(lambda c: c.seal(CONTENT_APPLICATION_DATA, b""), GOES_ON),
+    "record_of_unknown_type": Case(lambda c: c.seal(99, b"hello"), fatal("unexpected_message")),
+    "heartbeat_record": Case(lambda c: c.seal(24, b"\x01\x00\x00"), fatal("unexpected_message")),
+}
+
+
+class Pki(PkiBase):
+    def __init__(self, directory):
+        super().__init__(directory)
+        self.ca = self.make_ca("ca", "ktls conformance CA")
+        self.server = self.make_leaf("server", self.ca, "localhost", "serverAuth",
+                                     "subjectAltName=DNS:localhost,IP:127.0.0.1")
+
+
+class ReferenceServer:
+    """`openssl s_server -quiet` serving one connection after another (its
+    stdin stays open: at its end s_server would close the connection)."""
+
+    def __init__(self, *args):
+        self.args = args
+
+    def __enter__(self):
+        for _ in range(5):
+            self.port = free_port()
+            self.proc = subprocess.Popen([OPENSSL, "s_server", "-accept", f"{HOST}:{self.port}", "-cert",
+                                          PKI.server.cert, "-key", PKI.server.key, "-quiet", *self.args],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.out, self.err = Pump(self.proc.stdout), Pump(self.proc.stderr)
+            self.out.start()
+            self.err.start()
+            if wait_until(lambda: is_listening(self.port) or self.proc.poll() is not None, STEP_TIMEOUT) \
+                    and self.proc.poll() is None:
+                return self
+            stop_process(self.proc, (self.out, self.err))
+        raise AssertionError(f"openssl s_server did not start: {self.err.text()}")
+
+    def __exit__(self, *exc):
+        stop_process(self.proc, (self.out, self.err))
+
+
+def observe(client, first_seq, echoes):
+    """What the server did after the case: reads the raw socket, opens each
+    record with the server's key from first_seq on, and returns the outcome
+    and the application data received. A server that echoes is done once
+    the data record came back."""
+    protection = client.traffic_protection("server")
+    splitter = RecordSplitter()
+    seq = first_seq
+    data = bytearray()
+    warnings = []
+    client.sock.settimeout(QUIET_SECONDS)
+    while True:
+        try:
+            chunk = client.sock.recv(65536)
+        except socket.timeout:
+            chunk = None
+        except ConnectionResetError:
+            return "reset", bytes(data)
+        if chunk is None:
+            break
+        if not chunk:
+            return CLOSED if not warnings else f"warning {warnings[0]}, then closed", bytes(data)
+        for record in splitter.feed(chunk):
+            content_type, payload = protection.open(seq, record)
+            seq += 1
+            if content_type == CONTENT_ALERT:
+                level, description = payload[0], payload[1]
+                name = ALERTS.get(description, str(description))
+                if level == 2:
+                    return fatal(name), bytes(data)
+                warnings.append(name)
+            elif content_type == CONTENT_APPLICATION_DATA:
+                data += payload
+        if echoes and data.endswith(AFTER):
+            break
+    return (warning_then_goes_on(warnings[0]) if warnings else GOES_ON), bytes(data)
+
+
+class ConformanceTest(unittest.TestCase):
+    """One TLS version: each case against s_server, ktls-echo --rx and
+    ktls-echo --no-rx, all started once for the class."""
+
+    VERSION = ssl.TLSVersion.TLSv1_3
+    CIPHERS = None
+    S_SERVER_ARGS = ("-tls1_3",)
+    ECHO_ARGS = ()
+
+    @classmethod
+    def setUpClass(cls):
+        cls.targets = {}
+        cls.stat_before = read_tls_stat()
+        cls.reference = ReferenceServer(*cls.S_SERVER_ARGS).__enter__()
+        cls.targets["openssl s_server"] = cls.reference
+        for rx in ("--rx", "--no-rx"):
+            server = ServerProcess([ECHO, "--listen", f"{HOST}:0", "--cert", PKI.server.cert, "--key",
+                                    PKI.server.key, rx, *cls.ECHO_ARGS])
+            server.__enter__()
+            cls.targets[f"ktls-echo {rx}"] = server
+        cls.good = {name: cls.client(server).handshake() for name, server in cls.targets.items()
+                    if name.startswith("ktls-echo")}
+
+    @classmethod
+    def tearDownClass(cls):
+        for name, client in cls.good.items():
+            client.close()
+            cls.targets[name].line_for(client.port)  # Its line is out: the connection is over.
+        cls.reference.__exit__(None, None, None)
+        lines = []
+        for name, server in cls.targets.items():
+            if name.startswith("ktls-echo"):
+                lines += server.lines()
+                server.__exit__(None, None, None)
+        # Every kernel direction the lines report, and the two start-up
+        # probes, and no more. (TlsDecryptError is left out: whether the
+        # kernel counts the "kernel_decides" records there differs between
+        # 6.1 and 7.2.)
+        after = read_tls_stat()
+        grown = {name: after[name] - cls.stat_before.get(name, 0) for name in ("TlsTxSw", "TlsRxSw")}
+        expected = {"TlsTxSw": sum(line.get("tx") == "kernel" for line in lines) + 2 * PROBE_COST["TlsTxSw"],
+                    "TlsRxSw": sum(line.get("rx") == "kernel" for line in lines) + 2 * PROBE_COST["TlsRxSw"]}
+        if grown != expected:
+            raise AssertionError(f"tls_stat grew by {grown}, expected {expected} (lines: {len(lines)})")
+        for name in ("TlsCurrTxSw", "TlsCurrRxSw"):
+            if after[name] != cls.stat_before[name]:
+                raise AssertionError(f"{name}: kTLS sockets left open")
+
+    @classmethod
+    def client(cls, server):
+        return TlsClient(server.port, PKI.ca.cert, TMP, version=cls.VERSION, ciphers=cls.CIPHERS)
+
+    def run_case(self, case):
+        outcomes = {}
+        for name, server in self.targets.items():
+            client = self.client(server)
+            try:
+                client.handshake()
+                records = case.build(client)
+                # TLS 1.2: the server's Finished (seq 0) was read in the
+                # handshake; TLS 1.3: nothing under its application key yet.
+                first_seq = 1 if client.tls12 else 0
+                try:
+                    client.send_raw(records + client.seal(CONTENT_APPLICATION_DATA, AFTER))
+                except OSError:
+                    pass  # The server already ended it: its alert is still to be read.
+                outcome, data = observe(client, first_seq, echoes=name.startswith("ktls-echo"))
+                outcomes[name] = outcome
+                if name.startswith("ktls-echo"):
+                    if outcome.endswith(GOES_ON):
+                        self.assertTrue(data.endswith(AFTER), f"{name}: the data after the case was not echoed")
+                    client.close()
+                    line = server.line_for(client.port)
+                    rx = "kernel" if name.endswith("--rx") else "user"
+                    self.assertEqual((line.get("tx"), line.get("rx")), ("kernel", rx), f"{name}: {line}")
+                    # Everyone else is still served.
+                    payload = os.urandom(100)
+                    self.assertEqual(self.good[name].echo(payload), payload, f"{name}: the good client's echo")
+            finally:
+                client.close()
+        expected = {name: case.expected(name) for name in self.targets}
+        self.assertEqual(outcomes, expected)
+
+
+def make_tests(cls, cases):
+    for case_name, case in cases.items():
+        setattr(cls, f"test_{case_name}", lambda self, case=case: self.run_case(case))
+
+
+class Tls13Test(ConformanceTest):
+    pass
+
+
+class Tls12Test(ConformanceTest):
+    VERSION = ssl.TLSVersion.TLSv1_2
+    CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256"
+    S_SERVER_ARGS = ("-tls1_2",)
+    ECHO_ARGS = ("--tls-max", "1.2")
+
+
+make_tests(Tls13Test, TLS13_CASES)
+make_tests(Tls12Test, TLS12_CASES)
+
+
+# --- Main ----------------------------------------------------------------------
+
+def main():
+    return ktls_interop.echo_suite_main(sys.modules[__name__], "ktls-conformance-", set_up,
+                                        classes=(Tls13Test, Tls12Test))
+
+
+def set_up(directory):
+    global PKI, TMP, PROBE_COST
+    PKI = Pki(directory)
+    TMP = directory
+    PROBE_COST = ktls_interop.tls_stat_added(lambda: ServerProcess([ECHO, "--listen", f"{HOST}:0", "--cert",
+                                                                    PKI.server.cert, "--key", PKI.server.key]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
