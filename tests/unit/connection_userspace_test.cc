@@ -45,6 +45,20 @@ std::vector<std::uint8_t> ReadAll(Connection& conn, Error* error_out = nullptr) 
   }
 }
 
+// TempFileWith: an unlinked temporary file holding content, to send from;
+// -1 on failure. The caller closes it.
+int TempFileWith(const std::vector<std::uint8_t>& content) {
+  char path[] = "/tmp/ktls-sendfile-XXXXXX";
+  const int file = ::mkstemp(path);
+  if (file < 0) return -1;
+  ::unlink(path);
+  if (!testing::WriteAll(file, content)) {
+    ::close(file);
+    return -1;
+  }
+  return file;
+}
+
 class UserspaceConnection : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -168,11 +182,8 @@ TEST_F(UserspaceConnection, BadRecordErrorNamesTheAlertSent) {
 
 TEST_F(UserspaceConnection, SendFileFromOffsetsWithoutKernelTx) {
   const auto content = testing::RandomBytes(300'000);
-  char path[] = "/tmp/ktls-sendfile-XXXXXX";
-  const int file = ::mkstemp(path);
+  const int file = TempFileWith(content);
   ASSERT_GE(file, 0);
-  ::unlink(path);
-  ASSERT_TRUE(testing::WriteAll(file, content));
 
   const std::vector<std::pair<off_t, std::size_t>> pieces = {{0, 1}, {1, 16383}, {16384, 16385}, {150'000, 150'000}};
   std::vector<std::uint8_t> received;
@@ -205,11 +216,8 @@ TEST_F(UserspaceConnection, SendFileFromOffsetsWithoutKernelTx) {
 // returns one record's plaintext, so each Read below is one record.
 TEST_F(UserspaceConnection, WriteMoreSharesTheNextRecord) {
   const auto content = testing::RandomBytes(40'000);
-  char path[] = "/tmp/ktls-more-XXXXXX";
-  const int file = ::mkstemp(path);
+  const int file = TempFileWith(content);
   ASSERT_GE(file, 0);
-  ::unlink(path);
-  ASSERT_TRUE(testing::WriteAll(file, content));
   const std::string header = "HTTP/1.1 200 OK\r\n\r\n";
   const auto header_bytes = std::as_bytes(std::span(header.data(), header.size()));
   std::vector<std::vector<std::uint8_t>> records;
