@@ -264,6 +264,15 @@ class stream {
                                                                    waiter_);
   }
 
+  // async_write_some with flags: WriteFlags::kMore lets these bytes share a
+  // record with the next write or sendfile (ktls::WriteFlags), as an HTTP
+  // header before its file body. Follow with a write, sendfile or shutdown.
+  template <typename ConstBufferSequence, typename Token>
+  auto async_write_some(const ConstBufferSequence& buffers, WriteFlags flags, Token&& token) {
+    return net::async_compose<Token, void(error_code, std::size_t)>(IoOp{this, WriteAction{Gather(buffers), flags}},
+                                                                   token, waiter_);
+  }
+
   // async_sendfile sends count bytes of file_fd from offset; with TX in the
   // kernel by sendfile(2), no copy through this process. Completes with
   // (error_code, bytes sent) once all count bytes went, or on error
@@ -354,7 +363,8 @@ class stream {
   };
   struct WriteAction {
     std::span<const std::byte> data;
-    Result<IoProgress> operator()(stream& s) { return s.conn_.Write(data); }
+    WriteFlags flags = WriteFlags::kNone;
+    Result<IoProgress> operator()(stream& s) { return s.conn_.Write(data, flags); }
   };
   struct SendFileAction {
     int file_fd;

@@ -55,6 +55,21 @@ struct KTLS_API IoProgress {
   Wait wait = Wait::kNone;
 };
 
+// WriteFlags: how Write treats the bytes it is given.
+enum class WriteFlags : std::uint8_t {
+  kNone,  // Send now: the bytes end a record.
+  // kMore: more bytes follow at once (an HTTP header before its body), so
+  // these may share a TLS record with what comes next instead of leaving in
+  // a record of their own. With TX in the kernel, sendmsg gets MSG_MORE: the
+  // record stays open and the next Write or SendFile fills it (whether
+  // sendfile(2) joins it is the kernel's choice; see the README). With TX in
+  // OpenSSL, up to 16 KiB are held back and go out in one record with the
+  // first bytes of the next Write or SendFile. Either way, follow with a
+  // Write or SendFile without kMore, or Shutdown, which send them: until
+  // then they may not leave. Write reports held bytes as written.
+  kMore,
+};
+
 // SessionInfo: what a request handler needs to know about the session.
 // Captured at offload, so it stays available after the SSL object is gone.
 struct KTLS_API SessionInfo {
@@ -96,6 +111,9 @@ class KTLS_API Connection {
   // after writing only part (a signal, a non-blocking socket); WriteAll
   // loops until everything is written.
   Result<IoProgress> Write(std::span<const std::byte> data);
+  // Write with flags: WriteFlags::kMore lets data share a record with what
+  // follows (see WriteFlags); kNone is Write(data).
+  Result<IoProgress> Write(std::span<const std::byte> data, WriteFlags flags);
 
   // WriteAll writes all of data, or fails. Blocking sockets only: on a
   // non-blocking socket it returns what it wrote when the socket would block.

@@ -515,11 +515,12 @@ void ConnectionImpl::SendFatalAlert(int alert) {
   ::shutdown(socket.get(), SHUT_WR);
 }
 
-Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data) {
+Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data, WriteFlags flags) {
   if (socket.get() < 0) return MakeError(ErrorCategory::kUsage, "write on a closed connection");
   if (failed_) return MakeError(ErrorCategory::kClosed, "write after the connection failed");
   if (sent_close_) return MakeError(ErrorCategory::kClosed, "write after Shutdown");
-  if (data.empty()) return IoProgress{};
+  if (data.empty() && tx_held_.empty()) return IoProgress{};
+  const bool more = flags == WriteFlags::kMore;
   if (tx == Offload::kKernel) {
     std::lock_guard lock(tx_mu_);
     std::size_t len = data.size();
@@ -531,7 +532,8 @@ Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data) {
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    const ssize_t n = sys::SendMsg(socket.get(), &msg, MSG_NOSIGNAL);
+    // MSG_MORE: kTLS leaves the record open for the next send to fill.
+    const ssize_t n = sys::SendMsg(socket.get(), &msg, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
     if (n >= 0) {
       tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
       if (auto dead = SendWentNowhere(static_cast<std::size_t>(n))) return Fail(std::move(*dead));
@@ -540,6 +542,20 @@ Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data) {
     if (WouldBlock(static_cast<int>(-n))) return Blocked(Wait::kWritable);
     return Fail(SysError(static_cast<int>(-n), "sendmsg on the kTLS socket"));
   }
+  if (more && tx_held_.size() + data.size() <= kMaxRecordPlaintext) {
+    // Held for the next write's first record, as kTLS would with MSG_MORE.
+    tx_held_.insert(tx_held_.end(), data.begin(), data.end());
+    return IoProgress{data.size(), false, false};
+  }
+  // Held bytes lead: one buffer, so they share the first record. On a retry
+  // after would_block the same bytes are joined again, as OpenSSL requires.
+  std::vector<std::byte> joined;
+  if (!tx_held_.empty()) {
+    joined.reserve(tx_held_.size() + data.size());
+    joined.insert(joined.end(), tx_held_.begin(), tx_held_.end());
+    joined.insert(joined.end(), data.begin(), data.end());
+  }
+  const std::span<const std::byte> out = joined.empty() ? data : std::span<const std::byte>(joined);
   for (;;) {
     std::unique_lock lock(ssl_mu_);
     std::size_t n = 0;
@@ -548,12 +564,18 @@ Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data) {
     // TX in OpenSSL: the same AEAD limit, counted by the message callback.
     if (const CaptureState* state = GetCaptureState(ssl.get());
         state != nullptr && key_update_threshold != 0 &&
-        state->tx.records + MaxRecordsFor(data.size()) >= key_update_threshold &&
+        state->tx.records + MaxRecordsFor(out.size()) >= key_update_threshold &&
         SSL_get_key_update_type(ssl.get()) == SSL_KEY_UPDATE_NONE) {
       SSL_key_update(ssl.get(), SSL_KEY_UPDATE_NOT_REQUESTED);  // Sent ahead of this write's data.
     }
-    const int ret = SSL_write_ex(ssl.get(), data.data(), data.size(), &n);
-    if (ret == 1) return IoProgress{n, false, false};
+    const int ret = SSL_write_ex(ssl.get(), out.data(), out.size(), &n);
+    if (ret == 1) {
+      // A partial write is whole records, and the first holds all the held
+      // bytes (at most one record's worth): n covers them.
+      const std::size_t held = std::min(n, tx_held_.size());
+      tx_held_.erase(tx_held_.begin(), tx_held_.begin() + static_cast<std::ptrdiff_t>(held));
+      return IoProgress{n - held, false, false};
+    }
     const int code = SSL_get_error(ssl.get(), ret);
     if (code == SSL_ERROR_WANT_WRITE || code == SSL_ERROR_WANT_READ) {
       lock.unlock();
@@ -838,6 +860,11 @@ Result<IoProgress> ConnectionImpl::Shutdown() {
     }
     sent_close_ = true;  // Under tx_mu_: a KeyUpdate answer that waited for it sees it.
   } else {
+    if (!tx_held_.empty()) {  // What a Write with kMore held goes before close_notify.
+      auto flushed = Write({}, WriteFlags::kNone);
+      if (!flushed.ok()) return flushed;
+      if (flushed->would_block) return flushed;
+    }
     for (;;) {
       std::unique_lock lock(ssl_mu_);
       ERR_clear_error();
@@ -962,6 +989,10 @@ Result<IoProgress> Connection::Read(std::span<std::byte> buf) {
 
 Result<IoProgress> Connection::Write(std::span<const std::byte> data) {
   return impl_ ? impl_->Write(data) : Result<IoProgress>(EmptyConnection());
+}
+
+Result<IoProgress> Connection::Write(std::span<const std::byte> data, WriteFlags flags) {
+  return impl_ ? impl_->Write(data, flags) : Result<IoProgress>(EmptyConnection());
 }
 
 Result<IoProgress> Connection::WriteAll(std::span<const std::byte> data) {

@@ -32,7 +32,7 @@ class ConnectionImpl {
   // first sequence number, after records OpenSSL sent under the same key
   // (session tickets, a TLS 1.2 Finished).
   void SetTxRecordsBound(std::uint64_t records) { tx_records_bound_ = records; }
-  Result<IoProgress> Write(std::span<const std::byte> data);
+  Result<IoProgress> Write(std::span<const std::byte> data, WriteFlags flags = WriteFlags::kNone);
   Result<IoProgress> SendFile(int file_fd, off_t offset, std::size_t count);
   Result<IoProgress> Shutdown();
   // Linger: one non-blocking step of the lingering close (see
@@ -156,6 +156,9 @@ class ConnectionImpl {
   std::uint64_t tx_records_bound_ = 0;  // >= records sent under the TX key. Under tx_mu_.
   std::atomic<bool> failed_ = false;     // An error ended the connection.
   std::atomic<bool> sent_close_ = false;  // We sent close_notify (or a fatal alert).
+  // Bytes a Write with WriteFlags::kMore held back, with TX in OpenSSL: they
+  // lead the next write's first record. Writer side only, like every write.
+  std::vector<std::byte> tx_held_;
   std::vector<unsigned char> handshake_bytes_;  // Partial post-handshake message.
   std::vector<unsigned char> alert_bytes_;      // Partial alert record.
   // --- the reader's record state ---

@@ -15,6 +15,8 @@
 //   <tmp>/root/link-dir -> ../outside
 //   <tmp>/root/link-root -> /
 //   <tmp>/root/sub/link-in -> ../a.txt  (stays inside: served)
+//   <tmp>/root/.env, .git/config        dotfiles: never served
+//   <tmp>/root/.well-known/token        RFC 8615: served
 //
 // Besides not crashing, every answer must be consistent:
 //   - a file it opened is a regular file whose real path (through
@@ -23,7 +25,11 @@
 //   - 200 serves the whole file; 206 has Content-Range "bytes F-L/N" that
 //     matches offset, length and size; 416 has "bytes */N" and no file;
 //     304 has no body; 405 has Allow and a method other than GET/HEAD;
-//     301 has a Location that is the request's path plus '/';
+//     301 has a Location on this host (starts with one '/', never "//"
+//     or "/\\", only pchars in its path) that names the same path as the
+//     request, ends it with '/', and keeps the query;
+//   - no file whose path under the root has a segment starting with '.'
+//     (other than a leading ".well-known") is ever opened;
 //   - error responses have no file and their text body is the length;
 //   - no status outside the ones ktls-serve documents;
 //   - no descriptor left open once the response is gone.
@@ -101,6 +107,11 @@ Tree MakeTree() {
   fs::create_symlink("../outside", root / "link-dir");
   fs::create_symlink("/", root / "link-root");
   fs::create_symlink("../a.txt", root / "sub" / "link-in");
+  fs::create_directories(root / ".git");
+  fs::create_directories(root / ".well-known");
+  WriteFile(root / ".env", 10, 'd');
+  WriteFile(root / ".git" / "config", 10, 'g');
+  WriteFile(root / ".well-known" / "token", 10, 'w');
   return Tree{base, root.string(), (base / "outside" / "secret.txt").string(), OpenRoot(root.string())};
 }
 
@@ -148,6 +159,10 @@ void CheckFile(const Tree& tree, const FileResponse& response) {
   FUZZ_CHECK(!ec);
   FUZZ_CHECK(real.size() > tree.root.size() + 1 && real.compare(0, tree.root.size() + 1, tree.root + "/") == 0);
   FUZZ_CHECK(real != tree.secret);
+  // No dotfile: below the root, no "/." but for a leading "/.well-known/".
+  std::string_view below = std::string_view(real).substr(tree.root.size());
+  if (below.substr(0, 13) == "/.well-known/") below.remove_prefix(12);
+  FUZZ_CHECK(below.find("/.") == std::string_view::npos);
   struct stat st {};
   FUZZ_CHECK(::fstat(response.file_fd, &st) == 0);
   FUZZ_CHECK(S_ISREG(st.st_mode));
@@ -205,7 +220,18 @@ void CheckResponse(const Tree& tree, const ktls::serve::Request& request, const 
   if (status == http::status::moved_permanently) {
     const std::string_view path = target.substr(0, target.find_first_of("?#"));
     FUZZ_CHECK(!path.empty() && path.back() != '/');
-    FUZZ_CHECK(response.location == std::string(path) + "/" + std::string(target.substr(path.size())));
+    const std::string_view location = response.location;
+    const std::string_view location_path = location.substr(0, location.find_first_of("?#"));
+    FUZZ_CHECK(location.size() >= 1 && location[0] == '/');
+    FUZZ_CHECK(location.size() == 1 || (location[1] != '/' && location[1] != '\\'));
+    FUZZ_CHECK(location_path.back() == '/');
+    FUZZ_CHECK(location_path.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                                               "-._~!$&'()*+,;=:@/%") == std::string_view::npos);
+    FUZZ_CHECK(location.substr(location_path.size()) == target.substr(path.size()));
+    http::status location_status{}, target_status{};
+    const auto location_names = ktls::serve::DecodePath(location, location_status);
+    const auto target_names = ktls::serve::DecodePath(target, target_status);
+    FUZZ_CHECK(location_names && target_names && *location_names == *target_names);
   }
   if (status == http::status::uri_too_long) FUZZ_CHECK(target.size() > kMaxTargetLen);
   if (target.size() > kMaxTargetLen && get_or_head) FUZZ_CHECK(status == http::status::uri_too_long);

@@ -36,6 +36,7 @@ import unittest
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ktls_badpeer  # noqa: E402
 import ktls_interop  # noqa: E402
 from ktls_interop import HOST, STEP_TIMEOUT, Pump, read_tls_stat, sha, stop_process, wait_until  # noqa: E402
 
@@ -48,7 +49,8 @@ MEDIUM = b""  # Contents of SITE/medium.bin (8 MiB).
 
 # One access-log line: CLIENT METHOD PATH STATUS BYTES DURATIONms tx=.. rx=..
 ACCESS = re.compile(r"^(?P<client>\S+) (?P<method>\S+) (?P<path>\S+) (?P<status>\d{3}) (?P<bytes>\d+) "
-                    r"(?P<ms>\d+)ms tx=(?P<tx>kernel|user) rx=(?P<rx>kernel|user)(?: error=.*)?$")
+                    r"(?P<ms>\d+)ms tx=(?P<tx>kernel|user) rx=(?P<rx>kernel|user)(?: reason=(?P<reason>\S+))?"
+                    r"(?: error=.*)?$")
 
 
 class Serve:
@@ -346,6 +348,237 @@ class Robustness(unittest.TestCase):
                 self.assertEqual(sha(f.read()), sha(MEDIUM), "the response in flight was cut")
             self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT), 0)
             self.assertIn("draining", server.err.text())
+
+# --- Hardening: redirects, dotfiles, cipher suites, HSTS -------------------------
+
+def exchange(port, request, context=None):
+    """Sends one raw request (with Connection: close) and returns the whole
+    reply up to the server's close_notify."""
+    raw = socket.create_connection((HOST, port), timeout=STEP_TIMEOUT)
+    with (context or tls_context()).wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as tls:
+        tls.sendall(request)
+        return read_until_close(tls)
+
+
+def get(port, target, context=None):
+    """(status, headers dict with lower-case names, body) of GET target."""
+    reply = exchange(port, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(), context)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split(" ")[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def tls12_context(ciphers):
+    ctx = tls_context()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(ciphers)
+    return ctx
+
+
+def add_site_files():
+    """Adds dotfiles, /.well-known/ and a directory with an index (docs/) to
+    SITE, for the tests below."""
+    for name, data in ((".env", b"PASSWORD=hunter2"), (".git/config", b"[core]\n"),
+                       (".well-known/acme-challenge/token", b"acme proof"), ("docs/index.html", b"<p>docs</p>")):
+        os.makedirs(os.path.dirname(os.path.join(SITE, name)), exist_ok=True)
+        with open(os.path.join(SITE, name), "wb") as f:
+            f.write(data)
+
+
+class Hardening(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        add_site_files()
+
+    def test_directory_redirect_stays_on_this_host(self):
+        # "//sub" must not become "Location: //sub/", a browser's host "sub".
+        cases = [("//docs", "/docs/"), ("//docs?next=//evil.example", "/docs/?next=//evil.example"),
+                 ("/.//docs", "/docs/"), ("/%2F%2Fdocs", "/docs/"), ("/docs", "/docs/")]
+        with Serve() as server:
+            for target, location in cases:
+                status, headers, _ = get(server.port, target)
+                self.assertEqual((status, headers.get("location")), (301, location), target)
+            status, out, err = curl("-L", "--path-as-is", "-w", " %{http_code} %{url_effective}", server.url("//docs"))
+            self.assertEqual(status, 0, err)
+            self.assertEqual(out.decode(), "<p>docs</p> 200 " + server.url("/docs/"))
+            lines = server.access(len(cases) + 2)
+            self.assertEqual([line["status"] for line in lines], ["301"] * (len(cases) + 1) + ["200"])
+
+    def test_dotfiles_are_404_with_the_reason_logged_and_well_known_is_served(self):
+        with Serve() as server:
+            for target in ("/.env", "/.git/config", "/%2egit/config", "/./.env"):
+                status, _, body = get(server.port, target)
+                self.assertEqual(status, 404, target)
+                self.assertNotIn(b"hunter2", body)
+            status, _, body = get(server.port, "/.well-known/acme-challenge/token")
+            self.assertEqual((status, body), (200, b"acme proof"))
+            lines = server.access(5)
+            self.assertEqual([(line["status"], line["reason"]) for line in lines],
+                             [("404", "dotfile")] * 4 + [("200", None)])
+        with Serve("--dotfiles") as server:
+            self.assertEqual(get(server.port, "/.env")[0::2], (200, b"PASSWORD=hunter2"))
+
+    def test_tls12_client_offering_only_cbc_fails_with_handshake_failure(self):
+        with Serve() as server:
+            with self.assertRaises(ssl.SSLError) as caught:
+                get(server.port, "/index.html", tls12_context("ECDHE-ECDSA-AES128-SHA"))
+            self.assertEqual(ktls_badpeer.alert_name(caught.exception), "handshake_failure", caught.exception)
+            # Everyone else is served: TLS 1.2 with an AEAD suite, offloaded.
+            ctx = tls12_context("ECDHE-ECDSA-AES128-GCM-SHA256")
+            self.assertEqual(get(server.port, "/index.html", ctx)[0], 200)
+            [line] = server.access(1)
+            self.assertEqual((line["tx"], line["rx"]), ("kernel", "kernel"))
+            self.assertIn("handshake failed", server.err.text())
+
+    def test_ciphers_can_enable_cbc_which_stays_in_userspace_and_says_why(self):
+        with Serve("--ciphers", "ECDHE-ECDSA-AES128-SHA") as server:
+            status, _, body = get(server.port, "/index.html", tls12_context("ECDHE-ECDSA-AES128-SHA"))
+            self.assertEqual(status, 200)
+            self.assertTrue(body.startswith(b"<!doctype html>"))
+            [line] = server.access(1)
+            self.assertEqual((line["tx"], line["rx"]), ("user", "user"))
+            self.assertIn("ktls-serve: a connection stays in userspace TLS: cipher not offloadable: "
+                          "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA", server.err.text())
+            delta = server.stat_delta()
+            self.assertEqual((delta["TlsTxSw"], delta["TlsRxSw"]), (0, 0), delta)
+
+    def test_hsts_header_only_when_asked(self):
+        with Serve("--hsts", "31536000") as server:
+            for target in ("/index.html", "/missing"):
+                _, headers, _ = get(server.port, target)
+                self.assertEqual(headers.get("strict-transport-security"), "max-age=31536000", target)
+        with Serve() as server:
+            _, headers, _ = get(server.port, "/index.html")
+            self.assertNotIn("strict-transport-security", headers)
+
+
+# --- One record per small response ---------------------------------------------
+
+class RecordClient:
+    """A TLS client that sees every record the server sends: the bytes from
+    the socket are cut into records by their headers
+    (ktls_badpeer.RecordSplitter) and handed to Python's ssl (over memory
+    BIOs) one whole record at a time, so what each record carries is known.
+    Records without application data (TLS 1.3 session tickets) are left
+    out."""
+
+    def __init__(self, port, context=None):
+        self.sock = socket.create_connection((HOST, port), timeout=STEP_TIMEOUT)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = (context or tls_context()).wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        self.splitter = ktls_badpeer.RecordSplitter()
+        self.waiting = []  # Whole records received, not yet given to ssl.
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.flush()
+                self.incoming.write(self.next_record())
+        self.flush()
+
+    def flush(self):
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    def next_record(self):
+        while not self.waiting:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            self.waiting += self.splitter.feed(data)
+        return self.waiting.pop(0)
+
+    def request(self, request):
+        """Sends request; returns the response as the list of the
+        plaintexts of the records that carried it."""
+        self.tls.write(request)
+        self.flush()
+        records, response = [], b""
+        while not self.complete(response):
+            self.incoming.write(self.next_record())
+            plaintext = b""
+            try:
+                while True:
+                    plaintext += self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+            if plaintext:
+                records.append(plaintext)
+                response += plaintext
+        return records
+
+    @staticmethod
+    def complete(response):
+        head, found, body = response.partition(b"\r\n\r\n")
+        if not found:
+            return False
+        if head.split(b" ", 2)[1] == b"304":
+            return True
+        length = re.search(rb"\r\nContent-Length: (\d+)", head)
+        return len(body) >= int(length.group(1))
+
+    def close(self):
+        self.sock.close()
+
+
+class OneRecordPerResponse(unittest.TestCase):
+    """Status, headers and a short body leave in one TLS record; a large
+    file's header shares the first record with the file's first bytes. A
+    client counts the records on the wire."""
+
+    @classmethod
+    def setUpClass(cls):
+        add_site_files()
+
+    def responses_in_records(self, *flags, rx=True):
+        """(records per response, access log, tls_stat delta) for a 404, a
+        301, a 304, a small file and 64 KiB of a large file."""
+        modified = email.utils.formatdate(os.stat(os.path.join(SITE, "index.html")).st_mtime, usegmt=True)
+        requests = [b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n",
+                    b"GET /docs HTTP/1.1\r\nHost: x\r\n\r\n",
+                    f"GET /index.html HTTP/1.1\r\nHost: x\r\nIf-Modified-Since: {modified}\r\n\r\n".encode(),
+                    b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n",
+                    b"GET /medium.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=0-65535\r\n\r\n"]
+        with Serve(*flags, rx=rx) as server:
+            client = RecordClient(server.port)
+            try:
+                records = [client.request(request) for request in requests]
+            finally:
+                client.close()
+            return records, server.access(len(requests)), server.stat_delta()
+
+    def check_small_responses(self, records):
+        with open(os.path.join(SITE, "index.html"), "rb") as f:
+            index = f.read()
+        for i, status in enumerate((b"404", b"301", b"304", b"200")):
+            self.assertEqual(len(records[i]), 1, f"{status}: {[len(r) for r in records[i]]} bytes per record")
+            self.assertTrue(records[i][0].startswith(b"HTTP/1.1 " + status), records[i][0][:40])
+        self.assertTrue(records[3][0].endswith(b"\r\n\r\n" + index))
+
+    def check_large_file_first_record(self, records):
+        head, _, _ = records[0].partition(b"\r\n\r\n")
+        head += b"\r\n\r\n"
+        self.assertTrue(head.startswith(b"HTTP/1.1 206"), head)
+        self.assertEqual(b"".join(records), head + MEDIUM[:65536])
+        # Header and file share the first record, which is full.
+        self.assertEqual(records[0], head + MEDIUM[:16384 - len(head)])
+
+    def test_with_tx_in_the_kernel(self):
+        records, lines, delta = self.responses_in_records()
+        self.assertTrue(all((line["tx"], line["rx"]) == ("kernel", "kernel") for line in lines), lines)
+        self.assertEqual((delta["TlsTxSw"], delta["TlsRxSw"]), (1, 1), delta)
+        self.check_small_responses(records)
+        self.check_large_file_first_record(records[4])
+
+    def test_with_tx_in_userspace(self):
+        records, lines, delta = self.responses_in_records("--no-offload", rx=False)
+        self.assertTrue(all((line["tx"], line["rx"]) == ("user", "user") for line in lines), lines)
+        self.assertEqual((delta["TlsTxSw"], delta["TlsRxSw"]), (0, 0), delta)
+        self.check_small_responses(records)
+        self.check_large_file_first_record(records[4])
 
 
 # --- Main ----------------------------------------------------------------------

@@ -45,6 +45,20 @@ std::vector<std::uint8_t> ReadAll(Connection& conn, Error* error_out = nullptr) 
   }
 }
 
+// TempFileWith: an unlinked temporary file holding content, to send from;
+// -1 on failure. The caller closes it.
+int TempFileWith(const std::vector<std::uint8_t>& content) {
+  char path[] = "/tmp/ktls-sendfile-XXXXXX";
+  const int file = ::mkstemp(path);
+  if (file < 0) return -1;
+  ::unlink(path);
+  if (!testing::WriteAll(file, content)) {
+    ::close(file);
+    return -1;
+  }
+  return file;
+}
+
 class UserspaceConnection : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -168,11 +182,8 @@ TEST_F(UserspaceConnection, BadRecordErrorNamesTheAlertSent) {
 
 TEST_F(UserspaceConnection, SendFileFromOffsetsWithoutKernelTx) {
   const auto content = testing::RandomBytes(300'000);
-  char path[] = "/tmp/ktls-sendfile-XXXXXX";
-  const int file = ::mkstemp(path);
+  const int file = TempFileWith(content);
   ASSERT_GE(file, 0);
-  ::unlink(path);
-  ASSERT_TRUE(testing::WriteAll(file, content));
 
   const std::vector<std::pair<off_t, std::size_t>> pieces = {{0, 1}, {1, 16383}, {16384, 16385}, {150'000, 150'000}};
   std::vector<std::uint8_t> received;
@@ -198,6 +209,74 @@ TEST_F(UserspaceConnection, SendFileFromOffsetsWithoutKernelTx) {
   server.join();
   ::close(file);
   EXPECT_EQ(testing::Sha256Hex(received), testing::Sha256Hex(expected));
+}
+
+// WriteFlags::kMore with TX in OpenSSL: the held bytes lead the next
+// record. The reader is OpenSSL with read-ahead off, whose every Read
+// returns one record's plaintext, so each Read below is one record.
+TEST_F(UserspaceConnection, WriteMoreSharesTheNextRecord) {
+  const auto content = testing::RandomBytes(40'000);
+  const int file = TempFileWith(content);
+  ASSERT_GE(file, 0);
+  const std::string header = "HTTP/1.1 200 OK\r\n\r\n";
+  const auto header_bytes = std::as_bytes(std::span(header.data(), header.size()));
+  std::vector<std::vector<std::uint8_t>> records;
+  std::thread server([&] {
+    auto conn = listener_->Accept();
+    ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+    std::vector<std::byte> buf(70000);
+    for (;;) {
+      auto got = conn->Read(buf);
+      ASSERT_TRUE(got.ok()) << got.error().ToString();
+      if (got->end_of_stream) return;
+      const auto* p = reinterpret_cast<const std::uint8_t*>(buf.data());
+      records.emplace_back(p, p + got->bytes);
+    }
+  });
+  auto conn = Connect("127.0.0.1", static_cast<std::uint16_t>(listener_->port()), ClientFor());
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  // 1: header (held) + a small body in one Write: one record.
+  auto held = conn->Write(header_bytes, WriteFlags::kMore);
+  ASSERT_TRUE(held.ok()) << held.error().ToString();
+  EXPECT_EQ(held->bytes, header.size()) << "held bytes count as written";
+  ASSERT_TRUE(conn->WriteAll(AsBytes(std::vector<std::uint8_t>{'b', 'o', 'd', 'y'})).ok());
+  // 2: header (held) + a file: the first record is the header and the
+  // file's first bytes, 16 KiB in all.
+  ASSERT_TRUE(conn->Write(header_bytes, WriteFlags::kMore).ok());
+  std::size_t sent = 0;
+  while (sent < content.size()) {
+    auto r = conn->SendFile(file, static_cast<off_t>(sent), content.size() - sent);
+    ASSERT_TRUE(r.ok()) << r.error().ToString();
+    sent += r->bytes;
+  }
+  // 3: without kMore, a header is a record of its own.
+  ASSERT_TRUE(conn->Write(header_bytes).ok());
+  ASSERT_TRUE(conn->WriteAll(AsBytes(std::vector<std::uint8_t>{'x'})).ok());
+  // 4: held bytes go out before close_notify.
+  ASSERT_TRUE(conn->Write(header_bytes, WriteFlags::kMore).ok());
+  ASSERT_TRUE(conn->Shutdown().ok());
+  server.join();
+  ::close(file);
+
+  const std::vector<std::uint8_t> head(header.begin(), header.end());
+  auto joined = [](std::vector<std::uint8_t> a, const std::vector<std::uint8_t>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  };
+  ASSERT_GE(records.size(), 6u);
+  EXPECT_EQ(records[0], joined(head, {'b', 'o', 'd', 'y'}));
+  const auto first_part = static_cast<long>(16384 - head.size());
+  EXPECT_EQ(records[1], joined(head, std::vector<std::uint8_t>(content.begin(), content.begin() + first_part)));
+  std::vector<std::uint8_t> file_rest;
+  std::size_t i = 2;
+  while (i < records.size() && file_rest.size() < content.size() - static_cast<std::size_t>(first_part)) {
+    file_rest = joined(file_rest, records[i++]);
+  }
+  EXPECT_EQ(file_rest, std::vector<std::uint8_t>(content.begin() + first_part, content.end()));
+  ASSERT_EQ(records.size(), i + 3);
+  EXPECT_EQ(records[i], head);
+  EXPECT_EQ(records[i + 1], std::vector<std::uint8_t>{'x'});
+  EXPECT_EQ(records[i + 2], head);
 }
 
 TEST_F(UserspaceConnection, WrongCaFailsHandshakeNamingVerification) {

@@ -202,5 +202,81 @@ TEST_F(RespondTest, RangesAndConditionals) {
   EXPECT_EQ(garbage.status, http::status::ok);
 }
 
+// A directory asked for as "//sub" must not redirect to "//sub/", which a
+// browser reads as the host "sub" (an open redirect).
+TEST_F(RespondTest, RedirectLocationIsTheNormalisedPathOnThisHost) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"//sub", "/sub/"},
+      {"//sub?next=//evil.example", "/sub/?next=//evil.example"},
+      {"///sub", "/sub/"},
+      {"/./sub", "/sub/"},
+      {"/.//sub", "/sub/"},
+      {"/%2Fsub", "/sub/"},
+      {"/%2F%2Fsub", "/sub/"},
+      {"/.", "/"},
+      {"/sub/.", "/sub/"},
+  };
+  for (const auto& [target, location] : cases) {
+    auto response = Get(target);
+    EXPECT_EQ(response.status, http::status::moved_permanently) << target;
+    EXPECT_EQ(response.location, location) << target;
+  }
+  fs::create_directories(base_ / "root/with space/back\\slash");
+  Write(base_ / "root/with space/back\\slash/index.html", "x");
+  auto encoded = Get("/with%20space/back%5Cslash");
+  EXPECT_EQ(encoded.status, http::status::moved_permanently);
+  EXPECT_EQ(encoded.location, "/with%20space/back%5Cslash/");
+}
+
+TEST(EncodePathTest, KeepsPcharsAndEncodesTheRest) {
+  EXPECT_EQ(EncodePath(""), "/");
+  EXPECT_EQ(EncodePath("a/b-c_d.e~f/"), "/a/b-c_d.e~f/");
+  EXPECT_EQ(EncodePath("x:y@z!$&'()*+,;="), "/x:y@z!$&'()*+,;=");
+  EXPECT_EQ(EncodePath("\\host/p q%?#\xc3\xa9"), "/%5Chost/p%20q%25%3F%23%C3%A9");
+}
+
+TEST_F(RespondTest, DotfilesAreRefusedUnlessWellKnownOrAllowed) {
+  fs::create_directories(base_ / "root/.git");
+  fs::create_directories(base_ / "root/.well-known/acme-challenge");
+  Write(base_ / "root/.git/config", "[core]");
+  Write(base_ / "root/.env", "PASSWORD=x");
+  Write(base_ / "root/sub/.htpasswd", "user:hash");
+  Write(base_ / "root/.well-known/acme-challenge/token", "proof");
+  Write(base_ / "root/.well-known/.hidden", "no");
+  for (const char* target : {"/.git/config", "/.env", "/%2eenv", "/sub/.htpasswd", "/./.env", "/sub//.htpasswd",
+                             "/.git/", "/.git", "/.well-known/.hidden", "/sub/.well-known/x"}) {
+    auto response = Get(target);
+    EXPECT_EQ(response.status, http::status::not_found) << target;
+    EXPECT_EQ(response.refusal, "dotfile") << target;
+    EXPECT_EQ(response.file_fd, -1) << target;
+  }
+  auto token = Get("/.well-known/acme-challenge/token");
+  EXPECT_EQ(token.status, http::status::ok);
+  EXPECT_EQ(Body(token), "proof");
+  EXPECT_EQ(token.refusal, "");
+  EXPECT_EQ(Get("/missing.txt").refusal, "") << "a plain 404 gives no refusal reason";
+
+  Request request{http::verb::get, "/.git/config", 11};
+  RequestLimits allow;
+  allow.dotfiles = true;
+  auto served = Respond(*root_, request, allow);
+  EXPECT_EQ(served.status, http::status::ok);
+  EXPECT_EQ(Body(served), "[core]");
+}
+
+TEST(IsHiddenPathTest, SegmentsStartingWithADot) {
+  EXPECT_FALSE(IsHiddenPath(""));
+  EXPECT_FALSE(IsHiddenPath("a/b.txt"));
+  EXPECT_FALSE(IsHiddenPath("a.b/c."));
+  EXPECT_FALSE(IsHiddenPath(".well-known"));
+  EXPECT_FALSE(IsHiddenPath(".well-known/acme-challenge/x"));
+  EXPECT_TRUE(IsHiddenPath(".env"));
+  EXPECT_TRUE(IsHiddenPath("a/.git/config"));
+  EXPECT_TRUE(IsHiddenPath("...x"));
+  EXPECT_TRUE(IsHiddenPath("a/.well-known/x"));
+  EXPECT_TRUE(IsHiddenPath(".well-known/.x"));
+  EXPECT_TRUE(IsHiddenPath(".well-knownx"));
+}
+
 }  // namespace
 }  // namespace ktls::serve

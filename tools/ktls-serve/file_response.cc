@@ -76,6 +76,7 @@ FileResponse& FileResponse::operator=(FileResponse&& other) noexcept {
     location = std::move(other.location);
     allow = std::move(other.allow);
     text_body = std::move(other.text_body);
+    refusal = std::move(other.refusal);
     send_body = other.send_body;
     close = other.close;
   }
@@ -156,6 +157,40 @@ std::optional<std::string> DecodePath(std::string_view target, http::status& sta
     relative.append(segment);
   }
   return relative;
+}
+
+bool IsHiddenPath(std::string_view relative) {
+  constexpr std::string_view kWellKnown = ".well-known";
+  std::size_t pos = 0;
+  while (pos < relative.size()) {
+    std::size_t slash = relative.find('/', pos);
+    if (slash == std::string_view::npos) slash = relative.size();
+    const std::string_view segment = relative.substr(pos, slash - pos);
+    if (!segment.empty() && segment.front() == '.' && !(pos == 0 && segment == kWellKnown)) return true;
+    pos = slash + 1;
+  }
+  return false;
+}
+
+std::string EncodePath(std::string_view relative) {
+  // RFC 3986 pchar without '%' (always encoded here): unreserved,
+  // sub-delims, ':' and '@'; plus '/' between segments. A backslash is encoded:
+  // browsers read it as '/'.
+  constexpr std::string_view kKeep = "-._~!$&'()*+,;=:@/";
+  std::string out = "/";
+  for (const char c : relative) {
+    const auto u = static_cast<unsigned char>(c);
+    if ((u >= '0' && u <= '9') || (u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') ||
+        kKeep.find(c) != std::string_view::npos) {
+      out.push_back(c);
+    } else {
+      static constexpr char kHex[] = "0123456789ABCDEF";
+      out.push_back('%');
+      out.push_back(kHex[u >> 4]);
+      out.push_back(kHex[u & 0xf]);
+    }
+  }
+  return out;
 }
 
 // --- Range -------------------------------------------------------------------------
@@ -325,6 +360,13 @@ FileResponse Respond(const Root& root, const Request& request, const RequestLimi
   http::status status = http::status::ok;
   const auto relative = DecodePath(target, status);
   if (!relative) return ErrorResponse(status, status == http::status::bad_request);
+  if (!limits.dotfiles && IsHiddenPath(*relative)) {
+    // .git/config, .env, .htpasswd: never meant for the web, and a root of
+    // "." makes them easy to publish by mistake. 404, as if absent.
+    FileResponse refused = ErrorResponse(http::status::not_found, false);
+    refused.refusal = "dotfile";
+    return refused;
+  }
 
   int fd = root.OpenBeneath(relative->empty() ? "." : *relative);
   if (fd < 0) return FromOpenError(-fd);
@@ -343,10 +385,11 @@ FileResponse Respond(const Root& root, const Request& request, const RequestLimi
     if (fd < 0) return FromOpenError(-fd);
     if (path.back() != '/') {
       // Relative links in the index resolve against the directory only
-      // with the slash: send the client there.
+      // with the slash: send the client there. Built from the normalised
+      // path, never the raw target: "//host" would be another host.
       ::close(fd);
       FileResponse response = ErrorResponse(http::status::moved_permanently, false);
-      response.location = std::string(path) + "/" + std::string(target.substr(path.size()));
+      response.location = EncodePath(relative->empty() ? "" : *relative + "/") + std::string(target.substr(path.size()));
       return response;
     }
     if (::fstat(fd, &st) != 0) {

@@ -58,6 +58,9 @@ struct FileResponse {
   std::string location;        // 301: where the directory really is.
   std::string allow;           // 405: the methods allowed.
   std::string text_body;       // Short body of an error response.
+  // refusal: why a request that named something under the root was
+  // refused anyway, for the access log ("dotfile"); empty otherwise.
+  std::string refusal;
   bool send_body = true;       // false for HEAD and 304.
   bool close = false;          // Close the connection after this response.
 
@@ -68,9 +71,13 @@ struct FileResponse {
   ~FileResponse();
 };
 
-// Limits on requests; see ktls-serve --help.
+// Limits on requests, and what may be served; see ktls-serve --help.
 struct RequestLimits {
   std::size_t max_target_len = 2048;  // Longer request targets get 414.
+  // dotfiles: serve path segments that start with '.' (.git, .env, ...).
+  // Off: they get 404 (refusal "dotfile"), except a leading
+  // "/.well-known/" (RFC 8615: ACME challenges and the like).
+  bool dotfiles = false;
 };
 
 // Respond decides the answer to request.
@@ -87,6 +94,17 @@ FileResponse ErrorResponse(http::status status, bool close);
 // nullopt with status set: 400 for a malformed target or escape, 403 for a
 // ".." segment, 404 for a NUL byte.
 std::optional<std::string> DecodePath(std::string_view target, http::status& status);
+
+// IsHiddenPath: whether a path relative to the root (as DecodePath returns
+// it) has a segment starting with '.', other than a first segment
+// ".well-known" (RFC 8615).
+bool IsHiddenPath(std::string_view relative);
+
+// EncodePath percent-encodes a path relative to the root for a Location
+// header: the result is "/" + the path, with every byte outside RFC 3986's
+// pchar set and '/' encoded, so it names the same path on this host (never
+// "//host" or "/\host", which browsers read as another host).
+std::string EncodePath(std::string_view relative);
 
 // ByteRange: an inclusive range within a file.
 struct ByteRange {

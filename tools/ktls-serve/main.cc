@@ -1,13 +1,14 @@
 // ktls-serve: an HTTPS static file server on kernel TLS.
 //
 //   ktls-serve [--root DIR] [--listen ADDR:PORT] [--cert FILE --key FILE]
-//              [--threads N] [--rx|--no-rx] [--no-offload] [limits...]
+//              [--threads N] [--rx|--no-rx] [--no-offload] [--dotfiles]
+//              [--ciphers LIST] [--ciphersuites LIST] [--hsts SECONDS] [limits...]
 //
 // HTTP/1.1 (Boost.Beast) with keep-alive, GET and HEAD, single ranges,
 // If-Modified-Since; file bodies go out with sendfile(2) through kTLS (or
 // through OpenSSL, 16 KiB at a time, where TX stays in userspace). One
 // access-log line per request on stdout:
-//   CLIENT METHOD PATH STATUS BYTES DURATIONms tx=kernel|user rx=kernel|user
+//   CLIENT METHOD PATH STATUS BYTES DURATIONms tx=kernel|user rx=kernel|user [reason=WHY]
 // Start-up information and per-connection errors go to stderr.
 // SIGINT/SIGTERM: stop accepting, finish the responses in flight (at most
 // --drain-timeout), send close_notify, exit 0. SIGUSR1: one line on stderr
@@ -39,6 +40,7 @@
 #include <functional>
 #include <memory>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <unordered_set>
@@ -46,6 +48,7 @@
 
 #include "common/self_signed.h"
 #include "ktls-serve/file_response.h"
+#include "ktls-serve/tls_options.h"
 #include "ktls/asio.h"
 #include "ktls/probe.h"
 #include "ktls/server.h"
@@ -70,6 +73,10 @@ struct Options {
   bool no_rx = false;
   bool no_offload = false;
   bool access_log = true;
+  bool dotfiles = false;        // Serve names starting with '.' (--dotfiles).
+  std::string ciphers;          // TLS 1.2 suites; empty: kDefaultCipherList.
+  std::string ciphersuites;     // TLS 1.3 suites; empty: OpenSSL's default.
+  std::uint64_t hsts_seconds = 0;  // Strict-Transport-Security max-age; 0: none.
   std::size_t header_limit = 8 * 1024;
   std::size_t max_target_len = 2048;
   milliseconds handshake_timeout{10'000};
@@ -400,7 +407,7 @@ class Server {
         head = request.method() == http::verb::head;
         method = std::string(request.method_string());
         target = Printable(std::string_view(request.target().data(), request.target().size()));
-        response = ktls::serve::Respond(root_, request, {options_.max_target_len});
+        response = ktls::serve::Respond(root_, request, {options_.max_target_len, options_.dotfiles});
         if (head) response.send_body = false;
         if (!request.keep_alive()) response.close = true;
       }
@@ -425,8 +432,11 @@ class Server {
   }
 
   template <typename Body>
-  static void SetHeader(http::response<Body>& header, const ktls::serve::FileResponse& response) {
+  void SetHeader(http::response<Body>& header, const ktls::serve::FileResponse& response) const {
     header.set(http::field::server, "ktls-serve");
+    if (options_.hsts_seconds != 0) {
+      header.set(http::field::strict_transport_security, "max-age=" + std::to_string(options_.hsts_seconds));
+    }
     if (!response.content_type.empty()) header.set(http::field::content_type, response.content_type);
     if (!response.last_modified.empty()) header.set(http::field::last_modified, response.last_modified);
     if (!response.content_range.empty()) header.set(http::field::content_range, response.content_range);
@@ -458,29 +468,38 @@ class Server {
   // WriteResponse sends the header and the body; returns the body bytes sent.
   net::awaitable<std::uint64_t> WriteResponse(ktls::asio::stream& stream, Deadline& deadline,
                                               const ktls::serve::FileResponse& response, error_code& ec) {
-    if (response.file_fd >= 0 && response.send_body && response.length <= kSmallBody) {
+    // Status, headers and a short body (an error text, a small file) in one
+    // write, so in one TLS record, with TX in the kernel or in OpenSSL
+    // (the stream gathers up to 16 KiB of pieces into one write).
+    if (!response.send_body || response.file_fd < 0 || response.length <= kSmallBody) {
       http::response<http::string_body> message{response.status, 11};
       SetHeader(message, response);
-      if (!ReadSmallBody(response, message.body(), ec)) co_return 0;
+      if (response.send_body && response.file_fd >= 0) {
+        if (!ReadSmallBody(response, message.body(), ec)) co_return 0;
+      } else if (response.send_body) {
+        message.body() = response.text_body;
+      }
       deadline.Arm(options_.idle_timeout);
       co_await http::async_write(stream, message, net::redirect_error(net::use_awaitable, ec));
       deadline.Cancel();
-      co_return ec ? 0 : response.length;
+      co_return ec || !response.send_body ? 0 : response.length;
     }
+    // A large file: the header with WriteFlags::kMore, so it can share the
+    // first record with the file's first bytes (kTLS: MSG_MORE, then
+    // sendfile fills the open record).
     http::response<http::empty_body> header{response.status, 11};
     SetHeader(header, response);
-    http::response_serializer<http::empty_body> serializer{header};
+    std::ostringstream header_text;
+    header_text << header.base();
+    const std::string head = std::move(header_text).str();
+    std::size_t head_sent = 0;
     deadline.Arm(options_.idle_timeout);
-    co_await http::async_write_header(stream, serializer, net::redirect_error(net::use_awaitable, ec));
-    deadline.Cancel();
-    if (ec || !response.send_body) co_return 0;
-    if (response.file_fd < 0) {
-      deadline.Arm(options_.idle_timeout);
-      const std::size_t n = co_await net::async_write(stream, net::buffer(response.text_body),
-                                                      net::redirect_error(net::use_awaitable, ec));
-      deadline.Cancel();
-      co_return n;
+    while (head_sent < head.size() && !ec) {
+      head_sent += co_await stream.async_write_some(net::buffer(head) + head_sent, ktls::WriteFlags::kMore,
+                                                    net::redirect_error(net::use_awaitable, ec));
     }
+    deadline.Cancel();
+    if (ec) co_return 0;
     std::uint64_t sent = 0;
     while (sent < response.length) {
       const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(kSendChunk, response.length - sent));
@@ -501,6 +520,7 @@ class Server {
     const auto ms = std::chrono::duration_cast<milliseconds>(Clock::now() - started).count();
     std::string line = peer + " " + method + " " + target + " " + std::to_string(static_cast<unsigned>(response.status)) +
                        " " + std::to_string(sent) + " " + std::to_string(ms) + "ms " + offload;
+    if (!response.refusal.empty()) line += " reason=" + response.refusal;
     if (ec) line += " error=" + Printable(ec.message());
     LogLine(std::move(line));
   }
@@ -577,6 +597,12 @@ int main(int argc, char** argv) {
     ("no-rx", "Keep RX in userspace TLS (TX still offloaded)")
     ("no-offload", "Keep both directions in userspace TLS (to compare)")
     ("no-access-log", "Do not log each request")
+    ("dotfiles", "Serve files and directories whose names start with '.' (default: 404, except /.well-known/)")
+    ("ciphers", "TLS 1.2 cipher suites, OpenSSL syntax (default: ECDHE with AES-GCM or ChaCha20-Poly1305)",
+     cxxopts::value<std::string>())
+    ("ciphersuites", "TLS 1.3 cipher suites, OpenSSL syntax (default: OpenSSL's)", cxxopts::value<std::string>())
+    ("hsts", "Send Strict-Transport-Security with this max-age (seconds; default: not sent)",
+     cxxopts::value<std::uint64_t>()->default_value("0"))
     ("header-limit", "Maximum request header size, request line included (bytes; larger: 431)",
      cxxopts::value<std::size_t>()->default_value("8192"))
     ("max-target", "Maximum request-target length (bytes; longer: 414)",
@@ -606,6 +632,10 @@ int main(int argc, char** argv) {
     o.no_rx = args.count("no-rx") != 0;
     o.no_offload = args.count("no-offload") != 0;
     o.access_log = args.count("no-access-log") == 0;
+    o.dotfiles = args.count("dotfiles") != 0;
+    if (args.count("ciphers") != 0) o.ciphers = args["ciphers"].as<std::string>();
+    if (args.count("ciphersuites") != 0) o.ciphersuites = args["ciphersuites"].as<std::string>();
+    o.hsts_seconds = args["hsts"].as<std::uint64_t>();
     o.header_limit = args["header-limit"].as<std::size_t>();
     o.max_target_len = args["max-target"].as<std::size_t>();
     handshake_ms = args["handshake-timeout"].as<long long>();
@@ -662,6 +692,13 @@ int main(int argc, char** argv) {
   config.handshake_timeout = o.handshake_timeout;
   config.offload.rx = o.no_rx ? ktls::RxOffload::kOff : o.rx ? ktls::RxOffload::kOn : ktls::RxOffload::kAuto;
   config.offload.tx = o.no_offload ? ktls::TxOffload::kOff : ktls::TxOffload::kOn;
+  ktls::serve::SetCipherOptions(config, o.ciphers, o.ciphersuites);
+  // A client whose choice the kernel cannot carry (a CBC suite --ciphers
+  // allowed) is served in userspace TLS: say why.
+  config.offload.on_fallback = [tx_wanted = !o.no_offload,
+                                has_ktls = ktls::CachedCapabilities().available](const ktls::OffloadReport& report) {
+    if (auto message = ktls::serve::FallbackMessage(report, tx_wanted, has_ktls)) LogError(*message);
+  };
   auto tls = ktls::ServerContext::Create(config);
   if (!tls.ok()) {
     std::fprintf(stderr, "ktls-serve: TLS configuration: %s\n", tls.error().ToString().c_str());
