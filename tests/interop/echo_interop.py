@@ -14,7 +14,8 @@ each TLS 1.3 cipher suite, certificate verification, a FIN without
 close_notify, a fatal alert after offload, data in the same TCP segment
 as the client's Finished, and the server's limits: a connection beyond
 --max-connections waits until one ends, an idle one is dropped after
---idle-timeout (not before, not long after), a busy one is not.
+--idle-timeout (not before, not long after; RX in the kernel or in
+OpenSSL), as is one that does not read its echo, and a busy one is not.
 
 /proc/net/tls_stat proves that the kernel did the work: in each test TlsTxSw
 and TlsRxSw grow by the kernel directions the lines report plus what
@@ -609,8 +610,15 @@ class PythonClientTest(InteropTest):
         self.check_kernel_counters()
 
     def test_idle_connection_is_dropped_after_the_idle_timeout(self):
+        self.idle_test()
+
+    def test_idle_connection_with_rx_in_openssl_is_dropped_after_the_idle_timeout(self):
+        self.idle_test("--no-rx")
+
+    def idle_test(self, *args):
         payload = os.urandom(1000)
-        with self.echo_server("--idle-timeout", str(int(IDLE_TIMEOUT * 1000))) as server:
+        rx = "user" if "--no-rx" in args else "kernel"
+        with self.echo_server("--idle-timeout", str(int(IDLE_TIMEOUT * 1000)), *args) as server:
             with self.strict_connect(server.port) as tls:
                 cipher = tls.cipher()[0]
                 # ktls-echo's idle wait starts after it echoed this, so
@@ -623,8 +631,27 @@ class PythonClientTest(InteropTest):
             [line] = server.connection_lines(1)
         self.assertGreaterEqual(idle, IDLE_TIMEOUT, "dropped before the idle timeout")
         self.assertLess(idle, IDLE_TIMEOUT + IDLE_LATE, "dropped long after the idle timeout")
-        self.check_line(line, "server", cipher=cipher, bytes_in=len(payload), bytes_out=len(payload),
+        self.check_line(line, "server", cipher=cipher, rx=rx, bytes_in=len(payload), bytes_out=len(payload),
                         end="idle_timeout")
+        self.check_kernel_counters()
+
+    def test_client_not_reading_its_echo_is_dropped_after_the_idle_timeout(self):
+        # The client only sends: the server's writes fill the socket buffers
+        # and stop making progress, and the idle timeout ends that too.
+        with self.echo_server("--idle-timeout", str(int(IDLE_TIMEOUT * 1000))) as server:
+            with self.strict_connect(server.port) as tls:
+                cipher = tls.cipher()[0]
+                chunk = os.urandom(64 * 1024)
+                try:
+                    for _ in range(16 * 1024):  # 1 GiB: far more than any socket buffers.
+                        tls.sendall(chunk)
+                    self.fail("the server took 1 GiB without the client reading")
+                except OSError as e:  # Reset or closed once the server gives up.
+                    self.assertNotIsInstance(e, TimeoutError, "the server never dropped the connection")
+            [line] = server.connection_lines(1)
+        self.assertLess(int(line["bytes_out"]), int(line["bytes_in"]), f"the server echoed everything: {line}")
+        self.check_line(line, "server", cipher=cipher, bytes_in=int(line["bytes_in"]),
+                        bytes_out=int(line["bytes_out"]), end="idle_timeout")
         self.check_kernel_counters()
 
     def test_connection_with_progress_outlives_the_idle_timeout(self):
