@@ -11,8 +11,10 @@
 // runs it inside the UML kernels and renders docs/BENCHMARKS.md.
 //
 // Exit status: 0 measured; 1 a case failed (a handshake, an offload that
-// should have happened, a counter that did not move); 2 usage; 77 this
-// kernel has no kTLS (nothing to compare).
+// should have happened, a counter that did not move), or this kernel has no
+// kTLS where it was promised (KTLS_REQUIRE_KERNEL=1 or a UML guest); 2
+// usage; 77 this kernel has no kTLS (nothing to compare) and none was
+// promised.
 #include <openssl/crypto.h>
 #include <signal.h>
 #include <sys/utsname.h>
@@ -30,6 +32,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cases.h"
+#include "common/kernel_promise.h"
 #include "ktls/probe.h"
 #include "ktls/types.h"
 
@@ -145,6 +148,11 @@ int main(int argc, char** argv) {
   // it now, so that its test sockets do not show up in a case's counters.
   const ktls::Capabilities& caps = ktls::CachedCapabilities();
   if (!caps.available) {
+    if (ktls::tools::KernelTlsPromised()) {
+      std::cout << "FAIL: kernel TLS is promised (KTLS_REQUIRE_KERNEL=1 or a UML guest) but this kernel has none ("
+                << caps.reason << ")\n";
+      return 1;
+    }
     std::cout << "SKIP: this kernel has no kTLS (" << caps.reason << "); nothing to compare\n";
     return 77;
   }

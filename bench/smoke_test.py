@@ -11,7 +11,8 @@ was: every comparison is there, every ktls case was measured (ktls-bench
 itself fails a case whose offload did not happen or that
 /proc/net/tls_stat did not count), every case that was not measured says
 why, and the renderer fills every generated block of docs/BENCHMARKS.md
-and draws the chart. Exit 77 (skip) when ktls-bench reports no kTLS.
+and draws the chart. Exit 77 (skip) when ktls-bench reports no kTLS, or 1
+where kTLS was promised (KTLS_REQUIRE_KERNEL=1, or a UML guest).
 """
 
 import json
@@ -25,6 +26,8 @@ IDLE_CASES = ["openssl", "openssl_release_buffers", "ktls", "openssl_client_cert
               "ktls_client_cert_not_kept"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from static_files import kernel_promised  # noqa: E402
 
 
 def fail(message):
@@ -44,6 +47,8 @@ def main():
                              stderr=subprocess.STDOUT, text=True, timeout=240)
         print(run.stdout)
         if run.returncode == 77:
+            if kernel_promised():
+                fail("ktls-bench found no kTLS where it was promised (KTLS_REQUIRE_KERNEL=1 or a UML guest)")
             sys.exit(77)
         if run.returncode != 0:
             fail(f"ktls-bench exited {run.returncode}")

@@ -25,7 +25,8 @@ every line says tx=user and nothing grows. nginx's deltas are recorded.
 
 The JSON has the shape of ktls-bench --json (schema ktls-bench/1), group
 "static_files", so bench/render_report.py merges it with ktls-bench's file of
-the same label. Exit 77 when the kernel has no kTLS.
+the same label. Exit 77 when the kernel has no kTLS, or 1 where kTLS was
+promised (KTLS_REQUIRE_KERNEL=1, or inside a UML guest: KTLS_IN_UML=1).
 """
 
 import argparse
@@ -49,6 +50,12 @@ LABELS = {
     "ktls_serve": "ktls-serve --threads 1",
     "ktls_serve_no_offload": "ktls-serve --threads 1 --no-offload",
 }
+
+
+def kernel_promised():
+    """Whether kernel TLS was promised to this run (CI, or a UML guest):
+    then finding none is a failure, never a skip."""
+    return "1" in (os.environ.get("KTLS_REQUIRE_KERNEL"), os.environ.get("KTLS_IN_UML"))
 
 
 class Failure(Exception):
@@ -159,6 +166,9 @@ def main():
     if args.smoke:
         args.runs, args.seconds_small, args.seconds_large, args.large_bytes = 1, 1, 1, 1 << 20
     if not os.path.exists("/proc/net/tls_stat"):
+        if kernel_promised():
+            raise Failure("kernel TLS is promised (KTLS_REQUIRE_KERNEL=1 or a UML guest) but this kernel has none "
+                          "(no /proc/net/tls_stat)")
         print("static_files: this kernel has no kTLS (no /proc/net/tls_stat)")
         return 77
     for tool in ("nginx", "wrk", "openssl"):

@@ -9,7 +9,8 @@
 # 77 for skip), arguments arrive byte for byte, output is captured, the
 # environment and working directory are passed, host files are shared both
 # ways, stdin is closed, kTLS works for every cipher, a kernel warning fails
-# the run and a hung guest is stopped by the timeout.
+# the run, a hung guest is stopped by the timeout, and run-kernel-test turns
+# a skip into a failure under KTLS_REQUIRE_KERNEL=1.
 set -euo pipefail
 
 kernel=${1:?usage: selftest.sh 6.1|7.2}
@@ -107,6 +108,15 @@ fi
 # --- 2. Statuses, kernel warnings, timeout. ----------------------------------
 expect_status 3 "exit status passed through" -- sh -c 'exit 3'
 expect_status 77 "skip status passed through" -- sh -c 'echo skipping; exit 77'
+# Through run-kernel-test (as CTest runs kernel tests): a skip stays a skip
+# unless a kernel is required, where it is a failure.
+got=0
+KTLS_REQUIRE_KERNEL=0 "$HARNESS_DIR/run-kernel-test" "$kernel" -- sh -c 'exit 77' >"$work/out" 2>&1 || got=$?
+check "run-kernel-test passes a skip through (status $got)" test "$got" == 77
+got=0
+KTLS_REQUIRE_KERNEL=1 "$HARNESS_DIR/run-kernel-test" "$kernel" -- sh -c 'exit 77' >"$work/out" 2>&1 || got=$?
+check "run-kernel-test fails a skip where a kernel is required (status $got)" test "$got" == 1
+check "run-kernel-test says the skip failed" grep -q '^FAIL: kernel required but the test skipped' "$work/out"
 # A line written to /dev/kmsg looks like any kernel warning to the scanner.
 expect_status 125 "kernel WARNING fails the run" -- \
     sh -c 'echo "WARNING: injected by selftest.sh" >/dev/kmsg'

@@ -11,8 +11,11 @@ version=TLSv1.3, the negotiated cipher, tx=kernel and rx=kernel (rx=user only
 with --no-rx), the byte counts, and exactly how the connection ended. Also:
 session tickets (0, 2, 5), client certificates, resumption, HelloRetryRequest,
 each TLS 1.3 cipher suite, certificate verification, a FIN without
-close_notify, a fatal alert after offload, and data in the same TCP segment
-as the client's Finished.
+close_notify, a fatal alert after offload, data in the same TCP segment
+as the client's Finished, and the server's limits: a connection beyond
+--max-connections waits until one ends, an idle one is dropped after
+--idle-timeout (not before, not long after; RX in the kernel or in
+OpenSSL), as is one that does not read its echo, and a busy one is not.
 
 /proc/net/tls_stat proves that the kernel did the work: in each test TlsTxSw
 and TlsRxSw grow by the kernel directions the lines report plus what
@@ -33,6 +36,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -43,6 +47,16 @@ from ktls_interop import (HOST, STEP_TIMEOUT, PkiBase, exchange,  # noqa: E402
                           wait_until)
 
 PAYLOAD_LEN = 256 * 1024
+
+# The limits tests: ktls-echo --idle-timeout, and how late after it the
+# close may come (the wake-up, close_notify and the client's read, all on
+# UML's one slow CPU shared with the other tests).
+IDLE_TIMEOUT = 2.0
+IDLE_LATE = 2.5
+# How long a connection beyond --max-connections is watched not being
+# served: its handshake needs the server's answer, which cannot come while
+# the server holds it in the listen queue.
+QUEUED_WATCH = 2.0
 
 # OpenSSL's default TLS 1.3 list puts this first and both ends use the
 # default unless a test says otherwise.
@@ -542,6 +556,119 @@ class PythonClientTest(InteropTest):
         data = sock.recv(65536)
         self.assertTrue(data, "the server closed the connection")
         return data
+
+    def strict_connect(self, port):
+        """A TLS connection on which recv returns b"" only for close_notify
+        (a FIN without one raises SSLEOFError)."""
+        sock = socket.create_connection((HOST, port), timeout=STEP_TIMEOUT)
+        return self.context().wrap_socket(sock, server_hostname="localhost", suppress_ragged_eofs=False)
+
+    def echo_exactly(self, tls, data):
+        tls.sendall(data)
+        back = bytearray()
+        while len(back) < len(data):
+            got = tls.recv(65536)
+            self.assertTrue(got, "the server ended the connection before echoing everything")
+            back += got
+        self.assert_echoed(bytes(back), data, "Python client")
+
+    def test_connection_beyond_max_connections_waits_for_one_to_end(self):
+        payload = os.urandom(16 * 1024)
+        with self.echo_server("--max-connections", "1") as server:
+            first = self.strict_connect(server.port)
+            first_port = first.getsockname()[1]
+            self.echo_exactly(first, payload)
+            # The second client's TCP connection is accepted by the kernel
+            # (listen queue); its TLS handshake cannot finish before
+            # ktls-echo accepts it, which must wait for the first to end.
+            second = {}
+            second_done = threading.Event()
+
+            def connect_second():
+                try:
+                    second["tls"] = self.strict_connect(server.port)
+                except Exception as e:  # Reported below.
+                    second["error"] = e
+                second_done.set()
+
+            threading.Thread(target=connect_second, daemon=True).start()
+            self.assertFalse(second_done.wait(QUEUED_WATCH),
+                             f"the second connection was served while the first was open: {second}")
+            self.assertEqual(server.lines(), [], "no connection has ended yet")
+            first.unwrap()  # close_notify both ways: the first connection ends.
+            first.close()
+            self.assertTrue(second_done.wait(STEP_TIMEOUT), "the second connection was not served after the first ended")
+            self.assertNotIn("error", second)
+            with second["tls"] as tls:
+                cipher = tls.cipher()[0]
+                self.echo_exactly(tls, payload)
+                tls.unwrap()
+            lines = server.connection_lines(2)
+        self.assertEqual(lines[0]["peer"], f"{HOST}:{first_port}", "the first connection ended first")
+        for line in lines:
+            self.check_line(line, "server", cipher=cipher, bytes_in=len(payload), bytes_out=len(payload))
+        self.check_kernel_counters()
+
+    def test_idle_connection_is_dropped_after_the_idle_timeout(self):
+        self.idle_test()
+
+    def test_idle_connection_with_rx_in_openssl_is_dropped_after_the_idle_timeout(self):
+        self.idle_test("--no-rx")
+
+    def idle_test(self, *args):
+        payload = os.urandom(1000)
+        rx = "user" if "--no-rx" in args else "kernel"
+        with self.echo_server("--idle-timeout", str(int(IDLE_TIMEOUT * 1000)), *args) as server:
+            with self.strict_connect(server.port) as tls:
+                cipher = tls.cipher()[0]
+                # ktls-echo's idle wait starts after it echoed this, so
+                # after this moment.
+                last_sent = time.monotonic()
+                self.echo_exactly(tls, payload)
+                tls.settimeout(IDLE_TIMEOUT + IDLE_LATE + STEP_TIMEOUT)
+                self.assertEqual(tls.recv(65536), b"", "expected the server's close_notify, nothing else")
+                idle = time.monotonic() - last_sent
+            [line] = server.connection_lines(1)
+        self.assertGreaterEqual(idle, IDLE_TIMEOUT, "dropped before the idle timeout")
+        self.assertLess(idle, IDLE_TIMEOUT + IDLE_LATE, "dropped long after the idle timeout")
+        self.check_line(line, "server", cipher=cipher, rx=rx, bytes_in=len(payload), bytes_out=len(payload),
+                        end="idle_timeout")
+        self.check_kernel_counters()
+
+    def test_client_not_reading_its_echo_is_dropped_after_the_idle_timeout(self):
+        # The client only sends: the server's writes fill the socket buffers
+        # and stop making progress, and the idle timeout ends that too.
+        with self.echo_server("--idle-timeout", str(int(IDLE_TIMEOUT * 1000))) as server:
+            with self.strict_connect(server.port) as tls:
+                cipher = tls.cipher()[0]
+                chunk = os.urandom(64 * 1024)
+                try:
+                    for _ in range(16 * 1024):  # 1 GiB: far more than any socket buffers.
+                        tls.sendall(chunk)
+                    self.fail("the server took 1 GiB without the client reading")
+                except OSError as e:  # Reset or closed once the server gives up.
+                    self.assertNotIsInstance(e, TimeoutError, "the server never dropped the connection")
+            [line] = server.connection_lines(1)
+        self.assertLess(int(line["bytes_out"]), int(line["bytes_in"]), f"the server echoed everything: {line}")
+        self.check_line(line, "server", cipher=cipher, bytes_in=int(line["bytes_in"]),
+                        bytes_out=int(line["bytes_out"]), end="idle_timeout")
+        self.check_kernel_counters()
+
+    def test_connection_with_progress_outlives_the_idle_timeout(self):
+        # A piece every quarter of the idle timeout, for twice the timeout:
+        # the timeout counts time without progress, not the connection's age.
+        pieces = [os.urandom(100) for _ in range(8)]
+        with self.echo_server("--idle-timeout", str(int(IDLE_TIMEOUT * 1000))) as server:
+            with self.strict_connect(server.port) as tls:
+                cipher = tls.cipher()[0]
+                for piece in pieces:
+                    time.sleep(IDLE_TIMEOUT / 4)
+                    self.echo_exactly(tls, piece)
+                tls.unwrap()
+            [line] = server.connection_lines(1)
+        total = sum(map(len, pieces))
+        self.check_line(line, "server", cipher=cipher, bytes_in=total, bytes_out=total)
+        self.check_kernel_counters()
 
     def test_resumption(self):
         payload = os.urandom(64 * 1024)

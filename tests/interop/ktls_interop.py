@@ -464,8 +464,9 @@ def run_tests(module, names, prefix, set_up, classes=None):
     prefix...), then runs the tests in `module` (or only in `classes`) whose
     names contain one of `names` (all of them when there are none) and
     reports them; the exit status. A set_up that raises is a failure before
-    any test ran; so is a skipped test: these suites run where the kernel is
-    promised, and a test that did not run proved nothing."""
+    any test ran; so is a skipped test, and names that select no test: these
+    suites run where the kernel is promised, and a test that did not run
+    proved nothing."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         try:
             set_up(tmp)
@@ -476,6 +477,8 @@ def run_tests(module, names, prefix, set_up, classes=None):
         tests = (unittest.TestSuite(loader.loadTestsFromTestCase(c) for c in classes) if classes
                  else loader.loadTestsFromModule(module))
         result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2, resultclass=TimedResult).run(tests)
+    if result.testsRun == 0:
+        return fail(f"no test selected by {names}: a run that tests nothing must not pass")
     return report(result)
 
 

@@ -1,27 +1,23 @@
 // tests/support/kernel_env.h: gtest guards for tests that need kernel TLS.
 //
 // On a machine without kTLS a kernel test is skipped, and says why. Where
-// kTLS must be there (inside the UML kernels, or a CI job that promises it),
-// set KTLS_REQUIRE_KERNEL=1 and the same test fails instead: a missing feature
-// must never pass silently.
+// kTLS must be there (inside the UML kernels, which set KTLS_IN_UML=1, or a
+// CI job that sets KTLS_REQUIRE_KERNEL=1), the same test fails instead: a
+// missing feature must never pass silently. (strict_gtest_main.cc fails any
+// other skip there too.)
 #ifndef KTLS_TESTS_SUPPORT_KERNEL_ENV_H_
 #define KTLS_TESTS_SUPPORT_KERNEL_ENV_H_
 
 #include <gtest/gtest.h>
 
-#include <cstdlib>
-#include <cstring>
-
+#include "common/kernel_promise.h"
 #include "ktls/probe.h"
 #include "ktls/types.h"
 
 namespace ktls::testing {
 
-// KernelRequired: true when the environment says KTLS_REQUIRE_KERNEL=1.
-inline bool KernelRequired() {
-  const char* value = std::getenv("KTLS_REQUIRE_KERNEL");
-  return value != nullptr && std::strcmp(value, "1") == 0;
-}
+// KernelRequired: true where kernel TLS is promised (KernelTlsPromised).
+inline bool KernelRequired() { return ::ktls::tools::KernelTlsPromised(); }
 
 }  // namespace ktls::testing
 
@@ -33,8 +29,8 @@ inline bool KernelRequired() {
     const ::ktls::Capabilities& ktls_caps_ = ::ktls::CachedCapabilities();                   \
     if (!ktls_caps_.available) {                                                             \
       if (::ktls::testing::KernelRequired()) {                                               \
-        FAIL() << "KTLS_REQUIRE_KERNEL=1 but kernel TLS is unavailable on "                  \
-               << ktls_caps_.kernel << ": " << ktls_caps_.reason;                            \
+        FAIL() << "kernel TLS is promised (KTLS_REQUIRE_KERNEL=1 or a UML guest) but "        \
+               << "unavailable on " << ktls_caps_.kernel << ": " << ktls_caps_.reason;       \
       }                                                                                      \
       GTEST_SKIP() << "kernel TLS unavailable on " << ktls_caps_.kernel << ": "              \
                    << ktls_caps_.reason;                                                     \
@@ -48,7 +44,7 @@ inline bool KernelRequired() {
     KTLS_REQUIRE_KTLS_OR_SKIP();                                                             \
     if (!::ktls::CachedCapabilities().Supports((version), (cipher), /*need_rx=*/true)) {     \
       if (::ktls::testing::KernelRequired()) {                                               \
-        FAIL() << "KTLS_REQUIRE_KERNEL=1 but the kernel rejects TLS "                        \
+        FAIL() << "kernel TLS is promised but the kernel rejects TLS "                       \
                << ::ktls::TlsVersionName(version) << " " << ::ktls::CipherName(cipher);      \
       }                                                                                      \
       GTEST_SKIP() << "the kernel rejects TLS " << ::ktls::TlsVersionName(version) << " "   \

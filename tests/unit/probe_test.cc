@@ -63,11 +63,34 @@ TEST(Probe, OtherUlpErrorIsNamed) {
   EXPECT_NE(caps.reason.find("TCP_ULP"), std::string::npos) << caps.reason;
 }
 
-TEST(Probe, CachedAnswerIsStable) {
-  const Capabilities& first = CachedCapabilities();
-  const Capabilities& second = CachedCapabilities();
-  EXPECT_EQ(&first, &second);
-  EXPECT_EQ(Available(), first.available);
+// ExpectSameAnswer: two probes' answers agree in every field.
+void ExpectSameAnswer(const Capabilities& got, const Capabilities& want) {
+  EXPECT_EQ(got.available, want.available);
+  EXPECT_EQ(got.ulp, want.ulp);
+  EXPECT_EQ(got.rekey, want.rekey);
+  EXPECT_EQ(got.kernel, want.kernel);
+  EXPECT_EQ(got.reason, want.reason);
+  ASSERT_EQ(got.ciphers.size(), want.ciphers.size());
+  for (std::size_t i = 0; i < got.ciphers.size(); ++i) {
+    EXPECT_EQ(got.ciphers[i].version, want.ciphers[i].version) << i;
+    EXPECT_EQ(got.ciphers[i].cipher, want.ciphers[i].cipher) << i;
+    EXPECT_EQ(got.ciphers[i].tx, want.ciphers[i].tx) << i;
+    EXPECT_EQ(got.ciphers[i].rx, want.ciphers[i].rx) << i;
+  }
+}
+
+// The cached answer is what a probe finds, taken once: a kernel that
+// answers differently later (here, TCP_ULP refused with EPERM) changes a
+// fresh Probe, not CachedCapabilities or Available.
+TEST(Probe, CachedAnswerIsTheFirstProbesAndStaysSo) {
+  const Capabilities fresh = Probe();
+  ExpectSameAnswer(CachedCapabilities(), fresh);
+  ScopedFault fault(Fault{.call = Syscall::kSetSockOpt, .err = EPERM, .level = detail::uapi::kSolTcp,
+                          .name = detail::uapi::kTcpUlp, .times = -1});
+  const Capabilities refused = Probe();
+  ASSERT_NE(refused.reason, fresh.reason) << "the fault must change what a fresh probe finds";
+  ExpectSameAnswer(CachedCapabilities(), fresh);
+  EXPECT_EQ(Available(), fresh.available);
 }
 
 }  // namespace

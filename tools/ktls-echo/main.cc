@@ -2,19 +2,24 @@
 //
 //   ktls-echo [--listen ADDR:PORT] [--cert FILE --key FILE] [--rx|--no-rx]
 //             [--client-ca FILE] [--tickets N] [--handshake-timeout-ms MS]
+//             [--idle-timeout MS] [--max-connections N]
 //   ktls-echo --connect HOST:PORT [--ca FILE] [--insecure] [--cert F --key F]
 //
 // Server: echoes every byte back on each connection (one thread each) until
-// the client sends close_notify, then answers with its own. Client: copies
+// the client sends close_notify, then answers with its own. At most
+// --max-connections are served at once (more wait in the listen queue); one
+// that makes no progress for --idle-timeout gets close_notify and is
+// dropped (end=idle_timeout). Client: copies
 // stdin to the connection and the connection to stdout until both are done.
 // Either way, one line per connection on stderr:
 //   peer=... version=... cipher=... resumed=yes|no tx=kernel|user rx=kernel|user
 //   bytes_in=N bytes_out=N key_updates_tx=N key_updates_rx=N
-//   end=close_notify|eof|truncated|error:<reason>
+//   end=close_notify|eof|truncated|idle_timeout|error:<reason>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <array>
@@ -24,12 +29,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <memory>
 #include <mutex>
+#include <semaphore>
 #include <string>
 #include <thread>
 
 #include <cxxopts.hpp>
 
+#include "common/connection_limits.h"
 #include "common/self_signed.h"
 #include "ktls/client.h"
 #include "ktls/probe.h"
@@ -108,7 +116,17 @@ void LogFallback(const ktls::OffloadReport& report) {
       " reason=\"" + report.reason + "\"");
 }
 
-void ServeOne(ktls::Listener& listener, int socket) {
+// SetIdleTimeout makes every blocking read and write on the socket give up
+// after `timeout` without progress: Read and Write then return would_block
+// (kTLS and OpenSSL's socket BIO both see EAGAIN).
+bool SetIdleTimeout(int fd, std::chrono::milliseconds timeout) {
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(timeout).count();
+  const timeval tv{static_cast<time_t>(us / 1'000'000), static_cast<suseconds_t>(us % 1'000'000)};
+  return ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) == 0 &&
+         ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) == 0;
+}
+
+void ServeOne(ktls::Listener& listener, int socket, std::chrono::milliseconds idle_timeout) {
   const std::string peer = PeerName(socket);
   auto conn = listener.Handshake(socket);
   if (!conn.ok()) {
@@ -121,6 +139,10 @@ void ServeOne(ktls::Listener& listener, int socket) {
   std::uint64_t bytes_in = 0, bytes_out = 0;
   std::array<std::byte, 64 * 1024> buf;
   std::string end;
+  if (!SetIdleTimeout(conn->fd(), idle_timeout)) {
+    Log(ConnectionLine(peer, *conn, 0, 0, "error:setsockopt(SO_RCVTIMEO):" + std::to_string(errno)));
+    return;
+  }
   for (;;) {
     auto got = conn->Read(buf);
     if (!got.ok()) {
@@ -132,6 +154,13 @@ void ServeOne(ktls::Listener& listener, int socket) {
       (void)conn->Shutdown();  // Answer with our close_notify.
       break;
     }
+    if (got->would_block) {
+      // Nothing came for the idle timeout: end politely, as ktls-serve does.
+      // The send timeout bounds the close_notify too.
+      end = "idle_timeout";
+      (void)conn->Shutdown();
+      break;
+    }
     bytes_in += got->bytes;
     // Write, not WriteAll, so bytes_out counts what went out before an error.
     std::string write_error;
@@ -139,6 +168,8 @@ void ServeOne(ktls::Listener& listener, int socket) {
       auto put = conn->Write(std::span(buf.data() + off, got->bytes - off));
       if (!put.ok()) {
         write_error = EndWord(put.error());
+      } else if (put->would_block && put->bytes == 0) {
+        write_error = "idle_timeout";  // The client has not read its echo for that long.
       } else {
         off += put->bytes;
         bytes_out += put->bytes;
@@ -166,6 +197,11 @@ int RunServer(const cxxopts::ParseResult& args) {
   config.offload.on_fallback = LogFallback;
   config.offload.key_update_after_records = args["key-update-after"].as<std::uint64_t>();
   config.handshake_timeout = std::chrono::milliseconds(args["handshake-timeout-ms"].as<std::uint64_t>());
+  ktls::tools::ConnectionLimits limits;
+  if (std::string error; !ktls::tools::ReadConnectionLimits(args, limits, error)) {
+    std::fprintf(stderr, "ktls-echo: %s\n", error.c_str());
+    return 2;
+  }
   if (args.count("cert")) {
     config.cert_file = args["cert"].as<std::string>();
     config.key_file = args["key"].as<std::string>();
@@ -196,9 +232,15 @@ int RunServer(const cxxopts::ParseResult& args) {
   Log(std::string("ktls: ") + (caps.available ? "available" : "unavailable: " + caps.reason) +
       " kernel=" + caps.kernel + " rekey=" + (caps.rekey ? "yes" : "no"));
   Log("listening port=" + std::to_string(listener->port()));
+  // One slot per connection being served. Shared with the detached threads,
+  // which may outlive this function when it returns on an accept error.
+  auto slots = std::make_shared<std::counting_semaphore<>>(static_cast<std::ptrdiff_t>(limits.max_connections));
   for (;;) {
+    // Full: new clients wait in the listen queue until a connection ends.
+    slots->acquire();
     auto socket = listener->AcceptSocket();
     if (!socket.ok()) {
+      slots->release();
       Log("accept: " + socket.error().ToString());
       if (socket.error().sys_errno == EMFILE || socket.error().sys_errno == ENFILE) {
         std::this_thread::sleep_for(std::chrono::milliseconds(100));  // Let connections finish.
@@ -206,7 +248,10 @@ int RunServer(const cxxopts::ParseResult& args) {
       }
       return 1;
     }
-    std::thread(ServeOne, std::ref(*listener), *socket).detach();
+    std::thread([&listener = *listener, fd = *socket, slots, idle = limits.idle_timeout] {
+      ServeOne(listener, fd, idle);
+      slots->release();  // After the connection is closed.
+    }).detach();
   }
 }
 
@@ -341,6 +386,7 @@ int main(int argc, char** argv) {
       ("ca", "Client: trust these CAs (PEM) instead of the system store", cxxopts::value<std::string>()->default_value(""))
       ("insecure", "Client: do not verify the server's certificate")
       ("h,help", "Show this help");
+  ktls::tools::AddConnectionLimitOptions(options);
   cxxopts::ParseResult args;
   try {
     args = options.parse(argc, argv);

@@ -46,6 +46,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "common/connection_limits.h"
 #include "common/self_signed.h"
 #include "ktls-serve/file_response.h"
 #include "ktls-serve/tls_options.h"
@@ -585,7 +586,7 @@ std::optional<tcp::endpoint> ParseListen(const std::string& text, std::string& e
 int main(int argc, char** argv) {
   cxxopts::Options cli("ktls-serve", "HTTPS static file server on kernel TLS");
   Options o;
-  long long handshake_ms = 0, idle_ms = 0, drain_ms = 0;
+  long long handshake_ms = 0, drain_ms = 0;
   // clang-format off
   cli.add_options()
     ("root", "Directory to serve", cxxopts::value<std::string>()->default_value("."))
@@ -609,14 +610,13 @@ int main(int argc, char** argv) {
      cxxopts::value<std::size_t>()->default_value("2048"))
     ("handshake-timeout", "Drop clients that have not finished the handshake by then (ms)",
      cxxopts::value<long long>()->default_value("10000"))
-    ("idle-timeout", "Drop connections that make no progress for this long (ms)",
-     cxxopts::value<long long>()->default_value("30000"))
     ("drain-timeout", "On SIGINT/SIGTERM, wait at most this long for responses in flight (ms)",
      cxxopts::value<long long>()->default_value("10000"))
-    ("max-connections", "Connections served at once; more wait in the listen queue",
-     cxxopts::value<std::size_t>()->default_value("10000"))
     ("h,help", "Show this help");
   // clang-format on
+  ktls::tools::AddConnectionLimitOptions(cli);
+  ktls::tools::ConnectionLimits limits;
+  std::string error;
   try {
     auto args = cli.parse(argc, argv);
     if (args.count("help") != 0) {
@@ -639,9 +639,11 @@ int main(int argc, char** argv) {
     o.header_limit = args["header-limit"].as<std::size_t>();
     o.max_target_len = args["max-target"].as<std::size_t>();
     handshake_ms = args["handshake-timeout"].as<long long>();
-    idle_ms = args["idle-timeout"].as<long long>();
     drain_ms = args["drain-timeout"].as<long long>();
-    o.max_connections = args["max-connections"].as<std::size_t>();
+    if (!ktls::tools::ReadConnectionLimits(args, limits, error)) {
+      std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
+      return 2;
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ktls-serve: %s\n%s\n", e.what(), cli.help().c_str());
     return 2;
@@ -654,15 +656,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ktls-serve: --cert and --key go together\n");
     return 2;
   }
-  if (handshake_ms <= 0 || idle_ms <= 0 || drain_ms < 0 || o.header_limit == 0 || o.max_connections == 0) {
-    std::fprintf(stderr, "ktls-serve: timeouts, --header-limit and --max-connections must be positive\n");
+  if (handshake_ms <= 0 || drain_ms < 0 || o.header_limit == 0) {
+    std::fprintf(stderr, "ktls-serve: --handshake-timeout and --header-limit must be positive, --drain-timeout not negative\n");
     return 2;
   }
   o.handshake_timeout = milliseconds(handshake_ms);
-  o.idle_timeout = milliseconds(idle_ms);
+  o.idle_timeout = limits.idle_timeout;
+  o.max_connections = limits.max_connections;
   o.drain_timeout = milliseconds(drain_ms);
 
-  std::string error;
   auto root = ktls::serve::Root::Open(o.root, error);
   if (!root) {
     std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
