@@ -39,14 +39,12 @@ when KTLS_REQUIRE_KERNEL=1. When tests ran, the last line is always
 import os
 import socket
 import ssl
-import subprocess
 import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
-from ktls_interop import (HOST, STEP_TIMEOUT, PkiBase, Pump, ServerProcess, free_port, is_listening,  # noqa: E402
-                          read_tls_stat, stop_process, wait_until)
+from ktls_interop import HOST, PkiBase, ServerProcess, SServer, read_tls_stat  # noqa: E402
 from ktls_badpeer import (CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, RecordSplitter,  # noqa: E402
                           TlsClient, handshake_message, record_header, xor_seq)
 
@@ -104,26 +102,24 @@ class Case:
         return self.expect
 
 
-def seal_padding_only(client):
-    """A TLS 1.3 record whose plaintext is all padding: no content type."""
-    protection = client.protection or client.traffic_protection()
-    client.protection = protection
-    inner = bytes(8)
+def seal_inner(client, inner):
+    """One TLS 1.3 record whose plaintext (RFC 8446 5.2's TLSInnerPlaintext:
+    content, type, zeros) is `inner`, under the client's live key."""
+    client.protection = client.protection or client.traffic_protection()
     header = record_header(CONTENT_APPLICATION_DATA, len(inner) + 16)
-    record = header + protection.aead.encrypt(xor_seq(protection.iv, client.next_seq), inner, header)
+    record = header + client.protection.aead.encrypt(xor_seq(client.protection.iv, client.next_seq), inner, header)
     client.next_seq += 1
     return record
+
+
+def seal_padding_only(client):
+    """A record whose plaintext is all padding: no content type at all."""
+    return seal_inner(client, bytes(8))
 
 
 def seal_padded(client, content_type, payload, padding):
-    """A TLS 1.3 record of content_type with `padding` zero bytes after it."""
-    protection = client.protection or client.traffic_protection()
-    client.protection = protection
-    inner = payload + bytes([content_type]) + bytes(padding)
-    header = record_header(CONTENT_APPLICATION_DATA, len(inner) + 16)
-    record = header + protection.aead.encrypt(xor_seq(protection.iv, client.next_seq), inner, header)
-    client.next_seq += 1
-    return record
+    """A record of content_type with `padding` zero bytes after it."""
+    return seal_inner(client, payload + bytes([content_type]) + bytes(padding))
 
 
 def alerts(client, *alert, count=1):
@@ -217,32 +213,6 @@ class Pki(PkiBase):
                                      "subjectAltName=DNS:localhost,IP:127.0.0.1")
 
 
-class ReferenceServer:
-    """`openssl s_server -quiet` serving one connection after another (its
-    stdin stays open: at its end s_server would close the connection)."""
-
-    def __init__(self, *args):
-        self.args = args
-
-    def __enter__(self):
-        for _ in range(5):
-            self.port = free_port()
-            self.proc = subprocess.Popen([OPENSSL, "s_server", "-accept", f"{HOST}:{self.port}", "-cert",
-                                          PKI.server.cert, "-key", PKI.server.key, "-quiet", *self.args],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            self.out, self.err = Pump(self.proc.stdout), Pump(self.proc.stderr)
-            self.out.start()
-            self.err.start()
-            if wait_until(lambda: is_listening(self.port) or self.proc.poll() is not None, STEP_TIMEOUT) \
-                    and self.proc.poll() is None:
-                return self
-            stop_process(self.proc, (self.out, self.err))
-        raise AssertionError(f"openssl s_server did not start: {self.err.text()}")
-
-    def __exit__(self, *exc):
-        stop_process(self.proc, (self.out, self.err))
-
-
 def observe(client, first_seq, echoes):
     """What the server did after the case: reads the raw socket, opens each
     record with the server's key from first_seq on, and returns the outcome
@@ -294,7 +264,7 @@ class ConformanceTest(unittest.TestCase):
     def setUpClass(cls):
         cls.targets = {}
         cls.stat_before = read_tls_stat()
-        cls.reference = ReferenceServer(*cls.S_SERVER_ARGS).__enter__()
+        cls.reference = SServer(OPENSSL, PKI.server, *cls.S_SERVER_ARGS, naccept=None).__enter__()
         cls.targets["openssl s_server"] = cls.reference
         for rx in ("--rx", "--no-rx"):
             server = ServerProcess([ECHO, "--listen", f"{HOST}:0", "--cert", PKI.server.cert, "--key",

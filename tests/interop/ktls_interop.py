@@ -306,11 +306,14 @@ class SServer:
     """`openssl s_server -quiet -naccept 1` in its default mode, which
     copies its stdin to the connection and the connection to its stdout:
     `send` is written to the client, everything the client sends lands in
-    self.out."""
+    self.out. naccept=None serves one connection after another until the
+    end of the `with` block (stdin stays open: at its end s_server would
+    close the connection)."""
 
-    def __init__(self, openssl, identity, *args, send=b""):
+    def __init__(self, openssl, identity, *args, send=b"", naccept=1):
         self.openssl = openssl
-        self.args = ["-cert", identity.cert, "-key", identity.key, "-naccept", "1", "-quiet", *args]
+        accept = ["-naccept", str(naccept)] if naccept is not None else []
+        self.args = ["-cert", identity.cert, "-key", identity.key, *accept, "-quiet", *args]
         self.send = send
         self.proc = None
 

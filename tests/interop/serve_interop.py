@@ -308,6 +308,24 @@ class Robustness(unittest.TestCase):
             status, body, err = curl(server.url("/medium.bin"))
             self.assertEqual(sha(body), sha(MEDIUM), err)
 
+    def test_client_still_sending_its_body_reads_the_400_and_close_notify_not_a_reset(self):
+        # No request body is accepted: 400, and the server ends the
+        # connection while the client is still sending the body it
+        # announced. The server lingers (reads and drops what comes, within
+        # its budget) before it closes, so the client's sends succeed and it
+        # reads the whole answer and close_notify. Closing at once, with the
+        # body unread, would send a reset that can destroy both.
+        with Serve() as server:
+            with tls_connect(server.port) as client:
+                client.sendall(b"POST /index.html HTTP/1.1\r\nHost: x\r\nContent-Length: 131072\r\n\r\n")
+                time.sleep(0.5)  # The server has answered and ended the connection by now.
+                for _ in range(8):
+                    client.sendall(os.urandom(16384))
+                reply = read_until_close(client)  # Raises on a reset, or on a close without close_notify.
+            self.assertTrue(reply.startswith(b"HTTP/1.1 400"), reply[:100])
+            status, body, err = curl(server.url("/medium.bin"))
+            self.assertEqual(sha(body), sha(MEDIUM), err)
+
     def test_silent_client_is_dropped_after_the_handshake_timeout(self):
         with Serve("--handshake-timeout", "500") as server:
             with socket.create_connection((HOST, server.port), timeout=STEP_TIMEOUT) as silent:
