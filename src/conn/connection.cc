@@ -196,6 +196,10 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
     if (n < 0) {
       const int err = static_cast<int>(-n);
       if (WouldBlock(err)) return Blocked(Wait::kReadable);
+      // Past any other error the kernel cannot hand over another record
+      // (6.1 even decrypts the bad one again at every call): the lingering
+      // close must not read through it.
+      rx_kernel_failed_ = !(err == EKEYEXPIRED && kernel_rekey);
       if (err == EBADMSG) {
         SendFatalAlert(kAlertBadRecordMac);
         return Fail(AlertError(ErrorCategory::kProtocol, kAlertBadRecordMac,
@@ -896,6 +900,12 @@ Result<IoProgress> ConnectionImpl::Linger() {
   if (socket.get() < 0) return MakeError(ErrorCategory::kUsage, "Linger on a closed connection");
   const IoProgress done{0, false, true};
   if (!LingerOwed()) return done;
+  if (rx == Offload::kKernel && rx_kernel_failed_) {
+    // Nothing more can be read through the kernel: close now.
+    linger_done_ = true;
+    ::shutdown(socket.get(), SHUT_WR);
+    return done;
+  }
   if (!linger_started_) {
     linger_started_ = true;
     linger_deadline_ = std::chrono::steady_clock::now() + linger.time;

@@ -61,11 +61,14 @@ struct KernelTx {
 
   std::optional<ssize_t> SendMsg(const msghdr* msg) {
     const SentRecord record = ParseSentRecord(msg);
-    FUZZ_CHECK(!sent_alert);  // Nothing follows an alert that went out (fatal or close_notify).
+    FUZZ_CHECK(!sent_alert);  // Nothing follows an alert that ended it (fatal, or close_notify).
     if (record.type == detail::uapi::kRecordAlert) {
       FUZZ_CHECK(record.bytes.size() == 2);
       FUZZ_CHECK(record.bytes[0] == 1 || record.bytes[0] == 2);
-      sent_alert = !sendmsg_fails;
+      // A warning (no_renegotiation, to a TLS 1.2 peer that tried) does not
+      // end the connection; a fatal alert or close_notify does.
+      FUZZ_CHECK(record.bytes[0] == 2 || record.bytes[1] == 0 || record.bytes[1] == 100);
+      sent_alert = !sendmsg_fails && (record.bytes[0] == 2 || record.bytes[1] == 0);
     } else if (record.type == detail::uapi::kRecordHandshake) {
       // Only KeyUpdate: type 24, length 1, update_not_requested/requested.
       FUZZ_CHECK(record.bytes.size() == 5);
@@ -109,11 +112,14 @@ struct KernelTx {
       return 0;
     }
     if (level != detail::uapi::kSolTls) return std::nullopt;  // SO_RCVTIMEO and such: the real socket.
-    FUZZ_CHECK(name == detail::uapi::kTlsTx && cipher.has_value());
+    FUZZ_CHECK((name == detail::uapi::kTlsTx || name == detail::uapi::kTlsRx) && cipher.has_value());
     FUZZ_CHECK(*len == detail::CryptoInfoSize(*cipher));
+    // TLS_RX (to resume RX the kernel paused): the fuzzers do not count RX
+    // records; any sequence number will do for a scripted kernel.
     auto info = detail::PackCryptoInfo(TlsVersion::kTls13, *cipher,
                                        std::vector<unsigned char>(detail::KeyLength(*cipher)),
-                                       std::vector<unsigned char>(detail::kNonceLen), records);
+                                       std::vector<unsigned char>(detail::kNonceLen),
+                                       name == detail::uapi::kTlsTx ? records : 0);
     FUZZ_CHECK(info.ok());
     std::memcpy(value, info->data(), info->size());
     return 0;

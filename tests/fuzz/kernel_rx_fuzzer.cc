@@ -25,11 +25,12 @@
 //
 // What must hold, whatever the input: no crash or sanitizer report; what
 // Read delivers is a prefix of the application data queued, in order;
-// nothing queued after a fatal event (a complete alert, a record of an
-// unknown type, an error other than EAGAIN) is ever delivered; after Read
+// nothing queued after a fatal event (an alert record other than a warning
+// OpenSSL ignores, a record of an unknown type, an error other than EAGAIN
+// and a resumable EKEYEXPIRED) is ever delivered; after Read
 // reported an error or the end of the stream it delivers nothing more;
 // every record ktls sends is data, a 2-byte alert or a KeyUpdate, and
-// nothing follows an alert.
+// nothing follows a fatal alert or close_notify.
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -122,7 +123,15 @@ void Run(std::span<const std::uint8_t> data) {
         rx.QueueRecord(type, payload);
         if (type == uapi::kRecordApplicationData) {
           model.data.insert(model.data.end(), payload.begin(), payload.end());
-        } else if (type != uapi::kRecordHandshake && (type != uapi::kRecordAlert || payload.size() >= 2)) {
+        } else if (type == uapi::kRecordAlert) {
+          // Warnings OpenSSL ignores (TLS 1.3: user_canceled; TLS 1.2: any
+          // warning but no_renegotiation) may let data after them through;
+          // every other alert record ends the connection.
+          const bool ignorable =
+              payload.size() == 2 && payload[1] != 0 &&
+              (conn.version == TlsVersion::kTls13 ? payload[1] == 90 : payload[0] == 1 && payload[1] != 100);
+          if (!ignorable) model.Fatal();
+        } else if (type != uapi::kRecordHandshake) {
           model.Fatal();
         }
         break;
@@ -130,7 +139,9 @@ void Run(std::span<const std::uint8_t> data) {
       case 1: {
         const int err = kErrors[param % kErrors.size()];
         rx.QueueError(err);
-        if (err != EAGAIN) model.Fatal();
+        // EKEYEXPIRED where the kernel can rekey: RX resumes under the same
+        // key (the pause came from a fragment).
+        if (err != EAGAIN && !(err == EKEYEXPIRED && conn.kernel_rekey)) model.Fatal();
         break;
       }
       case 2:
