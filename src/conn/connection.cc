@@ -440,13 +440,18 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
     }
     if (!kernel_rekey) {
       // The kernel keeps decrypting with the old key; everything after
-      // this record would fail. End here, naming why.
+      // this record would fail (the lingering close must not read it
+      // either). End here, naming why.
+      rx_kernel_failed_ = true;
       SendFatalAlert(kAlertInternalError);
       return Fail(AlertError(ErrorCategory::kUnsupported, kAlertInternalError,
                              "the peer sent a TLS 1.3 KeyUpdate, and this kernel cannot install new RX keys "
                              "(needs Linux 6.14); RxOffload::kAuto keeps RX in OpenSSL on such kernels; sent"));
     }
-    if (auto rekeyed = RekeyRx(); !rekeyed) return Fail(std::move(rekeyed).error());
+    if (auto rekeyed = RekeyRx(); !rekeyed) {
+      rx_kernel_failed_ = true;  // The kernel holds the retired key.
+      return Fail(std::move(rekeyed).error());
+    }
     if (request == kKeyUpdateRequested) {
       if (auto answered = AnswerPeerKeyUpdate(); !answered) return Fail(std::move(answered).error());
     }

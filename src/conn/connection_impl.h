@@ -171,7 +171,9 @@ class ConnectionImpl {
   // went out, or an error ended it) and the peer may still be sending.
   bool LingerOwed() const;
   std::atomic<bool> peer_eof_ = false;  // The peer's FIN (or reset) was seen: nothing more comes.
-  bool rx_kernel_failed_ = false;  // kTLS RX returned an error it cannot read past.
+  // kTLS RX cannot hand over another record: it returned an error it
+  // cannot read past, or it holds a key the peer has retired.
+  bool rx_kernel_failed_ = false;
   bool linger_started_ = false;
   bool linger_done_ = false;
   std::size_t linger_discarded_ = 0;

@@ -242,10 +242,6 @@ class Server {
               ec.message();
       return false;
     }
-    const auto local = acceptor_.local_endpoint(ec);
-    const std::string host = local.address().is_v6() ? "[" + local.address().to_string() + "]" : local.address().to_string();
-    std::fprintf(stderr, "ktls-serve: serving %s on https://%s:%u/ with %zu thread(s)\n", options_.root.c_str(),
-                 host.c_str(), local.port(), workers_.size());
     return true;
   }
 
@@ -273,6 +269,12 @@ class Server {
       report.async_wait(on_report);
     };
     report.async_wait(on_report);
+    // Only now, with every signal handled: scripts signal once they read it.
+    error_code ec;
+    const auto local = acceptor_.local_endpoint(ec);
+    const std::string host = local.address().is_v6() ? "[" + local.address().to_string() + "]" : local.address().to_string();
+    std::fprintf(stderr, "ktls-serve: serving %s on https://%s:%u/ with %zu thread(s)\n", options_.root.c_str(),
+                 host.c_str(), local.port(), workers_.size());
     net::co_spawn(main_io_, AcceptLoop(acceptor), net::detached);
     main_io_.run();  // Returns once the accept loop ended and the drain finished.
     guards.clear();
