@@ -75,6 +75,38 @@ constexpr unsigned char kKeyUpdateRequested = 1;
 
 bool WouldBlock(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
+// KernelRecv: what one recvmsg on a socket with kTLS RX returned.
+struct KernelRecv {
+  ssize_t n = 0;       // Bytes, or -errno.
+  bool typed = false;  // The kernel named a record type: n == 0 is then an empty record, not the end.
+  unsigned char type = uapi::kRecordApplicationData;
+  bool record_end = false;  // MSG_EOR: the call returned a control record's last byte.
+};
+
+// RecvKernelRecord reads into buf. With TLS_RX set, every recvmsg must
+// offer a control buffer: the kernel returns a non-data record only to a
+// caller that can learn its type, and never mixes record types in one call.
+KernelRecv RecvKernelRecord(int fd, std::span<std::byte> buf, int flags) {
+  alignas(cmsghdr) std::array<unsigned char, CMSG_SPACE(sizeof(unsigned char))> control{};
+  iovec iov{buf.data(), buf.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  KernelRecv got;
+  got.n = sys::RecvMsg(fd, &msg, flags);
+  if (got.n < 0) return got;
+  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+    if (cmsg->cmsg_level == uapi::kSolTls && cmsg->cmsg_type == uapi::kTlsGetRecordType) {
+      got.type = *CMSG_DATA(cmsg);
+      got.typed = true;
+    }
+  }
+  got.record_end = (msg.msg_flags & MSG_EOR) != 0;
+  return got;
+}
+
 // Blocked: no progress now; call again once the socket is ready for `wait`.
 IoProgress Blocked(Wait wait) { return IoProgress{0, true, false, wait}; }
 
@@ -182,17 +214,8 @@ Result<IoProgress> ConnectionImpl::ReadUser(std::span<std::byte> buf) {
 
 Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
   for (;;) {
-    // With TLS_RX set, every recvmsg must offer a control buffer: the kernel
-    // returns a non-data record only to a caller that can learn its type,
-    // and never mixes record types in one call.
-    alignas(cmsghdr) std::array<unsigned char, CMSG_SPACE(sizeof(unsigned char))> control{};
-    iovec iov{buf.data(), buf.size()};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.data();
-    msg.msg_controllen = control.size();
-    const ssize_t n = sys::RecvMsg(socket.get(), &msg, 0);
+    const KernelRecv got = RecvKernelRecord(socket.get(), buf, 0);
+    const ssize_t n = got.n;
     if (n < 0) {
       const int err = static_cast<int>(-n);
       if (WouldBlock(err)) return Blocked(Wait::kReadable);
@@ -240,15 +263,8 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
     }
     // A record type came with every record the call returned; no control
     // message at all means the end of the stream.
-    bool typed = false;
-    unsigned char type = uapi::kRecordApplicationData;
-    for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-      if (cmsg->cmsg_level == uapi::kSolTls && cmsg->cmsg_type == uapi::kTlsGetRecordType) {
-        type = *CMSG_DATA(cmsg);
-        typed = true;
-      }
-    }
-    if (n == 0 && !typed) {
+    const unsigned char type = got.type;
+    if (n == 0 && !got.typed) {
       return Fail(EndWithoutCloseNotify(
           MakeError(ErrorCategory::kTruncated, "the peer closed the connection without close_notify")));
     }
@@ -263,8 +279,7 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
     // kTLS returns a control record alone, and sets MSG_EOR once its last
     // byte was returned (a buffer smaller than the record gets the rest in
     // the following calls): record boundaries are exact.
-    const bool record_end = (msg.msg_flags & MSG_EOR) != 0;
-    if (auto done = HandleControlRecord(type, buf.first(static_cast<std::size_t>(n)), record_end)) {
+    if (auto done = HandleControlRecord(type, buf.first(static_cast<std::size_t>(n)), got.record_end)) {
       return std::move(*done);
     }
   }
@@ -928,16 +943,9 @@ Result<IoProgress> ConnectionImpl::Linger() {
     ssize_t n = 0;
     bool typed = false;
     if (rx == Offload::kKernel) {
-      // kTLS returns records only to a caller that can take their type.
-      alignas(cmsghdr) std::array<unsigned char, CMSG_SPACE(sizeof(unsigned char))> control{};
-      iovec iov{scratch.data(), scratch.size()};
-      msghdr msg{};
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      msg.msg_control = control.data();
-      msg.msg_controllen = control.size();
-      n = sys::RecvMsg(socket.get(), &msg, MSG_DONTWAIT);
-      typed = msg.msg_controllen > 0 && CMSG_FIRSTHDR(&msg) != nullptr;
+      const KernelRecv got = RecvKernelRecord(socket.get(), scratch, MSG_DONTWAIT);
+      n = got.n;
+      typed = got.typed;
     } else {
       // Records for OpenSSL nobody will read: the raw bytes will do.
       n = ::recv(socket.get(), scratch.data(), scratch.size(), MSG_DONTWAIT);
