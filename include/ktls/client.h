@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "ktls/export.h"
 #include "ktls/offload.h"
 #include "ktls/result.h"
+#include "ktls/session_cache.h"
 #include "ktls/types.h"
 
 namespace ktls {
@@ -41,8 +43,19 @@ struct KTLS_API ClientConfig {
   // Client certificate and key (PEM files) for servers that ask for one.
   std::string cert_file;
   std::string key_file;
-  // ssl_ctx: your own context instead (ktls takes a reference).
+  // ssl_ctx: your own context instead (ktls takes a reference). Its own
+  // session callbacks then see every session, and session_cache is not
+  // used: set SSL_SESS_CACHE_CLIENT and SSL_CTX_sess_set_new_cb on it (and
+  // SSL_set_session before the handshake, with StartClientHandshake and
+  // OffloadSsl) to resume.
   SSL_CTX* ssl_ctx = nullptr;
+  // session_cache: sessions to resume, per server. Connect resumes from it
+  // and stores in it every session the server gives, including TLS 1.3
+  // tickets that arrive after RX went to the kernel
+  // (OffloadOptions::session_tickets). Configs copied from this one share
+  // it. Null: every connection is a full handshake. Connection::session()
+  // says whether a connection resumed.
+  std::shared_ptr<SessionCache> session_cache = std::make_shared<SessionCache>();
   // handshake_timeout: the whole handshake must be done by then, or Connect
   // fails with ETIMEDOUT. Zero: no limit.
   std::chrono::milliseconds handshake_timeout{10'000};

@@ -180,9 +180,17 @@ class KTLS_API Connection {
   // records yourself.
   int fd() const noexcept;
 
+  // tickets_relayed: TLS 1.3 session tickets the kernel received (RX in the
+  // kernel) and ktls handed to OpenSSL, which made each a session for the
+  // context's new-session callback (OffloadOptions::session_tickets).
+  std::uint64_t tickets_relayed() const noexcept;
   // tickets_dropped: session tickets that arrived after RX went to the
-  // kernel (a client cannot store them any more) and were discarded.
+  // kernel and could not be used; tickets_dropped_reason says why (null
+  // while none was dropped): session tickets off, a context that keeps no
+  // client sessions, or a ticket after the peer's KeyUpdate retired the
+  // key OpenSSL reads with.
   std::uint64_t tickets_dropped() const noexcept;
+  const char* tickets_dropped_reason() const noexcept;
 
   explicit Connection(std::unique_ptr<detail::ConnectionImpl> impl);
 

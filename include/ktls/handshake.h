@@ -16,6 +16,7 @@
 #include <openssl/ssl.h>
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -74,7 +75,13 @@ class KTLS_API PendingHandshake {
 // StartClientHandshake takes ownership of a socket connected (or, when
 // non-blocking, connecting) to a TLS server, makes it non-blocking, and
 // returns the client handshake to drive with Step. host is the name to send
-// as SNI and to verify, as for Connect.
+// as SNI and to verify, as for Connect; host and port name the server in
+// ClientConfig::session_cache.
+KTLS_API Result<PendingHandshake> StartClientHandshake(int socket, const std::string& host, std::uint16_t port,
+                                                       const ClientConfig& config);
+// StartClientHandshake without a port takes it from the socket's peer
+// address; a socket still connecting has none yet, and then the
+// connection neither resumes nor stores sessions.
 KTLS_API Result<PendingHandshake> StartClientHandshake(int socket, const std::string& host,
                                                        const ClientConfig& config);
 

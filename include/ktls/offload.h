@@ -90,6 +90,20 @@ struct KTLS_API OffloadOptions {
   // client certificates during the handshake and need nothing of them
   // afterwards. Everything else in SessionInfo is kept either way.
   bool keep_peer_certificates = true;
+  // session_tickets: for a TLS 1.3 client with RX in the kernel, turn the
+  // NewSessionTickets the kernel receives into resumable sessions, as
+  // OpenSSL does without kTLS: the context's new-session callback
+  // (SSL_CTX_sess_set_new_cb) gets each one as an SSL_SESSION. This keeps
+  // the SSL (its buffers released) and the peer's offload-time key and IV
+  // for the connection's life, or until the peer's first KeyUpdate (RFC
+  // 8446 7.2: the old key must go); see the README for the bytes. It is
+  // done only where the context stores client sessions
+  // (SSL_CTX_set_session_cache_mode with SSL_SESS_CACHE_CLIENT, which
+  // ktls::Connect's own context sets when ClientConfig::session_cache is
+  // set). false, or a server: nothing is kept, and tickets that arrive
+  // after RX offload are dropped (Connection::tickets_dropped). Tickets
+  // OpenSSL reads itself (RX in OpenSSL, or before offload) always reach it.
+  bool session_tickets = true;
   // on_fallback: called (on the thread that offloads) when a direction could
   // not go to the kernel, with the reason. The connection works anyway.
   std::function<void(const OffloadReport&)> on_fallback;

@@ -427,16 +427,17 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
                              "a post-handshake message of type " + std::to_string(msg_type) + " and " +
                                  std::to_string(body_len) + " bytes, more than it can have"));
     }
-    if (handshake_bytes_.size() < kHandshakeHeaderLen + body_len) return std::nullopt;
-    const unsigned char body_first_byte = body_len > 0 ? handshake_bytes_[kHandshakeHeaderLen] : 0;
-    handshake_bytes_.erase(handshake_bytes_.begin(),
-                           handshake_bytes_.begin() + static_cast<std::ptrdiff_t>(kHandshakeHeaderLen + body_len));
+    const std::size_t message_len = kHandshakeHeaderLen + body_len;
+    if (handshake_bytes_.size() < message_len) return std::nullopt;
     if (msg_type == kHandshakeNewSessionTicket) {
-      // The SSL object that could store it may already be gone: a ticket
-      // after RX offload is dropped (counted), never surfaced as an error.
-      ++tickets_dropped;
+      auto done = HandleSessionTicket(std::span<const unsigned char>(handshake_bytes_).first(message_len));
+      handshake_bytes_.erase(handshake_bytes_.begin(),
+                             handshake_bytes_.begin() + static_cast<std::ptrdiff_t>(message_len));
+      if (done) return done;
       continue;
     }
+    const unsigned char body_first_byte = body_len > 0 ? handshake_bytes_[kHandshakeHeaderLen] : 0;
+    handshake_bytes_.erase(handshake_bytes_.begin(), handshake_bytes_.begin() + static_cast<std::ptrdiff_t>(message_len));
     // KeyUpdate.
     if (body_len != 1) {
       SendFatalAlert(kAlertDecodeError);
@@ -472,6 +473,67 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
     }
   }
   return std::nullopt;
+}
+
+std::optional<Result<IoProgress>> ConnectionImpl::HandleSessionTicket(std::span<const unsigned char> message) {
+  // A ticket after our close_notify is relayed too: OpenSSL 3 still makes
+  // a session of it then.
+  if (!ticket_relay) {
+    ++tickets_dropped;
+    tickets_dropped_reason = no_relay_reason != nullptr ? no_relay_reason : "no session could be made of it";
+    return std::nullopt;
+  }
+  std::lock_guard lock(ssl_mu_);
+  auto delivered = ticket_relay->Deliver(message);
+  if (delivered) {
+    ++tickets_relayed;
+    return std::nullopt;
+  }
+  // OpenSSL refused the ticket, as it would have without kTLS, and wrote
+  // the alert it sends for it: relay that alert and end with its name.
+  Error error = std::move(delivered).error();
+  if (openssl_write_attempted) {
+    openssl_write_attempted = false;
+    (void)HandleOpenSslWrites();
+  }
+  if (const CaptureState* state = GetCaptureState(ssl.get());
+      state != nullptr && state->last_written_alert[0] == kAlertLevelFatal) {
+    error.category = ErrorCategory::kProtocol;
+    error.tls_alert = state->last_written_alert[1];
+    error.detail += " (" + std::string(AlertName(error.tls_alert)) + ")";
+  } else {
+    SendFatalAlert(kAlertInternalError);
+  }
+  ERR_clear_error();
+  return Fail(std::move(error));
+}
+
+ConnectionImpl::~ConnectionImpl() { ReleaseSsl(); }
+
+void ConnectionImpl::ReleaseSsl() {
+  if (ssl && sent_close_ && !failed_) {
+    // close_notify went out through the kernel, where OpenSSL did not see
+    // it. Without this, SSL_free takes the connection for a truncated one
+    // and marks its session not resumable (ssl_clear_bad_session): a server
+    // would drop it from its cache, and a client's newest session, the one
+    // in its SessionCache, would never be offered.
+    SSL_set_shutdown(ssl.get(), SSL_get_shutdown(ssl.get()) | SSL_SENT_SHUTDOWN);
+  }
+  ticket_relay.reset();
+  ssl.reset();
+}
+
+void ConnectionImpl::DropTicketRelay(const char* reason) {
+  std::lock_guard lock(ssl_mu_);
+  if (!ticket_relay) return;
+  ticket_relay.reset();
+  no_relay_reason = reason;
+  if (tx == Offload::kKernel && rx == Offload::kKernel && ssl) {
+    // The SSL was kept only for tickets. Its session stays good (see
+    // offload.cc for why it is marked shut down).
+    SSL_set_shutdown(ssl.get(), SSL_get_shutdown(ssl.get()) | SSL_SENT_SHUTDOWN);
+    ssl.reset();
+  }
 }
 
 Result<void> ConnectionImpl::SendKernelControlRecord(unsigned char type, std::span<const unsigned char> payload) {
@@ -789,6 +851,9 @@ Result<void> ConnectionImpl::RekeyRx() {
   }
   rx_secret = *next;
   ++rx_key_updates;
+  // RFC 8446 7.2: once the next key is in use, delete the old one. The
+  // ticket relay holds it (and so does the SSL it feeds).
+  DropTicketRelay("the ticket came after the peer's KeyUpdate, which retired the key OpenSSL reads with");
   return {};
 }
 
@@ -981,13 +1046,7 @@ void ConnectionImpl::Close() {
     }
     if (rc <= 0) break;  // The time is up.
   }
-  if (ssl && sent_close_ && !failed_) {
-    // close_notify went out through the kernel, where OpenSSL did not see
-    // it; without this, freeing the SSL would drop a good session from the
-    // server's cache.
-    SSL_set_shutdown(ssl.get(), SSL_get_shutdown(ssl.get()) | SSL_SENT_SHUTDOWN);
-  }
-  ssl.reset();
+  ReleaseSsl();
   socket.reset();
 }
 
@@ -1065,7 +1124,10 @@ std::uint64_t Connection::tx_key_updates() const noexcept {
 std::uint64_t Connection::rx_key_updates() const noexcept {
   if (!impl_) return 0;
   std::uint64_t n = impl_->rx_key_updates.load();
-  if (impl_->ssl) {
+  // OpenSSL reads KeyUpdates only while it has RX (RX is never offloaded
+  // after one), and the SSL may be freed by the reader once both
+  // directions are in the kernel.
+  if (impl_->rx == Offload::kUser && impl_->ssl) {
     if (const detail::CaptureState* state = detail::GetCaptureState(impl_->ssl.get())) n += state->read_key_updates;
   }
   return n;
@@ -1075,6 +1137,10 @@ Offload Connection::tx() const noexcept { return impl_ ? impl_->tx : Offload::kU
 Offload Connection::rx() const noexcept { return impl_ ? impl_->rx : Offload::kUser; }
 const SessionInfo& Connection::session() const noexcept { return impl_ ? impl_->session : kNoSession; }
 int Connection::fd() const noexcept { return impl_ ? impl_->socket.get() : -1; }
+std::uint64_t Connection::tickets_relayed() const noexcept { return impl_ ? impl_->tickets_relayed.load() : 0; }
 std::uint64_t Connection::tickets_dropped() const noexcept { return impl_ ? impl_->tickets_dropped.load() : 0; }
+const char* Connection::tickets_dropped_reason() const noexcept {
+  return impl_ ? impl_->tickets_dropped_reason.load() : nullptr;
+}
 
 }  // namespace ktls

@@ -6,11 +6,13 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
 #include <vector>
 
+#include "conn/ticket_relay.h"
 #include "core/openssl_ptr.h"
 #include "core/unique_fd.h"
 #include "keys/secret.h"
@@ -25,6 +27,7 @@ class ConnectionImpl {
   // fd: the socket. ssl: the OpenSSL connection, while any direction needs
   // it. Directions start in userspace; Offload moves them.
   ConnectionImpl(UniqueFd fd, UniqueSsl ssl, bool is_server);
+  ~ConnectionImpl();
 
   Result<IoProgress> Read(std::span<std::byte> buf);
   Result<void> UpdateKeys(bool request_peer_update);
@@ -59,7 +62,14 @@ class ConnectionImpl {
   // OpenSSL tried to write with TX in the kernel (mixed mode); see
   // conn/no_write_bio.h. Written under ssl_mu_.
   bool openssl_write_attempted = false;
+  // --- TLS 1.3 session tickets received with RX in the kernel ---
+  // ticket_relay: hands them to OpenSSL (conn/ticket_relay.h); null when
+  // they are dropped, for the reason in no_relay_reason. Reader only.
+  std::unique_ptr<TicketRelay> ticket_relay;
+  const char* no_relay_reason = nullptr;
+  std::atomic<std::uint64_t> tickets_relayed = 0;
   std::atomic<std::uint64_t> tickets_dropped = 0;
+  std::atomic<const char*> tickets_dropped_reason = nullptr;
   // TLS 1.2 renegotiation attempts (ClientHello or HelloRequest) answered
   // with a no_renegotiation warning after offload.
   std::atomic<std::uint64_t> renegotiations_refused = 0;
@@ -135,6 +145,15 @@ class ConnectionImpl {
   std::optional<Result<IoProgress>> AnswerOpenSslKeyUpdates();
   std::uint64_t answered_update_requests_ = 0;  // Under ssl_mu_.
   Result<void> RekeyRx();
+  // HandleSessionTicket gives one complete NewSessionTicket to OpenSSL
+  // through the relay, or drops it (counted, with the reason).
+  std::optional<Result<IoProgress>> HandleSessionTicket(std::span<const unsigned char> message);
+  // DropTicketRelay ends the relaying of tickets, wiping its key, and frees
+  // the SSL if nothing else needs it; later tickets are dropped for reason.
+  void DropTicketRelay(const char* reason);
+  // ReleaseSsl frees the SSL (and the ticket relay), telling OpenSSL first
+  // when ktls closed the connection properly.
+  void ReleaseSsl();
   // ResumeRx installs the current RX key again at the kernel's next RX
   // sequence number, which ends a pause the kernel took for a KeyUpdate
   // that was not one (Linux 6.14+; kernel_rekey only).

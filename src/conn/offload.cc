@@ -28,6 +28,7 @@
 #include "conn/no_write_bio.h"
 #include "conn/offload_internal.h"
 #include "conn/socket_bio.h"
+#include "conn/ticket_relay.h"
 #include "conn/traffic_keys.h"
 #include "core/errors.h"
 #include "handshake/capture.h"
@@ -294,6 +295,18 @@ Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& o
   return plan;
 }
 
+// TicketRelayRefusal says why NewSessionTickets that reach the kernel
+// cannot become sessions on this connection, or nullptr if they can.
+const char* TicketRelayRefusal(SSL* ssl, bool is_server, TlsVersion version, const OffloadOptions& options) {
+  if (is_server) return "a server receives no session tickets";
+  if (version != TlsVersion::kTls13) return "TLS 1.2 tickets come during the handshake";
+  if (!options.session_tickets) return "OffloadOptions::session_tickets is off";
+  if ((SSL_CTX_get_session_cache_mode(SSL_get_SSL_CTX(ssl)) & SSL_SESS_CACHE_CLIENT) == 0) {
+    return "the SSL_CTX keeps no client sessions (SSL_SESS_CACHE_CLIENT is not set)";
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_server, const OffloadOptions& options) {
@@ -364,12 +377,30 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
     if (conn->tx == Offload::kKernel) conn->tx_secret = own;
     if (conn->rx == Offload::kKernel) conn->rx_secret = peer;
   }
+  if (conn->rx == Offload::kKernel) {
+    conn->no_relay_reason = TicketRelayRefusal(conn->ssl.get(), conn->is_server, plan.version, options);
+    if (conn->no_relay_reason == nullptr) {
+      // Only the relay ever reads through the SSL from now on (see
+      // conn/ticket_relay.h); OpenSSL's writes are caught as in mixed mode.
+      SSL_set0_wbio(conn->ssl.get(), no_write.release());
+      auto relay = TicketRelay::Create(conn->ssl.get(), plan.cipher,
+                                       conn->is_server ? state->client_secret : state->server_secret, state->rx.records);
+      if (relay.ok()) {
+        conn->ticket_relay = std::move(relay).value();
+      } else {
+        ERR_clear_error();
+        conn->no_relay_reason = "the session-ticket relay could not be set up (out of memory)";
+      }
+    }
+  }
   state->client_secret.Wipe();
   state->server_secret.Wipe();
   plan.tx_info = KernelCryptoInfo();
   plan.rx_info = KernelCryptoInfo();
 
-  if (conn->tx == Offload::kKernel && conn->rx == Offload::kKernel) {
+  if (conn->ticket_relay) {
+    // Both directions are in the kernel; the SSL stays for the tickets.
+  } else if (conn->tx == Offload::kKernel && conn->rx == Offload::kKernel) {
     // Neither direction needs OpenSSL any more: free the SSL and its buffers.
     // Mark it shut down first: OpenSSL drops the session of an SSL freed
     // without one from the server's cache (as possibly truncated), which

@@ -86,6 +86,12 @@ Result<UniqueSslCtx> NewServerContext(const ServerConfig& config, const std::vec
       SSL_CTX_set_client_CA_list(ctx.get(), names);
     }
     SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+    // OpenSSL resumes a session whose client was verified only within the
+    // same session ID context; without one it refuses every resumption.
+    static constexpr unsigned char kSessionIdContext[] = "ktls client-verified";
+    if (SSL_CTX_set_session_id_context(ctx.get(), kSessionIdContext, sizeof(kSessionIdContext) - 1) != 1) {
+      return OpenSslError(ErrorCategory::kInternal, "SSL_CTX_set_session_id_context");
+    }
   }
   SSL_CTX_set_num_tickets(ctx.get(), static_cast<std::size_t>(config.num_tickets));
   if (auto set = SetVersionsAndCiphers(ctx.get(), config.max_version, config.cipher_list, config.ciphersuites); !set) {

@@ -3,6 +3,8 @@
 #include "ktls/handshake.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
@@ -13,6 +15,7 @@
 #include "core/openssl_ptr.h"
 #include "handshake/context.h"
 #include "net/pending_handshake.h"
+#include "net/session_cache_internal.h"
 #include "net/socket_util.h"
 
 namespace ktls {
@@ -25,13 +28,16 @@ bool IsIpAddress(const std::string& host) {
 
 }  // namespace
 
-Result<PendingHandshake> StartClientHandshake(int socket, const std::string& host, const ClientConfig& config) {
+Result<PendingHandshake> StartClientHandshake(int socket, const std::string& host, std::uint16_t port,
+                                              const ClientConfig& config) {
   detail::UniqueFd fd(socket);
   if (auto valid = detail::ValidateConfig(config.offload, config.handshake_timeout, config.max_version); !valid) {
     return std::move(valid).error();  // fd closes the socket, as on every failure here.
   }
   auto ctx = detail::NewClientContext(config);
   if (!ctx.ok()) return std::move(ctx).error();
+  const bool use_cache = config.session_cache && config.ssl_ctx == nullptr && port != 0;
+  if (use_cache) detail::EnableClientSessions(ctx->get());
   auto alpn = detail::AlpnWire(config.alpn);
   if (!alpn.ok()) return std::move(alpn).error();
 
@@ -52,14 +58,30 @@ Result<PendingHandshake> StartClientHandshake(int socket, const std::string& hos
   if (!alpn->empty() && SSL_set_alpn_protos(ssl.get(), alpn->data(), static_cast<unsigned int>(alpn->size())) != 0) {
     return detail::OpenSslError(ErrorCategory::kInternal, "SSL_set_alpn_protos");
   }
+  if (use_cache) {
+    if (auto used = detail::UseSessionCache(ssl.get(), config.session_cache, host, port, config.verify); !used) {
+      return std::move(used).error();
+    }
+  }
   return detail::NewPendingHandshake(std::move(fd), std::move(ssl), /*is_server=*/false, config.offload,
                                      config.handshake_timeout);
+}
+
+Result<PendingHandshake> StartClientHandshake(int socket, const std::string& host, const ClientConfig& config) {
+  sockaddr_storage peer{};
+  socklen_t peer_len = sizeof(peer);
+  std::uint16_t port = 0;
+  if (::getpeername(socket, reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0) {
+    if (peer.ss_family == AF_INET) port = ntohs(reinterpret_cast<const sockaddr_in*>(&peer)->sin_port);
+    if (peer.ss_family == AF_INET6) port = ntohs(reinterpret_cast<const sockaddr_in6*>(&peer)->sin6_port);
+  }
+  return StartClientHandshake(socket, host, port, config);
 }
 
 Result<Connection> Connect(const std::string& host, std::uint16_t port, const ClientConfig& config) {
   auto fd = detail::ConnectTcp(host, std::to_string(port));
   if (!fd.ok()) return std::move(fd).error();
-  auto handshake = StartClientHandshake(fd->release(), host, config);
+  auto handshake = StartClientHandshake(fd->release(), host, port, config);
   if (!handshake.ok()) return std::move(handshake).error();
   return detail::FinishBlocking(std::move(handshake).value());
 }

@@ -117,8 +117,8 @@ class EchoServer(ktls_interop.ServerProcess):
 class SServer(ktls_interop.SServer):
     """ktls_interop.SServer with this suite's openssl and server identity."""
 
-    def __init__(self, *args, identity=None, send=b""):
-        super().__init__(OPENSSL, identity or PKI.server, *args, send=send)
+    def __init__(self, *args, identity=None, send=b"", naccept=1):
+        super().__init__(OPENSSL, identity or PKI.server, *args, send=send, naccept=naccept)
 
 
 class PythonTlsServer(threading.Thread):
@@ -820,6 +820,121 @@ class PythonServerTest(InteropTest):
         self.assertEqual(run.returncode, 1, run.stderr)
         line = self.only_line(run.stderr)
         self.check_line(line, "client", bytes_in=0, bytes_out=0, end="error:alert_certificate_required")
+        self.check_kernel_counters()
+
+
+class ResumptionTest(InteropTest):
+    """The ktls-echo client's --session-file, with RX in the kernel (--rx on
+    6.1 too), so every TLS 1.3 ticket arrives after offload: the second
+    connection resumes, against openssl s_server (1 and 2 tickets, a client
+    certificate, TLS 1.2 by session ID and by ticket) and the ktls-echo
+    server; and a session file passes between ktls-echo and openssl s_client
+    both ways."""
+
+    def session_path(self, name):
+        path = os.path.join(PKI.dir, f"session-{name}-{os.getpid()}.pem")
+        if os.path.exists(path):
+            os.unlink(path)
+        return path
+
+    def connect(self, port, session_file, *args, server_out=None, expect_resumed, version="TLSv1.3"):
+        """One ktls-echo client connection that sends a little and ends with
+        close_notify; asserts its line (resumed as expected, both directions
+        in the kernel, the session saved) and returns it."""
+        payload = os.urandom(1000)
+        if server_out is not None:  # s_server: it does not echo; wait until it has the bytes.
+            want = server_out.size() + len(payload)
+            done = lambda out, err: server_out.size() >= want  # noqa: E731
+            expect_in = 0
+        else:
+            done = received(len(payload))
+            expect_in = len(payload)
+        run = exchange(echo_client_cmd(port, "--session-file", session_file, *args), payload, done)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        line = self.only_line(run.stderr)
+        self.num_probes += 1
+        self.kernel_tx += line.get("tx") == "kernel"
+        self.kernel_rx += line.get("rx") == "kernel"
+        got = {key: line.get(key) for key in ("version", "resumed", "tx", "rx", "bytes_in", "bytes_out", "end",
+                                              "session_saved")}
+        self.assertEqual(got, {"version": version, "resumed": "yes" if expect_resumed else "no", "tx": "kernel",
+                               "rx": "kernel", "bytes_in": str(expect_in), "bytes_out": str(len(payload)),
+                               "end": "close_notify", "session_saved": "yes"}, f"ktls-echo client line: {line}")
+        with open(session_file) as f:
+            self.assertIn("-----BEGIN SSL SESSION PARAMETERS-----", f.read())
+        return line
+
+    def against_s_server(self, *s_server_args, client_args=(), version="TLSv1.3"):
+        session_file = self.session_path("s_server")
+        with SServer(*s_server_args, naccept=None) as server:
+            for attempt in range(3):
+                self.connect(server.port, session_file, *client_args, server_out=server.out,
+                             expect_resumed=attempt > 0, version=version)
+        self.check_kernel_counters()
+
+    def test_s_server_one_ticket(self):
+        self.against_s_server("-num_tickets", "1")
+
+    def test_s_server_two_tickets(self):
+        self.against_s_server("-num_tickets", "2")
+
+    def test_s_server_client_certificate(self):
+        self.against_s_server("-Verify", "1", "-CAfile", PKI.ca.cert, "-verify_return_error",
+                              client_args=["--cert", PKI.client.cert, "--key", PKI.client.key])
+
+    def test_s_server_tls12_session_id(self):
+        self.against_s_server("-no_ticket", "-tls1_2", client_args=["--tls-max", "1.2"], version="TLSv1.2")
+
+    def test_s_server_tls12_ticket(self):
+        self.against_s_server("-tls1_2", client_args=["--tls-max", "1.2"], version="TLSv1.2")
+
+    def test_ktls_echo_server(self):
+        session_file = self.session_path("echo")
+        with self.echo_server() as server:
+            for attempt in range(2):
+                self.connect(server.port, session_file, expect_resumed=attempt > 0)
+            lines = server.connection_lines(2)
+        self.assertEqual([line.get("resumed") for line in lines], ["no", "yes"], "the server's lines")
+        for line in lines:
+            self.kernel_tx += line.get("tx") == "kernel"
+            self.kernel_rx += line.get("rx") == "kernel"
+        self.check_kernel_counters()
+
+    def s_client(self, port, *args):
+        """openssl s_client (no SNI, verifying the IP address) sending one
+        line and waiting for its echo, so the server's tickets have come
+        before it exits; returns its stdout."""
+        cmd = [OPENSSL, "s_client", "-connect", f"{HOST}:{port}", "-noservername", "-CAfile", PKI.ca.cert,
+               "-verify_ip", HOST, "-verify_return_error", "-nocommands", *args]
+        run = exchange(cmd, b"resume-me\n", lambda out, err: b"resume-me" in out)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        return run.stdout.decode(errors="replace")
+
+    def test_session_file_shared_with_s_client_both_ways(self):
+        from_ktls, from_s_client = self.session_path("to-s_client"), self.session_path("from-s_client")
+        with self.echo_server() as server:
+            # ktls-echo's saved ticket resumes in s_client...
+            self.connect(server.port, from_ktls, expect_resumed=False)
+            out = self.s_client(server.port, "-sess_in", from_ktls)
+            self.assertIn("Reused, TLSv1.3", out, "s_client should resume with ktls-echo's session file")
+            # ...and s_client's resumes in ktls-echo.
+            out = self.s_client(server.port, "-sess_out", from_s_client)
+            self.assertIn("New, TLSv1.3", out)
+            self.connect(server.port, from_s_client, expect_resumed=True)
+            lines = server.connection_lines(4)
+        self.assertEqual([line.get("resumed") for line in lines], ["no", "yes", "no", "yes"], "the server's lines")
+        for line in lines:
+            self.kernel_tx += line.get("tx") == "kernel"
+            self.kernel_rx += line.get("rx") == "kernel"
+        self.check_kernel_counters()
+
+    def test_bad_session_file_is_a_clear_error(self):
+        session_file = self.session_path("bad")
+        with open(session_file, "w") as f:
+            f.write("not a session\n")
+        run = exchange(echo_client_cmd(9, "--session-file", session_file), b"", until_exit)
+        self.assertEqual(run.returncode, 2, run.stderr)
+        self.assertIn("no PEM SSL session", run.stderr)
         self.check_kernel_counters()
 
 

@@ -45,6 +45,7 @@
 #include "core/openssl_ptr.h"
 #include "keys/tls13_key_schedule.h"
 #include "ktls/types.h"
+#include "tests/support/memory_bios.h"
 #include "tests/support/record_codec.h"
 #include "tests/support/tls_peers.h"
 #include "tests/unit/test_vectors.h"
@@ -53,6 +54,7 @@ namespace ktls::testing {
 namespace {
 
 using Bytes = std::vector<std::uint8_t>;
+using plain_openssl::OpenSslErrors;
 using detail::UniqueSsl;
 using detail::UniqueSslCtx;
 
@@ -79,17 +81,6 @@ constexpr std::array<SuiteCase, 4> kSuites = {{
     {"TLS_AES_128_CCM_SHA256", Cipher::kAes128Ccm, 32},
 }};
 
-std::string OpenSslErrors() {
-  std::string text;
-  char buf[256];
-  while (unsigned long code = ERR_get_error()) {
-    ERR_error_string_n(code, buf, sizeof(buf));
-    text += text.empty() ? "" : "; ";
-    text += buf;
-  }
-  return text.empty() ? "no OpenSSL error queued" : text;
-}
-
 // KeyLog: the generation-0 application traffic secrets one SSL logged.
 struct KeyLog {
   Bytes client_secret_0;  // CLIENT_TRAFFIC_SECRET_0
@@ -106,39 +97,6 @@ void RecordKeyLog(const SSL* ssl, const char* line) {
   if (!(words >> label >> client_random >> secret_hex)) return;
   if (label == "CLIENT_TRAFFIC_SECRET_0") log->client_secret_0 = FromHex(secret_hex);
   if (label == "SERVER_TRAFFIC_SECRET_0") log->server_secret_0 = FromHex(secret_hex);
-}
-
-// MemoryBios: an SSL's two memory BIOs; the SSL owns them.
-struct MemoryBios {
-  BIO* in = nullptr;   // What the SSL reads (the test writes the peer's bytes here).
-  BIO* out = nullptr;  // What the SSL wrote.
-};
-
-// AttachMemoryBios gives ssl a fresh read and write memory BIO. An empty
-// read BIO asks OpenSSL to retry rather than reporting end of file.
-MemoryBios AttachMemoryBios(SSL* ssl) {
-  MemoryBios bios{BIO_new(BIO_s_mem()), BIO_new(BIO_s_mem())};
-  if (bios.in == nullptr || bios.out == nullptr) throw std::runtime_error("BIO_new: " + OpenSslErrors());
-  BIO_set_mem_eof_return(bios.in, -1);
-  SSL_set_bio(ssl, bios.in, bios.out);
-  return bios;
-}
-
-// Take removes and returns everything in a memory BIO.
-Bytes Take(BIO* bio) {
-  Bytes bytes(static_cast<std::size_t>(BIO_pending(bio)));
-  const int len = static_cast<int>(bytes.size());
-  if (!bytes.empty() && BIO_read(bio, bytes.data(), len) != len) {
-    throw std::runtime_error("BIO_read of a memory BIO came up short");
-  }
-  return bytes;
-}
-
-void Give(BIO* bio, std::span<const std::uint8_t> bytes) {
-  const int len = static_cast<int>(bytes.size());
-  if (!bytes.empty() && BIO_write(bio, bytes.data(), len) != len) {
-    throw std::runtime_error("BIO_write to a memory BIO failed");
-  }
 }
 
 // SplitRecords cuts bytes into whole records; a partial record left over is
@@ -207,22 +165,9 @@ class OpenSslPair {
   // Handshake runs both sides to completion, moving every flight across.
   // Returns what went wrong, or an empty string.
   std::string Handshake() {
-    int client_ret = 0;
-    int server_ret = 0;
-    for (int round = 0; round < 10 && (client_ret != 1 || server_ret != 1); ++round) {
-      ERR_clear_error();
-      if (client_ret != 1) client_ret = SSL_do_handshake(client_.get());
-      if (client_ret != 1 && SSL_get_error(client_.get(), client_ret) != SSL_ERROR_WANT_READ) {
-        return "client handshake: " + OpenSslErrors();
-      }
-      Give(server_bios_.in, Take(client_bios_.out));
-      if (server_ret != 1) server_ret = SSL_do_handshake(server_.get());
-      if (server_ret != 1 && SSL_get_error(server_.get(), server_ret) != SSL_ERROR_WANT_READ) {
-        return "server handshake: " + OpenSslErrors();
-      }
-      Give(client_bios_.in, Take(server_bios_.out));
+    if (std::string failed = RunHandshake(client_.get(), client_bios_, server_.get(), server_bios_); !failed.empty()) {
+      return failed;
     }
-    if (client_ret != 1 || server_ret != 1) return "the handshake did not finish in 10 rounds";
     if (BIO_pending(client_bios_.out) != 0 || BIO_pending(server_bios_.out) != 0) {
       return "records left over after the handshake";
     }
@@ -241,8 +186,8 @@ class OpenSslPair {
 
  private:
   static std::vector<Bytes> Deliver(BIO* from, BIO* to) {
-    const Bytes bytes = Take(from);
-    Give(to, bytes);
+    const Bytes bytes = TakeBytes(from);
+    GiveBytes(to, bytes);
     return SplitRecords(bytes);
   }
 

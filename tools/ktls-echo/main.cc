@@ -4,6 +4,7 @@
 //             [--client-ca FILE] [--tickets N] [--handshake-timeout-ms MS]
 //             [--idle-timeout MS] [--max-connections N]
 //   ktls-echo --connect HOST:PORT [--ca FILE] [--insecure] [--cert F --key F]
+//             [--session-file FILE]
 //
 // Server: echoes every byte back on each connection (one thread each) until
 // the client sends close_notify, then answers with its own. At most
@@ -11,6 +12,10 @@
 // that makes no progress for --idle-timeout gets close_notify and is
 // dropped (end=idle_timeout). Client: copies
 // stdin to the connection and the connection to stdout until both are done.
+// With --session-file it resumes the session saved in FILE (PEM, as
+// `openssl s_client -sess_out` writes it) if there is one, and saves the
+// newest session the server gave (a TLS 1.3 ticket, even one that arrived
+// with RX in the kernel) there after a clean end.
 // Either way, one line per connection on stderr:
 //   peer=... version=... cipher=... resumed=yes|no tx=kernel|user rx=kernel|user
 //   bytes_in=N bytes_out=N key_updates_tx=N key_updates_rx=N
@@ -20,14 +25,19 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <memory>
 #include <mutex>
@@ -255,6 +265,49 @@ int RunServer(const cxxopts::ParseResult& args) {
   }
 }
 
+// LoadSession puts the session saved in path, if the file exists, into
+// cache for host:port. False (with a message) for a file that exists but
+// holds no session.
+bool LoadSession(const std::string& path, const std::string& host, std::uint16_t port, ktls::SessionCache& cache) {
+  std::FILE* file = std::fopen(path.c_str(), "r");
+  if (file == nullptr) {
+    if (errno == ENOENT) return true;  // The first connection: nothing saved yet.
+    std::fprintf(stderr, "ktls-echo: --session-file %s: %s\n", path.c_str(), std::strerror(errno));
+    return false;
+  }
+  SSL_SESSION* session = PEM_read_SSL_SESSION(file, nullptr, nullptr, nullptr);
+  std::fclose(file);
+  if (session == nullptr) {
+    ERR_clear_error();
+    std::fprintf(stderr, "ktls-echo: --session-file %s: no PEM SSL session in it\n", path.c_str());
+    return false;
+  }
+  cache.Put(host, port, session);
+  SSL_SESSION_free(session);
+  return true;
+}
+
+// SaveSession writes the newest session cache holds for host:port to path
+// (through a temporary file, so a reader never sees half of one). Returns
+// what went wrong, or an empty string; "none" when there is no session.
+std::string SaveSession(const std::string& path, const std::string& host, std::uint16_t port,
+                        ktls::SessionCache& cache) {
+  SSL_SESSION* session = cache.Take(host, port);
+  if (session == nullptr) return "none";
+  const std::string tmp = path + ".tmp";
+  std::FILE* file = std::fopen(tmp.c_str(), "w");
+  std::string error;
+  if (file == nullptr) {
+    error = std::strerror(errno);
+  } else {
+    if (PEM_write_SSL_SESSION(file, session) != 1) error = "PEM_write_SSL_SESSION failed";
+    if (std::fclose(file) != 0 && error.empty()) error = std::strerror(errno);
+    if (error.empty() && std::rename(tmp.c_str(), path.c_str()) != 0) error = std::strerror(errno);
+  }
+  SSL_SESSION_free(session);
+  return error;
+}
+
 int RunClient(const cxxopts::ParseResult& args) {
   const std::string target = args["connect"].as<std::string>();
   const std::size_t colon = target.rfind(':');
@@ -284,6 +337,11 @@ int RunClient(const cxxopts::ParseResult& args) {
   if (args.count("cert")) {
     config.cert_file = args["cert"].as<std::string>();
     config.key_file = args["key"].as<std::string>();
+  }
+  const std::string session_file = args.count("session-file") ? args["session-file"].as<std::string>() : "";
+  if (!session_file.empty() &&
+      !LoadSession(session_file, host, static_cast<std::uint16_t>(port), *config.session_cache)) {
+    return 2;
   }
   // Probe before connecting, so offload follows the handshake at once.
   (void)ktls::CachedCapabilities();
@@ -353,7 +411,16 @@ int RunClient(const cxxopts::ParseResult& args) {
   }
   sender.join();
   if (!send_error.empty()) end = send_error;
-  Log(ConnectionLine(target, *conn, bytes_in, bytes_out.load(), end));
+  std::string session_saved;
+  if (!session_file.empty() && end == "close_notify") {
+    const std::string error = SaveSession(session_file, host, static_cast<std::uint16_t>(port), *config.session_cache);
+    session_saved = error.empty() ? " session_saved=yes" : error == "none" ? " session_saved=no" : "";
+    if (!error.empty() && error != "none") {
+      std::fprintf(stderr, "ktls-echo: --session-file %s: %s\n", session_file.c_str(), error.c_str());
+      end = "error:session_file";
+    }
+  }
+  Log(ConnectionLine(target, *conn, bytes_in, bytes_out.load(), end) + session_saved);
   return end == "close_notify" ? 0 : 1;
 }
 
@@ -385,6 +452,8 @@ int main(int argc, char** argv) {
       ("connect", "Client: connect to HOST:PORT", cxxopts::value<std::string>())
       ("ca", "Client: trust these CAs (PEM) instead of the system store", cxxopts::value<std::string>()->default_value(""))
       ("insecure", "Client: do not verify the server's certificate")
+      ("session-file", "Client: resume the session saved in FILE (PEM) and save the newest one there",
+       cxxopts::value<std::string>())
       ("h,help", "Show this help");
   ktls::tools::AddConnectionLimitOptions(options);
   cxxopts::ParseResult args;
