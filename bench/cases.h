@@ -36,6 +36,10 @@ void AddHandshakes(Report& report, const Options& opts);
 // AddIdleMemory: userspace heap, RSS (and kernel slab) per established idle
 // connection, opts.idle_connections of them.
 void AddIdleMemory(Report& report, const Options& opts);
+// AddClientMemory: userspace heap per established idle client connection
+// (opts.idle_connections), OpenSSL vs ktls with and without session
+// tickets kept (bench/client_memory.cc). AddIdleMemory calls it.
+void AddClientMemory(Report& report, const Options& opts);
 
 // AfAlgSeal: the kernel's AEAD for cipher through an AF_ALG socket.
 class AfAlgSeal {

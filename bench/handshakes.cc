@@ -93,6 +93,98 @@ RunResult HandshakeRun(SSL_CTX* server_ctx, SSL_CTX* client_ctx, ServerTls kind,
   return result;
 }
 
+// LatestSession: the client context's new-session callback keeps the
+// newest session in the SSL's app data (a UniqueSession).
+int KeepLatestSession(SSL* ssl, SSL_SESSION* session) {
+  if (auto* latest = static_cast<UniqueSession*>(SSL_get_app_data(ssl))) {
+    latest->reset(session);
+    return 1;  // The reference is ours.
+  }
+  return 0;
+}
+
+// ClientResumedRun: resumed handshakes per second on the client's side. A
+// plain OpenSSL server on its own thread sends its tickets, then answers a
+// one-byte request with one byte and close_notify on each connection; the client makes `count` connections one
+// after another (after one full handshake, untimed), each resuming with the
+// newest ticket of the one before. ktls: the client offloads both
+// directions right after SSL_connect, so every ticket arrives through the
+// kernel and reaches OpenSSL through ktls's ticket relay; openssl: the
+// client reads the tickets itself.
+RunResult ClientResumedRun(SSL_CTX* server_ctx, SSL_CTX* client_ctx, bool ktls, std::size_t count) {
+  LoopbackListener listener;
+  const std::size_t total = count + 1;
+  // ClientThread runs any body on its own thread; here it is the server.
+  ClientThread server(listener, [&] {
+    const std::byte one{1};
+    for (std::size_t i = 0; i < total; ++i) {
+      ServerEnd end = ServerEnd::Handshake(server_ctx, listener.Accept(), ServerTls::kOpenSsl);
+      // Answer a one-byte request: closing before the client offloaded
+      // would leave its socket in CLOSE_WAIT, where TCP_ULP is refused.
+      std::byte request[1];
+      if (end.Read(request) != 1) throw BenchError("expected a one-byte request");
+      end.WriteAll(std::span(&one, 1));
+      end.Shutdown();
+    }
+  });
+  const auto before = TlsStat();
+  UniqueSession session;
+  std::size_t num_resumed = 0;
+  std::byte byte[16];
+  double start = NowSeconds();
+  for (std::size_t i = 0; i < total; ++i) {
+    if (i == 1) start = NowSeconds();
+    UniqueFd fd = ConnectLoopback(listener.port());
+    if (!ktls) {
+      UniqueSsl ssl = ClientHandshake(client_ctx, fd.get(), session.get());
+      SslWriteAll(ssl.get(), std::span(byte, 1));
+      if (SslRead(ssl.get(), byte) != 1 || SslRead(ssl.get(), byte) != 0) {
+        throw BenchError("expected one byte and close_notify from the server");
+      }
+      num_resumed += SSL_session_reused(ssl.get()) == 1;
+      session.reset(SSL_get1_session(ssl.get()));
+      SSL_set_shutdown(ssl.get(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+      continue;
+    }
+    UniqueSession latest;
+    Connection conn = KtlsClientHandshake(client_ctx, std::move(fd), session.get(), &latest, ServerEnd::BothWays());
+    if (auto sent = conn.Write(std::span(byte, 1)); !sent.ok() || sent->bytes != 1) {
+      throw BenchError("the client's request did not go out");
+    }
+    auto got = conn.Read(byte);
+    auto end = got.ok() && got->bytes == 1 ? conn.Read(byte) : got;
+    if (!got.ok() || got->bytes != 1 || !end.ok() || !end->end_of_stream) {
+      throw BenchError("expected one byte and close_notify from the server");
+    }
+    // OpenSSL's server sends two tickets after a full handshake, one after
+    // a resumed one.
+    if (conn.tickets_relayed() == 0 || conn.tickets_dropped() != 0) {
+      throw BenchError("the client's tickets were not relayed");
+    }
+    num_resumed += conn.session().resumed;
+    (void)conn.Shutdown();
+    conn.Close();
+    session = std::move(latest);
+  }
+  const double elapsed = NowSeconds() - start;
+  server.Join();
+  if (num_resumed != count) {
+    throw BenchError(std::to_string(num_resumed) + " of " + std::to_string(count) + " handshakes resumed");
+  }
+  const auto after = TlsStat();
+  RunResult result;
+  const long long tx = TlsStatDelta(before, after, "TlsTxSw");
+  const long long rx = TlsStatDelta(before, after, "TlsRxSw");
+  if (!after.empty() && (tx != (ktls ? static_cast<long long>(total) : 0) || tx != rx)) {
+    throw BenchError("TlsTxSw +" + std::to_string(tx) + ", TlsRxSw +" + std::to_string(rx) + " for " +
+                     std::to_string(total) + " client connections");
+  }
+  result.notes = std::string(ktls ? "client tx=kernel rx=kernel, its tickets relayed" : "client tx=user rx=user") +
+                 ", TlsTxSw +" + std::to_string(tx) + " TlsRxSw +" + std::to_string(rx) + " per run";
+  result.values = {elapsed > 0 ? static_cast<double>(count) / elapsed : 0};
+  return result;
+}
+
 }  // namespace
 
 void AddHandshakes(Report& report, const Options& opts) {
@@ -122,6 +214,30 @@ void AddHandshakes(Report& report, const Options& opts) {
     RunInterleaved(variants, opts.runs, {&comparison});
     report.PrintComparison(std::cout, comparison);
   }
+
+  // The client's side of resumption: ktls clients keep the tickets that
+  // arrive with RX in the kernel.
+  UniqueSslCtx resuming_client_ctx = NewClientContext("", /*read_ahead=*/false);
+  if (!PrepareContext(resuming_client_ctx.get()).ok()) throw BenchError("PrepareContext: " + OpenSslErrors());
+  SSL_CTX_set_session_cache_mode(resuming_client_ctx.get(), SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_new_cb(resuming_client_ctx.get(), KeepLatestSession);
+  Comparison& comparison = report.comparisons.emplace_back();
+  comparison.id = "handshakes.client_resumed";
+  comparison.group = "handshakes";
+  comparison.title = "Resumed TLS 1.3 handshakes per second on the client, " + std::to_string(count) +
+                     " connections one after another, each with the previous one's newest ticket";
+  comparison.metric = "rate";
+  comparison.unit = "handshakes/s";
+  comparison.reference = "openssl";
+  std::vector<Variant> variants;
+  variants.push_back({"openssl", "client in OpenSSL, reads its tickets itself", [&](bool warmup) {
+                        return ClientResumedRun(plain_ctx.get(), client_ctx.get(), false, count_for(warmup));
+                      }});
+  variants.push_back({"ktls", "client offloads TX and RX; tickets come through the kernel", [&](bool warmup) {
+                        return ClientResumedRun(plain_ctx.get(), resuming_client_ctx.get(), true, count_for(warmup));
+                      }});
+  RunInterleaved(variants, opts.runs, {&comparison});
+  report.PrintComparison(std::cout, comparison);
 }
 
 }  // namespace ktls::bench

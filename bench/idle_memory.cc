@@ -278,6 +278,7 @@ void AddIdleMemory(Report& report, const Options& opts) {
                       run({ktls_mtls_ctx.get(), ServerTls::kKtls, OffloadWith(RxOffload::kOn, false), true, true})});
   RunInterleaved(variants, opts.runs, comparisons);
   for (const Comparison* comparison : comparisons) report.PrintComparison(std::cout, *comparison);
+  AddClientMemory(report, opts);
 }
 
 }  // namespace ktls::bench

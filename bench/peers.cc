@@ -226,6 +226,30 @@ UniqueSsl ClientHandshake(SSL_CTX* ctx, int fd, SSL_SESSION* resume) {
   return ssl;
 }
 
+Connection KtlsClientHandshake(SSL_CTX* ctx, UniqueFd fd, SSL_SESSION* resume, void* app_data,
+                               OffloadOptions options) {
+  UniqueSsl ssl(SSL_new(ctx));
+  if (!ssl || !PrepareSsl(ssl.get()).ok() || SSL_set_fd(ssl.get(), fd.get()) != 1 ||
+      (resume != nullptr && SSL_set_session(ssl.get(), resume) != 1)) {
+    Fail("client SSL: " + OpenSslErrors());
+  }
+  SSL_set_app_data(ssl.get(), app_data);
+  ERR_clear_error();
+  errno = 0;
+  const int ret = SSL_connect(ssl.get());
+  if (ret != 1) SslFail(ssl.get(), ret, "SSL_connect");
+  std::string fallback;
+  options.on_fallback = [&fallback](const OffloadReport& report) { fallback = report.reason; };
+  auto conn = OffloadSsl(ssl.get(), options);
+  if (!conn.ok()) Fail("OffloadSsl: " + conn.error().ToString());
+  (void)ssl.release();  // The Connection owns the SSL and the socket now.
+  (void)fd.release();
+  if (conn->tx() != Offload::kKernel || conn->rx() != Offload::kKernel) {
+    Fail("the client did not offload both directions: " + fallback);
+  }
+  return std::move(conn).value();
+}
+
 void SslWriteAll(SSL* ssl, std::span<const std::byte> data) {
   while (!data.empty()) {
     std::size_t n = 0;

@@ -110,6 +110,13 @@ class ClientThread {
 
 // Plain OpenSSL client helpers; every failure throws BenchError.
 UniqueSsl ClientHandshake(SSL_CTX* ctx, int fd, SSL_SESSION* resume = nullptr);
+// KtlsClientHandshake: a ktls client on fd (a PrepareContext'ed ctx): the
+// handshake on a PrepareSsl'ed SSL (resuming, with app_data as the SSL's
+// app data for the context's callbacks), then OffloadSsl with options; both
+// directions must reach the kernel. The Connection owns fd. Throws
+// BenchError.
+Connection KtlsClientHandshake(SSL_CTX* ctx, UniqueFd fd, SSL_SESSION* resume, void* app_data,
+                               OffloadOptions options);
 void SslWriteAll(SSL* ssl, std::span<const std::byte> data);
 // SslRead returns the bytes read; 0 at the peer's close_notify.
 std::size_t SslRead(SSL* ssl, std::span<std::byte> buf);

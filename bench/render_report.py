@@ -45,6 +45,7 @@ CASE_NAMES = {
     "openssl_client_cert": "OpenSSL, client certificates",
     "ktls_client_cert": "ktls, client certificates",
     "ktls_client_cert_not_kept": "ktls, client certificates, `keep_peer_certificates = false`",
+    "ktls_no_tickets": "ktls, `session_tickets = false`",
     "nginx": "nginx, one worker, `sendfile on`, OpenSSL's kTLS",
     "ktls_serve": "`ktls-serve --threads 1`",
     "ktls_serve_no_offload": "`ktls-serve --threads 1 --no-offload`",
@@ -54,6 +55,7 @@ GROUP_TITLES = {
     "bulk_receive": "Bulk receive, one connection (MB/s, higher is better; ratio to OpenSSL `SSL_read`)",
     "handshakes": "Handshakes per second (higher is better; ratio to OpenSSL)",
     "idle_memory": "Memory per idle connection, server side (bytes, lower is better; ratio to OpenSSL)",
+    "client_memory": "Memory per idle connection, client side (bytes, lower is better; ratio to OpenSSL)",
     "static_files": "Static files over HTTPS, wrk with keep-alive (higher is better; ratio to nginx)",
 }
 CHART_CASES = ["af_alg", "ktls_write", "ktls_sendfile", "openssl_write", "openssl_ktls_write", "openssl_ktls_sendfile"]

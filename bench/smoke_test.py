@@ -62,6 +62,8 @@ def main():
                    "AES_256_GCM"), ("TLS_CHACHA20_POLY1305_SHA256", "CHACHA20_POLY1305"),
                    ("TLS_AES_128_CCM_SHA256", "AES_128_CCM")]}
         want = {"handshakes.full": ["openssl", "ktls"], "handshakes.resumed": ["openssl", "ktls"],
+                "handshakes.client_resumed": ["openssl", "ktls"],
+                "client_memory.heap": ["openssl", "ktls", "ktls_no_tickets"],
                 "idle_memory.heap": IDLE_CASES, "idle_memory.rss": IDLE_CASES, "idle_memory.kernel": IDLE_CASES}
         for suite in suites:
             name = ciphers[suite]

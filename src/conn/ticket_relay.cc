@@ -45,8 +45,10 @@ Result<std::unique_ptr<TicketRelay>> TicketRelay::Create(SSL* ssl, Cipher cipher
   if (rbio == nullptr) return OpenSslError(ErrorCategory::kInternal, "BIO_new for the ticket relay");
   BIO_set_mem_eof_return(rbio, -1);  // Empty means "wait for more", not the end of the stream.
   SSL_set0_rbio(ssl, rbio);
-  // Between tickets OpenSSL needs no buffers: give them back.
+  // Between tickets OpenSSL needs no buffers: give back those of the
+  // handshake now, and each one a ticket takes after it.
   SSL_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
+  (void)SSL_free_buffers(ssl);
   std::unique_ptr<TicketRelay> relay(new TicketRelay(ssl, rbio, cipher, next_read_seq));
   relay->key_ = keys->key;
   relay->iv_ = keys->iv;
@@ -109,7 +111,10 @@ Result<void> TicketRelay::Deliver(std::span<const unsigned char> message) {
   const int ret = SSL_read_ex(ssl_, &byte, 1, &n);
   const int code = ret == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl_, ret);
   // OpenSSL took the whole ticket and waits for the next record.
-  if (code == SSL_ERROR_WANT_READ && BIO_ctrl_pending(rbio_) == 0) return {};
+  if (code == SSL_ERROR_WANT_READ && BIO_ctrl_pending(rbio_) == 0) {
+    (void)SSL_free_buffers(ssl_);
+    return {};
+  }
   Error error = code == SSL_ERROR_NONE
                     ? MakeError(ErrorCategory::kInternal, "OpenSSL read application data out of a session ticket")
                     : SslCallError(ssl_, ret, "OpenSSL processing a session ticket");

@@ -14,10 +14,12 @@
 // OpenSSL refuses fails the same way it would in userspace: OpenSSL writes
 // its alert (to the no-write BIO, which ktls relays through the kernel).
 //
-// What it keeps per connection: the SSL (its buffers released between
-// tickets), a memory BIO, and 60 bytes of key, IV and counter, wiped when
-// the relay goes away: at close, or at the peer's first KeyUpdate, after
-// which RFC 8446 7.2 wants the old key deleted.
+// What it keeps per connection: the SSL (its record buffers released
+// between tickets), a memory BIO, and 60 bytes of key, IV and counter: about
+// 20 KB of heap in all (ktls-bench client_memory.heap; 1.4 KB without),
+// against 52 KB for an OpenSSL client in userspace. The key goes when the
+// relay goes: at close, or at the peer's first KeyUpdate, after which RFC
+// 8446 7.2 wants the old key deleted.
 #ifndef KTLS_SRC_CONN_TICKET_RELAY_H_
 #define KTLS_SRC_CONN_TICKET_RELAY_H_
 
