@@ -60,7 +60,8 @@ struct KTLS_API KernelDirectionState {
   // when the direction is not in the kernel, or the kernel would not say.
   std::optional<std::uint64_t> record_seq;
   // key_updates: TLS 1.3 key updates of this direction since the handshake
-  // (Connection::tx_key_updates()/rx_key_updates()).
+  // (Connection::tx_key_updates()/rx_key_updates(); those OpenSSL made, for
+  // a direction it holds, are no longer counted after Close).
   std::uint64_t key_updates = 0;
 };
 
