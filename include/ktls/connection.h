@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "ktls/export.h"
+#include "ktls/kernel_state.h"
 #include "ktls/result.h"
 
 namespace ktls {
@@ -171,6 +172,11 @@ class KTLS_API Connection {
   // Where each direction's records are protected now.
   Offload tx() const noexcept;
   Offload rx() const noexcept;
+
+  // kernel_state asks the kernel about this connection now: each
+  // direction's record sequence number and the tls ULP's view (sock_diag).
+  // A few system calls; safe while another thread reads or writes.
+  KernelState kernel_state() const;
 
   // The session's details (available in every offload state).
   const SessionInfo& session() const noexcept;

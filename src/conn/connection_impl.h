@@ -43,6 +43,9 @@ class ConnectionImpl {
   Result<IoProgress> Linger();
   std::chrono::steady_clock::time_point LingerDeadline();
   void Close();
+  // KernelRecSeq asks the kernel for the next record's sequence number in
+  // one direction (uapi::kTlsTx or kTlsRx).
+  Result<std::uint64_t> KernelRecSeq(int direction);
 
   // --- set up by offload (conn/offload.cc) ---
   UniqueFd socket;
@@ -128,9 +131,6 @@ class ConnectionImpl {
   // UpdateTxKeyLocked sends KeyUpdate under the current key, then installs
   // the next one.
   Result<void> UpdateTxKeyLocked(bool request_peer_update);
-  // KernelRecSeq asks the kernel for the next record's sequence number in
-  // one direction (uapi::kTlsTx or kTlsRx).
-  Result<std::uint64_t> KernelRecSeq(int direction);
   // AnswerPeerKeyUpdate: the peer sent update_requested; answer now if no
   // write is in progress, else the next write does (RFC 8446 4.6.3 wants
   // it before our next application data).

@@ -74,6 +74,26 @@ inline constexpr std::uint8_t kRecordAlert = 21;
 inline constexpr std::uint8_t kRecordHandshake = 22;
 inline constexpr std::uint8_t kRecordApplicationData = 23;
 
+// sock_diag's view of the tls ULP (what `ss -tni` prints as tcp-ulp-tls).
+// include/uapi/linux/inet_diag.h: INET_DIAG_INFO (the attribute whose
+// request bit also brings the ULP info), INET_DIAG_ULP_INFO (Linux 5.3) and
+// its nested INET_ULP_INFO_*; include/uapi/linux/tls.h: TLS_INFO_* (5.3;
+// TLS_INFO_ZC_RO_TX 5.19, TLS_INFO_RX_NO_PAD 6.0) and TLS_CONF_*.
+inline constexpr int kInetDiagInfo = 2;
+inline constexpr int kInetDiagUlpInfo = 19;
+inline constexpr int kInetUlpInfoName = 1;
+inline constexpr int kInetUlpInfoTls = 2;
+inline constexpr int kTlsInfoVersion = 1;
+inline constexpr int kTlsInfoCipher = 2;
+inline constexpr int kTlsInfoTxConf = 3;
+inline constexpr int kTlsInfoRxConf = 4;
+inline constexpr int kTlsInfoZcRoTx = 5;
+inline constexpr int kTlsInfoRxNoPad = 6;
+inline constexpr int kTlsConfBase = 1;
+inline constexpr int kTlsConfSw = 2;
+inline constexpr int kTlsConfHw = 3;
+inline constexpr int kTlsConfHwRecord = 4;
+
 // struct tls_crypto_info.
 struct CryptoInfo {
   std::uint16_t version;

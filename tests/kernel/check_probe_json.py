@@ -12,6 +12,7 @@ reason. Either way the exit status must be 0.
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -22,6 +23,38 @@ CIPHERS = {"AES_128_GCM", "AES_256_GCM", "CHACHA20_POLY1305", "AES_128_CCM"}
 def fail(msg):
     print("FAIL:", msg)
     sys.exit(1)
+
+
+def read_tls_stat():
+    with open("/proc/net/tls_stat") as f:
+        return {name: int(value) for name, value in (line.split() for line in f if line.strip())}
+
+
+def check_tls_stat(caps, table_text):
+    if not os.path.exists("/proc/net/tls_stat"):
+        if caps.get("tls_stat", 0) is not None or not caps.get("tls_stat_error"):
+            fail(f"no /proc/net/tls_stat, but tls_stat is not null with a reason: {caps}")
+        if "unavailable" not in table_text:
+            fail(f"table mode should say the counters are unavailable: {table_text!r}")
+        return
+    after = read_tls_stat()
+    got = caps.get("tls_stat")
+    if not isinstance(got, dict) or set(got) != set(after):
+        fail(f"tls_stat {got} does not list /proc/net/tls_stat's counters {sorted(after)}")
+    for name, value in got.items():
+        if not isinstance(value, int) or value < 0:
+            fail(f"tls_stat {name}={value!r} is not a count")
+        if not name.startswith("TlsCurr") and value > after[name]:
+            fail(f"tls_stat {name}={value} is more than /proc says afterwards ({after[name]})")
+    installed_tx = sum(1 for r in caps["ciphers"] if r["tx"])
+    installed_rx = sum(1 for r in caps["ciphers"] if r["rx"])
+    if got["TlsTxSw"] < installed_tx or got["TlsRxSw"] < installed_rx:
+        fail(f"the probe installed {installed_tx} TX and {installed_rx} RX keys before reading, "
+             f"but TlsTxSw={got['TlsTxSw']} TlsRxSw={got['TlsRxSw']}")
+    for name in after:
+        # "  TlsTxSw   12  TX sessions ever installed ..." : a value and words.
+        if not re.search(rf"^\s+{name}\s+\d+\s+\S.*\S$", table_text, re.M):
+            fail(f"table mode has no line with a value and an explanation for {name}: {table_text!r}")
 
 
 def main():
@@ -61,10 +94,12 @@ def main():
     table = subprocess.run([probe], capture_output=True, text=True, timeout=60)
     if table.returncode != 0 or "AES_128_CCM" not in table.stdout:
         fail(f"table mode: exit {table.returncode}, output {table.stdout!r}")
+    check_tls_stat(caps, table.stdout)
     bad_flag = subprocess.run([probe, "--no-such-flag"], capture_output=True, text=True, timeout=60)
     if bad_flag.returncode != 2:
         fail(f"unknown flag should exit 2, got {bad_flag.returncode}")
-    print(f"ok: available={caps['available']} rekey={caps['rekey']} kernel={caps['kernel']}")
+    print(f"ok: available={caps['available']} rekey={caps['rekey']} kernel={caps['kernel']} "
+          f"tls_stat={'null' if caps['tls_stat'] is None else len(caps['tls_stat'])}")
 
 
 if __name__ == "__main__":

@@ -3,19 +3,38 @@
 //   ktls-probe           a table for people
 //   ktls-probe --json    one JSON object for programs
 //
+// Both also show the kernel's own kTLS counters (/proc/net/tls_stat), read
+// after the probe ran (its throwaway sockets count there too), each with a
+// line saying what it counts.
+//
 // Exit status is 0 whenever the probe ran, whatever it found; 2 for a usage
 // error.
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <utility>
 
 #include <cxxopts.hpp>
 #include <nlohmann/json.hpp>
 
+#include "ktls/kernel_tls_stats.h"
 #include "ktls/probe.h"
 #include "ktls/types.h"
 
 namespace {
+
+// AddTlsStat: "tls_stat": {"TlsTxSw": 3, ...}, every counter the kernel
+// lists; or null, with the reason in "tls_stat_error".
+void AddTlsStat(nlohmann::json& out, const ktls::Result<ktls::KernelTlsStats>& stats) {
+  if (!stats.ok()) {
+    out["tls_stat"] = nullptr;
+    out["tls_stat_error"] = stats.error().ToString();
+    return;
+  }
+  nlohmann::json counters = nlohmann::json::object();
+  for (const ktls::KernelTlsCounter& counter : stats->counters) counters[counter.name] = counter.value;
+  out["tls_stat"] = std::move(counters);
+}
 
 nlohmann::json ToJson(const ktls::Capabilities& caps) {
   nlohmann::json ciphers = nlohmann::json::array();
@@ -31,6 +50,19 @@ nlohmann::json ToJson(const ktls::Capabilities& caps) {
   };
   if (!caps.reason.empty()) out["reason"] = caps.reason;
   return out;
+}
+
+void PrintTlsStat(const ktls::Result<ktls::KernelTlsStats>& stats) {
+  std::printf("\nkernel counters (/proc/net/tls_stat)\n");
+  if (!stats.ok()) {
+    std::printf("  unavailable: %s\n", stats.error().ToString().c_str());
+    return;
+  }
+  for (const ktls::KernelTlsCounter& counter : stats->counters) {
+    const ktls::KernelTlsCounterInfo* info = ktls::FindKernelTlsCounter(counter.name);
+    std::printf("  %-20s %12llu  %s\n", counter.name.c_str(), static_cast<unsigned long long>(counter.value),
+                info != nullptr ? std::string(info->description).c_str() : "(not known to this ktls-probe)");
+  }
 }
 
 void PrintTable(const ktls::Capabilities& caps) {
@@ -67,10 +99,14 @@ int main(int argc, char** argv) {
   }
 
   const ktls::Capabilities caps = ktls::Probe();
+  const auto stats = ktls::ReadKernelTlsStats();  // After the probe: its sockets are counted.
   if (json) {
-    std::cout << ToJson(caps).dump(2) << "\n";
+    nlohmann::json out = ToJson(caps);
+    AddTlsStat(out, stats);
+    std::cout << out.dump(2) << "\n";
   } else {
     PrintTable(caps);
+    PrintTlsStat(stats);
   }
   return 0;
 }

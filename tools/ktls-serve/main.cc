@@ -2,7 +2,8 @@
 //
 //   ktls-serve [--root DIR] [--listen ADDR:PORT] [--cert FILE --key FILE]
 //              [--threads N] [--rx|--no-rx] [--no-offload] [--dotfiles]
-//              [--ciphers LIST] [--ciphersuites LIST] [--hsts SECONDS] [limits...]
+//              [--ciphers LIST] [--ciphersuites LIST] [--hsts SECONDS]
+//              [--metrics ADDR:PORT] [limits...]
 //
 // HTTP/1.1 (Boost.Beast) with keep-alive, GET and HEAD, single ranges,
 // If-Modified-Since; file bodies go out with sendfile(2) through kTLS (or
@@ -13,7 +14,8 @@
 // SIGINT/SIGTERM: stop accepting, finish the responses in flight (at most
 // --drain-timeout), send close_notify, exit 0. SIGUSR1: one line on stderr
 // with the connections open and the heap in use (a diagnostic, for leak
-// tests).
+// tests). --metrics ADDR:PORT serves Prometheus text at /metrics on a
+// separate plain-HTTP listener (metrics.h says what is counted).
 #include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -49,8 +51,11 @@
 #include "common/connection_limits.h"
 #include "common/self_signed.h"
 #include "ktls-serve/file_response.h"
+#include "ktls-serve/metrics.h"
+#include "ktls-serve/metrics_http.h"
 #include "ktls-serve/tls_options.h"
 #include "ktls/asio.h"
+#include "ktls/kernel_tls_stats.h"
 #include "ktls/probe.h"
 #include "ktls/server.h"
 
@@ -84,6 +89,7 @@ struct Options {
   milliseconds idle_timeout{30'000};
   milliseconds drain_timeout{10'000};
   std::size_t max_connections = 10'000;
+  std::string metrics;  // --metrics ADDR:PORT; empty: no metrics listener.
 };
 
 // SendChunk: sendfile runs in pieces this big, each with the idle timeout:
@@ -156,6 +162,13 @@ struct SessionState {
 
 class Deadline;
 
+// KeyUpdatesSeen: a connection's key updates when they were last added to
+// the metrics (after each request, and before the close).
+struct KeyUpdatesSeen {
+  std::uint64_t sent = 0;
+  std::uint64_t received = 0;
+};
+
 struct Worker {
   net::io_context io{1};
   std::unordered_set<SessionState*> sessions;  // Touched only on this worker's thread.
@@ -219,8 +232,8 @@ void Sweep(Worker& worker) {
 
 class Server {
  public:
-  Server(Options options, ktls::ServerContext tls, ktls::serve::Root root)
-      : options_(std::move(options)), tls_(std::move(tls)), root_(std::move(root)) {
+  Server(Options options, ktls::ServerContext tls, ktls::serve::Root root, ktls::serve::Metrics& metrics)
+      : options_(std::move(options)), tls_(std::move(tls)), root_(std::move(root)), metrics_(metrics) {
     const unsigned n = options_.threads != 0 ? options_.threads : std::max(1u, std::thread::hardware_concurrency());
     // Idle timeouts are checked this often: at most two periods late.
     const milliseconds period = std::clamp(options_.idle_timeout / 8, milliseconds(10), milliseconds(1000));
@@ -240,6 +253,21 @@ class Server {
     if (ec) {
       error = "cannot listen on " + endpoint.address().to_string() + ":" + std::to_string(endpoint.port()) + ": " +
               ec.message();
+      return false;
+    }
+    return true;
+  }
+
+  // ListenMetrics binds the --metrics listener.
+  bool ListenMetrics(const tcp::endpoint& endpoint, std::string& error) {
+    error_code ec;
+    metrics_acceptor_.open(endpoint.protocol(), ec);
+    if (!ec) metrics_acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) metrics_acceptor_.bind(endpoint, ec);
+    if (!ec) metrics_acceptor_.listen(net::socket_base::max_listen_connections, ec);
+    if (ec) {
+      error = "--metrics: cannot listen on " + endpoint.address().to_string() + ":" + std::to_string(endpoint.port()) +
+              ": " + ec.message();
       return false;
     }
     return true;
@@ -275,6 +303,16 @@ class Server {
     const std::string host = local.address().is_v6() ? "[" + local.address().to_string() + "]" : local.address().to_string();
     std::fprintf(stderr, "ktls-serve: serving %s on https://%s:%u/ with %zu thread(s)\n", options_.root.c_str(),
                  host.c_str(), local.port(), workers_.size());
+    if (metrics_acceptor_.is_open()) {
+      const auto at = metrics_acceptor_.local_endpoint(ec);
+      std::fprintf(stderr, "ktls-serve: metrics on http://%s:%u/metrics\n",
+                   (at.address().is_v6() ? "[" + at.address().to_string() + "]" : at.address().to_string()).c_str(),
+                   at.port());
+      net::co_spawn(main_io_,
+                    ktls::serve::ServeMetrics(metrics_acceptor_,
+                                              [this] { return metrics_.Render(ktls::ReadKernelTlsStats()); }),
+                    net::detached);
+    }
     net::co_spawn(main_io_, AcceptLoop(acceptor), net::detached);
     main_io_.run();  // Returns once the accept loop ended and the drain finished.
     guards.clear();
@@ -352,22 +390,32 @@ class Server {
     auto stream = std::make_shared<ktls::asio::stream>(std::move(socket));
     SessionState state{stream, false};
     worker.sessions.insert(&state);
+    KeyUpdatesSeen key_updates_seen;
+    bool handshaken = false;
     struct Leave {
       Server* server;
       Worker* worker;
       SessionState* state;
+      const bool* handshaken;
       ~Leave() {
+        if (*handshaken) server->metrics_.Closed();
         worker->sessions.erase(state);
         --server->active_;
       }
-    } leave{this, &worker, &state};
+    } leave{this, &worker, &state, &handshaken};
 
     co_await stream->async_handshake(tls_, net::redirect_error(net::use_awaitable, ec));
     if (ec) {
       LogError(peer + " handshake failed: " + stream->last_error().ToString());
+      metrics_.HandshakeFailed(ec == boost::system::errc::timed_out   ? ktls::serve::kHandshakeTimeout
+                               : ec == net::error::operation_aborted ? ktls::serve::kHandshakeCancelled
+                                                                     : ktls::serve::HandshakeFailureIndex(
+                                                                           stream->last_error().category));
       co_return;
     }
     const ktls::Connection& conn = stream->connection();
+    metrics_.Handshaken(conn.tx(), conn.rx());
+    handshaken = true;
     const std::string offload = std::string("tx=") + ktls::OffloadName(conn.tx()) + " rx=" + ktls::OffloadName(conn.rx());
     Deadline deadline(worker, stream);
     beast::flat_buffer buffer;
@@ -417,6 +465,8 @@ class Server {
       if (draining_) response.close = true;
       const std::uint64_t sent = co_await WriteResponse(*stream, deadline, response, ec);
       LogAccess(peer, method, target, response, sent, started, offload, ec);
+      metrics_.Request(static_cast<unsigned>(response.status));
+      CountKeyUpdates(conn, key_updates_seen);
       if (ec) {
         if (deadline.fired()) LogError(peer + " dropped: not reading the response within the idle timeout");
         clean = false;
@@ -429,6 +479,7 @@ class Server {
       co_await stream->async_shutdown(net::redirect_error(net::use_awaitable, ec));
       deadline.Cancel();
     }
+    CountKeyUpdates(conn, key_updates_seen);  // Before Close frees what OpenSSL counted.
     // Linger (bounded, without blocking the loop), so that a client still
     // sending reads our close_notify or alert rather than a reset.
     co_await stream->async_close(net::redirect_error(net::use_awaitable, ec));
@@ -483,8 +534,9 @@ class Server {
         message.body() = response.text_body;
       }
       deadline.Arm(options_.idle_timeout);
-      co_await http::async_write(stream, message, net::redirect_error(net::use_awaitable, ec));
+      const std::size_t written = co_await http::async_write(stream, message, net::redirect_error(net::use_awaitable, ec));
       deadline.Cancel();
+      metrics_.ResponseBytes(ktls::serve::ResponsePath::kWrite, written);
       co_return ec || !response.send_body ? 0 : response.length;
     }
     // A large file: the header with WriteFlags::kMore, so it can share the
@@ -502,7 +554,11 @@ class Server {
                                                     net::redirect_error(net::use_awaitable, ec));
     }
     deadline.Cancel();
+    metrics_.ResponseBytes(ktls::serve::ResponsePath::kWrite, head_sent);
     if (ec) co_return 0;
+    // With TX in OpenSSL, the stream's sendfile reads the file and writes it.
+    const auto file_path = stream.connection().tx() == ktls::Offload::kKernel ? ktls::serve::ResponsePath::kSendfile
+                                                                              : ktls::serve::ResponsePath::kWrite;
     std::uint64_t sent = 0;
     while (sent < response.length) {
       const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(kSendChunk, response.length - sent));
@@ -511,9 +567,21 @@ class Server {
           response.file_fd, static_cast<off_t>(response.offset + sent), chunk, net::redirect_error(net::use_awaitable, ec));
       deadline.Cancel();
       sent += n;
+      metrics_.ResponseBytes(file_path, n);
       if (ec) break;
     }
     co_return sent;
+  }
+
+  // CountKeyUpdates adds the connection's key updates since seen to the
+  // metrics. The connection's counts include OpenSSL's while it holds a
+  // direction, and lose them once Close frees the SSL: so count before
+  // closing, and never count a count that went down.
+  void CountKeyUpdates(const ktls::Connection& conn, KeyUpdatesSeen& seen) {
+    const std::uint64_t sent = conn.tx_key_updates();
+    const std::uint64_t received = conn.rx_key_updates();
+    metrics_.KeyUpdates(sent > seen.sent ? sent - seen.sent : 0, received > seen.received ? received - seen.received : 0);
+    seen = {std::max(sent, seen.sent), std::max(received, seen.received)};
   }
 
   void LogAccess(const std::string& peer, const std::string& method, const std::string& target,
@@ -533,6 +601,8 @@ class Server {
   ktls::serve::Root root_;
   net::io_context main_io_{1};
   tcp::acceptor acceptor_{main_io_};
+  ktls::serve::Metrics& metrics_;
+  tcp::acceptor metrics_acceptor_{main_io_};
   std::vector<std::unique_ptr<Worker>> workers_;
   std::atomic<std::size_t> active_ = 0;
   std::atomic<bool> draining_ = false;
@@ -560,10 +630,11 @@ void RaiseFileLimit() {
   }
 }
 
-std::optional<tcp::endpoint> ParseListen(const std::string& text, std::string& error) {
+// ParseListen parses ADDR:PORT given to flag ("--listen").
+std::optional<tcp::endpoint> ParseListen(const std::string& text, const char* flag, std::string& error) {
   const std::size_t colon = text.rfind(':');
   if (colon == std::string::npos) {
-    error = "--listen wants ADDR:PORT, got " + text;
+    error = std::string(flag) + " wants ADDR:PORT, got " + text;
     return std::nullopt;
   }
   std::string host = text.substr(0, colon);
@@ -577,7 +648,7 @@ std::optional<tcp::endpoint> ParseListen(const std::string& text, std::string& e
     port = 65536;
   }
   if (ec || port > 65535) {
-    error = "--listen: bad address or port: " + text;
+    error = std::string(flag) + ": bad address or port: " + text;
     return std::nullopt;
   }
   return tcp::endpoint(address, static_cast<unsigned short>(port));
@@ -614,6 +685,8 @@ int main(int argc, char** argv) {
      cxxopts::value<long long>()->default_value("10000"))
     ("drain-timeout", "On SIGINT/SIGTERM, wait at most this long for responses in flight (ms)",
      cxxopts::value<long long>()->default_value("10000"))
+    ("metrics", "Serve Prometheus metrics over plain HTTP at http://ADDR:PORT/metrics (default: off; use loopback)",
+     cxxopts::value<std::string>())
     ("h,help", "Show this help");
   // clang-format on
   ktls::tools::AddConnectionLimitOptions(cli);
@@ -642,6 +715,7 @@ int main(int argc, char** argv) {
     o.max_target_len = args["max-target"].as<std::size_t>();
     handshake_ms = args["handshake-timeout"].as<long long>();
     drain_ms = args["drain-timeout"].as<long long>();
+    if (args.count("metrics") != 0) o.metrics = args["metrics"].as<std::string>();
     if (!ktls::tools::ReadConnectionLimits(args, limits, error)) {
       std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
       return 2;
@@ -672,11 +746,21 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
     return 1;
   }
-  auto endpoint = ParseListen(o.listen, error);
+  auto endpoint = ParseListen(o.listen, "--listen", error);
   if (!endpoint) {
     std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
     return 2;
   }
+  std::optional<tcp::endpoint> metrics_endpoint;
+  if (!o.metrics.empty()) {
+    metrics_endpoint = ParseListen(o.metrics, "--metrics", error);
+    if (!metrics_endpoint) {
+      std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
+      return 2;
+    }
+  }
+  // Counted whether or not --metrics serves them: a relaxed atomic add each.
+  ktls::serve::Metrics metrics;
   ktls::ServerConfig config;
   ktls::tools::SelfSigned self_signed;
   if (o.cert_file.empty()) {
@@ -699,8 +783,9 @@ int main(int argc, char** argv) {
   ktls::serve::SetCipherOptions(config, o.ciphers, o.ciphersuites);
   // A client whose choice the kernel cannot carry (a CBC suite --ciphers
   // allowed) is served in userspace TLS: say why.
-  config.offload.on_fallback = [tx_wanted = !o.no_offload,
+  config.offload.on_fallback = [&metrics, tx_wanted = !o.no_offload,
                                 has_ktls = ktls::CachedCapabilities().available](const ktls::OffloadReport& report) {
+    metrics.Fallback(report);
     if (auto message = ktls::serve::FallbackMessage(report, tx_wanted, has_ktls)) LogError(*message);
   };
   auto tls = ktls::ServerContext::Create(config);
@@ -714,8 +799,8 @@ int main(int argc, char** argv) {
   RaiseFileLimit();
   std::fprintf(stderr, "ktls-serve: %s\n", Capabilities().c_str());
 
-  Server server(o, std::move(tls).value(), std::move(*root));
-  if (!server.Listen(*endpoint, error)) {
+  Server server(o, std::move(tls).value(), std::move(*root), metrics);
+  if (!server.Listen(*endpoint, error) || (metrics_endpoint && !server.ListenMetrics(*metrics_endpoint, error))) {
     std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
     return 1;
   }

@@ -1,0 +1,109 @@
+// tools/ktls-serve/metrics.h: what ktls-serve counts, and the Prometheus
+// text it renders for --metrics.
+//
+// Counting is on every connection's and request's path, so each count is
+// one relaxed atomic add: no lock, no allocation, no label text built. Label
+// values come from small fixed sets (the enums and arrays below); anything
+// free-form (the library's fallback reason, an error's detail) is mapped
+// into them first, never copied into a label.
+#ifndef KTLS_TOOLS_KTLS_SERVE_METRICS_H_
+#define KTLS_TOOLS_KTLS_SERVE_METRICS_H_
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "ktls/connection.h"
+#include "ktls/kernel_tls_stats.h"
+#include "ktls/offload.h"
+#include "ktls/result.h"
+
+namespace ktls::serve {
+
+// FallbackReason: why a direction stayed in userspace TLS, as a label
+// (ktls_offload_fallbacks_total{reason=...}).
+enum class FallbackReason : std::uint8_t {
+  kDisabled,       // "disabled": switched off (--no-offload, --no-rx).
+  kNoKernelTls,    // "no_ktls": the kernel has no kTLS at all.
+  kProtocol,       // "protocol": a TLS version the kernel cannot carry.
+  kCipher,         // "cipher": a suite the kernel cannot carry (CBC, CCM_8, or not in this kernel).
+  kNoRekey,        // "no_rekey": RX kept in OpenSSL, the kernel cannot follow a KeyUpdate (< 6.14).
+  kKernelRefused,  // "kernel_refused": setsockopt(TCP_ULP, TLS_TX or TLS_RX) failed.
+  kOther,          // "other": anything else (buffered data, record counts unknown, ...).
+};
+inline constexpr std::size_t kNumFallbackReasons = 7;
+
+// FallbackReasonName returns the label value ("disabled", ...).
+std::string_view FallbackReasonName(FallbackReason reason) noexcept;
+
+// ClassifyFallback maps the library's fallback reason text
+// (OffloadReport::reason) to a FallbackReason, by its first clause. The text
+// is the library's; tests/unit/serve_metrics_test.cc pins the phrases.
+FallbackReason ClassifyFallback(std::string_view reason) noexcept;
+
+// HandshakeFailure: why a handshake failed, as a label
+// (ktls_handshake_failures_total{reason=...}): "timeout" (the handshake
+// deadline), "cancelled" (the server is draining), or the category of the
+// library's error ("io", "closed", "truncated", "alert", "protocol",
+// "unsupported", "usage", "internal").
+inline constexpr std::array<std::string_view, 10> kHandshakeFailureReasons = {
+    "timeout", "cancelled", "io", "closed", "truncated", "alert", "protocol", "unsupported", "usage", "internal"};
+// HandshakeFailureIndex: the index in kHandshakeFailureReasons for a failed
+// handshake's error category (neither timed out nor cancelled).
+std::size_t HandshakeFailureIndex(ErrorCategory category) noexcept;
+inline constexpr std::size_t kHandshakeTimeout = 0;
+inline constexpr std::size_t kHandshakeCancelled = 1;
+
+// kStatusCodes: the statuses ktls-serve answers with, as labels
+// (ktls_requests_total{code=...}); any other is counted as "other".
+inline constexpr std::array<unsigned, 12> kStatusCodes = {200, 206, 301, 304, 400, 403,
+                                                          404, 405, 414, 416, 431, 500};
+
+// ResponsePath: how response bytes left (ktls_response_bytes_total{path=...}).
+enum class ResponsePath : std::uint8_t {
+  kSendfile,  // "sendfile": sendfile(2) through kTLS, never copied through userspace.
+  kWrite,     // "write": written from a buffer (headers, small bodies, and files where TX is in OpenSSL).
+};
+
+// Metrics: the counters. Every method is safe from any thread.
+class Metrics {
+ public:
+  // Handshaken: a connection completed its handshake (and offload): counts
+  // it under where each direction went, and as open until Closed.
+  void Handshaken(Offload tx, Offload rx) noexcept;
+  // Closed: a connection Handshaken counted has ended.
+  void Closed() noexcept;
+  // HandshakeFailed: index into kHandshakeFailureReasons.
+  void HandshakeFailed(std::size_t reason_index) noexcept;
+  // Fallback: offload left one or both directions in userspace (the
+  // OffloadOptions::on_fallback report). A TX fallback counts for RX too:
+  // RX goes to the kernel only with TX.
+  void Fallback(const OffloadReport& report) noexcept;
+  void Request(unsigned status) noexcept;
+  void ResponseBytes(ResponsePath path, std::uint64_t bytes) noexcept;
+  // KeyUpdates adds key updates sent and received (deltas).
+  void KeyUpdates(std::uint64_t sent, std::uint64_t received) noexcept;
+
+  // Render: every metric in the Prometheus text exposition format (0.0.4),
+  // each with # HELP and # TYPE, every fixed label combination listed (zero
+  // included), and the kernel's counters as ktls_kernel_tls_stat (none
+  // when tls_stat could not be read).
+  std::string Render(const Result<KernelTlsStats>& tls_stat) const;
+
+ private:
+  using Counter = std::atomic<std::uint64_t>;
+  std::array<Counter, 4> connections_{};  // [tx kernel?][rx kernel?] as tx * 2 + rx.
+  std::atomic<std::int64_t> open_{0};
+  std::array<Counter, kHandshakeFailureReasons.size()> handshake_failures_{};
+  std::array<Counter, 2 * kNumFallbackReasons> fallbacks_{};  // [direction][reason], tx first.
+  std::array<Counter, kStatusCodes.size() + 1> requests_{};   // The last: any other code.
+  std::array<Counter, 2> response_bytes_{};                   // By ResponsePath.
+  std::array<Counter, 2> key_updates_{};                      // Sent, received.
+};
+
+}  // namespace ktls::serve
+
+#endif  // KTLS_TOOLS_KTLS_SERVE_METRICS_H_
