@@ -54,6 +54,9 @@ struct KTLS_API KernelDirectionState {
   // in_kernel: kTLS protects this direction (Connection::tx()/rx() is
   // Offload::kKernel); false: OpenSSL does, in this process.
   bool in_kernel = false;
+  // why_not: why the direction stayed in OpenSSL (FallbackReason::kNone when
+  // it is in the kernel); OffloadOptions::on_fallback was told the details.
+  FallbackReason why_not = FallbackReason::kNone;
   // record_seq: the sequence number of the next record under the current
   // key, as the kernel reports it: the records sent (TX) or received (RX)
   // under that key, including any OpenSSL handled before offload. nullopt

@@ -22,6 +22,7 @@
 #include "ktls/connection.h"
 #include "ktls/export.h"
 #include "ktls/result.h"
+#include "ktls/types.h"
 
 namespace ktls {
 
@@ -30,7 +31,11 @@ namespace ktls {
 struct KTLS_API OffloadReport {
   Offload tx = Offload::kUser;
   Offload rx = Offload::kUser;
-  std::string reason;  // Why TX and/or RX stayed in userspace.
+  std::string reason;  // Why TX and/or RX stayed in userspace, in words.
+  // Each direction's reason (kNone where it went to the kernel). RX goes to
+  // the kernel only with TX: where TX stayed, RX has TX's reason.
+  FallbackReason tx_reason = FallbackReason::kNone;
+  FallbackReason rx_reason = FallbackReason::kNone;
 };
 
 // RxOffload: whether the receive direction goes to the kernel.

@@ -3,6 +3,7 @@
 #define KTLS_TYPES_H_
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string_view>
@@ -44,6 +45,26 @@ KTLS_API std::optional<Cipher> CipherFromTls13SuiteId(std::uint16_t suite_id) no
 // AlertName returns the RFC 8446 section 6 name of a TLS alert description
 // ("close_notify", "bad_record_mac", ...), or "unknown_alert".
 KTLS_API std::string_view AlertName(int alert) noexcept;
+
+// FallbackReason: why one direction stayed in OpenSSL, from a small fixed
+// set (for metrics and programs; OffloadReport::reason says it in words).
+enum class FallbackReason : std::uint8_t {
+  kNone,           // It went to the kernel.
+  kDisabled,       // Turned off: TxOffload::kOff, RxOffload::kOff.
+  kNoKernelTls,    // The kernel has no kTLS (no tls module).
+  kProtocol,       // Neither TLS 1.2 nor TLS 1.3.
+  kCipher,         // The kernel cannot carry the negotiated suite (this way).
+  kNoRekey,        // RX, RxOffload::kAuto: the kernel cannot take new RX keys (before 6.14).
+  kSessionState,   // ktls cannot take over this connection's records exactly (OpenSSL holds
+                   // unsent or partial records, the record count or secrets are unknown, the
+                   // peer already closed).
+  kKernelRefused,  // setsockopt(TCP_ULP, TLS_TX or TLS_RX) failed.
+};
+inline constexpr std::size_t kNumFallbackReasons = 8;
+
+// FallbackReasonName returns "none", "disabled", "no_ktls", "protocol",
+// "cipher", "no_rekey", "session_state" or "kernel_refused".
+KTLS_API const char* FallbackReasonName(FallbackReason reason) noexcept;
 
 }  // namespace ktls
 

@@ -53,6 +53,9 @@ class ConnectionImpl {
   bool is_server;
   Offload tx = Offload::kUser;
   Offload rx = Offload::kUser;
+  // Why a direction stayed in OpenSSL (kNone where it went to the kernel).
+  FallbackReason tx_fallback = FallbackReason::kNone;
+  FallbackReason rx_fallback = FallbackReason::kNone;
   SessionInfo session;
   // Plaintext OpenSSL decrypted before RX went to the kernel; delivered
   // before anything the kernel returns.

@@ -16,6 +16,8 @@ KernelState Connection::kernel_state() const {
   state.cipher_suite = impl.session.cipher_suite;
   state.tx.in_kernel = impl.tx == Offload::kKernel;
   state.rx.in_kernel = impl.rx == Offload::kKernel;
+  state.tx.why_not = impl.tx_fallback;
+  state.rx.why_not = impl.rx_fallback;
   state.tx.key_updates = tx_key_updates();
   state.rx.key_updates = rx_key_updates();
   if (state.tx.in_kernel || state.rx.in_kernel) {

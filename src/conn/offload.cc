@@ -85,6 +85,13 @@ struct Plan {
   KernelCryptoInfo tx_info;
   KernelCryptoInfo rx_info;
   std::string reason;  // Why a direction stays in userspace.
+  FallbackReason tx_reason = FallbackReason::kNone;
+  FallbackReason rx_reason = FallbackReason::kNone;
+  // Refuse: neither direction, for `why`.
+  void Refuse(FallbackReason why, std::string text) {
+    tx_reason = rx_reason = why;
+    reason = std::move(text);
+  }
 };
 
 void AddReason(std::string& reason, const std::string& more) {
@@ -214,17 +221,17 @@ Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& o
   Plan plan;
   SSL* ssl = conn.ssl.get();
   if (options.tx == TxOffload::kOff) {
-    plan.reason = "offload is turned off (TxOffload::kOff)";
+    plan.Refuse(FallbackReason::kDisabled, "offload is turned off (TxOffload::kOff)");
     return plan;
   }
   const Capabilities& caps = CachedCapabilities();
   if (!caps.ulp) {
-    plan.reason = "kernel TLS unavailable: " + caps.reason;
+    plan.Refuse(FallbackReason::kNoKernelTls, "kernel TLS unavailable: " + caps.reason);
     return plan;
   }
   const int version = SSL_version(ssl);
   if (version != TLS1_3_VERSION && version != TLS1_2_VERSION) {
-    plan.reason = std::string("protocol ") + SSL_get_version(ssl) + " cannot be offloaded";
+    plan.Refuse(FallbackReason::kProtocol, std::string("protocol ") + SSL_get_version(ssl) + " cannot be offloaded");
     return plan;
   }
   plan.version = version == TLS1_3_VERSION ? TlsVersion::kTls13 : TlsVersion::kTls12;
@@ -234,12 +241,14 @@ Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& o
                                               : CipherFromTls13SuiteId(static_cast<std::uint16_t>(SSL_CIPHER_get_id(suite))))
                           : Tls12Cipher(suite);
   if (!cipher) {
-    plan.reason = std::string("cipher not offloadable: ") + (suite ? SSL_CIPHER_standard_name(suite) : "none");
+    plan.Refuse(FallbackReason::kCipher,
+                std::string("cipher not offloadable: ") + (suite ? SSL_CIPHER_standard_name(suite) : "none"));
     return plan;
   }
   plan.cipher = *cipher;
   if (state.rejected_keylog_lines != 0) {
-    plan.reason = "a key-log line for this connection did not parse or match; not trusting the secrets";
+    plan.Refuse(FallbackReason::kSessionState,
+                "a key-log line for this connection did not parse or match; not trusting the secrets");
     return plan;
   }
   std::unique_ptr<DirectionKeys> keys;
@@ -249,7 +258,7 @@ Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& o
   } else {
     auto derived = Tls12KeysFor(ssl, *cipher, conn.is_server);
     if (!derived.ok()) {
-      plan.reason = derived.error().ToString();
+      plan.Refuse(FallbackReason::kSessionState, derived.error().ToString());
       return plan;
     }
     keys = std::move(derived).value();
@@ -259,13 +268,14 @@ Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& o
 
   // TX.
   if (!caps.Supports(plan.version, *cipher, false)) {
-    AddReason(plan.reason, "the kernel does not accept " + cipher_text);
+    plan.Refuse(FallbackReason::kCipher, "the kernel does not accept " + cipher_text);
   } else if (!state.tx.app_keys || state.tx.key_updated) {
-    AddReason(plan.reason, "TX record count unknown (a key update, or the SSL was not prepared before its handshake)");
+    plan.Refuse(FallbackReason::kSessionState,
+                "TX record count unknown (a key update, or the SSL was not prepared before its handshake)");
   } else if (BIO_wpending(SSL_get_wbio(ssl)) > 0 || SSL_want_write(ssl)) {
-    AddReason(plan.reason, "OpenSSL has unsent data buffered");
+    plan.Refuse(FallbackReason::kSessionState, "OpenSSL has unsent data buffered");
   } else if (auto info = keys->Pack(/*own=*/true, state.tx.records); !info.ok()) {
-    AddReason(plan.reason, "TX keys: " + info.error().ToString());
+    plan.Refuse(FallbackReason::kSessionState, "TX keys: " + info.error().ToString());
   } else {
     plan.tx = true;
     plan.tx_info = std::move(info).value();
@@ -274,12 +284,16 @@ Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& o
   // RX goes to the kernel only together with TX, and only if asked.
   if (!plan.tx) return plan;
   const bool rekey = caps.rekey || plan.version == TlsVersion::kTls12;  // TLS 1.2 has no key updates.
+  plan.rx_reason = FallbackReason::kSessionState;  // Unless one below says otherwise.
   if (options.rx == RxOffload::kOff) {
+    plan.rx_reason = FallbackReason::kDisabled;
     AddReason(plan.reason, "RX offload is turned off");
   } else if (options.rx == RxOffload::kAuto && !rekey) {
+    plan.rx_reason = FallbackReason::kNoRekey;
     AddReason(plan.reason, "RX stays in OpenSSL: this kernel cannot install new RX keys (needs Linux 6.14), so a "
                            "peer's KeyUpdate would end the connection (RxOffload::kOn forces RX offload)");
   } else if (!caps.Supports(plan.version, *cipher, true)) {
+    plan.rx_reason = FallbackReason::kCipher;
     AddReason(plan.reason, "the kernel does not accept " + cipher_text + " for RX");
   } else if (!state.rx.app_keys || state.rx.key_updated) {
     AddReason(plan.reason, "RX record count unknown");
@@ -289,6 +303,7 @@ Plan Validate(ConnectionImpl& conn, CaptureState& state, const OffloadOptions& o
       AddReason(plan.reason, "RX keys: " + info.error().ToString());
     } else {
       plan.rx = true;
+      plan.rx_reason = FallbackReason::kNone;
       plan.rx_info = std::move(info).value();
     }
   }
@@ -341,6 +356,7 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
     const int ulp = sys::SetSockOpt(fd, uapi::kSolTcp, uapi::kTcpUlp, uapi::kTlsUlpName, sizeof(uapi::kTlsUlpName) - 1);
     if (ulp != 0) {
       plan.tx = plan.rx = false;
+      plan.tx_reason = plan.rx_reason = FallbackReason::kKernelRefused;
       AddReason(plan.reason, "setsockopt(TCP_ULP, \"tls\"): " + std::string(std::strerror(-ulp)));
     }
   }
@@ -348,6 +364,7 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
     const int rc = sys::SetSockOpt(fd, uapi::kSolTls, uapi::kTlsTx, plan.tx_info.data(), plan.tx_info.size());
     if (rc != 0) {
       plan.tx = plan.rx = false;
+      plan.tx_reason = plan.rx_reason = FallbackReason::kKernelRefused;
       AddReason(plan.reason, "setsockopt(TLS_TX): " + std::string(std::strerror(-rc)));
     } else {
       // TX now belongs to the kernel. Nothing below may fail for TX, and
@@ -359,6 +376,7 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
   if (plan.rx) {
     const int rc = sys::SetSockOpt(fd, uapi::kSolTls, uapi::kTlsRx, plan.rx_info.data(), plan.rx_info.size());
     if (rc != 0) {
+      plan.rx_reason = FallbackReason::kKernelRefused;
       AddReason(plan.reason, "setsockopt(TLS_RX): " + std::string(std::strerror(-rc)));
     } else {
       conn->rx = Offload::kKernel;
@@ -413,8 +431,10 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
     BIO* bio = socket_bio.release();
     SSL_set_bio(conn->ssl.get(), bio, bio);  // One reference serves both.
   }
+  conn->tx_fallback = plan.tx_reason;
+  conn->rx_fallback = plan.rx_reason;
   if ((conn->tx == Offload::kUser || conn->rx == Offload::kUser) && options.on_fallback) {
-    options.on_fallback(OffloadReport{conn->tx, conn->rx, plan.reason});
+    options.on_fallback(OffloadReport{conn->tx, conn->rx, plan.reason, plan.tx_reason, plan.rx_reason});
   }
   return Connection(std::move(conn));
 }

@@ -63,4 +63,18 @@ std::string_view AlertName(int alert) noexcept {
   }
 }
 
+const char* FallbackReasonName(FallbackReason reason) noexcept {
+  switch (reason) {
+    case FallbackReason::kNone: return "none";
+    case FallbackReason::kDisabled: return "disabled";
+    case FallbackReason::kNoKernelTls: return "no_ktls";
+    case FallbackReason::kProtocol: return "protocol";
+    case FallbackReason::kCipher: return "cipher";
+    case FallbackReason::kNoRekey: return "no_rekey";
+    case FallbackReason::kSessionState: return "session_state";
+    case FallbackReason::kKernelRefused: return "kernel_refused";
+  }
+  return "unknown";
+}
+
 }  // namespace ktls

@@ -54,6 +54,7 @@
 #include "kernel/tls_uapi.h"
 #include "ktls/client.h"
 #include "ktls/connection.h"
+#include "ktls/kernel_state.h"
 #include "ktls/offload.h"
 #include "ktls/probe.h"
 #include "ktls/server.h"
@@ -410,7 +411,14 @@ TEST_P(OffloadFallbackKernelTest, EchoesWithEachDirectionWhereItEndedUp) {
     ExpectOffloaded(report.tx, report.rx, refused.tx, refused.rx, "the fallback report");
     EXPECT_NE(report.reason.find(refused.name), std::string::npos)
         << "the fallback reason should name " << refused.name << ": " << report.reason;
+    // Each direction that stayed says so in the fixed set too.
+    EXPECT_STREQ(FallbackReasonName(report.tx_reason),
+                 FallbackReasonName(refused.tx == Offload::kKernel ? FallbackReason::kNone
+                                                                   : FallbackReason::kKernelRefused));
+    EXPECT_STREQ(FallbackReasonName(report.rx_reason), FallbackReasonName(FallbackReason::kKernelRefused));
   }
+  // The connection keeps them: kernel_state().
+  EXPECT_STREQ(FallbackReasonName(conn->kernel_state().rx.why_not), FallbackReasonName(FallbackReason::kKernelRefused));
   // Only what reached the kernel counts: TX on both ends in mixed mode.
   const long long kernel_tx = refused.tx == Offload::kKernel ? 2 : 0;
   ExpectSwCountersMoved(stats_before, kernel_tx, 0);
@@ -466,7 +474,10 @@ TEST(OffloadFallbackKernelTest, RxOffloadAutoFollowsKernelRekeySupport) {
   for (const OffloadReport& report : reports) {
     EXPECT_NE(report.reason.find("6.14"), std::string::npos)
         << "the reason should say which kernel can take RX: " << report.reason;
+    EXPECT_STREQ(FallbackReasonName(report.tx_reason), "none");
+    EXPECT_STREQ(FallbackReasonName(report.rx_reason), "no_rekey");
   }
+  EXPECT_STREQ(FallbackReasonName(conn->kernel_state().rx.why_not), rekey ? "none" : "no_rekey");
 }
 
 // --- e. /proc/net/tls_stat ---------------------------------------------------

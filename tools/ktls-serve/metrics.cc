@@ -9,9 +9,6 @@ namespace {
 
 constexpr auto kRelaxed = std::memory_order_relaxed;
 
-constexpr std::array<std::string_view, kNumFallbackReasons> kFallbackNames = {
-    "disabled", "no_ktls", "protocol", "cipher", "no_rekey", "kernel_refused", "other"};
-
 constexpr std::string_view kWhere[2] = {"user", "kernel"};
 
 void Family(std::string& out, std::string_view name, std::string_view type, std::string_view help) {
@@ -26,26 +23,6 @@ void Sample(std::string& out, std::string_view name, std::string_view labels, st
 }
 
 }  // namespace
-
-std::string_view FallbackReasonName(FallbackReason reason) noexcept {
-  return kFallbackNames[static_cast<std::size_t>(reason)];
-}
-
-FallbackReason ClassifyFallback(std::string_view reason) noexcept {
-  // The first clause says why the first direction that fell back did; the
-  // library joins further ones with "; ".
-  const std::string_view first = reason.substr(0, reason.find("; "));
-  const auto has = [first](std::string_view phrase) { return first.find(phrase) != std::string_view::npos; };
-  if (has("offload is turned off")) return FallbackReason::kDisabled;  // TX (TxOffload::kOff) or RX (kOff).
-  if (first.starts_with("kernel TLS unavailable")) return FallbackReason::kNoKernelTls;
-  if (first.starts_with("protocol ")) return FallbackReason::kProtocol;
-  if (first.starts_with("cipher not offloadable") || first.starts_with("the kernel does not accept")) {
-    return FallbackReason::kCipher;
-  }
-  if (has("cannot install new RX keys")) return FallbackReason::kNoRekey;
-  if (first.starts_with("setsockopt(")) return FallbackReason::kKernelRefused;
-  return FallbackReason::kOther;
-}
 
 std::size_t HandshakeFailureIndex(ErrorCategory category) noexcept {
   switch (category) {
@@ -74,9 +51,11 @@ void Metrics::HandshakeFailed(std::size_t reason_index) noexcept {
 }
 
 void Metrics::Fallback(const OffloadReport& report) noexcept {
-  const auto reason = static_cast<std::size_t>(ClassifyFallback(report.reason));
-  if (report.tx == Offload::kUser) fallbacks_[reason].fetch_add(1, kRelaxed);
-  if (report.rx == Offload::kUser) fallbacks_[kNumFallbackReasons + reason].fetch_add(1, kRelaxed);
+  const auto index = [](FallbackReason reason) {
+    return std::min(static_cast<std::size_t>(reason), kNumFallbackReasons - 1);
+  };
+  if (report.tx == Offload::kUser) fallbacks_[index(report.tx_reason)].fetch_add(1, kRelaxed);
+  if (report.rx == Offload::kUser) fallbacks_[kNumFallbackReasons + index(report.rx_reason)].fetch_add(1, kRelaxed);
 }
 
 void Metrics::Request(unsigned status) noexcept {
@@ -119,10 +98,11 @@ std::string Metrics::Render(const Result<KernelTlsStats>& tls_stat) const {
   Family(out, "ktls_offload_fallbacks_total", "counter",
          "Connection directions that stayed in userspace TLS, by direction and reason.");
   for (std::size_t direction = 0; direction < 2; ++direction) {
-    for (std::size_t reason = 0; reason < kNumFallbackReasons; ++reason) {
+    // Every reason but kNone (0): a direction that fell back has one.
+    for (std::size_t reason = 1; reason < kNumFallbackReasons; ++reason) {
       Sample(out, "ktls_offload_fallbacks_total",
              std::string("direction=\"") + (direction == 0 ? "tx" : "rx") + "\",reason=\"" +
-                 std::string(kFallbackNames[reason]) + "\"",
+                 FallbackReasonName(static_cast<FallbackReason>(reason)) + "\"",
              fallbacks_[direction * kNumFallbackReasons + reason].load(kRelaxed));
     }
   }

@@ -3,9 +3,9 @@
 //
 // Counting is on every connection's and request's path, so each count is
 // one relaxed atomic add: no lock, no allocation, no label text built. Label
-// values come from small fixed sets (the enums and arrays below); anything
-// free-form (the library's fallback reason, an error's detail) is mapped
-// into them first, never copied into a label.
+// values come from small fixed sets (the enums and arrays below, and the
+// library's FallbackReason); anything free-form (an error's detail) is
+// mapped into them first, never copied into a label.
 #ifndef KTLS_TOOLS_KTLS_SERVE_METRICS_H_
 #define KTLS_TOOLS_KTLS_SERVE_METRICS_H_
 
@@ -23,26 +23,9 @@
 
 namespace ktls::serve {
 
-// FallbackReason: why a direction stayed in userspace TLS, as a label
-// (ktls_offload_fallbacks_total{reason=...}).
-enum class FallbackReason : std::uint8_t {
-  kDisabled,       // "disabled": switched off (--no-offload, --no-rx).
-  kNoKernelTls,    // "no_ktls": the kernel has no kTLS at all.
-  kProtocol,       // "protocol": a TLS version the kernel cannot carry.
-  kCipher,         // "cipher": a suite the kernel cannot carry (CBC, CCM_8, or not in this kernel).
-  kNoRekey,        // "no_rekey": RX kept in OpenSSL, the kernel cannot follow a KeyUpdate (< 6.14).
-  kKernelRefused,  // "kernel_refused": setsockopt(TCP_ULP, TLS_TX or TLS_RX) failed.
-  kOther,          // "other": anything else (buffered data, record counts unknown, ...).
-};
-inline constexpr std::size_t kNumFallbackReasons = 7;
-
-// FallbackReasonName returns the label value ("disabled", ...).
-std::string_view FallbackReasonName(FallbackReason reason) noexcept;
-
-// ClassifyFallback maps the library's fallback reason text
-// (OffloadReport::reason) to a FallbackReason, by its first clause. The text
-// is the library's; tests/unit/serve_metrics_test.cc pins the phrases.
-FallbackReason ClassifyFallback(std::string_view reason) noexcept;
+// Fallbacks are counted by the library's FallbackReason
+// (OffloadReport::tx_reason/rx_reason), labelled with FallbackReasonName:
+// ktls_offload_fallbacks_total{direction=...,reason="disabled"|...}.
 
 // HandshakeFailure: why a handshake failed, as a label
 // (ktls_handshake_failures_total{reason=...}): "timeout" (the handshake
