@@ -49,6 +49,7 @@ CASE_NAMES = {
     "nginx": "nginx, one worker, `sendfile on`, OpenSSL's kTLS",
     "ktls_serve": "`ktls-serve --threads 1`",
     "ktls_serve_no_offload": "`ktls-serve --threads 1 --no-offload`",
+    "ktls_serve_metrics": "`ktls-serve --threads 1 --metrics`",
 }
 GROUP_TITLES = {
     "bulk_send": "Bulk send, one connection (MB/s, higher is better; ratio to the AF_ALG ceiling)",

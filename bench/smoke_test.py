@@ -114,7 +114,7 @@ def main():
                     fail(f"comparison static_files.{size}_{metric} missing")
                 cases = {c["id"]: c for c in comparison["cases"]}
                 for case_id, where in (("nginx", "TlsTxSw"), ("ktls_serve", "tx=kernel"),
-                                       ("ktls_serve_no_offload", "tx=user")):
+                                       ("ktls_serve_no_offload", "tx=user"), ("ktls_serve_metrics", "tx=kernel")):
                     case = cases.get(case_id)
                     if case is None or case["status"] != "ok" or not case["median"] > 0:
                         fail(f"static_files.{size}_{metric}/{case_id} not measured: {case}")

@@ -2,21 +2,22 @@
 """static_files.py: issue #7 part 5, static files over HTTPS: ktls-serve
 against nginx (Debian's, one worker, `sendfile on;`, OpenSSL's kTLS through
 `ssl_conf_command Options KTLS;`) and against ktls-serve with the offload
-off, driven by wrk with keep-alive, for a 4 KiB and a 16 MiB file.
+off and with its Prometheus counters on (--metrics, to show what counting
+costs), driven by wrk with keep-alive, for a 4 KiB and a 16 MiB file.
 
     static_files.py --ktls-serve PATH [--runs N] [--seconds-small S]
                     [--seconds-large S] [--large-bytes N] [--label L]
                     [--json OUT] [--smoke]
 
 Runs inside a kernel with kTLS (scripts/bench runs it in each UML guest; the
-smoke test kernel.bench-smoke runs it tiny). All three servers run at once on
+smoke test kernel.bench-smoke runs it tiny). All four servers run at once on
 their own ports with the same certificate (ECDSA P-256, made here with
 openssl), TLS 1.3 only, and one thread each (nginx: one worker process;
 ktls-serve: --threads 1). wrk (one thread, keep-alive) is made to offer only
 TLS_AES_128_GCM_SHA256 through an OpenSSL configuration file, so every
 server negotiates that suite; openssl s_client checks it for each server.
 Each run hits the servers one after another (the order rotating from run to
-run), so load on the machine spreads over all three.
+run), so load on the machine spreads over all of them.
 
 Offload is proved per run from /proc/net/tls_stat deltas and ktls-serve's
 access log: every ktls-serve request must say tx=kernel and TlsTxSw must
@@ -43,12 +44,14 @@ import tempfile
 import time
 
 SUITE = "TLS_AES_128_GCM_SHA256"
-PORTS = {"nginx": 18443, "ktls_serve": 18444, "ktls_serve_no_offload": 18445}
-SERVERS = ["nginx", "ktls_serve", "ktls_serve_no_offload"]
+PORTS = {"nginx": 18443, "ktls_serve": 18444, "ktls_serve_no_offload": 18445, "ktls_serve_metrics": 18446}
+METRICS_PORT = 18447
+SERVERS = ["nginx", "ktls_serve", "ktls_serve_no_offload", "ktls_serve_metrics"]
 LABELS = {
     "nginx": "nginx, one worker, sendfile on, OpenSSL kTLS",
     "ktls_serve": "ktls-serve --threads 1",
     "ktls_serve_no_offload": "ktls-serve --threads 1 --no-offload",
+    "ktls_serve_metrics": "ktls-serve --threads 1 --metrics (counting on every request)",
 }
 
 
@@ -204,7 +207,8 @@ def main():
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(nginx)
         logs["nginx"] = os.path.join(work, "nginx-access.log")
-        for server, extra in (("ktls_serve", []), ("ktls_serve_no_offload", ["--no-offload"])):
+        for server, extra in (("ktls_serve", []), ("ktls_serve_no_offload", ["--no-offload"]),
+                              ("ktls_serve_metrics", ["--metrics", f"127.0.0.1:{METRICS_PORT}"])):
             logs[server] = os.path.join(work, f"{server}.log")
             with open(logs[server], "w") as out, open(os.path.join(work, f"{server}.err"), "w") as err:
                 procs.append(subprocess.Popen([args.ktls_serve, "--root", www, "--listen",
@@ -219,7 +223,7 @@ def main():
         evidence = {(sid, s): [] for sid, *_ in sizes for s in SERVERS}
         for run in range(args.runs):
             for sid, name, size, seconds, conns in sizes:
-                order = SERVERS[run % 3:] + SERVERS[:run % 3]
+                order = SERVERS[run % len(SERVERS):] + SERVERS[:run % len(SERVERS)]
                 for server in order:
                     before = tls_stat()
                     requests, rps = wrk(f"https://127.0.0.1:{PORTS[server]}/{size}.bin", seconds, conns, client_env)
