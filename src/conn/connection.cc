@@ -17,6 +17,7 @@
 #include <string>
 
 #include "conn/connection_impl.h"
+#include "conn/kernel_io.h"
 #include "conn/traffic_keys.h"
 #include "handshake/capture.h"
 #include "core/errors.h"
@@ -73,46 +74,8 @@ std::uint64_t MaxRecordsFor(std::size_t len) { return (len + kMaxRecordPlaintext
 constexpr unsigned char kKeyUpdateNotRequested = 0;
 constexpr unsigned char kKeyUpdateRequested = 1;
 
-bool WouldBlock(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
-
-// KernelRecv: what one recvmsg on a socket with kTLS RX returned.
-struct KernelRecv {
-  ssize_t n = 0;       // Bytes, or -errno.
-  bool typed = false;  // The kernel named a record type: n == 0 is then an empty record, not the end.
-  unsigned char type = uapi::kRecordApplicationData;
-  bool record_end = false;  // MSG_EOR: the call returned a control record's last byte.
-};
-
-// RecvKernelRecord reads into buf. With TLS_RX set, every recvmsg must
-// offer a control buffer: the kernel returns a non-data record only to a
-// caller that can learn its type, and never mixes record types in one call.
-KernelRecv RecvKernelRecord(int fd, std::span<std::byte> buf, int flags) {
-  alignas(cmsghdr) std::array<unsigned char, CMSG_SPACE(sizeof(unsigned char))> control{};
-  iovec iov{buf.data(), buf.size()};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.data();
-  msg.msg_controllen = control.size();
-  KernelRecv got;
-  got.n = sys::RecvMsg(fd, &msg, flags);
-  if (got.n < 0) return got;
-  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-    if (cmsg->cmsg_level == uapi::kSolTls && cmsg->cmsg_type == uapi::kTlsGetRecordType) {
-      got.type = *CMSG_DATA(cmsg);
-      got.typed = true;
-    }
-  }
-  got.record_end = (msg.msg_flags & MSG_EOR) != 0;
-  return got;
-}
-
 // Blocked: no progress now; call again once the socket is ready for `wait`.
 IoProgress Blocked(Wait wait) { return IoProgress{0, true, false, wait}; }
-
-// IsWouldBlock: a control record could not go out now (non-blocking socket
-// with a full send buffer). Nothing was sent; trying again later is safe.
-bool IsWouldBlock(const Error& error) { return error.category == ErrorCategory::kIo && WouldBlock(error.sys_errno); }
 
 }  // namespace
 
@@ -537,19 +500,7 @@ void ConnectionImpl::DropTicketRelay(const char* reason) {
 }
 
 Result<void> ConnectionImpl::SendKernelControlRecord(unsigned char type, std::span<const unsigned char> payload) {
-  alignas(cmsghdr) std::array<unsigned char, CMSG_SPACE(sizeof(unsigned char))> control{};
-  iovec iov{const_cast<unsigned char*>(payload.data()), payload.size()};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.data();
-  msg.msg_controllen = control.size();
-  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-  cmsg->cmsg_level = uapi::kSolTls;
-  cmsg->cmsg_type = uapi::kTlsSetRecordType;
-  cmsg->cmsg_len = CMSG_LEN(sizeof(unsigned char));
-  *CMSG_DATA(cmsg) = type;
-  const ssize_t n = sys::SendMsg(socket.get(), &msg, MSG_NOSIGNAL);
+  const ssize_t n = SendControlRecord(socket.get(), type, payload, MSG_NOSIGNAL);
   if (n < 0) return SysError(static_cast<int>(-n), "sendmsg of a control record");
   if (static_cast<std::size_t>(n) != payload.size()) {
     return MakeError(ErrorCategory::kIo, "short write of a control record");

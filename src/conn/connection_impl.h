@@ -117,6 +117,8 @@ class ConnectionImpl {
   // SendFatalAlert sends a fatal alert (best effort: the connection is
   // ending) and shuts down the write side.
   void SendFatalAlert(int alert);
+  // SendKernelControlRecord sends one whole control record through kernel
+  // TX (SendControlRecord, conn/kernel_io.h); a short write is an error.
   Result<void> SendKernelControlRecord(unsigned char type, std::span<const unsigned char> payload);
   Result<IoProgress> Fail(Error error);
   // SendWentNowhere: after a kernel send that returned len, the error to
