@@ -1,4 +1,7 @@
-// conn/connection_impl.h: the state behind ktls::Connection.
+// conn/connection_impl.h: the state behind ktls::Connection. Its member
+// functions are defined by job across connection.cc (lifetime, the public
+// forwarding layer), connection_read.cc, control_records.cc,
+// connection_write.cc, key_update.cc and linger.cc.
 #ifndef KTLS_SRC_CONN_CONNECTION_IMPL_H_
 #define KTLS_SRC_CONN_CONNECTION_IMPL_H_
 
@@ -120,10 +123,12 @@ class ConnectionImpl {
   // SendFatalAlert sends a fatal alert (best effort: the connection is
   // ending) and shuts down the write side.
   void SendFatalAlert(int alert);
+  // SendKernelControlRecord sends one whole control record through kernel
+  // TX (SendControlRecord, conn/kernel_io.h); a short write is an error.
   Result<void> SendKernelControlRecord(unsigned char type, std::span<const unsigned char> payload);
   Result<IoProgress> Fail(Error error);
   // SendWentNowhere: after a kernel send that returned len, the error to
-  // report if the socket could not actually send (see connection.cc).
+  // report if the socket could not actually send (see connection_write.cc).
   std::optional<Error> SendWentNowhere(std::size_t len);
   // --- kernel TX, all under tx_mu_ ---
   // BeforeKernelWrite runs before every write of up to *len bytes: it sends
@@ -201,6 +206,9 @@ class ConnectionImpl {
   std::size_t linger_discarded_ = 0;
   std::chrono::steady_clock::time_point linger_deadline_{};
 };
+
+// Blocked: no progress now; call again once the socket is ready for `wait`.
+inline IoProgress Blocked(Wait wait) { return IoProgress{0, true, false, wait}; }
 
 }  // namespace ktls::detail
 

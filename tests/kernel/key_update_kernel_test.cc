@@ -49,6 +49,7 @@
 #include <string>
 #include <vector>
 
+#include "conn/kernel_io.h"
 #include "core/openssl_ptr.h"
 #include "kernel/tls_uapi.h"
 #include "ktls/connection.h"
@@ -702,9 +703,9 @@ TEST_P(KeyUpdateMalformedKernelTest, IsAnsweredWithTheRightAlert) {
 
   const Bytes data = RandomBytes(3000);
   EXPECT_EQ(WriteAll(*conn, data), "");
-  EXPECT_EQ(SendRecord(conn->fd(), uapi::kRecordHandshake, malformed.payload),
-            static_cast<ssize_t>(malformed.payload.size()))
-      << std::strerror(errno);
+  const ssize_t sent = detail::SendControlRecord(conn->fd(), uapi::kRecordHandshake, malformed.payload, MSG_NOSIGNAL);
+  EXPECT_EQ(sent, static_cast<ssize_t>(malformed.payload.size()))
+      << (sent < 0 ? std::strerror(static_cast<int>(-sent)) : "a short write");
   Bytes client_received;
   const RxEnd client_end = ReadUntilEnd(*conn, client_received);
   conn->Close();

@@ -57,6 +57,7 @@
 #include <vector>
 
 #include "common/self_signed.h"
+#include "conn/kernel_io.h"
 #include "core/openssl_ptr.h"
 #include "ktls/client.h"
 #include "ktls/connection.h"
@@ -753,7 +754,8 @@ TEST(OffloadEndOfStreamKernelTest, PeerFatalAlertIsAnAlertError) {
   const Bytes data = RandomBytes(3000);
   ASSERT_EQ(WriteAll(*conn, data), "");
   const std::array<std::uint8_t, 2> alert = {kAlertLevelFatal, kAlertHandshakeFailure};
-  ASSERT_EQ(SendRecord(conn->fd(), 21, alert), 2) << std::strerror(errno);
+  const ssize_t sent = detail::SendControlRecord(conn->fd(), 21, alert, MSG_NOSIGNAL);
+  ASSERT_EQ(sent, 2) << (sent < 0 ? std::strerror(static_cast<int>(-sent)) : "a short write");
 
   const ServerEnd& end = server.Join()[0];
   EXPECT_EQ(end.error, "");

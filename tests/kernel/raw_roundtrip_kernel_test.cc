@@ -32,6 +32,7 @@
 #include <thread>
 #include <vector>
 
+#include "conn/kernel_io.h"
 #include "kernel/crypto_info.h"
 #include "kernel/syscalls.h"
 #include "kernel/tls_uapi.h"
@@ -45,6 +46,7 @@ namespace {
 
 namespace sys = ::ktls::detail::sys;
 namespace uapi = ::ktls::detail::uapi;
+using ::ktls::detail::KernelRecv;
 using Bytes = std::vector<std::uint8_t>;
 
 // A test that goes wrong fails with EAGAIN after this long instead of hanging.
@@ -129,51 +131,10 @@ RecordKeys ReferenceKeys(const Suite& suite, const DirectionKeys& keys, std::uin
   return MakeRecordKeys(suite.version, suite.cipher, keys.key, keys.iv, rec_seq);
 }
 
-// SendRecordOfType sends bytes as one record of the given content type
-// (sendmsg with a TLS_SET_RECORD_TYPE cmsg). Returns the seam's result.
-ssize_t SendRecordOfType(int fd, std::uint8_t content_type, std::span<const std::uint8_t> bytes) {
-  iovec iov{const_cast<std::uint8_t*>(bytes.data()), bytes.size()};
-  alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(std::uint8_t))> control{};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.data();
-  msg.msg_controllen = control.size();
-  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-  cmsg->cmsg_level = uapi::kSolTls;
-  cmsg->cmsg_type = uapi::kTlsSetRecordType;
-  cmsg->cmsg_len = CMSG_LEN(sizeof(std::uint8_t));
-  std::memcpy(CMSG_DATA(cmsg), &content_type, sizeof(content_type));
-  return sys::SendMsg(fd, &msg, MSG_NOSIGNAL);
-}
-
-// TypedRead: one recvmsg on a TLS_RX socket with room for a cmsg.
-struct TypedRead {
-  ssize_t rc = 0;               // The seam's result: bytes read or -errno.
-  bool has_record_type = false;  // A TLS_GET_RECORD_TYPE cmsg came back.
-  std::uint8_t record_type = 0;
-  int msg_flags = 0;
-};
-
-TypedRead RecvWithRecordType(int fd, std::span<std::uint8_t> buffer) {
-  iovec iov{buffer.data(), buffer.size()};
-  alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(std::uint8_t))> control{};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.data();
-  msg.msg_controllen = control.size();
-  TypedRead out;
-  out.rc = sys::RecvMsg(fd, &msg, 0);
-  out.msg_flags = msg.msg_flags;
-  if (out.rc < 0) return out;
-  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-    if (cmsg->cmsg_level == uapi::kSolTls && cmsg->cmsg_type == uapi::kTlsGetRecordType) {
-      out.has_record_type = true;
-      std::memcpy(&out.record_type, CMSG_DATA(cmsg), sizeof(out.record_type));
-    }
-  }
-  return out;
+// RecvWithRecordType: one recvmsg on a TLS_RX socket with room for a cmsg,
+// through the library's own (conn/kernel_io.h).
+KernelRecv RecvWithRecordType(int fd, std::span<std::uint8_t> buffer) {
+  return detail::RecvKernelRecord(fd, std::as_writable_bytes(buffer), 0);
 }
 
 // HandshakeBytes: random handshake-record content that does not start with
@@ -262,7 +223,7 @@ void RawRoundTripKernelTest::KernelTxToReference(std::uint64_t start_seq) {
   std::size_t offset = 0;
   for (std::size_t i = 0; offset < data.size() && write_failure == 0; ++i) {
     if (!handshake_sent && offset >= handshake_at) {
-      handshake_rc = SendRecordOfType(tls_fd, kContentHandshake, handshake_payload);
+      handshake_rc = detail::SendControlRecord(tls_fd, kContentHandshake, handshake_payload, MSG_NOSIGNAL);
       handshake_sent = true;
       handshake_sent_at = offset;
     }
@@ -396,21 +357,21 @@ void RawRoundTripKernelTest::ReferenceToKernelRx(std::uint64_t start_seq) {
   std::size_t group_index = 0;
   std::size_t group_offset = 0;
   std::size_t received_len = 0;
-  TypedRead failed_read;
+  KernelRecv failed_read;
   bool mismatch = false;
   while (received_len < total_len && !mismatch) {
-    const TypedRead read = RecvWithRecordType(tls_fd, buffer);
-    if (read.rc <= 0) {
+    const KernelRecv read = RecvWithRecordType(tls_fd, buffer);
+    if (read.n <= 0) {
       failed_read = read;
       break;
     }
     const Group& group = groups[group_index];
-    const auto len = static_cast<std::size_t>(read.rc);
-    EXPECT_TRUE(read.has_record_type) << "every recvmsg with a cmsg buffer gets TLS_GET_RECORD_TYPE";
+    const auto len = static_cast<std::size_t>(read.n);
+    EXPECT_TRUE(read.typed) << "every recvmsg with a cmsg buffer gets TLS_GET_RECORD_TYPE";
     EXPECT_EQ(read.msg_flags & MSG_CTRUNC, 0) << "the cmsg should fit";
-    EXPECT_EQ(read.record_type, group.content_type) << "record type of the bytes at offset " << received_len;
+    EXPECT_EQ(read.type, group.content_type) << "record type of the bytes at offset " << received_len;
     if (group_offset + len > group.bytes.size() ||
-        !std::equal(buffer.begin(), buffer.begin() + read.rc,
+        !std::equal(buffer.begin(), buffer.begin() + read.n,
                     group.bytes.begin() + static_cast<std::ptrdiff_t>(group_offset))) {
       ADD_FAILURE() << "recvmsg returned " << len << " bytes at offset " << received_len
                     << " that are not the sealed plaintext of one record type (mixed types or wrong data)";
@@ -425,8 +386,8 @@ void RawRoundTripKernelTest::ReferenceToKernelRx(std::uint64_t start_seq) {
   }
   writer.join();
   ASSERT_TRUE(write_ok) << "writing the sealed records to the raw socket: " << std::strerror(write_errno);
-  ASSERT_EQ(failed_read.rc, 0) << "recvmsg on the TLS_RX socket should deliver every record: "
-                               << ErrnoText(failed_read.rc);
+  ASSERT_EQ(failed_read.n, 0) << "recvmsg on the TLS_RX socket should deliver every record: "
+                              << ErrnoText(failed_read.n);
   EXPECT_EQ(received_len, total_len);
   EXPECT_EQ(group_index, groups.size()) << "every record type group should have been delivered";
   ExpectCountersMoved(stats_before, /*tx_sw=*/0, /*rx_sw=*/1);
@@ -474,11 +435,11 @@ TEST_P(RawRoundTripKernelTest, KernelRxWithoutCmsgBufferRefusesControlRecordWith
   EXPECT_EQ(rc, -EIO) << "read() of a control record without a cmsg buffer should fail with errno EIO, got "
                       << (rc >= 0 ? std::to_string(rc) + " bytes" : ErrnoText(rc));
   // The record stays queued: a recvmsg with a cmsg buffer gets it.
-  const TypedRead typed = RecvWithRecordType(tls_fd, buffer);
-  ASSERT_EQ(typed.rc, static_cast<ssize_t>(handshake.size()))
-      << "recvmsg with a cmsg buffer should then return the handshake record: " << ErrnoText(typed.rc);
-  EXPECT_TRUE(typed.has_record_type);
-  EXPECT_EQ(typed.record_type, kContentHandshake);
+  const KernelRecv typed = RecvWithRecordType(tls_fd, buffer);
+  ASSERT_EQ(typed.n, static_cast<ssize_t>(handshake.size()))
+      << "recvmsg with a cmsg buffer should then return the handshake record: " << ErrnoText(typed.n);
+  EXPECT_TRUE(typed.typed);
+  EXPECT_EQ(typed.type, kContentHandshake);
   EXPECT_TRUE(std::equal(handshake.begin(), handshake.end(), buffer.begin()));
 }
 
@@ -513,18 +474,18 @@ TEST_P(RawRoundTripKernelTest, KernelRxRefusesFlippedBitWithEbadmsg) {
   // trustworthy.)
   Bytes buffer(64 * 1024);
   Bytes delivered;
-  TypedRead read;
+  KernelRecv read;
   for (int i = 0; i < 10; ++i) {
     read = RecvWithRecordType(tls_fd, buffer);
-    if (read.rc <= 0) break;
-    delivered.insert(delivered.end(), buffer.begin(), buffer.begin() + read.rc);
+    if (read.n <= 0) break;
+    delivered.insert(delivered.end(), buffer.begin(), buffer.begin() + read.n);
   }
-  EXPECT_EQ(read.rc, -EBADMSG) << "recvmsg of a record with a flipped bit should fail with errno EBADMSG, got "
-                               << (read.rc >= 0 ? std::to_string(read.rc) + " bytes" : ErrnoText(read.rc));
+  EXPECT_EQ(read.n, -EBADMSG) << "recvmsg of a record with a flipped bit should fail with errno EBADMSG, got "
+                              << (read.n >= 0 ? std::to_string(read.n) + " bytes" : ErrnoText(read.n));
   EXPECT_EQ(delivered, good) << "only the intact record's plaintext may be delivered";
-  const TypedRead again = RecvWithRecordType(tls_fd, buffer);
-  EXPECT_EQ(again.rc, -EBADMSG) << "the failure is sticky: the next recvmsg should fail with errno EBADMSG too, got "
-                                << (again.rc >= 0 ? std::to_string(again.rc) + " bytes" : ErrnoText(again.rc));
+  const KernelRecv again = RecvWithRecordType(tls_fd, buffer);
+  EXPECT_EQ(again.n, -EBADMSG) << "the failure is sticky: the next recvmsg should fail with errno EBADMSG too, got "
+                               << (again.n >= 0 ? std::to_string(again.n) + " bytes" : ErrnoText(again.n));
 
   const auto after = ReadTlsStat();
   ASSERT_TRUE(after.count("TlsDecryptError")) << "/proc/net/tls_stat should list TlsDecryptError";

@@ -44,6 +44,7 @@
 #include <utility>
 #include <vector>
 
+#include "conn/kernel_io.h"
 #include "core/openssl_ptr.h"
 #include "kernel/tls_uapi.h"
 #include "ktls/client.h"
@@ -658,9 +659,10 @@ TEST(Tls12KernelTest, RenegotiationAttemptGetsAWarningAndTheServerGoesOn) {
   // A ClientHello header and a few body bytes: the server drops the rest of
   // the record with it, as OpenSSL does.
   const Bytes client_hello = {1, 0, 0, 4, 3, 3, 0, 0};
-  EXPECT_EQ(SendRecord(conn->fd(), detail::uapi::kRecordHandshake, client_hello),
-            static_cast<ssize_t>(client_hello.size()))
-      << std::strerror(errno);
+  const ssize_t sent =
+      detail::SendControlRecord(conn->fd(), detail::uapi::kRecordHandshake, client_hello, MSG_NOSIGNAL);
+  EXPECT_EQ(sent, static_cast<ssize_t>(client_hello.size()))
+      << (sent < 0 ? std::strerror(static_cast<int>(-sent)) : "a short write");
   EXPECT_EQ(WriteAll(*conn, second), "");
   const std::string read_error = ReadExactly(*conn, second.size(), echoed);
   EXPECT_NE(read_error.find("no_renegotiation"), std::string::npos) << read_error;

@@ -19,7 +19,6 @@
 #include <stdexcept>
 #include <utility>
 
-#include "kernel/tls_uapi.h"
 #include "tests/support/sockets.h"
 
 namespace ktls::testing {
@@ -411,23 +410,6 @@ std::string SslExpectAlert(SSL* ssl, int reason) {
   if (SSL_get_error(ssl, ret) == SSL_ERROR_SSL && ERR_GET_REASON(ERR_peek_last_error()) == reason) return "";
   return "expected the alert " + std::string(ERR_reason_error_string(ERR_PACK(ERR_LIB_SSL, 0, reason))) + ": " +
          SslFailure(ssl, ret, "SSL_read");
-}
-
-ssize_t SendRecord(int fd, std::uint8_t content_type, std::span<const std::uint8_t> payload) {
-  namespace uapi = ::ktls::detail::uapi;
-  iovec iov{const_cast<std::uint8_t*>(payload.data()), payload.size()};
-  alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(std::uint8_t))> control{};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.data();
-  msg.msg_controllen = control.size();
-  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-  cmsg->cmsg_level = uapi::kSolTls;
-  cmsg->cmsg_type = uapi::kTlsSetRecordType;
-  cmsg->cmsg_len = CMSG_LEN(sizeof(std::uint8_t));
-  std::memcpy(CMSG_DATA(cmsg), &content_type, sizeof(content_type));
-  return ::sendmsg(fd, &msg, MSG_NOSIGNAL);
 }
 
 }  // namespace plain_openssl

@@ -250,9 +250,6 @@ std::string SslExpectCloseNotify(SSL* ssl);
 // SslExpectAlert reads once and expects the peer's alert whose OpenSSL
 // reason code is `reason` (SSL_R_TLSV1_ALERT_...); "" if so.
 std::string SslExpectAlert(SSL* ssl, int reason);
-// SendRecord sends payload as one record of content_type on a socket whose
-// TX is in the kernel (TLS_SET_RECORD_TYPE), as a misbehaving peer would.
-ssize_t SendRecord(int fd, std::uint8_t content_type, std::span<const std::uint8_t> payload);
 
 }  // namespace plain_openssl
 

@@ -8,8 +8,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <optional>
 #include <vector>
 
+#include "conn/kernel_io.h"
 #include "kernel/syscalls.h"
 #include "kernel/tls_uapi.h"
 #include "tests/support/scripted_ktls.h"
@@ -144,20 +146,20 @@ TEST(ScriptedKtlsRx, AnswersLikeKtlsRx) {
 
 TEST(ScriptedKtlsRx, ParseSentRecordReadsTheRecordType) {
   std::uint8_t payload[2] = {2, 40};
-  alignas(cmsghdr) unsigned char control[CMSG_SPACE(1)] = {};
   iovec iov{payload, sizeof(payload)};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   EXPECT_EQ(ParseSentRecord(&msg).type, 23);  // No control message: application data.
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-  cmsg->cmsg_level = detail::uapi::kSolTls;
-  cmsg->cmsg_type = detail::uapi::kTlsSetRecordType;
-  cmsg->cmsg_len = CMSG_LEN(1);
-  *CMSG_DATA(cmsg) = 21;
-  const SentRecord sent = ParseSentRecord(&msg);
+  // A control record as the library sends it (conn/kernel_io.h), caught at
+  // the seam.
+  SentRecord sent;
+  SetStandIns({.send_msg = [&](int, const msghdr* sent_msg, int) -> std::optional<ssize_t> {
+    sent = ParseSentRecord(sent_msg);
+    return static_cast<ssize_t>(sent.bytes.size());
+  }});
+  EXPECT_EQ(detail::SendControlRecord(-1, 21, payload, MSG_NOSIGNAL), 2);
+  ClearFaults();
   EXPECT_EQ(sent.type, 21);
   EXPECT_EQ(sent.bytes, (std::vector<std::uint8_t>{2, 40}));
 }
