@@ -62,6 +62,7 @@
 #include "tests/support/fault_syscalls.h"
 #include "tests/support/kernel_env.h"
 #include "tests/support/sockets.h"
+#include "tests/support/tls13_suites.h"
 #include "tests/support/tls_peers.h"
 
 namespace ktls::testing {
@@ -73,21 +74,6 @@ using detail::UniqueSslCtx;
 
 constexpr std::size_t kKiB = 1024;
 constexpr std::size_t kMiB = 1024 * kKiB;
-
-// SuiteCase: one TLS 1.3 cipher suite, by OpenSSL name and kernel cipher.
-struct SuiteCase {
-  const char* name;
-  Cipher cipher;
-};
-
-void PrintTo(const SuiteCase& suite, std::ostream* out) { *out << suite.name; }
-
-constexpr std::array<SuiteCase, 4> kSuites = {{
-    {"TLS_AES_128_GCM_SHA256", Cipher::kAes128Gcm},
-    {"TLS_AES_256_GCM_SHA384", Cipher::kAes256Gcm},
-    {"TLS_CHACHA20_POLY1305_SHA256", Cipher::kChaCha20Poly1305},
-    {"TLS_AES_128_CCM_SHA256", Cipher::kAes128Ccm},
-}};
 
 // CounterDelta: how much a /proc/net/tls_stat counter moved (-1: missing).
 long long CounterDelta(const std::map<std::string, long long>& before, const std::map<std::string, long long>& after,
@@ -166,7 +152,7 @@ TEST_P(OffloadSuiteKernelTest, EchoesEachSizeWithBothDirectionsInKernel) {
                                            << (fallbacks.reports().empty() ? "" : fallbacks.reports()[0].reason);
 }
 
-INSTANTIATE_TEST_SUITE_P(Tls13, OffloadSuiteKernelTest, ::testing::ValuesIn(kSuites),
+INSTANTIATE_TEST_SUITE_P(Tls13, OffloadSuiteKernelTest, ::testing::ValuesIn(kTls13Suites),
                          [](const ::testing::TestParamInfo<SuiteCase>& param_info) {
                            std::string name;
                            for (char c : CipherName(param_info.param.cipher)) name.push_back(c);

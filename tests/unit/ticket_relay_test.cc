@@ -28,6 +28,7 @@
 #include "ktls/offload.h"
 #include "ktls/types.h"
 #include "tests/support/memory_bios.h"
+#include "tests/support/tls13_suites.h"
 #include "tests/support/tls_peers.h"
 
 namespace ktls::testing {
@@ -42,20 +43,6 @@ using detail::UniqueSslCtx;
 constexpr std::uint8_t kHandshakeNewSessionTicket = 4;
 constexpr int kAlertBadRecordMac = 20;
 constexpr int kAlertDecodeError = 50;
-
-struct SuiteCase {
-  const char* name;
-  Cipher cipher;
-};
-
-void PrintTo(const SuiteCase& suite, std::ostream* out) { *out << suite.name; }
-
-constexpr std::array<SuiteCase, 4> kSuites = {{
-    {"TLS_AES_128_GCM_SHA256", Cipher::kAes128Gcm},
-    {"TLS_AES_256_GCM_SHA384", Cipher::kAes256Gcm},
-    {"TLS_CHACHA20_POLY1305_SHA256", Cipher::kChaCha20Poly1305},
-    {"TLS_AES_128_CCM_SHA256", Cipher::kAes128Ccm},
-}};
 
 // Sessions: what the client context's new-session callback received.
 struct Sessions {
@@ -174,7 +161,7 @@ TEST_P(TicketRelayTest, AWrongSequenceNumberIsRefusedAsOpenSslRefusesABadRecord)
   ERR_clear_error();
 }
 
-INSTANTIATE_TEST_SUITE_P(Suites, TicketRelayTest, ::testing::ValuesIn(kSuites));
+INSTANTIATE_TEST_SUITE_P(Suites, TicketRelayTest, ::testing::ValuesIn(kTls13Suites));
 
 TEST(TicketRelay, AMalformedTicketGetsOpenSslsDecodeError) {
   TicketFixture fixture("TLS_AES_128_GCM_SHA256");
