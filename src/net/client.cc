@@ -70,12 +70,8 @@ Result<PendingHandshake> StartClientHandshake(int socket, const std::string& hos
 Result<PendingHandshake> StartClientHandshake(int socket, const std::string& host, const ClientConfig& config) {
   sockaddr_storage peer{};
   socklen_t peer_len = sizeof(peer);
-  std::uint16_t port = 0;
-  if (::getpeername(socket, reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0) {
-    if (peer.ss_family == AF_INET) port = ntohs(reinterpret_cast<const sockaddr_in*>(&peer)->sin_port);
-    if (peer.ss_family == AF_INET6) port = ntohs(reinterpret_cast<const sockaddr_in6*>(&peer)->sin6_port);
-  }
-  return StartClientHandshake(socket, host, port, config);
+  const bool known = ::getpeername(socket, reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0;
+  return StartClientHandshake(socket, host, known ? detail::PortOf(peer) : std::uint16_t{0}, config);
 }
 
 Result<Connection> Connect(const std::string& host, std::uint16_t port, const ClientConfig& config) {

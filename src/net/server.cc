@@ -84,10 +84,7 @@ Result<Listener> Listener::Wrap(int listen_fd, const ServerConfig& config) {
   auto impl = std::make_unique<Impl>(Impl{std::move(fd), std::move(context).value(), 0});
   sockaddr_storage addr{};
   socklen_t len = sizeof(addr);
-  if (::getsockname(listen_fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    if (addr.ss_family == AF_INET) impl->port = ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
-    if (addr.ss_family == AF_INET6) impl->port = ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
-  }
+  if (::getsockname(listen_fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) impl->port = detail::PortOf(addr);
   return Listener(std::move(impl));
 }
 

@@ -2,6 +2,7 @@
 #include "net/socket_util.h"
 
 #include <netdb.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -89,6 +90,12 @@ Result<UniqueFd> ConnectTcp(const std::string& host, const std::string& port) {
     return fd;
   }
   return SysError(last_errno, "cannot connect to " + host + ":" + port);
+}
+
+std::uint16_t PortOf(const sockaddr_storage& addr) {
+  if (addr.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(addr).sin_port);
+  if (addr.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(addr).sin6_port);
+  return 0;
 }
 
 }  // namespace ktls::detail

@@ -3,6 +3,9 @@
 #ifndef KTLS_SRC_NET_SOCKET_UTIL_H_
 #define KTLS_SRC_NET_SOCKET_UTIL_H_
 
+#include <sys/socket.h>
+
+#include <cstdint>
 #include <string>
 
 #include "core/unique_fd.h"
@@ -18,6 +21,10 @@ Result<UniqueFd> ListenTcp(const std::string& host, const std::string& port);
 
 // ConnectTcp resolves host and connects to the first address that answers.
 Result<UniqueFd> ConnectTcp(const std::string& host, const std::string& port);
+
+// PortOf returns the port of an IPv4 or IPv6 address (host order), or 0
+// for any other family.
+std::uint16_t PortOf(const sockaddr_storage& addr);
 
 
 }  // namespace ktls::detail
