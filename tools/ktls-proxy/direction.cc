@@ -117,6 +117,7 @@ void Direction::Step() {
     if (source_ended_) {
       Transfer t = sink_.ShutdownWrite(!truncated_);
       if (t.error) {
+        failed_in_shutdown_ = true;
         Fail(Side::kSink, std::move(*t.error));
       } else if (t.would_block) {
         sink_wait_ = t.wait;

@@ -35,6 +35,15 @@ class Direction {
   // close_notify (TLS).
   bool source_ended() const noexcept { return source_ended_; }
   bool truncated() const noexcept { return truncated_; }
+  // failed_in_shutdown: the failure came when ending the sink's side (its
+  // close_notify or FIN), after every byte went through.
+  bool failed_in_shutdown() const noexcept { return failed_in_shutdown_; }
+  // SinkClosedFirst: the sink's peer had already closed (the other
+  // direction saw its end) when ending its side failed: the stream is
+  // complete all the same, so the direction counts as done.
+  void SinkClosedFirst() noexcept {
+    if (state_ == State::kFailed && failed_in_shutdown_) state_ = State::kDone;
+  }
 
   // The epoll events this direction waits for now on each endpoint.
   std::uint32_t source_events() const noexcept;
@@ -58,6 +67,7 @@ class Direction {
   std::optional<ktls::Error> error_;
   bool source_ended_ = false;
   bool truncated_ = false;
+  bool failed_in_shutdown_ = false;
   bool more_ = false;
   // What each endpoint is waited for (kNone: not waited for).
   ktls::Wait source_wait_ = ktls::Wait::kReadable;

@@ -37,6 +37,11 @@ std::string HandshakeEnd(Party party, const ktls::Error& error) {
   return prefix + "handshake_failed";
 }
 
+bool IsPeerGone(const Direction& direction) {
+  return direction.state() == Direction::State::kFailed && direction.failed_in_shutdown() &&
+         (IsReset(direction.error()) || direction.error().category == ktls::ErrorCategory::kClosed);
+}
+
 std::string CloseWord(Party party, bool tls, bool truncated) {
   const std::string who = party == Party::kClient ? "client" : "backend";
   if (truncated) return who + "_truncated";
@@ -264,6 +269,10 @@ void ProxyConnection::RunRelay(Clock::time_point now) {
   // comes after.
   if (up_->source_ended()) SetEnd(CloseWord(Party::kClient, true, up_->truncated()));
   if (down_->source_ended()) SetEnd(CloseWord(Party::kBackend, backend_.tls(), down_->truncated()));
+  // Our close_notify or FIN meeting a peer that has closed (and maybe reset)
+  // already ends nothing early: every byte went through.
+  if (down_->source_ended() && IsPeerGone(*up_)) up_->SinkClosedFirst();
+  if (up_->source_ended() && IsPeerGone(*down_)) down_->SinkClosedFirst();
   if (up_->state() == Direction::State::kFailed) return RelayFailed(*up_, Party::kClient, Party::kBackend);
   if (down_->state() == Direction::State::kFailed) return RelayFailed(*down_, Party::kBackend, Party::kClient);
   if (up_->state() == Direction::State::kDone && down_->state() == Direction::State::kDone) {
