@@ -791,7 +791,8 @@ class KeyUpdateTest(ProxyTest):
                     line = f"line-{index:03d}-{os.urandom(8).hex()}\n".encode()
                     proc.stdin.write(line)
                     proc.stdin.flush()
-                    if not wait_until(lambda: line in out.bytes(), STEP_TIMEOUT):
+                    if not wait_until(lambda: line in out.bytes() or proc.poll() is not None, STEP_TIMEOUT) \
+                            or line not in out.bytes():
                         break
                     echoed.append(line)
                 else:
@@ -824,7 +825,16 @@ class KeyUpdateTest(ProxyTest):
         """update_requested: 7.2 answers it (TX re-keyed in the kernel) and
         goes on. 6.1 cannot give TX a new key: the README's documented
         outcome there is an internal_error alert, and the connection ends."""
-        backend = Backend(echo)
+        backend_ends = []
+
+        def serve(conn):
+            try:
+                echo(conn)
+                backend_ends.append("fin")
+            except ConnectionResetError:
+                backend_ends.append("reset")
+
+        backend = Backend(serve)
         steps = ("data", "K", "data", "K", "data")
         with Proxy(backend.port) as proxy:
             echoed, output = self.s_client_steps(proxy.port, steps)
@@ -839,6 +849,7 @@ class KeyUpdateTest(ProxyTest):
             else:
                 self.assertEqual(len(echoed), 1, f"s_client output:\n{text}")
                 self.assertEqual(line["end"], "client_error:unsupported", line)
+                self.assertEqual(backend_ends, ["reset"], "an aborted client connection resets the backend's")
                 self.assertIn("internal error", text.lower().replace("_", " "), text)
 
 
@@ -884,6 +895,27 @@ class LoadTest(ProxyTest):
 
 
 class FeatureTest(ProxyTest):
+    def test_max_connections_leaves_the_next_client_waiting(self):
+        backend = Backend(echo, count=2)
+        with Proxy(backend.port, "--max-connections", "1") as proxy:
+            first = TlsClient(proxy.port).handshake()
+            second = TlsClient(proxy.port)  # In the listen queue: nobody answers its ClientHello.
+            second.sock.settimeout(1.5)
+            with self.assertRaises(socket.timeout):
+                second.handshake()
+            first.close_notify()
+            self.assertEqual(first.read(), (b"", "close_notify"))
+            first.close()
+            second.sock.settimeout(STEP_TIMEOUT)
+            second.handshake()  # Served once the first is over.
+            second.send(b"next")
+            self.assertEqual(second.read(4)[0], b"next")
+            second.close_notify()
+            self.assertEqual(second.read(), (b"", "close_notify"))
+            second.close()
+            self.assertEqual(proxy.line_for(second.port)["end"], "client_close_notify")
+            backend.finish(self)
+
     def test_proxy_protocol_v2_header_first(self):
         headers = []
 
