@@ -13,6 +13,9 @@ namespace {
 
 // kCopyBufferLen: --copy's buffer per direction, four full TLS records.
 constexpr std::size_t kCopyBufferLen = 64 * 1024;
+// kMinPipeLen: the smallest pipe Connection::SpliceRead takes (the default
+// size).
+constexpr std::size_t kMinPipeLen = 64 * 1024;
 
 }  // namespace
 
@@ -31,11 +34,15 @@ std::optional<Channel> Channel::Create(bool copy, std::string& error) {
   channel.pipe_read_.reset(fds[0]);
   channel.pipe_write_.reset(fds[1]);
   // The pipe's size: 64 KiB by default, less for a user over
-  // fs.pipe-user-pages-soft. Splices fill it by pages, not bytes, so it can
-  // be full before this many bytes are in it: the endpoints then say
-  // Wait::kPipe, and the direction drains first.
-  const int size = ::fcntl(fds[0], F_GETPIPE_SZ);
-  channel.capacity_ = size > 0 ? static_cast<std::size_t>(size) : 4096;
+  // fs.pipe-user-pages-soft. A kTLS splice needs 64 KiB (it could drop the
+  // part of a record a smaller pipe has no room for): where the pipe cannot
+  // have that, this direction copies instead. Splices fill a pipe by pages,
+  // not bytes, so it can be full before this many bytes are in it: the
+  // endpoints then say Wait::kPipe, and the direction drains first.
+  int size = ::fcntl(fds[0], F_GETPIPE_SZ);
+  if (size < static_cast<int>(kMinPipeLen)) size = ::fcntl(fds[0], F_SETPIPE_SZ, static_cast<int>(kMinPipeLen));
+  if (size < static_cast<int>(kMinPipeLen)) return Create(true, error);
+  channel.capacity_ = static_cast<std::size_t>(size);
   return channel;
 }
 

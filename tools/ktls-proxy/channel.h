@@ -18,7 +18,9 @@ namespace ktls::proxy {
 class Channel {
  public:
   // Create makes a pipe (pipe2 with O_NONBLOCK | O_CLOEXEC), or with copy a
-  // buffer. nullopt and `error` when the pipe cannot be made (out of fds).
+  // buffer (also when the pipe cannot be 64 KiB: a user over
+  // fs.pipe-user-pages-soft). nullopt and `error` when the pipe cannot be
+  // made (out of fds).
   static std::optional<Channel> Create(bool copy, std::string& error);
 
   // pending: bytes taken from the source and not yet given to the sink.
@@ -27,6 +29,9 @@ class Channel {
   // ones, until the buffer is empty again).
   std::size_t room() const noexcept { return capacity_ - pending_ - buffer_start_; }
   bool spliced() const noexcept { return pipe_read_.get() >= 0; }
+  // FillsOnlyWhenEmpty: a TLS source splices only into an empty pipe (a
+  // kTLS record must fit whole), so fill it once, then drain it.
+  bool FillsOnlyWhenEmpty(const Endpoint& src) const noexcept { return spliced() && src.tls(); }
 
   // Fill takes bytes from src (one call); Drain gives pending bytes to dst
   // (one call).

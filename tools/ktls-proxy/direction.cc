@@ -41,7 +41,8 @@ void Direction::Fail(Side side, ktls::Error error) {
 
 bool Direction::FillPhase() {
   bool moved = false;
-  while (!source_ended_ && channel_.room() > 0) {
+  while (!source_ended_ && channel_.room() > 0 &&
+         !(channel_.pending() > 0 && channel_.FillsOnlyWhenEmpty(source_))) {
     Transfer t = channel_.Fill(source_);
     if (t.error) {
       Fail(Side::kSource, std::move(*t.error));
