@@ -941,6 +941,37 @@ class FeatureTest(ProxyTest):
             self.assertEqual(headers, [expected])
             self.check_line(proxy.line_for(client.port), up=5, down=5)
 
+    def test_metrics(self):
+        """--metrics: Prometheus text at /metrics, counting what the log
+        lines say."""
+        backend = Backend(echo)
+        payload = os.urandom(100 * 1024)
+        with Proxy(backend.port, "--metrics", f"{HOST}:0") as proxy:
+            match = re.search(r"metrics on http://[^:]+:(\d+)/metrics", proxy.err.text())
+            self.assertTrue(match, proxy.err.text())
+            client = TlsClient(proxy.port).handshake()
+            client.send(payload)
+            client.read(len(payload))
+            client.close_notify()
+            client.read()
+            client.close()
+            line = proxy.line_for(client.port)
+            backend.finish(self)
+            with socket.create_connection((HOST, int(match.group(1))), timeout=STEP_TIMEOUT) as conn:
+                conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                response = recv_all(conn).decode()
+            self.assertTrue(response.startswith("HTTP/1.1 200 OK\r\n"), response)
+            samples = dict(re.findall(r"^(ktls_proxy_\S+) (\d+)$", response, re.M))
+            rx = self.expected_rx()
+            self.assertEqual(samples.get('ktls_proxy_connections_total{end="client_close_notify"}'), "1", response)
+            self.assertEqual(samples.get(f'ktls_proxy_handshakes_total{{tx="kernel",rx="{rx}"}}'), "1", response)
+            self.assertEqual(samples.get("ktls_proxy_connections_open"), "0", response)
+            up = sum(int(samples[f'ktls_proxy_bytes_total{{direction="up",path="{path}"}}'])
+                     for path in ("spliced", "copied"))
+            self.assertEqual(up, len(payload))
+            self.assertEqual(samples.get('ktls_proxy_bytes_total{direction="down",path="copied"}'),
+                             line["down_copied"], response)
+
     def test_idle_timeout(self):
         backend = Backend(echo)
         with Proxy(backend.port, "--idle-timeout", "1000") as proxy:

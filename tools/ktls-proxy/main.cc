@@ -3,7 +3,8 @@
 //   ktls-proxy --listen ADDR:PORT --backend HOST:PORT [--cert FILE --key FILE]
 //              [--backend-tls [--backend-ca FILE] [--backend-sni NAME]
 //               [--backend-insecure]] [--rx|--no-rx] [--no-offload]
-//              [--threads N] [--proxy-protocol] [--copy] [timeouts, limits]
+//              [--threads N] [--proxy-protocol] [--copy] [--metrics ADDR:PORT]
+//              [timeouts, limits]
 //
 // Clients' TLS ends here (their records in the kernel: kTLS); the plaintext
 // goes on to the backend over TCP, or over TLS again with --backend-tls,
@@ -13,7 +14,8 @@
 // resets the other. One line per connection on stdout when it closes
 // (connection_log.h); start-up information on stderr.
 // SIGINT/SIGTERM: stop accepting, let open connections finish for at most
-// --drain-timeout, close the rest, exit 0.
+// --drain-timeout, close the rest, exit 0. --metrics ADDR:PORT serves
+// Prometheus text at /metrics (metrics.h says what is counted).
 //
 // This file only wires: the flags (options.h), the backend (backend.h), one
 // event loop per thread (event_loop.h), the signals.
@@ -33,6 +35,8 @@
 #include "common/tls_options.h"
 #include "ktls-proxy/backend.h"
 #include "ktls-proxy/event_loop.h"
+#include "ktls-proxy/metrics.h"
+#include "ktls-proxy/metrics_http.h"
 #include "ktls-proxy/options.h"
 #include "ktls-proxy/proxy_connection.h"
 #include "ktls/probe.h"
@@ -108,7 +112,14 @@ int Run(const ProxyOptions& options) {
     std::fprintf(stderr, "ktls-proxy: %s\n", error.c_str());
     return 1;
   }
-  const ktls::proxy::ProxyContext context{&options, &tls.value(), &*backend, LogLine};
+  ktls::proxy::ProxyMetrics metrics;  // Counted whether or not --metrics serves them.
+  const ktls::proxy::ProxyContext context{&options, &tls.value(), &*backend, LogLine, &metrics};
+  ktls::proxy::MetricsServer metrics_server;
+  if (options.metrics_on &&
+      !metrics_server.Start(options.metrics.host, options.metrics.port, [&metrics] { return metrics.Render(); }, error)) {
+    std::fprintf(stderr, "ktls-proxy: %s\n", error.c_str());
+    return 1;
+  }
 
   const unsigned num_threads = options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   std::atomic<std::size_t> active{0};
@@ -138,6 +149,11 @@ int Run(const ProxyOptions& options) {
   const std::string host = options.listen.host.find(':') != std::string::npos ? "[" + options.listen.host + "]"
                                                                               : options.listen.host;
   std::fprintf(stderr, "ktls-proxy: %s\n", Capabilities().c_str());
+  if (options.metrics_on) {
+    const std::string at = options.metrics.host.find(':') != std::string::npos ? "[" + options.metrics.host + "]"
+                                                                               : options.metrics.host;
+    std::fprintf(stderr, "ktls-proxy: metrics on http://%s:%u/metrics\n", at.c_str(), metrics_server.port());
+  }
   std::fprintf(stderr, "ktls-proxy: listening on %s:%u, backend %s%s, %u thread(s), %s\n", host.c_str(), port,
                backend->name().c_str(), backend->tls() ? " (TLS)" : "", num_threads,
                options.copy ? "copy" : "splice");
@@ -146,6 +162,7 @@ int Run(const ProxyOptions& options) {
   std::fprintf(stderr, "ktls-proxy: signal %d: draining %zu connection(s)\n", signo, active.load());
   for (auto& loop : loops) loop->BeginDrain();
   for (auto& thread : threads) thread.join();
+  metrics_server.Stop();
   std::fprintf(stderr, "ktls-proxy: drained\n");
   return 0;
 }

@@ -59,6 +59,8 @@ cxxopts::Options MakeOptions() {
      cxxopts::value<long long>()->default_value(std::to_string(defaults.drain_timeout.count())))
     ("proxy-protocol", "Send a PROXY protocol v2 header to the backend first")
     ("copy", "Move the bytes with read and write through this process, never splice (to compare)")
+    ("metrics", "Serve Prometheus metrics over plain HTTP at http://ADDR:PORT/metrics (default: off; use loopback)",
+     cxxopts::value<std::string>())
     ("h,help", "Show this help");
   // clang-format on
   tools::AddConnectionLimitOptions(cli);
@@ -128,6 +130,10 @@ bool Read(const cxxopts::ParseResult& args, ProxyOptions& out, std::string& erro
   }
   out.proxy_protocol = args.count("proxy-protocol") != 0;
   out.copy = args.count("copy") != 0;
+  out.metrics_on = args.count("metrics") != 0;
+  if (out.metrics_on && !ParseHostPort(args["metrics"].as<std::string>(), "--metrics", true, out.metrics, error)) {
+    return false;
+  }
   return true;
 }
 

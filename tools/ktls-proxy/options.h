@@ -47,6 +47,9 @@ struct ProxyOptions {
   // copy: move the bytes with read and write through this process, never
   // splice (to compare).
   bool copy = false;
+  // metrics_on, metrics: --metrics ADDR:PORT, Prometheus text at /metrics.
+  bool metrics_on = false;
+  HostPort metrics;
 };
 
 enum class ParseOutcome {

@@ -55,6 +55,7 @@ ProxyConnection::ProxyConnection(const ProxyContext& context, UniqueFd client, c
     : context_(context), started_(now), client_addr_(client_addr), local_addr_(local_addr) {
   record_.client = AddressText(client_addr);
   record_.backend = context_.backend->name();
+  context_.metrics->Opened();
   auto handshake = context_.tls->StartHandshake(client.release());
   if (!handshake.ok()) {
     SetError("handshake_failed", handshake.error().ToString());
@@ -154,6 +155,7 @@ void ProxyConnection::RunClientHandshake(Clock::time_point now) {
   }
   record_.tx = ktls::OffloadName(conn->tx());
   record_.rx = ktls::OffloadName(conn->rx());
+  context_.metrics->Handshaken(conn->tx(), conn->rx());
   client_ = Endpoint::Tls(std::move(conn).value());
   StartBackend(now);
 }
@@ -379,6 +381,7 @@ void ProxyConnection::Finish(Clock::time_point now) {
   record_.end = !error_end_.empty() ? error_end_ : !clean_end_.empty() ? clean_end_ : "closed";
   record_.detail = error_detail_;
   record_.duration = std::chrono::duration_cast<std::chrono::milliseconds>(now - started_);
+  context_.metrics->Closed(record_.end, record_.up, record_.up_copied, record_.down, record_.down_copied);
   context_.log(FormatLine(record_));
 }
 

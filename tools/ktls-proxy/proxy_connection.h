@@ -22,6 +22,7 @@
 #include "ktls-proxy/connection_log.h"
 #include "ktls-proxy/direction.h"
 #include "ktls-proxy/endpoint.h"
+#include "ktls-proxy/metrics.h"
 #include "ktls-proxy/options.h"
 #include "ktls-proxy/unique_fd.h"
 #include "ktls/handshake.h"
@@ -35,6 +36,7 @@ struct ProxyContext {
   const ktls::ServerContext* tls = nullptr;
   const Backend* backend = nullptr;
   std::function<void(const std::string&)> log;  // One connection line.
+  ProxyMetrics* metrics = nullptr;
 };
 
 class ProxyConnection {
