@@ -55,7 +55,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ktls_badpeer  # noqa: E402
 import ktls_interop  # noqa: E402
+from key_update_interop import kernel_can_rekey  # noqa: E402
 from ktls_interop import (HOST, STEP_TIMEOUT, PkiBase, Pump, exchange, free_port, read_tls_stat,  # noqa: E402
                           received, sha, stop_process, wait_until)
 
@@ -74,11 +76,6 @@ UP = b""
 
 # One connection line of ktls-proxy.
 LINE = re.compile(r"^(?P<client>\S+) -> (?P<backend>\S+) (?P<rest>.*)$")
-
-
-def kernel_can_rekey(release):
-    match = re.match(r"(\d+)\.(\d+)", release)
-    return bool(match) and (int(match.group(1)), int(match.group(2))) >= (6, 14)
 
 
 class Pki(PkiBase):
@@ -181,104 +178,40 @@ class Proxy:
 
 # --- Clients -----------------------------------------------------------------------
 
-class TlsClient:
-    """A TLS client on Python's ssl module over memory BIOs, connected to
-    the proxy: it can send close_notify and go on reading, and read() says
-    how the proxy ended the connection."""
+class TlsClient(ktls_badpeer.TlsClient):
+    """A TLS 1.3 client (TLS 1.2 with version=) on Python's ssl module over
+    memory BIOs: it can send close_notify and go on reading, and read()
+    says how the proxy ended the connection (close_notify, eof, reset,
+    alert:NAME, ...)."""
 
-    def __init__(self, port, version=None, cafile=None):
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(cafile or PKI.ca.cert)
-        ctx.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)  # A FIN is not close_notify.
-        if version is not None:
-            ctx.minimum_version = ctx.maximum_version = version
-        self.sock = socket.create_connection((HOST, port), timeout=STEP_TIMEOUT)
-        self.port = self.sock.getsockname()[1]
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+    def __init__(self, port, version=ssl.TLSVersion.TLSv1_3, cafile=None):
+        super().__init__(port, cafile or PKI.ca.cert, PKI.dir, version=version)
 
     def handshake(self):
-        while True:
-            try:
-                self.tls.do_handshake()
-                break
-            except ssl.SSLError as e:
-                if not isinstance(e, ssl.SSLWantReadError):
-                    self.flush()  # Our alert.
-                    raise
-                self.flush()
-                data = self.sock.recv(65536)
-                if not data:
-                    raise ConnectionError("the proxy closed the connection during the handshake")
-                self.incoming.write(data)
-        self.flush()
-        return self
-
-    def flush(self):
-        data = self.outgoing.read()
-        if data:
-            self.sock.sendall(data)
+        try:
+            return super().handshake()
+        except ssl.SSLError:
+            self.flush()  # Our alert, for the proxy to read.
+            raise
 
     def send(self, data):
         view = memoryview(data)
         for start in range(0, len(data), MIB):
-            self.tls.write(view[start:start + MIB])
-            self.flush()
-
-    def close_notify(self):
-        try:
-            self.tls.unwrap()
-        except ssl.SSLWantReadError:
-            pass
-        self.flush()
-
-    def read(self, limit=None, hasher=None):
-        """Application data until limit bytes (None: the end). (data,
-        ending): ending None while the connection lasts, else
-        "close_notify", "eof" (a FIN without close_notify), "reset",
-        "timeout", "alert:<name>" or "error:<reason>". With hasher, the
-        data goes into it instead (data is then its length in bytes)."""
-        data = bytearray()
-        count = 0
-        while limit is None or count < limit:
-            try:
-                chunk = self.tls.read(65536 if limit is None else min(65536, limit - count))
-                if not chunk:
-                    return (count if hasher else bytes(data)), "close_notify"
-                count += len(chunk)
-                if hasher:
-                    hasher.update(chunk)
-                else:
-                    data += chunk
-                continue
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLZeroReturnError:
-                return (count if hasher else bytes(data)), "close_notify"
-            except ssl.SSLEOFError:
-                return (count if hasher else bytes(data)), "eof"
-            except ssl.SSLError as e:
-                if e.reason == "UNEXPECTED_EOF_WHILE_READING":
-                    return (count if hasher else bytes(data)), "eof"
-                return (count if hasher else bytes(data)), f"error:{e.reason}"
-            try:
-                chunk = self.sock.recv(256 * 1024)
-            except ConnectionResetError:
-                return (count if hasher else bytes(data)), "reset"
-            except socket.timeout:
-                return (count if hasher else bytes(data)), "timeout"
-            if chunk:
-                self.incoming.write(chunk)
-            else:
-                self.incoming.write_eof()
-        return (count if hasher else bytes(data)), None
+            super().send(view[start:start + MIB])
 
     def reset(self):
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
 
-    def close(self):
-        self.sock.close()
+    def echo_and_close(self, payload):
+        """Sends payload, reads as much back, then close_notify both ways.
+        Returns (what came back, how the proxy ended)."""
+        self.send(payload)
+        data, _ = self.read(len(payload))
+        self.close_notify()
+        rest, ending = self.read()
+        self.close()
+        return data + rest, ending
 
 
 def s_client_cmd(port, *args, quiet=True):
@@ -498,13 +431,12 @@ class TransferTest(ProxyTest):
             client.sock.settimeout(STEP_TIMEOUT * 3)
             client.send(UP)
             client.close_notify()
-            got_down = hashlib.sha256()
-            length, ending = client.read(None, got_down)
+            data, ending = client.read()
             client.close()
             line = proxy.line_for(client.port)
             backend.finish(self)
-            self.assertEqual((length, ending), (DOWN_LEN, "close_notify"))
-            self.assertEqual(got_down.hexdigest(), sha(DOWN), "the download arrived changed")
+            self.assertEqual((len(data), ending), (DOWN_LEN, "close_notify"))
+            self.assertEqual(sha(data), sha(DOWN), "the download arrived changed")
             self.assertEqual(got_up.hexdigest(), sha(UP), "the upload arrived changed")
             self.check_line(line, up=UP_LEN, down=DOWN_LEN)
             self.assertIn(line["end"], ("client_close_notify", "backend_eof"), line)
@@ -545,15 +477,14 @@ class TransferTest(ProxyTest):
         with Proxy(backend.port, wrap=wrap) as proxy:
             client = TlsClient(proxy.port).handshake()
             client.sock.settimeout(STEP_TIMEOUT * 6)
-            got = hashlib.sha256()
-            length, ending = client.read(None, got)
-            self.assertEqual((length, ending), (DOWN_LEN, "close_notify"))
+            data, ending = client.read()
+            self.assertEqual((len(data), ending), (DOWN_LEN, "close_notify"))
             client.close_notify()
             client.close()
             line = proxy.line_for(client.port)
             backend.finish(self)
             self.stopped_cleanly(proxy)  # strace writes its summary as ktls-proxy exits.
-        self.assertEqual(got.hexdigest(), sha(DOWN))
+        self.assertEqual(sha(data), sha(DOWN))
         self.assertEqual((int(line["down_spliced"]), int(line["down_copied"])), (DOWN_LEN, 0), line)
         calls = {}
         with open(summary) as f:
@@ -572,13 +503,8 @@ class TransferTest(ProxyTest):
         with Proxy(backend.port) as proxy:
             client = TlsClient(proxy.port, version=ssl.TLSVersion.TLSv1_2).handshake()
             self.assertEqual(client.tls.version(), "TLSv1.2")
-            client.send(payload)
-            data, ending = client.read(len(payload))
-            self.assertEqual(sha(data), sha(payload))
-            client.close_notify()
-            rest, ending = client.read()
-            client.close()
-            self.assertEqual((rest, ending), (b"", "close_notify"))
+            data, ending = client.echo_and_close(payload)
+            self.assertEqual((sha(data), ending), (sha(payload), "close_notify"))
             line = proxy.line_for(client.port)
             backend.finish(self)
             # TLS 1.2 has no KeyUpdate: RX goes to the kernel on 6.1 too.
@@ -604,16 +530,12 @@ class BackendTlsTest(ProxyTest):
         payload = os.urandom(2 * MIB + 5)
         with Proxy(backend.port, "--backend-tls", "--backend-ca", PKI.ca.cert, "--backend-sni", "localhost") as proxy:
             client = TlsClient(proxy.port).handshake()
-            client.send(payload)
-            data, _ = client.read(len(payload))
-            client.close_notify()
-            rest, ending = client.read()
-            client.close()
+            data, ending = client.echo_and_close(payload)
             line = proxy.line_for(client.port)
             backend.join(timeout=STEP_TIMEOUT)
             self.assertIsNone(backend.error)
             self.assertEqual(sha(data), sha(payload), "the echo through both legs arrived changed")
-            self.assertEqual((rest, ending), (b"", "close_notify"))
+            self.assertEqual(ending, "close_notify")
             self.assertEqual((backend.received, backend.hash.hexdigest()), (len(payload), sha(payload)))
             self.assertEqual(backend.peer_end, "close_notify", "the client's close_notify reaches the backend as one")
             self.check_line(line, backend_tx="kernel", backend_rx=self.expected_rx(), up=len(payload),
@@ -759,12 +681,7 @@ class FailureTest(ProxyTest):
             self.assertEqual(line["end"], "alert:unknown_ca", line)
             # Everyone else is served on.
             client = TlsClient(proxy.port).handshake()
-            client.send(b"still here")
-            data, _ = client.read(10)
-            client.close_notify()
-            client.read()
-            client.close()
-            self.assertEqual(data, b"still here")
+            self.assertEqual(client.echo_and_close(b"still here"), (b"still here", "close_notify"))
             self.check_line(proxy.line_for(client.port), end="client_close_notify")
             backend.finish(self)
             self.stopped_cleanly(proxy)
@@ -908,11 +825,7 @@ class FeatureTest(ProxyTest):
             first.close()
             second.sock.settimeout(STEP_TIMEOUT)
             second.handshake()  # Served once the first is over.
-            second.send(b"next")
-            self.assertEqual(second.read(4)[0], b"next")
-            second.close_notify()
-            self.assertEqual(second.read(), (b"", "close_notify"))
-            second.close()
+            self.assertEqual(second.echo_and_close(b"next"), (b"next", "close_notify"))
             self.assertEqual(proxy.line_for(second.port)["end"], "client_close_notify")
             backend.finish(self)
 
@@ -929,13 +842,8 @@ class FeatureTest(ProxyTest):
         backend = Backend(serve)
         with Proxy(backend.port, "--proxy-protocol") as proxy:
             client = TlsClient(proxy.port).handshake()
-            client.send(b"hello")
-            data, _ = client.read(5)
-            client.close_notify()
-            client.read()
-            client.close()
+            self.assertEqual(client.echo_and_close(b"hello"), (b"hello", "close_notify"))
             backend.finish(self)
-            self.assertEqual(data, b"hello")
             expected = (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11, 0, 12]) + socket.inet_aton(HOST) +
                         socket.inet_aton(HOST) + struct.pack(">HH", client.port, proxy.port))
             self.assertEqual(headers, [expected])
@@ -950,11 +858,7 @@ class FeatureTest(ProxyTest):
             match = re.search(r"metrics on http://[^:]+:(\d+)/metrics", proxy.err.text())
             self.assertTrue(match, proxy.err.text())
             client = TlsClient(proxy.port).handshake()
-            client.send(payload)
-            client.read(len(payload))
-            client.close_notify()
-            client.read()
-            client.close()
+            self.assertEqual(client.echo_and_close(payload), (payload, "close_notify"))
             line = proxy.line_for(client.port)
             backend.finish(self)
             with socket.create_connection((HOST, int(match.group(1))), timeout=STEP_TIMEOUT) as conn:

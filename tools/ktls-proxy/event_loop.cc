@@ -1,7 +1,6 @@
 // tools/ktls-proxy/event_loop.cc: see event_loop.h.
 #include "ktls-proxy/event_loop.h"
 
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
@@ -11,6 +10,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+
+#include "ktls-proxy/listen_socket.h"
 
 namespace ktls::proxy {
 namespace {
@@ -44,36 +45,9 @@ bool EventLoop::Listen(const std::string& host, std::uint16_t port, std::string&
     error = std::string("epoll or eventfd: ") + std::strerror(errno);
     return false;
   }
-  sockaddr_storage addr{};
-  socklen_t addr_len = 0;
-  auto* in = reinterpret_cast<sockaddr_in*>(&addr);
-  auto* in6 = reinterpret_cast<sockaddr_in6*>(&addr);
-  if (::inet_pton(AF_INET, host.c_str(), &in->sin_addr) == 1) {
-    in->sin_family = AF_INET;
-    in->sin_port = htons(port);
-    addr_len = sizeof(sockaddr_in);
-  } else if (::inet_pton(AF_INET6, host.c_str(), &in6->sin6_addr) == 1) {
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons(port);
-    addr_len = sizeof(sockaddr_in6);
-  } else {
-    error = "--listen wants a numeric address, got " + host;
-    return false;
-  }
-  listener_.reset(::socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  const int one = 1;
-  if (listener_.get() < 0 || ::setsockopt(listener_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-      ::setsockopt(listener_.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
-      ::bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), addr_len) != 0 ||
-      ::listen(listener_.get(), SOMAXCONN) != 0) {
-    error = "cannot listen on " + host + ":" + std::to_string(port) + ": " + std::strerror(errno);
-    return false;
-  }
-  sockaddr_storage bound{};
-  socklen_t bound_len = sizeof(bound);
-  ::getsockname(listener_.get(), reinterpret_cast<sockaddr*>(&bound), &bound_len);
-  port_ = ntohs(bound.ss_family == AF_INET ? reinterpret_cast<sockaddr_in&>(bound).sin_port
-                                           : reinterpret_cast<sockaddr_in6&>(bound).sin6_port);
+  listener_ = OpenListenSocket(host, port, {.reuse_port = true, .non_blocking = true, .backlog = SOMAXCONN},
+                               "--listen", port_, error);
+  if (listener_.get() < 0) return false;
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = kListenerTag;

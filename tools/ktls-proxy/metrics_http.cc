@@ -1,46 +1,19 @@
 // tools/ktls-proxy/metrics_http.cc: see metrics_http.h.
 #include "ktls-proxy/metrics_http.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
 #include <cerrno>
-#include <cstring>
+
+#include "ktls-proxy/listen_socket.h"
 
 namespace ktls::proxy {
 
 bool MetricsServer::Start(const std::string& host, std::uint16_t port, std::function<std::string()> render,
                           std::string& error) {
-  sockaddr_storage addr{};
-  socklen_t addr_len = 0;
-  auto* in = reinterpret_cast<sockaddr_in*>(&addr);
-  auto* in6 = reinterpret_cast<sockaddr_in6*>(&addr);
-  if (::inet_pton(AF_INET, host.c_str(), &in->sin_addr) == 1) {
-    in->sin_family = AF_INET;
-    in->sin_port = htons(port);
-    addr_len = sizeof(sockaddr_in);
-  } else if (::inet_pton(AF_INET6, host.c_str(), &in6->sin6_addr) == 1) {
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons(port);
-    addr_len = sizeof(sockaddr_in6);
-  } else {
-    error = "--metrics wants a numeric address, got " + host;
-    return false;
-  }
-  listener_.reset(::socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  const int one = 1;
-  if (listener_.get() < 0 || ::setsockopt(listener_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-      ::bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), addr_len) != 0 || ::listen(listener_.get(), 16) != 0) {
-    error = "--metrics: cannot listen on " + host + ":" + std::to_string(port) + ": " + std::strerror(errno);
-    return false;
-  }
-  sockaddr_storage bound{};
-  socklen_t bound_len = sizeof(bound);
-  ::getsockname(listener_.get(), reinterpret_cast<sockaddr*>(&bound), &bound_len);
-  port_ = ntohs(bound.ss_family == AF_INET ? reinterpret_cast<sockaddr_in&>(bound).sin_port
-                                           : reinterpret_cast<sockaddr_in6&>(bound).sin6_port);
+  listener_ = OpenListenSocket(host, port, {.backlog = 16}, "--metrics", port_, error);
+  if (listener_.get() < 0) return false;
   render_ = std::move(render);
   thread_ = std::thread([this] { Serve(); });
   return true;
