@@ -77,6 +77,7 @@ enum class error {
   internal,     // kInternal.
   io,           // kIo without an errno.
   file_ended,   // async_sendfile: the file ended before count bytes.
+  pipe_not_ready,  // async_splice_*: the pipe is full (read) or empty (write); drain or fill it.
 };
 
 namespace detail {
@@ -99,6 +100,7 @@ class ErrorCategory final : public boost::system::error_category {
       case error::internal: return "ktls internal error";
       case error::io: return "I/O error";
       case error::file_ended: return "the file ended before everything was sent";
+      case error::pipe_not_ready: return "the pipe is full (splice read) or empty (splice write)";
     }
     return "unknown ktls error";
   }
@@ -283,6 +285,26 @@ class stream {
         IoOp{this, SendFileAction{file_fd, offset, count, 0}}, token, waiter_);
   }
 
+  // async_splice_read moves up to len bytes of plaintext from the
+  // connection into a pipe (pipe_fd, its write end): Connection::SpliceRead,
+  // waiting for the socket as needed. Completes with (error_code, bytes);
+  // asio::error::eof after close_notify; error::pipe_not_ready when the
+  // pipe is full (or, with RX in the kernel, not empty): drain it first.
+  template <typename Token>
+  auto async_splice_read(int pipe_fd, std::size_t len, Token&& token) {
+    return net::async_compose<Token, void(error_code, std::size_t)>(IoOp{this, SpliceReadAction{pipe_fd, len}},
+                                                                   token, waiter_);
+  }
+
+  // async_splice_write moves up to len bytes from a pipe (pipe_fd, its read
+  // end) into the connection: Connection::SpliceWrite. Completes with
+  // (error_code, bytes); error::pipe_not_ready when the pipe is empty.
+  template <typename Token>
+  auto async_splice_write(int pipe_fd, std::size_t len, WriteFlags flags, Token&& token) {
+    return net::async_compose<Token, void(error_code, std::size_t)>(
+        IoOp{this, SpliceWriteAction{pipe_fd, len, flags}}, token, waiter_);
+  }
+
   // async_shutdown sends close_notify and shuts the socket's write side;
   // reading still works (to read the peer's close_notify: error::eof).
   template <typename Token>
@@ -366,6 +388,17 @@ class stream {
     WriteFlags flags = WriteFlags::kNone;
     Result<IoProgress> operator()(stream& s) { return s.conn_.Write(data, flags); }
   };
+  struct SpliceReadAction {
+    int pipe_fd;
+    std::size_t len;
+    Result<IoProgress> operator()(stream& s) { return s.conn_.SpliceRead(pipe_fd, len); }
+  };
+  struct SpliceWriteAction {
+    int pipe_fd;
+    std::size_t len;
+    WriteFlags flags = WriteFlags::kNone;
+    Result<IoProgress> operator()(stream& s) { return s.conn_.SpliceWrite(pipe_fd, len, flags); }
+  };
   struct SendFileAction {
     int file_fd;
     off_t offset;
@@ -376,8 +409,9 @@ class stream {
     }
   };
 
-  // IoOp runs one Read, Write or SendFile until it makes progress (or, for
-  // sendfile, until all is sent), waiting for readiness in between.
+  // IoOp runs one Read, Write, SpliceRead, SpliceWrite or SendFile until it
+  // makes progress (or, for sendfile, until all is sent), waiting for the
+  // socket's readiness in between.
   template <typename Action>
   struct IoOp {
     IoOp(stream* owner, Action a) : s(owner), action(std::move(a)) {}
@@ -397,6 +431,9 @@ class stream {
         auto r = action(*s);
         if (!r.ok()) return Finish(self, first_call, s->Fail(r.error()), Progress());
         if (r->end_of_stream) return Finish(self, first_call, net::error::eof, 0);
+        if (r->would_block && r->wait == ktls::Wait::kPipe) {  // The caller's pipe: not ours to wait for.
+          return Finish(self, first_call, make_error_code(error::pipe_not_ready), Progress());
+        }
         if (r->would_block) return s->Wait(r->wait, std::move(self));
         if constexpr (std::is_same_v<Action, SendFileAction>) {
           if (r->bytes == 0) {  // The file ended early.
@@ -418,6 +455,9 @@ class stream {
       if constexpr (std::is_same_v<Action, SendFileAction>) return action.sent == action.count;
       if constexpr (std::is_same_v<Action, ReadAction>) return action.buf.empty();
       if constexpr (std::is_same_v<Action, WriteAction>) return action.data.empty();
+      if constexpr (std::is_same_v<Action, SpliceReadAction> || std::is_same_v<Action, SpliceWriteAction>) {
+        return action.len == 0;
+      }
       return false;
     }
     std::size_t Progress() const {

@@ -38,6 +38,9 @@ enum class Wait : std::uint8_t {
   kNone,      // Nothing to wait for.
   kReadable,  // Wait until the socket is readable (POLLIN).
   kWritable,  // Wait until the socket is writable (POLLOUT).
+  // kPipe: SpliceRead found the pipe full, or SpliceWrite found it empty.
+  // Drain (or fill) the pipe, then call again. ktls never waits for a pipe.
+  kPipe,
 };
 
 // IoProgress: what one Read, Write or SendFile call did.
@@ -54,6 +57,10 @@ struct KTLS_API IoProgress {
   bool end_of_stream = false;
   // wait: with would_block, what to wait for before calling again.
   Wait wait = Wait::kNone;
+  // copied: SpliceRead and SpliceWrite only. How many of `bytes` passed
+  // through this process (a direction in OpenSSL, or plaintext OpenSSL had
+  // read before offload); the rest moved by splice(2), kernel to kernel.
+  std::size_t copied = 0;
 };
 
 // WriteFlags: how Write treats the bytes it is given.
@@ -128,6 +135,33 @@ class KTLS_API Connection {
   // program that uses it should ignore SIGPIPE, as servers do. Everything
   // else in ktls sends with MSG_NOSIGNAL.
   Result<IoProgress> SendFile(int file_fd, off_t offset, std::size_t count);
+
+  // SpliceRead moves up to len bytes of application data from the
+  // connection into a pipe (pipe_fd, its write end): with RX in the kernel
+  // by splice(2), so the plaintext never enters this process; with RX in
+  // OpenSSL by reading and writing it (IoProgress::copied). Records that are
+  // not application data are handled as Read handles them, and splicing
+  // goes on after them: a session ticket or KeyUpdate is consumed (a
+  // requested update answered), close_notify gives end_of_stream, another
+  // alert or a bad record an Error. The socket's blocking mode applies as
+  // for Read; a full pipe is never waited for (would_block, Wait::kPipe).
+  // With RX in the kernel, SpliceRead splices only into an empty pipe
+  // (otherwise would_block, Wait::kPipe, until it is drained) of at least
+  // 64 KiB, the default size (kUsage otherwise): kTLS splice can drop the
+  // part of a record that a pipe has no room for. So drain the pipe
+  // completely between calls.
+  Result<IoProgress> SpliceRead(int pipe_fd, std::size_t len);
+
+  // SpliceWrite moves up to len bytes from a pipe (pipe_fd, its read end)
+  // into the connection: with TX in the kernel by splice(2), with TX in
+  // OpenSSL by reading and writing them. Partial progress as Write; an
+  // empty pipe is never waited for (would_block, Wait::kPipe). With
+  // WriteFlags::kMore the last record may stay open for what follows, as
+  // Write's kMore. With TX in OpenSSL, bytes are taken from the pipe a
+  // record at a time; what could not be sent yet is held and goes first
+  // with the next write (or Shutdown), like Write's kMore. Like SendFile,
+  // splice into a socket whose peer is gone can raise SIGPIPE.
+  Result<IoProgress> SpliceWrite(int pipe_fd, std::size_t len, WriteFlags flags = WriteFlags::kNone);
 
   // Shutdown sends close_notify (as an alert record, whichever side holds
   // TX) and then shuts down the socket's write side. Reading still works.

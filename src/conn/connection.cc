@@ -91,6 +91,14 @@ Result<IoProgress> Connection::SendFile(int file_fd, off_t offset, std::size_t c
   return impl_ ? impl_->SendFile(file_fd, offset, count) : Result<IoProgress>(EmptyConnection());
 }
 
+Result<IoProgress> Connection::SpliceRead(int pipe_fd, std::size_t len) {
+  return impl_ ? impl_->SpliceRead(pipe_fd, len) : Result<IoProgress>(EmptyConnection());
+}
+
+Result<IoProgress> Connection::SpliceWrite(int pipe_fd, std::size_t len, WriteFlags flags) {
+  return impl_ ? impl_->SpliceWrite(pipe_fd, len, flags) : Result<IoProgress>(EmptyConnection());
+}
+
 Result<IoProgress> Connection::Shutdown() {
   return impl_ ? impl_->Shutdown() : Result<IoProgress>(EmptyConnection());
 }

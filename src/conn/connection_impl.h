@@ -40,6 +40,8 @@ class ConnectionImpl {
   void SetTxRecordsBound(std::uint64_t records) { tx_records_bound_ = records; }
   Result<IoProgress> Write(std::span<const std::byte> data, WriteFlags flags = WriteFlags::kNone);
   Result<IoProgress> SendFile(int file_fd, off_t offset, std::size_t count);
+  Result<IoProgress> SpliceRead(int pipe_fd, std::size_t len);
+  Result<IoProgress> SpliceWrite(int pipe_fd, std::size_t len, WriteFlags flags);
   Result<IoProgress> Shutdown();
   // Linger: one non-blocking step of the lingering close (see
   // Connection::Linger).
@@ -102,6 +104,21 @@ class ConnectionImpl {
  private:
   Result<IoProgress> ReadKernel(std::span<std::byte> buf);
   Result<IoProgress> ReadUser(std::span<std::byte> buf);
+  // --- splice (conn/connection_splice.cc) ---
+  Result<IoProgress> SpliceReadKernel(int pipe_fd, std::size_t len);
+  Result<IoProgress> SpliceReadCopy(int pipe_fd, std::size_t len);
+  // SpliceNextRecord: splice failed with EINVAL at the next record
+  // (after_einval), or returned 0; read the record with recvmsg and handle
+  // it as Read does (nullopt: splice on).
+  std::optional<Result<IoProgress>> SpliceNextRecord(int pipe_fd, std::size_t len, bool after_einval);
+  // DeliverHeldPlaintext writes what the pipe takes of splice_rx_held_.
+  Result<IoProgress> DeliverHeldPlaintext(int pipe_fd, std::size_t len);
+  Result<IoProgress> SpliceWriteKernel(int pipe_fd, std::size_t len, WriteFlags flags);
+  Result<IoProgress> SpliceWriteCopy(int pipe_fd, std::size_t len, WriteFlags flags);
+  // KernelRxFailed: kTLS RX failed with err (not EAGAIN). Returns the
+  // outcome to report (the alert OpenSSL would send is sent), or nullopt
+  // where reading can go on (a rekey pause that was no KeyUpdate).
+  std::optional<Result<IoProgress>> KernelRxFailed(int err);
   // HandleControlRecord consumes bytes of a non-data record that the
   // kernel returned. Returns an IoProgress with end_of_stream set for
   // close_notify, nullopt to keep reading, or the error that ends the
@@ -186,6 +203,11 @@ class ConnectionImpl {
   // Bytes a Write with WriteFlags::kMore held back, with TX in OpenSSL: they
   // lead the next write's first record. Writer side only, like every write.
   std::vector<std::byte> tx_held_;
+  // Plaintext read into this process for SpliceRead that the pipe had no
+  // room for yet; the next SpliceRead (or Read) delivers it first. Reader
+  // side only.
+  std::vector<std::byte> splice_rx_held_;
+  int splice_pipe_checked_ = -1;  // The pipe fd whose size SpliceReadKernel last checked.
   std::vector<unsigned char> handshake_bytes_;  // Partial post-handshake message.
   std::vector<unsigned char> alert_bytes_;      // Partial alert record.
   // --- the reader's record state ---

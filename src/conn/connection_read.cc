@@ -25,6 +25,12 @@ namespace ktls::detail {
 
 Result<IoProgress> ConnectionImpl::Read(std::span<std::byte> buf) {
   if (socket.get() < 0) return MakeError(ErrorCategory::kUsage, "read on a closed connection");
+  if (!splice_rx_held_.empty()) {  // A SpliceRead's bytes that its pipe had no room for.
+    const std::size_t n = std::min(buf.size(), splice_rx_held_.size());
+    std::memcpy(buf.data(), splice_rx_held_.data(), n);
+    splice_rx_held_.erase(splice_rx_held_.begin(), splice_rx_held_.begin() + static_cast<std::ptrdiff_t>(n));
+    return IoProgress{n, false, false};
+  }
   if (early_plaintext_offset < early_plaintext.size()) {
     const std::size_t n = std::min(buf.size(), early_plaintext.size() - early_plaintext_offset);
     std::memcpy(buf.data(), early_plaintext.data() + early_plaintext_offset, n);
@@ -99,47 +105,8 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
     if (n < 0) {
       const int err = static_cast<int>(-n);
       if (WouldBlock(err)) return Blocked(Wait::kReadable);
-      // Past any other error the kernel cannot hand over another record
-      // (6.1 even decrypts the bad one again at every call): the lingering
-      // close must not read through it.
-      rx_kernel_failed_ = !(err == EKEYEXPIRED && kernel_rekey);
-      if (err == EBADMSG) {
-        SendFatalAlert(kAlertBadRecordMac);
-        return Fail(AlertError(ErrorCategory::kProtocol, kAlertBadRecordMac,
-                               "a record failed authentication; nothing of it was delivered"));
-      }
-      if (err == EKEYEXPIRED && kernel_rekey) {
-        // The kernel pauses RX after every handshake record whose first
-        // byte is 24, KeyUpdate's type (net/tls tls_check_pending_rekey): it
-        // cannot see where messages start when one spans records. A whole
-        // KeyUpdate was re-keyed when its record was read (RekeyRx), so this
-        // pause came from a fragment: a byte inside another message (a
-        // NewSessionTicket sent one byte a record), or the start of a
-        // KeyUpdate. Go on under the same key.
-        if (auto resumed = ResumeRx(); !resumed) return Fail(std::move(resumed).error());
-        continue;
-      }
-      if (err == EKEYEXPIRED) {
-        // A pause on a kernel that cannot rekey: nothing can be decrypted
-        // any more.
-        SendFatalAlert(kAlertInternalError);
-        return Fail(AlertError(ErrorCategory::kInternal, kAlertInternalError,
-                               "the kernel paused RX for a key update ktls did not expect; sent"));
-      }
-      if (err == EMSGSIZE) {
-        SendFatalAlert(kAlertRecordOverflow);
-        return Fail(AlertError(ErrorCategory::kProtocol, kAlertRecordOverflow, "the peer sent an oversized record"));
-      }
-      if (err == EINVAL) {
-        // The kernel's record parser refused a header whose version is not
-        // 0x0303 (net/tls tls_rx_msg_size): bytes that are no TLS record.
-        // OpenSSL answers the same bytes with protocol_version, and so does
-        // ktls, whichever side RX is on.
-        SendFatalAlert(kAlertProtocolVersion);
-        return Fail(AlertError(ErrorCategory::kProtocol, kAlertProtocolVersion,
-                               "the peer sent bytes that are not a TLS record (a record header with a wrong version)"));
-      }
-      return Fail(SysError(err, "recvmsg on the kTLS socket"));
+      if (auto done = KernelRxFailed(err)) return std::move(*done);
+      continue;
     }
     // A record type came with every record the call returned; no control
     // message at all means the end of the stream.
@@ -163,6 +130,50 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
       return std::move(*done);
     }
   }
+}
+
+std::optional<Result<IoProgress>> ConnectionImpl::KernelRxFailed(int err) {
+  // Past any other error the kernel cannot hand over another record
+  // (6.1 even decrypts the bad one again at every call): the lingering
+  // close must not read through it.
+  rx_kernel_failed_ = !(err == EKEYEXPIRED && kernel_rekey);
+  if (err == EBADMSG) {
+    SendFatalAlert(kAlertBadRecordMac);
+    return Fail(AlertError(ErrorCategory::kProtocol, kAlertBadRecordMac,
+                           "a record failed authentication; nothing of it was delivered"));
+  }
+  if (err == EKEYEXPIRED && kernel_rekey) {
+    // The kernel pauses RX after every handshake record whose first
+    // byte is 24, KeyUpdate's type (net/tls tls_check_pending_rekey): it
+    // cannot see where messages start when one spans records. A whole
+    // KeyUpdate was re-keyed when its record was read (RekeyRx), so this
+    // pause came from a fragment: a byte inside another message (a
+    // NewSessionTicket sent one byte a record), or the start of a
+    // KeyUpdate. Go on under the same key.
+    if (auto resumed = ResumeRx(); !resumed) return Fail(std::move(resumed).error());
+    return std::nullopt;
+  }
+  if (err == EKEYEXPIRED) {
+    // A pause on a kernel that cannot rekey: nothing can be decrypted
+    // any more.
+    SendFatalAlert(kAlertInternalError);
+    return Fail(AlertError(ErrorCategory::kInternal, kAlertInternalError,
+                           "the kernel paused RX for a key update ktls did not expect; sent"));
+  }
+  if (err == EMSGSIZE) {
+    SendFatalAlert(kAlertRecordOverflow);
+    return Fail(AlertError(ErrorCategory::kProtocol, kAlertRecordOverflow, "the peer sent an oversized record"));
+  }
+  if (err == EINVAL) {
+    // The kernel's record parser refused a header whose version is not
+    // 0x0303 (net/tls tls_rx_msg_size): bytes that are no TLS record.
+    // OpenSSL answers the same bytes with protocol_version, and so does
+    // ktls, whichever side RX is on.
+    SendFatalAlert(kAlertProtocolVersion);
+    return Fail(AlertError(ErrorCategory::kProtocol, kAlertProtocolVersion,
+                           "the peer sent bytes that are not a TLS record (a record header with a wrong version)"));
+  }
+  return Fail(SysError(err, "recvmsg on the kTLS socket"));
 }
 
 Error ConnectionImpl::EndWithoutCloseNotify(Error truncated) {

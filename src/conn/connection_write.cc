@@ -169,7 +169,7 @@ Result<IoProgress> ConnectionImpl::Shutdown() {
     }
     sent_close_ = true;  // Under tx_mu_: a KeyUpdate answer that waited for it sees it.
   } else {
-    if (!tx_held_.empty()) {  // What a Write with kMore held goes before close_notify.
+    while (!tx_held_.empty()) {  // What Write (kMore) or SpliceWrite held goes before close_notify.
       auto flushed = Write({}, WriteFlags::kNone);
       if (!flushed.ok()) return flushed;
       if (flushed->would_block) return flushed;

@@ -27,6 +27,8 @@ ssize_t RecvMsg(int fd, struct msghdr* msg, int flags);
 ssize_t SendFile(int out_fd, int in_fd, off_t* offset, std::size_t count);
 ssize_t Read(int fd, void* buf, std::size_t len);
 ssize_t Write(int fd, const void* buf, std::size_t len);
+// Splice: splice(2) between a socket and a pipe (no offsets).
+ssize_t Splice(int fd_in, int fd_out, std::size_t len, unsigned int flags);
 
 }  // namespace ktls::detail::sys
 

@@ -1,6 +1,7 @@
 // kernel/syscalls_linux.cc: the production side of the syscall seam.
 #include "kernel/syscalls.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -55,6 +56,15 @@ ssize_t Read(int fd, void* buf, std::size_t len) {
 
 ssize_t Write(int fd, const void* buf, std::size_t len) {
   return Restart([&] { return ::write(fd, buf, len); });
+}
+
+ssize_t Splice(int fd_in, int fd_out, std::size_t len, unsigned int flags) {
+#if defined(__linux__)
+  return Restart([&] { return ::splice(fd_in, nullptr, fd_out, nullptr, len, flags); });
+#else
+  (void)fd_in, (void)fd_out, (void)len, (void)flags;
+  return -ENOSYS;
+#endif
 }
 
 }  // namespace ktls::detail::sys

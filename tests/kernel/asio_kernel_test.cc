@@ -1,9 +1,12 @@
 // Kernel tests: ktls::asio with Boost.Beast, in every offload state: an
 // HTTP request/response exchange over keep-alive with a body sent by
-// async_sendfile; the handshake deadline and cancellation, which must leave
-// no descriptor behind.
+// async_sendfile; an echo through a pipe by async_splice_read and
+// async_splice_write; the handshake deadline and cancellation, which must
+// leave no descriptor behind.
 #include <dirent.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
@@ -16,6 +19,7 @@
 #include <boost/beast/http.hpp>
 #include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernel/tls_uapi.h"
@@ -182,6 +186,78 @@ TEST_P(AsioKernelTest, BeastRequestsOverKeepAliveWithSendfileBody) {
   EXPECT_EQ(delta("TlsTxSw"), WantTx() == Offload::kKernel ? 2 : 0);
   EXPECT_EQ(delta("TlsRxSw"), WantRx() == Offload::kKernel ? 2 : 0);
   EXPECT_EQ(delta("TlsDecryptError"), 0);
+}
+
+// Server: an echo through a pipe with async_splice_read and
+// async_splice_write, until the client's close_notify.
+net::awaitable<void> SpliceEchoServe(tcp::acceptor& acceptor, const ServerContext& context, std::string& error,
+                                     std::size_t& moved) {
+  error_code ec;
+  asio::stream s = co_await asio::async_accept(acceptor, context, net::redirect_error(net::use_awaitable, ec));
+  if (ec) {
+    error = "accept: " + ec.message() + ": " + s.last_error().ToString();
+    co_return;
+  }
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
+    error = "pipe2 failed";
+    co_return;
+  }
+  const UniqueFd pipe_read(fds[0]);
+  const UniqueFd pipe_write(fds[1]);
+  for (;;) {
+    const std::size_t in = co_await s.async_splice_read(pipe_write.get(), 64 * 1024,
+                                                        net::redirect_error(net::use_awaitable, ec));
+    if (ec == net::error::eof) break;
+    if (ec) {
+      error = "async_splice_read: " + ec.message() + ": " + s.last_error().ToString();
+      co_return;
+    }
+    for (std::size_t left = in; left > 0;) {
+      const std::size_t out = co_await s.async_splice_write(pipe_read.get(), left, WriteFlags::kNone,
+                                                            net::redirect_error(net::use_awaitable, ec));
+      if (ec) {
+        error = "async_splice_write: " + ec.message() + ": " + s.last_error().ToString();
+        co_return;
+      }
+      left -= out;
+      moved += out;
+    }
+  }
+  co_await s.async_shutdown(net::redirect_error(net::use_awaitable, ec));
+  if (ec) error = "shutdown: " + ec.message();
+}
+
+TEST_P(AsioKernelTest, SpliceEchoThroughAPipe) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  ServerConfig server_config = ServerFor();
+  server_config.offload = Options();
+  auto context = ServerContext::Create(server_config);
+  ASSERT_TRUE(context.ok()) << context.error().ToString();
+  net::io_context io;
+  tcp::acceptor acceptor(io, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+  std::string server_error;
+  std::size_t moved = 0;
+  net::co_spawn(io, SpliceEchoServe(acceptor, *context, server_error, moved), net::detached);
+  const std::vector<std::uint8_t> data = RandomBytes(4 * 1024 * 1024 + 9);
+  std::vector<std::uint8_t> echoed;
+  std::string client_error;
+  std::thread client([&] {
+    ClientConfig config = ClientFor();
+    config.offload = Options();
+    auto conn = ConnectTo(acceptor.local_endpoint().port(), config);
+    if (!conn.ok()) {
+      client_error = "connect: " + conn.error().ToString();
+      return;
+    }
+    client_error = EchoThrough(*conn, data, Pace::kConcurrent, echoed);
+  });
+  RunFor(io, kTestDeadline);
+  client.join();
+  EXPECT_EQ(server_error, "");
+  EXPECT_EQ(client_error, "");
+  EXPECT_EQ(moved, data.size());
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data));
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AsioKernelTest, AllOffloadShapes(), OffloadShapeName);

@@ -2,6 +2,7 @@
 // call checks the injected faults, then forwards to the kernel.
 #include "tests/support/fault_syscalls.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -23,7 +24,7 @@ namespace {
 struct State {
   std::mutex mu;
   std::vector<Fault> faults;
-  std::array<int, 7> counts{};
+  std::array<int, 8> counts{};  // One per Syscall.
   StandIns stand_ins;
 };
 
@@ -155,6 +156,11 @@ ssize_t Read(int fd, void* buf, std::size_t len) {
 ssize_t Write(int fd, const void* buf, std::size_t len) {
   if (int err = ktls::testing::MatchFault(Syscall::kWrite)) return -err;
   return ktls::testing::Restart([&] { return ::write(fd, buf, len); });
+}
+
+ssize_t Splice(int fd_in, int fd_out, std::size_t len, unsigned int flags) {
+  if (int err = ktls::testing::MatchFault(Syscall::kSplice)) return -err;
+  return ktls::testing::Restart([&] { return ::splice(fd_in, nullptr, fd_out, nullptr, len, flags); });
 }
 
 }  // namespace ktls::detail::sys

@@ -12,7 +12,7 @@
 
 namespace ktls::testing {
 
-enum class Syscall { kSetSockOpt, kGetSockOpt, kSendMsg, kRecvMsg, kSendFile, kRead, kWrite };
+enum class Syscall { kSetSockOpt, kGetSockOpt, kSendMsg, kRecvMsg, kSendFile, kRead, kWrite, kSplice };
 
 // Fault: make matching calls fail with err (a positive errno value).
 struct Fault {

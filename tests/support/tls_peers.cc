@@ -285,6 +285,47 @@ void Echo(Connection& conn, ServerEnd& end) {
   end.error = ShutdownText(conn);
 }
 
+void SpliceEcho(Connection& conn, ServerEnd& end) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    end.error = std::string("pipe2: ") + std::strerror(errno);
+    return;
+  }
+  const UniqueFd pipe_read(fds[0]);
+  const UniqueFd pipe_write(fds[1]);
+  for (;;) {
+    auto got = conn.SpliceRead(pipe_write.get(), 256 * 1024);
+    if (!got.ok()) {
+      end.error = "server SpliceRead: " + got.error().ToString();
+      return;
+    }
+    if (got->end_of_stream) break;
+    if (got->would_block) {
+      // The pipe is emptied below every time: only the socket can block.
+      end.error = got->wait == Wait::kPipe ? "server SpliceRead: an empty pipe is full" : "server SpliceRead timed out";
+      return;
+    }
+    end.bytes_in += got->bytes;
+    end.copied_in += got->copied;
+    for (std::size_t left = got->bytes; left > 0;) {
+      auto put = conn.SpliceWrite(pipe_read.get(), left);
+      if (!put.ok()) {
+        end.error = "server SpliceWrite: " + put.error().ToString();
+        return;
+      }
+      if (put->would_block) {
+        end.error = put->wait == Wait::kPipe ? "server SpliceWrite: the pipe emptied early"
+                                             : "server SpliceWrite timed out";
+        return;
+      }
+      left -= put->bytes;
+      end.bytes_out += put->bytes;
+      end.copied_out += put->copied;
+    }
+  }
+  end.error = ShutdownText(conn);
+}
+
 std::string EchoThrough(Connection& conn, std::span<const std::uint8_t> data, Pace pace, Bytes& echoed) {
   if (pace == Pace::kConcurrent) {
     std::string write_error;

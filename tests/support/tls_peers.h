@@ -108,6 +108,9 @@ struct ServerEnd {
   SessionInfo session;
   std::size_t bytes_in = 0;
   std::size_t bytes_out = 0;
+  // SpliceEcho: how many of bytes_in/bytes_out passed through userspace.
+  std::size_t copied_in = 0;
+  std::size_t copied_out = 0;
 };
 
 // Handler: what the server does with one connection, after offload.
@@ -177,6 +180,9 @@ std::string ShutdownText(Connection& conn);
 
 // Echo: the server side of the echo protocol (a Handler).
 void Echo(Connection& conn, ServerEnd& end);
+// SpliceEcho: the same through a pipe, with SpliceRead and SpliceWrite; it
+// counts the bytes that were copied (ServerEnd::copied_in/copied_out).
+void SpliceEcho(Connection& conn, ServerEnd& end);
 
 // Pace: how EchoThrough drives a connection.
 enum class Pace {

@@ -1,12 +1,14 @@
 // Connections whose directions stay in OpenSSL: the fallback every host
 // gets when the kernel cannot take over. The ULP is made to fail through the
 // seam, so these run the same on any host, with or without kTLS.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <thread>
@@ -18,6 +20,7 @@
 #include "ktls/server.h"
 #include "tests/support/fault_syscalls.h"
 #include "tests/support/sockets.h"
+#include "tests/support/tls_peers.h"
 
 namespace ktls {
 namespace {
@@ -326,8 +329,118 @@ TEST_F(UserspaceConnection, EmptyConnectionIsUsageError) {
   Connection empty;
   std::byte b[1];
   EXPECT_EQ(empty.Read(b).error().category, ErrorCategory::kUsage);
+  EXPECT_EQ(empty.SpliceRead(1, 1).error().category, ErrorCategory::kUsage);
+  EXPECT_EQ(empty.SpliceWrite(0, 1).error().category, ErrorCategory::kUsage);
   EXPECT_EQ(empty.fd(), -1);
 }
+
+// Pipe: both ends of a pipe (pipe2 flags), closed on destruction.
+struct Pipe {
+  explicit Pipe(int flags) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC | flags) == 0) read_end.reset(fds[0]), write_end.reset(fds[1]);
+  }
+  detail::UniqueFd read_end;
+  detail::UniqueFd write_end;
+};
+
+// With both directions in OpenSSL, SpliceRead and SpliceWrite copy, and
+// say so: an echo through a pipe is exact, and every byte was copied.
+TEST_F(UserspaceConnection, SpliceEchoCopiesEveryByteThroughOpenSsl) {
+  testing::ServerEnd end;
+  std::thread server([&] {
+    auto conn = listener_->Accept();
+    ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+    testing::SpliceEcho(*conn, end);
+  });
+  auto conn = Connect("127.0.0.1", static_cast<std::uint16_t>(listener_->port()), ClientFor());
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  const auto payload = testing::RandomBytes(2 * 1024 * 1024 + 5);
+  std::vector<std::uint8_t> echoed;
+  EXPECT_EQ(testing::EchoThrough(*conn, payload, testing::Pace::kConcurrent, echoed), "");
+  server.join();
+  EXPECT_EQ(end.error, "");
+  EXPECT_EQ(testing::Sha256Hex(echoed), testing::Sha256Hex(payload));
+  EXPECT_EQ(end.bytes_in, payload.size());
+  EXPECT_EQ(end.copied_in, payload.size());
+  EXPECT_EQ(end.copied_out, payload.size());
+}
+
+// A pipe with less room than a record: SpliceRead keeps what the pipe
+// cannot take and delivers it first (to the next SpliceRead, or to Read),
+// reports a full pipe as Wait::kPipe, and loses nothing; with a blocking
+// pipe it never blocks in it either. SpliceWrite from an empty pipe is
+// Wait::kPipe; a fd that is no pipe is a usage error.
+class UserspaceSplicePipe : public UserspaceConnection, public ::testing::WithParamInterface<int> {};
+
+TEST_P(UserspaceSplicePipe, SmallPipeLosesNothingAndNeverBlocks) {
+  const auto payload = testing::RandomBytes(300'000);
+  std::thread server([&] {
+    auto conn = listener_->Accept();
+    ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+    ASSERT_TRUE(conn->WriteAll(AsBytes(payload)).ok());
+    ASSERT_TRUE(conn->Shutdown().ok());
+    (void)ReadAll(*conn);
+  });
+  auto conn = Connect("127.0.0.1", static_cast<std::uint16_t>(listener_->port()), ClientFor());
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  Pipe pipe(GetParam());
+  ASSERT_TRUE(pipe.read_end.valid()) << std::strerror(errno);
+  ASSERT_EQ(::fcntl(pipe.write_end.get(), F_SETPIPE_SZ, 4096), 4096);
+  // The parameter is the write end's mode, which SpliceRead meets; this
+  // test reads the other end without waiting.
+  ASSERT_EQ(::fcntl(pipe.read_end.get(), F_SETFL, O_NONBLOCK), 0);
+
+  auto empty = conn->SpliceWrite(pipe.read_end.get(), 100);
+  ASSERT_TRUE(empty.ok()) << empty.error().ToString();
+  EXPECT_TRUE(empty->would_block);
+  EXPECT_EQ(empty->wait, Wait::kPipe);
+  const detail::UniqueFd dev_null(::open("/dev/null", O_WRONLY | O_CLOEXEC));
+  auto not_a_pipe = conn->SpliceRead(dev_null.get(), 100);
+  ASSERT_FALSE(not_a_pipe.ok());
+  EXPECT_EQ(not_a_pipe.error().category, ErrorCategory::kUsage);
+
+  std::vector<std::uint8_t> received;
+  std::uint8_t buf[8192];
+  bool saw_full_pipe = false;
+  bool read_held_bytes = false;
+  for (;;) {
+    auto got = conn->SpliceRead(pipe.write_end.get(), 64 * 1024);
+    ASSERT_TRUE(got.ok()) << got.error().ToString();
+    if (got->end_of_stream) break;
+    EXPECT_EQ(got->copied, got->bytes);
+    if (got->would_block) {
+      ASSERT_EQ(got->wait, Wait::kPipe);
+      saw_full_pipe = true;
+      const ssize_t n = ::read(pipe.read_end.get(), buf, sizeof(buf));
+      ASSERT_GT(n, 0);
+      received.insert(received.end(), buf, buf + n);
+      if (!read_held_bytes) {
+        // What the pipe had no room for comes first to Read too.
+        std::byte b[10];
+        auto held = conn->Read(b);
+        ASSERT_TRUE(held.ok()) << held.error().ToString();
+        ASSERT_GT(held->bytes, 0u);
+        const auto* p = reinterpret_cast<const std::uint8_t*>(b);
+        received.insert(received.end(), p, p + held->bytes);
+        read_held_bytes = true;
+      }
+    }
+  }
+  for (ssize_t n; (n = ::read(pipe.read_end.get(), buf, sizeof(buf))) > 0;) {
+    received.insert(received.end(), buf, buf + n);
+  }
+  ASSERT_TRUE(conn->Shutdown().ok());
+  server.join();
+  EXPECT_TRUE(saw_full_pipe);
+  EXPECT_TRUE(read_held_bytes);
+  EXPECT_EQ(testing::Sha256Hex(received), testing::Sha256Hex(payload));
+}
+
+INSTANTIATE_TEST_SUITE_P(PipeModes, UserspaceSplicePipe, ::testing::Values(O_NONBLOCK, 0),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return info.param == 0 ? "BlockingPipe" : "NonBlockingPipe";
+                         });
 
 }  // namespace
 }  // namespace ktls

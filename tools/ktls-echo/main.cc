@@ -2,7 +2,7 @@
 //
 //   ktls-echo [--listen ADDR:PORT] [--cert FILE --key FILE] [--rx|--no-rx]
 //             [--client-ca FILE] [--tickets N] [--handshake-timeout-ms MS]
-//             [--idle-timeout MS] [--max-connections N]
+//             [--idle-timeout MS] [--max-connections N] [--splice]
 //   ktls-echo --connect HOST:PORT [--ca FILE] [--insecure] [--cert F --key F]
 //             [--session-file FILE]
 //
@@ -10,7 +10,9 @@
 // the client sends close_notify, then answers with its own. At most
 // --max-connections are served at once (more wait in the listen queue); one
 // that makes no progress for --idle-timeout gets close_notify and is
-// dropped (end=idle_timeout). Client: copies
+// dropped (end=idle_timeout). With --splice the echo goes through a pipe by
+// SpliceRead and SpliceWrite, and the line adds copied_in=N copied_out=N
+// (bytes that passed through this process) after end=. Client: copies
 // stdin to the connection and the connection to stdout until both are done.
 // With --session-file it resumes the session saved in FILE (PEM, as
 // `openssl s_client -sess_out` writes it) if there is one, and saves the
@@ -21,6 +23,7 @@
 //   bytes_in=N bytes_out=N key_updates_tx=N key_updates_rx=N
 //   end=close_notify|eof|truncated|idle_timeout|error:<reason>
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -136,7 +139,102 @@ bool SetIdleTimeout(int fd, std::chrono::milliseconds timeout) {
          ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) == 0;
 }
 
-void ServeOne(ktls::Listener& listener, int socket, std::chrono::milliseconds idle_timeout) {
+// Traffic: what one echo connection moved, and how it ended.
+struct Traffic {
+  std::uint64_t bytes_in = 0;
+  std::uint64_t bytes_out = 0;
+  std::uint64_t copied_in = 0;  // --splice: bytes that passed through this process.
+  std::uint64_t copied_out = 0;
+  std::string end;
+};
+
+// EchoByCopy echoes with Read and Write.
+void EchoByCopy(ktls::Connection& conn, Traffic& t) {
+  std::array<std::byte, 64 * 1024> buf;
+  for (;;) {
+    auto got = conn.Read(buf);
+    if (!got.ok()) {
+      t.end = EndWord(got.error());
+      return;
+    }
+    if (got->end_of_stream) {
+      t.end = "close_notify";
+      (void)conn.Shutdown();  // Answer with our close_notify.
+      return;
+    }
+    if (got->would_block) {
+      // Nothing came for the idle timeout: end politely, as ktls-serve does.
+      // The send timeout bounds the close_notify too.
+      t.end = "idle_timeout";
+      (void)conn.Shutdown();
+      return;
+    }
+    t.bytes_in += got->bytes;
+    // Write, not WriteAll, so bytes_out counts what went out before an error.
+    for (std::size_t off = 0; off < got->bytes;) {
+      auto put = conn.Write(std::span(buf.data() + off, got->bytes - off));
+      if (!put.ok()) {
+        t.end = EndWord(put.error());
+        return;
+      }
+      if (put->would_block && put->bytes == 0) {
+        t.end = "idle_timeout";  // The client has not read its echo for that long.
+        return;
+      }
+      off += put->bytes;
+      t.bytes_out += put->bytes;
+    }
+  }
+}
+
+// EchoBySplice echoes through a pipe with SpliceRead and SpliceWrite: with
+// both directions in the kernel, the bytes never enter this process.
+void EchoBySplice(ktls::Connection& conn, Traffic& t) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    t.end = "error:pipe2:" + std::to_string(errno);
+    return;
+  }
+  struct Pipe {
+    int fds[2];
+    ~Pipe() { ::close(fds[0]), ::close(fds[1]); }
+  } pipe{{fds[0], fds[1]}};
+  for (;;) {
+    auto got = conn.SpliceRead(pipe.fds[1], 64 * 1024);
+    if (!got.ok()) {
+      t.end = EndWord(got.error());
+      return;
+    }
+    if (got->end_of_stream) {
+      t.end = "close_notify";
+      (void)conn.Shutdown();
+      return;
+    }
+    if (got->would_block && got->bytes == 0) {
+      t.end = "idle_timeout";  // The pipe is emptied below every time, so this is the socket.
+      (void)conn.Shutdown();
+      return;
+    }
+    t.bytes_in += got->bytes;
+    t.copied_in += got->copied;
+    for (std::size_t left = got->bytes; left > 0;) {
+      auto put = conn.SpliceWrite(pipe.fds[0], left);
+      if (!put.ok()) {
+        t.end = EndWord(put.error());
+        return;
+      }
+      if (put->would_block && put->bytes == 0) {
+        t.end = "idle_timeout";
+        return;
+      }
+      left -= put->bytes;
+      t.bytes_out += put->bytes;
+      t.copied_out += put->copied;
+    }
+  }
+}
+
+void ServeOne(ktls::Listener& listener, int socket, std::chrono::milliseconds idle_timeout, bool splice) {
   const std::string peer = PeerName(socket);
   auto conn = listener.Handshake(socket);
   if (!conn.ok()) {
@@ -146,51 +244,20 @@ void ServeOne(ktls::Listener& listener, int socket, std::chrono::milliseconds id
         (eof ? std::string("eof") : EndWord(e)));
     return;
   }
-  std::uint64_t bytes_in = 0, bytes_out = 0;
-  std::array<std::byte, 64 * 1024> buf;
-  std::string end;
   if (!SetIdleTimeout(conn->fd(), idle_timeout)) {
     Log(ConnectionLine(peer, *conn, 0, 0, "error:setsockopt(SO_RCVTIMEO):" + std::to_string(errno)));
     return;
   }
-  for (;;) {
-    auto got = conn->Read(buf);
-    if (!got.ok()) {
-      end = EndWord(got.error());
-      break;
-    }
-    if (got->end_of_stream) {
-      end = "close_notify";
-      (void)conn->Shutdown();  // Answer with our close_notify.
-      break;
-    }
-    if (got->would_block) {
-      // Nothing came for the idle timeout: end politely, as ktls-serve does.
-      // The send timeout bounds the close_notify too.
-      end = "idle_timeout";
-      (void)conn->Shutdown();
-      break;
-    }
-    bytes_in += got->bytes;
-    // Write, not WriteAll, so bytes_out counts what went out before an error.
-    std::string write_error;
-    for (std::size_t off = 0; off < got->bytes && write_error.empty();) {
-      auto put = conn->Write(std::span(buf.data() + off, got->bytes - off));
-      if (!put.ok()) {
-        write_error = EndWord(put.error());
-      } else if (put->would_block && put->bytes == 0) {
-        write_error = "idle_timeout";  // The client has not read its echo for that long.
-      } else {
-        off += put->bytes;
-        bytes_out += put->bytes;
-      }
-    }
-    if (!write_error.empty()) {
-      end = write_error;
-      break;
-    }
+  Traffic t;
+  if (splice) {
+    EchoBySplice(*conn, t);
+    Log(ConnectionLine(peer, *conn, t.bytes_in, t.bytes_out,
+                       t.end + " copied_in=" + std::to_string(t.copied_in) +
+                           " copied_out=" + std::to_string(t.copied_out)));
+  } else {
+    EchoByCopy(*conn, t);
+    Log(ConnectionLine(peer, *conn, t.bytes_in, t.bytes_out, t.end));
   }
-  Log(ConnectionLine(peer, *conn, bytes_in, bytes_out, end));
   // Linger (bounded) before the close, so that a peer still sending reads
   // our alert or close_notify instead of a reset.
   conn->Close();
@@ -245,6 +312,7 @@ int RunServer(const cxxopts::ParseResult& args) {
   // One slot per connection being served. Shared with the detached threads,
   // which may outlive this function when it returns on an accept error.
   auto slots = std::make_shared<std::counting_semaphore<>>(static_cast<std::ptrdiff_t>(limits.max_connections));
+  const bool splice = args.count("splice") > 0;
   for (;;) {
     // Full: new clients wait in the listen queue until a connection ends.
     slots->acquire();
@@ -258,8 +326,8 @@ int RunServer(const cxxopts::ParseResult& args) {
       }
       return 1;
     }
-    std::thread([&listener = *listener, fd = *socket, slots, idle = limits.idle_timeout] {
-      ServeOne(listener, fd, idle);
+    std::thread([&listener = *listener, fd = *socket, slots, idle = limits.idle_timeout, splice] {
+      ServeOne(listener, fd, idle, splice);
       slots->release();  // After the connection is closed.
     }).detach();
   }
@@ -447,6 +515,7 @@ int main(int argc, char** argv) {
       ("tls-max", "Highest TLS version: 1.2 or 1.3", cxxopts::value<std::string>()->default_value("1.3"))
       ("cipher-list", "TLS 1.2 cipher suites, OpenSSL syntax (default: OpenSSL's)",
        cxxopts::value<std::string>()->default_value(""))
+      ("splice", "Server: echo through a pipe with splice(2) (SpliceRead/SpliceWrite) instead of Read/Write")
       ("key-update-after", "Send a KeyUpdate every N TX records (0: at the cipher's AEAD limit)",
        cxxopts::value<std::uint64_t>()->default_value("0"))
       ("connect", "Client: connect to HOST:PORT", cxxopts::value<std::string>())
