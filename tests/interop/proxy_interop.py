@@ -497,6 +497,39 @@ class TransferTest(ProxyTest):
         self.assertGreater(calls.get("splice", 0), DOWN_LEN // (256 * 1024), f"splice calls: {calls}")
         self.assertLess(copying, 200, f"read/write calls: {calls}")
 
+    def test_tx_in_openssl_sends_the_tail_without_more_to_come(self):
+        """--no-offload: SpliceWrite copies through OpenSSL, and takes bytes
+        from the pipe that a full socket cannot take yet (held, and reported
+        as written). The last of a response must still go out while the
+        backend waits for the client, with no more bytes and no FIN behind
+        it to push them: the proxy flushes what the connection holds. (The
+        timing that leaves bytes held at the very end is likely here, with
+        the client reading late, but not forced.)"""
+        response = os.urandom(8 * MIB + 17)
+
+        def serve(conn):
+            conn.sendall(response)
+            if conn.recv(10) != b"ack":  # Only once the client has all of it.
+                raise AssertionError("no ack")
+            conn.shutdown(socket.SHUT_WR)
+            recv_all(conn)
+
+        backend = Backend(serve)
+        with Proxy(backend.port, "--no-offload") as proxy:
+            client = TlsClient(proxy.port).handshake()
+            time.sleep(1)  # The response fills the socket buffers meanwhile.
+            data, ending = client.read(len(response))
+            self.assertEqual((len(data), ending), (len(response), None), "the response's tail never came")
+            self.assertEqual(sha(data), sha(response))
+            client.send(b"ack")
+            client.close_notify()
+            self.assertEqual(client.read(), (b"", "close_notify"))
+            client.close()
+            line = proxy.line_for(client.port)
+            backend.finish(self)
+            self.check_line(line, tx="user", rx="user", down=len(response), down_copied=len(response),
+                            end="backend_eof")
+
     def test_tls12_small_exchange(self):
         backend = Backend(echo)
         payload = os.urandom(300 * 1024)

@@ -61,12 +61,25 @@ bool Direction::FillPhase() {
       // kPipe: the pipe is full by pages before our count of bytes says
       // so; the drain empties it. Otherwise the source has nothing now:
       // wait for it, unless bytes are pending (the sink goes first).
-      source_wait_ = t.wait == kWaitPipe ? ktls::Wait::kNone : t.wait;
+      source_wait_ = t.wait == ktls::Wait::kPipe ? ktls::Wait::kNone : t.wait;
       return moved;
     }
     if (t.bytes == 0) return moved;
   }
   return moved;
+}
+
+bool Direction::FlushSink() {
+  Transfer t = sink_.Flush();
+  if (t.error) {
+    Fail(Side::kSink, std::move(*t.error));
+    return false;
+  }
+  if (t.would_block) {
+    sink_wait_ = t.wait;
+    return false;
+  }
+  return true;
 }
 
 bool Direction::DrainPhase() {
@@ -81,7 +94,7 @@ bool Direction::DrainPhase() {
     copied_ += t.copied;
     if (t.bytes > 0) moved = true;
     if (t.would_block) {
-      sink_wait_ = t.wait == kWaitPipe ? ktls::Wait::kNone : t.wait;
+      sink_wait_ = t.wait == ktls::Wait::kPipe ? ktls::Wait::kNone : t.wait;
       return moved;
     }
     if (t.bytes == 0) return moved;
@@ -115,6 +128,10 @@ void Direction::Step() {
       }
       continue;
     }
+    // Everything was given to the sink; a TLS sink may still hold some of
+    // it (TX in OpenSSL and a full socket): send it before waiting for the
+    // source, which may have nothing more to push it out with.
+    if (!source_ended_ && !FlushSink()) return;
     if (source_ended_) {
       Transfer t = sink_.ShutdownWrite(!truncated_);
       if (t.error) {

@@ -58,6 +58,7 @@ class Direction {
   void Fail(Side side, ktls::Error error);
   bool FillPhase();   // true when bytes moved.
   bool DrainPhase();  // true when bytes moved.
+  bool FlushSink();   // false: the sink holds bytes it cannot send yet (or failed).
 
   Endpoint& source_;
   Endpoint& sink_;

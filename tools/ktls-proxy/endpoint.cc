@@ -50,6 +50,15 @@ Transfer FromProgress(ktls::Result<ktls::IoProgress> got, bool copied) {
   return t;
 }
 
+// FromSplice: a SpliceRead or SpliceWrite result; IoProgress::copied says
+// how many of the bytes passed through this process.
+Transfer FromSplice(ktls::Result<ktls::IoProgress> got) {
+  const std::size_t copied = got.ok() ? got->copied : 0;
+  Transfer t = FromProgress(std::move(got), false);
+  t.copied = copied;
+  return t;
+}
+
 // A plain socket's recv, send or splice result, as a Transfer.
 Transfer FromSyscall(ssize_t n, int err, ktls::Wait when_blocked, bool reading, std::size_t copied_bytes,
                      const char* what) {
@@ -108,17 +117,7 @@ Transfer Endpoint::Write(std::span<const std::byte> data) {
 }
 
 Transfer Endpoint::SpliceRead(int pipe_fd, std::size_t len) {
-  if (tls_) {
-    // Until ktls::Connection::SpliceRead: through memory, into the pipe.
-    std::array<std::byte, 16 * 1024> buf;
-    const std::size_t want = std::min(len, buf.size());
-    Transfer t = FromProgress(conn_.Read(std::span(buf.data(), want)), true);
-    if (t.bytes > 0) {
-      const ssize_t n = ::write(pipe_fd, buf.data(), t.bytes);
-      if (n != static_cast<ssize_t>(t.bytes)) return Failed(SysError(n < 0 ? errno : EIO, "write into the pipe"));
-    }
-    return t;
-  }
+  if (tls_) return FromSplice(conn_.SpliceRead(pipe_fd, len));
   ssize_t n;
   while ((n = ::splice(plain_.get(), nullptr, pipe_fd, nullptr, len, kSpliceFlags)) < 0 && errno == EINTR) {
   }
@@ -127,27 +126,24 @@ Transfer Endpoint::SpliceRead(int pipe_fd, std::size_t len) {
 
 Transfer Endpoint::SpliceWrite(int pipe_fd, std::size_t len) {
   if (tls_) {
-    // Until ktls::Connection::SpliceWrite: the pipe's bytes through memory.
-    // Bytes taken out of the pipe and not yet written wait in carry_, and
-    // count as written only once they are.
-    if (carry_.empty()) {
-      carry_.resize(std::min<std::size_t>(len, 16 * 1024));
-      const ssize_t n = ::read(pipe_fd, carry_.data(), carry_.size());
-      if (n <= 0) {
-        carry_.clear();
-        return n == 0 || errno == EAGAIN ? Blocked(kWaitPipe) : Failed(SysError(errno, "read from the pipe"));
-      }
-      carry_.resize(static_cast<std::size_t>(n));
-    }
-    Transfer t = FromProgress(conn_.Write(std::span<const std::byte>(carry_).first(std::min(len, carry_.size()))), true);
+    Transfer t = FromSplice(conn_.SpliceWrite(pipe_fd, len));
     t.eof = false;
-    carry_.erase(carry_.begin(), carry_.begin() + static_cast<std::ptrdiff_t>(t.bytes));
     return t;
   }
   ssize_t n;
   while ((n = ::splice(pipe_fd, nullptr, plain_.get(), nullptr, len, kSpliceFlags)) < 0 && errno == EINTR) {
   }
   return FromSyscall(n, errno, ktls::Wait::kWritable, false, 0, "splice to the socket");
+}
+
+Transfer Endpoint::Flush() {
+  if (!tls_) return {};
+  // A Write without kMore sends what the connection holds (a SpliceWrite
+  // with TX in OpenSSL takes bytes from the pipe that the socket had no
+  // room for, and holds them); with nothing held it is no system call.
+  Transfer t = FromProgress(conn_.Write({}), false);
+  t.eof = false;
+  return t;
 }
 
 Transfer Endpoint::ShutdownWrite(bool with_close_notify) {

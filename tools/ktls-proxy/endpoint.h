@@ -9,17 +9,12 @@
 #include <optional>
 #include <span>
 #include <string>
-#include <vector>
 
 #include "ktls-proxy/unique_fd.h"
 #include "ktls/connection.h"
 #include "ktls/result.h"
 
 namespace ktls::proxy {
-
-// kWaitPipe: the pipe is full (SpliceRead) or empty (SpliceWrite).
-// TEMPORARY: ktls::Wait::kPipe once the library's splice API is merged.
-inline constexpr ktls::Wait kWaitPipe = static_cast<ktls::Wait>(3);
 
 // Transfer: what one call on an Endpoint did.
 struct Transfer {
@@ -56,10 +51,14 @@ class Endpoint {
   // SpliceRead moves up to len bytes into a pipe (pipe_fd: its write end),
   // SpliceWrite up to len bytes from a pipe (its read end), by splice(2)
   // where the bytes are plaintext in the kernel (a plain socket, or a kTLS
-  // direction). would_block with Wait::kPipe: the pipe is full (SpliceRead)
-  // or empty (SpliceWrite).
+  // direction; a direction in OpenSSL copies, Transfer::copied). would_block
+  // with Wait::kPipe: the pipe is full, or not empty for a TLS SpliceRead
+  // (SpliceRead), or empty (SpliceWrite).
   Transfer SpliceRead(int pipe_fd, std::size_t len);
   Transfer SpliceWrite(int pipe_fd, std::size_t len);
+  // Flush sends what a TLS connection took and holds (SpliceWrite with TX
+  // in OpenSSL, when the socket was full): would_block until it could.
+  Transfer Flush();
 
   // ShutdownWrite ends what this side sends: close_notify then a FIN on
   // TLS, a FIN on a plain socket. with_close_notify false sends only the
@@ -75,7 +74,6 @@ class Endpoint {
   bool tls_ = false;
   UniqueFd plain_;
   ktls::Connection conn_;
-  std::vector<std::byte> carry_;  // SpliceWrite's bytes out of the pipe, not yet written.
 };
 
 // IsReset: the error is the peer's TCP reset (or a write after it).
