@@ -1,7 +1,7 @@
-// Unit tests: ktls-serve's TLS choices (tools/ktls-serve/tls_options), as
-// OpenSSL reads them: the suites a client is offered, and when a fallback
-// is worth a log line.
-#include "ktls-serve/tls_options.h"
+// Unit tests: the TLS choices ktls-serve and ktls-proxy make
+// (tools/common/tls_options), as OpenSSL reads them: the suites a client is
+// offered, the offload flags, and when a fallback is worth a log line.
+#include "common/tls_options.h"
 
 #include <gtest/gtest.h>
 #include <openssl/obj_mac.h>
@@ -14,15 +14,15 @@
 #include "common/self_signed.h"
 #include "ktls/server.h"
 
-namespace ktls::serve {
+namespace ktls::tools {
 namespace {
 
 // Tls12Suites: the TLS 1.2 suites (OpenSSL names) of the context that
 // ServerContext::Create makes from config.
 std::set<std::string> Tls12Suites(ServerConfig config, bool* all_ecdhe_aead) {
-  tools::SelfSigned cert;
+  SelfSigned cert;
   std::string error;
-  EXPECT_TRUE(tools::MakeSelfSigned(cert, error)) << error;
+  EXPECT_TRUE(MakeSelfSigned(cert, error)) << error;
   config.cert_file = cert.cert_file;
   config.key_file = cert.key_file;
   auto context = ServerContext::Create(config);
@@ -63,14 +63,30 @@ TEST(TlsOptionsTest, CiphersAndCiphersuitesReplaceTheDefaults) {
 
 TEST(TlsOptionsTest, FallbackMessageOnlyWhenTxWasWantedAndPossible) {
   const OffloadReport cbc{Offload::kUser, Offload::kUser, "cipher not offloadable: TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA"};
-  EXPECT_EQ(FallbackMessage(cbc, true, true),
+  EXPECT_EQ(FallbackMessage("ktls-serve", cbc, true, true),
             "ktls-serve: a connection stays in userspace TLS: cipher not offloadable: "
             "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA");
-  EXPECT_EQ(FallbackMessage(cbc, false, true), std::nullopt) << "--no-offload: by choice";
-  EXPECT_EQ(FallbackMessage(cbc, true, false), std::nullopt) << "no kTLS: said once at start-up";
+  EXPECT_EQ(FallbackMessage("ktls-serve", cbc, false, true), std::nullopt) << "--no-offload: by choice";
+  EXPECT_EQ(FallbackMessage("ktls-serve", cbc, true, false), std::nullopt) << "no kTLS: said once at start-up";
   const OffloadReport rx_only{Offload::kKernel, Offload::kUser, "RX stays in OpenSSL"};
-  EXPECT_EQ(FallbackMessage(rx_only, true, true), std::nullopt) << "RX in userspace is ktls-serve's own default";
+  EXPECT_EQ(FallbackMessage("ktls-serve", rx_only, true, true), std::nullopt) << "RX in userspace is ktls-serve's own default";
+}
+
+TEST(TlsOptionsTest, OffloadFlagsSetEachDirection) {
+  std::string error;
+  OffloadOptions options;
+  ASSERT_TRUE(SetOffloadChoice({}, options, error)) << error;
+  EXPECT_EQ(options.rx, RxOffload::kAuto);
+  EXPECT_EQ(options.tx, TxOffload::kOn);
+  ASSERT_TRUE(SetOffloadChoice({.rx = true}, options, error)) << error;
+  EXPECT_EQ(options.rx, RxOffload::kOn);
+  ASSERT_TRUE(SetOffloadChoice({.no_rx = true}, options, error)) << error;
+  EXPECT_EQ(options.rx, RxOffload::kOff);
+  ASSERT_TRUE(SetOffloadChoice({.no_offload = true}, options, error)) << error;
+  EXPECT_EQ(options.tx, TxOffload::kOff);
+  EXPECT_FALSE(SetOffloadChoice({.rx = true, .no_rx = true}, options, error));
+  EXPECT_EQ(error, "--rx and --no-rx contradict each other");
 }
 
 }  // namespace
-}  // namespace ktls::serve
+}  // namespace ktls::tools

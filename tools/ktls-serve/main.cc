@@ -50,10 +50,10 @@
 
 #include "common/connection_limits.h"
 #include "common/self_signed.h"
+#include "common/tls_options.h"
 #include "ktls-serve/file_response.h"
 #include "ktls-serve/metrics.h"
 #include "ktls-serve/metrics_http.h"
-#include "ktls-serve/tls_options.h"
 #include "ktls/asio.h"
 #include "ktls/kernel_tls_stats.h"
 #include "ktls/probe.h"
@@ -724,10 +724,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ktls-serve: %s\n%s\n", e.what(), cli.help().c_str());
     return 2;
   }
-  if (o.rx && o.no_rx) {
-    std::fprintf(stderr, "ktls-serve: --rx and --no-rx contradict each other\n");
-    return 2;
-  }
   if (o.cert_file.empty() != o.key_file.empty()) {
     std::fprintf(stderr, "ktls-serve: --cert and --key go together\n");
     return 2;
@@ -778,15 +774,17 @@ int main(int argc, char** argv) {
   }
   config.alpn = {"http/1.1"};
   config.handshake_timeout = o.handshake_timeout;
-  config.offload.rx = o.no_rx ? ktls::RxOffload::kOff : o.rx ? ktls::RxOffload::kOn : ktls::RxOffload::kAuto;
-  config.offload.tx = o.no_offload ? ktls::TxOffload::kOff : ktls::TxOffload::kOn;
-  ktls::serve::SetCipherOptions(config, o.ciphers, o.ciphersuites);
+  if (!ktls::tools::SetOffloadChoice({o.rx, o.no_rx, o.no_offload}, config.offload, error)) {
+    std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
+    return 2;
+  }
+  ktls::tools::SetCipherOptions(config, o.ciphers, o.ciphersuites);
   // A client whose choice the kernel cannot carry (a CBC suite --ciphers
   // allowed) is served in userspace TLS: say why.
   config.offload.on_fallback = [&metrics, tx_wanted = !o.no_offload,
                                 has_ktls = ktls::CachedCapabilities().available](const ktls::OffloadReport& report) {
     metrics.Fallback(report);
-    if (auto message = ktls::serve::FallbackMessage(report, tx_wanted, has_ktls)) LogError(*message);
+    if (auto message = ktls::tools::FallbackMessage("ktls-serve", report, tx_wanted, has_ktls)) LogError(*message);
   };
   auto tls = ktls::ServerContext::Create(config);
   if (!tls.ok()) {

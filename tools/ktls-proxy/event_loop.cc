@@ -1,0 +1,233 @@
+// tools/ktls-proxy/event_loop.cc: see event_loop.h.
+#include "ktls-proxy/event_loop.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "ktls-proxy/listen_socket.h"
+
+namespace ktls::proxy {
+namespace {
+
+// epoll tags: the listener, the wake-up eventfd, and for connections
+// id * 2 + side (side 0: the client's socket, 1: the backend's).
+constexpr std::uint64_t kListenerTag = 0;
+constexpr std::uint64_t kWakeTag = 1;
+
+constexpr int kMaxEvents = 256;
+constexpr int kMaxAcceptsPerWake = 64;
+// How often a listener paused by --max-connections looks for room again.
+constexpr std::chrono::milliseconds kPausedPoll{20};
+// After EMFILE/ENFILE: let connections end before accepting again.
+constexpr std::chrono::milliseconds kOutOfFdsPause{100};
+
+}  // namespace
+
+EventLoop::EventLoop(const ProxyContext& context, std::atomic<std::size_t>& active)
+    : context_(context), active_(active) {
+  epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  wake_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kWakeTag;
+  (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
+}
+
+bool EventLoop::Listen(const std::string& host, std::uint16_t port, std::string& error) {
+  if (epoll_.get() < 0 || wake_.get() < 0) {
+    error = std::string("epoll or eventfd: ") + std::strerror(errno);
+    return false;
+  }
+  listener_ = OpenListenSocket(host, port, {.reuse_port = true, .non_blocking = true, .backlog = SOMAXCONN},
+                               "--listen", port_, error);
+  if (listener_.get() < 0) return false;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenerTag;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &ev) != 0) {
+    error = std::string("epoll_ctl: ") + std::strerror(errno);
+    return false;
+  }
+  listener_registered_ = true;
+  return true;
+}
+
+void EventLoop::BeginDrain() {
+  const std::uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof(one));
+}
+
+void EventLoop::Run() {
+  epoll_event events[kMaxEvents];
+  while (!(draining_ && connections_.empty())) {
+    const int n = ::epoll_wait(epoll_.get(), events, kMaxEvents, WaitTimeout(Clock::now()));
+    const auto now = Clock::now();
+    for (int i = 0; i < n; ++i) {
+      const std::uint64_t tag = events[i].data.u64;
+      if (tag == kListenerTag) {
+        Accept(now);
+      } else if (tag == kWakeTag) {
+        std::uint64_t count;
+        (void)!::read(wake_.get(), &count, sizeof(count));
+        StartDrain(now);
+      } else if (connections_.count(tag / 2) != 0) {
+        RunConnection(tag / 2, now);
+      }
+    }
+    RunTimers(now);
+    std::vector<std::uint64_t> again;
+    again.swap(ready_);
+    for (std::uint64_t id : again) {
+      if (connections_.count(id) != 0) RunConnection(id, now);
+    }
+    ResumeListenerIfRoom(now);
+    if (draining_ && now >= drain_deadline_ && !connections_.empty()) {
+      for (auto& [id, entry] : connections_) {
+        entry.conn->Abort("drain_timeout", now);
+        for (int side = 0; side < 2; ++side) UpdateSlot(id, side, entry.slots[side], {});
+      }
+      active_ -= connections_.size();
+      connections_.clear();
+    }
+  }
+}
+
+int EventLoop::WaitTimeout(Clock::time_point now) const {
+  if (!ready_.empty()) return 0;
+  Clock::time_point until = Clock::time_point::max();
+  if (!timers_.empty()) until = timers_.top().when;
+  if (draining_) until = std::min(until, drain_deadline_);
+  if (listener_.get() >= 0 && !listener_registered_) until = std::min(until, now + kPausedPoll);
+  if (until == Clock::time_point::max()) return -1;
+  if (until <= now) return 0;
+  // Round up: a wake-up a little early would find nothing due, and spin.
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count() + 1;
+  return static_cast<int>(std::min<long long>(ms, 60'000));
+}
+
+void EventLoop::Accept(Clock::time_point now) {
+  for (int i = 0; i < kMaxAcceptsPerWake && listener_.get() >= 0; ++i) {
+    if (active_.load() >= context_.options->limits.max_connections) {
+      PauseListener(now);  // Full: new clients wait in the listen queue.
+      return;
+    }
+    sockaddr_storage client_addr{};
+    socklen_t client_len = sizeof(client_addr);
+    const int fd = ::accept4(listener_.get(), reinterpret_cast<sockaddr*>(&client_addr), &client_len,
+                             SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        PauseListener(now + kOutOfFdsPause);
+      }
+      return;  // EAGAIN: nobody else waiting.
+    }
+    sockaddr_storage local_addr{};
+    socklen_t local_len = sizeof(local_addr);
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&local_addr), &local_len);
+    // A relay's small writes must not wait for the client's delayed ACK.
+    const int one = 1;
+    (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    ++active_;
+    const std::uint64_t id = next_id_++;
+    Entry& entry = connections_[id];
+    entry.conn = std::make_unique<ProxyConnection>(context_, UniqueFd(fd), client_addr, local_addr, now);
+    RunConnection(id, now);
+  }
+}
+
+void EventLoop::PauseListener(Clock::time_point until) {
+  paused_until_ = until;
+  if (listener_registered_) {
+    (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
+    listener_registered_ = false;
+  }
+}
+
+void EventLoop::ResumeListenerIfRoom(Clock::time_point now) {
+  if (listener_registered_ || listener_.get() < 0 || draining_ || now < paused_until_ ||
+      active_.load() >= context_.options->limits.max_connections) {
+    return;
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenerTag;
+  listener_registered_ = ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &ev) == 0;
+}
+
+void EventLoop::StartDrain(Clock::time_point now) {
+  if (draining_) return;
+  draining_ = true;
+  drain_deadline_ = now + context_.options->drain_timeout;
+  PauseListener(Clock::time_point::max());
+  listener_.reset();  // Stop accepting; the other loops' listeners take new clients until they stop too.
+}
+
+void EventLoop::RunConnection(std::uint64_t id, Clock::time_point now) {
+  Entry& entry = connections_.at(id);
+  entry.conn->Run(now);
+  AfterRun(id, entry);
+}
+
+void EventLoop::AfterRun(std::uint64_t id, Entry& entry) {
+  ProxyConnection& conn = *entry.conn;
+  // Right after the run that changed them, before any other connection
+  // runs: a socket the run closed cannot have been reused yet.
+  UpdateSlot(id, 0, entry.slots[0], conn.finished() ? ProxyConnection::Interest{} : conn.client_interest());
+  UpdateSlot(id, 1, entry.slots[1], conn.finished() ? ProxyConnection::Interest{} : conn.backend_interest());
+  if (conn.finished()) {
+    connections_.erase(id);
+    --active_;
+    return;
+  }
+  const auto deadline = conn.deadline();
+  if (deadline < entry.scheduled) {
+    entry.scheduled = deadline;
+    timers_.push({deadline, id});
+  }
+  if (conn.more()) ready_.push_back(id);
+}
+
+void EventLoop::UpdateSlot(std::uint64_t id, int side, Slot& have, ProxyConnection::Interest want) {
+  if (want.events == 0) want.fd = -1;
+  if (have.fd >= 0 && have.fd != want.fd) {
+    // ENOENT or EBADF when the socket is closed already (closing removed it).
+    (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, have.fd, nullptr);
+    have = {};
+  }
+  if (want.fd < 0 || (have.fd == want.fd && have.events == want.events)) return;
+  epoll_event ev{};
+  ev.events = want.events;
+  ev.data.u64 = id * 2 + static_cast<std::uint64_t>(side);
+  const int op = have.fd == want.fd ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+  if (::epoll_ctl(epoll_.get(), op, want.fd, &ev) == 0) {
+    have = {want.fd, want.events};
+  } else {
+    have = {};
+  }
+}
+
+void EventLoop::RunTimers(Clock::time_point now) {
+  while (!timers_.empty() && timers_.top().when <= now) {
+    const Timer timer = timers_.top();
+    timers_.pop();
+    auto it = connections_.find(timer.id);
+    if (it == connections_.end() || it->second.scheduled != timer.when) continue;  // Superseded.
+    Entry& entry = it->second;
+    entry.scheduled = Clock::time_point::max();
+    if (entry.conn->deadline() <= now) {
+      RunConnection(timer.id, now);
+    } else {
+      AfterRun(timer.id, entry);  // Not due yet (the idle deadline moved): schedule it again.
+    }
+  }
+}
+
+}  // namespace ktls::proxy

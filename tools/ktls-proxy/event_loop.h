@@ -1,0 +1,92 @@
+// tools/ktls-proxy/event_loop.h: one event loop thread of ktls-proxy: its
+// own epoll (level-triggered), its own SO_REUSEPORT listener (the kernel
+// spreads new clients over the loops), and the connections it accepted,
+// each run when one of its sockets is ready or its deadline passes. Never
+// blocks but in epoll_wait; no thread per connection.
+#ifndef KTLS_TOOLS_KTLS_PROXY_EVENT_LOOP_H_
+#define KTLS_TOOLS_KTLS_PROXY_EVENT_LOOP_H_
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <queue>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "ktls-proxy/proxy_connection.h"
+#include "ktls-proxy/unique_fd.h"
+
+namespace ktls::proxy {
+
+class EventLoop {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  // active counts the connections of every loop, against
+  // --max-connections: a full proxy leaves new clients in the listen queue.
+  EventLoop(const ProxyContext& context, std::atomic<std::size_t>& active);
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  // Listen opens this loop's listener (SO_REUSEPORT) on host:port; port 0
+  // picks a free one, which port() then says, for the other loops.
+  bool Listen(const std::string& host, std::uint16_t port, std::string& error);
+  std::uint16_t port() const noexcept { return port_; }
+
+  // Run serves until BeginDrain was called and its connections are over
+  // (or the drain timeout closed them).
+  void Run();
+  // BeginDrain: stop accepting, let the connections finish for at most
+  // --drain-timeout. Safe from any thread (a signal thread).
+  void BeginDrain();
+
+ private:
+  struct Slot {
+    int fd = -1;
+    std::uint32_t events = 0;
+  };
+  struct Entry {
+    std::unique_ptr<ProxyConnection> conn;
+    Slot slots[2];  // The client's socket, the backend's.
+    Clock::time_point scheduled = Clock::time_point::max();
+  };
+  struct Timer {
+    Clock::time_point when;
+    std::uint64_t id;
+    bool operator>(const Timer& other) const { return when > other.when; }
+  };
+
+  void Accept(Clock::time_point now);
+  void PauseListener(Clock::time_point until);
+  void ResumeListenerIfRoom(Clock::time_point now);
+  void StartDrain(Clock::time_point now);
+  // RunConnection runs one connection, then brings its epoll registrations
+  // and its timer up to date, and drops it once it finished.
+  void RunConnection(std::uint64_t id, Clock::time_point now);
+  void AfterRun(std::uint64_t id, Entry& entry);
+  void UpdateSlot(std::uint64_t id, int side, Slot& have, ProxyConnection::Interest want);
+  void RunTimers(Clock::time_point now);
+  int WaitTimeout(Clock::time_point now) const;
+
+  const ProxyContext& context_;
+  std::atomic<std::size_t>& active_;
+  UniqueFd epoll_;
+  UniqueFd wake_;  // eventfd: BeginDrain.
+  UniqueFd listener_;
+  std::uint16_t port_ = 0;
+  bool listener_registered_ = false;
+  Clock::time_point paused_until_ = Clock::time_point::min();
+  bool draining_ = false;
+  Clock::time_point drain_deadline_ = Clock::time_point::max();
+  std::uint64_t next_id_ = 1;
+  std::unordered_map<std::uint64_t, Entry> connections_;
+  std::priority_queue<Timer, std::vector<Timer>, std::greater<>> timers_;
+  std::vector<std::uint64_t> ready_;  // To run again without waiting.
+};
+
+}  // namespace ktls::proxy
+
+#endif  // KTLS_TOOLS_KTLS_PROXY_EVENT_LOOP_H_

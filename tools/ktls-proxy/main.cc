@@ -1,0 +1,186 @@
+// ktls-proxy: a TLS-terminating TCP proxy on kernel TLS.
+//
+//   ktls-proxy --listen ADDR:PORT --backend HOST:PORT [--cert FILE --key FILE]
+//              [--backend-tls [--backend-ca FILE] [--backend-sni NAME]
+//               [--backend-insecure]] [--rx|--no-rx] [--no-offload]
+//              [--threads N] [--proxy-protocol] [--copy] [--metrics ADDR:PORT]
+//              [timeouts, limits]
+//
+// Clients' TLS ends here (their records in the kernel: kTLS); the plaintext
+// goes on to the backend over TCP, or over TLS again with --backend-tls,
+// moved by splice(2) through a pipe per direction, so it never enters this
+// process where the kernel holds both directions (--copy: read and write,
+// to compare). Half-closes pass through both ways, a reset on one side
+// resets the other. One line per connection on stdout when it closes
+// (connection_log.h); start-up information on stderr.
+// SIGINT/SIGTERM: stop accepting, let open connections finish for at most
+// --drain-timeout, close the rest, exit 0. --metrics ADDR:PORT serves
+// Prometheus text at /metrics (metrics.h says what is counted).
+//
+// This file only wires: the flags (options.h), the backend (backend.h), one
+// event loop per thread (event_loop.h), the signals.
+#include <pthread.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/self_signed.h"
+#include "common/tls_options.h"
+#include "ktls-proxy/backend.h"
+#include "ktls-proxy/event_loop.h"
+#include "ktls-proxy/metrics.h"
+#include "ktls-proxy/metrics_http.h"
+#include "ktls-proxy/options.h"
+#include "ktls-proxy/proxy_connection.h"
+#include "ktls/probe.h"
+#include "ktls/server.h"
+
+namespace {
+
+using ktls::proxy::ProxyOptions;
+
+void LogLine(const std::string& text) {
+  std::string line = text + "\n";
+  // One write per line: lines from different threads never interleave.
+  (void)!::write(STDOUT_FILENO, line.data(), line.size());
+}
+
+std::string Capabilities() {
+  const ktls::Capabilities& caps = ktls::CachedCapabilities();
+  if (!caps.available) return "kTLS unavailable on Linux " + caps.kernel + ": " + caps.reason + " (userspace TLS)";
+  return "kTLS on Linux " + caps.kernel + (caps.rekey ? "; TLS 1.3 key updates: yes" : "; TLS 1.3 key updates: no");
+}
+
+void RaiseFileLimit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    (void)::setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
+
+int Run(const ProxyOptions& options) {
+  const bool has_ktls = ktls::CachedCapabilities().available;
+  auto fallback = [tx_wanted = !options.offload.no_offload, has_ktls](const ktls::OffloadReport& report) {
+    if (auto message = ktls::tools::FallbackMessage("ktls-proxy", report, tx_wanted, has_ktls)) {
+      std::fprintf(stderr, "%s\n", message->c_str());
+    }
+  };
+  std::string error;
+  ktls::ServerConfig config;
+  ktls::tools::SelfSigned self_signed;
+  if (options.cert_file.empty()) {
+    if (!ktls::tools::MakeSelfSigned(self_signed, error)) {
+      std::fprintf(stderr, "ktls-proxy: cannot make a self-signed certificate: %s\n", error.c_str());
+      return 1;
+    }
+    config.cert_file = self_signed.cert_file;
+    config.key_file = self_signed.key_file;
+    std::fprintf(stderr, "ktls-proxy: self-signed certificate for localhost, SHA-256 fingerprint %s\n",
+                 self_signed.fingerprint.c_str());
+  } else {
+    config.cert_file = options.cert_file;
+    config.key_file = options.key_file;
+  }
+  config.handshake_timeout = options.handshake_timeout;
+  if (!ktls::tools::SetOffloadChoice(options.offload, config.offload, error)) {
+    std::fprintf(stderr, "ktls-proxy: %s\n", error.c_str());
+    return 2;
+  }
+  config.offload.on_fallback = fallback;
+  ktls::tools::SetCipherOptions(config, options.ciphers, options.ciphersuites);
+  auto tls = ktls::ServerContext::Create(config);
+  if (!self_signed.cert_file.empty()) {
+    // The context has loaded them; leave no key behind.
+    std::remove(self_signed.cert_file.c_str());
+    std::remove(self_signed.key_file.c_str());
+    ::rmdir(self_signed.cert_file.substr(0, self_signed.cert_file.rfind('/')).c_str());
+  }
+  if (!tls.ok()) {
+    std::fprintf(stderr, "ktls-proxy: TLS configuration: %s\n", tls.error().ToString().c_str());
+    return 1;
+  }
+  auto backend = ktls::proxy::Backend::Create(options, fallback, error);
+  if (!backend) {
+    std::fprintf(stderr, "ktls-proxy: %s\n", error.c_str());
+    return 1;
+  }
+  ktls::proxy::ProxyMetrics metrics;  // Counted whether or not --metrics serves them.
+  const ktls::proxy::ProxyContext context{&options, &tls.value(), &*backend, LogLine, &metrics};
+  ktls::proxy::MetricsServer metrics_server;
+  if (options.metrics_on &&
+      !metrics_server.Start(options.metrics.host, options.metrics.port, [&metrics] { return metrics.Render(); }, error)) {
+    std::fprintf(stderr, "ktls-proxy: %s\n", error.c_str());
+    return 1;
+  }
+
+  const unsigned num_threads = options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+  std::atomic<std::size_t> active{0};
+  std::vector<std::unique_ptr<ktls::proxy::EventLoop>> loops;
+  std::uint16_t port = options.listen.port;
+  for (unsigned i = 0; i < num_threads; ++i) {
+    loops.push_back(std::make_unique<ktls::proxy::EventLoop>(context, active));
+    // The first listener picks the port (when --listen says 0); the others
+    // share it (SO_REUSEPORT).
+    if (!loops.back()->Listen(options.listen.host, port, error)) {
+      std::fprintf(stderr, "ktls-proxy: %s\n", error.c_str());
+      return 1;
+    }
+    port = loops.back()->port();
+  }
+
+  // SIGINT and SIGTERM go to this thread's sigwait only: blocked here,
+  // before the loops start, so every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::vector<std::thread> threads;
+  for (auto& loop : loops) threads.emplace_back([&loop] { loop->Run(); });
+
+  const std::string host = options.listen.host.find(':') != std::string::npos ? "[" + options.listen.host + "]"
+                                                                              : options.listen.host;
+  std::fprintf(stderr, "ktls-proxy: %s\n", Capabilities().c_str());
+  if (options.metrics_on) {
+    const std::string at = options.metrics.host.find(':') != std::string::npos ? "[" + options.metrics.host + "]"
+                                                                               : options.metrics.host;
+    std::fprintf(stderr, "ktls-proxy: metrics on http://%s:%u/metrics\n", at.c_str(), metrics_server.port());
+  }
+  std::fprintf(stderr, "ktls-proxy: listening on %s:%u, backend %s%s, %u thread(s), %s\n", host.c_str(), port,
+               backend->name().c_str(), backend->tls() ? " (TLS)" : "", num_threads,
+               options.copy ? "copy" : "splice");
+  int signo = 0;
+  sigwait(&signals, &signo);
+  std::fprintf(stderr, "ktls-proxy: signal %d: draining %zu connection(s)\n", signo, active.load());
+  for (auto& loop : loops) loop->BeginDrain();
+  for (auto& thread : threads) thread.join();
+  metrics_server.Stop();
+  std::fprintf(stderr, "ktls-proxy: drained\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ProxyOptions options;
+  std::string text;
+  switch (ktls::proxy::ParseProxyOptions(argc, argv, options, text)) {
+    case ktls::proxy::ParseOutcome::kHelp: std::printf("%s\n", text.c_str()); return 0;
+    case ktls::proxy::ParseOutcome::kError: std::fprintf(stderr, "%s\n", text.c_str()); return 2;
+    case ktls::proxy::ParseOutcome::kRun: break;
+  }
+  // splice(2) and the kernel's sends to a client that is gone must not
+  // kill the process: that is one connection's error.
+  ::signal(SIGPIPE, SIG_IGN);
+  RaiseFileLimit();
+  std::setvbuf(stderr, nullptr, _IOLBF, 0);
+  return Run(options);
+}
