@@ -158,8 +158,10 @@ class KTLS_API Connection {
   // empty pipe is never waited for (would_block, Wait::kPipe). With
   // WriteFlags::kMore the last record may stay open for what follows, as
   // Write's kMore. With TX in OpenSSL, bytes are taken from the pipe a
-  // record at a time; what could not be sent yet is held and goes first
-  // with the next write (or Shutdown), like Write's kMore. Like SendFile,
+  // record at a time; what could not be sent yet (a full socket) is held
+  // and counted as moved, and goes first with the next write: a caller
+  // whose pipe is now empty sends it with an empty Write({}) once the
+  // socket is writable (ktls-proxy does), or with Shutdown. Like SendFile,
   // splice into a socket whose peer is gone can raise SIGPIPE.
   Result<IoProgress> SpliceWrite(int pipe_fd, std::size_t len, WriteFlags flags = WriteFlags::kNone);
 
