@@ -46,6 +46,8 @@ import tempfile
 import threading
 import time
 
+from benchlib import Failure, kernel_promised, tls_stat, wait_port
+
 SUITE = "TLS_AES_128_GCM_SHA256"
 MiB = 1 << 20
 GiB = 1 << 30
@@ -59,19 +61,6 @@ LABELS = {
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-class Failure(Exception):
-    pass
-
-
-def kernel_promised():
-    return "1" in (os.environ.get("KTLS_REQUIRE_KERNEL"), os.environ.get("KTLS_IN_UML"))
-
-
-def tls_stat():
-    with open("/proc/net/tls_stat") as f:
-        return {k: int(v) for k, v in (line.split() for line in f if line.strip())}
-
-
 def cpu_seconds(pid):
     """User + system CPU of the process and its threads so far."""
     with open(f"/proc/{pid}/stat") as f:
@@ -83,19 +72,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_port(port, proc, what):
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise Failure(f"{what} exited {proc.returncode} at start")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise Failure(f"{what} did not listen on {port}")
 
 
 class Backend:

@@ -27,7 +27,7 @@ IDLE_CASES = ["openssl", "openssl_release_buffers", "ktls", "openssl_client_cert
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from static_files import kernel_promised  # noqa: E402
+from benchlib import kernel_promised  # noqa: E402
 
 
 def fail(message):

@@ -36,12 +36,13 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import Failure, kernel_promised, tls_stat, wait_port
 
 SUITE = "TLS_AES_128_GCM_SHA256"
 PORTS = {"nginx": 18443, "ktls_serve": 18444, "ktls_serve_no_offload": 18445, "ktls_serve_metrics": 18446}
@@ -53,34 +54,6 @@ LABELS = {
     "ktls_serve_no_offload": "ktls-serve --threads 1 --no-offload",
     "ktls_serve_metrics": "ktls-serve --threads 1 --metrics (counting on every request)",
 }
-
-
-def kernel_promised():
-    """Whether kernel TLS was promised to this run (CI, or a UML guest):
-    then finding none is a failure, never a skip."""
-    return "1" in (os.environ.get("KTLS_REQUIRE_KERNEL"), os.environ.get("KTLS_IN_UML"))
-
-
-class Failure(Exception):
-    pass
-
-
-def tls_stat():
-    with open("/proc/net/tls_stat") as f:
-        return {k: int(v) for k, v in (line.split() for line in f if line.strip())}
-
-
-def wait_port(port, proc, what):
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise Failure(f"{what} exited {proc.returncode} at start")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise Failure(f"{what} is not listening on {port}")
 
 
 def nginx_conf(work, www, cert, key):
