@@ -528,8 +528,10 @@ class TransferTest(ProxyTest):
             self.assertEqual((len(data), ending), (len(response), None), "the response's tail never came")
             self.assertEqual(sha(data), sha(response))
             client.send(b"ack")
-            client.close_notify()
+            # The backend's FIN (as close_notify) first, then ours: the line
+            # names the side that closed first.
             self.assertEqual(client.read(), (b"", "close_notify"))
+            client.close_notify()
             client.close()
             line = proxy.line_for(client.port)
             backend.finish(self)
