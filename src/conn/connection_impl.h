@@ -198,6 +198,9 @@ class ConnectionImpl {
   std::atomic<bool> tx_update_pending_ = false;
   std::atomic<bool> tx_update_request_peer_ = false;  // The pending update asks the peer to update too.
   std::uint64_t tx_records_bound_ = 0;  // >= records sent under the TX key. Under tx_mu_.
+  // Plaintext in kTLS's open TX record: WriteFlags::kMore writes that
+  // filled no record, so pushed nothing. Under tx_mu_.
+  std::size_t tx_open_record_ = 0;
   std::atomic<bool> failed_ = false;     // An error ended the connection.
   std::atomic<bool> sent_close_ = false;  // We sent close_notify (or a fatal alert).
   // Bytes a Write with WriteFlags::kMore held back, with TX in OpenSSL: they

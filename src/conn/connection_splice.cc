@@ -238,6 +238,7 @@ Result<IoProgress> ConnectionImpl::SpliceWriteKernel(int pipe_fd, std::size_t le
     const ssize_t n = sys::Splice(pipe_fd, socket.get(), len, splice_flags);
     if (n > 0) {
       tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
+      tx_open_record_ = 0;  // Checked below whatever its flags.
       if (auto dead = SendWentNowhere(static_cast<std::size_t>(n))) return Fail(std::move(*dead));
       return IoProgress{static_cast<std::size_t>(n), false, false};
     }

@@ -53,7 +53,15 @@ Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data, WriteF
     const ssize_t n = sys::SendMsg(socket.get(), &msg, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
     if (n >= 0) {
       tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
-      if (auto dead = SendWentNowhere(static_cast<std::size_t>(n))) return Fail(std::move(*dead));
+      // A kMore write that fills no record pushes nothing to TCP, so none
+      // of its bytes can have gone nowhere: the write that pushes the
+      // record checks (one check per response, not per piece).
+      const std::size_t open = tx_open_record_ + static_cast<std::size_t>(n);
+      const bool pushed = !more || open >= kMaxRecordPlaintext;
+      tx_open_record_ = more ? open % kMaxRecordPlaintext : 0;
+      if (pushed) {
+        if (auto dead = SendWentNowhere(static_cast<std::size_t>(n))) return Fail(std::move(*dead));
+      }
       return IoProgress{static_cast<std::size_t>(n), false, false};
     }
     if (WouldBlock(static_cast<int>(-n))) return Blocked(Wait::kWritable);
@@ -123,6 +131,7 @@ Result<IoProgress> ConnectionImpl::SendFile(int file_fd, off_t offset, std::size
     const ssize_t n = sys::SendFile(socket.get(), file_fd, &pos, len);
     if (n >= 0) {
       tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
+      tx_open_record_ = 0;
       if (auto dead = SendWentNowhere(static_cast<std::size_t>(n))) return Fail(std::move(*dead));
       return IoProgress{static_cast<std::size_t>(n), false, false};
     }
@@ -235,6 +244,7 @@ Result<void> ConnectionImpl::SendWarningAlert(int alert) {
 Result<void> ConnectionImpl::SendPendingWarningLocked(int alert) {
   const std::array<unsigned char, 2> payload{kAlertLevelWarning, static_cast<unsigned char>(alert)};
   auto sent = SendKernelControlRecord(uapi::kRecordAlert, payload);
+  if (sent) tx_open_record_ = 0;  // kTLS pushes an open data record before a control record.
   if (!sent && IsWouldBlock(sent.error())) {
     tx_warning_pending_ = alert;  // The send buffer is full: the next write sends it.
     return {};

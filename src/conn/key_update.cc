@@ -84,6 +84,7 @@ Result<void> ConnectionImpl::UpdateTxKeyLocked(bool request_peer_update) {
   const std::array<unsigned char, 5> key_update{
       kHandshakeKeyUpdate, 0, 0, 1, request_peer_update ? kKeyUpdateRequested : kKeyUpdateNotRequested};
   if (auto sent = SendKernelControlRecord(uapi::kRecordHandshake, key_update); !sent) return sent;
+  tx_open_record_ = 0;  // kTLS pushed the open data record first.
   // The peer now expects the next key: if the kernel refused it, nothing
   // more can be sent on this connection.
   const int rc = sys::SetSockOpt(socket.get(), uapi::kSolTls, uapi::kTlsTx, info->data(), info->size());

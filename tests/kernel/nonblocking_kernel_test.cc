@@ -335,6 +335,30 @@ TEST_P(NonBlockingKernelTest, SendsOnASocketThatCannotSendAreErrors) {
   }
 }
 
+// A WriteFlags::kMore piece that fills no record pushes nothing, so ktls
+// does not look at the TCP state for it (one check per response): the
+// piece is taken, and the write that pushes the record reports the dead
+// socket. A kMore piece that fills a record is checked at once.
+TEST_P(NonBlockingKernelTest, PiecesOfAResponseOnASocketThatCannotSendEndInAnError) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  ASSERT_NO_FATAL_FAILURE(Handshake());
+  ASSERT_EQ(::shutdown(server_->fd(), SHUT_WR), 0);
+  const std::vector<std::uint8_t> head = RandomBytes(300);
+  auto piece = server_->Write(std::as_bytes(std::span(head)), WriteFlags::kMore);
+  ASSERT_TRUE(piece.ok()) << piece.error().ToString();
+  EXPECT_EQ(piece->bytes, head.size());
+  auto last = server_->Write(std::as_bytes(std::span(head)));
+  ASSERT_FALSE(last.ok()) << "reported " << last->bytes << " bytes sent on a shut socket";
+  EXPECT_EQ(last.error().sys_errno, EPIPE) << last.error().ToString();
+
+  ASSERT_NO_FATAL_FAILURE(Handshake());
+  ASSERT_EQ(::shutdown(server_->fd(), SHUT_WR), 0);
+  const std::vector<std::uint8_t> big = RandomBytes(40 * 1024);  // Fills two records.
+  auto full = server_->Write(std::as_bytes(std::span(big)), WriteFlags::kMore);
+  ASSERT_FALSE(full.ok()) << "reported " << full->bytes << " bytes sent on a shut socket";
+  EXPECT_EQ(full.error().sys_errno, EPIPE) << full.error().ToString();
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, NonBlockingKernelTest,
                          AllOffloadShapes(), OffloadShapeName);
 
