@@ -468,6 +468,9 @@ class stream {
     // ready at once is posted, as Asio's own operations do.
     template <typename Self>
     void Finish(Self& self, bool first_call, error_code ec, std::size_t n) {
+      // A gathered write's copy is not kept: an idle connection should not
+      // hold a buffer of up to 16 KiB for its next response.
+      if constexpr (std::is_same_v<Action, WriteAction>) std::vector<std::byte>().swap(s->write_scratch_);
       if (!first_call) return self.complete(ec, n);
       result.emplace(ec, n);
       net::post(s->waiter_.get_executor(), std::move(self));
