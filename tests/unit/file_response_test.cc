@@ -278,5 +278,97 @@ TEST(IsHiddenPathTest, SegmentsStartingWithADot) {
   EXPECT_TRUE(IsHiddenPath(".well-knownx"));
 }
 
+// --- the open-file cache (ktls-serve --open-file-cache) ------------------------
+
+class OpenFileCacheTest : public RespondTest {
+ protected:
+  static constexpr std::int64_t kValid = 1'000'000'000;  // 1 s, in ns.
+
+  FileResponse Cached(const std::string& target, std::int64_t now_ns) {
+    Request request{http::verb::get, target, 11};
+    return Respond(*root_, request, RequestLimits{}, &cache_, now_ns);
+  }
+  // CachedBody: what ktls-serve sends for a small file: the cached bytes.
+  static std::string CachedBody(const FileResponse& response) {
+    if (response.file == nullptr || !response.file->has_body) return "(not cached)";
+    return std::string(response.file->body.data() + response.offset, response.length);
+  }
+  // Replace puts a new file at path by rename, as deployments do.
+  void Replace(const std::string& name, const std::string& text) {
+    Write(base_ / "new.tmp", text);
+    fs::rename(base_ / "new.tmp", base_ / "root" / name);
+  }
+
+  OpenFileCache cache_{4, std::chrono::nanoseconds(kValid)};
+};
+
+TEST_F(OpenFileCacheTest, ASecondRequestOpensNothing) {
+  const FileResponse first = Cached("/data.bin", 0);
+  ASSERT_EQ(first.status, http::status::ok);
+  EXPECT_EQ(CachedBody(first), std::string(100, 'x'));
+  const FileResponse second = Cached("/data.bin", kValid - 1);
+  EXPECT_EQ(second.file, first.file) << "the same open file, not a new one";
+  EXPECT_EQ(CachedBody(second), std::string(100, 'x'));
+  EXPECT_EQ(cache_.opened(), 1u);
+  EXPECT_EQ(cache_.hits(), 1u);
+  // A directory's index is two lookups, both cached.
+  ASSERT_EQ(Cached("/sub/", 0).status, http::status::ok);
+  ASSERT_EQ(CachedBody(Cached("/sub/", 1)), "<h1>sub</h1>");
+  EXPECT_EQ(cache_.hits(), 3u);
+}
+
+TEST_F(OpenFileCacheTest, AReplacedFileIsNeverServedAfterTheValidTime) {
+  ASSERT_EQ(CachedBody(Cached("/data.bin", 0)), std::string(100, 'x'));
+  Replace("data.bin", "new contents");
+  // Within the valid time the cached file may still be served...
+  EXPECT_EQ(CachedBody(Cached("/data.bin", kValid / 2)), std::string(100, 'x'));
+  // ...and never after it.
+  const FileResponse after = Cached("/data.bin", kValid);
+  EXPECT_EQ(CachedBody(after), "new contents");
+  EXPECT_EQ(after.length, 12u);
+  EXPECT_EQ(cache_.opened(), 2u);
+  // A file changed in place (same inode, new size and mtime) too.
+  Write(base_ / "root/data.bin", "changed in place, longer");
+  EXPECT_EQ(CachedBody(Cached("/data.bin", 2 * kValid)), "changed in place, longer");
+}
+
+TEST_F(OpenFileCacheTest, AnUnchangedFileIsCheckedAndKept) {
+  const FileResponse first = Cached("/index.html", 0);
+  const FileResponse later = Cached("/index.html", 5 * kValid);
+  EXPECT_EQ(later.file, first.file);
+  EXPECT_EQ(cache_.revalidated(), 1u);
+  EXPECT_EQ(cache_.opened(), 1u);
+}
+
+TEST_F(OpenFileCacheTest, ARemovedFileIs404AfterTheValidTime) {
+  ASSERT_EQ(Cached("/data.bin", 0).status, http::status::ok);
+  fs::remove(base_ / "root/data.bin");
+  EXPECT_EQ(Cached("/data.bin", kValid).status, http::status::not_found);
+  EXPECT_EQ(cache_.size(), 0u);
+}
+
+TEST_F(OpenFileCacheTest, EvictionNeverClosesAFileInUse) {
+  for (int i = 0; i < 6; ++i) Write(base_ / "root" / ("f" + std::to_string(i)), std::string(20000, 'a' + i));
+  const FileResponse held = Cached("/f0", 0);  // Too big for the body cache: sent from its descriptor.
+  ASSERT_EQ(held.status, http::status::ok);
+  ASSERT_FALSE(held.file->has_body);
+  for (int i = 1; i < 6; ++i) ASSERT_EQ(Cached("/f" + std::to_string(i), 0).status, http::status::ok);
+  EXPECT_EQ(cache_.size(), 4u);  // f0 and f1 evicted.
+  EXPECT_EQ(Body(held), std::string(20000, 'a')) << "the response's descriptor must stay open";
+  EXPECT_GE(::fcntl(held.file_fd, F_GETFD), 0);
+}
+
+TEST_F(OpenFileCacheTest, TheRootStillHoldsWithACache) {
+  EXPECT_EQ(Cached("/absolute-out", 0).status, http::status::forbidden);
+  EXPECT_EQ(Cached("/relative-out", 0).status, http::status::forbidden);
+  EXPECT_EQ(Cached("/fifo", 0).status, http::status::not_found);
+  EXPECT_EQ(CachedBody(Cached("/inside", 0)), std::string(100, 'x'));
+  // A symlink inside the root that is later pointed outside it is refused
+  // once the entry is checked again.
+  fs::remove(base_ / "root/inside");
+  fs::create_symlink(base_ / "secret.txt", base_ / "root/inside");
+  EXPECT_EQ(Cached("/inside", kValid).status, http::status::forbidden);
+}
+
 }  // namespace
 }  // namespace ktls::serve

@@ -47,45 +47,15 @@ int Root::OpenBeneath(const std::string& path) const {
   // root (EXDEV); RESOLVE_NO_MAGICLINKS: no /proc/self/fd-style jumps.
   how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
   const long fd = ::syscall(SYS_openat2, fd_, path.c_str(), &how, sizeof(how));
-  if (fd >= 0) {
-    // Back to blocking for the file: sendfile and pread on regular files.
-    // F_SETFL sets only the status flags (O_APPEND, O_ASYNC, O_DIRECT,
-    // O_NOATIME, O_NONBLOCK), none of which we want: one syscall, not a
-    // F_GETFL first (each is a few microseconds, many in UML).
-    ::fcntl(static_cast<int>(fd), F_SETFL, 0);
-    return static_cast<int>(fd);
-  }
+  // O_NONBLOCK stays, as in nginx: Linux ignores it for reads of regular
+  // files (page cache or disk alike; sendfile(2) never looks at it), so
+  // clearing it would cost an fcntl per request for nothing. Anything that
+  // is not a regular file is refused after fstat.
+  if (fd >= 0) return static_cast<int>(fd);
   return -errno;  // ENOSYS (Linux < 5.6) included: refuse rather than guess.
 }
 
 // --- FileResponse ----------------------------------------------------------------
-
-FileResponse::FileResponse(FileResponse&& other) noexcept { *this = std::move(other); }
-
-FileResponse& FileResponse::operator=(FileResponse&& other) noexcept {
-  if (this != &other) {
-    if (file_fd >= 0) ::close(file_fd);
-    file_fd = std::exchange(other.file_fd, -1);
-    status = other.status;
-    file_size = other.file_size;
-    offset = other.offset;
-    length = other.length;
-    content_type = std::move(other.content_type);
-    content_range = std::move(other.content_range);
-    last_modified = std::move(other.last_modified);
-    location = std::move(other.location);
-    allow = std::move(other.allow);
-    text_body = std::move(other.text_body);
-    refusal = std::move(other.refusal);
-    send_body = other.send_body;
-    close = other.close;
-  }
-  return *this;
-}
-
-FileResponse::~FileResponse() {
-  if (file_fd >= 0) ::close(file_fd);
-}
 
 FileResponse ErrorResponse(http::status status, bool close) {
   FileResponse response;
@@ -348,7 +318,8 @@ FileResponse FromOpenError(int err) {
 
 }  // namespace
 
-FileResponse Respond(const Root& root, const Request& request, const RequestLimits& limits) {
+FileResponse Respond(const Root& root, const Request& request, const RequestLimits& limits, OpenFileCache* cache,
+                     std::int64_t now_ns) {
   const bool head = request.method() == http::verb::head;
   if (request.method() != http::verb::get && !head) {
     FileResponse response = ErrorResponse(http::status::method_not_allowed, false);
@@ -368,43 +339,40 @@ FileResponse Respond(const Root& root, const Request& request, const RequestLimi
     return refused;
   }
 
-  int fd = root.OpenBeneath(relative->empty() ? "." : *relative);
-  if (fd < 0) return FromOpenError(-fd);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    ::close(fd);
-    return ErrorResponse(http::status::internal_server_error, false);
-  }
+  const auto open = [&](const std::string& path, int& err) -> std::shared_ptr<const OpenFile> {
+    if (cache != nullptr) return cache->Open(root, path, now_ns, err);
+    return OpenFileAt(root, path, false, err);
+  };
+  int err = 0;
+  auto file = open(relative->empty() ? "." : *relative, err);
+  if (file == nullptr) return err == EIO ? ErrorResponse(http::status::internal_server_error, false) : FromOpenError(err);
   std::string served_path = *relative;
-  if (S_ISDIR(st.st_mode)) {
-    ::close(fd);
+  if (S_ISDIR(file->st.st_mode)) {
     const std::size_t path_end = target.find_first_of("?#");
     const std::string_view path = target.substr(0, path_end);
     const std::string index = relative->empty() ? "index.html" : *relative + "/index.html";
-    fd = root.OpenBeneath(index);
-    if (fd < 0) return FromOpenError(-fd);
+    file = open(index, err);
+    if (file == nullptr) {
+      return err == EIO ? ErrorResponse(http::status::internal_server_error, false) : FromOpenError(err);
+    }
     if (path.back() != '/') {
       // Relative links in the index resolve against the directory only
       // with the slash: send the client there. Built from the normalised
       // path, never the raw target: "//host" would be another host.
-      ::close(fd);
       FileResponse response = ErrorResponse(http::status::moved_permanently, false);
       response.location = EncodePath(relative->empty() ? "" : *relative + "/") + std::string(target.substr(path.size()));
       return response;
     }
-    if (::fstat(fd, &st) != 0) {
-      ::close(fd);
-      return ErrorResponse(http::status::internal_server_error, false);
-    }
     served_path = index;
   }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
+  if (!S_ISREG(file->st.st_mode)) {
     return ErrorResponse(http::status::not_found, false);  // No devices, FIFOs, sockets, listings.
   }
+  const struct stat& st = file->st;
 
   FileResponse response;
-  response.file_fd = fd;
+  response.file_fd = file->fd;
+  response.file = std::move(file);
   response.file_size = static_cast<std::uint64_t>(st.st_size);
   response.length = response.file_size;
   response.content_type = std::string(ContentType(served_path));

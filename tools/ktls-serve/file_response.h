@@ -16,6 +16,8 @@
 #include <string>
 #include <string_view>
 
+#include "ktls-serve/open_file_cache.h"
+
 namespace ktls::serve {
 
 namespace http = boost::beast::http;
@@ -45,9 +47,11 @@ class Root {
 // FileResponse: the answer to one request.
 struct FileResponse {
   http::status status = http::status::ok;
-  // The file to send (owned: closed by the destructor), or -1 for a
-  // response without a file body (errors, 304, HEAD still has file set so
-  // Content-Length is right, but no body is sent).
+  // The file to send, or null for a response without a file body (errors,
+  // 304; HEAD still has the file, so Content-Length is right, but no body
+  // is sent). file_fd is its descriptor, or -1. The file may be shared
+  // with the open-file cache: never close file_fd.
+  std::shared_ptr<const OpenFile> file;
   int file_fd = -1;
   std::uint64_t file_size = 0;
   std::uint64_t offset = 0;  // First byte of the body within the file.
@@ -64,11 +68,6 @@ struct FileResponse {
   bool send_body = true;       // false for HEAD and 304.
   bool close = false;          // Close the connection after this response.
 
-  FileResponse() = default;
-  FileResponse(FileResponse&& other) noexcept;
-  FileResponse& operator=(FileResponse&& other) noexcept;
-  FileResponse(const FileResponse&) = delete;
-  ~FileResponse();
 };
 
 // Limits on requests, and what may be served; see ktls-serve --help.
@@ -80,8 +79,10 @@ struct RequestLimits {
   bool dotfiles = false;
 };
 
-// Respond decides the answer to request.
-FileResponse Respond(const Root& root, const Request& request, const RequestLimits& limits);
+// Respond decides the answer to request. With a cache, files are looked up
+// in it (now_ns: a monotonic time in nanoseconds, see OpenFileCache).
+FileResponse Respond(const Root& root, const Request& request, const RequestLimits& limits,
+                     OpenFileCache* cache = nullptr, std::int64_t now_ns = 0);
 
 // ErrorResponse: a short text response with status (for requests that did
 // not even parse: 400, 413, 431, ...). close: end the connection after it.
