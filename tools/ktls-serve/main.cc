@@ -3,12 +3,13 @@
 //   ktls-serve [--root DIR] [--listen ADDR:PORT] [--cert FILE --key FILE]
 //              [--threads N] [--rx|--no-rx] [--no-offload] [--dotfiles]
 //              [--ciphers LIST] [--ciphersuites LIST] [--hsts SECONDS]
-//              [--metrics ADDR:PORT] [limits...]
+//              [--metrics ADDR:PORT] [--open-file-cache N] [limits...]
 //
 // HTTP/1.1 (Boost.Beast) with keep-alive, GET and HEAD, single ranges,
 // If-Modified-Since; file bodies go out with sendfile(2) through kTLS (or
 // through OpenSSL, 16 KiB at a time, where TX stays in userspace). One
-// access-log line per request on stdout:
+// access-log line per request on stdout, written in batches (at most
+// --access-log-flush ms late, 1 s by default; whole lines, never mixed):
 //   CLIENT METHOD PATH STATUS BYTES DURATIONms tx=kernel|user rx=kernel|user [reason=WHY]
 // Start-up information and per-connection errors go to stderr.
 // SIGINT/SIGTERM: stop accepting, finish the responses in flight (at most
@@ -16,6 +17,7 @@
 // with the connections open and the heap in use (a diagnostic, for leak
 // tests). --metrics ADDR:PORT serves Prometheus text at /metrics on a
 // separate plain-HTTP listener (metrics.h says what is counted).
+#include <fcntl.h>
 #include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -41,6 +43,7 @@
 #include <cxxopts.hpp>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -54,6 +57,7 @@
 #include "ktls-serve/file_response.h"
 #include "ktls-serve/metrics.h"
 #include "ktls-serve/metrics_http.h"
+#include "ktls-serve/tick_clock.h"
 #include "ktls/asio.h"
 #include "ktls/kernel_tls_stats.h"
 #include "ktls/probe.h"
@@ -79,6 +83,10 @@ struct Options {
   bool no_rx = false;
   bool no_offload = false;
   bool access_log = true;
+  // Access-log lines wait in a per-thread buffer until the thread's next
+  // sweep, at most this long (or until 32 KiB): one write per batch, not
+  // per request. 0: a write per line.
+  milliseconds access_log_flush{1000};
   bool dotfiles = false;        // Serve names starting with '.' (--dotfiles).
   std::string ciphers;          // TLS 1.2 suites; empty: kDefaultCipherList.
   std::string ciphersuites;     // TLS 1.3 suites; empty: OpenSSL's default.
@@ -90,6 +98,8 @@ struct Options {
   milliseconds drain_timeout{10'000};
   std::size_t max_connections = 10'000;
   std::string metrics;  // --metrics ADDR:PORT; empty: no metrics listener.
+  std::size_t open_file_cache = 0;  // Entries per thread; 0: no cache.
+  milliseconds open_file_cache_valid{1000};
 };
 
 // SendChunk: sendfile runs in pieces this big, each with the idle timeout:
@@ -103,11 +113,22 @@ constexpr std::size_t kSendChunk = 1024 * 1024;
 // in one 16 KiB record.
 constexpr std::size_t kSmallBody = 15 * 1024;
 
-void LogLine(std::string line) {
-  line.push_back('\n');
-  // One write per line: lines from different threads never interleave.
-  (void)!::write(STDOUT_FILENO, line.data(), line.size());
+// WriteLog writes whole access-log lines to stdout. One writer at a time,
+// so lines from different threads never interleave, even in a pipe.
+std::mutex log_write_mu;
+void WriteLog(std::string_view lines) {
+  std::lock_guard lock(log_write_mu);
+  while (!lines.empty()) {
+    const ssize_t n = ::write(STDOUT_FILENO, lines.data(), lines.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // stdout is gone: the log is lost, serving goes on.
+    lines.remove_prefix(static_cast<std::size_t>(n));
+  }
 }
+
+// Access-log lines waiting in a worker's buffer are written once there are
+// this many bytes, or after Options::access_log_flush.
+constexpr std::size_t kLogBufferLimit = 32 * 1024;
 
 void LogError(const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); }
 
@@ -178,7 +199,19 @@ struct Worker {
   Clock::time_point now = Clock::now();
   milliseconds sweep_period{1000};
   net::steady_timer sweep{io};
+  ktls::serve::TickClock* ticks = nullptr;  // Recalibrated by each sweep.
+  // Access-log lines not yet written (FlushLog, by the sweep); only on
+  // this worker's thread (and after it ended).
+  std::string log_pending;
+  std::unique_ptr<ktls::serve::OpenFileCache> file_cache;  // --open-file-cache; null without.
 };
+
+void FlushLog(Worker& worker) {
+  if (worker.log_pending.empty()) return;
+  WriteLog(worker.log_pending);
+  worker.log_pending.clear();
+  if (worker.log_pending.capacity() > kLogBufferLimit * 2) worker.log_pending.shrink_to_fit();
+}
 
 // Deadline: cancels the stream's operations when it runs out, unless
 // re-armed or cancelled first. Arming and cancelling only set fields: the
@@ -221,6 +254,8 @@ class Deadline {
 // clock and fires the deadlines that ran out.
 void Sweep(Worker& worker) {
   worker.now = Clock::now();
+  if (worker.ticks != nullptr) worker.ticks->Calibrate();
+  FlushLog(worker);
   // Check may cancel a stream, which only posts completions: the set
   // does not change under us.
   for (auto* deadline : worker.deadlines) deadline->Check(worker.now);
@@ -236,10 +271,17 @@ class Server {
       : options_(std::move(options)), tls_(std::move(tls)), root_(std::move(root)), metrics_(metrics) {
     const unsigned n = options_.threads != 0 ? options_.threads : std::max(1u, std::thread::hardware_concurrency());
     // Idle timeouts are checked this often: at most two periods late.
-    const milliseconds period = std::clamp(options_.idle_timeout / 8, milliseconds(10), milliseconds(1000));
+    // The access log is written by the same sweep.
+    milliseconds period = std::clamp(options_.idle_timeout / 8, milliseconds(10), milliseconds(1000));
+    if (options_.access_log_flush.count() != 0) period = std::max(milliseconds(10), std::min(period, options_.access_log_flush));
     for (unsigned i = 0; i < n; ++i) {
       workers_.push_back(std::make_unique<Worker>());
       workers_.back()->sweep_period = period;
+      workers_.back()->ticks = &ticks_;
+      if (options_.open_file_cache != 0) {
+        workers_.back()->file_cache =
+            std::make_unique<ktls::serve::OpenFileCache>(options_.open_file_cache, options_.open_file_cache_valid);
+      }
     }
   }
 
@@ -318,6 +360,7 @@ class Server {
     guards.clear();
     for (auto& worker : workers_) worker->io.stop();
     for (auto& thread : threads) thread.join();
+    for (auto& worker : workers_) FlushLog(*worker);  // Their threads have ended.
     return 0;
   }
 
@@ -429,7 +472,7 @@ class Server {
       co_await http::async_read(*stream, buffer, parser, net::redirect_error(net::use_awaitable, ec));
       state.idle = false;
       deadline.Cancel();
-      const auto started = Clock::now();
+      const std::uint64_t started = ticks_.Now();
       if (ec == http::error::end_of_stream || ec == net::error::eof) break;  // close_notify.
       if (ec == net::error::operation_aborted) {
         if (deadline.fired() && buffer.size() > 0) {
@@ -444,35 +487,15 @@ class Server {
         clean = false;
         break;
       }
-      ktls::serve::FileResponse response;
-      bool head = false;
-      std::string method = "-";
-      std::string target = "-";
-      if (ec) {
-        // Beast could not parse the request: answer and close.
-        const auto status = ec == http::error::header_limit ? http::status::request_header_fields_too_large
-                                                            : http::status::bad_request;
-        response = ktls::serve::ErrorResponse(status, true);
-      } else {
-        const auto& request = parser.get();
-        head = request.method() == http::verb::head;
-        method = std::string(request.method_string());
-        target = Printable(std::string_view(request.target().data(), request.target().size()));
-        response = ktls::serve::Respond(root_, request, {options_.max_target_len, options_.dotfiles});
-        if (head) response.send_body = false;
-        if (!request.keep_alive()) response.close = true;
-      }
-      if (draining_) response.close = true;
-      const std::uint64_t sent = co_await WriteResponse(*stream, deadline, response, ec);
-      LogAccess(peer, method, target, response, sent, started, offload, ec);
-      metrics_.Request(static_cast<unsigned>(response.status));
-      CountKeyUpdates(conn, key_updates_seen);
-      if (ec) {
-        if (deadline.fired()) LogError(peer + " dropped: not reading the response within the idle timeout");
-        clean = false;
+      // Answered in a coroutine of its own: the response's state lives only
+      // while it is being sent, not in every idle keep-alive connection.
+      if (!co_await Answer(worker, *stream, deadline, parser, ec, peer, offload, started, key_updates_seen)) {
+        clean = !ec;
         break;
       }
-      if (response.close) break;
+      // What a keep-alive connection holds while it waits: not the last
+      // request's buffer.
+      if (buffer.size() == 0) buffer.shrink_to_fit();
     }
     if (clean) {
       deadline.Arm(options_.idle_timeout);
@@ -483,6 +506,44 @@ class Server {
     // Linger (bounded, without blocking the loop), so that a client still
     // sending reads our close_notify or alert rather than a reset.
     co_await stream->async_close(net::redirect_error(net::use_awaitable, ec));
+  }
+
+  // Answer answers the request parser read (ec: how the read ended, a
+  // parse error or none), logs and counts it. Returns whether the
+  // connection goes on; ec says whether it failed.
+  net::awaitable<bool> Answer(Worker& worker, ktls::asio::stream& stream, Deadline& deadline,
+                              const http::request_parser<http::empty_body>& parser, error_code& ec,
+                              const std::string& peer, const std::string& offload, std::uint64_t started,
+                              KeyUpdatesSeen& key_updates_seen) {
+    ktls::serve::FileResponse response;
+    bool head = false;
+    std::string method = "-";
+    std::string target = "-";
+    if (ec) {
+      // Beast could not parse the request: answer and close.
+      const auto status = ec == http::error::header_limit ? http::status::request_header_fields_too_large
+                                                          : http::status::bad_request;
+      response = ktls::serve::ErrorResponse(status, true);
+    } else {
+      const auto& request = parser.get();
+      head = request.method() == http::verb::head;
+      method = std::string(request.method_string());
+      target = Printable(std::string_view(request.target().data(), request.target().size()));
+      response = ktls::serve::Respond(root_, request, {options_.max_target_len, options_.dotfiles},
+                                      worker.file_cache.get(), worker.file_cache ? ticks_.NowNs() : 0);
+      if (head) response.send_body = false;
+      if (!request.keep_alive()) response.close = true;
+    }
+    if (draining_) response.close = true;
+    const std::uint64_t sent = co_await WriteResponse(stream, deadline, response, ec);
+    LogAccess(worker, peer, method, target, response, sent, started, offload, ec);
+    metrics_.Request(static_cast<unsigned>(response.status));
+    CountKeyUpdates(stream.connection(), key_updates_seen);
+    if (ec) {
+      if (deadline.fired()) LogError(peer + " dropped: not reading the response within the idle timeout");
+      co_return false;
+    }
+    co_return !response.close;
   }
 
   template <typename Body>
@@ -504,12 +565,18 @@ class Server {
   // ReadSmallBody reads a small file's bytes to send: false (and ec) when
   // the file cannot be read or ended early.
   static bool ReadSmallBody(const ktls::serve::FileResponse& response, std::string& body, error_code& ec) {
+    if (response.file != nullptr && response.file->has_body) {  // From the open-file cache.
+      const auto& bytes = response.file->body;
+      body.assign(bytes.data() + response.offset, static_cast<std::size_t>(response.length));
+      return true;
+    }
     body.resize(static_cast<std::size_t>(response.length));
     std::size_t got = 0;
     while (got < body.size()) {
       const ssize_t n = ::pread(response.file_fd, body.data() + got, body.size() - got,
                                 static_cast<off_t>(response.offset + got));
       if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN && ::fcntl(response.file_fd, F_SETFL, 0) == 0) continue;  // O_NONBLOCK honoured.
       if (n <= 0) {
         ec = n == 0 ? make_error_code(ktls::asio::error::file_ended) : error_code(errno, boost::system::system_category());
         return false;
@@ -584,19 +651,22 @@ class Server {
     seen = {std::max(sent, seen.sent), std::max(received, seen.received)};
   }
 
-  void LogAccess(const std::string& peer, const std::string& method, const std::string& target,
-                 const ktls::serve::FileResponse& response, std::uint64_t sent, Clock::time_point started,
+  void LogAccess(Worker& worker, const std::string& peer, const std::string& method, const std::string& target,
+                 const ktls::serve::FileResponse& response, std::uint64_t sent, std::uint64_t started,
                  const std::string& offload, error_code ec) {
     if (!options_.access_log) return;
-    const auto ms = std::chrono::duration_cast<milliseconds>(Clock::now() - started).count();
+    const auto ms = std::chrono::duration_cast<milliseconds>(ticks_.Elapsed(started)).count();
     std::string line = peer + " " + method + " " + target + " " + std::to_string(static_cast<unsigned>(response.status)) +
                        " " + std::to_string(sent) + " " + std::to_string(ms) + "ms " + offload;
     if (!response.refusal.empty()) line += " reason=" + response.refusal;
     if (ec) line += " error=" + Printable(ec.message());
-    LogLine(std::move(line));
+    line.push_back('\n');
+    worker.log_pending += line;
+    if (options_.access_log_flush.count() == 0 || worker.log_pending.size() >= kLogBufferLimit) FlushLog(worker);
   }
 
   Options options_;
+  ktls::serve::TickClock ticks_;  // Before workers_: they point at it.
   ktls::ServerContext tls_;
   ktls::serve::Root root_;
   net::io_context main_io_{1};
@@ -659,7 +729,7 @@ std::optional<tcp::endpoint> ParseListen(const std::string& text, const char* fl
 int main(int argc, char** argv) {
   cxxopts::Options cli("ktls-serve", "HTTPS static file server on kernel TLS");
   Options o;
-  long long handshake_ms = 0, drain_ms = 0;
+  long long handshake_ms = 0, drain_ms = 0, log_flush_ms = 0, cache_valid_ms = 0;
   // clang-format off
   cli.add_options()
     ("root", "Directory to serve", cxxopts::value<std::string>()->default_value("."))
@@ -671,6 +741,8 @@ int main(int argc, char** argv) {
     ("no-rx", "Keep RX in userspace TLS (TX still offloaded)")
     ("no-offload", "Keep both directions in userspace TLS (to compare)")
     ("no-access-log", "Do not log each request")
+    ("access-log-flush", "Write access-log lines at most this long after their request (ms; they are written "
+     "in batches, one write each; 0: one write per line)", cxxopts::value<long long>()->default_value("1000"))
     ("dotfiles", "Serve files and directories whose names start with '.' (default: 404, except /.well-known/)")
     ("ciphers", "TLS 1.2 cipher suites, OpenSSL syntax (default: ECDHE with AES-GCM or ChaCha20-Poly1305)",
      cxxopts::value<std::string>())
@@ -687,6 +759,11 @@ int main(int argc, char** argv) {
      cxxopts::value<long long>()->default_value("10000"))
     ("metrics", "Serve Prometheus metrics over plain HTTP at http://ADDR:PORT/metrics (default: off; use loopback)",
      cxxopts::value<std::string>())
+    ("open-file-cache", "Keep up to N recently served files open per thread, with their metadata and, up to 15 KiB, "
+     "their bytes (default: 0, no cache; alone: 1000)", cxxopts::value<std::size_t>()->default_value("0")->implicit_value("1000"))
+    ("open-file-cache-valid", "Trust a cached file this long after it was last checked; the next request after that "
+     "opens the path again and drops the entry if the file changed (ms)",
+     cxxopts::value<long long>()->default_value("1000"))
     ("h,help", "Show this help");
   // clang-format on
   ktls::tools::AddConnectionLimitOptions(cli);
@@ -707,6 +784,7 @@ int main(int argc, char** argv) {
     o.no_rx = args.count("no-rx") != 0;
     o.no_offload = args.count("no-offload") != 0;
     o.access_log = args.count("no-access-log") == 0;
+    log_flush_ms = args["access-log-flush"].as<long long>();
     o.dotfiles = args.count("dotfiles") != 0;
     if (args.count("ciphers") != 0) o.ciphers = args["ciphers"].as<std::string>();
     if (args.count("ciphersuites") != 0) o.ciphersuites = args["ciphersuites"].as<std::string>();
@@ -716,6 +794,8 @@ int main(int argc, char** argv) {
     handshake_ms = args["handshake-timeout"].as<long long>();
     drain_ms = args["drain-timeout"].as<long long>();
     if (args.count("metrics") != 0) o.metrics = args["metrics"].as<std::string>();
+    o.open_file_cache = args["open-file-cache"].as<std::size_t>();
+    cache_valid_ms = args["open-file-cache-valid"].as<long long>();
     if (!ktls::tools::ReadConnectionLimits(args, limits, error)) {
       std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
       return 2;
@@ -728,10 +808,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ktls-serve: --cert and --key go together\n");
     return 2;
   }
-  if (handshake_ms <= 0 || drain_ms < 0 || o.header_limit == 0) {
-    std::fprintf(stderr, "ktls-serve: --handshake-timeout and --header-limit must be positive, --drain-timeout not negative\n");
+  if (handshake_ms <= 0 || drain_ms < 0 || log_flush_ms < 0 || cache_valid_ms < 0 || o.header_limit == 0) {
+    std::fprintf(stderr, "ktls-serve: --handshake-timeout and --header-limit must be positive, --drain-timeout and "
+                         "--access-log-flush and --open-file-cache-valid not negative\n");
     return 2;
   }
+  o.access_log_flush = milliseconds(log_flush_ms);
+  o.open_file_cache_valid = milliseconds(cache_valid_ms);
   o.handshake_timeout = milliseconds(handshake_ms);
   o.idle_timeout = limits.idle_timeout;
   o.max_connections = limits.max_connections;
