@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import Failure, kernel_promised, tls_stat, wait_port
+from benchlib import Failure, kernel_promised, strace_counts, tls_stat, wait_port
 
 SUITE = "TLS_AES_128_GCM_SHA256"
 MiB = 1 << 20
@@ -324,11 +324,7 @@ def main():
                 for mode in ("download", "upload"):
                     trace = os.path.join(work, f"strace-{p}-{mode}.txt")
                     one_run(p, work, tools, mode, size, blob, upload_file, trace=trace)
-                    calls = {}
-                    for line in open(trace):
-                        m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$", line)
-                        if m:
-                            calls[m.group(2)] = int(m.group(1))
+                    calls = strace_counts(trace)
                     syscalls[(p, mode)] = {k: v / args.mib for k, v in calls.items()}
         kernel_gcm = kernel_gcm_seconds_per_gib(64 * MiB)
         openssl_gcm = openssl_gcm_seconds_per_gib()

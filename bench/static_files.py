@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import Failure, kernel_promised, tls_stat, wait_port
+from benchlib import Failure, kernel_promised, nginx_conf, tls_stat, wait_port
 
 SUITE = "TLS_AES_128_GCM_SHA256"
 PORTS = {"nginx": 18443, "ktls_serve": 18444, "ktls_serve_no_offload": 18445, "ktls_serve_metrics": 18446}
@@ -54,39 +54,6 @@ LABELS = {
     "ktls_serve_no_offload": "ktls-serve --threads 1 --no-offload",
     "ktls_serve_metrics": "ktls-serve --threads 1 --metrics (counting on every request)",
 }
-
-
-def nginx_conf(work, www, cert, key):
-    user = "user root;" if os.geteuid() == 0 else ""
-    return f"""{user}
-daemon off;
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log info;
-events {{ worker_connections 1024; }}
-http {{
-    types {{ application/octet-stream bin; }}
-    default_type application/octet-stream;
-    client_body_temp_path {work}/body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
-    log_format conn '$remote_addr:$remote_port $request $status $body_bytes_sent';
-    access_log {work}/nginx-access.log conn;
-    sendfile on;
-    keepalive_requests 100000000;
-    server {{
-        listen 127.0.0.1:{PORTS['nginx']} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.3;
-        ssl_conf_command Ciphersuites {SUITE};
-        ssl_conf_command Options KTLS;
-        root {www};
-    }}
-}}
-"""
 
 
 def openssl_conf(path):
@@ -174,7 +141,7 @@ def main():
 
         conf = os.path.join(work, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(nginx_conf(work, www, cert, key))
+            f.write(nginx_conf(work, www, cert, key, PORTS["nginx"], SUITE))
         logs = {}
         nginx = subprocess.Popen([nginx_bin, "-c", conf, "-p", work, "-e", os.path.join(work, "nginx-error.log")],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
