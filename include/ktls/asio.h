@@ -305,6 +305,28 @@ class stream {
         IoOp{this, SpliceWriteAction{pipe_fd, len, flags}}, token, waiter_);
   }
 
+  // async_wait waits until the socket is ready for what a call on
+  // connection() that returned would_block asked for (IoProgress::wait):
+  // for event loops that call Read or Write themselves, e.g. to hold no
+  // read buffer while a keep-alive connection is idle. Only after such a
+  // call: readiness is reported when it changes, so what arrived before the
+  // call that returned would_block is not waited for. Wait::kPipe is
+  // never waited for (asio::error::invalid_argument). Completes with
+  // (error_code); operation_aborted after cancel().
+  template <typename Token>
+  auto async_wait(ktls::Wait wait, Token&& token) {
+    return net::async_initiate<Token, void(error_code)>(
+        [this](auto handler, ktls::Wait w) {
+          if (w == ktls::Wait::kPipe) {
+            const auto executor = net::get_associated_executor(handler, waiter_.get_executor());
+            return net::post(executor, [h = std::move(handler)]() mutable { std::move(h)(error_code(net::error::invalid_argument)); });
+          }
+          waiter_.async_wait(w == ktls::Wait::kWritable ? net::socket_base::wait_write : net::socket_base::wait_read,
+                             std::move(handler));
+        },
+        token, wait);
+  }
+
   // async_shutdown sends close_notify and shuts the socket's write side;
   // reading still works (to read the peer's close_notify: error::eof).
   template <typename Token>

@@ -260,6 +260,85 @@ TEST_P(AsioKernelTest, SpliceEchoThroughAPipe) {
   EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data));
 }
 
+// Echo for a loop that calls Connection::Read itself and waits with
+// stream::async_wait only after would_block (what ktls-serve does to hold
+// no buffer while idle); counts the waits.
+net::awaitable<void> ReadItselfEchoServe(tcp::acceptor& acceptor, const ServerContext& context, std::string& error,
+                                         std::size_t& echoed, std::size_t& waits) {
+  error_code ec;
+  asio::stream s = co_await asio::async_accept(acceptor, context, net::redirect_error(net::use_awaitable, ec));
+  if (ec) {
+    error = "accept: " + ec.message() + ": " + s.last_error().ToString();
+    co_return;
+  }
+  // Wait::kPipe is never waited for.
+  co_await s.async_wait(Wait::kPipe, net::redirect_error(net::use_awaitable, ec));
+  if (ec != net::error::invalid_argument) {
+    error = "async_wait(kPipe): " + ec.message();
+    co_return;
+  }
+  std::vector<std::byte> buf(16 * 1024);
+  for (;;) {
+    auto read = s.connection().Read(buf);
+    if (!read.ok()) {
+      error = "Read: " + read.error().ToString();
+      co_return;
+    }
+    if (read->end_of_stream) break;
+    if (read->would_block) {
+      ++waits;
+      co_await s.async_wait(read->wait, net::redirect_error(net::use_awaitable, ec));
+      if (ec) {
+        error = "async_wait: " + ec.message();
+        co_return;
+      }
+      continue;
+    }
+    co_await net::async_write(s, net::buffer(buf.data(), read->bytes), net::redirect_error(net::use_awaitable, ec));
+    if (ec) {
+      error = "write: " + ec.message() + ": " + s.last_error().ToString();
+      co_return;
+    }
+    echoed += read->bytes;
+  }
+  co_await s.async_shutdown(net::redirect_error(net::use_awaitable, ec));
+  if (ec) error = "shutdown: " + ec.message();
+}
+
+TEST_P(AsioKernelTest, ALoopThatReadsItselfWaitsOnlyAfterWouldBlock) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  ServerConfig server_config = ServerFor();
+  server_config.offload = Options();
+  auto context = ServerContext::Create(server_config);
+  ASSERT_TRUE(context.ok()) << context.error().ToString();
+  net::io_context io;
+  tcp::acceptor acceptor(io, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+  std::string server_error;
+  std::size_t moved = 0;
+  std::size_t waits = 0;
+  net::co_spawn(io, ReadItselfEchoServe(acceptor, *context, server_error, moved, waits), net::detached);
+  const std::vector<std::uint8_t> data = RandomBytes(2 * 1024 * 1024 + 5);
+  std::vector<std::uint8_t> echoed;
+  std::string client_error;
+  std::thread client([&] {
+    ClientConfig config = ClientFor();
+    config.offload = Options();
+    auto conn = ConnectTo(acceptor.local_endpoint().port(), config);
+    if (!conn.ok()) {
+      client_error = "connect: " + conn.error().ToString();
+      return;
+    }
+    client_error = EchoThrough(*conn, data, Pace::kConcurrent, echoed);
+  });
+  RunFor(io, kTestDeadline);
+  client.join();
+  EXPECT_EQ(server_error, "");
+  EXPECT_EQ(client_error, "");
+  EXPECT_EQ(moved, data.size());
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(data));
+  EXPECT_GT(waits, 0u) << "the client paces its writes: the server must have waited";
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, AsioKernelTest, AllOffloadShapes(), OffloadShapeName);
 
 // On a kernel with kTLS, so that "nothing offloaded" is measured: the ULP
