@@ -423,89 +423,168 @@ class Server {
     main_io_.stop();
   }
 
+  // Conn: what a connection keeps for its whole life, kept small: an idle
+  // keep-alive connection is this, the stream (with its ktls::Connection),
+  // Asio's state for the socket, Session's frame and one wait. No read
+  // buffer, parser or response: ServeNext has those only while it runs.
+  struct Conn {
+    Conn(Server& s, Worker& w, std::shared_ptr<ktls::asio::stream> st, std::string p)
+        : server(s), worker(w), stream(std::move(st)), peer(std::move(p)), state{stream, false}, deadline(w, stream) {
+      worker.sessions.insert(&state);
+    }
+    ~Conn() {
+      if (handshaken) server.metrics_.Closed();
+      worker.sessions.erase(&state);
+      --server.active_;
+    }
+    Conn(const Conn&) = delete;
+    Conn& operator=(const Conn&) = delete;
+
+    Server& server;
+    Worker& worker;
+    std::shared_ptr<ktls::asio::stream> stream;
+    std::string peer;
+    SessionState state;
+    Deadline deadline;
+    KeyUpdatesSeen key_updates_seen;
+    std::string leftover;  // Bytes after the last request (pipelined): usually none.
+    bool handshaken = false;
+  };
+
+  // Step: what ServeNext did.
+  enum class Step {
+    kServed,  // Answered a request; the connection goes on.
+    kIdle,    // Nothing of a request has arrived: wait for the socket.
+    kEnd,     // Closed cleanly, timed out or the response said close: close_notify.
+    kFailed,  // The connection failed: no close_notify.
+  };
+
   net::awaitable<void> Session(Worker& worker, tcp::socket socket) {
     error_code ec;
     const auto remote = socket.remote_endpoint(ec);
-    const std::string peer = ec ? std::string("unknown") : remote.address().to_string() + ":" + std::to_string(remote.port());
+    std::string peer = ec ? std::string("unknown") : remote.address().to_string() + ":" + std::to_string(remote.port());
     // Like nginx's default (tcp_nodelay on): a response's last small
     // segment must not wait for the client's delayed ACK.
     socket.set_option(tcp::no_delay(true), ec);
-    auto stream = std::make_shared<ktls::asio::stream>(std::move(socket));
-    SessionState state{stream, false};
-    worker.sessions.insert(&state);
-    KeyUpdatesSeen key_updates_seen;
-    bool handshaken = false;
-    struct Leave {
-      Server* server;
-      Worker* worker;
-      SessionState* state;
-      const bool* handshaken;
-      ~Leave() {
-        if (*handshaken) server->metrics_.Closed();
-        worker->sessions.erase(state);
-        --server->active_;
-      }
-    } leave{this, &worker, &state, &handshaken};
+    auto c = std::make_shared<Conn>(*this, worker, std::make_shared<ktls::asio::stream>(std::move(socket)),
+                                    std::move(peer));
+    if (!co_await Handshake(*c)) co_return;
+    co_await Serve(std::move(c));
+  }
 
-    co_await stream->async_handshake(tls_, net::redirect_error(net::use_awaitable, ec));
+  // Serve answers requests until there are none to read, then leaves the
+  // connection to Idle (and ends: no frame is kept while it waits), or
+  // until the connection ends.
+  net::awaitable<void> Serve(std::shared_ptr<Conn> c) {
+    Step step = Step::kEnd;
+    while (!draining_) {
+      step = co_await ServeNext(*c);
+      if (step == Step::kIdle) co_return Idle(std::move(c));
+      if (step != Step::kServed) break;
+    }
+    co_await End(*c, step != Step::kFailed);
+  }
+
+  // Idle waits for the next request without a coroutine: an idle
+  // connection is its Conn and this one wait. A cancelled wait (the idle
+  // timeout, or draining) closes the connection politely.
+  void Idle(std::shared_ptr<Conn> c) {
+    c->state.idle = true;
+    c->deadline.Arm(options_.idle_timeout);
+    Conn& conn = *c;
+    conn.stream->async_wait(ktls::Wait::kReadable, [this, c = std::move(c)](error_code ec) mutable {
+      c->state.idle = false;
+      c->deadline.Cancel();
+      Worker& worker = c->worker;
+      if (ec) {
+        net::co_spawn(worker.io, [this, c = std::move(c)]() -> net::awaitable<void> { co_await End(*c, true); },
+                      net::detached);
+      } else {
+        net::co_spawn(worker.io, Serve(std::move(c)), net::detached);
+      }
+    });
+  }
+
+  net::awaitable<bool> Handshake(Conn& c) {
+    error_code ec;
+    co_await c.stream->async_handshake(tls_, net::redirect_error(net::use_awaitable, ec));
     if (ec) {
-      LogError(peer + " handshake failed: " + stream->last_error().ToString());
+      LogError(c.peer + " handshake failed: " + c.stream->last_error().ToString());
       metrics_.HandshakeFailed(ec == boost::system::errc::timed_out   ? ktls::serve::kHandshakeTimeout
                                : ec == net::error::operation_aborted ? ktls::serve::kHandshakeCancelled
                                                                      : ktls::serve::HandshakeFailureIndex(
-                                                                           stream->last_error().category));
-      co_return;
+                                                                           c.stream->last_error().category));
+      co_return false;
     }
-    const ktls::Connection& conn = stream->connection();
-    metrics_.Handshaken(conn.tx(), conn.rx());
-    handshaken = true;
-    const std::string offload = std::string("tx=") + ktls::OffloadName(conn.tx()) + " rx=" + ktls::OffloadName(conn.rx());
-    Deadline deadline(worker, stream);
-    beast::flat_buffer buffer;
-    bool clean = true;  // Whether to end with close_notify.
-    while (!draining_) {
-      http::request_parser<http::empty_body> parser;
-      parser.header_limit(static_cast<std::uint32_t>(options_.header_limit));
-      parser.body_limit(0);
-      state.idle = true;
-      deadline.Arm(options_.idle_timeout);
-      co_await http::async_read(*stream, buffer, parser, net::redirect_error(net::use_awaitable, ec));
-      state.idle = false;
-      deadline.Cancel();
-      const std::uint64_t started = ticks_.Now();
-      if (ec == http::error::end_of_stream || ec == net::error::eof) break;  // close_notify.
-      if (ec == net::error::operation_aborted) {
-        if (deadline.fired() && buffer.size() > 0) {
-          LogError(peer + " dropped: request not complete within the idle timeout");
-        }
-        break;  // Idle timeout, or draining: close politely.
-      }
-      if (ec == http::error::partial_message) break;  // close_notify in the middle of a request.
-      if (ec && ec.category() != make_error_code(http::error::end_of_stream).category()) {
-        // The connection failed (a TLS alert, truncation, a reset).
-        LogError(peer + " connection error: " + ec.message() + ": " + stream->last_error().ToString());
-        clean = false;
-        break;
-      }
-      // Answered in a coroutine of its own: the response's state lives only
-      // while it is being sent, not in every idle keep-alive connection.
-      if (!co_await Answer(worker, *stream, deadline, parser, ec, peer, offload, started, key_updates_seen)) {
-        clean = !ec;
-        break;
-      }
-      // What a keep-alive connection holds while it waits: not the last
-      // request's buffer.
-      if (buffer.size() == 0) buffer.shrink_to_fit();
-    }
+    metrics_.Handshaken(c.stream->connection().tx(), c.stream->connection().rx());
+    c.handshaken = true;
+    co_return true;
+  }
+
+  // End closes the connection: close_notify when clean, then a lingering
+  // close (bounded, without blocking the loop), so that a client still
+  // sending reads our close_notify or alert rather than a reset.
+  net::awaitable<void> End(Conn& c, bool clean) {
+    error_code ec;
     if (clean) {
-      deadline.Arm(options_.idle_timeout);
-      co_await stream->async_shutdown(net::redirect_error(net::use_awaitable, ec));
-      deadline.Cancel();
+      c.deadline.Arm(options_.idle_timeout);
+      co_await c.stream->async_shutdown(net::redirect_error(net::use_awaitable, ec));
+      c.deadline.Cancel();
     }
-    CountKeyUpdates(conn, key_updates_seen);  // Before Close frees what OpenSSL counted.
-    // Linger (bounded, without blocking the loop), so that a client still
-    // sending reads our close_notify or alert rather than a reset.
-    co_await stream->async_close(net::redirect_error(net::use_awaitable, ec));
+    CountKeyUpdates(c.stream->connection(), c.key_updates_seen);  // Before Close frees what OpenSSL counted.
+    co_await c.stream->async_close(net::redirect_error(net::use_awaitable, ec));
+  }
+
+  // ServeNext reads one request (calling Connection::Read itself, so that
+  // it can return kIdle, buffer freed, when nothing has arrived) and
+  // answers it.
+  net::awaitable<Step> ServeNext(Conn& c) {
+    // A read this big takes a whole request in one recvmsg, usually.
+    constexpr std::size_t kReadSize = 2048;
+    http::request_parser<http::empty_body> parser;
+    parser.header_limit(static_cast<std::uint32_t>(options_.header_limit));
+    parser.body_limit(0);
+    std::string buf = std::move(c.leftover);
+    c.leftover.clear();
+    std::size_t parsed = 0;  // Bytes of buf the parser has taken.
+    error_code ec;           // A parse error, answered with 400 or 431.
+    ktls::Connection& conn = c.stream->connection();
+    for (;;) {
+      if (parsed < buf.size()) {
+        parsed += parser.put(net::buffer(buf.data() + parsed, buf.size() - parsed), ec);
+        if (ec == http::error::need_more) ec = {};
+        if (ec || parser.is_done()) break;
+      }
+      const std::size_t had = buf.size();
+      buf.resize(had + kReadSize);
+      auto read = conn.Read(std::as_writable_bytes(std::span(buf)).subspan(had));
+      buf.resize(had + (read.ok() ? read->bytes : 0));
+      if (!read.ok()) {
+        // The connection failed (a TLS alert, truncation, a reset).
+        LogError(c.peer + " connection error: " + read.error().ToString());
+        co_return Step::kFailed;
+      }
+      if (read->end_of_stream) co_return Step::kEnd;  // close_notify (in the middle of a request or not).
+      if (!read->would_block) continue;
+      if (buf.empty() && read->wait == ktls::Wait::kReadable) co_return Step::kIdle;
+      // Part of a request (or a read that must write first: OpenSSL
+      // answering a KeyUpdate): wait here.
+      c.deadline.Arm(options_.idle_timeout);
+      co_await c.stream->async_wait(read->wait, net::redirect_error(net::use_awaitable, ec));
+      c.deadline.Cancel();
+      if (ec) {
+        if (c.deadline.fired()) LogError(c.peer + " dropped: request not complete within the idle timeout");
+        co_return Step::kEnd;
+      }
+    }
+    const std::uint64_t started = ticks_.Now();
+    if (parsed < buf.size()) c.leftover.assign(buf, parsed);  // The next request's first bytes.
+    // Answered in a coroutine of its own: the response's state lives only
+    // while it is being sent.
+    if (co_await Answer(c.worker, *c.stream, c.deadline, parser, ec, c.peer, started, c.key_updates_seen)) {
+      co_return Step::kServed;
+    }
+    co_return ec ? Step::kFailed : Step::kEnd;
   }
 
   // Answer answers the request parser read (ec: how the read ended, a
@@ -513,8 +592,7 @@ class Server {
   // connection goes on; ec says whether it failed.
   net::awaitable<bool> Answer(Worker& worker, ktls::asio::stream& stream, Deadline& deadline,
                               const http::request_parser<http::empty_body>& parser, error_code& ec,
-                              const std::string& peer, const std::string& offload, std::uint64_t started,
-                              KeyUpdatesSeen& key_updates_seen) {
+                              const std::string& peer, std::uint64_t started, KeyUpdatesSeen& key_updates_seen) {
     ktls::serve::FileResponse response;
     bool head = false;
     std::string method = "-";
@@ -536,7 +614,9 @@ class Server {
     }
     if (draining_) response.close = true;
     const std::uint64_t sent = co_await WriteResponse(stream, deadline, response, ec);
-    LogAccess(worker, peer, method, target, response, sent, started, offload, ec);
+    const ktls::Connection& conn = stream.connection();
+    LogAccess(worker, peer, method, target, response, sent, started,
+              std::string("tx=") + ktls::OffloadName(conn.tx()) + " rx=" + ktls::OffloadName(conn.rx()), ec);
     metrics_.Request(static_cast<unsigned>(response.status));
     CountKeyUpdates(stream.connection(), key_updates_seen);
     if (ec) {
