@@ -378,7 +378,10 @@ class Server {
       }
       Worker& worker = *workers_[next++ % workers_.size()];
       error_code ec;
-      tcp::socket socket = co_await acceptor.async_accept(worker.io, net::redirect_error(net::use_awaitable, ec));
+      // The client's address comes with accept itself: no getpeername.
+      tcp::endpoint remote;
+      tcp::socket socket =
+          co_await acceptor.async_accept(worker.io, remote, net::redirect_error(net::use_awaitable, ec));
       if (ec) {
         if (draining_ || ec == net::error::operation_aborted) break;
         LogError("ktls-serve: accept: " + ec.message());
@@ -390,7 +393,7 @@ class Server {
         continue;
       }
       ++active_;
-      net::co_spawn(worker.io, Session(worker, std::move(socket)), net::detached);
+      net::co_spawn(worker.io, Session(worker, std::move(socket), remote), net::detached);
     }
   }
 
@@ -459,10 +462,9 @@ class Server {
     kFailed,  // The connection failed: no close_notify.
   };
 
-  net::awaitable<void> Session(Worker& worker, tcp::socket socket) {
+  net::awaitable<void> Session(Worker& worker, tcp::socket socket, tcp::endpoint remote) {
     error_code ec;
-    const auto remote = socket.remote_endpoint(ec);
-    std::string peer = ec ? std::string("unknown") : remote.address().to_string() + ":" + std::to_string(remote.port());
+    std::string peer = remote.address().to_string() + ":" + std::to_string(remote.port());
     // Like nginx's default (tcp_nodelay on): a response's last small
     // segment must not wait for the client's delayed ACK.
     socket.set_option(tcp::no_delay(true), ec);
