@@ -481,7 +481,10 @@ class Server {
     Step step = Step::kEnd;
     while (!draining_) {
       step = co_await ServeNext(*c);
-      if (step == Step::kIdle) co_return Idle(std::move(c));
+      if (step == Step::kIdle) {
+        Idle(std::move(c));
+        co_return;
+      }
       if (step != Step::kServed) break;
     }
     co_await End(*c, step != Step::kFailed);
