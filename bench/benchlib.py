@@ -5,7 +5,9 @@ table."""
 
 import os
 import re
+import shutil
 import socket
+import sys
 import time
 
 
@@ -85,3 +87,22 @@ def strace_counts(path):
             if m and m.group(2) != "total":
                 calls[m.group(2)] = int(m.group(1))
     return calls
+
+
+def remove_work(work, keep_variable):
+    """Removes a benchmark's scratch directory, unless keep_variable is set
+    in the environment (to look at its logs)."""
+    if os.environ.get(keep_variable):
+        print(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_main(main, name):
+    """Runs a benchmark's main: its exit status, or 1 with the Failure's
+    text on stderr."""
+    try:
+        sys.exit(main())
+    except Failure as e:
+        print(f"{name}: FAILED: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -50,12 +50,12 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
-from benchlib import Failure, kernel_promised, nginx_conf, strace_counts, tls_stat, wait_port
+from benchlib import (Failure, kernel_promised, nginx_conf, remove_work, run_main, strace_counts, tls_stat,
+                      wait_port)
 
 SUITE = "TLS_AES_128_GCM_SHA256"
 FILE = "4096.bin"
@@ -451,15 +451,8 @@ def main():
                 json.dump(report, f, indent=2)
         return 0
     finally:
-        if os.environ.get("KTLS_COSTS_KEEP"):
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        remove_work(work, "KTLS_COSTS_KEEP")
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Failure as e:
-        print(f"serve_costs: FAILED: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, "serve_costs")

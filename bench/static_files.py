@@ -38,11 +38,10 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
-from benchlib import Failure, kernel_promised, nginx_conf, tls_stat, wait_port
+from benchlib import Failure, kernel_promised, nginx_conf, remove_work, run_main, tls_stat, wait_port
 
 SUITE = "TLS_AES_128_GCM_SHA256"
 PORTS = {"nginx": 18443, "ktls_serve": 18444, "ktls_serve_no_offload": 18445, "ktls_serve_metrics": 18446}
@@ -249,15 +248,8 @@ def main():
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        if os.environ.get("KTLS_STATIC_KEEP"):
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        remove_work(work, "KTLS_STATIC_KEEP")
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Failure as e:
-        print(f"static_files: FAILED: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, "static_files")

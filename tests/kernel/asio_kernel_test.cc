@@ -54,7 +54,35 @@ void RunFor(net::io_context& io, std::chrono::seconds deadline) {
   EXPECT_TRUE(io.stopped()) << "operations still outstanding after " << deadline.count() << " s";
 }
 
-class AsioKernelTest : public OffloadShapeTest {};
+class AsioKernelTest : public OffloadShapeTest {
+ protected:
+  // EchoAgainst runs serve (an echo server coroutine made from the acceptor
+  // and the context) on an io_context, and a client thread that echoes
+  // data through it with this test's offload shape.
+  template <typename Serve>
+  void EchoAgainst(Serve serve, const std::vector<std::uint8_t>& data, std::vector<std::uint8_t>& echoed,
+                   std::string& client_error) {
+    ServerConfig server_config = ServerFor();
+    server_config.offload = Options();
+    auto context = ServerContext::Create(server_config);
+    ASSERT_TRUE(context.ok()) << context.error().ToString();
+    net::io_context io;
+    tcp::acceptor acceptor(io, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+    net::co_spawn(io, serve(acceptor, *context), net::detached);
+    std::thread client([&] {
+      ClientConfig config = ClientFor();
+      config.offload = Options();
+      auto conn = ConnectTo(acceptor.local_endpoint().port(), config);
+      if (!conn.ok()) {
+        client_error = "connect: " + conn.error().ToString();
+        return;
+      }
+      client_error = EchoThrough(*conn, data, Pace::kConcurrent, echoed);
+    });
+    RunFor(io, kTestDeadline);
+    client.join();
+  }
+};
 
 // Server: accepts one client and answers its requests until it closes:
 // /file with the file by async_sendfile, anything else with a short text.
@@ -230,30 +258,14 @@ net::awaitable<void> SpliceEchoServe(tcp::acceptor& acceptor, const ServerContex
 
 TEST_P(AsioKernelTest, SpliceEchoThroughAPipe) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
-  ServerConfig server_config = ServerFor();
-  server_config.offload = Options();
-  auto context = ServerContext::Create(server_config);
-  ASSERT_TRUE(context.ok()) << context.error().ToString();
-  net::io_context io;
-  tcp::acceptor acceptor(io, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
   std::string server_error;
   std::size_t moved = 0;
-  net::co_spawn(io, SpliceEchoServe(acceptor, *context, server_error, moved), net::detached);
   const std::vector<std::uint8_t> data = RandomBytes(4 * 1024 * 1024 + 9);
   std::vector<std::uint8_t> echoed;
   std::string client_error;
-  std::thread client([&] {
-    ClientConfig config = ClientFor();
-    config.offload = Options();
-    auto conn = ConnectTo(acceptor.local_endpoint().port(), config);
-    if (!conn.ok()) {
-      client_error = "connect: " + conn.error().ToString();
-      return;
-    }
-    client_error = EchoThrough(*conn, data, Pace::kConcurrent, echoed);
-  });
-  RunFor(io, kTestDeadline);
-  client.join();
+  ASSERT_NO_FATAL_FAILURE(EchoAgainst(
+      [&](tcp::acceptor& a, const ServerContext& c) { return SpliceEchoServe(a, c, server_error, moved); }, data,
+      echoed, client_error));
   EXPECT_EQ(server_error, "");
   EXPECT_EQ(client_error, "");
   EXPECT_EQ(moved, data.size());
@@ -307,31 +319,15 @@ net::awaitable<void> ReadItselfEchoServe(tcp::acceptor& acceptor, const ServerCo
 
 TEST_P(AsioKernelTest, ALoopThatReadsItselfWaitsOnlyAfterWouldBlock) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
-  ServerConfig server_config = ServerFor();
-  server_config.offload = Options();
-  auto context = ServerContext::Create(server_config);
-  ASSERT_TRUE(context.ok()) << context.error().ToString();
-  net::io_context io;
-  tcp::acceptor acceptor(io, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
   std::string server_error;
   std::size_t moved = 0;
   std::size_t waits = 0;
-  net::co_spawn(io, ReadItselfEchoServe(acceptor, *context, server_error, moved, waits), net::detached);
   const std::vector<std::uint8_t> data = RandomBytes(2 * 1024 * 1024 + 5);
   std::vector<std::uint8_t> echoed;
   std::string client_error;
-  std::thread client([&] {
-    ClientConfig config = ClientFor();
-    config.offload = Options();
-    auto conn = ConnectTo(acceptor.local_endpoint().port(), config);
-    if (!conn.ok()) {
-      client_error = "connect: " + conn.error().ToString();
-      return;
-    }
-    client_error = EchoThrough(*conn, data, Pace::kConcurrent, echoed);
-  });
-  RunFor(io, kTestDeadline);
-  client.join();
+  ASSERT_NO_FATAL_FAILURE(EchoAgainst(
+      [&](tcp::acceptor& a, const ServerContext& c) { return ReadItselfEchoServe(a, c, server_error, moved, waits); },
+      data, echoed, client_error));
   EXPECT_EQ(server_error, "");
   EXPECT_EQ(client_error, "");
   EXPECT_EQ(moved, data.size());
