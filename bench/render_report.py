@@ -50,6 +50,8 @@ CASE_NAMES = {
     "ktls_serve": "`ktls-serve --threads 1`",
     "ktls_serve_no_offload": "`ktls-serve --threads 1 --no-offload`",
     "ktls_serve_metrics": "`ktls-serve --threads 1 --metrics`",
+    "ktls_serve_rx": "`ktls-serve --threads 1 --rx`",
+    "ktls_serve_cache": "`ktls-serve --threads 1 --open-file-cache`",
 }
 GROUP_TITLES = {
     "bulk_send": "Bulk send, one connection (MB/s, higher is better; ratio to the AF_ALG ceiling)",
@@ -58,6 +60,8 @@ GROUP_TITLES = {
     "idle_memory": "Memory per idle connection, server side (bytes, lower is better; ratio to OpenSSL)",
     "client_memory": "Memory per idle connection, client side (bytes, lower is better; ratio to OpenSSL)",
     "static_files": "Static files over HTTPS, wrk with keep-alive (higher is better; ratio to nginx)",
+    "serve_costs": "Syscalls (strace -c, exact) and memory per request and per connection (lower is better; "
+                   "ratio to nginx)",
 }
 CHART_CASES = ["af_alg", "ktls_write", "ktls_sendfile", "openssl_write", "openssl_ktls_write", "openssl_ktls_sendfile"]
 
@@ -272,10 +276,37 @@ def render_targets(envs):
                 size = column(comparison).split(",")[0]
                 rows.append(f"| `ktls-serve` >= nginx, requests/s, {size} file | {label} | {case['ratio']:.2f}x | "
                             f"{verdict(case['ratio'] >= 1.0, overlaps(case, ref))} |")
+        rows.extend(serve_cost_targets(label, env))
         if not any(c["group"] == "static_files" for c in env["comparisons"]):
             rows.append(f"| `ktls-serve` >= nginx, 4 KiB and 16 MiB files | {label} | not measured yet "
                         "(part 5 of issue #7 waits for `ktls-serve`) | - |")
     return "\n".join(rows)
+
+
+def serve_cost_targets(label, env):
+    """Issue #18's targets for ktls-serve, from bench/serve_costs.py."""
+    rows = []
+    per_request = find(env, "serve_costs.syscalls_per_request")
+    for case_id, what, limit in (("ktls_serve", "default flags", 6), ("ktls_serve_cache", "`--open-file-cache`", 4)):
+        case = case_of(per_request, case_id)
+        if case and case["status"] == "ok":
+            rows.append(f"| `ktls-serve` <= {limit} syscalls per keep-alive 4 KiB request, {what} | {label} | "
+                        f"{case['median']:.2f} (nginx {case_of(per_request, 'nginx')['median']:.2f}) | "
+                        f"{verdict(case['median'] <= limit)} |")
+    # The target is for an offloaded connection: where RX stays in OpenSSL
+    # by default (6.1, TLS 1.3), the connection keeps its SSL and the row
+    # says so; --rx is the offloaded one there.
+    idle = find(env, "serve_costs.idle_rss")
+    for case_id, what in (("ktls_serve", "default flags"), ("ktls_serve_rx", "`--rx`")):
+        case = case_of(idle, case_id)
+        if not case or case["status"] != "ok":
+            continue
+        target = f"| `ktls-serve` <= 2 KiB userspace memory (RSS) per idle keep-alive connection, {what} | {label} |"
+        if "rx=kernel" in case.get("notes", ""):
+            rows.append(f"{target} {case['median']:,.0f} bytes | {verdict(case['median'] <= 2048)} |")
+        else:
+            rows.append(f"{target} {case['median']:,.0f} bytes, RX in OpenSSL here (not offloaded) | n/a |")
+    return rows
 
 
 def replace_block(doc, name, body):

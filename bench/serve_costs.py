@@ -430,6 +430,10 @@ def main():
                 {"id": "serve_costs.idle_rss", "group": "serve_costs", "column": "idle RSS/connection",
                  "title": "Resident memory per idle keep-alive connection", "metric": "bytes", "unit": "bytes",
                  "higher_is_better": False, "reference": "nginx", "cases": cases(lambda r: r["idle"]["rss_bytes"])},
+                {"id": "serve_costs.idle_slab", "group": "serve_costs", "column": "idle kernel slab/connection",
+                 "title": "Kernel slab per idle keep-alive connection (both ends)", "metric": "bytes",
+                 "unit": "bytes", "higher_is_better": False, "reference": "nginx",
+                 "cases": cases(lambda r: r["idle"]["slab_bytes"])},
             ]
             for c in comparisons:
                 ref = next((x["median"] for x in c["cases"] if x["id"] == "nginx"), None)
