@@ -51,6 +51,7 @@ CASE_NAMES = {
     "ktls_serve_no_offload": "`ktls-serve --threads 1 --no-offload`",
     "ktls_serve_metrics": "`ktls-serve --threads 1 --metrics`",
     "ktls_serve_rx": "`ktls-serve --threads 1 --rx`",
+    "ktls_serve_no_rx": "`ktls-serve --threads 1 --no-rx`",
     "ktls_serve_cache": "`ktls-serve --threads 1 --open-file-cache`",
 }
 GROUP_TITLES = {

@@ -12,7 +12,8 @@ one worker, sendfile on, OpenSSL's kTLS; the same certificate, TLS 1.3,
 TLS_AES_128_GCM_SHA256, an access-log line per request to a file):
 ktls-serve with its default flags, with --rx (both directions in the
 kernel on kernels where the default keeps TLS 1.3 RX in OpenSSL), with
---open-file-cache and with --no-offload, and nginx.
+--no-rx (TX alone in the kernel), with --open-file-cache and with
+--no-offload, and nginx.
 
 1. Syscalls per keep-alive request for a 4 KiB file, and per connection
    (TCP accept, handshake and offload, close). Each server runs three times
@@ -65,6 +66,9 @@ SERVERS = {
     # Linux < 6.14 keeps TLS 1.3 RX in OpenSSL by default (no rekey): --rx
     # puts it in the kernel there, as the default does on 6.14 and later.
     "ktls_serve_rx": ("ktls-serve --rx", 18465, ["--rx"]),
+    # TX alone in the kernel: what RX in the kernel adds to the kernel's
+    # memory per connection is the difference from --rx.
+    "ktls_serve_no_rx": ("ktls-serve --no-rx", 18466, ["--no-rx"]),
     "ktls_serve_cache": ("ktls-serve --open-file-cache", 18462, ["--open-file-cache", "1000"]),
     "ktls_serve_no_offload": ("ktls-serve --no-offload", 18463, ["--no-offload"]),
     "nginx": ("nginx, one worker, sendfile on, OpenSSL kTLS", 18464, None),
@@ -239,6 +243,9 @@ def check_offload(sid, path, offset, want_lines, delta, connections):
     want_tx = "tx=user" if sid.endswith("no_offload") else "tx=kernel"
     if any(want_tx not in w for w in where):
         raise Failure(f"{sid}: access log says {where}, expected {want_tx}")
+    want_rx = {"ktls_serve_rx": "rx=kernel", "ktls_serve_no_rx": "rx=user"}.get(sid)
+    if want_rx and any(want_rx not in w for w in where):
+        raise Failure(f"{sid}: access log says {where}, expected {want_rx}")
     tx = 0 if want_tx == "tx=user" else connections
     rx = connections if any("rx=kernel" in w for w in where) else 0
     if delta.get("TlsTxSw", 0) != tx or delta.get("TlsRxSw", 0) != rx:
