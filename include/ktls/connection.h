@@ -23,6 +23,8 @@ namespace detail {
 class ConnectionImpl;
 }  // namespace detail
 
+class ExportedConnection;  // ktls/move.h
+
 // Where one direction's records are protected.
 enum class Offload : std::uint8_t {
   kUser,    // OpenSSL, in this process.
@@ -233,6 +235,30 @@ class KTLS_API Connection {
   // key OpenSSL reads with.
   std::uint64_t tickets_dropped() const noexcept;
   const char* tickets_dropped_reason() const noexcept;
+
+  // Export hands the connection over to be imported elsewhere, typically
+  // in another process (ktls/move.h: SendConnection does it over an
+  // AF_UNIX socket). Only a connection with both directions in the kernel
+  // and nothing left in OpenSSL can move: one that still has a direction
+  // in OpenSSL, a TLS 1.3 client still relaying session tickets to OpenSSL
+  // (OffloadOptions::session_tickets), a connection an error ended, or one
+  // that started lingering, fails with kUnsupported (or kClosed) saying
+  // why, and stays usable here. On success this Connection is empty: its
+  // copy of the secrets is wiped, the socket belongs to the
+  // ExportedConnection, and every later call is a kUsage error. No other
+  // thread may use the connection during Export.
+  Result<ExportedConnection> Export();
+
+  // Import makes a Connection from a socket and the state Export made for
+  // it, and goes on where the exporter stopped: the same records, keys,
+  // key-update policy, session details and undelivered plaintext. It
+  // trusts neither: the state must parse exactly (its format version,
+  // every length), and fd must be a connected TCP socket with the tls ULP
+  // whose kernel TX and RX ciphers and versions are the state's. Otherwise
+  // kUsage (or kUnsupported, for a state this kernel cannot carry on, such
+  // as key updates where the kernel cannot rekey), and fd still belongs to
+  // the caller. On success the Connection owns fd.
+  static Result<Connection> Import(int fd, std::span<const std::byte> state);
 
   explicit Connection(std::unique_ptr<detail::ConnectionImpl> impl);
 

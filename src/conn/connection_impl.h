@@ -25,6 +25,8 @@
 
 namespace ktls::detail {
 
+struct MovedState;  // conn/connection_move.h
+
 class ConnectionImpl {
  public:
   // fd: the socket. ssl: the OpenSSL connection, while any direction needs
@@ -51,6 +53,15 @@ class ConnectionImpl {
   // KernelRecSeq asks the kernel for the next record's sequence number in
   // one direction (uapi::kTlsTx or kTlsRx).
   Result<std::uint64_t> KernelRecSeq(int direction);
+
+  // --- moving to another process (conn/connection_move.cc) ---
+  // SnapshotForMove copies what Export carries, or says why the connection
+  // cannot move; it changes nothing. WipeAfterMove then wipes the secrets
+  // and plaintext kept here. FromMoved builds the importer's side; tx_seq
+  // is the kernel's TX record sequence number.
+  Result<MovedState> SnapshotForMove();
+  void WipeAfterMove();
+  static std::unique_ptr<ConnectionImpl> FromMoved(UniqueFd fd, MovedState& state, std::uint64_t tx_seq);
 
   // --- set up by offload (conn/offload.cc) ---
   UniqueFd socket;

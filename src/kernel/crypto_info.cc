@@ -113,6 +113,16 @@ std::span<const unsigned char> KernelCryptoInfo::rec_seq() const {
   return {};
 }
 
+std::uint16_t CryptoInfoCipherType(Cipher cipher) noexcept {
+  switch (cipher) {
+    case Cipher::kAes128Gcm: return uapi::kCipherAesGcm128;
+    case Cipher::kAes256Gcm: return uapi::kCipherAesGcm256;
+    case Cipher::kAes128Ccm: return uapi::kCipherAesCcm128;
+    case Cipher::kChaCha20Poly1305: return uapi::kCipherChaCha20Poly1305;
+  }
+  return 0;
+}
+
 Result<KernelCryptoInfo> PackCryptoInfo(TlsVersion version, Cipher cipher,
                                         std::span<const unsigned char> key,
                                         std::span<const unsigned char> iv, std::uint64_t rec_seq) {
@@ -122,18 +132,8 @@ Result<KernelCryptoInfo> PackCryptoInfo(TlsVersion version, Cipher cipher,
   if (iv.size() != kNonceLen) {
     return MakeError(ErrorCategory::kUsage, "IV must be 12 bytes");
   }
-  const uapi::CryptoInfo info_for = [&] {
-    const std::uint16_t wire_version =
-        version == TlsVersion::kTls13 ? uapi::kTls13Version : uapi::kTls12Version;
-    switch (cipher) {
-      case Cipher::kAes128Gcm: return uapi::CryptoInfo{wire_version, uapi::kCipherAesGcm128};
-      case Cipher::kAes256Gcm: return uapi::CryptoInfo{wire_version, uapi::kCipherAesGcm256};
-      case Cipher::kAes128Ccm: return uapi::CryptoInfo{wire_version, uapi::kCipherAesCcm128};
-      case Cipher::kChaCha20Poly1305:
-        return uapi::CryptoInfo{wire_version, uapi::kCipherChaCha20Poly1305};
-    }
-    return uapi::CryptoInfo{};
-  }();
+  const uapi::CryptoInfo info_for{version == TlsVersion::kTls13 ? uapi::kTls13Version : uapi::kTls12Version,
+                                  CryptoInfoCipherType(cipher)};
 
   // Each case writes one whole member of the union, `info` included; every
   // member starts with `info`, so reading storage_.info afterwards is valid

@@ -74,6 +74,10 @@ Result<KernelCryptoInfo> PackCryptoInfo(TlsVersion version, Cipher cipher,
 // kernel insists on exactly this optlen for TLS_TX/TLS_RX, set or get.
 socklen_t CryptoInfoSize(Cipher cipher) noexcept;
 
+// CryptoInfoCipherType is the kernel's cipher_type for cipher
+// (TLS_CIPHER_AES_GCM_128, ...).
+std::uint16_t CryptoInfoCipherType(Cipher cipher) noexcept;
+
 // KeyLength returns the AEAD key length for cipher.
 std::size_t KeyLength(Cipher cipher) noexcept;
 

@@ -129,6 +129,39 @@ OPENSSL_RX = {
 }
 
 
+# connection_state: the format in src/conn/connection_move.h.
+def moved_state(role=1, version=0x0304, cipher_index=0, flags=0, secrets=b"", counters=(0,) * 8, plaintext=b"",
+                handshake=b"", alert=b"", strings=(b"TLSv1.3", b"TLS_AES_128_GCM_SHA256", b"", b""), certs=(),
+                linger=(2000, 262144)):
+    def be(v, n):
+        return v.to_bytes(n, "big")
+
+    def blob(b, n=4):
+        return be(len(b), n) + b
+
+    body = bytes([role]) + be(version, 2) + bytes([cipher_index, flags])
+    body += b"".join(be(c, 8) for c in counters) + bytes([0, 0])
+    body += blob(secrets, 1) + blob(secrets, 1)
+    body += blob(plaintext) + blob(b"") + blob(handshake) + blob(alert)
+    body += b"".join(blob(x, 2) for x in strings) + bytes([0]) + be(len(certs), 2) + b"".join(blob(c) for c in certs)
+    body += be(linger[0], 8) + be(linger[1], 8)
+    return b"KTLSCONN" + be(1, 2) + be(len(body), 4) + body
+
+
+CONNECTION_STATE = {
+    "server-tls13": moved_state(),
+    "client-rekey-sha256": moved_state(role=0, flags=1, secrets=bytes(range(32)), counters=(5, 0, 0, 2, 3, 1, 0, 0)),
+    "server-rekey-sha384": moved_state(cipher_index=1, flags=1, secrets=bytes(48),
+                                       strings=(b"TLSv1.3", b"TLS_AES_256_GCM_SHA384", b"h2", b"example.com")),
+    "tls12-with-plaintext": moved_state(version=0x0303, cipher_index=2, plaintext=b"GET / HTTP/1.1\r\n"),
+    "partial-records": moved_state(flags=0x02 | 0x08, handshake=b"\x04\x00\x00", alert=b"\x01"),
+    "with-certificates": moved_state(certs=(b"\x30\x82\x01\x00" + bytes(256), b"\x30\x03\x02\x01\x01")),
+    "rekey-in-tls12": moved_state(version=0x0303, flags=1, secrets=bytes(32)),
+    "format-2": moved_state()[:8] + b"\x00\x02" + moved_state()[10:],
+    "truncated": moved_state()[:40],
+}
+
+
 def write_corpus(name, seeds):
     directory = os.path.join(HERE, "corpus", name)
     os.makedirs(directory, exist_ok=True)
@@ -140,3 +173,4 @@ def write_corpus(name, seeds):
 write_corpus("keylog_line", KEYLOG)
 write_corpus("kernel_rx", KERNEL_RX)
 write_corpus("openssl_rx", OPENSSL_RX)
+write_corpus("connection_state", CONNECTION_STATE)

@@ -17,6 +17,7 @@
 #include "common/self_signed.h"
 #include "kernel/tls_uapi.h"
 #include "ktls/client.h"
+#include "ktls/move.h"
 #include "ktls/server.h"
 #include "tests/support/fault_syscalls.h"
 #include "tests/support/sockets.h"
@@ -50,6 +51,18 @@ std::vector<std::uint8_t> ReadAll(Connection& conn, Error* error_out = nullptr) 
 
 // TempFileWith: an unlinked temporary file holding content, to send from;
 // -1 on failure. The caller closes it.
+// EchoUntilCloseNotify: the server side of an echo, then its close_notify.
+void EchoUntilCloseNotify(Connection& conn) {
+  std::vector<std::byte> buf(50000);
+  for (;;) {
+    auto got = conn.Read(buf);
+    ASSERT_TRUE(got.ok()) << got.error().ToString();
+    if (got->end_of_stream) break;
+    ASSERT_TRUE(conn.WriteAll(std::span(buf.data(), got->bytes)).ok());
+  }
+  ASSERT_TRUE(conn.Shutdown().ok());
+}
+
 int TempFileWith(const std::vector<std::uint8_t>& content) {
   char path[] = "/tmp/ktls-sendfile-XXXXXX";
   const int file = ::mkstemp(path);
@@ -102,14 +115,7 @@ TEST_F(UserspaceConnection, ConcurrentReadAndWriteEchoIsExact) {
   std::thread server([&] {
     auto conn = listener_->Accept();
     ASSERT_TRUE(conn.ok()) << conn.error().ToString();
-    std::vector<std::byte> buf(50000);
-    for (;;) {
-      auto got = conn->Read(buf);
-      ASSERT_TRUE(got.ok()) << got.error().ToString();
-      if (got->end_of_stream) break;
-      ASSERT_TRUE(conn->WriteAll(std::span(buf.data(), got->bytes)).ok());
-    }
-    ASSERT_TRUE(conn->Shutdown().ok());
+    EchoUntilCloseNotify(*conn);
   });
   auto conn = Connect("127.0.0.1", static_cast<std::uint16_t>(listener_->port()), ClientFor());
   ASSERT_TRUE(conn.ok()) << conn.error().ToString();
@@ -332,6 +338,44 @@ TEST_F(UserspaceConnection, EmptyConnectionIsUsageError) {
   EXPECT_EQ(empty.SpliceRead(1, 1).error().category, ErrorCategory::kUsage);
   EXPECT_EQ(empty.SpliceWrite(0, 1).error().category, ErrorCategory::kUsage);
   EXPECT_EQ(empty.fd(), -1);
+  EXPECT_EQ(empty.Export().error().category, ErrorCategory::kUsage);
+}
+
+// A connection with its directions in OpenSSL cannot move to another
+// process: Export and SendConnection say why, and it goes on here.
+TEST_F(UserspaceConnection, CannotMoveWithDirectionsInOpenSslAndGoesOn) {
+  int unix_pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, unix_pair), 0);
+  std::string export_error, send_error;
+  std::thread server([&] {
+    auto conn = listener_->Accept();
+    ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+    auto exported = conn->Export();
+    ASSERT_FALSE(exported.ok());
+    EXPECT_EQ(exported.error().category, ErrorCategory::kUnsupported);
+    export_error = exported.error().detail;
+    auto sent = SendConnection(unix_pair[0], *conn);
+    ASSERT_FALSE(sent.ok());
+    send_error = sent.error().detail;
+    EchoUntilCloseNotify(*conn);
+  });
+  auto conn = Connect("127.0.0.1", static_cast<std::uint16_t>(listener_->port()), ClientFor());
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  const auto payload = testing::RandomBytes(100'000);
+  ASSERT_TRUE(conn->WriteAll(AsBytes(payload)).ok());
+  ASSERT_TRUE(conn->Shutdown().ok());
+  Error error;
+  const auto echoed = ReadAll(*conn, &error);
+  server.join();
+  EXPECT_EQ(error.detail, "");
+  EXPECT_EQ(testing::Sha256Hex(echoed), testing::Sha256Hex(payload));
+  EXPECT_NE(export_error.find("TX is in OpenSSL"), std::string::npos) << export_error;
+  EXPECT_EQ(send_error, export_error);
+  // Nothing was sent: the other end has nothing to read.
+  char byte;
+  EXPECT_EQ(::recv(unix_pair[1], &byte, 1, MSG_DONTWAIT), -1);
+  ::close(unix_pair[0]);
+  ::close(unix_pair[1]);
 }
 
 // Pipe: both ends of a pipe (pipe2 flags), closed on destruction.

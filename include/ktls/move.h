@@ -1,0 +1,107 @@
+// ktls/move.h: moving a live connection to another process.
+//
+// Once both directions of a connection are in the kernel, its TLS state is
+// the socket plus a few hundred bytes that ktls keeps (the traffic secrets a
+// TLS 1.3 key update needs, the key-update policy, the session's details,
+// plaintext OpenSSL decrypted before offload, a control record read in
+// part). Connection::Export packs those bytes and hands over the socket;
+// Connection::Import, in the same or another process, checks both and goes
+// on exactly where the exporter stopped. SendConnection and
+// ReceiveConnection carry descriptor and state over an AF_UNIX socket in
+// one sendmsg (SCM_RIGHTS).
+//
+//   // The process that did the handshake:
+//   if (auto sent = ktls::SendConnection(unix_fd, conn); !sent) { ...conn is still usable... }
+//   // The worker:
+//   auto conn = ktls::ReceiveConnection(unix_fd, {.peer_uid = 0});
+//
+// The state holds secrets: it wipes itself when it goes away; never log it,
+// never store it. Anyone who has it and the socket can read and write the
+// connection, and nothing else.
+#ifndef KTLS_MOVE_H_
+#define KTLS_MOVE_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "ktls/connection.h"
+#include "ktls/export.h"
+#include "ktls/result.h"
+
+namespace ktls {
+
+// kMaxConnectionStateBytes: the largest state Import accepts (most of it,
+// when large, is the peer's certificate chain).
+inline constexpr std::size_t kMaxConnectionStateBytes = 1024 * 1024;
+
+// ConnectionState: the bytes Export made. Move-only; wiped when destroyed.
+class KTLS_API ConnectionState {
+ public:
+  ConnectionState() = default;
+  explicit ConnectionState(std::vector<std::byte> bytes) : bytes_(std::move(bytes)) {}
+  ConnectionState(ConnectionState&& other) noexcept;
+  ConnectionState& operator=(ConnectionState&& other) noexcept;
+  ConnectionState(const ConnectionState&) = delete;
+  ConnectionState& operator=(const ConnectionState&) = delete;
+  ~ConnectionState();
+
+  std::span<const std::byte> bytes() const noexcept { return bytes_; }
+
+ private:
+  void Wipe() noexcept;
+  std::vector<std::byte> bytes_;
+};
+
+// ExportedConnection: what Export hands over, the socket and the state.
+// Owns the socket until release_fd(); destroying it closes the socket.
+class KTLS_API ExportedConnection {
+ public:
+  ExportedConnection(int fd, ConnectionState state) noexcept : fd_(fd), state_(std::move(state)) {}
+  ExportedConnection(ExportedConnection&& other) noexcept;
+  ExportedConnection& operator=(ExportedConnection&& other) noexcept;
+  ExportedConnection(const ExportedConnection&) = delete;
+  ExportedConnection& operator=(const ExportedConnection&) = delete;
+  ~ExportedConnection();
+
+  int fd() const noexcept { return fd_; }
+  // release_fd: the caller owns the socket from now on.
+  int release_fd() noexcept;
+  const ConnectionState& state() const noexcept { return state_; }
+
+ private:
+  int fd_ = -1;
+  ConnectionState state_;
+};
+
+// SendConnection exports conn and sends its socket and state over
+// unix_socket (a connected, blocking AF_UNIX SOCK_STREAM socket) in one
+// sendmsg: a 4-byte big-endian length, then the state, the socket as
+// SCM_RIGHTS. On success conn is empty (every call on it is a kUsage
+// error). If the connection cannot move (see Connection::Export) or nothing
+// could be sent, the error says why and conn is as it was, still usable. If
+// the socket broke after part of the state went out, the connection is lost
+// to both sides: the error says so, and conn is empty.
+KTLS_API Result<void> SendConnection(int unix_socket, Connection& conn);
+
+struct KTLS_API ReceiveConnectionOptions {
+  // peer_uid: when set, the sending process must run as this user
+  // (SO_PEERCRED), or nothing is received.
+  std::optional<uid_t> peer_uid;
+};
+
+// ReceiveConnection receives one connection that SendConnection sent and
+// imports it. A malformed state, a descriptor that is not the connection
+// the state describes, or more than one descriptor, is an error (the
+// descriptors received are closed), and the socket is ready for the next
+// message; only a length beyond kMaxConnectionStateBytes leaves it out of
+// step (close it). End of stream before a connection arrived:
+// ErrorCategory::kClosed.
+KTLS_API Result<Connection> ReceiveConnection(int unix_socket, const ReceiveConnectionOptions& options = {});
+
+}  // namespace ktls
+
+#endif  // KTLS_MOVE_H_

@@ -1,0 +1,196 @@
+// net/move_socket.cc: SendConnection and ReceiveConnection (ktls/move.h),
+// a connection's socket and state over an AF_UNIX socket.
+#include <openssl/crypto.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/errors.h"
+#include "core/unique_fd.h"
+#include "kernel/syscalls.h"
+#include "ktls/move.h"
+
+namespace ktls {
+namespace {
+
+constexpr std::size_t kLengthPrefix = 4;
+// Room for a few descriptors, so that a sender passing more than one is
+// caught (and every one of them closed) rather than cut off unseen.
+constexpr std::size_t kMaxFds = 4;
+
+// SendRest sends bytes on a blocking socket until all went out.
+Result<void> SendRest(int sock, std::span<const std::byte> bytes) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::send(sock, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return detail::SysError(n < 0 ? errno : EPIPE, "SendConnection: send");
+    bytes = bytes.subspan(static_cast<std::size_t>(n));
+  }
+  return {};
+}
+
+// RecvExactly fills buf from a blocking socket.
+Result<void> RecvExactly(int sock, std::span<std::byte> buf) {
+  while (!buf.empty()) {
+    const ssize_t n = ::recv(sock, buf.data(), buf.size(), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return detail::SysError(errno, "ReceiveConnection: recv");
+    if (n == 0) return detail::MakeError(ErrorCategory::kClosed, "ReceiveConnection: the sender closed mid-state");
+    buf = buf.subspan(static_cast<std::size_t>(n));
+  }
+  return {};
+}
+
+// WipedBuffer: a receive buffer for state bytes, wiped when done.
+struct WipedBuffer {
+  explicit WipedBuffer(std::size_t n) : bytes(n) {}
+  ~WipedBuffer() { OPENSSL_cleanse(bytes.data(), bytes.size()); }
+  std::vector<std::byte> bytes;
+};
+
+// CheckUnixStream: the helpers frame the state themselves, so the socket
+// must be an AF_UNIX stream.
+Result<void> CheckUnixStream(int sock, const char* who) {
+  int type = 0, domain = 0;
+  socklen_t len = sizeof(type);
+  if (::getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
+    return detail::SysError(errno, std::string(who) + ": getsockopt(SO_TYPE)");
+  }
+  len = sizeof(domain);
+  if (::getsockopt(sock, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 || domain != AF_UNIX || type != SOCK_STREAM) {
+    return detail::MakeError(ErrorCategory::kUsage,
+                             std::string(who) + ": needs a connected AF_UNIX SOCK_STREAM socket");
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<void> SendConnection(int unix_socket, Connection& conn) {
+  if (auto checked = CheckUnixStream(unix_socket, "SendConnection"); !checked.ok()) return checked;
+  auto exported = conn.Export();
+  if (!exported.ok()) return std::move(exported).error();
+  const std::span<const std::byte> state = exported->state().bytes();
+  std::array<std::byte, kLengthPrefix> prefix{};
+  for (std::size_t i = 0; i < kLengthPrefix; ++i) {
+    prefix[i] = static_cast<std::byte>(state.size() >> (8 * (kLengthPrefix - 1 - i)));
+  }
+  std::array<iovec, 2> iov{iovec{prefix.data(), prefix.size()},
+                           iovec{const_cast<std::byte*>(state.data()), state.size()}};
+  alignas(cmsghdr) std::array<unsigned char, CMSG_SPACE(sizeof(int))> control{};
+  msghdr msg{};
+  msg.msg_iov = iov.data();
+  msg.msg_iovlen = iov.size();
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+  const int fd = exported->fd();
+  std::memcpy(CMSG_DATA(cmsg), &fd, sizeof(fd));
+  ssize_t n;
+  while ((n = ::sendmsg(unix_socket, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
+  }
+  if (n <= 0) {
+    // Nothing went out: the connection comes back to conn, as it was.
+    Error error = detail::SysError(n < 0 ? errno : EPIPE, "SendConnection: sendmsg");
+    auto back = Connection::Import(fd, state);
+    if (!back.ok()) {
+      error.detail += "; and the connection could not be taken back: " + back.error().detail;
+      return error;
+    }
+    exported->release_fd();
+    conn = std::move(back).value();
+    return error;
+  }
+  // The descriptor went with the first byte; the rest of the state follows.
+  const std::size_t total = kLengthPrefix + state.size();
+  if (static_cast<std::size_t>(n) < total) {
+    const std::size_t sent = static_cast<std::size_t>(n);
+    auto rest = sent < kLengthPrefix
+                    ? SendRest(unix_socket, std::span<const std::byte>(prefix).subspan(sent))
+                    : Result<void>();
+    if (rest.ok()) rest = SendRest(unix_socket, state.subspan(sent < kLengthPrefix ? 0 : sent - kLengthPrefix));
+    if (!rest.ok()) {
+      Error error = rest.error();
+      error.detail += " after part of the state went out: the connection is lost";
+      return error;
+    }
+  }
+  return {};  // exported closes this process's copy of the socket.
+}
+
+Result<Connection> ReceiveConnection(int unix_socket, const ReceiveConnectionOptions& options) {
+  if (auto checked = CheckUnixStream(unix_socket, "ReceiveConnection"); !checked.ok()) return checked.error();
+  if (options.peer_uid) {
+    ucred cred{};
+    socklen_t len = sizeof(cred);
+    if (::getsockopt(unix_socket, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+      return detail::SysError(errno, "ReceiveConnection: getsockopt(SO_PEERCRED)");
+    }
+    if (cred.uid != *options.peer_uid) {
+      return detail::MakeError(ErrorCategory::kUsage, "ReceiveConnection: the sender runs as uid " +
+                                                          std::to_string(cred.uid) + ", not " +
+                                                          std::to_string(*options.peer_uid));
+    }
+  }
+  std::array<std::byte, kLengthPrefix> prefix{};
+  iovec iov{prefix.data(), prefix.size()};
+  alignas(cmsghdr) std::array<unsigned char, CMSG_SPACE(kMaxFds * sizeof(int))> control{};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  ssize_t n;
+  while ((n = ::recvmsg(unix_socket, &msg, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
+  }
+  if (n < 0) return detail::SysError(errno, "ReceiveConnection: recvmsg");
+  // Every descriptor that arrived is owned here from now on.
+  std::vector<detail::UniqueFd> fds;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      fds.emplace_back(fd);
+    }
+  }
+  if (n == 0 && fds.empty()) {
+    return detail::MakeError(ErrorCategory::kClosed, "ReceiveConnection: the sender closed the socket");
+  }
+  if (static_cast<std::size_t>(n) < prefix.size()) {
+    if (auto rest = RecvExactly(unix_socket, std::span<std::byte>(prefix).subspan(static_cast<std::size_t>(n)));
+        !rest.ok()) {
+      return std::move(rest).error();
+    }
+  }
+  std::size_t len = 0;
+  for (std::byte b : prefix) len = (len << 8) | static_cast<std::size_t>(b);
+  if (len > kMaxConnectionStateBytes) {
+    return detail::MakeError(ErrorCategory::kUsage, "ReceiveConnection: a state of " + std::to_string(len) +
+                                                        " bytes is too large (the socket is out of step now)");
+  }
+  // The whole message is read before anything in it is judged, so that
+  // the next one starts where it should.
+  WipedBuffer state(len);
+  if (auto got = RecvExactly(unix_socket, state.bytes); !got.ok()) return std::move(got).error();
+  if ((msg.msg_flags & MSG_CTRUNC) != 0 || fds.size() != 1) {
+    return detail::MakeError(ErrorCategory::kUsage, "ReceiveConnection: expected one descriptor, got " +
+                                                        std::to_string(fds.size()) +
+                                                        ((msg.msg_flags & MSG_CTRUNC) != 0 ? " and more" : ""));
+  }
+  auto conn = Connection::Import(fds[0].get(), state.bytes);
+  if (!conn.ok()) return std::move(conn).error();
+  fds[0].release();  // The Connection owns it.
+  return conn;
+}
+
+}  // namespace ktls

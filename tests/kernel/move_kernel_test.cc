@@ -1,0 +1,304 @@
+// tests/kernel/move_kernel_test.cc: moving a live connection, both
+// directions in the kernel, with Connection::Export and Import (ktls/move.h),
+// on the kernel the test runs on (6.1 cannot rekey; 7.2 can).
+//
+//  a. Within a process, mid-stream: after the move the same socket goes on
+//     with reads, writes, sendfile, TLS 1.3 key updates both ways (where
+//     the kernel can rekey) and close_notify; every byte checked (SHA-256);
+//     /proc/net/tls_stat shows no second offload, and the old Connection
+//     is empty.
+//  b. To another process over an AF_UNIX socket (SendConnection,
+//     ReceiveConnection with the sender's uid checked): the child echoes
+//     on with splice, copying nothing; the parent holds nothing.
+//  c. The AEAD limit is counted on from where it was: a connection moved
+//     after two writes reaches the limit (a key update where the kernel can
+//     rekey, the limit's error where it cannot) exactly where one that
+//     never moved does.
+//  d. A connection that cannot move (RX in OpenSSL) says why and goes on.
+//  e. TLS 1.2 moves as well (no secrets travel: it has no key updates).
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "ktls/connection.h"
+#include "ktls/move.h"
+#include "ktls/probe.h"
+#include "tests/support/kernel_env.h"
+#include "tests/support/sockets.h"
+#include "tests/support/tls_peers.h"
+
+namespace ktls::testing {
+namespace {
+
+constexpr std::size_t kKiB = 1024;
+
+std::span<const std::uint8_t> Text(const std::string& s) {
+  return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
+}
+
+long long Delta(const std::map<std::string, long long>& before, const std::string& name) {
+  const auto after = ReadTlsStat();
+  const auto a = after.find(name);
+  const auto b = before.find(name);
+  return a == after.end() || b == before.end() ? -1 : a->second - b->second;
+}
+
+// MoveHere exports conn and imports it again as a new Connection, checking
+// on the way that the old one is empty.
+std::string MoveHere(Connection& conn) {
+  auto exported = conn.Export();
+  if (!exported.ok()) return "Export: " + exported.error().ToString();
+  std::vector<std::byte> buf(16);
+  auto after = conn.Read(buf);
+  if (after.ok() || after.error().category != ErrorCategory::kUsage) return "the exported Connection still reads";
+  if (conn.fd() != -1) return "the exported Connection still has a socket";
+  auto imported = Connection::Import(exported->fd(), exported->state().bytes());
+  if (!imported.ok()) return "Import: " + imported.error().ToString();
+  exported->release_fd();
+  conn = std::move(imported).value();
+  if (conn.tx() != Offload::kKernel || conn.rx() != Offload::kKernel) return "imported not in the kernel";
+  return "";
+}
+
+// SendFileAll sends the whole file.
+std::string SendFileAll(Connection& conn, const TempFile& file) {
+  std::size_t off = 0;
+  while (off < file.contents().size()) {
+    auto sent = conn.SendFile(file.fd(), static_cast<off_t>(off), file.contents().size() - off);
+    if (!sent.ok()) return "SendFile: " + sent.error().ToString();
+    if (sent->bytes == 0) return "SendFile made no progress";
+    off += sent->bytes;
+  }
+  return "";
+}
+
+TEST(MoveKernelTest, MovedMidStreamGoesOnWithSendFileKeyUpdatesAndCloseNotify) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  const bool rekey = CachedCapabilities().rekey;
+  const auto before = ReadTlsStat();
+  const TempFile file(300 * kKiB + 7);
+  ASSERT_TRUE(file.ok());
+  std::uint64_t server_tx_updates = 0, server_rx_updates = 0;
+  TestServer server(ServerFor(), 1, [&](Connection& conn, ServerEnd& end) {
+    std::vector<std::uint8_t> hello;
+    end.error = ReadExactly(conn, 5, hello);
+    if (end.error.empty()) end.error = WriteAll(conn, hello);
+    if (end.error.empty()) end.error = MoveHere(conn);
+    if (end.error.empty() && rekey) {
+      if (auto updated = conn.UpdateKeys(/*request_peer_update=*/true); !updated.ok()) {
+        end.error = "UpdateKeys after the move: " + updated.error().ToString();
+      }
+    }
+    if (end.error.empty()) end.error = SendFileAll(conn, file);
+    if (end.error.empty()) Echo(conn, end);  // Until close_notify; then ours.
+    server_tx_updates = conn.tx_key_updates();
+    server_rx_updates = conn.rx_key_updates();
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  auto conn = ConnectTo(server.port(), ClientFor());
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  ExpectOffloaded(conn->tx(), conn->rx(), Offload::kKernel, Offload::kKernel, "the client");
+
+  std::vector<std::uint8_t> hello, body, echoed;
+  EXPECT_EQ(WriteAll(*conn, Text("hello")), "");
+  EXPECT_EQ(ReadExactly(*conn, 5, hello), "");
+  EXPECT_EQ(std::string(hello.begin(), hello.end()), "hello");
+  EXPECT_EQ(ReadExactly(*conn, file.contents().size(), body), "");
+  EXPECT_EQ(Sha256Hex(body), Sha256Hex(file.contents())) << "the file sent after the move";
+  if (rekey) {
+    auto updated = conn->UpdateKeys(/*request_peer_update=*/true);
+    EXPECT_TRUE(updated.ok()) << updated.error().ToString();
+  }
+  const auto payload = RandomBytes(1024 * kKiB + 3);
+  EXPECT_EQ(EchoThrough(*conn, payload, Pace::kLockstep, echoed), "");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(payload));
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  EXPECT_EQ(end.bytes_in, payload.size());
+
+  if (rekey) {
+    // Each side updated once and answered the other's request once.
+    EXPECT_EQ(server_tx_updates, 2u);
+    EXPECT_EQ(server_rx_updates, 2u);
+    EXPECT_EQ(conn->tx_key_updates(), 2u);
+    EXPECT_EQ(conn->rx_key_updates(), 2u);
+  }
+  // Two connection ends, each offloaded once: the move installed nothing.
+  EXPECT_EQ(Delta(before, "TlsTxSw"), 2);
+  EXPECT_EQ(Delta(before, "TlsRxSw"), 2);
+  EXPECT_EQ(Delta(before, "TlsDecryptError"), 0);
+}
+
+TEST(MoveKernelTest, MovedToAnotherProcessEchoesThere) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  (void)CachedCapabilities();  // Probed before the fork: the child uses it.
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  // The child is forked before any thread starts, and only ever receives
+  // one connection and echoes on it.
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(pair[0]);
+    auto conn = ReceiveConnection(pair[1], {.peer_uid = ::getuid()});
+    if (!conn.ok()) ::_exit(2);
+    if (conn->tx() != Offload::kKernel || conn->rx() != Offload::kKernel) ::_exit(3);
+    ServerEnd end;
+    SpliceEcho(*conn, end);  // Kernel to pipe to kernel: nothing copied.
+    conn->Close();
+    ::_exit(!end.error.empty() ? 4 : end.copied_in != 0 || end.copied_out != 0 ? 5 : 0);
+  }
+  ::close(pair[1]);
+  std::string send_error;
+  TestServer server(ServerFor(), 1, [&](Connection& conn, ServerEnd& end) {
+    std::vector<std::uint8_t> hello;
+    end.error = ReadExactly(conn, 5, hello);
+    if (end.error.empty()) end.error = WriteAll(conn, hello);
+    if (!end.error.empty()) return;
+    if (auto sent = SendConnection(pair[0], conn); !sent.ok()) end.error = "SendConnection: " + sent.error().ToString();
+    if (conn.fd() != -1) end.error += " (the sender still holds the socket)";
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  auto conn = ConnectTo(server.port(), ClientFor());
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  std::vector<std::uint8_t> hello, echoed;
+  EXPECT_EQ(WriteAll(*conn, Text("hello")), "");
+  EXPECT_EQ(ReadExactly(*conn, 5, hello), "");
+  EXPECT_EQ(server.Join()[0].error, "");
+  const auto payload = RandomBytes(512 * kKiB + 1);
+  EXPECT_EQ(EchoThrough(*conn, payload, Pace::kConcurrent, echoed), "") << "the child splices it back";
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(payload));
+  conn->Close();
+  ::close(pair[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child status " << status;
+}
+
+TEST(MoveKernelTest, Tls12ConnectionMovesToo) {
+  KTLS_REQUIRE_CIPHER_OR_SKIP(TlsVersion::kTls12, Cipher::kAes128Gcm);
+  ServerConfig config = ServerFor();
+  config.max_version = TlsVersion::kTls12;
+  TestServer server(config, 1, [&](Connection& conn, ServerEnd& end) {
+    end.error = MoveHere(conn);
+    if (end.error.empty()) Echo(conn, end);
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  auto conn = ConnectTo(server.port(), ClientFor());
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  EXPECT_EQ(conn->session().protocol, "TLSv1.2");
+  std::vector<std::uint8_t> echoed;
+  const auto payload = RandomBytes(256 * kKiB + 5);
+  EXPECT_EQ(EchoThrough(*conn, payload, Pace::kConcurrent, echoed), "");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(payload));
+  EXPECT_EQ(server.Join()[0].error, "");
+}
+
+// LimitRun: what a server that writes one byte at a time under an AEAD
+// limit of kLimit records saw.
+struct LimitRun {
+  int writes_ok = 0;
+  std::uint64_t tx_key_updates = 0;
+  std::string error;
+  bool operator==(const LimitRun&) const = default;
+};
+
+constexpr std::uint64_t kLimit = 6;
+constexpr int kWrites = 24;
+
+LimitRun WriteUnderLimit(bool move_after_two) {
+  LimitRun run;
+  ServerConfig config = ServerFor();
+  config.offload.key_update_after_records = kLimit;
+  TestServer server(config, 1, [&](Connection& conn, ServerEnd& end) {
+    for (int i = 0; i < kWrites; ++i) {
+      if (move_after_two && i == 2) {
+        if (std::string moved = MoveHere(conn); !moved.empty()) {
+          end.error = moved;
+          return;
+        }
+      }
+      auto wrote = conn.Write(std::as_bytes(std::span("x", 1)));
+      if (!wrote.ok()) {
+        run.error = std::string(ErrorCategoryName(wrote.error().category));
+        break;
+      }
+      ++run.writes_ok;
+    }
+    run.tx_key_updates = conn.tx_key_updates();
+    if (run.error.empty()) end.error = ShutdownText(conn);
+  });
+  if (!server.ok()) {
+    run.error = "listen: " + server.listen_error();
+    return run;
+  }
+  auto conn = ConnectTo(server.port(), ClientFor());
+  if (!conn.ok()) {
+    run.error = "connect: " + conn.error().ToString();
+    return run;
+  }
+  std::vector<std::uint8_t> got;
+  (void)ReadToEnd(*conn, got);  // close_notify, or the limit's alert.
+  if (got.size() != static_cast<std::size_t>(run.writes_ok)) {
+    run.error += " (client got " + std::to_string(got.size()) + ")";
+  }
+  conn->Close();
+  const std::string server_error = server.Join()[0].error;
+  if (!server_error.empty()) run.error += " server: " + server_error;
+  return run;
+}
+
+TEST(MoveKernelTest, AeadLimitCountsOnFromWhereItWas) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  const LimitRun stayed = WriteUnderLimit(false);
+  const LimitRun moved = WriteUnderLimit(true);
+  EXPECT_EQ(moved.writes_ok, stayed.writes_ok);
+  EXPECT_EQ(moved.tx_key_updates, stayed.tx_key_updates);
+  EXPECT_EQ(moved.error, stayed.error);
+  if (CachedCapabilities().rekey) {
+    EXPECT_EQ(stayed.writes_ok, kWrites);
+    EXPECT_GT(stayed.tx_key_updates, 2u) << "a 1-byte write is a record: the limit comes every few writes";
+  } else {
+    EXPECT_LT(stayed.writes_ok, kWrites);
+    EXPECT_EQ(stayed.error, "unsupported") << "the limit, where the kernel cannot rekey";
+  }
+}
+
+TEST(MoveKernelTest, ConnectionWithRxInOpenSslSaysWhyAndStaysUsable) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  ServerConfig config = ServerFor();
+  config.offload.rx = RxOffload::kOff;
+  std::string export_error;
+  TestServer server(config, 1, [&](Connection& conn, ServerEnd& end) {
+    auto exported = conn.Export();
+    if (exported.ok()) {
+      end.error = "Export of a connection with RX in OpenSSL succeeded";
+      return;
+    }
+    export_error = exported.error().ToString();
+    Echo(conn, end);
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  auto conn = ConnectTo(server.port(), ClientFor());
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  std::vector<std::uint8_t> echoed;
+  const auto payload = RandomBytes(64 * kKiB);
+  EXPECT_EQ(EchoThrough(*conn, payload, Pace::kLockstep, echoed), "");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(payload));
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  ExpectOffloaded(end, Offload::kKernel, Offload::kUser, "the server");
+  EXPECT_NE(export_error.find("RX is in OpenSSL"), std::string::npos) << export_error;
+  EXPECT_NE(export_error.find("unsupported"), std::string::npos) << export_error;
+}
+
+}  // namespace
+}  // namespace ktls::testing
