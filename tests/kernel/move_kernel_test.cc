@@ -16,6 +16,9 @@
 //     never moved does.
 //  d. A connection that cannot move (RX in OpenSSL) says why and goes on.
 //  e. TLS 1.2 moves as well (no secrets travel: it has no key updates).
+//  f. 500 connections moved to a child, one after another: no descriptor
+//     left in the sender, none and no heap growth in the receiver.
+#include <malloc.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -24,13 +27,18 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <filesystem>
 #include <map>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ktls/connection.h"
 #include "ktls/move.h"
 #include "ktls/probe.h"
+#include "ktls/server.h"
 #include "tests/support/kernel_env.h"
 #include "tests/support/sockets.h"
 #include "tests/support/tls_peers.h"
@@ -200,6 +208,112 @@ TEST(MoveKernelTest, Tls12ConnectionMovesToo) {
   EXPECT_EQ(EchoThrough(*conn, payload, Pace::kConcurrent, echoed), "");
   EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(payload));
   EXPECT_EQ(server.Join()[0].error, "");
+}
+
+// OpenFds: how many descriptors this process has open.
+int OpenFds() {
+  int n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    (void)entry;
+    ++n;
+  }
+  return n;
+}
+
+constexpr int kManyMoves = 500;
+
+// ServeOneByte: the receiving side of the many-moves test: the one-byte
+// echo, then close_notify and close.
+bool ServeOneByte(Connection& conn) {
+  std::vector<std::byte> buf(16);
+  auto got = conn.Read(buf);
+  if (!got.ok() || got->bytes != 1) return false;
+  if (!conn.WriteAll(std::span(buf).first(1)).ok() || !conn.Shutdown().ok()) return false;
+  conn.Close();
+  return true;
+}
+
+TEST(MoveKernelTest, FiveHundredMovesLeaveNoDescriptorOrMemoryBehind) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  (void)CachedCapabilities();
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Receives until the parent shuts its end, then reports its
+    // descriptors and heap after the first 50 connections and at the end.
+    ::close(pair[0]);
+    int served = 0, fds_early = 0;
+    std::size_t heap_early = 0;
+    for (;;) {
+      auto conn = ReceiveConnection(pair[1], {.peer_uid = ::getuid()});
+      if (!conn.ok()) {
+        if (conn.error().category == ErrorCategory::kClosed) break;
+        ::_exit(2);
+      }
+      if (!ServeOneByte(*conn)) ::_exit(3);
+      if (++served == 50) {
+        fds_early = OpenFds();
+        heap_early = ::mallinfo2().uordblks;
+      }
+    }
+    const std::string report = std::to_string(served) + " " + std::to_string(fds_early) + " " +
+                               std::to_string(OpenFds()) + " " + std::to_string(heap_early) + " " +
+                               std::to_string(::mallinfo2().uordblks) + "\n";
+    ::_exit(::write(pair[1], report.data(), report.size()) == static_cast<ssize_t>(report.size()) ? 0 : 4);
+  }
+  ::close(pair[1]);
+  auto listener = Listener::Listen("127.0.0.1:0", ServerFor());
+  ASSERT_TRUE(listener.ok()) << listener.error().ToString();
+  const int fds_before = OpenFds();
+  int clients_ok = 0;
+  std::thread clients([&] {
+    for (int i = 0; i < kManyMoves; ++i) {
+      auto conn = ConnectTo(static_cast<std::uint16_t>(listener->port()), ClientFor());
+      if (!conn.ok()) continue;
+      std::vector<std::uint8_t> got;
+      if (WriteAll(*conn, Text("x")).empty() && ReadToEnd(*conn, got).empty() && got.size() == 1) ++clients_ok;
+    }
+  });
+  int moved = 0;
+  std::string first_error;
+  for (int i = 0; i < kManyMoves; ++i) {
+    auto conn = listener->Accept();
+    if (!conn.ok()) {
+      if (first_error.empty()) first_error = "Accept: " + conn.error().ToString();
+      continue;
+    }
+    if (auto sent = SendConnection(pair[0], *conn); !sent.ok()) {
+      if (first_error.empty()) first_error = "SendConnection: " + sent.error().ToString();
+      continue;
+    }
+    moved += conn->fd() == -1 ? 1 : 0;
+  }
+  clients.join();
+  EXPECT_EQ(first_error, "");
+  EXPECT_EQ(moved, kManyMoves);
+  EXPECT_EQ(clients_ok, kManyMoves) << "every client got its byte back from the child";
+  EXPECT_EQ(OpenFds(), fds_before) << "the sender keeps no descriptor of a connection it moved";
+  ::shutdown(pair[0], SHUT_WR);
+  std::string report(256, '\0');
+  const ssize_t n = ::read(pair[0], report.data(), report.size());
+  ::close(pair[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child status " << status;
+  ASSERT_GT(n, 0);
+  std::istringstream in(report.substr(0, static_cast<std::size_t>(n)));
+  int served = 0, fds_early = 0, fds_late = 0;
+  std::size_t heap_early = 0, heap_late = 0;
+  in >> served >> fds_early >> fds_late >> heap_early >> heap_late;
+  std::printf("receiver: %d connections; descriptors %d after 50, %d at the end; heap %zu, %zu bytes\n", served,
+              fds_early, fds_late, heap_early, heap_late);
+  EXPECT_EQ(served, kManyMoves);
+  EXPECT_EQ(fds_late, fds_early) << "the receiver keeps no descriptor of a connection it closed";
+  // 450 connections later: anything kept per connection would show.
+  EXPECT_LT(heap_late, heap_early + 64 * kKiB) << "heap after 50 connections " << heap_early << ", after "
+                                               << kManyMoves << " " << heap_late;
 }
 
 // LimitRun: what a server that writes one byte at a time under an AEAD
