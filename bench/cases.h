@@ -41,6 +41,10 @@ void AddIdleMemory(Report& report, const Options& opts);
 // tickets kept (bench/client_memory.cc). AddIdleMemory calls it.
 void AddClientMemory(Report& report, const Options& opts);
 
+// AddMoves: connections moved per second (Export + Import, and through an
+// AF_UNIX socket), and the bytes of state one carries (bench/moves.cc).
+void AddMoves(Report& report, const Options& opts);
+
 // AfAlgSeal: the kernel's AEAD for cipher through an AF_ALG socket.
 class AfAlgSeal {
  public:

@@ -305,6 +305,13 @@ ServerEnd ServerEnd::Handshake(SSL_CTX* ctx, UniqueFd fd, ServerTls kind, const 
   return end;
 }
 
+Connection ServerEnd::TakeConnection() {
+  if (!conn_) Fail("TakeConnection: not a ktls server end");
+  Connection conn = std::move(*conn_);
+  conn_.reset();
+  return conn;
+}
+
 void ServerEnd::WriteAll(std::span<const std::byte> data) {
   if (conn_) {
     auto wrote = conn_->WriteAll(data);

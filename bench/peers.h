@@ -141,6 +141,9 @@ class ServerEnd {
   bool tx_in_kernel() const;
   bool rx_in_kernel() const;
   std::string Where() const;  // "tx=kernel rx=user"
+  // TakeConnection hands over a kKtls end's Connection (BenchError for
+  // the others); this ServerEnd is empty afterwards.
+  Connection TakeConnection();
   // offload_seconds: how long OffloadSsl took (kKtls; 0 otherwise).
   double offload_seconds() const { return offload_seconds_; }
 

@@ -50,6 +50,8 @@ CASE_NAMES = {
     "ktls_serve": "`ktls-serve --threads 1`",
     "ktls_serve_no_offload": "`ktls-serve --threads 1 --no-offload`",
     "ktls_serve_metrics": "`ktls-serve --threads 1 --metrics`",
+    "export_import": "`Export` + `Import`, in one process",
+    "unix_socket": "`SendConnection` + `ReceiveConnection` over AF_UNIX",
     "ktls_serve_rx": "`ktls-serve --threads 1 --rx`",
     "ktls_serve_no_rx": "`ktls-serve --threads 1 --no-rx`",
     "ktls_serve_cache": "`ktls-serve --threads 1 --open-file-cache`",
@@ -61,6 +63,7 @@ GROUP_TITLES = {
     "idle_memory": "Memory per idle connection, server side (bytes, lower is better; ratio to OpenSSL)",
     "client_memory": "Memory per idle connection, client side (bytes, lower is better; ratio to OpenSSL)",
     "static_files": "Static files over HTTPS, wrk with keep-alive (higher is better; ratio to nginx)",
+    "moves": "Moving a live connection (moves/s, higher is better; bytes of state, lower is better)",
     "serve_costs": "Syscalls (strace -c, exact) and memory per request and per connection (lower is better; "
                    "ratio to nginx)",
 }

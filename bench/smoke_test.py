@@ -64,7 +64,8 @@ def main():
         want = {"handshakes.full": ["openssl", "ktls"], "handshakes.resumed": ["openssl", "ktls"],
                 "handshakes.client_resumed": ["openssl", "ktls"],
                 "client_memory.heap": ["openssl", "ktls", "ktls_no_tickets"],
-                "idle_memory.heap": IDLE_CASES, "idle_memory.rss": IDLE_CASES, "idle_memory.kernel": IDLE_CASES}
+                "idle_memory.heap": IDLE_CASES, "idle_memory.rss": IDLE_CASES, "idle_memory.kernel": IDLE_CASES,
+                "moves.rate": ["export_import", "unix_socket"], "moves.state_bytes": ["export_import", "unix_socket"]}
         for suite in suites:
             name = ciphers[suite]
             want[f"bulk_send.{name}"] = ["af_alg", "ktls_write", "ktls_sendfile", "openssl_write",
@@ -94,6 +95,14 @@ def main():
                                    ("openssl_write", "tx=user"), ("openssl", "tx=user rx=user")):
                 if case_id in cases and where not in cases[case_id]["notes"]:
                     fail(f"{comparison_id}/{case_id}: notes do not say {where}: {cases[case_id]['notes']}")
+
+        # Moving connections: every one moved, both directions in the
+        # kernel, and the state a few hundred bytes.
+        for case in got["moves.state_bytes"]["cases"]:
+            if case["status"] != "ok" or not 64 <= case["median"] <= 1024:
+                fail(f"moves.state_bytes/{case['id']}: {case}")
+            if "both directions in the kernel" not in case["notes"]:
+                fail(f"moves.state_bytes/{case['id']}: notes do not say where: {case['notes']}")
 
         # The static file benchmark: one 1 s wrk run per server and size.
         # static_files.py itself fails a ktls-serve run whose access log or
