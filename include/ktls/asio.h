@@ -222,6 +222,18 @@ class stream {
     timer_.cancel();
   }
 
+  // release_connection hands the Connection over, to move it to another
+  // process (ktls/move.h: SendConnection) or drive it elsewhere. No
+  // operation may be outstanding. The stream owns nothing afterwards
+  // (is_open() is false); the Connection is empty if the handshake has not
+  // completed.
+  ktls::Connection release_connection() {
+    error_code ignored;
+    if (waiter_.is_open()) waiter_.release(ignored);  // Asio lets go of the fd; the Connection keeps it.
+    timer_.cancel();
+    return std::move(conn_);
+  }
+
   // close: cancels everything and closes the socket, without close_notify.
   void close() {
     error_code ignored;

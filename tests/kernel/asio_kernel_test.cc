@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <boost/asio/co_spawn.hpp>
@@ -14,6 +15,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
@@ -24,6 +26,7 @@
 
 #include "kernel/tls_uapi.h"
 #include "ktls/asio.h"
+#include "ktls/move.h"
 #include "tests/support/fault_syscalls.h"
 #include "tests/support/kernel_env.h"
 #include "tests/support/offload_shape.h"
@@ -336,6 +339,77 @@ TEST_P(AsioKernelTest, ALoopThatReadsItselfWaitsOnlyAfterWouldBlock) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AsioKernelTest, AllOffloadShapes(), OffloadShapeName);
+
+// An Asio server hands an offloaded connection over (release_connection,
+// then SendConnection); the receiving end adopts it into a new stream and
+// echoes on with Asio's async operations. Both directions in the kernel, as
+// a move needs.
+TEST(AsioMoveKernelTest, ReleasedConnectionMovesAndEchoesInANewStream) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  auto context = ServerContext::Create(ServerFor());
+  ASSERT_TRUE(context.ok()) << context.error().ToString();
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  detail::UniqueFd send_end(pair[0]), receive_end(pair[1]);
+  net::io_context io;
+  tcp::acceptor acceptor(io, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+  std::string error;
+  const int fds_before = OpenFdCount();
+  auto serve = [&]() -> net::awaitable<void> {
+    error_code ec;
+    asio::stream first = co_await asio::async_accept(acceptor, *context, net::redirect_error(net::use_awaitable, ec));
+    if (ec) {
+      error = "accept: " + ec.message();
+      co_return;
+    }
+    Connection conn = first.release_connection();
+    if (first.is_open() || conn.fd() < 0) {
+      error = "release_connection left the stream open or the Connection empty";
+      co_return;
+    }
+    if (auto sent = SendConnection(send_end.get(), conn); !sent.ok()) {
+      error = "SendConnection: " + sent.error().ToString();
+      co_return;
+    }
+    auto received = ReceiveConnection(receive_end.get());
+    if (!received.ok()) {
+      error = "ReceiveConnection: " + received.error().ToString();
+      co_return;
+    }
+    asio::stream second(co_await net::this_coro::executor, std::move(received).value());
+    std::vector<char> buf(64 * 1024);
+    for (;;) {
+      const std::size_t n =
+          co_await second.async_read_some(net::buffer(buf), net::redirect_error(net::use_awaitable, ec));
+      if (ec == net::error::eof) break;
+      if (ec) {
+        error = "read after the move: " + ec.message();
+        co_return;
+      }
+      co_await net::async_write(second, net::buffer(buf.data(), n), net::redirect_error(net::use_awaitable, ec));
+      if (ec) {
+        error = "write after the move: " + ec.message();
+        co_return;
+      }
+    }
+    co_await second.async_shutdown(net::redirect_error(net::use_awaitable, ec));
+    if (ec) error = "shutdown after the move: " + ec.message();
+  };
+  net::co_spawn(io, serve(), net::detached);
+  std::vector<std::uint8_t> echoed;
+  std::string client_error;
+  const auto payload = RandomBytes(300 * 1024 + 1);
+  std::thread client([&] {
+    auto conn = ConnectTo(acceptor.local_endpoint().port(), ClientFor());
+    client_error = conn.ok() ? EchoThrough(*conn, payload, Pace::kConcurrent, echoed) : conn.error().ToString();
+  });
+  RunFor(io, kTestDeadline);
+  client.join();
+  EXPECT_EQ(error, "");
+  EXPECT_EQ(client_error, "");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(payload));
+  EXPECT_EQ(OpenFdCount(), fds_before) << "the moved connection was closed once, by its last owner";
+}
 
 // On a kernel with kTLS, so that "nothing offloaded" is measured: the ULP
 // and keys would be installed the moment a handshake completed.
