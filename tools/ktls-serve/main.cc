@@ -30,6 +30,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -40,10 +41,12 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <cxxopts.hpp>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -57,9 +60,11 @@
 #include "ktls-serve/file_response.h"
 #include "ktls-serve/metrics.h"
 #include "ktls-serve/metrics_http.h"
+#include "ktls-serve/privsep.h"
 #include "ktls-serve/tick_clock.h"
 #include "ktls/asio.h"
 #include "ktls/kernel_tls_stats.h"
+#include "ktls/move.h"
 #include "ktls/probe.h"
 #include "ktls/server.h"
 
@@ -100,6 +105,11 @@ struct Options {
   std::string metrics;  // --metrics ADDR:PORT; empty: no metrics listener.
   std::size_t open_file_cache = 0;  // Entries per thread; 0: no cache.
   milliseconds open_file_cache_valid{1000};
+  // --privsep: this process handshakes; worker processes running as
+  // privsep_user serve (ktls-serve/privsep.h). privsep_worker: this is one.
+  bool privsep = false;
+  std::string privsep_user;
+  bool privsep_worker = false;
 };
 
 // SendChunk: sendfile runs in pieces this big, each with the idle timeout:
@@ -267,8 +277,12 @@ void Sweep(Worker& worker) {
 
 class Server {
  public:
-  Server(Options options, ktls::ServerContext tls, ktls::serve::Root root, ktls::serve::Metrics& metrics)
-      : options_(std::move(options)), tls_(std::move(tls)), root_(std::move(root)), metrics_(metrics) {
+  // tls: the handshake context; none in a --privsep worker, which only
+  // serves connections it receives. pool: with --privsep, where handshaken
+  // connections go instead of being served here.
+  Server(Options options, std::optional<ktls::ServerContext> tls, ktls::serve::Root root,
+         ktls::serve::Metrics& metrics, ktls::serve::WorkerPool* pool = nullptr)
+      : options_(std::move(options)), tls_(std::move(tls)), root_(std::move(root)), metrics_(metrics), pool_(pool) {
     const unsigned n = options_.threads != 0 ? options_.threads : std::max(1u, std::thread::hardware_concurrency());
     // Idle timeouts are checked this often: at most two periods late.
     // The access log is written by the same sweep.
@@ -340,11 +354,32 @@ class Server {
     };
     report.async_wait(on_report);
     // Only now, with every signal handled: scripts signal once they read it.
+    if (options_.privsep_worker) {
+      from_.emplace(main_io_, ktls::serve::kWorkerFd);
+      std::fprintf(stderr, "ktls-serve: worker %d: serving %s as uid %u\n", static_cast<int>(::getpid()),
+                   options_.root.c_str(), static_cast<unsigned>(::getuid()));
+      net::co_spawn(main_io_, ReceiveLoop(), net::detached);
+    } else {
+      StartListening();
+    }
+    main_io_.run();  // Returns once the accept (or receive) loop ended and the drain finished.
+    guards.clear();
+    for (auto& worker : workers_) worker->io.stop();
+    for (auto& thread : threads) thread.join();
+    for (auto& worker : workers_) FlushLog(*worker);  // Their threads have ended.
+    return 0;
+  }
+
+ private:
+  // StartListening says where it serves, then accepts (and serves the
+  // metrics, with --metrics).
+  void StartListening() {
     error_code ec;
     const auto local = acceptor_.local_endpoint(ec);
     const std::string host = local.address().is_v6() ? "[" + local.address().to_string() + "]" : local.address().to_string();
-    std::fprintf(stderr, "ktls-serve: serving %s on https://%s:%u/ with %zu thread(s)\n", options_.root.c_str(),
-                 host.c_str(), local.port(), workers_.size());
+    std::fprintf(stderr, "ktls-serve: serving %s on https://%s:%u/ with %zu thread(s)%s\n", options_.root.c_str(),
+                 host.c_str(), local.port(), workers_.size(),
+                 pool_ != nullptr ? (" for handshakes, workers running as " + options_.privsep_user).c_str() : "");
     if (metrics_acceptor_.is_open()) {
       const auto at = metrics_acceptor_.local_endpoint(ec);
       std::fprintf(stderr, "ktls-serve: metrics on http://%s:%u/metrics\n",
@@ -355,16 +390,9 @@ class Server {
                                               [this] { return metrics_.Render(ktls::ReadKernelTlsStats()); }),
                     net::detached);
     }
-    net::co_spawn(main_io_, AcceptLoop(acceptor), net::detached);
-    main_io_.run();  // Returns once the accept loop ended and the drain finished.
-    guards.clear();
-    for (auto& worker : workers_) worker->io.stop();
-    for (auto& thread : threads) thread.join();
-    for (auto& worker : workers_) FlushLog(*worker);  // Their threads have ended.
-    return 0;
+    net::co_spawn(main_io_, AcceptLoop(acceptor_), net::detached);
   }
 
- private:
   net::awaitable<void> AcceptLoop(tcp::acceptor& acceptor) {
     std::size_t next = 0;
     net::steady_timer pause(main_io_);
@@ -401,6 +429,7 @@ class Server {
     draining_ = true;
     error_code ignored;
     acceptor.close(ignored);
+    if (from_) from_->cancel(ignored);
     // Idle connections end now; busy ones after their response.
     for (auto& worker : workers_) {
       net::post(worker->io, [w = worker.get()] {
@@ -471,6 +500,78 @@ class Server {
     auto c = std::make_shared<Conn>(*this, worker, std::make_shared<ktls::asio::stream>(std::move(socket)),
                                     std::move(peer));
     if (!co_await Handshake(*c)) co_return;
+    if (pool_ != nullptr) {
+      co_await Handoff(std::move(c));
+      co_return;
+    }
+    co_await Serve(std::move(c));
+  }
+
+  // Handoff (--privsep) moves a handshaken connection to a worker process.
+  // One that cannot move is never served here, in the process that holds
+  // the key: it ends with close_notify, and the log says why.
+  net::awaitable<void> Handoff(std::shared_ptr<Conn> c) {
+    const ktls::Connection& conn = c->stream->connection();
+    if (conn.tx() != ktls::Offload::kKernel || conn.rx() != ktls::Offload::kKernel) {
+      LogError(c->peer + " cannot move to a worker: " + (conn.tx() != ktls::Offload::kKernel ? "TX" : "RX") +
+               " is in OpenSSL" +
+               (conn.tx() == ktls::Offload::kKernel && !ktls::CachedCapabilities().rekey
+                    ? " (this kernel keeps TLS 1.3 RX in userspace unless --rx)"
+                    : "") +
+               "; ended with close_notify");
+      co_await End(*c, true);
+      co_return;
+    }
+    ktls::Connection moving = c->stream->release_connection();
+    if (auto handed = pool_->Hand(moving); !handed.ok()) {
+      LogError(c->peer + " not handed to a worker: " + handed.error().ToString());
+      if (moving.fd() >= 0) (void)moving.Shutdown();
+      moving.Close();
+    }
+  }
+
+  // ReceiveLoop (a --privsep worker) serves the connections the handshake
+  // process sends, until it goes away or a signal drains this worker.
+  net::awaitable<void> ReceiveLoop() {
+    std::size_t next = 0;
+    while (!draining_) {
+      error_code ec;
+      co_await from_->async_wait(net::posix::descriptor_base::wait_read, net::redirect_error(net::use_awaitable, ec));
+      if (ec || draining_) break;
+      // The handshake process runs as root, and made this socket.
+      auto conn = ktls::ReceiveConnection(from_->native_handle(), {.peer_uid = 0});
+      if (!conn.ok()) {
+        if (conn.error().category == ktls::ErrorCategory::kClosed) {
+          LogError("ktls-serve: worker " + std::to_string(::getpid()) + ": the handshake process is gone: draining");
+          BeginDrain(acceptor_);
+          break;
+        }
+        LogError("ktls-serve: worker " + std::to_string(::getpid()) + ": " + conn.error().ToString());
+        continue;
+      }
+      Worker& worker = *workers_[next++ % workers_.size()];
+      ++active_;
+      net::co_spawn(worker.io, Adopted(worker, std::move(conn).value()), net::detached);
+    }
+  }
+
+  // Adopted serves a connection another process handshook.
+  net::awaitable<void> Adopted(Worker& worker, ktls::Connection conn) {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof(addr);
+    std::string peer = "?";
+    if (::getpeername(conn.fd(), reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+      tcp::endpoint remote;
+      remote.resize(len);
+      std::memcpy(remote.data(), &addr, len);
+      peer = remote.address().to_string() + ":" + std::to_string(remote.port());
+    }
+    const ktls::Offload tx = conn.tx(), rx = conn.rx();
+    auto c = std::make_shared<Conn>(*this, worker,
+                                    std::make_shared<ktls::asio::stream>(worker.io.get_executor(), std::move(conn)),
+                                    std::move(peer));
+    metrics_.Handshaken(tx, rx);
+    c->handshaken = true;
     co_await Serve(std::move(c));
   }
 
@@ -512,7 +613,7 @@ class Server {
 
   net::awaitable<bool> Handshake(Conn& c) {
     error_code ec;
-    co_await c.stream->async_handshake(tls_, net::redirect_error(net::use_awaitable, ec));
+    co_await c.stream->async_handshake(*tls_, net::redirect_error(net::use_awaitable, ec));
     if (ec) {
       LogError(c.peer + " handshake failed: " + c.stream->last_error().ToString());
       metrics_.HandshakeFailed(ec == boost::system::errc::timed_out   ? ktls::serve::kHandshakeTimeout
@@ -752,7 +853,7 @@ class Server {
 
   Options options_;
   ktls::serve::TickClock ticks_;  // Before workers_: they point at it.
-  ktls::ServerContext tls_;
+  std::optional<ktls::ServerContext> tls_;
   ktls::serve::Root root_;
   net::io_context main_io_{1};
   tcp::acceptor acceptor_{main_io_};
@@ -762,6 +863,8 @@ class Server {
   std::atomic<std::size_t> active_ = 0;
   std::atomic<bool> draining_ = false;
   Clock::time_point drain_deadline_;
+  ktls::serve::WorkerPool* pool_ = nullptr;                 // --privsep: where connections go.
+  std::optional<net::posix::stream_descriptor> from_;       // A --privsep worker: where they come from.
 };
 
 std::string Capabilities() {
@@ -811,6 +914,29 @@ std::optional<tcp::endpoint> ParseListen(const std::string& text, const char* fl
 
 }  // namespace
 
+// RunPrivsepWorker: a --privsep worker serves the connections that arrive
+// on kWorkerFd from the handshake process; it holds no key and no listener.
+int RunPrivsepWorker(Options o) {
+  if (::geteuid() == 0 || ::getuid() == 0) {
+    std::fprintf(stderr, "ktls-serve: a --privsep worker must not run as root\n");
+    return 2;
+  }
+  ktls::serve::HardenWorker();
+  std::string error;
+  auto root = ktls::serve::Root::Open(o.root, error);
+  if (!root) {
+    std::fprintf(stderr, "ktls-serve: worker: %s\n", error.c_str());
+    return 1;
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+  RaiseFileLimit();
+  o.threads = 1;  // One process per handshake thread already.
+  (void)ktls::CachedCapabilities();  // The probe, now rather than in the first connection's time.
+  ktls::serve::Metrics metrics;
+  Server server(o, std::nullopt, std::move(*root), metrics);
+  return server.Run();
+}
+
 int main(int argc, char** argv) {
   cxxopts::Options cli("ktls-serve", "HTTPS static file server on kernel TLS");
   Options o;
@@ -849,6 +975,12 @@ int main(int argc, char** argv) {
     ("open-file-cache-valid", "Trust a cached file this long after it was last checked; the next request after that "
      "opens the path again and drops the entry if the file changed (ms)",
      cxxopts::value<long long>()->default_value("1000"))
+    ("privsep", "Privilege separation: this process (it must start as root) holds the key and does the handshakes; "
+     "worker processes running as --user serve the requests, each connection moved to them with both directions in "
+     "the kernel. A connection that cannot move (RX kept in userspace on Linux < 6.14 without --rx, a cipher the "
+     "kernel lacks) is ended with close_notify and logged, never served by the key holder")
+    ("user", "With --privsep: the user the workers run as (not root)", cxxopts::value<std::string>())
+    ("privsep-worker", "Internal: this is a --privsep worker (started by ktls-serve itself)")
     ("h,help", "Show this help");
   // clang-format on
   ktls::tools::AddConnectionLimitOptions(cli);
@@ -881,6 +1013,9 @@ int main(int argc, char** argv) {
     if (args.count("metrics") != 0) o.metrics = args["metrics"].as<std::string>();
     o.open_file_cache = args["open-file-cache"].as<std::size_t>();
     cache_valid_ms = args["open-file-cache-valid"].as<long long>();
+    o.privsep = args.count("privsep") != 0;
+    if (args.count("user") != 0) o.privsep_user = args["user"].as<std::string>();
+    o.privsep_worker = args.count("privsep-worker") != 0;
     if (!ktls::tools::ReadConnectionLimits(args, limits, error)) {
       std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
       return 2;
@@ -904,6 +1039,31 @@ int main(int argc, char** argv) {
   o.idle_timeout = limits.idle_timeout;
   o.max_connections = limits.max_connections;
   o.drain_timeout = milliseconds(drain_ms);
+  if (o.privsep && (o.privsep_user.empty() || !o.metrics.empty())) {
+    std::fprintf(stderr, "ktls-serve: --privsep needs --user, and does not serve --metrics (yet)\n");
+    return 2;
+  }
+  if (o.privsep_worker) return RunPrivsepWorker(o);
+  std::optional<ktls::serve::WorkerPool> pool;
+  if (o.privsep) {
+    // The workers start before the key is read: they are fresh images
+    // anyway, but nothing of it is even in this process yet.
+    ktls::serve::PrivsepUser user;
+    if (::geteuid() != 0) {
+      std::fprintf(stderr, "ktls-serve: --privsep must start as root (to start the workers as another user)\n");
+      return 2;
+    }
+    if (!ktls::serve::LookUpUser(o.privsep_user, user, error)) {
+      std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
+      return 2;
+    }
+    pool.emplace(user, std::vector<std::string>(argv + 1, argv + argc));
+    const unsigned n = o.threads != 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
+    if (!pool->Start(n, error)) {
+      std::fprintf(stderr, "ktls-serve: --privsep: %s\n", error.c_str());
+      return 1;
+    }
+  }
 
   auto root = ktls::serve::Root::Open(o.root, error);
   if (!root) {
@@ -965,10 +1125,12 @@ int main(int argc, char** argv) {
   RaiseFileLimit();
   std::fprintf(stderr, "ktls-serve: %s\n", Capabilities().c_str());
 
-  Server server(o, std::move(tls).value(), std::move(*root), metrics);
+  Server server(o, std::move(tls).value(), std::move(*root), metrics, pool ? &*pool : nullptr);
   if (!server.Listen(*endpoint, error) || (metrics_endpoint && !server.ListenMetrics(*metrics_endpoint, error))) {
     std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
     return 1;
   }
-  return server.Run();
+  const int code = server.Run();
+  if (pool) pool->Stop(o.drain_timeout + milliseconds(1000));  // They drain as this process did.
+  return code;
 }

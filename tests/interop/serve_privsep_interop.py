@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""ktls-serve --privsep, on a kernel with kTLS: a handshake process that
+holds the key, and workers running as another user that serve the requests
+on connections moved to them (Connection::Export/Import, SCM_RIGHTS).
+
+usage: serve_privsep_interop.py PATH/TO/ktls-serve [TEST_NAME_SUBSTRING...]
+
+Runs as root (the UML guests do): --privsep starts as root and runs its
+workers as `nobody`.
+
+- the workers run as nobody in every uid field, are not dumpable (no ptrace
+  by other processes of that user), hold no socket but their one to the
+  handshake process while idle, and nobody cannot read the key;
+- keep-alive downloads through a worker are byte-exact, both directions in
+  the kernel, offloaded once (tls_stat), the access log written by the
+  worker;
+- killing a worker ends only the connections it held: the handshake process
+  goes on, the other worker's connection goes on, and new connections are
+  served (the dead worker is started again);
+- a connection that cannot move (--no-rx: RX stays in OpenSSL) is never
+  served by the key holder: close_notify, and a log line naming why;
+- --privsep without --user, or with root, is refused.
+
+Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
+(a failure with KTLS_REQUIRE_KERNEL=1).
+"""
+import os
+import pwd
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ktls_interop  # noqa: E402
+import serve_interop as serve  # noqa: E402
+from ktls_interop import STEP_TIMEOUT, sha, wait_until  # noqa: E402
+
+USER = "nobody"
+KEY_DIR = ""  # Root-only: the key and certificate.
+FILE = b""    # SITE/file.bin
+
+
+class PrivsepServe(serve.Serve):
+    """ktls-serve --privsep --user nobody with a key only root can read."""
+
+    def __init__(self, *args, rx=True):
+        super().__init__("--privsep", "--user", USER, "--cert", os.path.join(KEY_DIR, "cert.pem"),
+                         "--key", os.path.join(KEY_DIR, "key.pem"), *args, rx=rx)
+
+    def __enter__(self):
+        super().__enter__()
+        ready = wait_until(lambda: self.err.text().count(" as uid ") == 2 and len(self.workers()) == 2,
+                           STEP_TIMEOUT)
+        assert ready, "two workers: " + self.err.text()
+        self.stats_before = ktls_interop.read_tls_stat()  # After the workers' start-up probes too.
+        return self
+
+    def workers(self):
+        """The worker processes' pids: children of the server started with
+        --privsep-worker."""
+        found = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    cmdline = f.read().split(b"\0")
+            except OSError:
+                continue
+            if ppid == self.proc.pid and b"--privsep-worker" in cmdline:
+                found.append(int(name))
+        return sorted(found)
+
+
+def sanitized():
+    """A sanitizer build of ktls-serve keeps its workers dumpable
+    (ktls-serve/privsep.h, HardenWorker)."""
+    with open(serve.SERVE, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
+def uids(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                return [int(x) for x in line.split()[1:]]
+    return []
+
+
+def sockets_of(pid):
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return count
+
+
+def get(sock, path):
+    """One keep-alive GET on an open TLS socket; the body."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"closed before the response to {path}: {head!r}")
+        head += chunk
+    head, _, body = head.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"closed inside the body of {path}")
+        body += chunk
+    return body
+
+
+class Privsep(unittest.TestCase):
+    def test_workers_run_as_the_user_hold_no_listener_and_cannot_read_the_key(self):
+        nobody = pwd.getpwnam(USER)
+        with PrivsepServe() as server:
+            workers = server.workers()
+            for pid in workers:
+                self.assertEqual(uids(pid), [nobody.pw_uid] * 4, f"worker {pid}")
+                # Not dumpable: another process of the same user cannot
+                # ptrace it (a sanitizer build keeps it dumpable for its
+                # leak checker, and says so in the binary).
+                # /proc/PID belongs to root, not to the process's user,
+                # exactly when the process is not dumpable.
+                if not sanitized():
+                    self.assertEqual(os.stat(f"/proc/{pid}/environ").st_uid, 0, f"worker {pid} is dumpable")
+                # Idle, a worker has one socket: its own to the handshake
+                # process; not the listener, not anyone's connection.
+                self.assertEqual(sockets_of(pid), 1, f"worker {pid}")
+            self.assertIn(f"as uid {nobody.pw_uid}", server.err.text())
+        child = os.fork()
+        if child == 0:  # As the workers' user: the key stays closed.
+            try:
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+                open(os.path.join(KEY_DIR, "key.pem"), "rb").close()
+                os._exit(1)
+            except PermissionError:
+                os._exit(0)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(child, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0, "nobody could open the key file")
+
+    def test_keep_alive_downloads_through_a_worker_offloaded_once(self):
+        with PrivsepServe() as server:
+            with serve.tls_connect(server.port) as sock:
+                self.assertEqual(sha(get(sock, "/file.bin")), sha(FILE))
+                self.assertEqual(sha(get(sock, "/file.bin")), sha(FILE))
+            lines = server.access(2)
+            self.assertEqual([(line["path"], line["status"], line["tx"], line["rx"]) for line in lines],
+                             [("/file.bin", "200", "kernel", "kernel")] * 2)
+            delta = server.stat_delta()
+            self.assertEqual((delta["TlsTxSw"], delta["TlsRxSw"]), (1, 1), delta)
+
+    def test_killing_a_worker_ends_only_its_connections(self):
+        with PrivsepServe() as server:
+            # Round robin: the two connections go to the two workers.
+            first, second = serve.tls_connect(server.port), serve.tls_connect(server.port)
+            self.assertEqual(get(first, "/small.txt"), b"small\n")
+            self.assertEqual(get(second, "/small.txt"), b"small\n")
+            holders = {pid: sockets_of(pid) for pid in server.workers()}
+            self.assertEqual(sorted(holders.values()), [2, 2], f"each worker one connection: {holders}")
+            victim = server.workers()[0]
+            os.kill(victim, signal.SIGKILL)
+            alive = []
+            for sock in (first, second):
+                try:
+                    alive.append(get(sock, "/small.txt") == b"small\n")
+                except (OSError, AssertionError):
+                    alive.append(False)
+                sock.close()
+            self.assertEqual(sorted(alive), [False, True], "exactly the killed worker's connection ended")
+            self.assertIsNone(server.proc.poll(), "the handshake process goes on")
+            for _ in range(4):  # Both slots, the dead one started again.
+                with serve.tls_connect(server.port) as sock:
+                    self.assertEqual(get(sock, "/small.txt"), b"small\n")
+            workers = server.workers()
+            self.assertEqual(len(workers), 2)
+            self.assertNotIn(victim, workers)
+
+    def test_a_connection_that_cannot_move_ends_with_close_notify_and_a_reason(self):
+        with PrivsepServe("--no-rx", rx=False) as server:
+            with serve.tls_connect(server.port) as sock:
+                sock.sendall(b"GET /small.txt HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                self.assertEqual(serve.read_until_close(sock), b"", "no response from the key holder")
+            self.assertTrue(wait_until(lambda: "cannot move to a worker: RX is in OpenSSL" in server.err.text(),
+                                       STEP_TIMEOUT), server.err.text())
+            time.sleep(0.2)
+            self.assertEqual(server.out.text(), "", "nothing served")
+
+    def test_refuses_without_a_user_or_with_root(self):
+        for args, want in ((["--privsep"], "--privsep needs --user"),
+                           (["--privsep", "--user", "root"], "must not run as root")):
+            done = subprocess.run([serve.SERVE, "--root", serve.SITE, "--listen", "127.0.0.1:0", *args],
+                                  capture_output=True, text=True, timeout=STEP_TIMEOUT)
+            self.assertEqual(done.returncode, 2, done.stderr)
+            self.assertIn(want, done.stderr)
+
+
+def set_up(directory):
+    global KEY_DIR, FILE
+    os.chmod(directory, 0o755)  # The workers, as nobody, open the site beneath it.
+    serve.SITE = os.path.join(directory, "site")
+    os.makedirs(serve.SITE, mode=0o755)
+    FILE = os.urandom(3 * 1024 * 1024 + 7)
+    for name, data in (("small.txt", b"small\n"), ("file.bin", FILE)):
+        path = os.path.join(serve.SITE, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, 0o644)
+    KEY_DIR = os.path.join(directory, "keys")
+    os.makedirs(KEY_DIR, mode=0o700)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-subj", "/CN=localhost", "-keyout", os.path.join(KEY_DIR, "key.pem"),
+                    "-out", os.path.join(KEY_DIR, "cert.pem")], check=True, capture_output=True)
+    os.chmod(os.path.join(KEY_DIR, "key.pem"), 0o600)
+
+
+def main():
+    if len(sys.argv) < 2:
+        print("usage: serve_privsep_interop.py PATH/TO/ktls-serve [TEST_NAME_SUBSTRING...]", file=sys.stderr)
+        return 2
+    serve.SERVE = os.path.abspath(sys.argv[1])
+    status = ktls_interop.check_kernel_tls()
+    if status is not None:
+        return status
+    if os.geteuid() != 0:
+        return ktls_interop.fail("--privsep starts as root: run this suite as root (the UML guests do)")
+    if not os.access(serve.SERVE, os.X_OK):
+        return ktls_interop.fail(f"no ktls-serve at {serve.SERVE}")
+    print(f"kernel {os.uname().release}; Python ssl: {ssl.OPENSSL_VERSION}", flush=True)
+    return ktls_interop.run_tests(sys.modules[__name__], sys.argv[2:], "ktls-serve-privsep-", set_up)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

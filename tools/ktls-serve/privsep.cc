@@ -1,0 +1,159 @@
+// ktls-serve/privsep.cc: the worker processes of --privsep (privsep.h).
+#include "ktls-serve/privsep.h"
+
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+#include "ktls/move.h"
+
+namespace ktls::serve {
+
+struct WorkerPool::Slot {
+  std::mutex mu;  // One move at a time through the socket.
+  pid_t pid = -1;
+  int sock = -1;
+};
+
+bool LookUpUser(const std::string& name, PrivsepUser& user, std::string& error) {
+  errno = 0;
+  const passwd* pw = ::getpwnam(name.c_str());
+  if (pw == nullptr) {
+    error = "--user " + name + ": no such user";
+    return false;
+  }
+  if (pw->pw_uid == 0 || pw->pw_gid == 0) {
+    error = "--user " + name + ": workers must not run as root (uid or gid 0)";
+    return false;
+  }
+  user = PrivsepUser{pw->pw_uid, pw->pw_gid, name};
+  return true;
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define KTLS_SERVE_LEAK_CHECKED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
+#define KTLS_SERVE_LEAK_CHECKED 1
+#endif
+#endif
+
+void HardenWorker() {
+#ifndef KTLS_SERVE_LEAK_CHECKED
+  ::prctl(PR_SET_DUMPABLE, 0);
+#endif
+}
+
+WorkerPool::WorkerPool(PrivsepUser user, std::vector<std::string> args)
+    : user_(std::move(user)), args_(std::move(args)) {}
+
+WorkerPool::~WorkerPool() { Stop(std::chrono::milliseconds(0)); }
+
+bool WorkerPool::Start(std::size_t n, std::string& error) {
+  for (std::size_t i = 0; i < n; ++i) {
+    slots_.push_back(std::make_unique<Slot>());
+    if (!Spawn(*slots_.back(), error)) return false;
+  }
+  return true;
+}
+
+bool WorkerPool::Spawn(Slot& slot, std::string& error) {
+  if (slot.sock >= 0) ::close(slot.sock);
+  if (slot.pid > 0) ::waitpid(slot.pid, nullptr, WNOHANG);  // Reap the one that died.
+  slot.sock = -1;
+  slot.pid = -1;
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+    error = std::string("socketpair: ") + std::strerror(errno);
+    return false;
+  }
+  // Everything the child needs is made before fork: after it, only calls
+  // that are safe in a child of a threaded process.
+  std::vector<std::string> args = args_;
+  args.insert(args.begin(), "ktls-serve");
+  args.push_back("--privsep-worker");
+  std::vector<char*> argv;
+  for (std::string& arg : args) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  const uid_t uid = user_.uid;
+  const gid_t gid = user_.gid;
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    error = std::string("fork: ") + std::strerror(errno);
+    ::close(pair[0]);
+    ::close(pair[1]);
+    return false;
+  }
+  if (pid == 0) {
+    // The worker: its socket at fd 3, nothing else open beyond stdio, then
+    // the user's identity for good, then a fresh image.
+    if (::dup2(pair[1], kWorkerFd) != kWorkerFd) ::_exit(126);
+    if (::syscall(SYS_close_range, kWorkerFd + 1, ~0U, 0) != 0) ::_exit(126);
+    if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) ::_exit(126);
+    if (::setuid(0) == 0) ::_exit(126);  // Root must be gone for good.
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // Dies with the handshake process.
+    ::execv("/proc/self/exe", argv.data());
+    ::_exit(127);
+  }
+  ::close(pair[1]);
+  slot.pid = pid;
+  slot.sock = pair[0];
+  return true;
+}
+
+Result<void> WorkerPool::Hand(Connection& conn) {
+  std::size_t i;
+  {
+    std::lock_guard lock(next_mu_);
+    i = next_++ % slots_.size();
+  }
+  Slot& slot = *slots_[i];
+  std::lock_guard lock(slot.mu);
+  auto sent = SendConnection(slot.sock, conn);
+  if (sent.ok() || conn.fd() < 0 || (sent.error().sys_errno != EPIPE && sent.error().sys_errno != ECONNRESET)) {
+    return sent;
+  }
+  // The worker is gone (its connections with it): a new one takes this.
+  std::string error;
+  if (!Spawn(slot, error)) return Error{ErrorCategory::kIo, 0, "starting a worker again: " + error, -1};
+  return SendConnection(slot.sock, conn);
+}
+
+void WorkerPool::Stop(std::chrono::milliseconds timeout) {
+  for (auto& slot : slots_) {
+    if (slot->pid > 0) ::kill(slot->pid, SIGTERM);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (auto& slot : slots_) {
+    while (slot->pid > 0) {
+      const pid_t done = ::waitpid(slot->pid, nullptr, WNOHANG);
+      if (done == slot->pid || (done < 0 && errno != EINTR)) {
+        slot->pid = -1;
+      } else if (std::chrono::steady_clock::now() >= deadline) {
+        ::kill(slot->pid, SIGKILL);
+        ::waitpid(slot->pid, nullptr, 0);
+        slot->pid = -1;
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+    if (slot->sock >= 0) ::close(std::exchange(slot->sock, -1));
+  }
+}
+
+std::vector<pid_t> WorkerPool::pids() {
+  std::vector<pid_t> out;
+  for (auto& slot : slots_) out.push_back(slot->pid);
+  return out;
+}
+
+}  // namespace ktls::serve

@@ -1,0 +1,78 @@
+// ktls-serve/privsep.h: --privsep, a handshake process that holds the key
+// and worker processes that serve, each connection moved from the one to
+// the others with its descriptor (ktls/move.h).
+//
+// Each worker is a fresh image of this program (fork, then execv of
+// /proc/self/exe), started as the unprivileged user, with nothing open but
+// stdin, stdout, stderr and its end of an AF_UNIX socket (fd 3): it never
+// held the key, the listening socket or anyone else's connection, even in
+// memory.
+#ifndef KTLS_TOOLS_KTLS_SERVE_PRIVSEP_H_
+#define KTLS_TOOLS_KTLS_SERVE_PRIVSEP_H_
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "ktls/connection.h"
+#include "ktls/result.h"
+
+namespace ktls::serve {
+
+// kWorkerFd: where a worker finds its socket to the handshake process.
+inline constexpr int kWorkerFd = 3;
+
+// PrivsepUser: the account workers run as. LookUpUser refuses root.
+struct PrivsepUser {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::string name;
+};
+bool LookUpUser(const std::string& name, PrivsepUser& user, std::string& error);
+
+// HardenWorker: a worker's first step. No core dumps and no ptrace by
+// other processes of the same user (the worker holds its connections'
+// traffic secrets): PR_SET_DUMPABLE 0, which execv had set back to 1.
+// Sanitizer builds keep it dumpable: LeakSanitizer stops the world with
+// ptrace, which a non-dumpable process refuses.
+void HardenWorker();
+
+// WorkerPool: the handshake process's side.
+class WorkerPool {
+ public:
+  // args: this program's arguments (without argv[0]); a worker gets them
+  // with --privsep-worker added.
+  WorkerPool(PrivsepUser user, std::vector<std::string> args);
+  ~WorkerPool();
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+
+  // Start starts n workers.
+  bool Start(std::size_t n, std::string& error);
+  // Hand moves conn to the next worker (round robin). A worker that is
+  // gone is started again, once, and the move retried. On failure the
+  // error says why, and conn is still this process's if nothing was sent.
+  Result<void> Hand(Connection& conn);
+  // Stop asks every worker to drain (SIGTERM) and waits up to timeout, then
+  // kills what is left.
+  void Stop(std::chrono::milliseconds timeout);
+  std::vector<pid_t> pids();
+
+ private:
+  struct Slot;
+  bool Spawn(Slot& slot, std::string& error);
+
+  PrivsepUser user_;
+  std::vector<std::string> args_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::mutex next_mu_;
+  std::size_t next_ = 0;
+};
+
+}  // namespace ktls::serve
+
+#endif  // KTLS_TOOLS_KTLS_SERVE_PRIVSEP_H_
