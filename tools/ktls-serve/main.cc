@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -110,6 +111,12 @@ struct Options {
   bool privsep = false;
   std::string privsep_user;
   bool privsep_worker = false;
+  // --upgrade-from: this process was started by SIGUSR2 in another one and
+  // takes over its listener and connections on kWorkerFd.
+  bool upgrade_from = false;
+  // For SIGUSR2: the binary on disk and the arguments to start it with.
+  std::string exe_path;
+  std::vector<std::string> args;
 };
 
 // SendChunk: sendfile runs in pieces this big, each with the idle timeout:
@@ -299,9 +306,24 @@ class Server {
     }
   }
 
-  // Listen binds the listening socket and says where.
+  // Listen binds the listening socket and says where. After an upgrade it
+  // takes the previous process's instead, and tells it it serves now.
   bool Listen(const tcp::endpoint& endpoint, std::string& error) {
     error_code ec;
+    if (options_.upgrade_from) {
+      const int fd = ktls::serve::ReceiveFd(ktls::serve::kWorkerFd, 'L');
+      if (fd < 0) {
+        error = std::string("--upgrade-from: no listening socket from the previous process: ") + std::strerror(errno);
+        return false;
+      }
+      acceptor_.assign(endpoint.protocol(), fd, ec);
+      const char ready = 'R';
+      if (ec || ::write(ktls::serve::kWorkerFd, &ready, 1) != 1) {
+        error = "--upgrade-from: cannot take over the listening socket";
+        return false;
+      }
+      return true;
+    }
     acceptor_.open(endpoint.protocol(), ec);
     if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
     if (!ec) acceptor_.bind(endpoint, ec);
@@ -353,7 +375,21 @@ class Server {
       report.async_wait(on_report);
     };
     report.async_wait(on_report);
+    net::signal_set upgrade(main_io_, SIGUSR2);
+    std::function<void(error_code, int)> on_upgrade = [&](error_code ec, int) {
+      if (ec) return;
+      StartUpgrade();
+      upgrade.async_wait(on_upgrade);
+    };
+    upgrade.async_wait(on_upgrade);
     // Only now, with every signal handled: scripts signal once they read it.
+    if (options_.upgrade_from) {
+      // The previous process's connections arrive here too, until it
+      // closes its end (it holds none then).
+      from_.emplace(main_io_, ktls::serve::kWorkerFd);
+      from_uid_ = ::getuid();
+      net::co_spawn(main_io_, ReceiveLoop(), net::detached);
+    }
     if (options_.privsep_worker) {
       from_.emplace(main_io_, ktls::serve::kWorkerFd);
       std::fprintf(stderr, "ktls-serve: worker %d: serving %s as uid %u\n", static_cast<int>(::getpid()),
@@ -444,7 +480,9 @@ class Server {
 
   net::awaitable<void> WaitDrained() {
     net::steady_timer tick(main_io_);
-    while (active_.load() > 0 && Clock::now() < drain_deadline_) {
+    // Handing over to a new process waits for every response in flight:
+    // each piece of one still has to go out within the idle timeout.
+    while (active_.load() > 0 && (handing_over_ || Clock::now() < drain_deadline_)) {
       tick.expires_after(milliseconds(20));
       error_code ignored;
       co_await tick.async_wait(net::redirect_error(net::use_awaitable, ignored));
@@ -452,8 +490,75 @@ class Server {
     if (active_.load() > 0) {
       LogError("ktls-serve: drain timeout: closing " + std::to_string(active_.load()) + " connection(s)");
     }
+    if (upgrade_sock_ >= 0) ::close(std::exchange(upgrade_sock_, -1));  // Tells the new process: all handed over.
     main_io_.stop();
   }
+
+  // StartUpgrade (SIGUSR2) starts the binary on disk with the same
+  // arguments and hands it the listening socket; once it says it is ready,
+  // this process hands over its connections (AwaitTakeover) and exits.
+  void StartUpgrade() {
+    if (pool_ != nullptr || options_.privsep_worker || draining_ || upgrade_sock_ >= 0) {
+      LogError("ktls-serve: SIGUSR2: no upgrade (" +
+               std::string(pool_ != nullptr || options_.privsep_worker ? "not with --privsep" : "already under way") +
+               ")");
+      return;
+    }
+    int pair[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+      LogError(std::string("ktls-serve: upgrade failed: socketpair: ") + std::strerror(errno));
+      return;
+    }
+    const pid_t child = ktls::serve::StartSelf(options_.exe_path, options_.args, "--upgrade-from", pair[1], nullptr);
+    ::close(pair[1]);
+    if (child < 0 || !ktls::serve::SendFd(pair[0], acceptor_.native_handle(), 'L')) {
+      LogError("ktls-serve: upgrade failed: cannot start " + options_.exe_path + ": " + std::strerror(errno) +
+               "; this process goes on serving");
+      if (child > 0) {
+        ::kill(child, SIGKILL);
+        ::waitpid(child, nullptr, 0);
+      }
+      ::close(pair[0]);
+      return;
+    }
+    upgrade_sock_ = pair[0];
+    upgrade_child_ = child;
+    LogError("ktls-serve: upgrade: started " + options_.exe_path + " as pid " + std::to_string(child));
+    net::co_spawn(main_io_, AwaitTakeover(), net::detached);
+  }
+
+  // AwaitTakeover waits (at most the handshake timeout) for the new process
+  // to say it serves ('R'), then hands everything over; otherwise this
+  // process goes on and says why.
+  net::awaitable<void> AwaitTakeover() {
+    net::posix::stream_descriptor ready(main_io_, ::dup(upgrade_sock_));
+    net::steady_timer timer(main_io_);
+    timer.expires_after(options_.handshake_timeout);
+    timer.async_wait([&ready](error_code ec) {
+      error_code ignored;
+      if (!ec) ready.cancel(ignored);
+    });
+    char byte = 0;
+    error_code ec;
+    const std::size_t n =
+        co_await ready.async_read_some(net::buffer(&byte, 1), net::redirect_error(net::use_awaitable, ec));
+    timer.cancel();
+    if (ec || n != 1 || byte != 'R') {
+      LogError("ktls-serve: upgrade failed: pid " + std::to_string(upgrade_child_) +
+               (ec == net::error::operation_aborted ? " did not take over in time"
+                                                    : " exited before it took over") +
+               "; this process goes on serving");
+      ::kill(upgrade_child_, SIGKILL);
+      ::waitpid(upgrade_child_, nullptr, 0);
+      ::close(std::exchange(upgrade_sock_, -1));
+      co_return;
+    }
+    LogError("ktls-serve: upgrade: pid " + std::to_string(upgrade_child_) + " serves now; handing over " +
+             std::to_string(active_.load()) + " connection(s)");
+    handing_over_ = true;
+    BeginDrain(acceptor_);
+  }
+
 
   // Conn: what a connection keeps for its whole life, kept small: an idle
   // keep-alive connection is this, the stream (with its ktls::Connection),
@@ -538,9 +643,14 @@ class Server {
       error_code ec;
       co_await from_->async_wait(net::posix::descriptor_base::wait_read, net::redirect_error(net::use_awaitable, ec));
       if (ec || draining_) break;
-      // The handshake process runs as root, and made this socket.
-      auto conn = ktls::ReceiveConnection(from_->native_handle(), {.peer_uid = 0});
+      // The handshake process runs as root, and made this socket; the
+      // process this one took over from runs as this process does.
+      auto conn = ktls::ReceiveConnection(from_->native_handle(), {.peer_uid = from_uid_});
       if (!conn.ok()) {
+        if (conn.error().category == ktls::ErrorCategory::kClosed && options_.upgrade_from) {
+          LogError("ktls-serve: the previous process handed over everything it could");
+          break;
+        }
         if (conn.error().category == ktls::ErrorCategory::kClosed) {
           LogError("ktls-serve: worker " + std::to_string(::getpid()) + ": the handshake process is gone: draining");
           BeginDrain(acceptor_);
@@ -588,7 +698,8 @@ class Server {
       }
       if (step != Step::kServed) break;
     }
-    co_await End(*c, step != Step::kFailed);
+    // Out of the loop after a request served: draining, or handing over.
+    co_await End(*c, step != Step::kFailed, step == Step::kServed);
   }
 
   // Idle waits for the next request without a coroutine: an idle
@@ -603,7 +714,8 @@ class Server {
       c->deadline.Cancel();
       Worker& worker = c->worker;
       if (ec) {
-        net::co_spawn(worker.io, [this, c = std::move(c)]() -> net::awaitable<void> { co_await End(*c, true); },
+        net::co_spawn(worker.io,
+                      [this, c = std::move(c)]() -> net::awaitable<void> { co_await End(*c, true, true); },
                       net::detached);
       } else {
         net::co_spawn(worker.io, Serve(std::move(c)), net::detached);
@@ -627,10 +739,32 @@ class Server {
     co_return true;
   }
 
+  // HandOver (during an upgrade) moves a connection to the new process.
+  // False when it cannot move (a direction in OpenSSL, or bytes of the
+  // next request already read here): End closes it instead.
+  bool HandOver(Conn& c) {
+    const ktls::Connection& conn = c.stream->connection();
+    if (conn.tx() != ktls::Offload::kKernel || conn.rx() != ktls::Offload::kKernel || !c.leftover.empty()) {
+      LogError(c.peer + " not handed over: " +
+               (c.leftover.empty() ? "a direction is in OpenSSL" : "a pipelined request was already read") +
+               "; ended with close_notify");
+      return false;
+    }
+    ktls::Connection moving = c.stream->release_connection();
+    std::lock_guard lock(upgrade_mu_);
+    if (auto sent = ktls::SendConnection(upgrade_sock_, moving); !sent.ok()) {
+      LogError(c.peer + " not handed over: " + sent.error().ToString());
+      if (moving.fd() >= 0) (void)moving.Shutdown();
+      moving.Close();
+    }
+    return true;
+  }
+
   // End closes the connection: close_notify when clean, then a lingering
   // close (bounded, without blocking the loop), so that a client still
   // sending reads our close_notify or alert rather than a reset.
-  net::awaitable<void> End(Conn& c, bool clean) {
+  net::awaitable<void> End(Conn& c, bool clean, bool may_move = false) {
+    if (may_move && handing_over_ && HandOver(c)) co_return;
     error_code ec;
     if (clean) {
       c.deadline.Arm(options_.idle_timeout);
@@ -718,7 +852,7 @@ class Server {
       if (head) response.send_body = false;
       if (!request.keep_alive()) response.close = true;
     }
-    if (draining_) response.close = true;
+    if (draining_ && !handing_over_) response.close = true;
     const std::uint64_t sent = co_await WriteResponse(stream, deadline, response, ec);
     const ktls::Connection& conn = stream.connection();
     LogAccess(worker, peer, method, target, response, sent, started,
@@ -864,7 +998,13 @@ class Server {
   std::atomic<bool> draining_ = false;
   Clock::time_point drain_deadline_;
   ktls::serve::WorkerPool* pool_ = nullptr;                 // --privsep: where connections go.
-  std::optional<net::posix::stream_descriptor> from_;       // A --privsep worker: where they come from.
+  std::optional<net::posix::stream_descriptor> from_;       // A worker, or after an upgrade: where they come from.
+  uid_t from_uid_ = 0;                                      // Who must be sending them.
+  // SIGUSR2: the socket to the new process, while handing over.
+  int upgrade_sock_ = -1;
+  pid_t upgrade_child_ = -1;
+  std::mutex upgrade_mu_;                                   // One SendConnection at a time on it.
+  std::atomic<bool> handing_over_ = false;
 };
 
 std::string Capabilities() {
@@ -981,6 +1121,7 @@ int main(int argc, char** argv) {
      "kernel lacks) is ended with close_notify and logged, never served by the key holder")
     ("user", "With --privsep: the user the workers run as (not root)", cxxopts::value<std::string>())
     ("privsep-worker", "Internal: this is a --privsep worker (started by ktls-serve itself)")
+    ("upgrade-from", "Internal: take over from the ktls-serve that started this one on SIGUSR2")
     ("h,help", "Show this help");
   // clang-format on
   ktls::tools::AddConnectionLimitOptions(cli);
@@ -1016,6 +1157,7 @@ int main(int argc, char** argv) {
     o.privsep = args.count("privsep") != 0;
     if (args.count("user") != 0) o.privsep_user = args["user"].as<std::string>();
     o.privsep_worker = args.count("privsep-worker") != 0;
+    o.upgrade_from = args.count("upgrade-from") != 0;
     if (!ktls::tools::ReadConnectionLimits(args, limits, error)) {
       std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
       return 2;
@@ -1044,6 +1186,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (o.privsep_worker) return RunPrivsepWorker(o);
+  // SIGUSR2 starts the binary on disk with these arguments (an upgrade).
+  char path[4096];
+  if (const ssize_t n = ::readlink("/proc/self/exe", path, sizeof(path)); n > 0 && n < ssize_t{sizeof(path)}) {
+    o.exe_path.assign(path, static_cast<std::size_t>(n));
+  }
+  for (int i = 1; i < argc; ++i) {
+    if (std::string_view(argv[i]) != "--upgrade-from") o.args.emplace_back(argv[i]);
+  }
   std::optional<ktls::serve::WorkerPool> pool;
   if (o.privsep) {
     // The workers start before the key is read: they are fresh images

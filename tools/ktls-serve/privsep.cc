@@ -53,6 +53,78 @@ void HardenWorker() {
 #endif
 }
 
+pid_t StartSelf(const std::string& path, std::vector<std::string> args, const char* extra, int child_end,
+                const PrivsepUser* user) {
+  // Everything the child needs is made before fork: after it, only calls
+  // that are safe in a child of a threaded process.
+  args.insert(args.begin(), "ktls-serve");
+  args.push_back(extra);
+  std::vector<char*> argv;
+  for (std::string& arg : args) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  const uid_t uid = user != nullptr ? user->uid : 0;
+  const gid_t gid = user != nullptr ? user->gid : 0;
+  const pid_t pid = ::fork();
+  if (pid != 0) return pid;
+  // The child: its socket at fd 3, nothing else open beyond stdio, then
+  // (for a worker) the user's identity for good, then a fresh image.
+  if (::dup2(child_end, kWorkerFd) != kWorkerFd) ::_exit(126);
+  if (::syscall(SYS_close_range, kWorkerFd + 1, ~0U, 0) != 0) ::_exit(126);
+  if (user != nullptr) {
+    if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) ::_exit(126);
+    if (::setuid(0) == 0) ::_exit(126);  // Root must be gone for good.
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // Dies with the handshake process.
+  }
+  ::execv(path.c_str(), argv.data());
+  ::_exit(127);
+}
+
+bool SendFd(int sock, int fd, char tag) {
+  iovec iov{&tag, 1};
+  alignas(cmsghdr) unsigned char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  ssize_t n;
+  while ((n = ::sendmsg(sock, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
+  }
+  return n == 1;
+}
+
+int ReceiveFd(int sock, char tag) {
+  char got = 0;
+  iovec iov{&got, 1};
+  alignas(cmsghdr) unsigned char control[CMSG_SPACE(4 * sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  while ((n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
+  }
+  std::vector<int> fds;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); n >= 0 && c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    for (std::size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      fds.push_back(fd);
+    }
+  }
+  if (n == 1 && got == tag && fds.size() == 1 && (msg.msg_flags & MSG_CTRUNC) == 0) return fds[0];
+  for (int fd : fds) ::close(fd);
+  errno = n < 0 ? errno : EPROTO;
+  return -1;
+}
+
 WorkerPool::WorkerPool(PrivsepUser user, std::vector<std::string> args)
     : user_(std::move(user)), args_(std::move(args)) {}
 
@@ -76,33 +148,12 @@ bool WorkerPool::Spawn(Slot& slot, std::string& error) {
     error = std::string("socketpair: ") + std::strerror(errno);
     return false;
   }
-  // Everything the child needs is made before fork: after it, only calls
-  // that are safe in a child of a threaded process.
-  std::vector<std::string> args = args_;
-  args.insert(args.begin(), "ktls-serve");
-  args.push_back("--privsep-worker");
-  std::vector<char*> argv;
-  for (std::string& arg : args) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-  const uid_t uid = user_.uid;
-  const gid_t gid = user_.gid;
-  const pid_t pid = ::fork();
+  const pid_t pid = StartSelf("/proc/self/exe", args_, "--privsep-worker", pair[1], &user_);
   if (pid < 0) {
-    error = std::string("fork: ") + std::strerror(errno);
+    error = std::string("starting a worker: ") + std::strerror(errno);
     ::close(pair[0]);
     ::close(pair[1]);
     return false;
-  }
-  if (pid == 0) {
-    // The worker: its socket at fd 3, nothing else open beyond stdio, then
-    // the user's identity for good, then a fresh image.
-    if (::dup2(pair[1], kWorkerFd) != kWorkerFd) ::_exit(126);
-    if (::syscall(SYS_close_range, kWorkerFd + 1, ~0U, 0) != 0) ::_exit(126);
-    if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) ::_exit(126);
-    if (::setuid(0) == 0) ::_exit(126);  // Root must be gone for good.
-    ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // Dies with the handshake process.
-    ::execv("/proc/self/exe", argv.data());
-    ::_exit(127);
   }
   ::close(pair[1]);
   slot.pid = pid;

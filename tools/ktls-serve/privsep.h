@@ -41,6 +41,20 @@ bool LookUpUser(const std::string& name, PrivsepUser& user, std::string& error);
 // ptrace, which a non-dumpable process refuses.
 void HardenWorker();
 
+// SendFd sends one descriptor (SCM_RIGHTS) with one byte, tag; ReceiveFd
+// receives it, checking the tag (-1 on any failure, errno set; anything
+// but exactly one descriptor is closed and refused). The listening socket
+// goes this way to the process that takes over on SIGUSR2.
+bool SendFd(int sock, int fd, char tag);
+int ReceiveFd(int sock, char tag);
+
+// StartSelf starts path (this program's binary on disk) with args and
+// extra appended, as a child whose fd kWorkerFd is child_end and that has
+// nothing else open beyond stdio. With user, as that user for good (a
+// --privsep worker). Returns the pid, or -1 (errno set).
+pid_t StartSelf(const std::string& path, std::vector<std::string> args, const char* extra, int child_end,
+                const PrivsepUser* user);
+
 // WorkerPool: the handshake process's side.
 class WorkerPool {
  public:
