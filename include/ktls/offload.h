@@ -124,9 +124,10 @@ KTLS_API Result<void> PrepareContext(SSL_CTX* ctx);
 
 // PrepareSsl makes ssl ready for offload: call before its handshake, after
 // PrepareContext on its context. It turns off read-ahead (so OpenSSL never
-// reads records meant for the kernel) and OpenSSL's own kTLS, disables TLS
-// 1.3 early data, and installs a message callback that counts records for
-// exact sequence numbers. It takes over ssl's message callback.
+// reads records meant for the kernel; OffloadSsl turns it back on where RX
+// stays in OpenSSL) and OpenSSL's own kTLS, disables TLS 1.3 early data,
+// and installs a message callback that counts records for exact sequence
+// numbers. It takes over ssl's message callback.
 KTLS_API Result<void> PrepareSsl(SSL* ssl);
 
 // OffloadSsl hands a connection whose handshake has completed to the

@@ -431,6 +431,14 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
     BIO* bio = socket_bio.release();
     SSL_set_bio(conn->ssl.get(), bio, bio);  // One reference serves both.
   }
+  if (conn->rx == Offload::kUser) {
+    // RX stays in OpenSSL for the connection's life (nothing moves it to
+    // the kernel later), so no record is meant for the kernel any more:
+    // let OpenSSL read ahead, one read(2) a record (or fewer) instead of
+    // two (header, then body). What it buffers is delivered by SSL_read,
+    // which ReadUser calls before it ever waits for the socket.
+    SSL_set_read_ahead(conn->ssl.get(), 1);
+  }
   conn->tx_fallback = plan.tx_reason;
   conn->rx_fallback = plan.rx_reason;
   if ((conn->tx == Offload::kUser || conn->rx == Offload::kUser) && options.on_fallback) {
