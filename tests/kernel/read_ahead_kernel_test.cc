@@ -103,10 +103,13 @@ void PrintTo(const Where& where, std::ostream* os) { *os << where.name; }
 class ReadAheadKernelTest : public ::testing::TestWithParam<Where> {};
 
 // The client sends kNumRecords full records and close_notify in a stream;
-// the server reads them 16 KiB at a time. Read-ahead off (what ktls did
-// before) is exactly two reads a record; with it one, or a little over
-// when a read ends inside a record. RX in the kernel (RxOffload::kAuto on
-// a kernel that can rekey) is one recvmsg a record too.
+// the server reads them 16 KiB at a time. Without read-ahead a record
+// cannot cost fewer than two reads (OpenSSL asks for the 5-byte header,
+// then for the body), and measured 2.03. With it a read takes whatever
+// has arrived: one a record, plus one each time the reader catches up with
+// the writer inside a record (1.0-1.25 seen, depending on timing). RX in
+// the kernel (RxOffload::kAuto on a kernel that can rekey) is one recvmsg
+// a record too.
 TEST_P(ReadAheadKernelTest, ARecordCostsOneRead) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
   const Where where = GetParam();
@@ -142,12 +145,12 @@ TEST_P(ReadAheadKernelTest, ARecordCostsOneRead) {
   const bool rx_in_kernel = where.tx == TxOffload::kOn && where.rx == RxOffload::kAuto && CachedCapabilities().rekey;
   ExpectOffloaded(end, where.tx == TxOffload::kOn ? Offload::kKernel : Offload::kUser,
                   rx_in_kernel ? Offload::kKernel : Offload::kUser, where.name);
-  // Every record plus close_notify, and a few reads that ended inside a
-  // record; never two a record.
+  // Well under the two a record that reading without read-ahead cannot go
+  // below, whatever the timing.
   const double per_record = static_cast<double>(reads_after_handshake) / static_cast<double>(kNumRecords);
   RecordProperty("reads_per_record", std::to_string(per_record));
   EXPECT_GT(reads_after_handshake, 0);
-  EXPECT_LE(reads_after_handshake, static_cast<int>(kNumRecords + kNumRecords / 10 + 2))
+  EXPECT_LE(reads_after_handshake, static_cast<int>(kNumRecords + kNumRecords / 2))
       << per_record << " recvmsg calls a record with rx=" << OffloadName(end.rx);
 }
 
