@@ -76,20 +76,24 @@ class RecvCounter {
   std::atomic<int> reads_ = 0;
 };
 
-// PlainClient: a plain OpenSSL client connected to the server on port.
+// PlainClient: a plain OpenSSL client of a TestServer.
 struct PlainClient {
+  UniqueSslCtx ctx;
   UniqueFd fd;
   UniqueSsl ssl;
 };
 
-std::string ConnectPlainClient(SSL_CTX* ctx, std::uint16_t port, PlainClient& out) {
-  out.fd = ConnectLoopback(port, kIoTimeout);
-  if (!out.fd) return "connect";
-  out.ssl.reset(SSL_new(ctx));
+// ConnectPlainClient connects out to server and waits until the server
+// has offloaded the connection.
+std::string ConnectPlainClient(TestServer& server, PlainClient& out) {
+  out.ctx = NewTestContext(false);
+  out.fd = ConnectLoopback(server.port(), kIoTimeout);
+  if (!out.ctx || !out.fd) return "client context or connect";
+  out.ssl.reset(SSL_new(out.ctx.get()));
   if (!out.ssl || SSL_set_fd(out.ssl.get(), out.fd.get()) != 1) return "SSL_new/SSL_set_fd: " + OpenSslErrors();
   ERR_clear_error();
-  const int ret = SSL_connect(out.ssl.get());
-  return ret == 1 ? std::string() : SslFailure(out.ssl.get(), ret, "SSL_connect");
+  if (const int ret = SSL_connect(out.ssl.get()); ret != 1) return SslFailure(out.ssl.get(), ret, "SSL_connect");
+  return server.WaitHandshaken(1) ? std::string() : "the server did not finish its handshake";
 }
 
 // Where: one way of making the server's RX stay in OpenSSL, or not.
@@ -127,11 +131,8 @@ TEST_P(ReadAheadKernelTest, ARecordCostsOneRead) {
     if (end.error.empty()) end.error = ShutdownText(conn);
   });
   ASSERT_TRUE(server.ok()) << server.listen_error();
-  const UniqueSslCtx client_ctx = NewTestContext(false);
-  ASSERT_TRUE(client_ctx);
   PlainClient client;
-  ASSERT_EQ(ConnectPlainClient(client_ctx.get(), server.port(), client), "");
-  ASSERT_TRUE(server.WaitHandshaken(1));
+  ASSERT_EQ(ConnectPlainClient(server, client), "");
 
   const Bytes data = RandomBytes(kNumRecords * kRecordLen);
   EXPECT_EQ(SslWriteAll(client.ssl.get(), data), "");
@@ -207,11 +208,8 @@ TEST(ReadAheadBufferKernelTest, BufferedRecordsComeOutWithoutWaiting) {
     end.error = ShutdownText(conn);
   });
   ASSERT_TRUE(server.ok()) << server.listen_error();
-  const UniqueSslCtx client_ctx = NewTestContext(false);
-  ASSERT_TRUE(client_ctx);
   PlainClient client;
-  ASSERT_EQ(ConnectPlainClient(client_ctx.get(), server.port(), client), "");
-  ASSERT_TRUE(server.WaitHandshaken(1));
+  ASSERT_EQ(ConnectPlainClient(server, client), "");
 
   // Collect the records in a memory BIO, then send them in one write.
   BIO* records = BIO_new(BIO_s_mem());
