@@ -141,6 +141,8 @@ class ServerEnd {
   bool tx_in_kernel() const;
   bool rx_in_kernel() const;
   std::string Where() const;  // "tx=kernel rx=user"
+  // kernel_state: Connection::kernel_state() (kKtls; empty otherwise).
+  KernelState kernel_state() const { return conn_ ? conn_->kernel_state() : KernelState{}; }
   // offload_seconds: how long OffloadSsl took (kKtls; 0 otherwise).
   double offload_seconds() const { return offload_seconds_; }
 
