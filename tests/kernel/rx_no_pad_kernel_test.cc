@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <map>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -176,6 +177,47 @@ TEST(RxNoPadKernelTest, PaddingPeerStillReadsRight) {
   } else {
     EXPECT_EQ(retries, 0) << "without no-pad there is nothing to retry";
   }
+}
+
+// The peer's KeyUpdate installs a new RX key (Linux 6.14+): no-pad stays
+// on under it, as the kernel itself reports. Where the kernel cannot
+// rekey or no-pad is unsafe (6.1), there is no such connection to make;
+// the other tests cover what happens there.
+TEST(RxNoPadKernelTest, StaysOnAcrossThePeersKeyUpdate) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  const Capabilities& caps = CachedCapabilities();
+  if (!caps.rekey || !caps.rx_no_pad) {
+    EXPECT_NE(UmlKernel(), "7.2") << "7.2 rekeys and does no-pad right";
+    return;
+  }
+  KernelState state;
+  Bytes received;
+  TestServer server(NoPadConfig(), 1, [&](Connection& conn, ServerEnd& end) {
+    end.error = ReadToEnd(conn, received, 64 * 1024);
+    state = conn.kernel_state();
+    if (end.error.empty()) end.error = ShutdownText(conn);
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  auto conn = ConnectTo(server.port(), ClientFor());
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  ASSERT_TRUE(server.WaitHandshaken(1));
+  const Bytes data = RandomBytes(100'000);
+  const std::size_t half = data.size() / 2;
+  EXPECT_EQ(WriteAll(*conn, std::span(data).first(half)), "");
+  auto updated = conn->UpdateKeys(/*request_peer_update=*/false);
+  EXPECT_TRUE(updated.ok()) << updated.error().ToString();
+  EXPECT_EQ(WriteAll(*conn, std::span(data).subspan(half)), "");
+  EXPECT_EQ(ShutdownText(*conn), "");
+  Bytes nothing;
+  EXPECT_EQ(ReadToEnd(*conn, nothing), "");
+  const ServerEnd& end = server.Join()[0];
+  EXPECT_EQ(end.error, "");
+  EXPECT_EQ(Sha256Hex(received), Sha256Hex(data));
+  ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
+  EXPECT_EQ(state.rx.key_updates, 1u);
+  EXPECT_TRUE(state.rx_no_pad) << state.rx_no_pad_why_not;
+  ASSERT_TRUE(state.ulp.reported) << state.ulp.why_not;
+  EXPECT_TRUE(state.ulp.rx_no_pad) << "the kernel dropped TLS_RX_EXPECT_NO_PAD with the new key";
 }
 
 // Where the option cannot apply, the connection says why.
