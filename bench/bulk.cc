@@ -30,6 +30,10 @@ namespace {
 constexpr std::size_t kPatternBytes = 1 << 20;        // Data repeats every MiB.
 constexpr std::size_t kReceiverBufferBytes = 64 << 10;  // The bulk-send receiver's reads.
 constexpr std::size_t kAfAlgRecordBytes = 16 << 10;
+// The padding peer of bulk_receive_no_pad: every record padded to a full
+// 16 KiB, from writes this much short of the read size.
+constexpr std::size_t kPaddedRecordBytes = 16 << 10;
+constexpr std::size_t kPaddingRoom = 256;
 
 // SourceFile: an unlinked file of len bytes in dir (a tmpfs), for sendfile.
 class SourceFile {
@@ -127,16 +131,24 @@ RunResult SendRun(SSL_CTX* server_ctx, SSL_CTX* client_ctx, ServerTls kind, Send
   return result;
 }
 
+// ReceiveSetup: how the server under test offloads (kKtls) and how big the
+// client's writes are (0: the server's read size), for ReceiveRun.
+struct ReceiveSetup {
+  OffloadOptions offload = ServerEnd::BothWays();
+  std::size_t client_chunk = 0;
+};
+
 RunResult ReceiveRun(SSL_CTX* server_ctx, SSL_CTX* client_ctx, ServerTls kind, std::size_t len, std::size_t chunk,
-                     const BulkInput& input) {
+                     const BulkInput& input, const ReceiveSetup& setup = {}) {
   LoopbackListener listener;
   std::atomic<double> started_at{0};
+  const std::size_t client_chunk = setup.client_chunk != 0 ? setup.client_chunk : chunk;
   ClientThread client(listener.port(), [&](int fd) {
     UniqueSsl ssl = ClientHandshake(client_ctx, fd);
     started_at = NowSeconds();
     for (std::size_t sent = 0; sent < len;) {
       const std::size_t at = sent % input.pattern.size();
-      const std::size_t n = std::min({chunk, len - sent, input.pattern.size() - at});
+      const std::size_t n = std::min({client_chunk, len - sent, input.pattern.size() - at});
       SslWriteAll(ssl.get(), std::span(input.pattern).subspan(at, n));
       sent += n;
     }
@@ -147,10 +159,24 @@ RunResult ReceiveRun(SSL_CTX* server_ctx, SSL_CTX* client_ctx, ServerTls kind, s
     if (SslRead(ssl.get(), buf) != 0) throw BenchError("unexpected data from the server");
   });
   const auto before = TlsStat();
-  ServerEnd server = ServerEnd::Handshake(server_ctx, listener.Accept(), kind);
+  ServerEnd server = ServerEnd::Handshake(server_ctx, listener.Accept(), kind, setup.offload);
   RunResult result;
   result.unavailable = CheckOffload(server, kind, /*rx=*/kind == ServerTls::kKtls, before, result.notes);
   if (!result.unavailable.empty()) return result;
+  if (setup.offload.rx_expect_no_pad) {
+    const KernelState state = server.kernel_state();
+    if (!state.rx_no_pad) {
+      // The client is waiting to send: let it, and drop the run.
+      std::vector<std::byte> buf(chunk);
+      while (server.Read(buf) != 0) {
+      }
+      server.Shutdown();
+      client.Join();
+      result.unavailable = "TLS_RX_EXPECT_NO_PAD is off: " + state.rx_no_pad_why_not;
+      return result;
+    }
+    result.notes += ", rx_no_pad=on";
+  }
 
   std::vector<std::byte> buf(chunk);
   std::size_t got = 0;
@@ -256,6 +282,54 @@ void AddBulkReceive(Report& report, const Options& opts) {
     variants.push_back({"openssl_read_ahead", "OpenSSL SSL_read with read-ahead (64 KiB buffer)",
                         receive(read_ahead_ctx.get(), ServerTls::kOpenSsl)});
     variants.push_back({"ktls_read", "ktls Read (RX in the kernel)", receive(ktls_ctx.get(), ServerTls::kKtls)});
+    RunInterleaved(variants, opts.runs, {&comparison});
+    report.PrintComparison(std::cout, comparison);
+  }
+}
+
+void AddBulkReceiveNoPad(Report& report, const Options& opts) {
+  BulkInput input;
+  const std::size_t len = opts.bulk_bytes;
+  const auto size_for = [len](bool warmup) { return warmup ? std::max<std::size_t>(len / 8, 1) : len; };
+  // The padding peer pads every record to 16 KiB; its writes leave room
+  // for that (OpenSSL never pads past the record limit).
+  const std::size_t padded_chunk = opts.chunk_bytes > kPaddingRoom ? opts.chunk_bytes - kPaddingRoom : opts.chunk_bytes;
+  for (const Suite& suite : opts.suites) {
+    const std::string suites(suite.name);
+    UniqueSslCtx client_ctx = NewClientContext(suites, /*read_ahead=*/false);
+    UniqueSslCtx padding_client_ctx = NewClientContext(suites, /*read_ahead=*/false);
+    if (SSL_CTX_set_block_padding(padding_client_ctx.get(), kPaddedRecordBytes) != 1) {
+      throw BenchError("SSL_CTX_set_block_padding: " + OpenSslErrors());
+    }
+    UniqueSslCtx ktls_ctx = NewServerContext(suites, ServerTls::kKtls);
+
+    Comparison& comparison = report.comparisons.emplace_back();
+    comparison.id = "bulk_receive_no_pad." + CipherId(suite);
+    comparison.group = "bulk_receive_no_pad";
+    comparison.title = "Bulk receive with TLS_RX_EXPECT_NO_PAD, one connection, " + std::to_string(len >> 20) +
+                       " MiB, " + suites;
+    comparison.metric = "throughput";
+    comparison.unit = "MB/s";
+    comparison.reference = "ktls_read";
+
+    ReceiveSetup no_pad;
+    no_pad.offload.rx_expect_no_pad = true;
+    ReceiveSetup padding;
+    padding.client_chunk = padded_chunk;
+    ReceiveSetup no_pad_padding = no_pad;
+    no_pad_padding.client_chunk = padded_chunk;
+    const auto receive = [&](SSL_CTX* client, const ReceiveSetup& setup) {
+      return [&, client, setup](bool warmup) {
+        return ReceiveRun(ktls_ctx.get(), client, ServerTls::kKtls, size_for(warmup), opts.chunk_bytes, input, setup);
+      };
+    };
+    std::vector<Variant> variants;
+    variants.push_back({"ktls_read", "ktls Read (RX in the kernel)", receive(client_ctx.get(), {})});
+    variants.push_back({"ktls_read_no_pad", "ktls Read, rx_expect_no_pad", receive(client_ctx.get(), no_pad)});
+    variants.push_back({"ktls_read_padding_peer", "ktls Read, the peer pads every record to 16 KiB",
+                        receive(padding_client_ctx.get(), padding)});
+    variants.push_back({"ktls_read_no_pad_padding_peer", "ktls Read, rx_expect_no_pad, the peer pads every record",
+                        receive(padding_client_ctx.get(), no_pad_padding)});
     RunInterleaved(variants, opts.runs, {&comparison});
     report.PrintComparison(std::cout, comparison);
   }

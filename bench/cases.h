@@ -30,6 +30,11 @@ void AddBulkSend(Report& report, const Options& opts);
 // AddBulkReceive: one connection receives opts.bulk_bytes from a userspace
 // OpenSSL client: ktls with RX in the kernel vs OpenSSL in userspace.
 void AddBulkReceive(Report& report, const Options& opts);
+// AddBulkReceiveNoPad: as AddBulkReceive, ktls with RX in the kernel
+// only: OffloadOptions::rx_expect_no_pad off and on, from a client that does
+// not pad and from one that pads every record (where the kernel must
+// decrypt twice). Unavailable where the probe found no-pad unsafe (6.1).
+void AddBulkReceiveNoPad(Report& report, const Options& opts);
 // AddHandshakes: full and resumed handshakes per second, with offload after
 // each vs the same handshake left in userspace.
 void AddHandshakes(Report& report, const Options& opts);

@@ -1,7 +1,7 @@
 // ktls-bench: measures ktls against OpenSSL in userspace, OpenSSL's own
 // kTLS and the kernel's AEAD ceiling, on the kernel it runs on.
 //
-//   ktls-bench [--cases bulk_send,bulk_receive,handshakes,idle_memory,moves]
+//   ktls-bench [--cases bulk_send,bulk_receive,bulk_receive_no_pad,handshakes,idle_memory,moves]
 //              [--runs 5] [--json FILE] ...
 //
 // Every comparison runs in this one process on this one kernel: never put
@@ -40,7 +40,8 @@ namespace {
 
 using ktls::bench::Options;
 
-const char* const kAllCases[] = {"bulk_send", "bulk_receive", "handshakes", "idle_memory", "moves"};
+const char* const kAllCases[] = {"bulk_send", "bulk_receive", "bulk_receive_no_pad", "handshakes", "idle_memory",
+                                   "moves"};
 
 std::vector<std::string> SplitCommas(const std::string& text) {
   std::vector<std::string> parts;
@@ -95,7 +96,8 @@ int main(int argc, char** argv) {
   cxxopts::Options cli("ktls-bench", "Benchmark ktls against OpenSSL and the kernel's AEAD ceiling (see docs/BENCHMARKS.md).");
   Options opts;
   cli.add_options()
-      ("cases", "Comma-separated: bulk_send, bulk_receive, handshakes, idle_memory, moves", cxxopts::value<std::string>()->default_value("bulk_send,bulk_receive,handshakes,idle_memory,moves"))
+      ("cases", "Comma-separated: bulk_send, bulk_receive, bulk_receive_no_pad, handshakes, idle_memory, moves",
+       cxxopts::value<std::string>()->default_value("bulk_send,bulk_receive,bulk_receive_no_pad,handshakes,idle_memory,moves"))
       ("runs", "Measured runs per case (median, min, max)", cxxopts::value<int>()->default_value("5"))
       ("bulk-mib", "MiB per bulk send/receive run", cxxopts::value<std::size_t>()->default_value("64"))
       ("chunk-kib", "KiB per write/read call in the bulk cases", cxxopts::value<std::size_t>()->default_value("16"))
@@ -192,6 +194,7 @@ int main(int argc, char** argv) {
       const std::string c = name;
       if (c == "bulk_send") ktls::bench::AddBulkSend(report, opts);
       if (c == "bulk_receive") ktls::bench::AddBulkReceive(report, opts);
+      if (c == "bulk_receive_no_pad") ktls::bench::AddBulkReceiveNoPad(report, opts);
       if (c == "handshakes") ktls::bench::AddHandshakes(report, opts);
       if (c == "idle_memory") ktls::bench::AddIdleMemory(report, opts);
       if (c == "moves") ktls::bench::AddMoves(report, opts);

@@ -144,6 +144,8 @@ class ServerEnd {
   // TakeConnection hands over a kKtls end's Connection (BenchError for
   // the others); this ServerEnd is empty afterwards.
   Connection TakeConnection();
+  // kernel_state: Connection::kernel_state() (kKtls; empty otherwise).
+  KernelState kernel_state() const { return conn_ ? conn_->kernel_state() : KernelState{}; }
   // offload_seconds: how long OffloadSsl took (kKtls; 0 otherwise).
   double offload_seconds() const { return offload_seconds_; }
 

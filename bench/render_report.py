@@ -38,6 +38,9 @@ CASE_NAMES = {
     "openssl_read": "OpenSSL `SSL_read`",
     "openssl_read_ahead": "OpenSSL `SSL_read`, read-ahead",
     "ktls_read": "ktls `Read` (RX in the kernel)",
+    "ktls_read_no_pad": "ktls `Read`, `rx_expect_no_pad`",
+    "ktls_read_padding_peer": "ktls `Read`, a peer that pads every record",
+    "ktls_read_no_pad_padding_peer": "ktls `Read`, `rx_expect_no_pad`, a peer that pads every record",
     "openssl": "OpenSSL",
     "openssl_release_buffers": "OpenSSL, `SSL_MODE_RELEASE_BUFFERS`",
     "ktls": "ktls",
@@ -59,6 +62,7 @@ CASE_NAMES = {
 GROUP_TITLES = {
     "bulk_send": "Bulk send, one connection (MB/s, higher is better; ratio to the AF_ALG ceiling)",
     "bulk_receive": "Bulk receive, one connection (MB/s, higher is better; ratio to OpenSSL `SSL_read`)",
+    "bulk_receive_no_pad": "Bulk receive with `TLS_RX_EXPECT_NO_PAD` (MB/s, higher is better; ratio to ktls `Read`)",
     "handshakes": "Handshakes per second (higher is better; ratio to OpenSSL)",
     "idle_memory": "Memory per idle connection, server side (bytes, lower is better; ratio to OpenSSL)",
     "client_memory": "Memory per idle connection, client side (bytes, lower is better; ratio to OpenSSL)",

@@ -76,6 +76,12 @@ struct KTLS_API KernelState {
   std::string cipher_suite;  // The IANA name (SessionInfo::cipher_suite), always.
   KernelDirectionState tx;
   KernelDirectionState rx;
+  // rx_no_pad: TLS_RX_EXPECT_NO_PAD is on for this connection's RX
+  // (OffloadOptions::rx_expect_no_pad); rx_no_pad_why_not says why not
+  // when it is off (not asked for, TLS 1.2, RX not in the kernel, or the
+  // probe found it unsafe on this kernel).
+  bool rx_no_pad = false;
+  std::string rx_no_pad_why_not;
   KernelUlpInfo ulp;
 };
 

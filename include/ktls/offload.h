@@ -109,6 +109,16 @@ struct KTLS_API OffloadOptions {
   // after RX offload are dropped (Connection::tickets_dropped). Tickets
   // OpenSSL reads itself (RX in OpenSSL, or before offload) always reach it.
   bool session_tickets = true;
+  // rx_expect_no_pad: with TLS 1.3 RX in the kernel, turn on
+  // TLS_RX_EXPECT_NO_PAD (Linux 6.0): the kernel then decrypts each data
+  // record straight into the reader's buffer, guessing that the peer adds
+  // no padding (RFC 8446 5.4), which saves a copy. For a peer known not to
+  // pad (OpenSSL does not by default; nor does ktls): a padded record still
+  // reads correctly, but is decrypted twice. Done only where the probe
+  // found it safe (Capabilities::rx_no_pad; Linux 6.1 returns wrong bytes
+  // for padded records with it on); KernelState::rx_no_pad says whether it
+  // is on and, if not, why. Off by default.
+  bool rx_expect_no_pad = false;
   // on_fallback: called (on the thread that offloads) when a direction could
   // not go to the kernel, with the reason. The connection works anyway.
   std::function<void(const OffloadReport&)> on_fallback;
@@ -124,9 +134,10 @@ KTLS_API Result<void> PrepareContext(SSL_CTX* ctx);
 
 // PrepareSsl makes ssl ready for offload: call before its handshake, after
 // PrepareContext on its context. It turns off read-ahead (so OpenSSL never
-// reads records meant for the kernel) and OpenSSL's own kTLS, disables TLS
-// 1.3 early data, and installs a message callback that counts records for
-// exact sequence numbers. It takes over ssl's message callback.
+// reads records meant for the kernel; OffloadSsl turns it back on where RX
+// stays in OpenSSL) and OpenSSL's own kTLS, disables TLS 1.3 early data,
+// and installs a message callback that counts records for exact sequence
+// numbers. It takes over ssl's message callback.
 KTLS_API Result<void> PrepareSsl(SSL* ssl);
 
 // OffloadSsl hands a connection whose handshake has completed to the

@@ -33,6 +33,15 @@ struct KTLS_API Capabilities {
   // rekey: the kernel accepts TLS_TX a second time on a TLS 1.3 socket
   // (Linux 6.14 and later). EBUSY on the second set means no.
   bool rekey = false;
+  // rx_no_pad: TLS_RX_EXPECT_NO_PAD (Linux 6.0; TLS 1.3 RX) is safe to turn
+  // on here (OffloadOptions::rx_expect_no_pad). Measured, not inferred
+  // from the version: the probe sets it on a loopback socket and sends it
+  // padded records, which the kernel must decrypt a second time without
+  // the guess. Linux 6.1 accepts the option but returns wrong bytes for
+  // such records, so there it is false.
+  bool rx_no_pad = false;
+  // rx_no_pad_reason: why rx_no_pad is false (empty when it is true).
+  std::string rx_no_pad_reason;
   // kernel: the running kernel's release, as `uname -r` prints it.
   std::string kernel;
   // reason: why kTLS is unavailable (empty when available).

@@ -72,6 +72,11 @@ class ConnectionImpl {
   // Why a direction stayed in OpenSSL (kNone where it went to the kernel).
   FallbackReason tx_fallback = FallbackReason::kNone;
   FallbackReason rx_fallback = FallbackReason::kNone;
+  // TLS_RX_EXPECT_NO_PAD (OffloadOptions::rx_expect_no_pad): on, or why
+  // not; kernel_state() puts it in words (no string kept per connection).
+  enum class NoPad : std::uint8_t { kOn, kNotAsked, kRxInOpenSsl, kTls12, kUnsafeKernel, kRefused };
+  NoPad rx_no_pad = NoPad::kNotAsked;
+  int rx_no_pad_errno = 0;  // kRefused: what setsockopt failed with.
   SessionInfo session;
   // Plaintext OpenSSL decrypted before RX went to the kernel; delivered
   // before anything the kernel returns.

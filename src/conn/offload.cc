@@ -322,6 +322,28 @@ const char* TicketRelayRefusal(SSL* ssl, bool is_server, TlsVersion version, con
   return nullptr;
 }
 
+// SetRxNoPad turns TLS_RX_EXPECT_NO_PAD on for a connection whose TLS 1.3
+// RX is in the kernel, where asked and where the probe found it safe, and
+// records the outcome. It runs after TLS_RX: a failure leaves RX in the
+// kernel exactly as it was, only without the option.
+void SetRxNoPad(ConnectionImpl& conn, const OffloadOptions& options) {
+  using NoPad = ConnectionImpl::NoPad;
+  if (!options.rx_expect_no_pad) {
+    conn.rx_no_pad = NoPad::kNotAsked;
+  } else if (conn.rx != Offload::kKernel) {
+    conn.rx_no_pad = NoPad::kRxInOpenSsl;
+  } else if (conn.version != TlsVersion::kTls13) {
+    conn.rx_no_pad = NoPad::kTls12;
+  } else if (!CachedCapabilities().rx_no_pad) {
+    conn.rx_no_pad = NoPad::kUnsafeKernel;
+  } else {
+    const int one = 1;
+    const int rc = sys::SetSockOpt(conn.socket.get(), uapi::kSolTls, uapi::kTlsRxExpectNoPad, &one, sizeof(one));
+    conn.rx_no_pad = rc == 0 ? NoPad::kOn : NoPad::kRefused;
+    conn.rx_no_pad_errno = -rc;
+  }
+}
+
 }  // namespace
 
 Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_server, const OffloadOptions& options) {
@@ -389,6 +411,7 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
   conn->kernel_rekey = CachedCapabilities().rekey && plan.version == TlsVersion::kTls13;
   conn->key_update_threshold =
       options.key_update_after_records != 0 ? options.key_update_after_records : DefaultKeyUpdateThreshold(plan.cipher);
+  SetRxNoPad(*conn, options);
   if (conn->kernel_rekey) {
     Secret& own = conn->is_server ? state->server_secret : state->client_secret;
     Secret& peer = conn->is_server ? state->client_secret : state->server_secret;
@@ -430,6 +453,14 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
   } else {
     BIO* bio = socket_bio.release();
     SSL_set_bio(conn->ssl.get(), bio, bio);  // One reference serves both.
+  }
+  if (conn->rx == Offload::kUser) {
+    // RX stays in OpenSSL for the connection's life (nothing moves it to
+    // the kernel later), so no record is meant for the kernel any more:
+    // let OpenSSL read ahead, one read(2) a record (or fewer) instead of
+    // two (header, then body). What it buffers is delivered by SSL_read,
+    // which ReadUser calls before it ever waits for the socket.
+    SSL_set_read_ahead(conn->ssl.get(), 1);
   }
   conn->tx_fallback = plan.tx_reason;
   conn->rx_fallback = plan.rx_reason;

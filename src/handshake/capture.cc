@@ -171,6 +171,7 @@ Result<void> InstallSslCapture(SSL* ssl) {
   SSL_set_msg_callback_arg(ssl, state);
   // Read-ahead would let OpenSSL pull records meant for the kernel into its
   // own buffer; without it OpenSSL reads exactly one record at a time.
+  // Offload turns it back on where RX stays in OpenSSL for good.
   SSL_set_read_ahead(ssl, 0);
   // OpenSSL's own kTLS would race ktls for the socket.
   SSL_clear_options(ssl, SSL_OP_ENABLE_KTLS);

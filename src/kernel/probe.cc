@@ -18,7 +18,12 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
+#include <algorithm>
 #include <array>
+#include <span>
+#include <vector>
 
 #include "core/unique_fd.h"
 #include "kernel/crypto_info.h"
@@ -117,6 +122,99 @@ std::string Describe(const char* step, int err) {
   return text;
 }
 
+// The no-pad probe's records: TLS 1.3 AES-128-GCM under the all-zero key
+// and IV InstallZeroKey sets, so nonce = sequence number (RFC 8446 5.3).
+constexpr std::size_t kNoPadRecords = 4;
+constexpr std::size_t kNoPadRecordData = 1000;
+constexpr std::size_t kGcmTagLen = 16;
+
+// SealPaddedRecord appends one TLS 1.3 application-data record carrying
+// data and pad_len zero bytes of padding (RFC 8446 5.4) to out.
+bool SealPaddedRecord(std::uint64_t seq, std::span<const unsigned char> data, std::size_t pad_len,
+                      std::vector<unsigned char>& out) {
+  std::vector<unsigned char> inner(data.begin(), data.end());
+  inner.push_back(detail::uapi::kRecordApplicationData);
+  inner.resize(inner.size() + pad_len, 0);
+  const std::size_t record_len = inner.size() + kGcmTagLen;
+  const std::array<unsigned char, 5> header = {detail::uapi::kRecordApplicationData, 3, 3,
+                                               static_cast<unsigned char>(record_len >> 8),
+                                               static_cast<unsigned char>(record_len & 0xff)};
+  std::array<unsigned char, detail::kNonceLen> nonce{};
+  for (int i = 0; i < 8; ++i) nonce[detail::kNonceLen - 1 - i] = static_cast<unsigned char>(seq >> (8 * i));
+  const std::array<unsigned char, 16> key{};
+  EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+  if (ctx == nullptr) return false;
+  std::vector<unsigned char> sealed(inner.size() + kGcmTagLen);
+  int len = 0;
+  int final_len = 0;
+  const bool ok = EVP_EncryptInit_ex(ctx, EVP_aes_128_gcm(), nullptr, key.data(), nonce.data()) == 1 &&
+                  EVP_EncryptUpdate(ctx, nullptr, &len, header.data(), static_cast<int>(header.size())) == 1 &&
+                  EVP_EncryptUpdate(ctx, sealed.data(), &len, inner.data(), static_cast<int>(inner.size())) == 1 &&
+                  EVP_EncryptFinal_ex(ctx, sealed.data() + len, &final_len) == 1 &&
+                  EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, static_cast<int>(kGcmTagLen),
+                                      sealed.data() + inner.size()) == 1;
+  EVP_CIPHER_CTX_free(ctx);
+  if (!ok) return false;
+  out.insert(out.end(), header.begin(), header.end());
+  out.insert(out.end(), sealed.begin(), sealed.end());
+  return true;
+}
+
+// ProbeRxNoPad turns TLS_RX_EXPECT_NO_PAD on for a TLS 1.3 RX socket, sends
+// it records with padding (the kernel's guess is wrong for each: it must
+// notice and decrypt again), and checks every byte that comes out. Returns
+// "" when no-pad is safe, else why not.
+std::string ProbeRxNoPad() {
+  PairResult pair = ConnectedPair();
+  if (pair.err != 0) return "cannot make a loopback TCP connection to probe with: " + Describe(pair.step, pair.err);
+  const int rx_fd = pair.server.get();
+  if (const int rc = AttachUlp(rx_fd); rc != 0) return Describe("setsockopt(TCP_ULP, \"tls\")", -rc);
+  if (const int rc = InstallZeroKey(rx_fd, detail::uapi::kTlsRx, TlsVersion::kTls13, Cipher::kAes128Gcm); rc != 0) {
+    return Describe("setsockopt(TLS_RX), TLS 1.3 AES_128_GCM", -rc);
+  }
+  const int one = 1;
+  if (const int rc = detail::sys::SetSockOpt(rx_fd, detail::uapi::kSolTls, detail::uapi::kTlsRxExpectNoPad, &one,
+                                             sizeof(one));
+      rc != 0) {
+    return rc == -ENOPROTOOPT ? "the kernel has no TLS_RX_EXPECT_NO_PAD (Linux 6.0 and later)"
+                              : Describe("setsockopt(TLS_RX_EXPECT_NO_PAD)", -rc);
+  }
+  // Several records, each padded by a different amount, sent at once.
+  std::vector<unsigned char> want;
+  std::vector<unsigned char> wire;
+  for (std::size_t i = 0; i < kNoPadRecords; ++i) {
+    std::vector<unsigned char> data(kNoPadRecordData);
+    for (std::size_t j = 0; j < data.size(); ++j) data[j] = static_cast<unsigned char>(i * 31 + j * 7 + 1);
+    if (!SealPaddedRecord(i, data, 1 + i * 100, wire)) return "could not seal a test record (OpenSSL AES-128-GCM)";
+    want.insert(want.end(), data.begin(), data.end());
+  }
+  const timeval timeout{1, 0};
+  ::setsockopt(rx_fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  if (::send(pair.client.get(), wire.data(), wire.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(wire.size())) {
+    return Describe("send of the test records", errno);
+  }
+  std::vector<unsigned char> got(want.size() + 64);
+  std::size_t have = 0;
+  while (have < want.size()) {
+    iovec iov{got.data() + have, got.size() - have};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    const ssize_t n = detail::sys::RecvMsg(rx_fd, &msg, 0);
+    if (n <= 0) {
+      return "the kernel failed to read padded records with TLS_RX_EXPECT_NO_PAD on (" +
+             (n == 0 ? std::string("end of stream") : Describe("recvmsg", static_cast<int>(-n))) + " after " +
+             std::to_string(have) + " of " + std::to_string(want.size()) + " bytes)";
+    }
+    have += static_cast<std::size_t>(n);
+  }
+  if (have != want.size() || !std::equal(want.begin(), want.end(), got.begin())) {
+    return "the kernel returned wrong bytes for padded records with TLS_RX_EXPECT_NO_PAD on (a broken retry, as "
+           "in Linux 6.1)";
+  }
+  return {};
+}
+
 #endif  // __linux__
 
 }  // namespace
@@ -126,6 +224,7 @@ Capabilities Probe() {
   caps.ciphers = EmptyRows();
 #if !defined(__linux__)
   caps.reason = "kernel TLS is a Linux feature; this system is not Linux";
+  caps.rx_no_pad_reason = caps.reason;
   return caps;
 #else
   utsname uts{};
@@ -135,6 +234,7 @@ Capabilities Probe() {
     PairResult pair = ConnectedPair();
     if (pair.err != 0) {
       caps.reason = "cannot make a loopback TCP connection to probe with: " + Describe(pair.step, pair.err);
+      caps.rx_no_pad_reason = caps.reason;
       return caps;
     }
     const int rc = AttachUlp(pair.client.get());
@@ -143,6 +243,7 @@ Capabilities Probe() {
                         ? "the kernel has no \"tls\" upper-layer protocol (CONFIG_TLS off or the tls module not loaded): " +
                               Describe("setsockopt(TCP_ULP)", ENOENT)
                         : Describe("setsockopt(TCP_ULP, \"tls\")", -rc);
+      caps.rx_no_pad_reason = caps.reason;
       return caps;
     }
     caps.ulp = true;
@@ -166,6 +267,13 @@ Capabilities Probe() {
       caps.rekey = InstallZeroKey(pair.client.get(), detail::uapi::kTlsTx, TlsVersion::kTls13,
                                   Cipher::kAes128Gcm) == 0;
     }
+  }
+
+  if (caps.Supports(TlsVersion::kTls13, Cipher::kAes128Gcm, true)) {
+    caps.rx_no_pad_reason = ProbeRxNoPad();
+    caps.rx_no_pad = caps.rx_no_pad_reason.empty();
+  } else {
+    caps.rx_no_pad_reason = "the kernel takes no TLS 1.3 AES_128_GCM RX key to try it with";
   }
 
   caps.available = any_usable;

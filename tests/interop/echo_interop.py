@@ -31,6 +31,7 @@ when KTLS_REQUIRE_KERNEL=1. When tests ran, the last line is always
 import collections
 import itertools
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -379,6 +380,26 @@ class OpenSslClientTest(InteropTest):
             payload, _ = self.s_client_echo(server)
             [line] = server.connection_lines(1)
         self.check_line(line, "server", rx="user", bytes_in=len(payload), bytes_out=len(payload))
+        self.check_kernel_counters()
+
+    def test_rx_no_pad(self):
+        # --rx-no-pad (TLS_RX_EXPECT_NO_PAD): on where the probe found the
+        # kernel does it right (7.2), refused with the reason where not
+        # (6.1). s_client's unpadded records and padded ones
+        # (-record_padding: the kernel must decrypt those twice) echo right
+        # either way.
+        want = {"7.2": "yes", "6.1": "no"}.get(os.environ.get("KTLS_UML_KERNEL", ""))
+        with self.echo_server("--rx-no-pad") as server:
+            plain, _ = self.s_client_echo(server)
+            padded, _ = self.s_client_echo(server, "-record_padding", "512")
+            lines = server.connection_lines(2)
+            verdict = re.search(r"^rx-no-pad: (yes|no)", server.err.text(), re.M)
+        self.assertIsNotNone(verdict, "ktls-echo --rx-no-pad should say whether the kernel can do it")
+        if want:
+            self.assertEqual(verdict.group(1), want, verdict.group(0))
+        for line, payload in zip(lines, (plain, padded)):
+            self.check_line(line, "server", bytes_in=len(payload), bytes_out=len(payload))
+            self.assertEqual(line.get("rx_no_pad"), verdict.group(1), line)
         self.check_kernel_counters()
 
     def test_fin_without_close_notify_is_truncation(self):

@@ -69,6 +69,10 @@ def main():
     for key, kind in (("available", bool), ("kernel", str), ("rekey", bool), ("ciphers", list)):
         if not isinstance(caps.get(key), kind):
             fail(f"{key!r} missing or not {kind.__name__}: {caps}")
+    if not isinstance(caps.get("rx_no_pad"), bool):
+        fail(f"'rx_no_pad' missing or not bool: {caps}")
+    if not caps["rx_no_pad"] and not (isinstance(caps.get("rx_no_pad_reason"), str) and caps["rx_no_pad_reason"]):
+        fail(f"rx_no_pad is false without an rx_no_pad_reason: {caps}")
     if caps["kernel"] != platform.release():
         fail(f"kernel {caps['kernel']!r} != uname -r {platform.release()!r}")
     rows = {(r["version"], r["cipher"]): r for r in caps["ciphers"]}

@@ -79,8 +79,20 @@ TEST(ProbeKernel, EbusyOnSecondTxMeansNoRekey) {
   const Capabilities caps = Probe();
   EXPECT_TRUE(caps.available) << caps.reason;
   EXPECT_FALSE(caps.rekey);
-  EXPECT_EQ(testing::CallCount(Syscall::kSetSockOpt), 1 + 8 * 3 + 3)
-      << "one ULP probe, ULP+TX+RX per row, ULP+TX+TX for rekey";
+  EXPECT_EQ(testing::CallCount(Syscall::kSetSockOpt), 1 + 8 * 3 + 3 + 3)
+      << "one ULP probe, ULP+TX+RX per row, ULP+TX+TX for rekey, ULP+RX+TLS_RX_EXPECT_NO_PAD for no-pad";
+}
+
+// A kernel before 6.0 does not know TLS_RX_EXPECT_NO_PAD (ENOPROTOOPT): no
+// no-pad, said so, and everything else as before.
+TEST(ProbeKernel, UnknownNoPadOptionMeansNoNoPad) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  ScopedFault fault(Fault{.call = Syscall::kSetSockOpt, .err = ENOPROTOOPT, .level = detail::uapi::kSolTls,
+                          .name = detail::uapi::kTlsRxExpectNoPad, .times = -1});
+  const Capabilities caps = Probe();
+  EXPECT_TRUE(caps.available) << caps.reason;
+  EXPECT_FALSE(caps.rx_no_pad);
+  EXPECT_NE(caps.rx_no_pad_reason.find("Linux 6.0"), std::string::npos) << caps.rx_no_pad_reason;
 }
 
 TEST(ProbeKernel, CipherRejectedByKernelIsReportedPerDirection) {

@@ -51,6 +51,8 @@ TEST(Probe, MissingUlpIsReportedWithReason) {
   EXPECT_FALSE(caps.ulp);
   EXPECT_FALSE(caps.rekey);
   EXPECT_NE(caps.reason.find("\"tls\" upper-layer protocol"), std::string::npos) << caps.reason;
+  EXPECT_FALSE(caps.rx_no_pad);
+  EXPECT_EQ(caps.rx_no_pad_reason, caps.reason);
   for (const CipherSupport& row : caps.ciphers) EXPECT_FALSE(row.tx || row.rx);
   EXPECT_FALSE(caps.Supports(TlsVersion::kTls13, Cipher::kAes128Gcm, false));
 }

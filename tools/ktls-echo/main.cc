@@ -1,6 +1,7 @@
 // ktls-echo: a TLS echo server (or client) on kernel TLS.
 //
 //   ktls-echo [--listen ADDR:PORT] [--cert FILE --key FILE] [--rx|--no-rx]
+//             [--rx-no-pad]
 //             [--client-ca FILE] [--tickets N] [--handshake-timeout-ms MS]
 //             [--idle-timeout MS] [--max-connections N] [--splice]
 //   ktls-echo --connect HOST:PORT [--ca FILE] [--insecure] [--cert F --key F]
@@ -18,6 +19,8 @@
 // `openssl s_client -sess_out` writes it) if there is one, and saves the
 // newest session the server gave (a TLS 1.3 ticket, even one that arrived
 // with RX in the kernel) there after a clean end.
+// With --rx-no-pad (server) a line says whether the kernel can do it, and
+// each connection's line adds rx_no_pad=yes|no after end=.
 // Either way, one line per connection on stderr:
 //   peer=... version=... cipher=... resumed=yes|no tx=kernel|user rx=kernel|user
 //   bytes_in=N bytes_out=N key_updates_tx=N key_updates_rx=N
@@ -234,7 +237,8 @@ void EchoBySplice(ktls::Connection& conn, Traffic& t) {
   }
 }
 
-void ServeOne(ktls::Listener& listener, int socket, std::chrono::milliseconds idle_timeout, bool splice) {
+void ServeOne(ktls::Listener& listener, int socket, std::chrono::milliseconds idle_timeout, bool splice,
+              bool rx_no_pad) {
   const std::string peer = PeerName(socket);
   auto conn = listener.Handshake(socket);
   if (!conn.ok()) {
@@ -249,14 +253,17 @@ void ServeOne(ktls::Listener& listener, int socket, std::chrono::milliseconds id
     return;
   }
   Traffic t;
+  // --rx-no-pad: whether the connection got it, asked before the echo ends.
+  const std::string no_pad = rx_no_pad ? std::string(" rx_no_pad=") + (conn->kernel_state().rx_no_pad ? "yes" : "no")
+                                       : std::string();
   if (splice) {
     EchoBySplice(*conn, t);
     Log(ConnectionLine(peer, *conn, t.bytes_in, t.bytes_out,
                        t.end + " copied_in=" + std::to_string(t.copied_in) +
-                           " copied_out=" + std::to_string(t.copied_out)));
+                           " copied_out=" + std::to_string(t.copied_out) + no_pad));
   } else {
     EchoByCopy(*conn, t);
-    Log(ConnectionLine(peer, *conn, t.bytes_in, t.bytes_out, t.end));
+    Log(ConnectionLine(peer, *conn, t.bytes_in, t.bytes_out, t.end + no_pad));
   }
   // Linger (bounded) before the close, so that a peer still sending reads
   // our alert or close_notify instead of a reset.
@@ -266,6 +273,7 @@ void ServeOne(ktls::Listener& listener, int socket, std::chrono::milliseconds id
 int RunServer(const cxxopts::ParseResult& args) {
   ktls::ServerConfig config;
   config.offload.rx = RxPolicy(args);
+  config.offload.rx_expect_no_pad = args.count("rx-no-pad") > 0;
   config.client_ca_file = args["client-ca"].as<std::string>();
   config.num_tickets = args["tickets"].as<int>();
   config.ciphersuites = args["ciphersuites"].as<std::string>();
@@ -308,11 +316,15 @@ int RunServer(const cxxopts::ParseResult& args) {
   const ktls::Capabilities& caps = ktls::CachedCapabilities();
   Log(std::string("ktls: ") + (caps.available ? "available" : "unavailable: " + caps.reason) +
       " kernel=" + caps.kernel + " rekey=" + (caps.rekey ? "yes" : "no"));
+  if (config.offload.rx_expect_no_pad) {
+    Log(std::string("rx-no-pad: ") + (caps.rx_no_pad ? "yes" : "no (" + caps.rx_no_pad_reason + ")"));
+  }
   Log("listening port=" + std::to_string(listener->port()));
   // One slot per connection being served. Shared with the detached threads,
   // which may outlive this function when it returns on an accept error.
   auto slots = std::make_shared<std::counting_semaphore<>>(static_cast<std::ptrdiff_t>(limits.max_connections));
   const bool splice = args.count("splice") > 0;
+  const bool rx_no_pad = config.offload.rx_expect_no_pad;
   for (;;) {
     // Full: new clients wait in the listen queue until a connection ends.
     slots->acquire();
@@ -326,8 +338,8 @@ int RunServer(const cxxopts::ParseResult& args) {
       }
       return 1;
     }
-    std::thread([&listener = *listener, fd = *socket, slots, idle = limits.idle_timeout, splice] {
-      ServeOne(listener, fd, idle, splice);
+    std::thread([&listener = *listener, fd = *socket, slots, idle = limits.idle_timeout, splice, rx_no_pad] {
+      ServeOne(listener, fd, idle, splice, rx_no_pad);
       slots->release();  // After the connection is closed.
     }).detach();
   }
@@ -397,6 +409,7 @@ int RunClient(const cxxopts::ParseResult& args) {
   config.ca_file = args["ca"].as<std::string>();
   config.verify = !args.count("insecure");
   config.offload.rx = RxPolicy(args);
+  config.offload.rx_expect_no_pad = args.count("rx-no-pad") > 0;
   config.ciphersuites = args["ciphersuites"].as<std::string>();
   config.cipher_list = args["cipher-list"].as<std::string>();
   config.max_version = MaxVersion(args);
@@ -505,6 +518,8 @@ int main(int argc, char** argv) {
       ("key", "Private key (PEM), with --cert", cxxopts::value<std::string>())
       ("rx", "Offload RX even where the kernel cannot rekey (default: only where it can)")
       ("no-rx", "Keep RX in OpenSSL; offload TX only")
+      ("rx-no-pad", "With TLS 1.3 RX in the kernel, expect the peer not to pad records (TLS_RX_EXPECT_NO_PAD, "
+       "where the kernel does it right: 6.1 does not); the log line adds rx_no_pad=yes|no")
       ("client-ca", "Server: require client certificates signed by these CAs", cxxopts::value<std::string>()->default_value(""))
       ("tickets", "Server: TLS 1.3 session tickets per handshake", cxxopts::value<int>()->default_value("2"))
       ("handshake-timeout-ms", "Server: drop a client whose handshake is not done after this long (0: never)",

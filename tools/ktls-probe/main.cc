@@ -49,6 +49,8 @@ nlohmann::json ToJson(const ktls::Capabilities& caps) {
       {"rekey", caps.rekey},         {"ciphers", ciphers},
   };
   if (!caps.reason.empty()) out["reason"] = caps.reason;
+  out["rx_no_pad"] = caps.rx_no_pad;
+  if (!caps.rx_no_pad) out["rx_no_pad_reason"] = caps.rx_no_pad_reason;
   return out;
 }
 
@@ -71,7 +73,10 @@ void PrintTable(const ktls::Capabilities& caps) {
   std::printf("kTLS       %s\n", caps.available ? "available" : "unavailable");
   if (!caps.reason.empty()) std::printf("reason     %s\n", caps.reason.c_str());
   std::printf("tls ULP    %s\n", yes_no(caps.ulp));
-  std::printf("TLS 1.3 rekey (KeyUpdate)  %s\n\n", yes_no(caps.rekey));
+  std::printf("TLS 1.3 rekey (KeyUpdate)  %s\n", yes_no(caps.rekey));
+  std::printf("TLS 1.3 RX no-pad (TLS_RX_EXPECT_NO_PAD)  %s\n", yes_no(caps.rx_no_pad));
+  if (!caps.rx_no_pad) std::printf("  why not: %s\n", caps.rx_no_pad_reason.c_str());
+  std::printf("\n");
   std::printf("%-8s %-18s %-4s %-4s\n", "version", "cipher", "tx", "rx");
   for (const ktls::CipherSupport& row : caps.ciphers) {
     std::printf("%-8s %-18s %-4s %-4s\n", std::string(ktls::TlsVersionName(row.version)).c_str(),

@@ -1,7 +1,7 @@
 // ktls-serve: an HTTPS static file server on kernel TLS.
 //
 //   ktls-serve [--root DIR] [--listen ADDR:PORT] [--cert FILE --key FILE]
-//              [--threads N] [--rx|--no-rx] [--no-offload] [--dotfiles]
+//              [--threads N] [--rx|--no-rx] [--rx-no-pad] [--no-offload] [--dotfiles]
 //              [--ciphers LIST] [--ciphersuites LIST] [--hsts SECONDS]
 //              [--metrics ADDR:PORT] [--open-file-cache N] [limits...]
 //
@@ -87,6 +87,7 @@ struct Options {
   unsigned threads = 0;  // 0: one per core.
   bool rx = false;
   bool no_rx = false;
+  bool rx_no_pad = false;  // TLS_RX_EXPECT_NO_PAD where safe (--rx-no-pad).
   bool no_offload = false;
   bool access_log = true;
   // Access-log lines wait in a per-thread buffer until the thread's next
@@ -1017,6 +1018,7 @@ std::string Capabilities() {
             std::string(ktls::CipherName(row.cipher)) + (row.tx && row.rx ? "(tx+rx)" : row.tx ? "(tx)" : "(rx)");
   }
   text += caps.rekey ? "; TLS 1.3 key updates: yes" : "; TLS 1.3 key updates: no (Linux < 6.14)";
+  text += caps.rx_no_pad ? "; RX no-pad: yes" : "; RX no-pad: no (" + caps.rx_no_pad_reason + ")";
   return text;
 }
 
@@ -1090,6 +1092,8 @@ int main(int argc, char** argv) {
     ("threads", "Worker threads (0: one per core)", cxxopts::value<unsigned>()->default_value("0"))
     ("rx", "RX in the kernel even where it cannot follow TLS 1.3 key updates (Linux < 6.14)")
     ("no-rx", "Keep RX in userspace TLS (TX still offloaded)")
+    ("rx-no-pad", "With TLS 1.3 RX in the kernel, expect clients not to pad records (TLS_RX_EXPECT_NO_PAD, where "
+     "the kernel does it right: 6.1 does not): one copy less; a padded record is decrypted twice")
     ("no-offload", "Keep both directions in userspace TLS (to compare)")
     ("no-access-log", "Do not log each request")
     ("access-log-flush", "Write access-log lines at most this long after their request (ms; they are written "
@@ -1140,6 +1144,7 @@ int main(int argc, char** argv) {
     o.threads = args["threads"].as<unsigned>();
     o.rx = args.count("rx") != 0;
     o.no_rx = args.count("no-rx") != 0;
+    o.rx_no_pad = args.count("rx-no-pad") != 0;
     o.no_offload = args.count("no-offload") != 0;
     o.access_log = args.count("no-access-log") == 0;
     log_flush_ms = args["access-log-flush"].as<long long>();
@@ -1256,6 +1261,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
     return 2;
   }
+  config.offload.rx_expect_no_pad = o.rx_no_pad;
   ktls::tools::SetCipherOptions(config, o.ciphers, o.ciphersuites);
   // A client whose choice the kernel cannot carry (a CBC suite --ciphers
   // allowed) is served in userspace TLS: say why.
