@@ -545,7 +545,15 @@ Result<Connection> Connection::Import(int fd, std::span<const std::byte> state) 
   }
   auto tx_seq = detail::CheckSocket(fd, *parsed);
   if (!tx_seq.ok()) return std::move(tx_seq).error();
-  return Connection(detail::ConnectionImpl::FromMoved(detail::UniqueFd(fd), *parsed, *tx_seq));
+  auto impl = detail::ConnectionImpl::FromMoved(detail::UniqueFd(fd), *parsed, *tx_seq);
+  // TLS_RX_EXPECT_NO_PAD is the socket's, so it came along: say so.
+  int no_pad = 0;
+  socklen_t len = sizeof(no_pad);
+  if (detail::sys::GetSockOpt(fd, detail::uapi::kSolTls, detail::uapi::kTlsRxExpectNoPad, &no_pad, &len) == 0 &&
+      no_pad != 0) {
+    impl->rx_no_pad = detail::ConnectionImpl::NoPad::kOn;
+  }
+  return Connection(std::move(impl));
 }
 
 }  // namespace ktls

@@ -210,6 +210,31 @@ TEST(MoveKernelTest, Tls12ConnectionMovesToo) {
   EXPECT_EQ(server.Join()[0].error, "");
 }
 
+// TLS_RX_EXPECT_NO_PAD is the socket's: it moves with it, and the imported
+// Connection says so (where the kernel gets it right: 7.2, not 6.1).
+TEST(MoveKernelTest, NoPadMovesWithTheSocket) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  ServerConfig config = ServerFor();
+  config.offload.rx_expect_no_pad = true;
+  bool before = false, after = false;
+  TestServer server(config, 1, [&](Connection& conn, ServerEnd& end) {
+    before = conn.kernel_state().rx_no_pad;
+    end.error = MoveHere(conn);
+    after = conn.kernel_state().rx_no_pad;
+    if (end.error.empty()) Echo(conn, end);
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  auto conn = ConnectTo(server.port(), ClientFor());
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  std::vector<std::uint8_t> echoed;
+  const auto payload = RandomBytes(100 * kKiB);
+  EXPECT_EQ(EchoThrough(*conn, payload, Pace::kLockstep, echoed), "");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(payload));
+  EXPECT_EQ(server.Join()[0].error, "");
+  EXPECT_EQ(before, CachedCapabilities().rx_no_pad);
+  EXPECT_EQ(after, before);
+}
+
 // OpenFds: how many descriptors this process has open.
 int OpenFds() {
   int n = 0;
