@@ -462,6 +462,15 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
     // which ReadUser calls before it ever waits for the socket.
     SSL_set_read_ahead(conn->ssl.get(), 1);
   }
+  if (conn->ssl && (conn->rx == Offload::kUser || conn->tx == Offload::kUser)) {
+    // A direction in OpenSSL for good: its record buffers (some 34 KB with
+    // read-ahead) are freed whenever they hold nothing, as nginx does, so
+    // an idle keep-alive connection does not keep them.
+    SSL_set_mode(conn->ssl.get(), SSL_MODE_RELEASE_BUFFERS);
+    // The handshake's buffers go now (kept, and 0 returned, while they
+    // hold bytes not yet read).
+    (void)SSL_free_buffers(conn->ssl.get());
+  }
   conn->tx_fallback = plan.tx_reason;
   conn->rx_fallback = plan.rx_reason;
   if ((conn->tx == Offload::kUser || conn->rx == Offload::kUser) && options.on_fallback) {
