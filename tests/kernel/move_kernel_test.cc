@@ -18,18 +18,26 @@
 //  e. TLS 1.2 moves as well (no secrets travel: it has no key updates).
 //  f. 500 connections moved to a child, one after another: no descriptor
 //     left in the sender, none and no heap growth in the receiver.
+//  g. After a move, a forged record gets bad_record_mac, as before it.
+//  h. A state of another cipher than the socket's is refused, naming why;
+//     the socket stays the caller's and the right state still imports.
+//  i. TLS_RX_EXPECT_NO_PAD moves with the socket and is reported.
 #include <malloc.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -208,6 +216,106 @@ TEST(MoveKernelTest, Tls12ConnectionMovesToo) {
   EXPECT_EQ(EchoThrough(*conn, payload, Pace::kConcurrent, echoed), "");
   EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(payload));
   EXPECT_EQ(server.Join()[0].error, "");
+}
+
+// WaitForClose keeps a server's socket open until the client closed it:
+// closing first, with the client's bytes unread, would reset the
+// connection and could destroy the alert before the client reads it.
+void WaitForClose(const Connection& conn) {
+  pollfd pfd{conn.fd(), POLLRDHUP, 0};
+  const int timeout_ms = static_cast<int>(std::chrono::milliseconds(kTestDeadline).count());
+  while (::poll(&pfd, 1, timeout_ms) < 0 && errno == EINTR) {
+  }
+}
+
+// After a move the connection answers a forged record as before: the
+// kernel fails to decrypt it, the new owner sends bad_record_mac (20) and
+// fails the read; the peer reads that alert.
+TEST(MoveKernelTest, ForgedRecordAfterAMoveGetsBadRecordMac) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  constexpr int kBadRecordMac = 20;
+  std::optional<Error> server_error;
+  TestServer server(ServerFor(), 1, [&](Connection& conn, ServerEnd& end) {
+    std::vector<std::uint8_t> hello;
+    end.error = ReadExactly(conn, 5, hello);
+    if (end.error.empty()) end.error = MoveHere(conn);
+    if (end.error.empty()) end.error = WriteAll(conn, hello);
+    std::vector<std::byte> buf(64);
+    auto got = conn.Read(buf);
+    if (got.ok()) {
+      end.error = "a forged record was read as data";
+    } else {
+      server_error = got.error();
+    }
+    WaitForClose(conn);
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  // The client stays in OpenSSL, so that a send(2) on its socket puts
+  // bytes on the wire as they are (kTLS TX would encrypt them).
+  ClientConfig config = ClientFor();
+  config.offload.tx = TxOffload::kOff;
+  auto conn = ConnectTo(server.port(), config);
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  std::vector<std::uint8_t> hello;
+  EXPECT_EQ(WriteAll(*conn, Text("hello")), "");
+  EXPECT_EQ(ReadExactly(*conn, 5, hello), "") << "answered after the move";
+  // Application data under no key at all: 5 bytes of header, 32 of junk.
+  std::vector<std::uint8_t> forged = {0x17, 0x03, 0x03, 0x00, 0x20};
+  forged.resize(5 + 32, 0x5a);
+  ASSERT_EQ(::send(conn->fd(), forged.data(), forged.size(), MSG_NOSIGNAL), static_cast<ssize_t>(forged.size()));
+  std::vector<std::byte> buf(64);
+  auto alert = conn->Read(buf);
+  ASSERT_FALSE(alert.ok());
+  EXPECT_EQ(alert.error().category, ErrorCategory::kAlert) << alert.error().ToString();
+  EXPECT_EQ(alert.error().tls_alert, kBadRecordMac) << alert.error().ToString();
+  conn->Close();
+  EXPECT_EQ(server.Join()[0].error, "");
+  ASSERT_TRUE(server_error.has_value());
+  EXPECT_EQ(server_error->tls_alert, kBadRecordMac) << server_error->ToString();
+}
+
+// A state whose cipher is not the socket's: refused, naming why; the
+// socket stays the caller's, and the real state still imports.
+TEST(MoveKernelTest, StateOfAnotherCipherIsRefused) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  std::string refused;
+  ServerConfig server_config = ServerFor();
+  server_config.ciphersuites = "TLS_AES_128_GCM_SHA256";  // Its traffic secrets are as long as ChaCha20's.
+  TestServer server(server_config, 1, [&](Connection& conn, ServerEnd& end) {
+    auto exported = conn.Export();
+    if (!exported.ok()) {
+      end.error = "Export: " + exported.error().ToString();
+      return;
+    }
+    std::vector<std::byte> other(exported->state().bytes().begin(), exported->state().bytes().end());
+    other[8 + 2 + 4 + 1 + 2] = std::byte{2};  // The cipher: ChaCha20-Poly1305, not AES-128-GCM.
+    auto wrong = Connection::Import(exported->fd(), other);
+    if (wrong.ok()) {
+      end.error = "a state of another cipher was imported";
+      return;
+    }
+    refused = wrong.error().ToString();
+    auto right = Connection::Import(exported->fd(), exported->state().bytes());
+    if (!right.ok()) {
+      end.error = "Import after a refused one: " + right.error().ToString();
+      return;
+    }
+    exported->release_fd();
+    conn = std::move(right).value();
+    Echo(conn, end);
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  ClientConfig config = ClientFor();
+  auto conn = ConnectTo(server.port(), config);
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  ASSERT_EQ(conn->session().cipher_suite, "TLS_AES_128_GCM_SHA256");
+  std::vector<std::uint8_t> echoed;
+  const auto payload = RandomBytes(10 * kKiB);
+  EXPECT_EQ(EchoThrough(*conn, payload, Pace::kLockstep, echoed), "");
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(payload));
+  EXPECT_EQ(server.Join()[0].error, "");
+  EXPECT_NE(refused.find("the socket is not the connection the state describes"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("TX"), std::string::npos) << refused;
 }
 
 // TLS_RX_EXPECT_NO_PAD is the socket's: it moves with it, and the imported
