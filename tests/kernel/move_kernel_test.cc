@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -153,33 +154,56 @@ TEST(MoveKernelTest, MovedMidStreamGoesOnWithSendFileKeyUpdatesAndCloseNotify) {
   EXPECT_EQ(Delta(before, "TlsDecryptError"), 0);
 }
 
-TEST(MoveKernelTest, MovedToAnotherProcessEchoesThere) {
-  KTLS_REQUIRE_KTLS_OR_SKIP();
-  (void)CachedCapabilities();  // Probed before the fork: the child uses it.
+// Receiver: a child process that receives connections, and the parent's
+// end of the AF_UNIX socket to it.
+struct Receiver {
+  pid_t pid = -1;
+  int sock = -1;
+};
+
+// ForkReceiver forks a child that runs body(its end of the socket) and
+// exits with what body returns. Call it before any thread starts: the
+// child runs library code. The probe runs first, so the child has it.
+Receiver ForkReceiver(const std::function<int(int)>& body) {
+  (void)CachedCapabilities();
   int pair[2];
-  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
-  // The child is forked before any thread starts, and only ever receives
-  // one connection and echoes on it.
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) return {};
   const pid_t child = ::fork();
-  ASSERT_GE(child, 0);
   if (child == 0) {
     ::close(pair[0]);
-    auto conn = ReceiveConnection(pair[1], {.peer_uid = ::getuid()});
-    if (!conn.ok()) ::_exit(2);
-    if (conn->tx() != Offload::kKernel || conn->rx() != Offload::kKernel) ::_exit(3);
+    ::_exit(body(pair[1]));
+  }
+  ::close(pair[1]);
+  if (child < 0) {
+    ::close(pair[0]);
+    return {};
+  }
+  return {child, pair[0]};
+}
+
+TEST(MoveKernelTest, MovedToAnotherProcessEchoesThere) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  // The child receives one connection and echoes on it.
+  const Receiver receiver = ForkReceiver([](int sock) {
+    auto conn = ReceiveConnection(sock, {.peer_uid = ::getuid()});
+    if (!conn.ok()) return 2;
+    if (conn->tx() != Offload::kKernel || conn->rx() != Offload::kKernel) return 3;
     ServerEnd end;
     SpliceEcho(*conn, end);  // Kernel to pipe to kernel: nothing copied.
     conn->Close();
-    ::_exit(!end.error.empty() ? 4 : end.copied_in != 0 || end.copied_out != 0 ? 5 : 0);
-  }
-  ::close(pair[1]);
+    return !end.error.empty() ? 4 : end.copied_in != 0 || end.copied_out != 0 ? 5 : 0;
+  });
+  ASSERT_GE(receiver.pid, 0);
+  const pid_t child = receiver.pid;
   std::string send_error;
   TestServer server(ServerFor(), 1, [&](Connection& conn, ServerEnd& end) {
     std::vector<std::uint8_t> hello;
     end.error = ReadExactly(conn, 5, hello);
     if (end.error.empty()) end.error = WriteAll(conn, hello);
     if (!end.error.empty()) return;
-    if (auto sent = SendConnection(pair[0], conn); !sent.ok()) end.error = "SendConnection: " + sent.error().ToString();
+    if (auto sent = SendConnection(receiver.sock, conn); !sent.ok()) {
+      end.error = "SendConnection: " + sent.error().ToString();
+    }
     if (conn.fd() != -1) end.error += " (the sender still holds the socket)";
   });
   ASSERT_TRUE(server.ok()) << server.listen_error();
@@ -193,7 +217,7 @@ TEST(MoveKernelTest, MovedToAnotherProcessEchoesThere) {
   EXPECT_EQ(EchoThrough(*conn, payload, Pace::kConcurrent, echoed), "") << "the child splices it back";
   EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(payload));
   conn->Close();
-  ::close(pair[0]);
+  ::close(receiver.sock);
   int status = 0;
   ASSERT_EQ(::waitpid(child, &status, 0), child);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child status " << status;
@@ -368,24 +392,18 @@ bool ServeOneByte(Connection& conn) {
 
 TEST(MoveKernelTest, FiveHundredMovesLeaveNoDescriptorOrMemoryBehind) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
-  (void)CachedCapabilities();
-  int pair[2];
-  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
-  const pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    // Receives until the parent shuts its end, then reports its
-    // descriptors and heap after the first 50 connections and at the end.
-    ::close(pair[0]);
+  // The child receives until the parent shuts its end, then reports its
+  // descriptors and heap after the first 50 connections and at the end.
+  const Receiver receiver = ForkReceiver([](int sock) {
     int served = 0, fds_early = 0;
     std::size_t heap_early = 0;
     for (;;) {
-      auto conn = ReceiveConnection(pair[1], {.peer_uid = ::getuid()});
+      auto conn = ReceiveConnection(sock, {.peer_uid = ::getuid()});
       if (!conn.ok()) {
         if (conn.error().category == ErrorCategory::kClosed) break;
-        ::_exit(2);
+        return 2;
       }
-      if (!ServeOneByte(*conn)) ::_exit(3);
+      if (!ServeOneByte(*conn)) return 3;
       if (++served == 50) {
         fds_early = OpenFds();
         heap_early = ::mallinfo2().uordblks;
@@ -394,9 +412,10 @@ TEST(MoveKernelTest, FiveHundredMovesLeaveNoDescriptorOrMemoryBehind) {
     const std::string report = std::to_string(served) + " " + std::to_string(fds_early) + " " +
                                std::to_string(OpenFds()) + " " + std::to_string(heap_early) + " " +
                                std::to_string(::mallinfo2().uordblks) + "\n";
-    ::_exit(::write(pair[1], report.data(), report.size()) == static_cast<ssize_t>(report.size()) ? 0 : 4);
-  }
-  ::close(pair[1]);
+    return ::write(sock, report.data(), report.size()) == static_cast<ssize_t>(report.size()) ? 0 : 4;
+  });
+  ASSERT_GE(receiver.pid, 0);
+  const pid_t child = receiver.pid;
   auto listener = Listener::Listen("127.0.0.1:0", ServerFor());
   ASSERT_TRUE(listener.ok()) << listener.error().ToString();
   const int fds_before = OpenFds();
@@ -417,7 +436,7 @@ TEST(MoveKernelTest, FiveHundredMovesLeaveNoDescriptorOrMemoryBehind) {
       if (first_error.empty()) first_error = "Accept: " + conn.error().ToString();
       continue;
     }
-    if (auto sent = SendConnection(pair[0], *conn); !sent.ok()) {
+    if (auto sent = SendConnection(receiver.sock, *conn); !sent.ok()) {
       if (first_error.empty()) first_error = "SendConnection: " + sent.error().ToString();
       continue;
     }
@@ -428,10 +447,10 @@ TEST(MoveKernelTest, FiveHundredMovesLeaveNoDescriptorOrMemoryBehind) {
   EXPECT_EQ(moved, kManyMoves);
   EXPECT_EQ(clients_ok, kManyMoves) << "every client got its byte back from the child";
   EXPECT_EQ(OpenFds(), fds_before) << "the sender keeps no descriptor of a connection it moved";
-  ::shutdown(pair[0], SHUT_WR);
+  ::shutdown(receiver.sock, SHUT_WR);
   std::string report(256, '\0');
-  const ssize_t n = ::read(pair[0], report.data(), report.size());
-  ::close(pair[0]);
+  const ssize_t n = ::read(receiver.sock, report.data(), report.size());
+  ::close(receiver.sock);
   int status = 0;
   ASSERT_EQ(::waitpid(child, &status, 0), child);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child status " << status;
