@@ -80,7 +80,9 @@ Result<IoProgress> ConnectionImpl::Linger() {
 void ConnectionImpl::Close() {
   // A blocking socket lingers here, bounded by OffloadOptions::linger; a
   // non-blocking one never waits (its owner drives Linger from its loop).
-  const int flags = socket.get() >= 0 ? ::fcntl(socket.get(), F_GETFL) : -1;
+  // The flags only when there is a linger to do: a connection whose peer
+  // closed first (the usual end of a client's) closes with no fcntl.
+  const int flags = LingerOwed() ? ::fcntl(socket.get(), F_GETFL) : -1;
   while (flags >= 0 && (flags & O_NONBLOCK) == 0 && LingerOwed()) {
     auto step = Linger();
     if (!step.ok() || !step->would_block) break;
