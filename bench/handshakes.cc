@@ -93,16 +93,6 @@ RunResult HandshakeRun(SSL_CTX* server_ctx, SSL_CTX* client_ctx, ServerTls kind,
   return result;
 }
 
-// LatestSession: the client context's new-session callback keeps the
-// newest session in the SSL's app data (a UniqueSession).
-int KeepLatestSession(SSL* ssl, SSL_SESSION* session) {
-  if (auto* latest = static_cast<UniqueSession*>(SSL_get_app_data(ssl))) {
-    latest->reset(session);
-    return 1;  // The reference is ours.
-  }
-  return 0;
-}
-
 // ClientResumedRun: resumed handshakes per second on the client's side. A
 // plain OpenSSL server on its own thread sends its tickets, then answers a
 // one-byte request with one byte and close_notify on each connection; the client makes `count` connections one
@@ -217,10 +207,7 @@ void AddHandshakes(Report& report, const Options& opts) {
 
   // The client's side of resumption: ktls clients keep the tickets that
   // arrive with RX in the kernel.
-  UniqueSslCtx resuming_client_ctx = NewClientContext("", /*read_ahead=*/false);
-  if (!PrepareContext(resuming_client_ctx.get()).ok()) throw BenchError("PrepareContext: " + OpenSslErrors());
-  SSL_CTX_set_session_cache_mode(resuming_client_ctx.get(), SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
-  SSL_CTX_sess_set_new_cb(resuming_client_ctx.get(), KeepLatestSession);
+  UniqueSslCtx resuming_client_ctx = NewResumingClientContext();
   Comparison& comparison = report.comparisons.emplace_back();
   comparison.id = "handshakes.client_resumed";
   comparison.group = "handshakes";
