@@ -196,8 +196,12 @@ Result<IoProgress> ConnectionImpl::Shutdown() {
     }
   }
   sent_close_ = true;
-  ::shutdown(socket.get(), SHUT_WR);
+  SendFin();
   return IoProgress{};
+}
+
+void ConnectionImpl::SendFin() {
+  if (!sent_fin_.exchange(true)) (void)sys::Shutdown(socket.get(), SHUT_WR);
 }
 
 std::optional<Error> ConnectionImpl::SendWentNowhere(std::size_t len) {
@@ -270,7 +274,7 @@ void ConnectionImpl::SendFatalAlert(int alert) {
   // With TX in OpenSSL, OpenSSL already sent its own alert for the errors it
   // detects itself. Either way a FIN follows the alert, so the peer reads the
   // alert before our close can turn into a reset.
-  ::shutdown(socket.get(), SHUT_WR);
+  SendFin();
 }
 
 }  // namespace ktls::detail

@@ -34,13 +34,13 @@ Result<IoProgress> ConnectionImpl::Linger() {
   if (rx == Offload::kKernel && rx_kernel_failed_) {
     // Nothing more can be read through the kernel: close now.
     linger_done_ = true;
-    ::shutdown(socket.get(), SHUT_WR);
+    SendFin();
     return done;
   }
   if (!linger_started_) {
     linger_started_ = true;
     linger_deadline_ = std::chrono::steady_clock::now() + linger.time;
-    ::shutdown(socket.get(), SHUT_WR);  // Our FIN, where no alert sent one yet.
+    SendFin();  // Our FIN, where Shutdown or an alert did not send it yet.
   }
   // Read and drop whatever the peer still sends, never blocking: the
   // caller waits (Close with poll, an event loop, ktls::asio).

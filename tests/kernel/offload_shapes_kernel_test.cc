@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -64,6 +65,7 @@
 #include "ktls/offload.h"
 #include "ktls/server.h"
 #include "ktls/types.h"
+#include "tests/support/fault_syscalls.h"
 #include "tests/support/kernel_env.h"
 #include "tests/support/sockets.h"
 #include "tests/support/tls_peers.h"
@@ -927,6 +929,33 @@ TEST(OffloadEndOfStreamKernelTest, ShutdownSendsCloseNotifyToPlainPeer) {
   const ServerEnd& end = server.Join()[0];
   EXPECT_EQ(end.error, "");
   ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
+}
+
+// Shutdown sends our FIN after close_notify; the lingering close that
+// follows (a blocking Close while the peer has not closed yet) does not
+// shut the socket a second time.
+TEST(OffloadEndOfStreamKernelTest, ShutdownThenALingeringCloseShutTheSocketOnce) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  std::atomic<int> num_shutdowns = -1;
+  TestServer server(ServerFor(), 1, [&](Connection& conn, ServerEnd& end) {
+    ClearFaults();
+    if (end.error = WriteAll(conn, Bytes{'x'}); !end.error.empty()) return;
+    if (end.error = ShutdownText(conn); !end.error.empty()) return;
+    conn.Close();  // Lingers until the client closes.
+    num_shutdowns = CallCount(Syscall::kShutdown);
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  const UniqueSslCtx client_ctx = NewTestContext(false);
+  ASSERT_TRUE(client_ctx);
+  PlainPeer client;
+  ASSERT_EQ(ConnectPlain(client_ctx.get(), server.port(), nullptr, client), "");
+  Bytes received;
+  ASSERT_EQ(SslReadExactly(client.ssl.get(), 1, received), "");
+  EXPECT_EQ(SslExpectCloseNotify(client.ssl.get()), "");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // The server is lingering by now.
+  client = PlainPeer();  // Closes the socket.
+  EXPECT_EQ(server.Join()[0].error, "");
+  EXPECT_EQ(num_shutdowns.load(), 1);
 }
 
 }  // namespace
