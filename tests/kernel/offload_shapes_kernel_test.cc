@@ -903,6 +903,15 @@ INSTANTIATE_TEST_SUITE_P(
                  70}),
     [](const ::testing::TestParamInfo<BadBytes>& param_info) { return std::string(param_info.param.name); });
 
+// ConnectPlainTo: a plain OpenSSL client of server, handshaken (the SSL
+// keeps its own reference to the context).
+void ConnectPlainTo(const TestServer& server, PlainPeer& client) {
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  const UniqueSslCtx client_ctx = NewTestContext(false);
+  ASSERT_TRUE(client_ctx);
+  ASSERT_EQ(ConnectPlain(client_ctx.get(), server.port(), nullptr, client), "");
+}
+
 // Our Shutdown, with TX in the kernel, sends close_notify as an alert
 // record: a plain OpenSSL client reads the data, then SSL_ERROR_ZERO_RETURN.
 TEST(OffloadEndOfStreamKernelTest, ShutdownSendsCloseNotifyToPlainPeer) {
@@ -915,11 +924,8 @@ TEST(OffloadEndOfStreamKernelTest, ShutdownSendsCloseNotifyToPlainPeer) {
     Bytes rest;
     end.error = ReadToEnd(conn, rest);  // The client's close_notify.
   });
-  ASSERT_TRUE(server.ok()) << server.listen_error();
-  const UniqueSslCtx client_ctx = NewTestContext(false);
-  ASSERT_TRUE(client_ctx);
   PlainPeer client;
-  ASSERT_EQ(ConnectPlain(client_ctx.get(), server.port(), nullptr, client), "");
+  ASSERT_NO_FATAL_FAILURE(ConnectPlainTo(server, client));
   Bytes received;
   ASSERT_EQ(SslReadExactly(client.ssl.get(), data.size(), received), "");
   EXPECT_EQ(received, data);
@@ -944,11 +950,8 @@ TEST(OffloadEndOfStreamKernelTest, ShutdownThenALingeringCloseShutTheSocketOnce)
     conn.Close();  // Lingers until the client closes.
     num_shutdowns = CallCount(Syscall::kShutdown);
   });
-  ASSERT_TRUE(server.ok()) << server.listen_error();
-  const UniqueSslCtx client_ctx = NewTestContext(false);
-  ASSERT_TRUE(client_ctx);
   PlainPeer client;
-  ASSERT_EQ(ConnectPlain(client_ctx.get(), server.port(), nullptr, client), "");
+  ASSERT_NO_FATAL_FAILURE(ConnectPlainTo(server, client));
   Bytes received;
   ASSERT_EQ(SslReadExactly(client.ssl.get(), 1, received), "");
   EXPECT_EQ(SslExpectCloseNotify(client.ssl.get()), "");
