@@ -44,7 +44,7 @@ class ConnectionImpl {
   Result<IoProgress> SendFile(int file_fd, off_t offset, std::size_t count);
   Result<IoProgress> SpliceRead(int pipe_fd, std::size_t len);
   Result<IoProgress> SpliceWrite(int pipe_fd, std::size_t len, WriteFlags flags);
-  Result<IoProgress> Shutdown();
+  Result<IoProgress> Shutdown(ShutdownFlags flags = ShutdownFlags::kNone);
   // Linger: one non-blocking step of the lingering close (see
   // Connection::Linger).
   Result<IoProgress> Linger();

@@ -166,9 +166,13 @@ Result<IoProgress> ConnectionImpl::SendFile(int file_fd, off_t offset, std::size
   return IoProgress{sent, false, false};
 }
 
-Result<IoProgress> ConnectionImpl::Shutdown() {
+Result<IoProgress> ConnectionImpl::Shutdown(ShutdownFlags flags) {
   if (socket.get() < 0) return MakeError(ErrorCategory::kUsage, "shutdown on a closed connection");
-  if (sent_close_) return IoProgress{};
+  const bool fin = flags != ShutdownFlags::kCloseNotifyOnly;
+  if (sent_close_) {
+    if (fin) SendFin();
+    return IoProgress{};
+  }
   if (tx == Offload::kKernel) {
     std::lock_guard lock(tx_mu_);  // Never between a KeyUpdate and the new key.
     const std::array<unsigned char, 2> close_notify{kAlertLevelWarning, kAlertCloseNotify};
@@ -196,7 +200,7 @@ Result<IoProgress> ConnectionImpl::Shutdown() {
     }
   }
   sent_close_ = true;
-  SendFin();
+  if (fin) SendFin();
   return IoProgress{};
 }
 

@@ -937,18 +937,26 @@ TEST(OffloadEndOfStreamKernelTest, ShutdownSendsCloseNotifyToPlainPeer) {
   ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
 }
 
-// Shutdown sends our FIN after close_notify; the lingering close that
-// follows (a blocking Close while the peer has not closed yet) does not
-// shut the socket a second time.
-TEST(OffloadEndOfStreamKernelTest, ShutdownThenALingeringCloseShutTheSocketOnce) {
+// Shutdown sends our FIN after close_notify (with kCloseNotifyOnly it
+// leaves it to Close); the lingering close that follows (a blocking Close
+// while the peer has not closed yet) sends it if Shutdown did not, and
+// never shuts the socket a second time.
+class ShutdownFinKernelTest : public ::testing::TestWithParam<ShutdownFlags> {};
+
+TEST_P(ShutdownFinKernelTest, ThenALingeringCloseShutTheSocketOnce) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
-  std::atomic<int> num_shutdowns = -1;
+  std::atomic<int> after_shutdown = -1;
+  std::atomic<int> after_close = -1;
   TestServer server(ServerFor(), 1, [&](Connection& conn, ServerEnd& end) {
     ClearFaults();
     if (end.error = WriteAll(conn, Bytes{'x'}); !end.error.empty()) return;
-    if (end.error = ShutdownText(conn); !end.error.empty()) return;
+    if (auto shut = conn.Shutdown(GetParam()); !shut.ok()) {
+      end.error = shut.error().ToString();
+      return;
+    }
+    after_shutdown = CallCount(Syscall::kShutdown);
     conn.Close();  // Lingers until the client closes.
-    num_shutdowns = CallCount(Syscall::kShutdown);
+    after_close = CallCount(Syscall::kShutdown);
   });
   PlainPeer client;
   ASSERT_NO_FATAL_FAILURE(ConnectPlainTo(server, client));
@@ -958,8 +966,15 @@ TEST(OffloadEndOfStreamKernelTest, ShutdownThenALingeringCloseShutTheSocketOnce)
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // The server is lingering by now.
   client = PlainPeer();  // Closes the socket.
   EXPECT_EQ(server.Join()[0].error, "");
-  EXPECT_EQ(num_shutdowns.load(), 1);
+  EXPECT_EQ(after_shutdown.load(), GetParam() == ShutdownFlags::kNone ? 1 : 0);
+  EXPECT_EQ(after_close.load(), 1);
 }
+
+INSTANTIATE_TEST_SUITE_P(Flags, ShutdownFinKernelTest,
+                         ::testing::Values(ShutdownFlags::kNone, ShutdownFlags::kCloseNotifyOnly),
+                         [](const ::testing::TestParamInfo<ShutdownFlags>& info) {
+                           return std::string(info.param == ShutdownFlags::kNone ? "Fin" : "CloseNotifyOnly");
+                         });
 
 }  // namespace
 }  // namespace ktls::testing
