@@ -150,7 +150,8 @@ std::size_t ServerSide(const WorkerSpec& spec, std::size_t total) {
     (void)fd.release();
     CheckBothWays(*conn);
     if (auto wrote = conn->WriteAll(std::span(&one, 1)); !wrote.ok()) throw BenchError("WriteAll failed");
-    if (auto shut = conn->Shutdown(); !shut.ok()) throw BenchError("Shutdown failed");
+    // close_notify only, as SSL_shutdown: the FIN goes with the close.
+    if (auto shut = conn->Shutdown(ShutdownFlags::kCloseNotifyOnly); !shut.ok()) throw BenchError("Shutdown failed");
   }
   peer.Join();
   return num_resumed;
@@ -196,7 +197,7 @@ std::size_t ClientSide(const WorkerSpec& spec, std::size_t total) {
     auto end = got.ok() && got->bytes == 1 ? conn.Read(byte) : got;
     if (!end.ok() || !end->end_of_stream) throw BenchError("expected one byte and close_notify from the server");
     num_resumed += conn.session().resumed;
-    if (auto shut = conn.Shutdown(); !shut.ok()) throw BenchError("Shutdown failed");
+    if (auto shut = conn.Shutdown(ShutdownFlags::kCloseNotifyOnly); !shut.ok()) throw BenchError("Shutdown failed");
     conn.Close();
     session = std::move(latest);
   }

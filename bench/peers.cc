@@ -371,7 +371,10 @@ std::size_t ServerEnd::Read(std::span<std::byte> buf) {
 
 void ServerEnd::Shutdown() {
   if (conn_) {
-    if (auto done = conn_->Shutdown(); !done.ok()) Fail("ktls Shutdown: " + done.error().ToString());
+    // close_notify only, as SSL_shutdown below: the FIN goes with the close.
+    if (auto done = conn_->Shutdown(ShutdownFlags::kCloseNotifyOnly); !done.ok()) {
+      Fail("ktls Shutdown: " + done.error().ToString());
+    }
     return;
   }
   ERR_clear_error();

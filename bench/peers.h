@@ -139,7 +139,8 @@ class ServerEnd {
   void SendFileAll(int file_fd, off_t offset, std::size_t len);
   // Read returns the bytes read; 0 at the peer's close_notify.
   std::size_t Read(std::span<std::byte> buf);
-  // Shutdown sends close_notify.
+  // Shutdown sends close_notify, and only that (ktls: kCloseNotifyOnly, as
+  // OpenSSL's SSL_shutdown): the FIN goes with the close.
   void Shutdown();
 
   // Where each direction's records are protected now.
