@@ -38,6 +38,15 @@ void AddBulkReceiveNoPad(Report& report, const Options& opts);
 // AddHandshakes: full and resumed handshakes per second, with offload after
 // each vs the same handshake left in userspace.
 void AddHandshakes(Report& report, const Options& opts);
+// AddHandshakeSyscalls: the syscalls one connection's handshake makes, with
+// offload and without, server and client, full and resumed, by syscall
+// name (bench/handshake_syscalls.cc): strace -c of this program run as a
+// worker, opts.handshakes connections over a baseline.
+void AddHandshakeSyscalls(Report& report, const Options& opts);
+// RunSyscallWorker: what one traced worker does (--syscall-worker SPEC):
+// count connections as spec ("server,ktls,resumed") says. Throws
+// BenchError.
+int RunSyscallWorker(const std::string& spec, std::size_t count);
 // AddIdleMemory: userspace heap, RSS (and kernel slab) per established idle
 // connection, opts.idle_connections of them.
 void AddIdleMemory(Report& report, const Options& opts);

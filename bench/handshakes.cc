@@ -1,5 +1,5 @@
 // bench/handshakes.cc: handshakes per second, one connection after the
-// other, each a whole connection: TCP connect and accept, the TLS 1.3
+// other, ktls and OpenSSL taking turns (ServerTurns), each a whole connection: TCP connect and accept, the TLS 1.3
 // handshake (ECDHE X25519, ECDSA P-256 certificate, two session tickets,
 // OpenSSL's default suite), then for ktls the offload of both directions;
 // the server writes one byte and close_notify, the client reads them (and
@@ -9,6 +9,7 @@
 // The same server SSL_CTX settings and the same plain OpenSSL client are
 // used for both cases; ktls only adds PrepareContext/PrepareSsl before the
 // handshake and OffloadSsl after it.
+#include <cstdio>
 #include <iostream>
 #include <optional>
 
@@ -18,15 +19,33 @@
 namespace ktls::bench {
 namespace {
 
-RunResult HandshakeRun(SSL_CTX* server_ctx, SSL_CTX* client_ctx, ServerTls kind, bool resumed, std::size_t count) {
+// ServerTurns: one run of `count` connections per kind, the server taking
+// turns: connection i is served by OpenSSL alone when i is even, by ktls
+// when odd, so whatever else the machine does hits both alike (on a busy
+// host, runs of one kind after the other differed by more than the 5%
+// measured). The client is the same plain OpenSSL for both and, resuming,
+// presents the ticket of the previous connection of the same kind (each
+// server context has its own ticket keys). A kind's rate is its
+// connections over the time the server spent on them, from accept to
+// close; on UML's one CPU that includes the client's share.
+struct TurnsResult {
+  RunResult openssl;
+  RunResult ktls;
+};
+TurnsResult ServerTurns(SSL_CTX* plain_ctx, SSL_CTX* ktls_ctx, SSL_CTX* client_ctx, bool resumed,
+                        std::size_t count) {
+  constexpr std::size_t kKinds = 2;
+  const auto kind_of = [](std::size_t i) { return i % kKinds == 0 ? ServerTls::kOpenSsl : ServerTls::kKtls; };
   LoopbackListener listener;
-  // A resumed run starts with one full handshake, untimed, for the ticket.
-  const std::size_t total = count + (resumed ? 1 : 0);
+  // A resumed run starts with one full handshake per kind, untimed, for the tickets.
+  const std::size_t first = resumed ? kKinds : 0;
+  const std::size_t total = first + kKinds * count;
   std::size_t num_resumed = 0;
   ClientThread client(listener, [&] {
-    UniqueSession session;
+    UniqueSession sessions[kKinds];
     std::byte byte[16];
     for (std::size_t i = 0; i < total; ++i) {
+      UniqueSession& session = sessions[i % kKinds];
       UniqueFd fd = ConnectLoopback(listener.port());
       UniqueSsl ssl = ClientHandshake(client_ctx, fd.get(), resumed ? session.get() : nullptr);
       if (SslRead(ssl.get(), byte) != 1) throw BenchError("expected one byte from the server");
@@ -41,14 +60,16 @@ RunResult HandshakeRun(SSL_CTX* server_ctx, SSL_CTX* client_ctx, ServerTls kind,
   });
   const auto before = TlsStat();
   const std::byte one{1};
-  double start = NowSeconds();
-  // Where the server's time goes, per phase (on UML's one CPU the client
-  // runs in between, so "handshake" includes the client's share).
-  double handshake_seconds = 0, offload_seconds = 0, finish_seconds = 0, close_seconds = 0;
+  // Where the server's time goes, per kind and phase.
+  struct Phases {
+    double handshake = 0, offload = 0, finish = 0, close = 0;
+    double total() const { return handshake + offload + finish + close; }
+  } phases[kKinds];
   for (std::size_t i = 0; i < total; ++i) {
-    if (i == total - count) start = NowSeconds();
+    const ServerTls kind = kind_of(i);
     const double t0 = NowSeconds();
-    std::optional<ServerEnd> end(ServerEnd::Handshake(server_ctx, listener.Accept(), kind));
+    std::optional<ServerEnd> end(ServerEnd::Handshake(kind == ServerTls::kKtls ? ktls_ctx : plain_ctx,
+                                                      listener.Accept(), kind));
     const double t1 = NowSeconds();
     if (kind == ServerTls::kKtls && !(end->tx_in_kernel() && end->rx_in_kernel())) {
       throw BenchError("ktls did not offload both directions: " + end->Where());
@@ -59,48 +80,43 @@ RunResult HandshakeRun(SSL_CTX* server_ctx, SSL_CTX* client_ctx, ServerTls kind,
     const double offload = end->offload_seconds();
     end.reset();
     const double t3 = NowSeconds();
-    handshake_seconds += t1 - t0 - offload;
-    offload_seconds += offload;
-    finish_seconds += t2 - t1;
-    close_seconds += t3 - t2;
+    if (i < first) continue;
+    Phases& p = phases[i % kKinds];
+    p.handshake += t1 - t0 - offload;
+    p.offload += offload;
+    p.finish += t2 - t1;
+    p.close += t3 - t2;
   }
   client.Join();
-  const double elapsed = NowSeconds() - start;
 
-  RunResult result;
-  if (num_resumed != (resumed ? count : 0)) {
+  if (num_resumed != (resumed ? kKinds * count : 0)) {
     throw BenchError(std::to_string(num_resumed) + " of " + std::to_string(total) + " handshakes resumed, expected " +
-                     std::to_string(resumed ? count : 0));
+                     std::to_string(resumed ? kKinds * count : 0));
   }
   const auto after = TlsStat();
   const long long tx = TlsStatDelta(before, after, "TlsTxSw");
   const long long rx = TlsStatDelta(before, after, "TlsRxSw");
-  if (!after.empty()) {
-    const long long want = kind == ServerTls::kKtls ? static_cast<long long>(total) : 0;
-    if (tx != want || rx != want) {
-      throw BenchError("TlsTxSw +" + std::to_string(tx) + ", TlsRxSw +" + std::to_string(rx) + " for " +
-                       std::to_string(total) + " connections, expected +" + std::to_string(want));
-    }
+  const long long want = static_cast<long long>(total / kKinds);
+  if (!after.empty() && (tx != want || rx != want)) {
+    throw BenchError("TlsTxSw +" + std::to_string(tx) + ", TlsRxSw +" + std::to_string(rx) + " for " +
+                     std::to_string(want) + " ktls connections");
   }
-  result.notes = std::string(kind == ServerTls::kKtls ? "tx=kernel rx=kernel" : "tx=user rx=user") + ", TlsTxSw +" +
-                 std::to_string(tx) + " TlsRxSw +" + std::to_string(rx) + " per run";
-  const auto us = [total](double seconds) {
-    return std::to_string(static_cast<int>(seconds / static_cast<double>(total) * 1e6));
+  const auto us = [count](double seconds) {
+    return std::to_string(static_cast<int>(seconds / static_cast<double>(count) * 1e6));
   };
-  result.notes += "; server us per connection: accept+handshake " + us(handshake_seconds) + ", OffloadSsl " +
-                  us(offload_seconds) + ", write+close_notify " + us(finish_seconds) + ", close " + us(close_seconds);
-  result.values = {elapsed > 0 ? static_cast<double>(count) / elapsed : 0};
-  return result;
-}
-
-// LatestSession: the client context's new-session callback keeps the
-// newest session in the SSL's app data (a UniqueSession).
-int KeepLatestSession(SSL* ssl, SSL_SESSION* session) {
-  if (auto* latest = static_cast<UniqueSession*>(SSL_get_app_data(ssl))) {
-    latest->reset(session);
-    return 1;  // The reference is ours.
+  TurnsResult result;
+  for (std::size_t k = 0; k < kKinds; ++k) {
+    const bool ktls = kind_of(k) == ServerTls::kKtls;
+    RunResult& r = ktls ? result.ktls : result.openssl;
+    const Phases& p = phases[k];
+    r.notes = std::string(ktls ? "tx=kernel rx=kernel" : "tx=user rx=user") + ", taking turns with " +
+              (ktls ? "OpenSSL" : "ktls") + ", connection by connection; TlsTxSw +" + std::to_string(tx) +
+              " TlsRxSw +" + std::to_string(rx) + " per run (the ktls turns)";
+    r.notes += "; server us per connection: accept+handshake " + us(p.handshake) + ", OffloadSsl " +
+               us(p.offload) + ", write+close_notify " + us(p.finish) + ", close " + us(p.close);
+    r.values = {p.total() > 0 ? static_cast<double>(count) / p.total() : 0};
   }
-  return 0;
+  return result;
 }
 
 // ClientResumedRun: resumed handshakes per second on the client's side. A
@@ -199,28 +215,44 @@ void AddHandshakes(Report& report, const Options& opts) {
     comparison.id = resumed ? "handshakes.resumed" : "handshakes.full";
     comparison.group = "handshakes";
     comparison.title = std::string(resumed ? "Resumed (ticket)" : "Full") + " TLS 1.3 handshakes per second, " +
-                       std::to_string(count) + " connections one after another";
+                       std::to_string(count) + " connections of each kind, taking turns";
     comparison.metric = "rate";
     comparison.unit = "handshakes/s";
     comparison.reference = "openssl";
-    const auto run = [&, resumed](SSL_CTX* ctx, ServerTls kind) {
-      return [&, ctx, kind, resumed](bool warmup) {
-        return HandshakeRun(ctx, client_ctx.get(), kind, resumed, count_for(warmup));
-      };
-    };
-    std::vector<Variant> variants;
-    variants.push_back({"openssl", "handshake, records stay in OpenSSL", run(plain_ctx.get(), ServerTls::kOpenSsl)});
-    variants.push_back({"ktls", "handshake, then ktls offloads TX and RX", run(ktls_ctx.get(), ServerTls::kKtls)});
-    RunInterleaved(variants, opts.runs, {&comparison});
+    comparison.Add("openssl", "handshake, records stay in OpenSSL");
+    comparison.Add("ktls", "handshake, then ktls offloads TX and RX");
+    Case& openssl = comparison.cases[0];  // Taken after both Adds: Add moves the cases.
+    Case& ktls = comparison.cases[1];
+    // Each run measures both; the ratio of each run is ktls's over
+    // OpenSSL's, both under the same load.
+    std::vector<double> ratios;
+    for (int run = 0; run <= opts.runs; ++run) {
+      const bool warmup = run == 0;
+      const TurnsResult turns = ServerTurns(plain_ctx.get(), ktls_ctx.get(), client_ctx.get(), resumed,
+                                            count_for(warmup));
+      openssl.notes = turns.openssl.notes;
+      ktls.notes = turns.ktls.notes;
+      if (warmup) continue;
+      const double o = turns.openssl.values.front(), k = turns.ktls.values.front();
+      openssl.samples.push_back(o);
+      ktls.samples.push_back(k);
+      ratios.push_back(o > 0 ? k / o : 0);
+      std::fprintf(stderr, "  %s run %d/%d openssl %.1f ktls %.1f ratio %.3f\n", comparison.id.c_str(), run,
+                   opts.runs, o, k, ratios.back());
+    }
+    const Summary spread = Summarize(ratios);
+    double mean = 0;
+    for (double r : ratios) mean += r / static_cast<double>(ratios.size());
+    char text[160];
+    std::snprintf(text, sizeof(text), "; ratio to OpenSSL per run: mean %.3f, median %.3f, min %.3f, max %.3f",
+                  mean, spread.median, spread.min, spread.max);
+    ktls.notes += text;
     report.PrintComparison(std::cout, comparison);
   }
 
   // The client's side of resumption: ktls clients keep the tickets that
   // arrive with RX in the kernel.
-  UniqueSslCtx resuming_client_ctx = NewClientContext("", /*read_ahead=*/false);
-  if (!PrepareContext(resuming_client_ctx.get()).ok()) throw BenchError("PrepareContext: " + OpenSslErrors());
-  SSL_CTX_set_session_cache_mode(resuming_client_ctx.get(), SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
-  SSL_CTX_sess_set_new_cb(resuming_client_ctx.get(), KeepLatestSession);
+  UniqueSslCtx resuming_client_ctx = NewResumingClientContext();
   Comparison& comparison = report.comparisons.emplace_back();
   comparison.id = "handshakes.client_resumed";
   comparison.group = "handshakes";

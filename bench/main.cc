@@ -1,7 +1,7 @@
 // ktls-bench: measures ktls against OpenSSL in userspace, OpenSSL's own
 // kTLS and the kernel's AEAD ceiling, on the kernel it runs on.
 //
-//   ktls-bench [--cases bulk_send,bulk_receive,bulk_receive_no_pad,handshakes,idle_memory,moves]
+//   ktls-bench [--cases bulk_send,bulk_receive,bulk_receive_no_pad,handshakes,handshake_syscalls,idle_memory,moves]
 //              [--runs 5] [--json FILE] ...
 //
 // Every comparison runs in this one process on this one kernel: never put
@@ -40,8 +40,8 @@ namespace {
 
 using ktls::bench::Options;
 
-const char* const kAllCases[] = {"bulk_send", "bulk_receive", "bulk_receive_no_pad", "handshakes", "idle_memory",
-                                   "moves"};
+const char* const kAllCases[] = {"bulk_send", "bulk_receive", "bulk_receive_no_pad", "handshakes", "handshake_syscalls",
+                                   "idle_memory", "moves"};
 
 std::vector<std::string> SplitCommas(const std::string& text) {
   std::vector<std::string> parts;
@@ -96,8 +96,9 @@ int main(int argc, char** argv) {
   cxxopts::Options cli("ktls-bench", "Benchmark ktls against OpenSSL and the kernel's AEAD ceiling (see docs/BENCHMARKS.md).");
   Options opts;
   cli.add_options()
-      ("cases", "Comma-separated: bulk_send, bulk_receive, bulk_receive_no_pad, handshakes, idle_memory, moves",
-       cxxopts::value<std::string>()->default_value("bulk_send,bulk_receive,bulk_receive_no_pad,handshakes,idle_memory,moves"))
+      ("cases", "Comma-separated: bulk_send, bulk_receive, bulk_receive_no_pad, handshakes, handshake_syscalls, idle_memory, moves",
+       cxxopts::value<std::string>()->default_value(
+           "bulk_send,bulk_receive,bulk_receive_no_pad,handshakes,handshake_syscalls,idle_memory,moves"))
       ("runs", "Measured runs per case (median, min, max)", cxxopts::value<int>()->default_value("5"))
       ("bulk-mib", "MiB per bulk send/receive run", cxxopts::value<std::size_t>()->default_value("64"))
       ("chunk-kib", "KiB per write/read call in the bulk cases", cxxopts::value<std::size_t>()->default_value("16"))
@@ -108,10 +109,13 @@ int main(int argc, char** argv) {
       ("file-dir", "Directory (a tmpfs) for the sendfile source file", cxxopts::value<std::string>()->default_value("/dev/shm"))
       ("label", "A name for this environment in the JSON (\"uml-6.1\")", cxxopts::value<std::string>()->default_value(""))
       ("json", "Write the results as JSON to this file", cxxopts::value<std::string>()->default_value(""))
+      ("syscall-worker", "Internal (handshake_syscalls runs it under strace): SIDE,KIND,RESUME",
+       cxxopts::value<std::string>()->default_value(""))
       ("h,help", "Show this help");
   std::set<std::string> cases;
   std::string json_path;
   std::string label;
+  std::string syscall_worker;
   std::vector<std::string> cipher_names;
   try {
     const auto args = cli.parse(argc, argv);
@@ -135,6 +139,7 @@ int main(int argc, char** argv) {
     json_path = args["json"].as<std::string>();
     label = args["label"].as<std::string>();
     cipher_names = SplitCommas(args["ciphers"].as<std::string>());
+    syscall_worker = args["syscall-worker"].as<std::string>();
     if (opts.runs < 1 || opts.bulk_bytes == 0 || opts.chunk_bytes == 0 || opts.handshakes == 0 ||
         opts.idle_connections == 0) {
       throw cxxopts::exceptions::exception("--runs and the sizes must be at least 1");
@@ -146,6 +151,14 @@ int main(int argc, char** argv) {
 
   // A client that goes away early must be an error on a write, not a signal.
   ::signal(SIGPIPE, SIG_IGN);
+  if (!syscall_worker.empty()) {
+    try {
+      return ktls::bench::RunSyscallWorker(syscall_worker, opts.handshakes);
+    } catch (const std::exception& e) {
+      std::cerr << "ktls-bench: syscall worker FAILED: " << e.what() << "\n";
+      return 1;
+    }
+  }
   // The cached probe is the one the library consults at every offload: run
   // it now, so that its test sockets do not show up in a case's counters.
   const ktls::Capabilities& caps = ktls::CachedCapabilities();
@@ -196,6 +209,7 @@ int main(int argc, char** argv) {
       if (c == "bulk_receive") ktls::bench::AddBulkReceive(report, opts);
       if (c == "bulk_receive_no_pad") ktls::bench::AddBulkReceiveNoPad(report, opts);
       if (c == "handshakes") ktls::bench::AddHandshakes(report, opts);
+      if (c == "handshake_syscalls") ktls::bench::AddHandshakeSyscalls(report, opts);
       if (c == "idle_memory") ktls::bench::AddIdleMemory(report, opts);
       if (c == "moves") ktls::bench::AddMoves(report, opts);
     }

@@ -65,6 +65,16 @@ const BenchCert& Cert() {
   return cert;
 }
 
+// KeepLatestSession: the client context's new-session callback keeps the
+// newest session in the SSL's app data (a UniqueSession).
+int KeepLatestSession(SSL* ssl, SSL_SESSION* session) {
+  if (auto* latest = static_cast<UniqueSession*>(SSL_get_app_data(ssl))) {
+    latest->reset(session);
+    return 1;  // The reference is ours.
+  }
+  return 0;
+}
+
 }  // namespace
 
 std::string OpenSslErrors() {
@@ -215,6 +225,14 @@ void ClientThread::Join() {
   if (error_) std::rethrow_exception(error_);
 }
 
+UniqueSslCtx NewResumingClientContext() {
+  UniqueSslCtx ctx = NewClientContext("", /*read_ahead=*/false);
+  if (!PrepareContext(ctx.get()).ok()) Fail("PrepareContext: " + OpenSslErrors());
+  SSL_CTX_set_session_cache_mode(ctx.get(), SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_new_cb(ctx.get(), KeepLatestSession);
+  return ctx;
+}
+
 UniqueSsl ClientHandshake(SSL_CTX* ctx, int fd, SSL_SESSION* resume) {
   UniqueSsl ssl(SSL_new(ctx));
   if (!ssl || SSL_set_fd(ssl.get(), fd) != 1) Fail("client SSL_new: " + OpenSslErrors());
@@ -353,7 +371,10 @@ std::size_t ServerEnd::Read(std::span<std::byte> buf) {
 
 void ServerEnd::Shutdown() {
   if (conn_) {
-    if (auto done = conn_->Shutdown(); !done.ok()) Fail("ktls Shutdown: " + done.error().ToString());
+    // close_notify only, as SSL_shutdown below: the FIN goes with the close.
+    if (auto done = conn_->Shutdown(ShutdownFlags::kCloseNotifyOnly); !done.ok()) {
+      Fail("ktls Shutdown: " + done.error().ToString());
+    }
     return;
   }
   ERR_clear_error();

@@ -62,6 +62,11 @@ UniqueSslCtx NewServerContext(const std::string& suites, ServerTls kind);
 // then its body. with_certificate: the client presents the benchmark's
 // certificate when asked.
 UniqueSslCtx NewClientContext(const std::string& suites, bool read_ahead, bool with_certificate = false);
+// NewResumingClientContext: a PrepareContext'ed client context (as
+// NewClientContext without read-ahead) whose new-session callback keeps the
+// newest session in the SSL's app data, a UniqueSession*: where a ktls
+// client's tickets land (KtlsClientHandshake's app_data).
+UniqueSslCtx NewResumingClientContext();
 // RequireClientCertificate makes a server context ask for and check a
 // client certificate (mutual TLS): the benchmark's own, trusted as its CA.
 void RequireClientCertificate(SSL_CTX* ctx);
@@ -134,7 +139,8 @@ class ServerEnd {
   void SendFileAll(int file_fd, off_t offset, std::size_t len);
   // Read returns the bytes read; 0 at the peer's close_notify.
   std::size_t Read(std::span<std::byte> buf);
-  // Shutdown sends close_notify.
+  // Shutdown sends close_notify, and only that (ktls: kCloseNotifyOnly, as
+  // OpenSSL's SSL_shutdown): the FIN goes with the close.
   void Shutdown();
 
   // Where each direction's records are protected now.

@@ -15,7 +15,8 @@ host figure.
 
 The doc keeps its hand-written text; only the blocks between
 <!-- generated:NAME --> and <!-- /generated:NAME --> are replaced
-(NAME: conditions, targets, results). The chart is drawn with gnuplot.
+(NAME: conditions, targets, results, handshake_syscalls). The chart is
+drawn with gnuplot.
 """
 
 import argparse
@@ -84,7 +85,8 @@ def load(paths):
             sys.exit(f"render_report: {path}: not ktls-bench/1 JSON")
         label = data["environment"].get("label") or os.path.splitext(os.path.basename(path))[0]
         env = envs.setdefault(label, {"environment": data["environment"], "parameters": {}, "comparisons": []})
-        env["parameters"].update(data.get("parameters", {}))
+        for key, value in data.get("parameters", {}).items():
+            env["parameters"].setdefault(key, value)  # The first file's run count and sizes describe the env.
         env["comparisons"].extend(data["comparisons"])
     return envs
 
@@ -180,7 +182,8 @@ def render_results(envs, chart_rel):
         out.append(f"### {env_title(label, env)}\n")
         groups = []
         for comparison in env["comparisons"]:
-            if comparison["group"] not in groups:
+            # Syscall counts have their own block, by syscall name.
+            if comparison["group"] not in groups and comparison["group"] != "handshake_syscalls":
                 groups.append(comparison["group"])
         for group in groups:
             comparisons = [c for c in env["comparisons"] if c["group"] == group]
@@ -220,6 +223,36 @@ def render_results(envs, chart_rel):
                 out.append("\n</details>\n")
         if chart_rel:
             out.append(f"![bulk send, {label}]({chart_rel}/bulk_send-{label}.png)\n")
+    return "\n".join(out)
+
+
+def count(v):
+    """A syscall count: whole when it is (they are exact), else 2 decimals."""
+    return f"{v:.0f}" if abs(v - round(v)) < 0.005 else f"{v:.2f}"
+
+
+def render_handshake_syscalls(envs):
+    """Per environment, one table: a row per syscall, a column per side,
+    handshake kind and case (OpenSSL only, ktls), the totals last."""
+    out = []
+    for label, env in envs.items():
+        comparisons = [c for c in env["comparisons"] if c["group"] == "handshake_syscalls"]
+        if not comparisons:
+            continue
+        columns = [(c, case_of(c, kind)) for c in comparisons for kind in ("openssl", "ktls")]
+        columns = [(c, case) for c, case in columns if case and case["status"] == "ok"]
+        names = sorted(set().union(*(case.get("breakdown", {}) for _, case in columns)))
+        out.append(f"**{env_title(label, env)}**\n")
+        out.append("| syscall | " + " | ".join(f"{column(c).replace('_', ', ')}: {CASE_NAMES.get(case['id'], case['id'])}"
+                                              for c, case in columns) + " |")
+        out.append("| --- |" + " ---: |" * len(columns))
+        for name in names:
+            out.append(f"| `{name}` | " + " | ".join(count(case.get("breakdown", {}).get(name, 0))
+                                                    for _, case in columns) + " |")
+        out.append("| **total** | " + " | ".join(f"**{count(case['median'])}**" for _, case in columns) + " |")
+        out.append("")
+    if not out:
+        out.append("Not measured yet (`ktls-bench --cases handshake_syscalls`, inside a kernel with kTLS).")
     return "\n".join(out)
 
 
@@ -386,6 +419,7 @@ def main():
     doc = replace_block(doc, "conditions", render_conditions(envs, machine))
     doc = replace_block(doc, "targets", render_targets(envs))
     doc = replace_block(doc, "results", render_results(envs, chart_rel))
+    doc = replace_block(doc, "handshake_syscalls", render_handshake_syscalls(envs))
     with open(args.doc, "w") as f:
         f.write(doc)
 

@@ -17,7 +17,7 @@ Summary Summarize(std::vector<double> samples) {
 }
 
 Case& Comparison::Add(std::string case_id, std::string label) {
-  cases.push_back(Case{std::move(case_id), std::move(label), {}, {}, {}});
+  cases.push_back(Case{std::move(case_id), std::move(label), {}, {}, {}, {}});
   return cases.back();
 }
 
@@ -97,6 +97,7 @@ nlohmann::json Report::ToJson() const {
         entry["max"] = s.max;
         const auto ratio = RatioToReference(comparison, c);
         entry["ratio"] = ratio ? nlohmann::json(*ratio) : nlohmann::json(nullptr);
+        if (!c.breakdown.empty()) entry["breakdown"] = c.breakdown;
       }
       cases.push_back(std::move(entry));
     }

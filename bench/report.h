@@ -12,13 +12,14 @@
 //                     "higher_is_better", "reference",
 //                     "cases": [{"id", "label", "status": "ok"|"unavailable",
 //                                "reason", "notes", "samples", "median",
-//                                "min", "max", "ratio"}]}]}
+//                                "min", "max", "ratio", "breakdown"}]}]}
 // Any other producer (the static file benchmark, for one) can add
 // comparisons in the same shape.
 #ifndef KTLS_BENCH_REPORT_H_
 #define KTLS_BENCH_REPORT_H_
 
 #include <iosfwd>
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -51,6 +52,9 @@ struct Case {
   // turn on its kTLS for this cipher). Empty when it was.
   std::string unavailable;
   std::string notes;  // Where records were protected, counters seen.
+  // breakdown: the median's parts by name, where a count has parts (the
+  // syscalls of a handshake, by syscall). JSON "breakdown" when not empty.
+  std::map<std::string, double> breakdown;
 };
 
 struct Comparison {

@@ -63,6 +63,10 @@ def main():
                    ("TLS_AES_128_CCM_SHA256", "AES_128_CCM")]}
         want = {"handshakes.full": ["openssl", "ktls"], "handshakes.resumed": ["openssl", "ktls"],
                 "handshakes.client_resumed": ["openssl", "ktls"],
+                "handshake_syscalls.server_full": ["openssl", "ktls"],
+                "handshake_syscalls.server_resumed": ["openssl", "ktls"],
+                "handshake_syscalls.client_full": ["openssl", "ktls"],
+                "handshake_syscalls.client_resumed": ["openssl", "ktls"],
                 "client_memory.heap": ["openssl", "ktls", "ktls_no_tickets"],
                 "idle_memory.heap": IDLE_CASES, "idle_memory.rss": IDLE_CASES, "idle_memory.kernel": IDLE_CASES,
                 "moves.rate": ["export_import", "unix_socket"], "moves.state_bytes": ["export_import", "unix_socket"]}
@@ -109,6 +113,18 @@ def main():
             if "both directions in the kernel" not in case["notes"]:
                 fail(f"moves.state_bytes/{case['id']}: notes do not say where: {case['notes']}")
 
+        # Offload adds its three setsockopt (TCP_ULP, TLS_TX, TLS_RX) to a
+        # handshake; a client that read the server's close_notify closes
+        # without asking the socket's flags (no linger to do), and
+        # close_notify alone (kCloseNotifyOnly) makes no shutdown(2).
+        for comparison_id in [c for c in want if c.startswith("handshake_syscalls.")]:
+            cases = {c["id"]: c.get("breakdown", {}) for c in got[comparison_id]["cases"]}
+            added = cases["ktls"].get("setsockopt", 0) - cases["openssl"].get("setsockopt", 0)
+            if added != 3 or "fcntl" in cases["ktls"] or "shutdown" in cases["ktls"]:
+                fail(f"{comparison_id}: ktls made {added} more setsockopt than OpenSSL (3 expected), "
+                     f"{cases['ktls'].get('fcntl', 0)} fcntl and {cases['ktls'].get('shutdown', 0)} shutdown: "
+                     f"{cases}")
+
         # The static file benchmark: one 1 s wrk run per server and size.
         # static_files.py itself fails a ktls-serve run whose access log or
         # tls_stat deltas do not show the offload (or its absence).
@@ -143,7 +159,7 @@ def main():
                         result, static], check=True)
         with open(doc) as f:
             text = f.read()
-        for block in ("conditions", "targets", "results"):
+        for block in ("conditions", "targets", "results", "handshake_syscalls"):
             start = text.index(f"<!-- generated:{block} -->")
             end = text.index(f"<!-- /generated:{block} -->")
             if "smoke" not in text[start:end]:

@@ -341,9 +341,16 @@ class stream {
 
   // async_shutdown sends close_notify and shuts the socket's write side;
   // reading still works (to read the peer's close_notify: error::eof).
+  // With ShutdownFlags::kCloseNotifyOnly the write side stays open and
+  // async_close sends the FIN (Connection::Shutdown): one system call fewer
+  // for a caller that closes next.
   template <typename Token>
   auto async_shutdown(Token&& token) {
-    return net::async_compose<Token, void(error_code)>(ShutdownOp{this}, token, waiter_);
+    return async_shutdown(ShutdownFlags::kNone, std::forward<Token>(token));
+  }
+  template <typename Token>
+  auto async_shutdown(ShutdownFlags flags, Token&& token) {
+    return net::async_compose<Token, void(error_code)>(ShutdownOp{this, flags}, token, waiter_);
   }
 
   // async_close closes the socket, lingering first without blocking the
@@ -512,8 +519,9 @@ class stream {
   };
 
   struct ShutdownOp {
-    explicit ShutdownOp(stream* owner) : s(owner) {}
+    ShutdownOp(stream* owner, ShutdownFlags shutdown_flags) : s(owner), flags(shutdown_flags) {}
     stream* s;
+    ShutdownFlags flags;
     bool started = false;
     std::optional<error_code> result;
 
@@ -523,7 +531,7 @@ class stream {
       const bool first_call = !started;
       started = true;
       if (ec) return self.complete(ec);
-      auto r = s->conn_.Shutdown();
+      auto r = s->conn_.Shutdown(flags);
       if (r.ok() && r->would_block) return s->Wait(r->wait, std::move(self));
       error_code out = r.ok() ? error_code{} : s->Fail(r.error());
       if (!first_call) return self.complete(out);

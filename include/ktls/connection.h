@@ -80,6 +80,15 @@ enum class WriteFlags : std::uint8_t {
   kMore,
 };
 
+// ShutdownFlags: what Shutdown does after close_notify.
+enum class ShutdownFlags : std::uint8_t {
+  kNone,  // Then shut the socket's write side (our FIN) at once.
+  // kCloseNotifyOnly: close_notify and nothing else, as OpenSSL's
+  // SSL_shutdown: our FIN goes with Close (or its lingering close). For a
+  // caller that closes right after, one system call fewer.
+  kCloseNotifyOnly,
+};
+
 // SessionInfo: what a request handler needs to know about the session.
 // Captured at offload, so it stays available after the SSL object is gone.
 struct KTLS_API SessionInfo {
@@ -168,11 +177,12 @@ class KTLS_API Connection {
   Result<IoProgress> SpliceWrite(int pipe_fd, std::size_t len, WriteFlags flags = WriteFlags::kNone);
 
   // Shutdown sends close_notify (as an alert record, whichever side holds
-  // TX) and then shuts down the socket's write side. Reading still works.
-  // On a non-blocking socket whose send buffer is full it returns
-  // would_block (nothing sent): wait as IoProgress::wait says and call
-  // again. Once close_notify went out, further calls do nothing.
-  Result<IoProgress> Shutdown();
+  // TX) and then, unless flags is kCloseNotifyOnly, shuts down the socket's
+  // write side. Reading still works. On a non-blocking socket whose send
+  // buffer is full it returns would_block (nothing sent): wait as
+  // IoProgress::wait says and call again. Once close_notify went out,
+  // further calls only shut the write side (unless kCloseNotifyOnly).
+  Result<IoProgress> Shutdown(ShutdownFlags flags = ShutdownFlags::kNone);
 
   // Close closes the socket (and frees anything still held). Idempotent.
   // When ktls ended the connection (Shutdown's close_notify, or a fatal

@@ -99,8 +99,8 @@ Result<IoProgress> Connection::SpliceWrite(int pipe_fd, std::size_t len, WriteFl
   return impl_ ? impl_->SpliceWrite(pipe_fd, len, flags) : Result<IoProgress>(EmptyConnection());
 }
 
-Result<IoProgress> Connection::Shutdown() {
-  return impl_ ? impl_->Shutdown() : Result<IoProgress>(EmptyConnection());
+Result<IoProgress> Connection::Shutdown(ShutdownFlags flags) {
+  return impl_ ? impl_->Shutdown(flags) : Result<IoProgress>(EmptyConnection());
 }
 
 void Connection::Close() {

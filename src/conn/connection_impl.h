@@ -44,7 +44,7 @@ class ConnectionImpl {
   Result<IoProgress> SendFile(int file_fd, off_t offset, std::size_t count);
   Result<IoProgress> SpliceRead(int pipe_fd, std::size_t len);
   Result<IoProgress> SpliceWrite(int pipe_fd, std::size_t len, WriteFlags flags);
-  Result<IoProgress> Shutdown();
+  Result<IoProgress> Shutdown(ShutdownFlags flags = ShutdownFlags::kNone);
   // Linger: one non-blocking step of the lingering close (see
   // Connection::Linger).
   Result<IoProgress> Linger();
@@ -156,6 +156,10 @@ class ConnectionImpl {
   // SendFatalAlert sends a fatal alert (best effort: the connection is
   // ending) and shuts down the write side.
   void SendFatalAlert(int alert);
+  // SendFin shuts the socket's write side (our FIN), once: Shutdown, a
+  // fatal alert and the lingering close each want it, and a second
+  // shutdown(2) only costs a syscall.
+  void SendFin();
   // SendKernelControlRecord sends one whole control record through kernel
   // TX (SendControlRecord, conn/kernel_io.h); a short write is an error.
   Result<void> SendKernelControlRecord(unsigned char type, std::span<const unsigned char> payload);
@@ -219,6 +223,7 @@ class ConnectionImpl {
   std::size_t tx_open_record_ = 0;
   std::atomic<bool> failed_ = false;     // An error ended the connection.
   std::atomic<bool> sent_close_ = false;  // We sent close_notify (or a fatal alert).
+  std::atomic<bool> sent_fin_ = false;    // Our write side is shut (SendFin).
   // Bytes a Write with WriteFlags::kMore held back, with TX in OpenSSL: they
   // lead the next write's first record. Writer side only, like every write.
   std::vector<std::byte> tx_held_;

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -99,8 +100,15 @@ Result<IoProgress> ConnectionImpl::ReadUser(std::span<std::byte> buf) {
 }
 
 Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
+  // Where the rest of a control record goes when buf was too small for it:
+  // a record is at most kMaxRecordPlaintext bytes, so one more call takes
+  // it all, not one call per buf.size() bytes (a 229-byte session ticket
+  // through a 16-byte buf was 15 recvmsg). Left uninitialised: the kernel
+  // writes what we read.
+  std::array<std::byte, kMaxRecordPlaintext> control_rest;
+  std::span<std::byte> into = buf;
   for (;;) {
-    const KernelRecv got = RecvKernelRecord(socket.get(), buf, 0);
+    const KernelRecv got = RecvKernelRecord(socket.get(), into, 0);
     const ssize_t n = got.n;
     if (n < 0) {
       const int err = static_cast<int>(-n);
@@ -126,9 +134,11 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
     // kTLS returns a control record alone, and sets MSG_EOR once its last
     // byte was returned (a buffer smaller than the record gets the rest in
     // the following calls): record boundaries are exact.
-    if (auto done = HandleControlRecord(type, buf.first(static_cast<std::size_t>(n)), got.record_end)) {
+    if (auto done = HandleControlRecord(type, into.first(static_cast<std::size_t>(n)), got.record_end)) {
       return std::move(*done);
     }
+    // Only the rest of this record can come next (see above), never data.
+    into = got.record_end || buf.size() >= control_rest.size() ? buf : std::span<std::byte>(control_rest);
   }
 }
 

@@ -166,9 +166,13 @@ Result<IoProgress> ConnectionImpl::SendFile(int file_fd, off_t offset, std::size
   return IoProgress{sent, false, false};
 }
 
-Result<IoProgress> ConnectionImpl::Shutdown() {
+Result<IoProgress> ConnectionImpl::Shutdown(ShutdownFlags flags) {
   if (socket.get() < 0) return MakeError(ErrorCategory::kUsage, "shutdown on a closed connection");
-  if (sent_close_) return IoProgress{};
+  const bool fin = flags != ShutdownFlags::kCloseNotifyOnly;
+  if (sent_close_) {
+    if (fin) SendFin();
+    return IoProgress{};
+  }
   if (tx == Offload::kKernel) {
     std::lock_guard lock(tx_mu_);  // Never between a KeyUpdate and the new key.
     const std::array<unsigned char, 2> close_notify{kAlertLevelWarning, kAlertCloseNotify};
@@ -196,8 +200,12 @@ Result<IoProgress> ConnectionImpl::Shutdown() {
     }
   }
   sent_close_ = true;
-  ::shutdown(socket.get(), SHUT_WR);
+  if (fin) SendFin();
   return IoProgress{};
+}
+
+void ConnectionImpl::SendFin() {
+  if (!sent_fin_.exchange(true)) (void)sys::Shutdown(socket.get(), SHUT_WR);
 }
 
 std::optional<Error> ConnectionImpl::SendWentNowhere(std::size_t len) {
@@ -270,7 +278,7 @@ void ConnectionImpl::SendFatalAlert(int alert) {
   // With TX in OpenSSL, OpenSSL already sent its own alert for the errors it
   // detects itself. Either way a FIN follows the alert, so the peer reads the
   // alert before our close can turn into a reset.
-  ::shutdown(socket.get(), SHUT_WR);
+  SendFin();
 }
 
 }  // namespace ktls::detail

@@ -34,13 +34,13 @@ Result<IoProgress> ConnectionImpl::Linger() {
   if (rx == Offload::kKernel && rx_kernel_failed_) {
     // Nothing more can be read through the kernel: close now.
     linger_done_ = true;
-    ::shutdown(socket.get(), SHUT_WR);
+    SendFin();
     return done;
   }
   if (!linger_started_) {
     linger_started_ = true;
     linger_deadline_ = std::chrono::steady_clock::now() + linger.time;
-    ::shutdown(socket.get(), SHUT_WR);  // Our FIN, where no alert sent one yet.
+    SendFin();  // Our FIN, where Shutdown or an alert did not send it yet.
   }
   // Read and drop whatever the peer still sends, never blocking: the
   // caller waits (Close with poll, an event loop, ktls::asio).
@@ -80,7 +80,9 @@ Result<IoProgress> ConnectionImpl::Linger() {
 void ConnectionImpl::Close() {
   // A blocking socket lingers here, bounded by OffloadOptions::linger; a
   // non-blocking one never waits (its owner drives Linger from its loop).
-  const int flags = socket.get() >= 0 ? ::fcntl(socket.get(), F_GETFL) : -1;
+  // The flags only when there is a linger to do: a connection whose peer
+  // closed first (the usual end of a client's) closes with no fcntl.
+  const int flags = LingerOwed() ? ::fcntl(socket.get(), F_GETFL) : -1;
   while (flags >= 0 && (flags & O_NONBLOCK) == 0 && LingerOwed()) {
     auto step = Linger();
     if (!step.ok() || !step->would_block) break;

@@ -29,6 +29,8 @@ ssize_t Read(int fd, void* buf, std::size_t len);
 ssize_t Write(int fd, const void* buf, std::size_t len);
 // Splice: splice(2) between a socket and a pipe (no offsets).
 ssize_t Splice(int fd_in, int fd_out, std::size_t len, unsigned int flags);
+// Shutdown: shutdown(2).
+int Shutdown(int fd, int how);
 
 }  // namespace ktls::detail::sys
 

@@ -67,4 +67,6 @@ ssize_t Splice(int fd_in, int fd_out, std::size_t len, unsigned int flags) {
 #endif
 }
 
+int Shutdown(int fd, int how) { return ::shutdown(fd, how) == 0 ? 0 : -errno; }
+
 }  // namespace ktls::detail::sys

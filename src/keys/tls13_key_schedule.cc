@@ -2,9 +2,11 @@
 #include "keys/tls13_key_schedule.h"
 
 #include <openssl/core_names.h>
-#include <openssl/kdf.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/params.h>
 
+#include <algorithm>
 #include <array>
 #include <memory>
 #include <string>
@@ -21,10 +23,61 @@ constexpr std::string_view kLabelPrefix = "tls13 ";
 constexpr std::size_t kMaxLabelLen = 255;
 constexpr std::size_t kMaxContextLen = 255;
 
-struct KdfDeleter {
-  void operator()(EVP_KDF* kdf) const { EVP_KDF_free(kdf); }
-  void operator()(EVP_KDF_CTX* ctx) const { EVP_KDF_CTX_free(ctx); }
+struct MacDeleter {
+  void operator()(EVP_MAC* mac) const { EVP_MAC_free(mac); }
+  void operator()(EVP_MAC_CTX* ctx) const { EVP_MAC_CTX_free(ctx); }
 };
+using MacCtx = std::unique_ptr<EVP_MAC_CTX, MacDeleter>;
+
+// HmacTemplate: an HMAC context with the digest already set, made once per
+// digest and process. Fetching HMAC and the digest costs property queries
+// and locks; a handshake's four derivations dup the template instead (the
+// template holds no key, and dup only reads it, from any thread).
+const EVP_MAC_CTX* HmacTemplate(const char* digest_name) {
+  const auto make = [](const char* digest) -> EVP_MAC_CTX* {
+    std::unique_ptr<EVP_MAC, MacDeleter> mac(EVP_MAC_fetch(nullptr, OSSL_MAC_NAME_HMAC, nullptr));
+    if (!mac) return nullptr;
+    MacCtx ctx(EVP_MAC_CTX_new(mac.get()));
+    const OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, const_cast<char*>(digest), 0),
+        OSSL_PARAM_construct_end(),
+    };
+    if (!ctx || EVP_MAC_CTX_set_params(ctx.get(), params) != 1) return nullptr;
+    return ctx.release();  // Kept for the process's life.
+  };
+  static const EVP_MAC_CTX* const sha256 = make("SHA256");
+  static const EVP_MAC_CTX* const sha384 = make("SHA384");
+  const std::string_view name = digest_name;
+  if (name == "SHA256") return sha256;
+  if (name == "SHA384") return sha384;
+  return nullptr;
+}
+
+// HkdfExpand is RFC 5869's HKDF-Expand: T(i) = HMAC(prk, T(i-1) | info | i).
+Result<void> HkdfExpand(const char* digest_name, std::span<const unsigned char> prk,
+                        std::span<const unsigned char> info, std::span<unsigned char> out) {
+  const EVP_MAC_CTX* tmpl = HmacTemplate(digest_name);
+  if (tmpl == nullptr) return OpenSslError(ErrorCategory::kInternal, "HMAC for " + std::string(digest_name));
+  std::array<unsigned char, EVP_MAX_MD_SIZE> block;
+  std::size_t block_len = 0;
+  Result<void> result;
+  for (unsigned i = 1; !out.empty(); ++i) {
+    const unsigned char counter = static_cast<unsigned char>(i);
+    MacCtx ctx(i <= 255 ? EVP_MAC_CTX_dup(tmpl) : nullptr);  // At most 255 blocks (RFC 5869 2.3).
+    if (!ctx || EVP_MAC_init(ctx.get(), prk.data(), prk.size(), nullptr) != 1 ||
+        EVP_MAC_update(ctx.get(), block.data(), block_len) != 1 ||
+        EVP_MAC_update(ctx.get(), info.data(), info.size()) != 1 || EVP_MAC_update(ctx.get(), &counter, 1) != 1 ||
+        EVP_MAC_final(ctx.get(), block.data(), &block_len, block.size()) != 1) {
+      result = OpenSslError(ErrorCategory::kInternal, "HKDF-Expand-Label");
+      break;
+    }
+    const std::size_t n = std::min(block_len, out.size());
+    std::copy_n(block.begin(), n, out.begin());
+    out = out.subspan(n);
+  }
+  OPENSSL_cleanse(block.data(), block.size());  // Key material.
+  return result;
+}
 
 }  // namespace
 
@@ -63,24 +116,9 @@ Result<void> HkdfExpandLabel(const char* digest_name, std::span<const unsigned c
   info[info_len++] = static_cast<unsigned char>(context.size());
   for (unsigned char c : context) info[info_len++] = c;
 
-  std::unique_ptr<EVP_KDF, KdfDeleter> kdf(EVP_KDF_fetch(nullptr, OSSL_KDF_NAME_HKDF, nullptr));
-  if (!kdf) return OpenSslError(ErrorCategory::kInternal, "EVP_KDF_fetch(HKDF)");
-  std::unique_ptr<EVP_KDF_CTX, KdfDeleter> ctx(EVP_KDF_CTX_new(kdf.get()));
-  if (!ctx) return OpenSslError(ErrorCategory::kInternal, "EVP_KDF_CTX_new");
-
-  int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
-  OSSL_PARAM params[] = {
-      OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
-      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(digest_name), 0),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY,
-                                        const_cast<unsigned char*>(secret.data()), secret.size()),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info.data(), info_len),
-      OSSL_PARAM_construct_end(),
-  };
-  const int ok = EVP_KDF_derive(ctx.get(), out.data(), out.size(), params);
+  auto expanded = HkdfExpand(digest_name, secret, std::span(info.data(), info_len), out);
   OPENSSL_cleanse(info.data(), info.size());  // The context may be a transcript hash; cheap to wipe.
-  if (ok != 1) return OpenSslError(ErrorCategory::kInternal, "HKDF-Expand-Label");
-  return {};
+  return expanded;
 }
 
 Result<TrafficKeys> DeriveTls13TrafficKeys(Cipher cipher,

@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -64,6 +65,7 @@
 #include "ktls/offload.h"
 #include "ktls/server.h"
 #include "ktls/types.h"
+#include "tests/support/fault_syscalls.h"
 #include "tests/support/kernel_env.h"
 #include "tests/support/sockets.h"
 #include "tests/support/tls_peers.h"
@@ -901,6 +903,15 @@ INSTANTIATE_TEST_SUITE_P(
                  70}),
     [](const ::testing::TestParamInfo<BadBytes>& param_info) { return std::string(param_info.param.name); });
 
+// ConnectPlainTo: a plain OpenSSL client of server, handshaken (the SSL
+// keeps its own reference to the context).
+void ConnectPlainTo(const TestServer& server, PlainPeer& client) {
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  const UniqueSslCtx client_ctx = NewTestContext(false);
+  ASSERT_TRUE(client_ctx);
+  ASSERT_EQ(ConnectPlain(client_ctx.get(), server.port(), nullptr, client), "");
+}
+
 // Our Shutdown, with TX in the kernel, sends close_notify as an alert
 // record: a plain OpenSSL client reads the data, then SSL_ERROR_ZERO_RETURN.
 TEST(OffloadEndOfStreamKernelTest, ShutdownSendsCloseNotifyToPlainPeer) {
@@ -913,11 +924,8 @@ TEST(OffloadEndOfStreamKernelTest, ShutdownSendsCloseNotifyToPlainPeer) {
     Bytes rest;
     end.error = ReadToEnd(conn, rest);  // The client's close_notify.
   });
-  ASSERT_TRUE(server.ok()) << server.listen_error();
-  const UniqueSslCtx client_ctx = NewTestContext(false);
-  ASSERT_TRUE(client_ctx);
   PlainPeer client;
-  ASSERT_EQ(ConnectPlain(client_ctx.get(), server.port(), nullptr, client), "");
+  ASSERT_NO_FATAL_FAILURE(ConnectPlainTo(server, client));
   Bytes received;
   ASSERT_EQ(SslReadExactly(client.ssl.get(), data.size(), received), "");
   EXPECT_EQ(received, data);
@@ -928,6 +936,45 @@ TEST(OffloadEndOfStreamKernelTest, ShutdownSendsCloseNotifyToPlainPeer) {
   EXPECT_EQ(end.error, "");
   ExpectOffloaded(end, Offload::kKernel, Offload::kKernel, "the server");
 }
+
+// Shutdown sends our FIN after close_notify (with kCloseNotifyOnly it
+// leaves it to Close); the lingering close that follows (a blocking Close
+// while the peer has not closed yet) sends it if Shutdown did not, and
+// never shuts the socket a second time.
+class ShutdownFinKernelTest : public ::testing::TestWithParam<ShutdownFlags> {};
+
+TEST_P(ShutdownFinKernelTest, ThenALingeringCloseShutTheSocketOnce) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  std::atomic<int> after_shutdown = -1;
+  std::atomic<int> after_close = -1;
+  TestServer server(ServerFor(), 1, [&](Connection& conn, ServerEnd& end) {
+    ClearFaults();
+    if (end.error = WriteAll(conn, Bytes{'x'}); !end.error.empty()) return;
+    if (auto shut = conn.Shutdown(GetParam()); !shut.ok()) {
+      end.error = shut.error().ToString();
+      return;
+    }
+    after_shutdown = CallCount(Syscall::kShutdown);
+    conn.Close();  // Lingers until the client closes.
+    after_close = CallCount(Syscall::kShutdown);
+  });
+  PlainPeer client;
+  ASSERT_NO_FATAL_FAILURE(ConnectPlainTo(server, client));
+  Bytes received;
+  ASSERT_EQ(SslReadExactly(client.ssl.get(), 1, received), "");
+  EXPECT_EQ(SslExpectCloseNotify(client.ssl.get()), "");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // The server is lingering by now.
+  client = PlainPeer();  // Closes the socket.
+  EXPECT_EQ(server.Join()[0].error, "");
+  EXPECT_EQ(after_shutdown.load(), GetParam() == ShutdownFlags::kNone ? 1 : 0);
+  EXPECT_EQ(after_close.load(), 1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Flags, ShutdownFinKernelTest,
+                         ::testing::Values(ShutdownFlags::kNone, ShutdownFlags::kCloseNotifyOnly),
+                         [](const ::testing::TestParamInfo<ShutdownFlags>& info) {
+                           return std::string(info.param == ShutdownFlags::kNone ? "Fin" : "CloseNotifyOnly");
+                         });
 
 }  // namespace
 }  // namespace ktls::testing

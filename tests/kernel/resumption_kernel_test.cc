@@ -16,6 +16,8 @@
 //     data records, after the client's close_notify (OpenSSL 3 keeps such a
 //     ticket, so ktls does too), and after a KeyUpdate (7.2: the old key is
 //     gone, the ticket is dropped with that reason; the connection goes on).
+//     A ticket read through a 1-byte buffer costs two recvmsg, not one a
+//     byte: the rest of a control record goes to ktls's own buffer.
 //  f. A malformed ticket gets OpenSSL's decode_error on the wire, from ktls
 //     with RX in the kernel.
 #include <openssl/err.h>
@@ -43,6 +45,7 @@
 #include "ktls/server.h"
 #include "ktls/session_cache.h"
 #include "net/pending_handshake.h"
+#include "tests/support/fault_syscalls.h"
 #include "tests/support/kernel_env.h"
 #include "tests/support/record_codec.h"
 #include "tests/support/sockets.h"
@@ -325,6 +328,35 @@ TEST(ClientResumptionKernelTest, ATicketBetweenDataRecordsAndOneAfterOurCloseNot
   EXPECT_EQ(conn->tickets_relayed(), 2u) << "OpenSSL 3 keeps a ticket that comes after our close_notify";
   EXPECT_EQ(conn->tickets_dropped(), 0u) << DropReason(*conn);
   EXPECT_EQ(config.session_cache->size(), 2u);
+  EXPECT_EQ(server.Join(), "");
+}
+
+TEST(ClientResumptionKernelTest, ATicketReadThroughATinyBufferTakesTwoRecvmsg) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  std::promise<void> sent;
+  PlainServer server([&sent](SSL* ssl) -> std::string {
+    std::string e = SendTicket(ssl);
+    if (e.empty()) e = SslWriteAll(ssl, Bytes{'a'});
+    sent.set_value();
+    return e.empty() ? SslExpectCloseNotify(ssl) + (SSL_shutdown(ssl) >= 0 ? "" : "SSL_shutdown failed") : e;
+  });
+  ClientConfig config = ClientFor();
+  auto conn = server.Client(config);
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  ExpectOffloaded(conn->tx(), conn->rx(), Offload::kKernel, Offload::kKernel, "the client");
+  sent.get_future().wait();  // Both records are in our receive queue.
+  ClearFaults();
+  std::array<std::byte, 1> one{};
+  auto got = conn->Read(one);
+  ASSERT_TRUE(got.ok()) << got.error().ToString();
+  EXPECT_EQ(got->bytes, 1u);
+  EXPECT_EQ(one[0], std::byte{'a'});
+  EXPECT_EQ(conn->tickets_relayed(), 1u) << DropReason(*conn);
+  // One byte of the ticket's record, the rest of it, then the data record.
+  EXPECT_EQ(CallCount(Syscall::kRecvMsg), 3);
+  ASSERT_EQ(ShutdownText(*conn), "");
+  Bytes rest;
+  EXPECT_EQ(ReadToEnd(*conn, rest), "");
   EXPECT_EQ(server.Join(), "");
 }
 

@@ -24,7 +24,7 @@ namespace {
 struct State {
   std::mutex mu;
   std::vector<Fault> faults;
-  std::array<int, 8> counts{};  // One per Syscall.
+  std::array<int, 9> counts{};  // One per Syscall.
   StandIns stand_ins;
 };
 
@@ -161,6 +161,11 @@ ssize_t Write(int fd, const void* buf, std::size_t len) {
 ssize_t Splice(int fd_in, int fd_out, std::size_t len, unsigned int flags) {
   if (int err = ktls::testing::MatchFault(Syscall::kSplice)) return -err;
   return ktls::testing::Restart([&] { return ::splice(fd_in, nullptr, fd_out, nullptr, len, flags); });
+}
+
+int Shutdown(int fd, int how) {
+  if (int err = ktls::testing::MatchFault(Syscall::kShutdown)) return -err;
+  return ::shutdown(fd, how) == 0 ? 0 : -errno;
 }
 
 }  // namespace ktls::detail::sys

@@ -12,7 +12,7 @@
 
 namespace ktls::testing {
 
-enum class Syscall { kSetSockOpt, kGetSockOpt, kSendMsg, kRecvMsg, kSendFile, kRead, kWrite, kSplice };
+enum class Syscall { kSetSockOpt, kGetSockOpt, kSendMsg, kRecvMsg, kSendFile, kRead, kWrite, kSplice, kShutdown };
 
 // Fault: make matching calls fail with err (a positive errno value).
 struct Fault {

@@ -769,7 +769,10 @@ class Server {
     error_code ec;
     if (clean) {
       c.deadline.Arm(options_.idle_timeout);
-      co_await c.stream->async_shutdown(net::redirect_error(net::use_awaitable, ec));
+      // close_notify only: async_close sends the FIN, after lingering if
+      // the client is still open, or with close if it has closed.
+      co_await c.stream->async_shutdown(ktls::ShutdownFlags::kCloseNotifyOnly,
+                                        net::redirect_error(net::use_awaitable, ec));
       c.deadline.Cancel();
     }
     CountKeyUpdates(c.stream->connection(), c.key_updates_seen);  // Before Close frees what OpenSSL counted.
