@@ -42,8 +42,9 @@ enum MovedFlag : std::uint8_t {
   kFlagTxUpdatePending = 1 << 4,
   kFlagTxUpdateRequestPeer = 1 << 5,
   kFlagDiscardHandshakeRecord = 1 << 6,
+  kFlagSentFin = 1 << 7,
 };
-constexpr std::uint8_t kKnownFlags = 0x7f;
+constexpr std::uint8_t kKnownFlags = 0xff;
 
 // Limits no state Export makes can pass: a partial handshake record is at
 // most one record, a partial alert one byte, a string a TLS field.
@@ -199,6 +200,7 @@ std::vector<std::byte> SerializeMovedState(const MovedState& s) {
   if (s.tx_update_pending) flags |= kFlagTxUpdatePending;
   if (s.tx_update_request_peer) flags |= kFlagTxUpdateRequestPeer;
   if (s.discard_handshake_record) flags |= kFlagDiscardHandshakeRecord;
+  if (s.sent_fin) flags |= kFlagSentFin;
   w.U8(flags);
   for (std::uint64_t v : {s.key_update_threshold, s.tx_open_record, s.handshake_record_len, s.tx_key_updates,
                           s.rx_key_updates, s.tickets_relayed, s.tickets_dropped, s.renegotiations_refused}) {
@@ -262,6 +264,7 @@ Result<MovedState> ParseMovedState(std::span<const std::byte> bytes) {
   s.tx_update_pending = (flags & kFlagTxUpdatePending) != 0;
   s.tx_update_request_peer = (flags & kFlagTxUpdateRequestPeer) != 0;
   s.discard_handshake_record = (flags & kFlagDiscardHandshakeRecord) != 0;
+  s.sent_fin = (flags & kFlagSentFin) != 0;
   std::array<std::uint64_t*, 8> counts = {&s.key_update_threshold, &s.tx_open_record,  &s.handshake_record_len,
                                           &s.tx_key_updates,       &s.rx_key_updates,  &s.tickets_relayed,
                                           &s.tickets_dropped,      &s.renegotiations_refused};
@@ -413,6 +416,7 @@ Result<MovedState> ConnectionImpl::SnapshotForMove() {
   s.tx_update_pending = tx_update_pending_;
   s.tx_update_request_peer = tx_update_request_peer_;
   s.discard_handshake_record = discard_handshake_record_;
+  s.sent_fin = sent_fin_;
   s.key_update_threshold = key_update_threshold;
   s.tx_open_record = tx_open_record_;
   s.handshake_record_len = handshake_record_len_;
@@ -459,6 +463,7 @@ std::unique_ptr<ConnectionImpl> ConnectionImpl::FromMoved(UniqueFd fd, MovedStat
   conn->tx_update_pending_ = s.tx_update_pending;
   conn->tx_update_request_peer_ = s.tx_update_request_peer;
   conn->discard_handshake_record_ = s.discard_handshake_record;
+  conn->sent_fin_ = s.sent_fin;
   conn->key_update_threshold = s.key_update_threshold;
   // The records sent under the current TX key, as the kernel counts them
   // (sendfile's included): the AEAD limit goes on from there.

@@ -55,6 +55,7 @@ struct MovedState {
   bool tx_update_pending = false;
   bool tx_update_request_peer = false;
   bool discard_handshake_record = false;
+  bool sent_fin = false;
   std::uint64_t key_update_threshold = 0;
   std::uint64_t tx_open_record = 0;
   std::uint64_t handshake_record_len = 0;

@@ -37,6 +37,7 @@ MovedState AllFieldsSet() {
   s.tx_update_pending = true;
   s.tx_update_request_peer = true;
   s.discard_handshake_record = true;
+  s.sent_fin = true;
   s.key_update_threshold = 1ULL << 40;
   s.tx_open_record = 1000;
   s.handshake_record_len = 77;
@@ -80,6 +81,7 @@ void ExpectSame(const MovedState& a, const MovedState& b) {
   EXPECT_EQ(a.tx_update_pending, b.tx_update_pending);
   EXPECT_EQ(a.tx_update_request_peer, b.tx_update_request_peer);
   EXPECT_EQ(a.discard_handshake_record, b.discard_handshake_record);
+  EXPECT_EQ(a.sent_fin, b.sent_fin);
   EXPECT_EQ(a.key_update_threshold, b.key_update_threshold);
   EXPECT_EQ(a.tx_open_record, b.tx_open_record);
   EXPECT_EQ(a.handshake_record_len, b.handshake_record_len);
