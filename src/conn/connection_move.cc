@@ -51,11 +51,8 @@ constexpr std::uint8_t kKnownFlags = 0xff;
 constexpr std::size_t kMaxString = 255;
 constexpr std::uint64_t kMaxLingerMs = 24ULL * 3600 * 1000;
 
-void Cleanse(std::vector<std::byte>& v) {
-  if (!v.empty()) OPENSSL_cleanse(v.data(), v.size());
-  v.clear();
-}
-void Cleanse(std::vector<unsigned char>& v) {
+template <typename Byte>
+void Cleanse(std::vector<Byte>& v) {
   if (!v.empty()) OPENSSL_cleanse(v.data(), v.size());
   v.clear();
 }

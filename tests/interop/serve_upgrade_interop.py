@@ -173,7 +173,7 @@ class Upgrade(unittest.TestCase):
                     upgraded.wait_taken_over()
                     self.assertEqual(serve.read_until_close(sock), b"", "close_notify, nothing else")
                 self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT), 0)
-                self.assertIn("not handed over: a direction is in OpenSSL", server.err.text())
+                self.assertIn("not handed over: RX is in OpenSSL", server.err.text())
                 with serve.tls_connect(server.port) as sock:  # The new process serves new ones.
                     self.assertEqual(get(sock, "/small.txt"), b"small\n")
             finally:

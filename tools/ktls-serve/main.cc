@@ -384,18 +384,17 @@ class Server {
     };
     upgrade.async_wait(on_upgrade);
     // Only now, with every signal handled: scripts signal once they read it.
-    if (options_.upgrade_from) {
-      // The previous process's connections arrive here too, until it
-      // closes its end (it holds none then).
+    if (options_.upgrade_from || options_.privsep_worker) {
+      // Connections arrive on kWorkerFd: from the handshake process (root,
+      // which made the socket), or, after an upgrade, from the previous
+      // process (this user) until it closes its end, holding none.
       from_.emplace(main_io_, ktls::serve::kWorkerFd);
-      from_uid_ = ::getuid();
+      from_uid_ = options_.privsep_worker ? 0 : ::getuid();
       net::co_spawn(main_io_, ReceiveLoop(), net::detached);
     }
     if (options_.privsep_worker) {
-      from_.emplace(main_io_, ktls::serve::kWorkerFd);
       std::fprintf(stderr, "ktls-serve: worker %d: serving %s as uid %u\n", static_cast<int>(::getpid()),
                    options_.root.c_str(), static_cast<unsigned>(::getuid()));
-      net::co_spawn(main_io_, ReceiveLoop(), net::detached);
     } else {
       StartListening();
     }
@@ -560,7 +559,6 @@ class Server {
     BeginDrain(acceptor_);
   }
 
-
   // Conn: what a connection keeps for its whole life, kept small: an idle
   // keep-alive connection is this, the stream (with its ktls::Connection),
   // Asio's state for the socket, Session's frame and one wait. No read
@@ -617,20 +615,33 @@ class Server {
   // One that cannot move is never served here, in the process that holds
   // the key: it ends with close_notify, and the log says why.
   net::awaitable<void> Handoff(std::shared_ptr<Conn> c) {
-    const ktls::Connection& conn = c->stream->connection();
-    if (conn.tx() != ktls::Offload::kKernel || conn.rx() != ktls::Offload::kKernel) {
-      LogError(c->peer + " cannot move to a worker: " + (conn.tx() != ktls::Offload::kKernel ? "TX" : "RX") +
-               " is in OpenSSL" +
-               (conn.tx() == ktls::Offload::kKernel && !ktls::CachedCapabilities().rekey
-                    ? " (this kernel keeps TLS 1.3 RX in userspace unless --rx)"
-                    : "") +
-               "; ended with close_notify");
+    if (const std::string why = WhyNotMovable(*c); !why.empty()) {
+      LogError(c->peer + " cannot move to a worker: " + why + "; ended with close_notify");
       co_await End(*c, true);
       co_return;
     }
-    ktls::Connection moving = c->stream->release_connection();
-    if (auto handed = pool_->Hand(moving); !handed.ok()) {
-      LogError(c->peer + " not handed to a worker: " + handed.error().ToString());
+    MoveOut(*c, [this](ktls::Connection& conn) { return pool_->Hand(conn); }, "a worker");
+  }
+
+  // WhyNotMovable: why c cannot move to another process, or "".
+  std::string WhyNotMovable(const Conn& c) const {
+    const ktls::Connection& conn = c.stream->connection();
+    if (conn.tx() != ktls::Offload::kKernel) return "TX is in OpenSSL";
+    if (conn.rx() != ktls::Offload::kKernel) {
+      return std::string("RX is in OpenSSL") +
+             (!ktls::CachedCapabilities().rekey ? " (this kernel keeps TLS 1.3 RX in userspace unless --rx)" : "");
+    }
+    if (!c.leftover.empty()) return "a pipelined request was already read";
+    return "";
+  }
+
+  // MoveOut moves c to another process with send (to a worker, or to the
+  // process that took over). If that fails, the connection ends here
+  // (close_notify, best effort) and the log says why.
+  void MoveOut(Conn& c, const std::function<ktls::Result<void>(ktls::Connection&)>& send, const char* to) {
+    ktls::Connection moving = c.stream->release_connection();
+    if (auto sent = send(moving); !sent.ok()) {
+      LogError(c.peer + " not moved to " + to + ": " + sent.error().ToString());
       if (moving.fd() >= 0) (void)moving.Shutdown();
       moving.Close();
     }
@@ -644,8 +655,6 @@ class Server {
       error_code ec;
       co_await from_->async_wait(net::posix::descriptor_base::wait_read, net::redirect_error(net::use_awaitable, ec));
       if (ec || draining_) break;
-      // The handshake process runs as root, and made this socket; the
-      // process this one took over from runs as this process does.
       auto conn = ktls::ReceiveConnection(from_->native_handle(), {.peer_uid = from_uid_});
       if (!conn.ok()) {
         if (conn.error().category == ktls::ErrorCategory::kClosed && options_.upgrade_from) {
@@ -744,20 +753,17 @@ class Server {
   // False when it cannot move (a direction in OpenSSL, or bytes of the
   // next request already read here): End closes it instead.
   bool HandOver(Conn& c) {
-    const ktls::Connection& conn = c.stream->connection();
-    if (conn.tx() != ktls::Offload::kKernel || conn.rx() != ktls::Offload::kKernel || !c.leftover.empty()) {
-      LogError(c.peer + " not handed over: " +
-               (c.leftover.empty() ? "a direction is in OpenSSL" : "a pipelined request was already read") +
-               "; ended with close_notify");
+    if (const std::string why = WhyNotMovable(c); !why.empty()) {
+      LogError(c.peer + " not handed over: " + why + "; ended with close_notify");
       return false;
     }
-    ktls::Connection moving = c.stream->release_connection();
-    std::lock_guard lock(upgrade_mu_);
-    if (auto sent = ktls::SendConnection(upgrade_sock_, moving); !sent.ok()) {
-      LogError(c.peer + " not handed over: " + sent.error().ToString());
-      if (moving.fd() >= 0) (void)moving.Shutdown();
-      moving.Close();
-    }
+    MoveOut(
+        c,
+        [this](ktls::Connection& conn) {
+          std::lock_guard lock(upgrade_mu_);
+          return ktls::SendConnection(upgrade_sock_, conn);
+        },
+        "the new process");
     return true;
   }
 
