@@ -269,8 +269,9 @@ class KTLS_API Connection {
   // every length), and fd must be a connected TCP socket with the tls ULP
   // whose kernel TX and RX ciphers and versions are the state's. Otherwise
   // kUsage (or kUnsupported, for a state this kernel cannot carry on, such
-  // as key updates where the kernel cannot rekey), and fd still belongs to
-  // the caller. On success the Connection owns fd.
+  // as key updates where the kernel cannot rekey, or any state in a library
+  // built without kernel TLS), and fd still belongs to the caller. On
+  // success the Connection owns fd.
   static Result<Connection> Import(int fd, std::span<const std::byte> state);
 
   explicit Connection(std::unique_ptr<detail::ConnectionImpl> impl);

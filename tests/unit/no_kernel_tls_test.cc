@@ -136,10 +136,16 @@ TEST(NoKernelTls, LoopbackConnectionEchoesAndSendsAFileInOpenSsl) {
   }
   EXPECT_EQ(echoed, message);
 
-  // Moving needs both directions in the kernel: refused, conn untouched.
+  // Moving needs both directions in the kernel: refused, conn untouched;
+  // and nothing is imported, whatever the state.
   auto exported = conn->Export();
   ASSERT_FALSE(exported.ok());
   EXPECT_EQ(exported.error().category, ErrorCategory::kUnsupported);
+  const std::vector<std::byte> some_state(64, std::byte{1});
+  auto imported = Connection::Import(conn->fd(), some_state);
+  ASSERT_FALSE(imported.ok());
+  EXPECT_EQ(imported.error().category, ErrorCategory::kUnsupported);
+  EXPECT_NE(imported.error().ToString().find(kReason), std::string::npos) << imported.error().ToString();
   const KernelState state = conn->kernel_state();
   EXPECT_FALSE(state.ulp.reported);
   EXPECT_EQ(state.ulp.why_not, kReason);
