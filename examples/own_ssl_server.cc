@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  const int listen_fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int listen_fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
   }
   std::printf("listening on 127.0.0.1:%d\n", ntohs(addr.sin_port));
   std::fflush(stdout);
-  const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+  const int fd = ::accept(listen_fd, nullptr, nullptr);
   ::close(listen_fd);
   if (fd < 0) {
     std::perror("accept");

@@ -140,7 +140,8 @@ class KTLS_API Connection {
 
   // SendFile sends count bytes of file_fd starting at offset. With TX in the
   // kernel this is sendfile(2) on the socket: no copy through userspace.
-  // With TX in OpenSSL, the file is read and written in 16 KiB pieces. May
+  // With TX in OpenSSL (always, in a library built without kernel TLS), the
+  // file is read and written in 16 KiB pieces. May
   // return after sending part, like Write. Like sendfile(2) itself, it can
   // raise SIGPIPE when the peer is gone (sendfile has no MSG_NOSIGNAL): a
   // program that uses it should ignore SIGPIPE, as servers do. Everything
@@ -160,7 +161,8 @@ class KTLS_API Connection {
   // (otherwise would_block, Wait::kPipe, until it is drained) of at least
   // 64 KiB, the default size (kUsage otherwise): kTLS splice can drop the
   // part of a record that a pipe has no room for. So drain the pipe
-  // completely between calls.
+  // completely between calls. A library built without kernel TLS (CMake
+  // option KTLS_KERNEL_TLS off) has no splice: kUnsupported.
   Result<IoProgress> SpliceRead(int pipe_fd, std::size_t len);
 
   // SpliceWrite moves up to len bytes from a pipe (pipe_fd, its read end)
@@ -173,7 +175,8 @@ class KTLS_API Connection {
   // and counted as moved, and goes first with the next write: a caller
   // whose pipe is now empty sends it with an empty Write({}) once the
   // socket is writable (ktls-proxy does), or with Shutdown. Like SendFile,
-  // splice into a socket whose peer is gone can raise SIGPIPE.
+  // splice into a socket whose peer is gone can raise SIGPIPE. Without
+  // kernel TLS in the library: kUnsupported, as SpliceRead.
   Result<IoProgress> SpliceWrite(int pipe_fd, std::size_t len, WriteFlags flags = WriteFlags::kNone);
 
   // Shutdown sends close_notify (as an alert record, whichever side holds
@@ -266,8 +269,9 @@ class KTLS_API Connection {
   // every length), and fd must be a connected TCP socket with the tls ULP
   // whose kernel TX and RX ciphers and versions are the state's. Otherwise
   // kUsage (or kUnsupported, for a state this kernel cannot carry on, such
-  // as key updates where the kernel cannot rekey), and fd still belongs to
-  // the caller. On success the Connection owns fd.
+  // as key updates where the kernel cannot rekey, or any state in a library
+  // built without kernel TLS), and fd still belongs to the caller. On
+  // success the Connection owns fd.
   static Result<Connection> Import(int fd, std::span<const std::byte> state);
 
   explicit Connection(std::unique_ptr<detail::ConnectionImpl> impl);

@@ -56,8 +56,10 @@ struct KTLS_API Capabilities {
 
 // Probe measures the kernel's TLS capabilities now. It opens and closes a
 // handful of loopback sockets and takes a few milliseconds; it never fails,
-// reporting what went wrong in Capabilities::reason instead. On systems
-// other than Linux it reports "unavailable".
+// reporting what went wrong in Capabilities::reason instead. A library
+// built without kernel TLS (the CMake option KTLS_KERNEL_TLS off, the
+// default on systems other than Linux) asks nothing and reports it
+// unavailable, with the reason "built without kernel TLS".
 KTLS_API Capabilities Probe();
 
 // CachedCapabilities runs Probe() once per process and returns that result.

@@ -21,6 +21,7 @@
 #include "conn/traffic_keys.h"
 #include "core/errors.h"
 #include "kernel/crypto_info.h"
+#include "kernel/kernel_tls_build.h"
 #include "kernel/syscalls.h"
 #include "kernel/tls_uapi.h"
 #include "keys/tls13_key_schedule.h"
@@ -539,6 +540,12 @@ Result<ExportedConnection> Connection::Export() {
 }
 
 Result<Connection> Connection::Import(int fd, std::span<const std::byte> state) {
+  // A library without kernel TLS could still be handed a socket another
+  // process put into kTLS (on Linux), but it has no sendfile or splice for
+  // it: it takes none.
+  if constexpr (!detail::kKernelTls) {
+    return detail::MakeError(ErrorCategory::kUnsupported, std::string("Import: ") + detail::kNoKernelTlsReason);
+  }
   auto parsed = detail::ParseMovedState(state);
   if (!parsed.ok()) return std::move(parsed).error();
   if (parsed->kernel_rekey && !CachedCapabilities().rekey) {

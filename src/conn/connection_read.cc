@@ -2,7 +2,6 @@
 // userspace) or from the kernel (RX in kTLS), and how a read that meets the
 // end of the stream tells a truncation from a reset.
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <poll.h>
@@ -19,6 +18,7 @@
 #include "conn/tls_constants.h"
 #include "core/errors.h"
 #include "handshake/capture.h"
+#include "kernel/socket_platform.h"
 #include "kernel/syscalls.h"
 #include "kernel/tls_uapi.h"
 
@@ -190,10 +190,7 @@ Error ConnectionImpl::EndWithoutCloseNotify(Error truncated) {
   peer_eof_ = true;
   // A FIN leaves our socket in CLOSE_WAIT (our side is still open); a reset
   // leaves it in CLOSE. Once we sent our own FIN, CLOSE is a normal end too.
-  tcp_info info{};
-  socklen_t len = sizeof(info);
-  if (!sent_close_ && sys::GetSockOpt(socket.get(), IPPROTO_TCP, TCP_INFO, &info, &len) == 0 && len > 0 &&
-      info.tcpi_state == TCP_CLOSE) {
+  if (!sent_close_ && sys::TcpStateOf(socket.get()) == sys::TcpState::kReset) {
     return SysError(ECONNRESET, "read: the peer reset the connection");
   }
   return truncated;

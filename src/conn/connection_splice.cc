@@ -9,6 +9,9 @@
 // of the stream does; a recvmsg tells which it was. A pipe is never waited for: ktls passes SPLICE_F_NONBLOCK
 // always, and tells a full (or empty) pipe from a socket with nothing to
 // give (or no room) by polling the pipe.
+//
+// A build without kernel TLS (kernel/kernel_tls_build.h) has no splice(2):
+// there both calls answer kUnsupported, whichever way the directions run.
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
@@ -25,6 +28,8 @@
 #include "conn/kernel_io.h"
 #include "conn/tls_constants.h"
 #include "core/errors.h"
+#include "kernel/kernel_tls_build.h"
+#include "kernel/socket_platform.h"
 #include "kernel/syscalls.h"
 #include "kernel/tls_uapi.h"
 
@@ -92,6 +97,7 @@ IoProgress Copied(std::size_t n) {
 }  // namespace
 
 Result<IoProgress> ConnectionImpl::SpliceRead(int pipe_fd, std::size_t len) {
+  if constexpr (!kKernelTls) return MakeError(ErrorCategory::kUnsupported, std::string("SpliceRead: ") + kNoKernelTlsReason);
   if (socket.get() < 0) return MakeError(ErrorCategory::kUsage, "splice from a closed connection");
   if (pipe_fd < 0) return MakeError(ErrorCategory::kUsage, "SpliceRead: no pipe");
   if (len == 0) return IoProgress{};
@@ -147,7 +153,7 @@ Result<IoProgress> ConnectionImpl::SpliceReadKernel(int pipe_fd, std::size_t len
   }
   if (queued > 0) return Blocked(Wait::kPipe);
   if (splice_pipe_checked_ != pipe_fd) {
-    const int size = ::fcntl(pipe_fd, F_GETPIPE_SZ);
+    const int size = sys::PipeCapacity(pipe_fd);
     if (size < 0) return MakeError(ErrorCategory::kUsage, "SpliceRead: the fd is not a pipe");
     if (static_cast<std::size_t>(size) < kMinSplicePipe) {
       return MakeError(ErrorCategory::kUsage, "SpliceRead: the pipe holds " + std::to_string(size) +
@@ -156,7 +162,7 @@ Result<IoProgress> ConnectionImpl::SpliceReadKernel(int pipe_fd, std::size_t len
     splice_pipe_checked_ = pipe_fd;
   }
   for (;;) {
-    const ssize_t n = sys::Splice(socket.get(), pipe_fd, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    const ssize_t n = sys::Splice(socket.get(), pipe_fd, len, sys::kSpliceMove | sys::kSpliceNonblock);
     if (n > 0) {
       warning_alerts_in_a_row_ = 0;
       return IoProgress{static_cast<std::size_t>(n), false, false};
@@ -216,6 +222,7 @@ std::optional<Result<IoProgress>> ConnectionImpl::SpliceNextRecord(int pipe_fd, 
 }
 
 Result<IoProgress> ConnectionImpl::SpliceWrite(int pipe_fd, std::size_t len, WriteFlags flags) {
+  if constexpr (!kKernelTls) return MakeError(ErrorCategory::kUnsupported, std::string("SpliceWrite: ") + kNoKernelTlsReason);
   if (socket.get() < 0) return MakeError(ErrorCategory::kUsage, "splice into a closed connection");
   if (pipe_fd < 0) return MakeError(ErrorCategory::kUsage, "SpliceWrite: no pipe");
   if (failed_) return MakeError(ErrorCategory::kClosed, "splice after the connection failed");
@@ -231,7 +238,7 @@ Result<IoProgress> ConnectionImpl::SpliceWriteKernel(int pipe_fd, std::size_t le
     return Fail(std::move(ready).error());
   }
   const unsigned int splice_flags =
-      SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (flags == WriteFlags::kMore ? SPLICE_F_MORE : 0U);
+      sys::kSpliceMove | sys::kSpliceNonblock | (flags == WriteFlags::kMore ? sys::kSpliceMore : 0U);
   for (;;) {
     // Like sendfile(2), splice into a socket has no MSG_NOSIGNAL: see
     // Connection::SpliceWrite on SIGPIPE.

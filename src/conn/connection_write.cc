@@ -2,7 +2,6 @@
 // userspace) or the kernel (TX in kTLS): data, files, close_notify and the
 // alerts ktls sends.
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <poll.h>
@@ -21,6 +20,7 @@
 #include "conn/tls_constants.h"
 #include "core/errors.h"
 #include "handshake/capture.h"
+#include "kernel/socket_platform.h"
 #include "kernel/syscalls.h"
 #include "kernel/tls_uapi.h"
 
@@ -50,7 +50,7 @@ Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data, WriteF
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     // MSG_MORE: kTLS leaves the record open for the next send to fill.
-    const ssize_t n = sys::SendMsg(socket.get(), &msg, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
+    const ssize_t n = sys::SendMsg(socket.get(), &msg, sys::kSendNoSignal | (more ? sys::kSendMore : 0));
     if (n >= 0) {
       tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
       // A kMore write that fills no record pushes nothing to TCP, so none
@@ -214,21 +214,17 @@ std::optional<Error> ConnectionImpl::SendWentNowhere(std::size_t len) {
   // count anyway (the push's error is swallowed; sendfile also raises
   // SIGPIPE). Each later call does the same, so a server would "send" a
   // whole file to a client that is gone. TCP's state tells: only
-  // ESTABLISHED and CLOSE_WAIT can still send. One getsockopt, reading one
-  // byte of tcp_info.
-  unsigned char state = 0;
-  socklen_t state_len = sizeof(state);
-  if (sys::GetSockOpt(socket.get(), IPPROTO_TCP, TCP_INFO, &state, &state_len) != 0 || state_len != 1 ||
-      state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT) {
-    return std::nullopt;
-  }
+  // ESTABLISHED and CLOSE_WAIT can still send (sys::TcpStateOf: one
+  // getsockopt, reading one byte of tcp_info).
+  const sys::TcpState state = sys::TcpStateOf(socket.get());
+  if (state == sys::TcpState::kCanSend || state == sys::TcpState::kUnknown) return std::nullopt;
   const std::string lost = "the kernel took " + std::to_string(len) + " bytes it cannot send";
-  if (state == TCP_CLOSE) return SysError(ECONNRESET, "send: the peer reset the connection; " + lost);
+  if (state == sys::TcpState::kReset) return SysError(ECONNRESET, "send: the peer reset the connection; " + lost);
   return SysError(EPIPE, "send: the socket can no longer send; " + lost);
 }
 
 Result<void> ConnectionImpl::SendKernelControlRecord(unsigned char type, std::span<const unsigned char> payload) {
-  const ssize_t n = SendControlRecord(socket.get(), type, payload, MSG_NOSIGNAL);
+  const ssize_t n = SendControlRecord(socket.get(), type, payload, sys::kSendNoSignal);
   if (n < 0) return SysError(static_cast<int>(-n), "sendmsg of a control record");
   if (static_cast<std::size_t>(n) != payload.size()) {
     return MakeError(ErrorCategory::kIo, "short write of a control record");

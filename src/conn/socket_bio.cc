@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdint>
 
+#include "kernel/socket_platform.h"
 #include "kernel/syscalls.h"
 
 namespace ktls::detail {
@@ -19,7 +20,7 @@ int Transfer(BIO* bio, char* buf, int len, bool write) {
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  const ssize_t n = write ? sys::SendMsg(Fd(bio), &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+  const ssize_t n = write ? sys::SendMsg(Fd(bio), &msg, MSG_DONTWAIT | sys::kSendNoSignal)
                           : sys::RecvMsg(Fd(bio), &msg, MSG_DONTWAIT);
   if (n >= 0) return static_cast<int>(n);
   if (n == -EAGAIN || n == -EWOULDBLOCK) {

@@ -11,11 +11,14 @@
 #include <mutex>
 #include <string>
 
-#if defined(__linux__)
+#include <sys/utsname.h>
+
+#include "kernel/kernel_tls_build.h"
+
+#if KTLS_KERNEL_TLS
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -33,7 +36,7 @@
 
 namespace ktls {
 
-#if defined(__linux__)
+#if KTLS_KERNEL_TLS
 using detail::UniqueFd;
 #endif
 
@@ -54,7 +57,7 @@ std::vector<CipherSupport> EmptyRows() {
   return rows;
 }
 
-#if defined(__linux__)
+#if KTLS_KERNEL_TLS
 
 // ConnectedPair makes an established loopback TCP connection. Both ends are
 // kept open until the question is answered, so the socket under test stays
@@ -222,13 +225,13 @@ std::string ProbeRxNoPad() {
 Capabilities Probe() {
   Capabilities caps;
   caps.ciphers = EmptyRows();
-#if !defined(__linux__)
-  caps.reason = "kernel TLS is a Linux feature; this system is not Linux";
+  utsname uts{};
+  if (::uname(&uts) == 0) caps.kernel = uts.release;
+#if !KTLS_KERNEL_TLS
+  caps.reason = detail::kNoKernelTlsReason;
   caps.rx_no_pad_reason = caps.reason;
   return caps;
 #else
-  utsname uts{};
-  if (::uname(&uts) == 0) caps.kernel = uts.release;
 
   {
     PairResult pair = ConnectedPair();

@@ -5,7 +5,16 @@
 // when the INET_DIAG_INFO extension is asked for, the socket has a ULP, and
 // the asking socket's opener has CAP_NET_ADMIN (tcp_diag_get_aux). The
 // answer holds the ULP's name and, for tls, the version, cipher and each
-// direction's TLS_CONF_*; never key material.
+// direction's TLS_CONF_*; never key material. A build without kernel TLS
+// has no netlink to ask (linux/*.h): there every socket's answer is
+// kNoKernelTlsReason.
+#include "ktls/kernel_state.h"
+
+#include <string>
+
+#include "kernel/kernel_tls_build.h"
+
+#if KTLS_KERNEL_TLS
 #include <arpa/inet.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
@@ -19,14 +28,14 @@
 #include <cerrno>
 #include <cstring>
 #include <span>
-#include <string>
 
 #include "core/unique_fd.h"
 #include "kernel/tls_uapi.h"
-#include "ktls/kernel_state.h"
+#endif
 
 namespace ktls {
 
+#if KTLS_KERNEL_TLS
 namespace {
 
 namespace uapi = detail::uapi;
@@ -85,6 +94,7 @@ void ParseUlp(std::span<const unsigned char> ulp_info, KernelUlpInfo& out) {
 std::string Why(const char* step, int err) { return std::string(step) + ": " + std::strerror(err); }
 
 }  // namespace
+#endif
 
 std::string_view KernelTlsConfName(KernelTlsConf conf) noexcept {
   switch (conf) {
@@ -99,6 +109,11 @@ std::string_view KernelTlsConfName(KernelTlsConf conf) noexcept {
 
 KernelUlpInfo QuerySocketUlpInfo(int fd) {
   KernelUlpInfo out;
+#if !KTLS_KERNEL_TLS
+  (void)fd;
+  out.why_not = detail::kNoKernelTlsReason;
+  return out;
+#else
   sockaddr_storage local{}, peer{};
   socklen_t local_len = sizeof(local), peer_len = sizeof(peer);
   if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0) {
@@ -194,6 +209,7 @@ KernelUlpInfo QuerySocketUlpInfo(int fd) {
   }
   out.why_not = "sock_diag gave no answer for the socket";
   return out;
+#endif
 }
 
 }  // namespace ktls

@@ -1,4 +1,7 @@
 // kernel/syscalls_linux.cc: the production side of the syscall seam.
+// Plain POSIX but for sendfile(2) and splice(2), which only a build with
+// kernel TLS (KTLS_KERNEL_TLS, Linux) has; without it they answer -ENOSYS
+// and nothing in the library calls them.
 #include "kernel/syscalls.h"
 
 #include <fcntl.h>
@@ -6,7 +9,9 @@
 
 #include <cerrno>
 
-#if defined(__linux__)
+#include "kernel/kernel_tls_build.h"
+
+#if KTLS_KERNEL_TLS
 #include <sys/sendfile.h>
 #endif
 
@@ -42,7 +47,7 @@ ssize_t RecvMsg(int fd, struct msghdr* msg, int flags) {
 }
 
 ssize_t SendFile(int out_fd, int in_fd, off_t* offset, std::size_t count) {
-#if defined(__linux__)
+#if KTLS_KERNEL_TLS
   return Restart([&] { return ::sendfile(out_fd, in_fd, offset, count); });
 #else
   (void)out_fd, (void)in_fd, (void)offset, (void)count;
@@ -59,7 +64,7 @@ ssize_t Write(int fd, const void* buf, std::size_t len) {
 }
 
 ssize_t Splice(int fd_in, int fd_out, std::size_t len, unsigned int flags) {
-#if defined(__linux__)
+#if KTLS_KERNEL_TLS
   return Restart([&] { return ::splice(fd_in, nullptr, fd_out, nullptr, len, flags); });
 #else
   (void)fd_in, (void)fd_out, (void)len, (void)flags;

@@ -15,6 +15,7 @@
 
 #include "core/errors.h"
 #include "core/unique_fd.h"
+#include "kernel/kernel_tls_build.h"
 
 namespace ktls {
 
@@ -93,6 +94,10 @@ Result<KernelTlsStats> ParseKernelTlsStats(std::string_view text) {
 }
 
 Result<KernelTlsStats> ReadKernelTlsStats() {
+  // Without kernel TLS in the library, the counters say nothing about it.
+  if constexpr (!detail::kKernelTls) {
+    return detail::MakeError(ErrorCategory::kUnsupported, detail::kNoKernelTlsReason);
+  }
   constexpr const char* kPath = "/proc/net/tls_stat";
   detail::UniqueFd fd(::open(kPath, O_RDONLY | O_CLOEXEC));
   if (!fd) {

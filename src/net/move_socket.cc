@@ -12,6 +12,7 @@
 
 #include "core/errors.h"
 #include "core/unique_fd.h"
+#include "kernel/socket_platform.h"
 #include "kernel/syscalls.h"
 #include "ktls/move.h"
 
@@ -26,7 +27,7 @@ constexpr std::size_t kMaxFds = 4;
 // SendRest sends bytes on a blocking socket until all went out.
 Result<void> SendRest(int sock, std::span<const std::byte> bytes) {
   while (!bytes.empty()) {
-    const ssize_t n = ::send(sock, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    const ssize_t n = ::send(sock, bytes.data(), bytes.size(), detail::sys::kSendNoSignal);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return detail::SysError(n < 0 ? errno : EPIPE, "SendConnection: send");
     bytes = bytes.subspan(static_cast<std::size_t>(n));
@@ -95,7 +96,7 @@ Result<void> SendConnection(int unix_socket, Connection& conn) {
   const int fd = exported->fd();
   std::memcpy(CMSG_DATA(cmsg), &fd, sizeof(fd));
   ssize_t n;
-  while ((n = ::sendmsg(unix_socket, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
+  while ((n = ::sendmsg(unix_socket, &msg, detail::sys::kSendNoSignal)) < 0 && errno == EINTR) {
   }
   if (n <= 0) {
     // Nothing went out: the connection comes back to conn, as it was.
@@ -129,14 +130,13 @@ Result<void> SendConnection(int unix_socket, Connection& conn) {
 Result<Connection> ReceiveConnection(int unix_socket, const ReceiveConnectionOptions& options) {
   if (auto checked = CheckUnixStream(unix_socket, "ReceiveConnection"); !checked.ok()) return checked.error();
   if (options.peer_uid) {
-    ucred cred{};
-    socklen_t len = sizeof(cred);
-    if (::getsockopt(unix_socket, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-      return detail::SysError(errno, "ReceiveConnection: getsockopt(SO_PEERCRED)");
+    uid_t sender_uid = 0;
+    if (const int rc = detail::sys::PeerUid(unix_socket, &sender_uid); rc != 0) {
+      return detail::SysError(-rc, "ReceiveConnection: the sender's uid (SO_PEERCRED)");
     }
-    if (cred.uid != *options.peer_uid) {
+    if (sender_uid != *options.peer_uid) {
       return detail::MakeError(ErrorCategory::kUsage, "ReceiveConnection: the sender runs as uid " +
-                                                          std::to_string(cred.uid) + ", not " +
+                                                          std::to_string(sender_uid) + ", not " +
                                                           std::to_string(*options.peer_uid));
     }
   }
@@ -148,10 +148,8 @@ Result<Connection> ReceiveConnection(int unix_socket, const ReceiveConnectionOpt
   msg.msg_iovlen = 1;
   msg.msg_control = control.data();
   msg.msg_controllen = control.size();
-  ssize_t n;
-  while ((n = ::recvmsg(unix_socket, &msg, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
-  }
-  if (n < 0) return detail::SysError(errno, "ReceiveConnection: recvmsg");
+  const ssize_t n = detail::sys::RecvMsgCloexec(unix_socket, &msg);
+  if (n < 0) return detail::SysError(static_cast<int>(-n), "ReceiveConnection: recvmsg");
   // Every descriptor that arrived is owned here from now on.
   std::vector<detail::UniqueFd> fds;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {

@@ -13,6 +13,7 @@
 #include "core/openssl_ptr.h"
 #include "core/unique_fd.h"
 #include "handshake/context.h"
+#include "kernel/socket_platform.h"
 #include "net/pending_handshake.h"
 #include "net/socket_util.h"
 
@@ -90,15 +91,15 @@ Result<Listener> Listener::Wrap(int listen_fd, const ServerConfig& config) {
 
 Result<int> Listener::AcceptSocket() {
   for (;;) {
-    const int fd = ::accept4(impl_->fd.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    const int fd = detail::sys::Accept(impl_->fd.get());
     if (fd >= 0) {
       const int one = 1;
       ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
       return fd;
     }
     // A connection that died in the queue is not the listener's failure.
-    if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
-    return detail::SysError(errno, "accept");
+    if (fd == -EINTR || fd == -ECONNABORTED || fd == -EPROTO) continue;
+    return detail::SysError(-fd, "accept");
   }
 }
 

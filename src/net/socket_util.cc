@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "core/errors.h"
+#include "kernel/socket_platform.h"
 
 namespace ktls::detail {
 namespace {
@@ -51,11 +52,12 @@ Result<UniqueFd> ListenTcp(const std::string& host, const std::string& port) {
   if (!addrs.ok()) return std::move(addrs).error();
   int last_errno = 0;
   for (addrinfo* ai = addrs->get(); ai != nullptr; ai = ai->ai_next) {
-    UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol));
-    if (fd.get() < 0) {
-      last_errno = errno;
+    const int made = sys::Socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+    if (made < 0) {
+      last_errno = -made;
       continue;
     }
+    UniqueFd fd(made);
     const int one = 1;
     ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd.get(), SOMAXCONN) != 0) {
@@ -72,11 +74,12 @@ Result<UniqueFd> ConnectTcp(const std::string& host, const std::string& port) {
   if (!addrs.ok()) return std::move(addrs).error();
   int last_errno = 0;
   for (addrinfo* ai = addrs->get(); ai != nullptr; ai = ai->ai_next) {
-    UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol));
-    if (fd.get() < 0) {
-      last_errno = errno;
+    const int made = sys::Socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+    if (made < 0) {
+      last_errno = -made;
       continue;
     }
+    UniqueFd fd(made);
     int rc;
     do {
       rc = ::connect(fd.get(), ai->ai_addr, ai->ai_addrlen);

@@ -2,12 +2,14 @@
 """Check ktls-probe's command line and JSON output against the documented
 schema, and its answers against the kernel it runs on.
 
-usage: check_probe_json.py PATH/TO/ktls-probe
+usage: check_probe_json.py PATH/TO/ktls-probe [--built-without-kernel-tls]
 
 Where /proc/net/tls_stat exists (a kernel with the tls module loaded), kTLS
 must be reported available, with every row usable and rekey exactly when the
 kernel is 6.14 or later. Elsewhere it must be reported unavailable, with a
-reason. Either way the exit status must be 0.
+reason. With --built-without-kernel-tls (a build with KTLS_KERNEL_TLS=OFF)
+it must be unavailable whatever the kernel has, because "built without
+kernel TLS", and so must the counters. Either way the exit status must be 0.
 """
 import json
 import os
@@ -18,6 +20,7 @@ import sys
 
 VERSIONS = {"1.2", "1.3"}
 CIPHERS = {"AES_128_GCM", "AES_256_GCM", "CHACHA20_POLY1305", "AES_128_CCM"}
+BUILT_WITHOUT = "built without kernel TLS"
 
 
 def fail(msg):
@@ -30,8 +33,8 @@ def read_tls_stat():
         return {name: int(value) for name, value in (line.split() for line in f if line.strip())}
 
 
-def check_tls_stat(caps, table_text):
-    if not os.path.exists("/proc/net/tls_stat"):
+def check_tls_stat(caps, table_text, without_kernel_tls):
+    if without_kernel_tls or not os.path.exists("/proc/net/tls_stat"):
         if caps.get("tls_stat", 0) is not None or not caps.get("tls_stat_error"):
             fail(f"no /proc/net/tls_stat, but tls_stat is not null with a reason: {caps}")
         if "unavailable" not in table_text:
@@ -58,7 +61,10 @@ def check_tls_stat(caps, table_text):
 
 
 def main():
+    if len(sys.argv) not in (2, 3) or (len(sys.argv) == 3 and sys.argv[2] != "--built-without-kernel-tls"):
+        fail(f"usage: {sys.argv[0]} PATH/TO/ktls-probe [--built-without-kernel-tls]")
     probe = sys.argv[1]
+    without_kernel_tls = len(sys.argv) == 3
     run = subprocess.run([probe, "--json"], capture_output=True, text=True, timeout=60)
     if run.returncode != 0:
         fail(f"--json exited {run.returncode}: {run.stderr}")
@@ -82,7 +88,14 @@ def main():
         if not isinstance(r.get("tx"), bool) or not isinstance(r.get("rx"), bool):
             fail(f"row without boolean tx/rx: {r}")
 
-    if os.path.exists("/proc/net/tls_stat"):
+    if without_kernel_tls:
+        if caps["available"] or caps.get("reason") != BUILT_WITHOUT:
+            fail(f"a build without kernel TLS must say unavailable, {BUILT_WITHOUT!r}: {caps}")
+        if any(r["tx"] or r["rx"] for r in caps["ciphers"]) or caps["rekey"]:
+            fail(f"a build without kernel TLS reports a usable row or rekey: {caps}")
+        if BUILT_WITHOUT not in (caps.get("tls_stat_error") or ""):
+            fail(f"a build without kernel TLS must not read the kernel's counters: {caps}")
+    elif os.path.exists("/proc/net/tls_stat"):
         if not caps["available"]:
             fail(f"kernel has kTLS but probe says unavailable: {caps.get('reason')}")
         bad = [r for r in caps["ciphers"] if not (r["tx"] and r["rx"])]
@@ -98,7 +111,7 @@ def main():
     table = subprocess.run([probe], capture_output=True, text=True, timeout=60)
     if table.returncode != 0 or "AES_128_CCM" not in table.stdout:
         fail(f"table mode: exit {table.returncode}, output {table.stdout!r}")
-    check_tls_stat(caps, table.stdout)
+    check_tls_stat(caps, table.stdout, without_kernel_tls)
     bad_flag = subprocess.run([probe, "--no-such-flag"], capture_output=True, text=True, timeout=60)
     if bad_flag.returncode != 2:
         fail(f"unknown flag should exit 2, got {bad_flag.returncode}")

@@ -12,9 +12,10 @@
 #include <utility>
 #include <vector>
 
+#include "kernel/kernel_tls_build.h"
 #include "kernel/syscalls.h"
 
-#if defined(__linux__)
+#if KTLS_KERNEL_TLS
 #include <sys/sendfile.h>
 #endif
 
@@ -140,7 +141,7 @@ ssize_t RecvMsg(int fd, struct msghdr* msg, int flags) {
 
 ssize_t SendFile(int out_fd, int in_fd, off_t* offset, std::size_t count) {
   if (int err = ktls::testing::MatchFault(Syscall::kSendFile)) return -err;
-#if defined(__linux__)
+#if KTLS_KERNEL_TLS
   return ktls::testing::Restart([&] { return ::sendfile(out_fd, in_fd, offset, count); });
 #else
   (void)out_fd, (void)in_fd, (void)offset, (void)count;
@@ -160,7 +161,12 @@ ssize_t Write(int fd, const void* buf, std::size_t len) {
 
 ssize_t Splice(int fd_in, int fd_out, std::size_t len, unsigned int flags) {
   if (int err = ktls::testing::MatchFault(Syscall::kSplice)) return -err;
+#if KTLS_KERNEL_TLS
   return ktls::testing::Restart([&] { return ::splice(fd_in, nullptr, fd_out, nullptr, len, flags); });
+#else
+  (void)fd_in, (void)fd_out, (void)len, (void)flags;
+  return -ENOSYS;
+#endif
 }
 
 int Shutdown(int fd, int how) {

@@ -95,11 +95,15 @@ TEST(KernelTlsStats, RefusesLinesOfAnotherShapeNamingTheLine) {
   EXPECT_NE(second.error().detail.find("line 2"), std::string::npos) << second.error().detail;
 }
 
-// On the host: readable exactly where the kernel has kTLS.
+// On the host: readable exactly where the kernel has kTLS (and the library
+// has kernel TLS: without it, tests/unit/no_kernel_tls_test.cc).
 TEST(KernelTlsStats, ReadAgreesWithProcfs) {
   struct stat st {};
   auto stats = ReadKernelTlsStats();
-  if (::stat("/proc/net/tls_stat", &st) == 0) {
+  if (!KTLS_KERNEL_TLS) {
+    ASSERT_FALSE(stats.ok());
+    EXPECT_EQ(stats.error().category, ErrorCategory::kUnsupported);
+  } else if (::stat("/proc/net/tls_stat", &st) == 0) {
     ASSERT_TRUE(stats.ok()) << stats.error().ToString();
     EXPECT_TRUE(stats->Get("TlsTxSw").has_value());
   } else {
