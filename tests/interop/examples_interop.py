@@ -31,7 +31,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
-from ktls_interop import HOST, STEP_TIMEOUT, Pump, read_tls_stat, run_openssl, stop_process, wait_until  # noqa: E402
+from ktls_interop import HOST, STEP_TIMEOUT, Pump, read_tls_stat, run_openssl, stop_process, wait_for_exit, wait_until  # noqa: E402
 
 BIN = ""     # The directory with the example_* programs (main() sets it).
 CERT = ""    # A self-signed certificate for localhost (set_up), its own CA.
@@ -71,11 +71,8 @@ class Server:
         self.stop()
 
     def wait(self):
-        """The exit status, once it exits by itself."""
-        try:
-            return self.proc.wait(timeout=STEP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            return None
+        """The exit status, once it exits by itself, with all its output read."""
+        return wait_for_exit(self.proc, (self.out, self.err))
 
     def stop(self):
         stop_process(self.proc, (self.out, self.err))

@@ -227,6 +227,20 @@ def stop_process(proc, pumps=()):
                 pass
 
 
+def wait_for_exit(proc, pumps):
+    """proc's exit status once it exits by itself (None: still running after
+    STEP_TIMEOUT). Then the pumps have read its output to the end: a process
+    that has exited can still have its last lines in the pipe, unread."""
+    try:
+        status = proc.wait(timeout=STEP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return None
+    for pump in pumps:
+        if pump.ident is not None:  # Started.
+            pump.join(timeout=STEP_TIMEOUT)
+    return status
+
+
 class Feeder(threading.Thread):
     """Writes `data` to a pipe and leaves it open (close_pipe() closes it)."""
 
@@ -341,11 +355,9 @@ class SServer:
         stop_process(self.proc, (self.out, self.err))
 
     def wait(self):
-        """Exit status once the one connection is over (None: still running)."""
-        try:
-            return self.proc.wait(timeout=STEP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            return None
+        """Exit status once the one connection is over (None: still running).
+        Its output is all in self.out and self.err by then."""
+        return wait_for_exit(self.proc, (self.out, self.err))
 
 
 class ServerProcess:
