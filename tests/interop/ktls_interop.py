@@ -438,6 +438,98 @@ def sha(data):
     return hashlib.sha256(data).hexdigest()
 
 
+# --- --privsep (serve_privsep_interop.py, proxy_privsep_interop.py) ----------
+
+def privsep_workers(parent_pid):
+    """The pids of parent_pid's children started with --privsep-worker."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read().split(b"\0")
+        except OSError:
+            continue
+        if ppid == parent_pid and b"--privsep-worker" in cmdline:
+            found.append(int(name))
+    return sorted(found)
+
+
+class PrivsepWorkers:
+    """A mixin for a server class with proc and err (a Pump), run with
+    --privsep --threads 2: entering waits for its two workers (and takes
+    tls_stat after their start-up probes), workers() lists them."""
+
+    def __enter__(self):
+        super().__enter__()
+        ready = wait_until(lambda: self.err.text().count(" as uid ") == 2 and len(self.workers()) == 2,
+                           STEP_TIMEOUT)
+        assert ready, "two workers: " + self.err.text()
+        self.stats_before = read_tls_stat()
+        return self
+
+    def workers(self):
+        return privsep_workers(self.proc.pid)
+
+
+def ids(pid):
+    """A process's ids from /proc: {"Uid": [real, effective, saved, fs],
+    "Gid": [...], "Groups": [...]}."""
+    found = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("Uid", "Gid", "Groups"):
+                found[key] = [int(x) for x in value.split()]
+    return found
+
+
+def uids(pid):
+    """A process's real, effective, saved and filesystem uids."""
+    return ids(pid).get("Uid", [])
+
+
+def sockets_of(pid):
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return count
+
+
+def sanitized(binary):
+    """Whether binary is a sanitizer build (its --privsep workers stay
+    dumpable: common/privsep.h, HardenWorker)."""
+    with open(binary, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
+def can_open_as(path, uid, gid, groups=()):
+    """Whether a process with these ids may open path for reading: tried in
+    a child that takes them (the caller is root)."""
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setgroups(list(groups))
+            os.setgid(gid)
+            os.setuid(uid)
+            open(path, "rb").close()
+            os._exit(1)
+        except PermissionError:
+            os._exit(0)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, 1), f"opening {path} as uid {uid}: exit {code}"
+    return code == 1
+
+
 # --- Main ----------------------------------------------------------------------
 
 def fail(reason):

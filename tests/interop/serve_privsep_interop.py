@@ -36,70 +36,19 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
 import serve_interop as serve  # noqa: E402
-from ktls_interop import STEP_TIMEOUT, sha, wait_until  # noqa: E402
+from ktls_interop import STEP_TIMEOUT, can_open_as, sanitized, sha, sockets_of, uids, wait_until  # noqa: E402
 
 USER = "nobody"
 KEY_DIR = ""  # Root-only: the key and certificate.
 FILE = b""    # SITE/file.bin
 
 
-class PrivsepServe(serve.Serve):
+class PrivsepServe(ktls_interop.PrivsepWorkers, serve.Serve):
     """ktls-serve --privsep --user nobody with a key only root can read."""
 
     def __init__(self, *args, rx=True):
         super().__init__("--privsep", "--user", USER, "--cert", os.path.join(KEY_DIR, "cert.pem"),
                          "--key", os.path.join(KEY_DIR, "key.pem"), *args, rx=rx)
-
-    def __enter__(self):
-        super().__enter__()
-        ready = wait_until(lambda: self.err.text().count(" as uid ") == 2 and len(self.workers()) == 2,
-                           STEP_TIMEOUT)
-        assert ready, "two workers: " + self.err.text()
-        self.stats_before = ktls_interop.read_tls_stat()  # After the workers' start-up probes too.
-        return self
-
-    def workers(self):
-        """The worker processes' pids: children of the server started with
-        --privsep-worker."""
-        found = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    cmdline = f.read().split(b"\0")
-            except OSError:
-                continue
-            if ppid == self.proc.pid and b"--privsep-worker" in cmdline:
-                found.append(int(name))
-        return sorted(found)
-
-
-def sanitized():
-    """A sanitizer build of ktls-serve keeps its workers dumpable
-    (ktls-serve/privsep.h, HardenWorker)."""
-    with open(serve.SERVE, "rb") as f:
-        return b"__asan_init" in f.read()
-
-
-def uids(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("Uid:"):
-                return [int(x) for x in line.split()[1:]]
-    return []
-
-
-def sockets_of(pid):
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-        except OSError:
-            pass
-    return count
 
 
 def get(sock, path):
@@ -135,25 +84,14 @@ class Privsep(unittest.TestCase):
                 # leak checker, and says so in the binary).
                 # /proc/PID belongs to root, not to the process's user,
                 # exactly when the process is not dumpable.
-                if not sanitized():
+                if not sanitized(serve.SERVE):
                     self.assertEqual(os.stat(f"/proc/{pid}/environ").st_uid, 0, f"worker {pid} is dumpable")
                 # Idle, a worker has one socket: its own to the handshake
                 # process; not the listener, not anyone's connection.
                 self.assertEqual(sockets_of(pid), 1, f"worker {pid}")
             self.assertIn(f"as uid {nobody.pw_uid}", server.err.text())
-        child = os.fork()
-        if child == 0:  # As the workers' user: the key stays closed.
-            try:
-                os.setgid(nobody.pw_gid)
-                os.setuid(nobody.pw_uid)
-                open(os.path.join(KEY_DIR, "key.pem"), "rb").close()
-                os._exit(1)
-            except PermissionError:
-                os._exit(0)
-            except BaseException:
-                os._exit(2)
-        _, status = os.waitpid(child, 0)
-        self.assertEqual(os.waitstatus_to_exitcode(status), 0, "nobody could open the key file")
+        self.assertFalse(can_open_as(os.path.join(KEY_DIR, "key.pem"), nobody.pw_uid, nobody.pw_gid),
+                         "nobody could open the key file")
 
     def test_keep_alive_downloads_through_a_worker_offloaded_once(self):
         with PrivsepServe() as server:

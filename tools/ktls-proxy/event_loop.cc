@@ -6,12 +6,15 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "ktls-proxy/listen_socket.h"
+#include "ktls/move.h"
 
 namespace ktls::proxy {
 namespace {
@@ -59,6 +62,21 @@ bool EventLoop::Listen(const std::string& host, std::uint16_t port, std::string&
   return true;
 }
 
+bool EventLoop::ReceiveFrom(UniqueFd unix_socket, uid_t peer_uid, std::string& error) {
+  listener_ = std::move(unix_socket);
+  receiving_ = true;
+  peer_uid_ = peer_uid;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenerTag;
+  if (epoll_.get() < 0 || wake_.get() < 0 || ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &ev) != 0) {
+    error = std::string("epoll: ") + std::strerror(errno);
+    return false;
+  }
+  listener_registered_ = true;
+  return true;
+}
+
 void EventLoop::BeginDrain() {
   const std::uint64_t one = 1;
   (void)!::write(wake_.get(), &one, sizeof(one));
@@ -72,7 +90,11 @@ void EventLoop::Run() {
     for (int i = 0; i < n; ++i) {
       const std::uint64_t tag = events[i].data.u64;
       if (tag == kListenerTag) {
-        Accept(now);
+        if (receiving_) {
+          Receive(now);
+        } else {
+          Accept(now);
+        }
       } else if (tag == kWakeTag) {
         std::uint64_t count;
         (void)!::read(wake_.get(), &count, sizeof(count));
@@ -135,12 +157,31 @@ void EventLoop::Accept(Clock::time_point now) {
     // A relay's small writes must not wait for the client's delayed ACK.
     const int one = 1;
     (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    ++active_;
-    const std::uint64_t id = next_id_++;
-    Entry& entry = connections_[id];
-    entry.conn = std::make_unique<ProxyConnection>(context_, UniqueFd(fd), client_addr, local_addr, now);
-    RunConnection(id, now);
+    Add(std::make_unique<ProxyConnection>(context_, UniqueFd(fd), client_addr, local_addr, now), now);
   }
+}
+
+void EventLoop::Receive(Clock::time_point now) {
+  if (active_.load() >= context_.options->limits.max_connections) {
+    // Full: the handshake process waits in its send (a blocking one).
+    PauseListener(now);
+    return;
+  }
+  auto conn = ktls::ReceiveConnection(listener_.get(), {.peer_uid = peer_uid_});
+  if (conn.ok()) return Add(std::make_unique<ProxyConnection>(context_, std::move(conn).value(), now), now);
+  if (conn.error().category == ktls::ErrorCategory::kClosed) {
+    std::fprintf(stderr, "ktls-proxy: worker %d: the handshake process is gone: draining\n",
+                 static_cast<int>(::getpid()));
+    return StartDrain(now);
+  }
+  std::fprintf(stderr, "ktls-proxy: worker %d: %s\n", static_cast<int>(::getpid()), conn.error().ToString().c_str());
+}
+
+void EventLoop::Add(std::unique_ptr<ProxyConnection> conn, Clock::time_point now) {
+  ++active_;
+  const std::uint64_t id = next_id_++;
+  connections_[id].conn = std::move(conn);
+  RunConnection(id, now);
 }
 
 void EventLoop::PauseListener(Clock::time_point until) {
@@ -182,6 +223,10 @@ void EventLoop::AfterRun(std::uint64_t id, Entry& entry) {
   // runs: a socket the run closed cannot have been reused yet.
   UpdateSlot(id, 0, entry.slots[0], conn.finished() ? ProxyConnection::Interest{} : conn.client_interest());
   UpdateSlot(id, 1, entry.slots[1], conn.finished() ? ProxyConnection::Interest{} : conn.backend_interest());
+  if (conn.handing_off()) {
+    conn.HandOff(Clock::now());  // Out of the epoll now (handing_off's interest is none).
+    return AfterRun(id, entry);
+  }
   if (conn.finished()) {
     connections_.erase(id);
     --active_;

@@ -6,6 +6,8 @@
 #ifndef KTLS_TOOLS_KTLS_PROXY_EVENT_LOOP_H_
 #define KTLS_TOOLS_KTLS_PROXY_EVENT_LOOP_H_
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -35,6 +37,11 @@ class EventLoop {
   // picks a free one, which port() then says, for the other loops.
   bool Listen(const std::string& host, std::uint16_t port, std::string& error);
   std::uint16_t port() const noexcept { return port_; }
+  // ReceiveFrom (a --privsep worker, instead of Listen): the connections
+  // come handshaken over unix_socket (ktls::ReceiveConnection), from a
+  // process running as peer_uid. The loop owns the socket; when the other
+  // end closes it (the handshake process is gone), the loop drains.
+  bool ReceiveFrom(UniqueFd unix_socket, uid_t peer_uid, std::string& error);
 
   // Run serves until BeginDrain was called and its connections are over
   // (or the drain timeout closed them).
@@ -60,6 +67,9 @@ class EventLoop {
   };
 
   void Accept(Clock::time_point now);
+  void Receive(Clock::time_point now);
+  // Add runs a new connection for the first time.
+  void Add(std::unique_ptr<ProxyConnection> conn, Clock::time_point now);
   void PauseListener(Clock::time_point until);
   void ResumeListenerIfRoom(Clock::time_point now);
   void StartDrain(Clock::time_point now);
@@ -75,7 +85,9 @@ class EventLoop {
   std::atomic<std::size_t>& active_;
   UniqueFd epoll_;
   UniqueFd wake_;  // eventfd: BeginDrain.
-  UniqueFd listener_;
+  UniqueFd listener_;  // Or, with ReceiveFrom, the socket connections come on.
+  bool receiving_ = false;
+  uid_t peer_uid_ = 0;
   std::uint16_t port_ = 0;
   bool listener_registered_ = false;
   Clock::time_point paused_until_ = Clock::time_point::min();

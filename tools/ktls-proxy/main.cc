@@ -4,7 +4,7 @@
 //              [--backend-tls [--backend-ca FILE] [--backend-sni NAME]
 //               [--backend-insecure]] [--rx|--no-rx] [--no-offload]
 //              [--threads N] [--proxy-protocol] [--copy] [--metrics ADDR:PORT]
-//              [timeouts, limits]
+//              [--privsep --user USER] [timeouts, limits]
 //
 // Clients' TLS ends here (their records in the kernel: kTLS); the plaintext
 // goes on to the backend over TCP, or over TLS again with --backend-tls,
@@ -16,6 +16,10 @@
 // SIGINT/SIGTERM: stop accepting, let open connections finish for at most
 // --drain-timeout, close the rest, exit 0. --metrics ADDR:PORT serves
 // Prometheus text at /metrics (metrics.h says what is counted).
+// --privsep --user USER: this process (root) holds the key, accepts and
+// handshakes; worker processes running as USER, started from this binary
+// (common/privsep.h), get each connection (ktls/move.h), connect to the
+// backend and proxy it. SIGTERM drains this process, then the workers.
 //
 // This file only wires: the flags (options.h), the backend (backend.h), one
 // event loop per thread (event_loop.h), the signals.
@@ -25,12 +29,16 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "common/privsep.h"
 #include "common/self_signed.h"
 #include "common/tls_options.h"
 #include "ktls-proxy/backend.h"
@@ -66,14 +74,78 @@ void RaiseFileLimit() {
   }
 }
 
-int Run(const ProxyOptions& options) {
-  const bool has_ktls = ktls::CachedCapabilities().available;
-  auto fallback = [tx_wanted = !options.offload.no_offload, has_ktls](const ktls::OffloadReport& report) {
+// FallbackLogger: says on stderr why a connection's direction stayed in
+// OpenSSL.
+std::function<void(const ktls::OffloadReport&)> FallbackLogger(const ProxyOptions& options) {
+  return [tx_wanted = !options.offload.no_offload,
+          has_ktls = ktls::CachedCapabilities().available](const ktls::OffloadReport& report) {
     if (auto message = ktls::tools::FallbackMessage("ktls-proxy", report, tx_wanted, has_ktls)) {
       std::fprintf(stderr, "%s\n", message->c_str());
     }
   };
+}
+
+// RunWorker: a --privsep worker proxies the connections that arrive on
+// kWorkerFd from the handshake process, in one event loop. It holds no key
+// and no listener; with --backend-tls it makes its own client context (the
+// CAs, no server key).
+int RunWorker(const ProxyOptions& options) {
+  if (::geteuid() == 0 || ::getuid() == 0) {
+    std::fprintf(stderr, "ktls-proxy: a --privsep worker must not run as root\n");
+    return 2;
+  }
+  ktls::tools::HardenWorker();
   std::string error;
+  auto backend = ktls::proxy::Backend::Create(options, FallbackLogger(options), error);
+  if (!backend) {
+    std::fprintf(stderr, "ktls-proxy: worker: %s\n", error.c_str());
+    return 1;
+  }
+  ktls::proxy::ProxyMetrics metrics;  // Not served (--privsep refuses --metrics).
+  const ktls::proxy::ProxyContext context{&options, nullptr, &*backend, LogLine, &metrics, {}};
+  std::atomic<std::size_t> active{0};
+  ktls::proxy::EventLoop loop(context, active);
+  if (!loop.ReceiveFrom(ktls::proxy::UniqueFd(ktls::tools::kWorkerFd), 0, error)) {
+    std::fprintf(stderr, "ktls-proxy: worker: %s\n", error.c_str());
+    return 1;
+  }
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::atomic<bool> ended{false};
+  std::thread waiter([&] {
+    int signo = 0;
+    sigwait(&signals, &signo);
+    if (ended.load()) return;
+    std::fprintf(stderr, "ktls-proxy: worker %d: signal %d: draining %zu connection(s)\n",
+                 static_cast<int>(::getpid()), signo, active.load());
+    loop.BeginDrain();
+  });
+  std::fprintf(stderr, "ktls-proxy: worker %d: proxying to %s as uid %u\n", static_cast<int>(::getpid()),
+               backend->name().c_str(), static_cast<unsigned>(::getuid()));
+  loop.Run();  // Until a signal, or the handshake process went away, and the drain.
+  ended = true;
+  pthread_kill(waiter.native_handle(), SIGTERM);  // Ends the wait if no signal came.
+  waiter.join();
+  return 0;
+}
+
+int Run(const ProxyOptions& options, std::vector<std::string> args) {
+  const unsigned num_threads = options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+  std::optional<ktls::tools::WorkerPool> pool;
+  std::string error;
+  if (options.privsep) {
+    // Before the key is read: nothing of it is even in this process yet.
+    if (const int code = ktls::tools::StartPrivsep("ktls-proxy", options.privsep_user, std::move(args), num_threads,
+                                                   pool, error);
+        code != 0) {
+      std::fprintf(stderr, "ktls-proxy: %s\n", error.c_str());
+      return code;
+    }
+  }
+  auto fallback = FallbackLogger(options);
   ktls::ServerConfig config;
   ktls::tools::SelfSigned self_signed;
   if (options.cert_file.empty()) {
@@ -113,7 +185,8 @@ int Run(const ProxyOptions& options) {
     return 1;
   }
   ktls::proxy::ProxyMetrics metrics;  // Counted whether or not --metrics serves them.
-  const ktls::proxy::ProxyContext context{&options, &tls.value(), &*backend, LogLine, &metrics};
+  ktls::proxy::ProxyContext context{&options, &tls.value(), &*backend, LogLine, &metrics, {}};
+  if (pool) context.hand_off = [&pool](ktls::Connection& conn) { return pool->Hand(conn); };
   ktls::proxy::MetricsServer metrics_server;
   if (options.metrics_on &&
       !metrics_server.Start(options.metrics.host, options.metrics.port, [&metrics] { return metrics.Render(); }, error)) {
@@ -121,7 +194,6 @@ int Run(const ProxyOptions& options) {
     return 1;
   }
 
-  const unsigned num_threads = options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   std::atomic<std::size_t> active{0};
   std::vector<std::unique_ptr<ktls::proxy::EventLoop>> loops;
   std::uint16_t port = options.listen.port;
@@ -154,8 +226,9 @@ int Run(const ProxyOptions& options) {
                                                                                : options.metrics.host;
     std::fprintf(stderr, "ktls-proxy: metrics on http://%s:%u/metrics\n", at.c_str(), metrics_server.port());
   }
-  std::fprintf(stderr, "ktls-proxy: listening on %s:%u, backend %s%s, %u thread(s), %s\n", host.c_str(), port,
+  std::fprintf(stderr, "ktls-proxy: listening on %s:%u, backend %s%s, %u thread(s)%s, %s\n", host.c_str(), port,
                backend->name().c_str(), backend->tls() ? " (TLS)" : "", num_threads,
+               pool ? (" for handshakes, workers running as " + options.privsep_user).c_str() : "",
                options.copy ? "copy" : "splice");
   int signo = 0;
   sigwait(&signals, &signo);
@@ -163,6 +236,7 @@ int Run(const ProxyOptions& options) {
   for (auto& loop : loops) loop->BeginDrain();
   for (auto& thread : threads) thread.join();
   metrics_server.Stop();
+  if (pool) pool->Stop(options.drain_timeout + std::chrono::milliseconds(1000));  // They drain as this process did.
   std::fprintf(stderr, "ktls-proxy: drained\n");
   return 0;
 }
@@ -182,5 +256,7 @@ int main(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
   RaiseFileLimit();
   std::setvbuf(stderr, nullptr, _IOLBF, 0);
-  return Run(options);
+  if (options.privsep_worker) return RunWorker(options);
+  // A --privsep worker gets the same arguments, and --privsep-worker.
+  return Run(options, std::vector<std::string>(argv + 1, argv + argc));
 }

@@ -61,6 +61,13 @@ cxxopts::Options MakeOptions() {
     ("copy", "Move the bytes with read and write through this process, never splice (to compare)")
     ("metrics", "Serve Prometheus metrics over plain HTTP at http://ADDR:PORT/metrics (default: off; use loopback)",
      cxxopts::value<std::string>())
+    ("privsep", "Privilege separation: this process (it must start as root) holds the key and does the handshakes; "
+     "worker processes running as --user (one per --threads, which cannot read the key) connect to the backend and "
+     "proxy, each client connection moved to them with both directions in the kernel. A connection that cannot move "
+     "(RX kept in userspace on Linux < 6.14 without --rx, a cipher the kernel lacks) is ended with close_notify and "
+     "logged (end=cannot_move), never proxied by the key holder. Not with --metrics or --no-offload")
+    ("user", "With --privsep: the user the workers run as (not root)", cxxopts::value<std::string>())
+    ("privsep-worker", "Internal: this is a --privsep worker (started by ktls-proxy itself)")
     ("h,help", "Show this help");
   // clang-format on
   tools::AddConnectionLimitOptions(cli);
@@ -75,6 +82,27 @@ bool Positive(const cxxopts::ParseResult& args, const char* name, std::chrono::m
     return false;
   }
   out = std::chrono::milliseconds(ms);
+  return true;
+}
+
+bool ReadPrivsep(const cxxopts::ParseResult& args, ProxyOptions& out, std::string& error) {
+  out.privsep = args.count("privsep") != 0;
+  out.privsep_worker = args.count("privsep-worker") != 0;
+  if (args.count("user") != 0) out.privsep_user = args["user"].as<std::string>();
+  if (out.privsep && out.privsep_user.empty()) {
+    error = "--privsep needs --user USER";
+    return false;
+  }
+  if (!out.privsep && (!out.privsep_user.empty() || out.privsep_worker)) {
+    error = std::string(out.privsep_worker ? "--privsep-worker" : "--user") + " needs --privsep";
+    return false;
+  }
+  // Not yet: the workers' counts would have to reach the key holder's
+  // /metrics. Nothing could move without both directions in the kernel.
+  if (out.privsep && (out.metrics_on || out.offload.no_offload)) {
+    error = std::string("--privsep does not go with ") + (out.metrics_on ? "--metrics (yet)" : "--no-offload");
+    return false;
+  }
   return true;
 }
 
@@ -134,7 +162,7 @@ bool Read(const cxxopts::ParseResult& args, ProxyOptions& out, std::string& erro
   if (out.metrics_on && !ParseHostPort(args["metrics"].as<std::string>(), "--metrics", true, out.metrics, error)) {
     return false;
   }
-  return true;
+  return ReadPrivsep(args, out, error);
 }
 
 }  // namespace

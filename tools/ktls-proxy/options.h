@@ -50,6 +50,12 @@ struct ProxyOptions {
   // metrics_on, metrics: --metrics ADDR:PORT, Prometheus text at /metrics.
   bool metrics_on = false;
   HostPort metrics;
+  // --privsep: this process (root) holds the key and does the handshakes;
+  // worker processes running as privsep_user proxy (common/privsep.h).
+  // privsep_worker: this is one of them.
+  bool privsep = false;
+  std::string privsep_user;
+  bool privsep_worker = false;
 };
 
 enum class ParseOutcome {

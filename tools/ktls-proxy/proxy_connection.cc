@@ -8,6 +8,7 @@
 #include <cstring>
 #include <utility>
 
+#include "common/privsep.h"
 #include "ktls-proxy/proxy_protocol.h"
 #include "ktls/types.h"
 
@@ -65,6 +66,21 @@ ProxyConnection::ProxyConnection(const ProxyContext& context, UniqueFd client, c
   client_handshake_.emplace(std::move(handshake).value());
 }
 
+ProxyConnection::ProxyConnection(const ProxyContext& context, ktls::Connection client, Clock::time_point now)
+    : context_(context), phase_(Phase::kStartBackend), started_(now) {
+  socklen_t len = sizeof(client_addr_);
+  (void)::getpeername(client.fd(), reinterpret_cast<sockaddr*>(&client_addr_), &len);
+  len = sizeof(local_addr_);
+  (void)::getsockname(client.fd(), reinterpret_cast<sockaddr*>(&local_addr_), &len);
+  record_.client = AddressText(client_addr_);
+  record_.backend = context_.backend->name();
+  record_.tx = ktls::OffloadName(client.tx());
+  record_.rx = ktls::OffloadName(client.rx());
+  context_.metrics->Opened();
+  context_.metrics->Handshaken(client.tx(), client.rx());
+  client_ = Endpoint::Tls(std::move(client));
+}
+
 bool ProxyConnection::more() const noexcept {
   return phase_ == Phase::kRelay && ((up_ && up_->more()) || (down_ && down_->more()));
 }
@@ -72,6 +88,8 @@ bool ProxyConnection::more() const noexcept {
 ProxyConnection::Interest ProxyConnection::client_interest() const noexcept {
   switch (phase_) {
     case Phase::kClientHandshake: return {client_handshake_->fd(), EventsFor(client_wait_)};
+    case Phase::kHandOff: return {};  // Out of the epoll before it goes.
+    case Phase::kStartBackend:
     case Phase::kConnecting:
     case Phase::kProxyHeader:
     case Phase::kBackendHandshake: return {client_.fd(), 0};
@@ -126,6 +144,8 @@ void ProxyConnection::Run(Clock::time_point now) {
 void ProxyConnection::RunPhase(Clock::time_point now) {
   switch (phase_) {
     case Phase::kClientHandshake: return RunClientHandshake(now);
+    case Phase::kHandOff: return;  // The event loop calls HandOff.
+    case Phase::kStartBackend: return StartBackend(now);
     case Phase::kConnecting: return RunConnecting(now);
     case Phase::kProxyHeader: return RunProxyHeader(now);
     case Phase::kBackendHandshake: return RunBackendHandshake(now);
@@ -157,7 +177,26 @@ void ProxyConnection::RunClientHandshake(Clock::time_point now) {
   record_.rx = ktls::OffloadName(conn->rx());
   context_.metrics->Handshaken(conn->tx(), conn->rx());
   client_ = Endpoint::Tls(std::move(conn).value());
-  StartBackend(now);
+  if (!context_.hand_off) return StartBackend(now);
+  // --privsep: the key holder proxies nothing itself. What cannot move
+  // ends here, politely, and the line says why.
+  if (std::string why = tools::WhyNotMovable(client_.connection()); !why.empty()) {
+    SetError("cannot_move", std::move(why));
+    return CloseClient(now);
+  }
+  phase_ = Phase::kHandOff;
+}
+
+void ProxyConnection::HandOff(Clock::time_point now) {
+  auto sent = context_.hand_off(client_.connection());
+  if (sent.ok()) {
+    // The worker logs and counts it from here on; nothing of it is left.
+    phase_ = Phase::kDone;
+    return;
+  }
+  SetError("not_moved", sent.error().ToString());
+  if (!client_.open()) return Finish(now);  // Lost on the way (SendConnection says so).
+  CloseClient(now);
 }
 
 void ProxyConnection::StartBackend(Clock::time_point now) {

@@ -37,6 +37,11 @@ struct ProxyContext {
   const Backend* backend = nullptr;
   std::function<void(const std::string&)> log;  // One connection line.
   ProxyMetrics* metrics = nullptr;
+  // hand_off (--privsep, the key holder): where a handshaken client
+  // connection goes (a worker process) instead of to the backend. Empty:
+  // proxied here. On failure the connection is still this process's if
+  // it is open (ktls::SendConnection).
+  std::function<ktls::Result<void>(ktls::Connection&)> hand_off;
 };
 
 class ProxyConnection {
@@ -54,6 +59,9 @@ class ProxyConnection {
   // ends of it.
   ProxyConnection(const ProxyContext& context, UniqueFd client, const sockaddr_storage& client_addr,
                   const sockaddr_storage& local_addr, Clock::time_point now);
+  // A client connection another process handshook (a --privsep worker
+  // received it): the backend's connect starts at the first Run.
+  ProxyConnection(const ProxyContext& context, ktls::Connection client, Clock::time_point now);
   ProxyConnection(const ProxyConnection&) = delete;
   ProxyConnection& operator=(const ProxyConnection&) = delete;
 
@@ -65,6 +73,13 @@ class ProxyConnection {
   void Abort(const std::string& reason, Clock::time_point now);
 
   bool finished() const noexcept { return phase_ == Phase::kDone; }
+  // handing_off: the client's connection is ready to go to another process
+  // (ProxyContext::hand_off). The event loop takes it out of its epoll
+  // first (a registration lives as long as any process holds the socket),
+  // then calls HandOff: the connection is finished (moved: the worker logs
+  // it), or ends here with close_notify when it could not go.
+  bool handing_off() const noexcept { return phase_ == Phase::kHandOff; }
+  void HandOff(Clock::time_point now);
   bool more() const noexcept;
   Interest client_interest() const noexcept;
   Interest backend_interest() const noexcept;
@@ -74,6 +89,8 @@ class ProxyConnection {
  private:
   enum class Phase {
     kClientHandshake,
+    kHandOff,       // --privsep, the key holder: to a worker.
+    kStartBackend,  // --privsep, a worker: the handshake was done elsewhere.
     kConnecting,
     kProxyHeader,
     kBackendHandshake,

@@ -56,12 +56,12 @@
 #include <vector>
 
 #include "common/connection_limits.h"
+#include "common/privsep.h"
 #include "common/self_signed.h"
 #include "common/tls_options.h"
 #include "ktls-serve/file_response.h"
 #include "ktls-serve/metrics.h"
 #include "ktls-serve/metrics_http.h"
-#include "ktls-serve/privsep.h"
 #include "ktls-serve/tick_clock.h"
 #include "ktls/asio.h"
 #include "ktls/kernel_tls_stats.h"
@@ -289,7 +289,7 @@ class Server {
   // serves connections it receives. pool: with --privsep, where handshaken
   // connections go instead of being served here.
   Server(Options options, std::optional<ktls::ServerContext> tls, ktls::serve::Root root,
-         ktls::serve::Metrics& metrics, ktls::serve::WorkerPool* pool = nullptr)
+         ktls::serve::Metrics& metrics, ktls::tools::WorkerPool* pool = nullptr)
       : options_(std::move(options)), tls_(std::move(tls)), root_(std::move(root)), metrics_(metrics), pool_(pool) {
     const unsigned n = options_.threads != 0 ? options_.threads : std::max(1u, std::thread::hardware_concurrency());
     // Idle timeouts are checked this often: at most two periods late.
@@ -312,14 +312,14 @@ class Server {
   bool Listen(const tcp::endpoint& endpoint, std::string& error) {
     error_code ec;
     if (options_.upgrade_from) {
-      const int fd = ktls::serve::ReceiveFd(ktls::serve::kWorkerFd, 'L');
+      const int fd = ktls::tools::ReceiveFd(ktls::tools::kWorkerFd, 'L');
       if (fd < 0) {
         error = std::string("--upgrade-from: no listening socket from the previous process: ") + std::strerror(errno);
         return false;
       }
       acceptor_.assign(endpoint.protocol(), fd, ec);
       const char ready = 'R';
-      if (ec || ::write(ktls::serve::kWorkerFd, &ready, 1) != 1) {
+      if (ec || ::write(ktls::tools::kWorkerFd, &ready, 1) != 1) {
         error = "--upgrade-from: cannot take over the listening socket";
         return false;
       }
@@ -388,7 +388,7 @@ class Server {
       // Connections arrive on kWorkerFd: from the handshake process (root,
       // which made the socket), or, after an upgrade, from the previous
       // process (this user) until it closes its end, holding none.
-      from_.emplace(main_io_, ktls::serve::kWorkerFd);
+      from_.emplace(main_io_, ktls::tools::kWorkerFd);
       from_uid_ = options_.privsep_worker ? 0 : ::getuid();
       net::co_spawn(main_io_, ReceiveLoop(), net::detached);
     }
@@ -509,9 +509,10 @@ class Server {
       LogError(std::string("ktls-serve: upgrade failed: socketpair: ") + std::strerror(errno));
       return;
     }
-    const pid_t child = ktls::serve::StartSelf(options_.exe_path, options_.args, "--upgrade-from", pair[1], nullptr);
+    const pid_t child =
+        ktls::tools::StartSelf(options_.exe_path, "ktls-serve", options_.args, "--upgrade-from", pair[1], nullptr);
     ::close(pair[1]);
-    if (child < 0 || !ktls::serve::SendFd(pair[0], acceptor_.native_handle(), 'L')) {
+    if (child < 0 || !ktls::tools::SendFd(pair[0], acceptor_.native_handle(), 'L')) {
       LogError("ktls-serve: upgrade failed: cannot start " + options_.exe_path + ": " + std::strerror(errno) +
                "; this process goes on serving");
       if (child > 0) {
@@ -625,12 +626,7 @@ class Server {
 
   // WhyNotMovable: why c cannot move to another process, or "".
   std::string WhyNotMovable(const Conn& c) const {
-    const ktls::Connection& conn = c.stream->connection();
-    if (conn.tx() != ktls::Offload::kKernel) return "TX is in OpenSSL";
-    if (conn.rx() != ktls::Offload::kKernel) {
-      return std::string("RX is in OpenSSL") +
-             (!ktls::CachedCapabilities().rekey ? " (this kernel keeps TLS 1.3 RX in userspace unless --rx)" : "");
-    }
+    if (std::string why = ktls::tools::WhyNotMovable(c.stream->connection()); !why.empty()) return why;
     if (!c.leftover.empty()) return "a pipelined request was already read";
     return "";
   }
@@ -1007,7 +1003,7 @@ class Server {
   std::atomic<std::size_t> active_ = 0;
   std::atomic<bool> draining_ = false;
   Clock::time_point drain_deadline_;
-  ktls::serve::WorkerPool* pool_ = nullptr;                 // --privsep: where connections go.
+  ktls::tools::WorkerPool* pool_ = nullptr;                 // --privsep: where connections go.
   std::optional<net::posix::stream_descriptor> from_;       // A worker, or after an upgrade: where they come from.
   uid_t from_uid_ = 0;                                      // Who must be sending them.
   // SIGUSR2: the socket to the new process, while handing over.
@@ -1072,7 +1068,7 @@ int RunPrivsepWorker(Options o) {
     std::fprintf(stderr, "ktls-serve: a --privsep worker must not run as root\n");
     return 2;
   }
-  ktls::serve::HardenWorker();
+  ktls::tools::HardenWorker();
   std::string error;
   auto root = ktls::serve::Root::Open(o.root, error);
   if (!root) {
@@ -1208,24 +1204,16 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::string_view(argv[i]) != "--upgrade-from") o.args.emplace_back(argv[i]);
   }
-  std::optional<ktls::serve::WorkerPool> pool;
+  std::optional<ktls::tools::WorkerPool> pool;
   if (o.privsep) {
     // The workers start before the key is read: they are fresh images
     // anyway, but nothing of it is even in this process yet.
-    ktls::serve::PrivsepUser user;
-    if (::geteuid() != 0) {
-      std::fprintf(stderr, "ktls-serve: --privsep must start as root (to start the workers as another user)\n");
-      return 2;
-    }
-    if (!ktls::serve::LookUpUser(o.privsep_user, user, error)) {
-      std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
-      return 2;
-    }
-    pool.emplace(user, std::vector<std::string>(argv + 1, argv + argc));
     const unsigned n = o.threads != 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
-    if (!pool->Start(n, error)) {
-      std::fprintf(stderr, "ktls-serve: --privsep: %s\n", error.c_str());
-      return 1;
+    if (const int code = ktls::tools::StartPrivsep("ktls-serve", o.privsep_user,
+                                                   std::vector<std::string>(argv + 1, argv + argc), n, pool, error);
+        code != 0) {
+      std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
+      return code;
     }
   }
 

@@ -1,5 +1,5 @@
-// ktls-serve/privsep.cc: the worker processes of --privsep (privsep.h).
-#include "ktls-serve/privsep.h"
+// common/privsep.cc: the worker processes of --privsep (privsep.h).
+#include "common/privsep.h"
 
 #include <grp.h>
 #include <pwd.h>
@@ -15,8 +15,9 @@
 #include <thread>
 
 #include "ktls/move.h"
+#include "ktls/probe.h"
 
-namespace ktls::serve {
+namespace ktls::tools {
 
 struct WorkerPool::Slot {
   std::mutex mu;  // One move at a time through the socket.
@@ -40,24 +41,24 @@ bool LookUpUser(const std::string& name, PrivsepUser& user, std::string& error) 
 }
 
 #if defined(__SANITIZE_ADDRESS__)
-#define KTLS_SERVE_LEAK_CHECKED 1
+#define KTLS_TOOLS_LEAK_CHECKED 1
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
-#define KTLS_SERVE_LEAK_CHECKED 1
+#define KTLS_TOOLS_LEAK_CHECKED 1
 #endif
 #endif
 
 void HardenWorker() {
-#ifndef KTLS_SERVE_LEAK_CHECKED
+#ifndef KTLS_TOOLS_LEAK_CHECKED
   ::prctl(PR_SET_DUMPABLE, 0);
 #endif
 }
 
-pid_t StartSelf(const std::string& path, std::vector<std::string> args, const char* extra, int child_end,
-                const PrivsepUser* user) {
+pid_t StartSelf(const std::string& path, const char* program, std::vector<std::string> args, const char* extra,
+                int child_end, const PrivsepUser* user) {
   // Everything the child needs is made before fork: after it, only calls
   // that are safe in a child of a threaded process.
-  args.insert(args.begin(), "ktls-serve");
+  args.insert(args.begin(), program);
   args.push_back(extra);
   std::vector<char*> argv;
   for (std::string& arg : args) argv.push_back(arg.data());
@@ -77,6 +78,15 @@ pid_t StartSelf(const std::string& path, std::vector<std::string> args, const ch
   }
   ::execv(path.c_str(), argv.data());
   ::_exit(127);
+}
+
+std::string WhyNotMovable(const Connection& conn) {
+  if (conn.tx() != Offload::kKernel) return "TX is in OpenSSL";
+  if (conn.rx() != Offload::kKernel) {
+    return std::string("RX is in OpenSSL") +
+           (!CachedCapabilities().rekey ? " (this kernel keeps TLS 1.3 RX in userspace unless --rx)" : "");
+  }
+  return "";
 }
 
 bool SendFd(int sock, int fd, char tag) {
@@ -125,8 +135,8 @@ int ReceiveFd(int sock, char tag) {
   return -1;
 }
 
-WorkerPool::WorkerPool(PrivsepUser user, std::vector<std::string> args)
-    : user_(std::move(user)), args_(std::move(args)) {}
+WorkerPool::WorkerPool(const char* program, PrivsepUser user, std::vector<std::string> args)
+    : program_(program), user_(std::move(user)), args_(std::move(args)) {}
 
 WorkerPool::~WorkerPool() { Stop(std::chrono::milliseconds(0)); }
 
@@ -148,7 +158,7 @@ bool WorkerPool::Spawn(Slot& slot, std::string& error) {
     error = std::string("socketpair: ") + std::strerror(errno);
     return false;
   }
-  const pid_t pid = StartSelf("/proc/self/exe", args_, "--privsep-worker", pair[1], &user_);
+  const pid_t pid = StartSelf("/proc/self/exe", program_, args_, "--privsep-worker", pair[1], &user_);
   if (pid < 0) {
     error = std::string("starting a worker: ") + std::strerror(errno);
     ::close(pair[0]);
@@ -207,4 +217,20 @@ std::vector<pid_t> WorkerPool::pids() {
   return out;
 }
 
-}  // namespace ktls::serve
+int StartPrivsep(const char* program, const std::string& user_name, std::vector<std::string> args,
+                 std::size_t num_workers, std::optional<WorkerPool>& pool, std::string& error) {
+  PrivsepUser user;
+  if (::geteuid() != 0) {
+    error = "--privsep must start as root (to start the workers as another user)";
+    return 2;
+  }
+  if (!LookUpUser(user_name, user, error)) return 2;
+  pool.emplace(program, user, std::move(args));
+  if (!pool->Start(num_workers, error)) {
+    error = "--privsep: " + error;
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace ktls::tools

@@ -1,27 +1,29 @@
-// ktls-serve/privsep.h: --privsep, a handshake process that holds the key
-// and worker processes that serve, each connection moved from the one to
-// the others with its descriptor (ktls/move.h).
+// common/privsep.h: --privsep for the servers (ktls-serve, ktls-proxy): a
+// handshake process that holds the key and worker processes that serve,
+// each connection moved from the one to the others with its descriptor
+// (ktls/move.h).
 //
 // Each worker is a fresh image of this program (fork, then execv of
 // /proc/self/exe), started as the unprivileged user, with nothing open but
 // stdin, stdout, stderr and its end of an AF_UNIX socket (fd 3): it never
 // held the key, the listening socket or anyone else's connection, even in
 // memory.
-#ifndef KTLS_TOOLS_KTLS_SERVE_PRIVSEP_H_
-#define KTLS_TOOLS_KTLS_SERVE_PRIVSEP_H_
+#ifndef KTLS_TOOLS_COMMON_PRIVSEP_H_
+#define KTLS_TOOLS_COMMON_PRIVSEP_H_
 
 #include <sys/types.h>
 
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "ktls/connection.h"
 #include "ktls/result.h"
 
-namespace ktls::serve {
+namespace ktls::tools {
 
 // kWorkerFd: where a worker finds its socket to the handshake process.
 inline constexpr int kWorkerFd = 3;
@@ -41,6 +43,10 @@ bool LookUpUser(const std::string& name, PrivsepUser& user, std::string& error);
 // ptrace, which a non-dumpable process refuses.
 void HardenWorker();
 
+// WhyNotMovable: why conn cannot move to another process (a direction in
+// OpenSSL: Export needs both in the kernel), or "" when it can.
+std::string WhyNotMovable(const Connection& conn);
+
 // SendFd sends one descriptor (SCM_RIGHTS) with one byte, tag; ReceiveFd
 // receives it, checking the tag (-1 on any failure, errno set; anything
 // but exactly one descriptor is closed and refused). The listening socket
@@ -48,19 +54,20 @@ void HardenWorker();
 bool SendFd(int sock, int fd, char tag);
 int ReceiveFd(int sock, char tag);
 
-// StartSelf starts path (this program's binary on disk) with args and
-// extra appended, as a child whose fd kWorkerFd is child_end and that has
-// nothing else open beyond stdio. With user, as that user for good (a
-// --privsep worker). Returns the pid, or -1 (errno set).
-pid_t StartSelf(const std::string& path, std::vector<std::string> args, const char* extra, int child_end,
-                const PrivsepUser* user);
+// StartSelf starts path (this program's binary on disk) as program (its
+// argv[0]) with args and extra appended, as a child whose fd kWorkerFd is
+// child_end and that has nothing else open beyond stdio. With user, as that
+// user for good (a --privsep worker). Returns the pid, or -1 (errno set).
+pid_t StartSelf(const std::string& path, const char* program, std::vector<std::string> args, const char* extra,
+                int child_end, const PrivsepUser* user);
 
 // WorkerPool: the handshake process's side.
 class WorkerPool {
  public:
-  // args: this program's arguments (without argv[0]); a worker gets them
-  // with --privsep-worker added.
-  WorkerPool(PrivsepUser user, std::vector<std::string> args);
+  // program: the workers' argv[0] ("ktls-serve"); args: this program's
+  // arguments (without argv[0]); a worker gets them with --privsep-worker
+  // added.
+  WorkerPool(const char* program, PrivsepUser user, std::vector<std::string> args);
   ~WorkerPool();
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
@@ -80,6 +87,7 @@ class WorkerPool {
   struct Slot;
   bool Spawn(Slot& slot, std::string& error);
 
+  const char* program_;
   PrivsepUser user_;
   std::vector<std::string> args_;
   std::vector<std::unique_ptr<Slot>> slots_;
@@ -87,6 +95,13 @@ class WorkerPool {
   std::size_t next_ = 0;
 };
 
-}  // namespace ktls::serve
+// StartPrivsep: the handshake process's first step, as root and before
+// it reads the key: checks that it runs as root and that user_name is not
+// root, then starts num_workers workers as that user (program, args: see
+// WorkerPool). 0, or the exit code (2: a usage error) with `error`.
+int StartPrivsep(const char* program, const std::string& user_name, std::vector<std::string> args,
+                 std::size_t num_workers, std::optional<WorkerPool>& pool, std::string& error);
 
-#endif  // KTLS_TOOLS_KTLS_SERVE_PRIVSEP_H_
+}  // namespace ktls::tools
+
+#endif  // KTLS_TOOLS_COMMON_PRIVSEP_H_
