@@ -33,6 +33,7 @@
 #include "core/errors.h"
 #include "handshake/capture.h"
 #include "kernel/crypto_info.h"
+#include "kernel/socket_platform.h"
 #include "kernel/syscalls.h"
 #include "kernel/tls_uapi.h"
 #include "keys/tls12_key_block.h"
@@ -524,6 +525,11 @@ Result<Connection> OffloadSsl(SSL* ssl, const OffloadOptions& options) {
   }
   if (SSL_is_init_finished(ssl) != 1) {
     return detail::MakeError(ErrorCategory::kUsage, "OffloadSsl: the handshake has not finished");
+  }
+  // Where sends have no MSG_NOSIGNAL: before the SSL and its socket become
+  // the Connection's, so that a failure leaves both with the caller.
+  if (const int err = detail::sys::KeepSendsFromSignalling(fd); err < 0) {
+    return detail::SysError(-err, "OffloadSsl: setsockopt(SO_NOSIGPIPE)");
   }
   const bool is_server = SSL_is_server(ssl) == 1;
   return detail::OffloadHandshaken(detail::UniqueFd(fd), detail::UniqueSsl(ssl), is_server, options);

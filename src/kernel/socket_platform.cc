@@ -22,23 +22,28 @@ constexpr bool kNeedSoNoSigPipe = false;
 constexpr bool kNeedSoNoSigPipe = true;
 #endif
 
-// Prepare sets close-on-exec where the call could not, and SO_NOSIGPIPE
-// where sends have no MSG_NOSIGNAL. Returns fd, or -errno (fd closed).
-int Prepare(int fd, bool set_cloexec) {
-  if (set_cloexec && ::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return -err;
-  }
+// SetNoSigPipe sets SO_NOSIGPIPE where sends have no MSG_NOSIGNAL (a fd
+// that is no socket is left alone). Returns 0, or -errno.
+int SetNoSigPipe(int fd) {
   if constexpr (kNeedSoNoSigPipe) {
 #if defined(SO_NOSIGPIPE)
     const int one = 1;
-    if (::setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof(one)) != 0 && errno != ENOTSOCK) {
-      const int err = errno;
-      ::close(fd);
-      return -err;
-    }
+    if (::setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof(one)) != 0 && errno != ENOTSOCK) return -errno;
 #endif
+  }
+  (void)fd;
+  return 0;
+}
+
+// Prepare sets close-on-exec where the call could not, and SO_NOSIGPIPE
+// where sends have no MSG_NOSIGNAL. Returns fd, or -errno (fd closed).
+int Prepare(int fd, bool set_cloexec) {
+  int err = 0;
+  if (set_cloexec && ::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) err = -errno;
+  if (err == 0) err = SetNoSigPipe(fd);
+  if (err != 0) {
+    ::close(fd);
+    return err;
   }
   return fd;
 }
@@ -101,6 +106,8 @@ ssize_t RecvMsgCloexec(int fd, struct msghdr* msg) {
   return n;
 #endif
 }
+
+int KeepSendsFromSignalling(int fd) { return SetNoSigPipe(fd); }
 
 int PeerUid(int fd, uid_t* uid) {
 #if defined(SO_PEERCRED)

@@ -34,6 +34,13 @@ int Socket(int domain, int type, int protocol);
 // caller decides).
 int Accept(int listen_fd);
 
+// KeepSendsFromSignalling: for a socket ktls did not make (the caller's, for
+// a handshake or OffloadSsl), what Socket and Accept do for theirs: where
+// sends have no MSG_NOSIGNAL, SO_NOSIGPIPE, so that a send to a peer that
+// is gone is EPIPE for that connection, never SIGPIPE for the process.
+// Nothing to do on Linux. Returns 0, or -errno.
+int KeepSendsFromSignalling(int fd);
+
 // RecvMsgCloexec: recvmsg(2) whose received descriptors (SCM_RIGHTS) are
 // close-on-exec (MSG_CMSG_CLOEXEC; elsewhere FD_CLOEXEC right after, which
 // a concurrent fork+exec can race). Retries EINTR. Returns the bytes read,

@@ -16,6 +16,7 @@
 #include "conn/offload_internal.h"
 #include "conn/socket_bio.h"
 #include "core/errors.h"
+#include "kernel/socket_platform.h"
 
 namespace ktls {
 namespace detail {
@@ -56,6 +57,9 @@ PendingHandshakeImpl::~PendingHandshakeImpl() {
 Result<PendingHandshake> NewPendingHandshake(UniqueFd socket, UniqueSsl ssl, bool is_server,
                                              const OffloadOptions& offload, std::chrono::milliseconds timeout) {
   if (auto set = SetNonBlocking(socket.get(), true); !set) return std::move(set).error();
+  if (const int err = sys::KeepSendsFromSignalling(socket.get()); err < 0) {
+    return SysError(-err, "handshake: setsockopt(SO_NOSIGPIPE)");
+  }
   // ktls's socket BIO, not OpenSSL's: it sends with MSG_NOSIGNAL, so a
   // client that vanishes mid-handshake is an error for that connection,
   // never a SIGPIPE for the process. It does not own the socket.
