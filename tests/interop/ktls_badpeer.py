@@ -36,6 +36,7 @@ import re
 import socket
 import ssl
 import sys
+import tempfile
 import threading
 
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
@@ -312,7 +313,10 @@ class TlsClient:
         ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
         self.sock = socket.create_connection((HOST, port), timeout=STEP_TIMEOUT)
         self.port = self.sock.getsockname()[1]
-        self.keylog = os.path.join(keylog_dir, f"keylog-{self.port}-{id(self)}.txt")
+        # A file no earlier client had: local ports come round again, and
+        # so do the addresses id() returns, so neither names it alone.
+        fd, self.keylog = tempfile.mkstemp(prefix=f"keylog-{self.port}-", suffix=".txt", dir=keylog_dir)
+        os.close(fd)
         ctx.keylog_filename = self.keylog
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname=server_hostname)
