@@ -119,6 +119,39 @@ TEST(ServeMetrics, CountsWhatHappened) {
   EXPECT_EQ(text.find("bad name"), std::string::npos) << "a name that is no identifier must not reach a label";
 }
 
+TEST(ServeMetrics, AdoptedCountsOpenButNotAConnection) {
+  Metrics metrics;
+  metrics.Adopted();
+  metrics.Adopted();
+  metrics.Closed();
+  const std::string text = metrics.Render(KernelTlsStats{});
+  EXPECT_EQ(SampleValue(text, "ktls_open_connections"), 1);
+  EXPECT_EQ(SampleValue(text, "ktls_connections_total{tx=\"kernel\",rx=\"kernel\"}"), 0);
+}
+
+TEST(ServeMetrics, AddSumsEveryCountAndOpenOnlyWhenAsked) {
+  Metrics from;
+  from.Handshaken(Offload::kKernel, Offload::kKernel);
+  from.Request(200);
+  from.ResponseBytes(ResponsePath::kSendfile, 100);
+  from.KeyUpdates(1, 2);
+  from.HandshakeFailed(kHandshakeTimeout);
+  Metrics with_open, without_open;
+  with_open.Add(from, true);
+  with_open.Add(from, true);
+  without_open.Add(from, false);
+  const std::string text = with_open.Render(KernelTlsStats{});
+  EXPECT_EQ(SampleValue(text, "ktls_connections_total{tx=\"kernel\",rx=\"kernel\"}"), 2);
+  EXPECT_EQ(SampleValue(text, "ktls_open_connections"), 2);
+  EXPECT_EQ(SampleValue(text, "ktls_requests_total{code=\"200\"}"), 2);
+  EXPECT_EQ(SampleValue(text, "ktls_response_bytes_total{path=\"sendfile\"}"), 200);
+  EXPECT_EQ(SampleValue(text, "ktls_key_updates_total{direction=\"received\"}"), 4);
+  EXPECT_EQ(SampleValue(text, "ktls_handshake_failures_total{reason=\"timeout\"}"), 2);
+  const std::string text_without = without_open.Render(KernelTlsStats{});
+  EXPECT_EQ(SampleValue(text_without, "ktls_connections_total{tx=\"kernel\",rx=\"kernel\"}"), 1);
+  EXPECT_EQ(SampleValue(text_without, "ktls_open_connections"), 0);
+}
+
 TEST(ServeMetrics, WithoutTlsStatTheFamilyHasNoSamples) {
   Metrics metrics;
   const std::string text =

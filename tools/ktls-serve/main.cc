@@ -682,11 +682,11 @@ class Server {
       std::memcpy(remote.data(), &addr, len);
       peer = remote.address().to_string() + ":" + std::to_string(remote.port());
     }
-    const ktls::Offload tx = conn.tx(), rx = conn.rx();
     auto c = std::make_shared<Conn>(*this, worker,
                                     std::make_shared<ktls::asio::stream>(worker.io.get_executor(), std::move(conn)),
                                     std::move(peer));
-    metrics_.Handshaken(tx, rx);
+    // Counted as a connection where it was handshaken; open here.
+    metrics_.Adopted();
     c->handshaken = true;
     co_await Serve(std::move(c));
   }
