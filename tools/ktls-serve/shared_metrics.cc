@@ -18,6 +18,15 @@ namespace {
 
 std::string Why(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
 
+// MapRegion maps fd (a region's size) shared, or closes it.
+void* MapRegion(int fd, std::string& error) {
+  void* addr = ::mmap(nullptr, sizeof(Metrics), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (addr != MAP_FAILED) return addr;
+  error = Why("mmap of the metrics region");
+  ::close(fd);
+  return nullptr;
+}
+
 }  // namespace
 
 MetricsRegion::MetricsRegion(int fd, void* addr) noexcept
@@ -39,12 +48,8 @@ std::optional<MetricsRegion> MetricsRegion::Create(std::string& error) {
     ::close(fd);
     return std::nullopt;
   }
-  void* addr = ::mmap(nullptr, sizeof(Metrics), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (addr == MAP_FAILED) {
-    error = Why("mmap of the metrics memfd");
-    ::close(fd);
-    return std::nullopt;
-  }
+  void* addr = MapRegion(fd, error);
+  if (addr == nullptr) return std::nullopt;
   return MetricsRegion(fd, addr);
 }
 
@@ -56,12 +61,8 @@ std::optional<MetricsRegion> MetricsRegion::Map(int fd, std::string& error) {
     ::close(fd);
     return std::nullopt;
   }
-  void* addr = ::mmap(nullptr, sizeof(Metrics), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (addr == MAP_FAILED) {
-    error = Why("mmap of the metrics region");
-    ::close(fd);
-    return std::nullopt;
-  }
+  void* addr = MapRegion(fd, error);
+  if (addr == nullptr) return std::nullopt;
   return MetricsRegion(fd, addr);
 }
 
