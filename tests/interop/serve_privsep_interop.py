@@ -19,6 +19,11 @@ workers as `nobody`.
   served (the dead worker is started again);
 - a connection that cannot move (--no-rx: RX stays in OpenSSL) is never
   served by the key holder: close_notify, and a log line naming why;
+- --metrics (the handshake process's listener; the workers count in shared
+  memory), read with prometheus_client's parser: each connection counted
+  once, the workers' requests and bytes, the open gauge; a killed worker's
+  connections leave the gauge, no counter goes backwards, and the worker
+  started again counts on;
 - --privsep without --user, or with root, is refused.
 
 Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
@@ -36,6 +41,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
 import serve_interop as serve  # noqa: E402
+import serve_metrics_interop as metrics  # noqa: E402
 from ktls_interop import STEP_TIMEOUT, can_open_as, sanitized, sha, sockets_of, uids, wait_until  # noqa: E402
 
 USER = "nobody"
@@ -49,6 +55,14 @@ class PrivsepServe(ktls_interop.PrivsepWorkers, serve.Serve):
     def __init__(self, *args, rx=True):
         super().__init__("--privsep", "--user", USER, "--cert", os.path.join(KEY_DIR, "cert.pem"),
                          "--key", os.path.join(KEY_DIR, "key.pem"), *args, rx=rx)
+
+
+class PrivsepMetricsServe(ktls_interop.PrivsepWorkers, metrics.MetricsServe):
+    """PrivsepServe with --metrics on a free loopback port (scrape())."""
+
+    def __init__(self, *args):
+        super().__init__("--privsep", "--user", USER, "--cert", os.path.join(KEY_DIR, "cert.pem"),
+                         "--key", os.path.join(KEY_DIR, "key.pem"), *args)
 
 
 def get(sock, path):
@@ -130,6 +144,72 @@ class Privsep(unittest.TestCase):
             self.assertEqual(len(workers), 2)
             self.assertNotIn(victim, workers)
 
+    def test_metrics_count_each_connection_once_and_outlive_a_dead_worker(self):
+        kernel = metrics.key("ktls_connections_total", tx="kernel", rx="kernel")
+        ok = metrics.key("ktls_requests_total", code="200")
+        sendfile = metrics.key("ktls_response_bytes_total", path="sendfile")
+        written = metrics.key("ktls_response_bytes_total", path="write")
+        open_now = metrics.key("ktls_open_connections")
+        gauges = ("ktls_open_connections", "ktls_kernel_tls_stat")
+
+        def scrape():
+            return server.scrape()[0]
+
+        def settled(want):
+            """Scrapes until every key in want has its value (the workers
+            count a request after its last byte went out); the samples."""
+            found = {}
+
+            def check():
+                found.update(scrape())
+                return all(found.get(k) == v for k, v in want.items())
+            self.assertTrue(wait_until(check, STEP_TIMEOUT, 0.05),
+                            {k: (found.get(k), v) for k, v in want.items()})
+            return found
+
+        def not_backwards(before, after):
+            for k, v in before.items():
+                if k[0] not in gauges:
+                    self.assertGreaterEqual(after.get(k, -1), v, f"{k} went backwards")
+
+        with PrivsepMetricsServe() as server:
+            for pid in server.workers():  # The key holder's listener only.
+                self.assertEqual(sockets_of(pid), 1, f"worker {pid}")
+            start = scrape()
+            self.assertTrue(all(v == 0 for k, v in start.items() if k[0] != "ktls_kernel_tls_stat"), start)
+            # Two connections (round robin: one per worker), five requests.
+            first, second = serve.tls_connect(server.port), serve.tls_connect(server.port)
+            for _ in range(3):
+                self.assertEqual(get(first, "/small.txt"), b"small\n")
+            for _ in range(2):
+                self.assertEqual(sha(get(second, "/file.bin")), sha(FILE))
+            counted = settled({kernel: 2, ok: 5, open_now: 2, sendfile: 2 * len(FILE)})
+            self.assertGreater(counted[written], 3 * len(b"small\n"), "headers and small bodies written")
+            self.assertEqual(sum(v for k, v in counted.items() if k[0] == "ktls_connections_total"), 2,
+                             "each connection counted once")
+            self.assertEqual(metrics.moved(start, counted).keys(), {kernel, ok, open_now, sendfile, written})
+
+            # A worker dies holding its connection: the gauge loses it, the
+            # counters keep everything, and the scrape starts it again.
+            victim = server.workers()[0]
+            os.kill(victim, signal.SIGKILL)
+            after_kill = settled({open_now: 1, kernel: 2, ok: 5, sendfile: 2 * len(FILE)})
+            not_backwards(counted, after_kill)
+            self.assertEqual(after_kill[written], counted[written])
+            self.assertTrue(wait_until(lambda: len(server.workers()) == 2 and victim not in server.workers(),
+                                       STEP_TIMEOUT), server.workers())
+            for sock in (first, second):
+                sock.close()
+            settled({open_now: 0})
+
+            # Both workers, the new one too, count on.
+            for _ in range(2):
+                with serve.tls_connect(server.port) as sock:
+                    self.assertEqual(get(sock, "/small.txt"), b"small\n")
+            final = settled({kernel: 4, ok: 7, open_now: 0, sendfile: 2 * len(FILE)})
+            not_backwards(after_kill, final)
+            self.assertIn(f"as uid {pwd.getpwnam(USER).pw_uid}", server.err.text())
+
     def test_a_connection_that_cannot_move_ends_with_close_notify_and_a_reason(self):
         with PrivsepServe("--no-rx", rx=False) as server:
             with serve.tls_connect(server.port) as sock:
@@ -176,6 +256,8 @@ def main():
     status = ktls_interop.check_kernel_tls()
     if status is not None:
         return status
+    if metrics.text_string_to_metric_families is None:
+        return ktls_interop.fail("needs prometheus_client (Debian: python3-prometheus-client; scripts/setup)")
     if os.geteuid() != 0:
         return ktls_interop.fail("--privsep starts as root: run this suite as root (the UML guests do)")
     if not os.access(serve.SERVE, os.X_OK):

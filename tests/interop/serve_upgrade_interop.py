@@ -18,7 +18,10 @@ a test can replace "the binary on disk" as an upgrade would.
 - the binary on disk replaced by one that cannot start: the old process
   goes on serving, and says why;
 - a connection that cannot move (--no-rx) ends with close_notify, and the
-  log says why.
+  log says why;
+- --metrics in the new process (a listener of its own, counts from zero):
+  the connection it took over is open there, not a new connection, and its
+  requests count there.
 
 Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 (a failure with KTLS_REQUIRE_KERNEL=1).
@@ -34,6 +37,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
 import serve_interop as serve  # noqa: E402
+import serve_metrics_interop as metrics  # noqa: E402
 from ktls_interop import STEP_TIMEOUT, sha, wait_until  # noqa: E402
 from serve_privsep_interop import get  # noqa: E402
 
@@ -91,6 +95,19 @@ class Serve(serve.Serve):
             serve.SERVE = saved
 
 
+class MetricsAt:
+    """scrape() of the --metrics listener on port."""
+    fetch = metrics.MetricsServe.fetch
+    scrape = metrics.MetricsServe.scrape
+
+    def __init__(self, port):
+        self.metrics_port = port
+
+
+def metrics_ports(err):
+    return [int(port) for port in re.findall(r"metrics on http://[^:]+:(\d+)/metrics", err)]
+
+
 class Upgrade(unittest.TestCase):
     def test_keep_alive_connection_goes_on_in_the_new_process(self):
         with Serve() as server:
@@ -140,6 +157,33 @@ class Upgrade(unittest.TestCase):
                     upgraded.wait_taken_over()
                     self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 3), 0, server.err.text())
                     self.assertEqual(get(sock, "/small.txt"), b"small\n", "the same connection, in the new process")
+            finally:
+                upgraded.stop()
+
+    def test_the_new_process_counts_a_connection_it_took_over_as_open_not_new(self):
+        kernel = metrics.key("ktls_connections_total", tx="kernel", rx="kernel")
+        ok = metrics.key("ktls_requests_total", code="200")
+        open_now = metrics.key("ktls_open_connections")
+        with Serve("--metrics", f"{ktls_interop.HOST}:0") as server:
+            upgraded = Upgraded(server)
+            try:
+                self.assertTrue(wait_until(lambda: len(metrics_ports(server.err.text())) == 1, STEP_TIMEOUT))
+                old = MetricsAt(metrics_ports(server.err.text())[0])
+                with serve.tls_connect(server.port) as sock:
+                    self.assertEqual(get(sock, "/small.txt"), b"small\n")
+                    self.assertTrue(wait_until(lambda: old.scrape()[0].get(ok) == 1, STEP_TIMEOUT))
+                    self.assertEqual(old.scrape()[0][kernel], 1)
+                    server.proc.send_signal(signal.SIGUSR2)
+                    upgraded.wait_taken_over()
+                    self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT), 0, server.err.text())
+                    self.assertTrue(wait_until(lambda: len(metrics_ports(server.err.text())) == 2, STEP_TIMEOUT))
+                    new = MetricsAt(metrics_ports(server.err.text())[1])
+                    samples = new.scrape()[0]
+                    self.assertEqual((samples[open_now], samples[kernel], samples[ok]), (1, 0, 0), samples)
+                    self.assertEqual(get(sock, "/small.txt"), b"small\n")
+                    self.assertTrue(wait_until(lambda: new.scrape()[0].get(ok) == 1, STEP_TIMEOUT))
+                self.assertTrue(wait_until(lambda: new.scrape()[0].get(open_now) == 0, STEP_TIMEOUT))
+                self.assertEqual(new.scrape()[0][kernel], 0, "counted where it was handshaken")
             finally:
                 upgraded.stop()
 
@@ -200,6 +244,8 @@ def main():
     status = ktls_interop.check_kernel_tls()
     if status is not None:
         return status
+    if metrics.text_string_to_metric_families is None:
+        return ktls_interop.fail("needs prometheus_client (Debian: python3-prometheus-client; scripts/setup)")
     if not os.access(serve.SERVE, os.X_OK):
         return ktls_interop.fail(f"no ktls-serve at {serve.SERVE}")
     print(f"kernel {os.uname().release}; Python ssl: {ssl.OPENSSL_VERSION}", flush=True)

@@ -1,11 +1,19 @@
 // ktls-serve's metrics: the fixed label sets, the mapping of the library's
-// fallback reasons onto them, and the text Render makes. (That a real
-// Prometheus parser reads it, and that the counts follow real connections,
-// is tests/interop/serve_metrics_interop.py's job, in the kernels.)
+// fallback reasons onto them, and the text Render makes; and the counts of
+// --privsep workers in shared memory: a region seen through two mappings,
+// as the key holder and a worker see it, and the key holder's sum over a
+// worker that died and was started again. (That a real Prometheus parser
+// reads it, and that the counts follow real connections and workers, is
+// tests/interop/serve_metrics_interop.py's and serve_privsep_interop.py's
+// job, in the kernels.)
 #include "ktls-serve/metrics.h"
+#include "ktls-serve/shared_metrics.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <fstream>
 #include <regex>
 #include <set>
@@ -119,12 +127,122 @@ TEST(ServeMetrics, CountsWhatHappened) {
   EXPECT_EQ(text.find("bad name"), std::string::npos) << "a name that is no identifier must not reach a label";
 }
 
+TEST(ServeMetrics, AdoptedCountsOpenButNotAConnection) {
+  Metrics metrics;
+  metrics.Adopted();
+  metrics.Adopted();
+  metrics.Closed();
+  const std::string text = metrics.Render(KernelTlsStats{});
+  EXPECT_EQ(SampleValue(text, "ktls_open_connections"), 1);
+  EXPECT_EQ(SampleValue(text, "ktls_connections_total{tx=\"kernel\",rx=\"kernel\"}"), 0);
+}
+
+TEST(ServeMetrics, AddSumsEveryCountAndOpenOnlyWhenAsked) {
+  Metrics from;
+  from.Handshaken(Offload::kKernel, Offload::kKernel);
+  from.Request(200);
+  from.ResponseBytes(ResponsePath::kSendfile, 100);
+  from.KeyUpdates(1, 2);
+  from.HandshakeFailed(kHandshakeTimeout);
+  Metrics with_open, without_open;
+  with_open.Add(from, true);
+  with_open.Add(from, true);
+  without_open.Add(from, false);
+  const std::string text = with_open.Render(KernelTlsStats{});
+  EXPECT_EQ(SampleValue(text, "ktls_connections_total{tx=\"kernel\",rx=\"kernel\"}"), 2);
+  EXPECT_EQ(SampleValue(text, "ktls_open_connections"), 2);
+  EXPECT_EQ(SampleValue(text, "ktls_requests_total{code=\"200\"}"), 2);
+  EXPECT_EQ(SampleValue(text, "ktls_response_bytes_total{path=\"sendfile\"}"), 200);
+  EXPECT_EQ(SampleValue(text, "ktls_key_updates_total{direction=\"received\"}"), 4);
+  EXPECT_EQ(SampleValue(text, "ktls_handshake_failures_total{reason=\"timeout\"}"), 2);
+  const std::string text_without = without_open.Render(KernelTlsStats{});
+  EXPECT_EQ(SampleValue(text_without, "ktls_connections_total{tx=\"kernel\",rx=\"kernel\"}"), 1);
+  EXPECT_EQ(SampleValue(text_without, "ktls_open_connections"), 0);
+}
+
 TEST(ServeMetrics, WithoutTlsStatTheFamilyHasNoSamples) {
   Metrics metrics;
   const std::string text =
       metrics.Render(Error{ErrorCategory::kUnsupported, 0, "no /proc/net/tls_stat", -1});
   EXPECT_NE(text.find("# TYPE ktls_kernel_tls_stat gauge"), std::string::npos);
   EXPECT_EQ(text.find("ktls_kernel_tls_stat{"), std::string::npos) << text;
+}
+
+constexpr const char* kKernelKernel = "ktls_connections_total{tx=\"kernel\",rx=\"kernel\"}";
+constexpr const char* kOk = "ktls_requests_total{code=\"200\"}";
+constexpr const char* kOpen = "ktls_open_connections";
+
+TEST(SharedMetrics, ARegionsCountsAreSeenThroughEveryMapping) {
+  std::string error;
+  auto holder = MetricsRegion::Create(error);
+  ASSERT_TRUE(holder) << error;
+  auto worker = MetricsRegion::Map(::fcntl(holder->fd(), F_DUPFD_CLOEXEC, 0), error);
+  ASSERT_TRUE(worker) << error;
+  worker->metrics().Adopted();
+  worker->metrics().Request(200);
+  const std::string text = holder->metrics().Render(KernelTlsStats{});
+  EXPECT_EQ(SampleValue(text, kOpen), 1);
+  EXPECT_EQ(SampleValue(text, kOk), 1);
+  holder->Reset();
+  EXPECT_EQ(SampleValue(worker->metrics().Render(KernelTlsStats{}), kOk), 0);
+}
+
+TEST(SharedMetrics, ARegionCannotBeResized) {
+  std::string error;
+  auto holder = MetricsRegion::Create(error);
+  ASSERT_TRUE(holder) << error;
+  // A worker shrinking it would make the key holder's reads fault.
+  EXPECT_EQ(::ftruncate(holder->fd(), 0), -1);
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_EQ(::ftruncate(holder->fd(), 1 << 20), -1);
+  EXPECT_EQ(errno, EPERM);
+}
+
+TEST(SharedMetrics, MapRefusesADescriptorOfAnotherSize) {
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  ::close(pipe_fds[1]);
+  std::string error;
+  EXPECT_FALSE(MetricsRegion::Map(pipe_fds[0], error));  // Map takes it, and closes it.
+  EXPECT_NE(error.find("not a metrics region"), std::string::npos) << error;
+}
+
+TEST(SharedMetrics, SumKeepsADeadWorkersCountsButNotItsOpenConnections) {
+  Metrics own;
+  own.Handshaken(Offload::kKernel, Offload::kKernel);
+  own.Handshaken(Offload::kKernel, Offload::kKernel);
+  own.Closed();  // Moved to a worker.
+  own.Closed();
+  PrivsepMetrics sum(own);
+  std::string error;
+  ASSERT_TRUE(sum.Create(2, error)) << error;
+  std::optional<MetricsRegion> workers[2];
+  for (std::size_t slot = 0; slot < 2; ++slot) {
+    const int fd = sum.WorkerStarting(slot, false);
+    ASSERT_GE(fd, 0);
+    workers[slot] = MetricsRegion::Map(::fcntl(fd, F_DUPFD_CLOEXEC, 0), error);
+    ASSERT_TRUE(workers[slot]) << error;
+    workers[slot]->metrics().Adopted();
+    workers[slot]->metrics().Request(200);
+    workers[slot]->metrics().Request(200);
+  }
+  std::string text = sum.Render(KernelTlsStats{});
+  EXPECT_EQ(SampleValue(text, kKernelKernel), 2);
+  EXPECT_EQ(SampleValue(text, kOpen), 2);
+  EXPECT_EQ(SampleValue(text, kOk), 4);
+
+  // Slot 0's worker died holding its connection; a new one starts there.
+  const int fd = sum.WorkerStarting(0, true);
+  workers[0] = MetricsRegion::Map(::fcntl(fd, F_DUPFD_CLOEXEC, 0), error);
+  ASSERT_TRUE(workers[0]) << error;
+  text = sum.Render(KernelTlsStats{});
+  EXPECT_EQ(SampleValue(text, kKernelKernel), 2);
+  EXPECT_EQ(SampleValue(text, kOpen), 1);
+  EXPECT_EQ(SampleValue(text, kOk), 4) << "a dead worker's counts are kept";
+  EXPECT_EQ(SampleValue(workers[0]->metrics().Render(KernelTlsStats{}), kOk), 0) << "the new worker starts at 0";
+  workers[0]->metrics().Request(200);
+  EXPECT_EQ(SampleValue(sum.Render(KernelTlsStats{}), kOk), 5);
+  EXPECT_EQ(sum.WorkerStarting(2, false), -1) << "no such slot";
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // common/privsep.cc: the worker processes of --privsep (privsep.h).
 #include "common/privsep.h"
 
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -23,6 +24,7 @@ struct WorkerPool::Slot {
   std::mutex mu;  // One move at a time through the socket.
   pid_t pid = -1;
   int sock = -1;
+  bool started = false;  // A worker has started in this slot before.
 };
 
 bool LookUpUser(const std::string& name, PrivsepUser& user, std::string& error) {
@@ -55,7 +57,7 @@ void HardenWorker() {
 }
 
 pid_t StartSelf(const std::string& path, const char* program, std::vector<std::string> args, const char* extra,
-                int child_end, const PrivsepUser* user) {
+                int child_end, const PrivsepUser* user, int child_extra_fd) {
   // Everything the child needs is made before fork: after it, only calls
   // that are safe in a child of a threaded process.
   args.insert(args.begin(), program);
@@ -67,10 +69,20 @@ pid_t StartSelf(const std::string& path, const char* program, std::vector<std::s
   const gid_t gid = user != nullptr ? user->gid : 0;
   const pid_t pid = ::fork();
   if (pid != 0) return pid;
-  // The child: its socket at fd 3, nothing else open beyond stdio, then
-  // (for a worker) the user's identity for good, then a fresh image.
+  // The child: its socket at fd 3 (and the extra descriptor at 4), nothing
+  // else open beyond stdio, then (for a worker) the user's identity for
+  // good, then a fresh image. An extra descriptor at 3 moves out of the
+  // socket's way first.
+  if (child_extra_fd == kWorkerFd && (child_extra_fd = ::fcntl(child_extra_fd, F_DUPFD, kWorkerExtraFd + 1)) < 0) {
+    ::_exit(126);
+  }
   if (::dup2(child_end, kWorkerFd) != kWorkerFd) ::_exit(126);
-  if (::syscall(SYS_close_range, kWorkerFd + 1, ~0U, 0) != 0) ::_exit(126);
+  if (child_extra_fd >= 0 && ::dup2(child_extra_fd, kWorkerExtraFd) != kWorkerExtraFd) ::_exit(126);
+  // dup2 onto the descriptor's own number leaves its close-on-exec set.
+  if (::fcntl(kWorkerFd, F_SETFD, 0) != 0) ::_exit(126);
+  if (child_extra_fd >= 0 && ::fcntl(kWorkerExtraFd, F_SETFD, 0) != 0) ::_exit(126);
+  const unsigned first_closed = child_extra_fd >= 0 ? kWorkerExtraFd + 1 : kWorkerFd + 1;
+  if (::syscall(SYS_close_range, first_closed, ~0U, 0) != 0) ::_exit(126);
   if (user != nullptr) {
     if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) ::_exit(126);
     if (::setuid(0) == 0) ::_exit(126);  // Root must be gone for good.
@@ -135,30 +147,42 @@ int ReceiveFd(int sock, char tag) {
   return -1;
 }
 
-WorkerPool::WorkerPool(const char* program, PrivsepUser user, std::vector<std::string> args)
-    : program_(program), user_(std::move(user)), args_(std::move(args)) {}
+WorkerPool::WorkerPool(const char* program, PrivsepUser user, std::vector<std::string> args, StartHook start_hook)
+    : program_(program), user_(std::move(user)), args_(std::move(args)), start_hook_(std::move(start_hook)) {}
 
 WorkerPool::~WorkerPool() { Stop(std::chrono::milliseconds(0)); }
 
 bool WorkerPool::Start(std::size_t n, std::string& error) {
   for (std::size_t i = 0; i < n; ++i) {
     slots_.push_back(std::make_unique<Slot>());
-    if (!Spawn(*slots_.back(), error)) return false;
+    std::lock_guard lock(slots_.back()->mu);
+    if (!Spawn(slots_.size() - 1, error)) return false;
   }
   return true;
 }
 
-bool WorkerPool::Spawn(Slot& slot, std::string& error) {
+// Spawn starts slot index's worker, with the slot's lock held.
+bool WorkerPool::Spawn(std::size_t index, std::string& error) {
+  Slot& slot = *slots_[index];
   if (slot.sock >= 0) ::close(slot.sock);
-  if (slot.pid > 0) ::waitpid(slot.pid, nullptr, WNOHANG);  // Reap the one that died.
+  if (slot.pid > 0) {
+    // The one before is gone (its socket closed, so it exited or is
+    // exiting): make sure, and reap it, before the hook looks at what it
+    // left (it must not count on after that).
+    ::kill(slot.pid, SIGKILL);
+    while (::waitpid(slot.pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
   slot.sock = -1;
   slot.pid = -1;
+  const int extra_fd = start_hook_ ? start_hook_(index, slot.started) : -1;
+  slot.started = true;
   int pair[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
     error = std::string("socketpair: ") + std::strerror(errno);
     return false;
   }
-  const pid_t pid = StartSelf("/proc/self/exe", program_, args_, "--privsep-worker", pair[1], &user_);
+  const pid_t pid = StartSelf("/proc/self/exe", program_, args_, "--privsep-worker", pair[1], &user_, extra_fd);
   if (pid < 0) {
     error = std::string("starting a worker: ") + std::strerror(errno);
     ::close(pair[0]);
@@ -179,14 +203,29 @@ Result<void> WorkerPool::Hand(Connection& conn) {
   }
   Slot& slot = *slots_[i];
   std::lock_guard lock(slot.mu);
-  auto sent = SendConnection(slot.sock, conn);
-  if (sent.ok() || conn.fd() < 0 || (sent.error().sys_errno != EPIPE && sent.error().sys_errno != ECONNRESET)) {
-    return sent;
+  if (slot.sock >= 0) {
+    auto sent = SendConnection(slot.sock, conn);
+    if (sent.ok() || conn.fd() < 0 || (sent.error().sys_errno != EPIPE && sent.error().sys_errno != ECONNRESET)) {
+      return sent;
+    }
   }
-  // The worker is gone (its connections with it): a new one takes this.
+  // The worker is gone (its connections with it), or could not start last
+  // time: a new one takes this.
   std::string error;
-  if (!Spawn(slot, error)) return Error{ErrorCategory::kIo, 0, "starting a worker again: " + error, -1};
+  if (!Spawn(i, error)) return Error{ErrorCategory::kIo, 0, "starting a worker again: " + error, -1};
   return SendConnection(slot.sock, conn);
+}
+
+bool WorkerPool::RestartExited(std::string& error) {
+  bool ok = true;
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    Slot& slot = *slots_[i];
+    std::lock_guard lock(slot.mu);
+    if (slot.pid <= 0 || ::waitpid(slot.pid, nullptr, WNOHANG) != slot.pid) continue;
+    slot.pid = -1;  // Reaped.
+    if (!Spawn(i, error)) ok = false;
+  }
+  return ok;
 }
 
 void WorkerPool::Stop(std::chrono::milliseconds timeout) {
@@ -218,14 +257,15 @@ std::vector<pid_t> WorkerPool::pids() {
 }
 
 int StartPrivsep(const char* program, const std::string& user_name, std::vector<std::string> args,
-                 std::size_t num_workers, std::optional<WorkerPool>& pool, std::string& error) {
+                 std::size_t num_workers, std::optional<WorkerPool>& pool, std::string& error,
+                 WorkerPool::StartHook start_hook) {
   PrivsepUser user;
   if (::geteuid() != 0) {
     error = "--privsep must start as root (to start the workers as another user)";
     return 2;
   }
   if (!LookUpUser(user_name, user, error)) return 2;
-  pool.emplace(program, user, std::move(args));
+  pool.emplace(program, user, std::move(args), std::move(start_hook));
   if (!pool->Start(num_workers, error)) {
     error = "--privsep: " + error;
     return 1;

@@ -7,13 +7,16 @@
 // /proc/self/exe), started as the unprivileged user, with nothing open but
 // stdin, stdout, stderr and its end of an AF_UNIX socket (fd 3): it never
 // held the key, the listening socket or anyone else's connection, even in
-// memory.
+// memory. A program may give each worker one descriptor more, at
+// kWorkerExtraFd (ktls-serve: its --metrics counters in shared memory).
 #ifndef KTLS_TOOLS_COMMON_PRIVSEP_H_
 #define KTLS_TOOLS_COMMON_PRIVSEP_H_
 
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstddef>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -27,6 +30,9 @@ namespace ktls::tools {
 
 // kWorkerFd: where a worker finds its socket to the handshake process.
 inline constexpr int kWorkerFd = 3;
+// kWorkerExtraFd: where a worker finds the descriptor WorkerPool's
+// StartHook gave it, if any.
+inline constexpr int kWorkerExtraFd = 4;
 
 // PrivsepUser: the account workers run as. LookUpUser refuses root.
 struct PrivsepUser {
@@ -56,18 +62,27 @@ int ReceiveFd(int sock, char tag);
 
 // StartSelf starts path (this program's binary on disk) as program (its
 // argv[0]) with args and extra appended, as a child whose fd kWorkerFd is
-// child_end and that has nothing else open beyond stdio. With user, as that
-// user for good (a --privsep worker). Returns the pid, or -1 (errno set).
+// child_end and that has nothing else open beyond stdio (and child_extra_fd
+// at kWorkerExtraFd, unless it is -1). With user, as that user for good (a
+// --privsep worker). Returns the pid, or -1 (errno set).
 pid_t StartSelf(const std::string& path, const char* program, std::vector<std::string> args, const char* extra,
-                int child_end, const PrivsepUser* user);
+                int child_end, const PrivsepUser* user, int child_extra_fd = -1);
 
 // WorkerPool: the handshake process's side.
 class WorkerPool {
  public:
+  // StartHook: called before each worker of slot (0 to n - 1) starts, the
+  // first (restart false) and each one after a worker died (restart true;
+  // the dead one has been reaped: nothing of it runs any more). Returns a
+  // descriptor the worker gets at kWorkerExtraFd, or -1; the pool does not
+  // take it. Called with the slot's lock held, from the thread that starts
+  // the worker.
+  using StartHook = std::function<int(std::size_t slot, bool restart)>;
+
   // program: the workers' argv[0] ("ktls-serve"); args: this program's
   // arguments (without argv[0]); a worker gets them with --privsep-worker
   // added.
-  WorkerPool(const char* program, PrivsepUser user, std::vector<std::string> args);
+  WorkerPool(const char* program, PrivsepUser user, std::vector<std::string> args, StartHook start_hook = {});
   ~WorkerPool();
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
@@ -78,6 +93,10 @@ class WorkerPool {
   // gone is started again, once, and the move retried. On failure the
   // error says why, and conn is still this process's if nothing was sent.
   Result<void> Hand(Connection& conn);
+  // RestartExited starts again every worker that has exited (reaping it),
+  // without waiting for a connection to find it gone. False (and error)
+  // if one could not start: the next connection for its slot tries again.
+  bool RestartExited(std::string& error);
   // Stop asks every worker to drain (SIGTERM) and waits up to timeout, then
   // kills what is left.
   void Stop(std::chrono::milliseconds timeout);
@@ -85,11 +104,12 @@ class WorkerPool {
 
  private:
   struct Slot;
-  bool Spawn(Slot& slot, std::string& error);
+  bool Spawn(std::size_t index, std::string& error);
 
   const char* program_;
   PrivsepUser user_;
   std::vector<std::string> args_;
+  StartHook start_hook_;
   std::vector<std::unique_ptr<Slot>> slots_;
   std::mutex next_mu_;
   std::size_t next_ = 0;
@@ -100,7 +120,8 @@ class WorkerPool {
 // root, then starts num_workers workers as that user (program, args: see
 // WorkerPool). 0, or the exit code (2: a usage error) with `error`.
 int StartPrivsep(const char* program, const std::string& user_name, std::vector<std::string> args,
-                 std::size_t num_workers, std::optional<WorkerPool>& pool, std::string& error);
+                 std::size_t num_workers, std::optional<WorkerPool>& pool, std::string& error,
+                 WorkerPool::StartHook start_hook = {});
 
 }  // namespace ktls::tools
 

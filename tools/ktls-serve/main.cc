@@ -62,6 +62,7 @@
 #include "ktls-serve/file_response.h"
 #include "ktls-serve/metrics.h"
 #include "ktls-serve/metrics_http.h"
+#include "ktls-serve/shared_metrics.h"
 #include "ktls-serve/tick_clock.h"
 #include "ktls/asio.h"
 #include "ktls/kernel_tls_stats.h"
@@ -287,10 +288,18 @@ class Server {
  public:
   // tls: the handshake context; none in a --privsep worker, which only
   // serves connections it receives. pool: with --privsep, where handshaken
-  // connections go instead of being served here.
+  // connections go instead of being served here; shared_metrics: with
+  // --privsep and --metrics, this process's counts and the workers', what
+  // --metrics serves.
   Server(Options options, std::optional<ktls::ServerContext> tls, ktls::serve::Root root,
-         ktls::serve::Metrics& metrics, ktls::tools::WorkerPool* pool = nullptr)
-      : options_(std::move(options)), tls_(std::move(tls)), root_(std::move(root)), metrics_(metrics), pool_(pool) {
+         ktls::serve::Metrics& metrics, ktls::tools::WorkerPool* pool = nullptr,
+         ktls::serve::PrivsepMetrics* shared_metrics = nullptr)
+      : options_(std::move(options)),
+        tls_(std::move(tls)),
+        root_(std::move(root)),
+        metrics_(metrics),
+        pool_(pool),
+        shared_metrics_(shared_metrics) {
     const unsigned n = options_.threads != 0 ? options_.threads : std::max(1u, std::thread::hardware_concurrency());
     // Idle timeouts are checked this often: at most two periods late.
     // The access log is written by the same sweep.
@@ -421,12 +430,21 @@ class Server {
       std::fprintf(stderr, "ktls-serve: metrics on http://%s:%u/metrics\n",
                    (at.address().is_v6() ? "[" + at.address().to_string() + "]" : at.address().to_string()).c_str(),
                    at.port());
-      net::co_spawn(main_io_,
-                    ktls::serve::ServeMetrics(metrics_acceptor_,
-                                              [this] { return metrics_.Render(ktls::ReadKernelTlsStats()); }),
+      net::co_spawn(main_io_, ktls::serve::ServeMetrics(metrics_acceptor_, [this] { return RenderMetrics(); }),
                     net::detached);
     }
     net::co_spawn(main_io_, AcceptLoop(acceptor_), net::detached);
+  }
+
+  // RenderMetrics: what /metrics shows. With --privsep, the sum over this
+  // process and the workers, after starting again any worker that died (so
+  // its connections are no longer counted as open, and its counts are kept).
+  std::string RenderMetrics() {
+    if (shared_metrics_ == nullptr) return metrics_.Render(ktls::ReadKernelTlsStats());
+    if (std::string error; pool_ != nullptr && !pool_->RestartExited(error)) {
+      LogError("ktls-serve: starting a worker again: " + error);
+    }
+    return shared_metrics_->Render(ktls::ReadKernelTlsStats());
   }
 
   net::awaitable<void> AcceptLoop(tcp::acceptor& acceptor) {
@@ -682,11 +700,11 @@ class Server {
       std::memcpy(remote.data(), &addr, len);
       peer = remote.address().to_string() + ":" + std::to_string(remote.port());
     }
-    const ktls::Offload tx = conn.tx(), rx = conn.rx();
     auto c = std::make_shared<Conn>(*this, worker,
                                     std::make_shared<ktls::asio::stream>(worker.io.get_executor(), std::move(conn)),
                                     std::move(peer));
-    metrics_.Handshaken(tx, rx);
+    // Counted as a connection where it was handshaken; open here.
+    metrics_.Adopted();
     c->handshaken = true;
     co_await Serve(std::move(c));
   }
@@ -1004,6 +1022,7 @@ class Server {
   std::atomic<bool> draining_ = false;
   Clock::time_point drain_deadline_;
   ktls::tools::WorkerPool* pool_ = nullptr;                 // --privsep: where connections go.
+  ktls::serve::PrivsepMetrics* shared_metrics_ = nullptr;   // --privsep --metrics: what /metrics sums.
   std::optional<net::posix::stream_descriptor> from_;       // A worker, or after an upgrade: where they come from.
   uid_t from_uid_ = 0;                                      // Who must be sending them.
   // SIGUSR2: the socket to the new process, while handing over.
@@ -1079,8 +1098,15 @@ int RunPrivsepWorker(Options o) {
   RaiseFileLimit();
   o.threads = 1;  // One process per handshake thread already.
   (void)ktls::CachedCapabilities();  // The probe, now rather than in the first connection's time.
-  ktls::serve::Metrics metrics;
-  Server server(o, std::nullopt, std::move(*root), metrics);
+  // With --metrics, the counts go where the handshake process reads them
+  // (kWorkerExtraFd); without, nobody reads them.
+  ktls::serve::Metrics local_metrics;
+  std::optional<ktls::serve::MetricsRegion> region;
+  if (!o.metrics.empty()) {
+    region = ktls::serve::MetricsRegion::Map(ktls::tools::kWorkerExtraFd, error);
+    if (!region) std::fprintf(stderr, "ktls-serve: worker: --metrics not counted: %s\n", error.c_str());
+  }
+  Server server(o, std::nullopt, std::move(*root), region ? region->metrics() : local_metrics);
   return server.Run();
 }
 
@@ -1117,7 +1143,8 @@ int main(int argc, char** argv) {
      cxxopts::value<long long>()->default_value("10000"))
     ("drain-timeout", "On SIGINT/SIGTERM, wait at most this long for responses in flight (ms)",
      cxxopts::value<long long>()->default_value("10000"))
-    ("metrics", "Serve Prometheus metrics over plain HTTP at http://ADDR:PORT/metrics (default: off; use loopback)",
+    ("metrics", "Serve Prometheus metrics over plain HTTP at http://ADDR:PORT/metrics (default: off; use loopback; "
+     "with --privsep, the handshake process serves them for all its workers)",
      cxxopts::value<std::string>())
     ("open-file-cache", "Keep up to N recently served files open per thread, with their metadata and, up to 15 KiB, "
      "their bytes (default: 0, no cache; alone: 1000)", cxxopts::value<std::size_t>()->default_value("0")->implicit_value("1000"))
@@ -1127,7 +1154,8 @@ int main(int argc, char** argv) {
     ("privsep", "Privilege separation: this process (it must start as root) holds the key and does the handshakes; "
      "worker processes running as --user serve the requests, each connection moved to them with both directions in "
      "the kernel. A connection that cannot move (RX kept in userspace on Linux < 6.14 without --rx, a cipher the "
-     "kernel lacks) is ended with close_notify and logged, never served by the key holder")
+     "kernel lacks) is ended with close_notify and logged, never served by the key holder. With --metrics, this "
+     "process serves the sum of its counts and the workers'")
     ("user", "With --privsep: the user the workers run as (not root)", cxxopts::value<std::string>())
     ("privsep-worker", "Internal: this is a --privsep worker (started by ktls-serve itself)")
     ("upgrade-from", "Internal: take over from the ktls-serve that started this one on SIGUSR2")
@@ -1191,8 +1219,8 @@ int main(int argc, char** argv) {
   o.idle_timeout = limits.idle_timeout;
   o.max_connections = limits.max_connections;
   o.drain_timeout = milliseconds(drain_ms);
-  if (o.privsep && (o.privsep_user.empty() || !o.metrics.empty())) {
-    std::fprintf(stderr, "ktls-serve: --privsep needs --user, and does not serve --metrics (yet)\n");
+  if (o.privsep && o.privsep_user.empty()) {
+    std::fprintf(stderr, "ktls-serve: --privsep needs --user\n");
     return 2;
   }
   if (o.privsep_worker) return RunPrivsepWorker(o);
@@ -1204,13 +1232,29 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::string_view(argv[i]) != "--upgrade-from") o.args.emplace_back(argv[i]);
   }
+  // Counted whether or not --metrics serves them: a relaxed atomic add each.
+  ktls::serve::Metrics metrics;
+  // --privsep --metrics: the workers count in shared memory, one region each.
+  std::optional<ktls::serve::PrivsepMetrics> shared_metrics;
   std::optional<ktls::tools::WorkerPool> pool;
   if (o.privsep) {
     // The workers start before the key is read: they are fresh images
     // anyway, but nothing of it is even in this process yet.
     const unsigned n = o.threads != 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
+    ktls::tools::WorkerPool::StartHook start_hook;
+    if (!o.metrics.empty()) {
+      shared_metrics.emplace(metrics);
+      if (!shared_metrics->Create(n, error)) {
+        std::fprintf(stderr, "ktls-serve: --metrics: %s\n", error.c_str());
+        return 1;
+      }
+      start_hook = [&shared_metrics](std::size_t slot, bool restart) {
+        return shared_metrics->WorkerStarting(slot, restart);
+      };
+    }
     if (const int code = ktls::tools::StartPrivsep("ktls-serve", o.privsep_user,
-                                                   std::vector<std::string>(argv + 1, argv + argc), n, pool, error);
+                                                   std::vector<std::string>(argv + 1, argv + argc), n, pool, error,
+                                                   std::move(start_hook));
         code != 0) {
       std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
       return code;
@@ -1235,8 +1279,6 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  // Counted whether or not --metrics serves them: a relaxed atomic add each.
-  ktls::serve::Metrics metrics;
   ktls::ServerConfig config;
   ktls::tools::SelfSigned self_signed;
   if (o.cert_file.empty()) {
@@ -1278,7 +1320,8 @@ int main(int argc, char** argv) {
   RaiseFileLimit();
   std::fprintf(stderr, "ktls-serve: %s\n", Capabilities().c_str());
 
-  Server server(o, std::move(tls).value(), std::move(*root), metrics, pool ? &*pool : nullptr);
+  Server server(o, std::move(tls).value(), std::move(*root), metrics, pool ? &*pool : nullptr,
+                shared_metrics ? &*shared_metrics : nullptr);
   if (!server.Listen(*endpoint, error) || (metrics_endpoint && !server.ListenMetrics(*metrics_endpoint, error))) {
     std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());
     return 1;

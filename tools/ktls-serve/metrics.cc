@@ -44,6 +44,8 @@ void Metrics::Handshaken(Offload tx, Offload rx) noexcept {
   open_.fetch_add(1, kRelaxed);
 }
 
+void Metrics::Adopted() noexcept { open_.fetch_add(1, kRelaxed); }
+
 void Metrics::Closed() noexcept { open_.fetch_sub(1, kRelaxed); }
 
 void Metrics::HandshakeFailed(std::size_t reason_index) noexcept {
@@ -70,6 +72,19 @@ void Metrics::ResponseBytes(ResponsePath path, std::uint64_t bytes) noexcept {
 void Metrics::KeyUpdates(std::uint64_t sent, std::uint64_t received) noexcept {
   if (sent != 0) key_updates_[0].fetch_add(sent, kRelaxed);
   if (received != 0) key_updates_[1].fetch_add(received, kRelaxed);
+}
+
+void Metrics::Add(const Metrics& from, bool open) noexcept {
+  const auto add = [](auto& to, const auto& counts) {
+    for (std::size_t i = 0; i < counts.size(); ++i) to[i].fetch_add(counts[i].load(kRelaxed), kRelaxed);
+  };
+  add(connections_, from.connections_);
+  add(handshake_failures_, from.handshake_failures_);
+  add(fallbacks_, from.fallbacks_);
+  add(requests_, from.requests_);
+  add(response_bytes_, from.response_bytes_);
+  add(key_updates_, from.key_updates_);
+  if (open) open_.fetch_add(from.open_.load(kRelaxed), kRelaxed);
 }
 
 std::string Metrics::Render(const Result<KernelTlsStats>& tls_stat) const {

@@ -52,12 +52,22 @@ enum class ResponsePath : std::uint8_t {
 };
 
 // Metrics: the counters. Every method is safe from any thread.
+//
+// With --privsep each worker process counts into a Metrics of its own in
+// memory shared with the key holder (shared_metrics.h), which adds them up:
+// so the counters are plain atomics with no pointer inside, the same in
+// every process that maps them.
 class Metrics {
  public:
   // Handshaken: a connection completed its handshake (and offload): counts
   // it under where each direction went, and as open until Closed.
   void Handshaken(Offload tx, Offload rx) noexcept;
-  // Closed: a connection Handshaken counted has ended.
+  // Adopted: a connection another process handshook (and counted in
+  // ktls_connections_total) is served here: open until Closed, and not
+  // counted as a connection again. A --privsep worker's, or the new
+  // process's after a SIGUSR2 upgrade.
+  void Adopted() noexcept;
+  // Closed: a connection Handshaken or Adopted counted has ended.
   void Closed() noexcept;
   // HandshakeFailed: index into kHandshakeFailureReasons.
   void HandshakeFailed(std::size_t reason_index) noexcept;
@@ -76,8 +86,17 @@ class Metrics {
   // when tls_stat could not be read).
   std::string Render(const Result<KernelTlsStats>& tls_stat) const;
 
+  // Add adds every count of from to this one's; the open-connections gauge
+  // too with open. A sum to render, or a dead worker's counts kept (its
+  // connections died with it: without open).
+  void Add(const Metrics& from, bool open) noexcept;
+
  private:
   using Counter = std::atomic<std::uint64_t>;
+  // Shared between processes (shared_metrics.h): the atomics must work on
+  // the memory itself, with no lock elsewhere.
+  static_assert(Counter::is_always_lock_free);
+  static_assert(std::atomic<std::int64_t>::is_always_lock_free);
   std::array<Counter, 4> connections_{};  // [tx kernel?][rx kernel?] as tx * 2 + rx.
   std::atomic<std::int64_t> open_{0};
   std::array<Counter, kHandshakeFailureReasons.size()> handshake_failures_{};
