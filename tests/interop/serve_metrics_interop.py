@@ -347,9 +347,15 @@ def set_up(directory):
             f.write(data)
 
 
-def main():
+def suite_main(module, prefix, set_up, as_root=False):
+    """The main of a ktls-serve suite that scrapes /metrics (this one, the
+    --privsep and the upgrade suites): `SCRIPT PATH/TO/ktls-serve
+    [TEST_NAME_SUBSTRING...]`. Checks the kernel and prometheus_client (and
+    root, for as_root), sets serve.SERVE, then runs module's tests; the exit
+    status."""
+    script = os.path.basename(module.__file__)
     if len(sys.argv) < 2:
-        print("usage: serve_metrics_interop.py PATH/TO/ktls-serve [TEST_NAME_SUBSTRING...]", file=sys.stderr)
+        print(f"usage: {script} PATH/TO/ktls-serve [TEST_NAME_SUBSTRING...]", file=sys.stderr)
         return 2
     serve.SERVE = os.path.abspath(sys.argv[1])
     status = ktls_interop.check_kernel_tls()
@@ -357,10 +363,16 @@ def main():
         return status
     if text_string_to_metric_families is None:
         return ktls_interop.fail("needs prometheus_client (Debian: python3-prometheus-client; scripts/setup)")
+    if as_root and os.geteuid() != 0:
+        return ktls_interop.fail(f"{script} starts ktls-serve as root: run it as root (the UML guests do)")
     if not os.access(serve.SERVE, os.X_OK):
         return ktls_interop.fail(f"no ktls-serve at {serve.SERVE}")
     print(f"kernel {os.uname().release}; Python ssl: {ssl.OPENSSL_VERSION}", flush=True)
-    return ktls_interop.run_tests(sys.modules[__name__], sys.argv[2:], "ktls-serve-metrics-", set_up)
+    return ktls_interop.run_tests(module, sys.argv[2:], prefix, set_up)
+
+
+def main():
+    return suite_main(sys.modules[__name__], "ktls-serve-metrics-", set_up)
 
 
 if __name__ == "__main__":

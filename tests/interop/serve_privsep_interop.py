@@ -32,7 +32,6 @@ Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 import os
 import pwd
 import signal
-import ssl
 import subprocess
 import sys
 import time
@@ -249,21 +248,8 @@ def set_up(directory):
 
 
 def main():
-    if len(sys.argv) < 2:
-        print("usage: serve_privsep_interop.py PATH/TO/ktls-serve [TEST_NAME_SUBSTRING...]", file=sys.stderr)
-        return 2
-    serve.SERVE = os.path.abspath(sys.argv[1])
-    status = ktls_interop.check_kernel_tls()
-    if status is not None:
-        return status
-    if metrics.text_string_to_metric_families is None:
-        return ktls_interop.fail("needs prometheus_client (Debian: python3-prometheus-client; scripts/setup)")
-    if os.geteuid() != 0:
-        return ktls_interop.fail("--privsep starts as root: run this suite as root (the UML guests do)")
-    if not os.access(serve.SERVE, os.X_OK):
-        return ktls_interop.fail(f"no ktls-serve at {serve.SERVE}")
-    print(f"kernel {os.uname().release}; Python ssl: {ssl.OPENSSL_VERSION}", flush=True)
-    return ktls_interop.run_tests(sys.modules[__name__], sys.argv[2:], "ktls-serve-privsep-", set_up)
+    # --privsep starts as root (to start the workers as another user).
+    return metrics.suite_main(sys.modules[__name__], "ktls-serve-privsep-", set_up, as_root=True)
 
 
 if __name__ == "__main__":

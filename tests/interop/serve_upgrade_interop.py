@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import signal
-import ssl
 import sys
 import unittest
 
@@ -237,19 +236,7 @@ def set_up(directory):
 
 
 def main():
-    if len(sys.argv) < 2:
-        print("usage: serve_upgrade_interop.py PATH/TO/ktls-serve [TEST_NAME_SUBSTRING...]", file=sys.stderr)
-        return 2
-    serve.SERVE = os.path.abspath(sys.argv[1])
-    status = ktls_interop.check_kernel_tls()
-    if status is not None:
-        return status
-    if metrics.text_string_to_metric_families is None:
-        return ktls_interop.fail("needs prometheus_client (Debian: python3-prometheus-client; scripts/setup)")
-    if not os.access(serve.SERVE, os.X_OK):
-        return ktls_interop.fail(f"no ktls-serve at {serve.SERVE}")
-    print(f"kernel {os.uname().release}; Python ssl: {ssl.OPENSSL_VERSION}", flush=True)
-    return ktls_interop.run_tests(sys.modules[__name__], sys.argv[2:], "ktls-serve-upgrade-", set_up)
+    return metrics.suite_main(sys.modules[__name__], "ktls-serve-upgrade-", set_up)
 
 
 if __name__ == "__main__":
