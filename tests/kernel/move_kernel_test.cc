@@ -61,13 +61,6 @@ std::span<const std::uint8_t> Text(const std::string& s) {
   return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
 }
 
-long long Delta(const std::map<std::string, long long>& before, const std::string& name) {
-  const auto after = ReadTlsStat();
-  const auto a = after.find(name);
-  const auto b = before.find(name);
-  return a == after.end() || b == before.end() ? -1 : a->second - b->second;
-}
-
 // MoveHere exports conn and imports it again as a new Connection, checking
 // on the way that the old one is empty.
 std::string MoveHere(Connection& conn) {
@@ -149,9 +142,9 @@ TEST(MoveKernelTest, MovedMidStreamGoesOnWithSendFileKeyUpdatesAndCloseNotify) {
     EXPECT_EQ(conn->rx_key_updates(), 2u);
   }
   // Two connection ends, each offloaded once: the move installed nothing.
-  EXPECT_EQ(Delta(before, "TlsTxSw"), 2);
-  EXPECT_EQ(Delta(before, "TlsRxSw"), 2);
-  EXPECT_EQ(Delta(before, "TlsDecryptError"), 0);
+  EXPECT_EQ(TlsStatDelta(before, "TlsTxSw"), 2);
+  EXPECT_EQ(TlsStatDelta(before, "TlsRxSw"), 2);
+  EXPECT_EQ(TlsStatDelta(before, "TlsDecryptError"), 0);
 }
 
 // Receiver: a child process that receives connections, and the parent's

@@ -64,13 +64,6 @@ using plain_openssl::SslWriteAll;
 
 constexpr std::size_t kKiB = 1024;
 
-long long Delta(const std::map<std::string, long long>& before, const std::string& name) {
-  const auto after = ReadTlsStat();
-  const auto a = after.find(name);
-  const auto b = before.find(name);
-  return a == after.end() || b == before.end() ? -1 : a->second - b->second;
-}
-
 std::string DropReason(const Connection& conn) {
   return conn.tickets_dropped_reason() != nullptr ? conn.tickets_dropped_reason() : "(none)";
 }
@@ -140,8 +133,8 @@ void FullThenResumed(const ServerConfig& server_config, ClientConfig client_conf
   }
   EXPECT_TRUE(ends[1].session.resumed) << "the server should agree that it resumed";
   // Both ends of the resumed connection went to software kTLS, each way.
-  EXPECT_EQ(Delta(before, "TlsTxSw"), 2);
-  EXPECT_EQ(Delta(before, "TlsRxSw"), 2);
+  EXPECT_EQ(TlsStatDelta(before, "TlsTxSw"), 2);
+  EXPECT_EQ(TlsStatDelta(before, "TlsRxSw"), 2);
 }
 
 // --- a. TLS 1.3 tickets ----------------------------------------------------------

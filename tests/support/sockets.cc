@@ -121,6 +121,13 @@ std::map<std::string, long long> ReadTlsStat() {
   return counters;
 }
 
+long long TlsStatDelta(const std::map<std::string, long long>& before, const std::string& name) {
+  const auto after = ReadTlsStat();
+  const auto a = after.find(name);
+  const auto b = before.find(name);
+  return a == after.end() || b == before.end() ? -1 : a->second - b->second;
+}
+
 std::vector<std::uint8_t> RandomBytes(std::size_t len) {
   std::vector<std::uint8_t> bytes(len);
   if (len > 0 && RAND_bytes(bytes.data(), static_cast<int>(len)) != 1) {

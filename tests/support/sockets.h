@@ -55,6 +55,10 @@ bool ReadExactly(int fd, std::span<std::uint8_t> out);
 // from counter name to value. Empty if the file does not exist (no kTLS).
 std::map<std::string, long long> ReadTlsStat();
 
+// TlsStatDelta: how much counter name grew from before (a ReadTlsStat) to
+// now; -1 where either reading lacks it, which no count can equal.
+long long TlsStatDelta(const std::map<std::string, long long>& before, const std::string& name);
+
 // RandomBytes returns len bytes from OpenSSL's RAND_bytes.
 std::vector<std::uint8_t> RandomBytes(std::size_t len);
 
