@@ -48,24 +48,20 @@ bool EventLoop::Listen(const std::string& host, std::uint16_t port, std::string&
     error = std::string("epoll or eventfd: ") + std::strerror(errno);
     return false;
   }
-  listener_ = OpenListenSocket(host, port, {.reuse_port = true, .non_blocking = true, .backlog = SOMAXCONN},
-                               "--listen", port_, error);
-  if (listener_.get() < 0) return false;
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = kListenerTag;
-  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &ev) != 0) {
-    error = std::string("epoll_ctl: ") + std::strerror(errno);
-    return false;
-  }
-  listener_registered_ = true;
-  return true;
+  UniqueFd listener = OpenListenSocket(host, port, {.reuse_port = true, .non_blocking = true, .backlog = SOMAXCONN},
+                                      "--listen", port_, error);
+  if (listener.get() < 0) return false;
+  return WatchListener(std::move(listener), error);
 }
 
 bool EventLoop::ReceiveFrom(UniqueFd unix_socket, uid_t peer_uid, std::string& error) {
-  listener_ = std::move(unix_socket);
   receiving_ = true;
   peer_uid_ = peer_uid;
+  return WatchListener(std::move(unix_socket), error);
+}
+
+bool EventLoop::WatchListener(UniqueFd listener, std::string& error) {
+  listener_ = std::move(listener);
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = kListenerTag;
@@ -86,16 +82,7 @@ bool EventLoop::ListenOn(UniqueFd listener, std::string& error) {
   }
   port_ = ntohs(addr.ss_family == AF_INET6 ? reinterpret_cast<const sockaddr_in6&>(addr).sin6_port
                                            : reinterpret_cast<const sockaddr_in&>(addr).sin_port);
-  listener_ = std::move(listener);
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = kListenerTag;
-  if (epoll_.get() < 0 || wake_.get() < 0 || ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &ev) != 0) {
-    error = std::string("epoll: ") + std::strerror(errno);
-    return false;
-  }
-  listener_registered_ = true;
-  return true;
+  return WatchListener(std::move(listener), error);
 }
 
 void EventLoop::BeginDrain() {

@@ -82,6 +82,9 @@ class EventLoop {
     bool operator>(const Timer& other) const { return when > other.when; }
   };
 
+  // WatchListener: listener (or the socket connections come on) into the
+  // epoll.
+  bool WatchListener(UniqueFd listener, std::string& error);
   void Accept(Clock::time_point now);
   void Receive(Clock::time_point now);
   // Add runs a new connection for the first time.
