@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -88,6 +89,12 @@ bool Successor::Start(const std::string& path, const std::vector<std::string>& a
     KillAndReap(child);
     return false;
   }
+  // A new process that stops reading must not hold the event loops in a
+  // send for ever: after this long the hand-over fails, and what is left
+  // stays here.
+  const timeval send_timeout{static_cast<time_t>(timeout.count() / 1000),
+                             static_cast<suseconds_t>(timeout.count() % 1000 * 1000)};
+  (void)::setsockopt(sock.get(), SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout));
   sock_ = std::move(sock);
   pid_ = child;
   return true;

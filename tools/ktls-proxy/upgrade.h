@@ -41,9 +41,10 @@ class Successor {
              std::chrono::milliseconds timeout, std::string& error);
   pid_t pid() const noexcept { return pid_; }
   // Send moves one quiet relay to the successor (from any event loop
-  // thread, one at a time). On failure client and backend are still this
-  // process's if client is still open; after the first failure nothing
-  // more is sent (the stream may be out of step).
+  // thread, one at a time; a send blocked for Start's timeout fails). On
+  // failure client and backend are still this process's if client is
+  // still open; after the first failure nothing more is sent (the stream
+  // may be out of step).
   ktls::Result<void> Send(const RelayCounts& counts, ktls::Connection& client, Endpoint& backend);
   // Close ends the stream: the successor stops waiting for connections.
   void Close();
