@@ -26,7 +26,6 @@ Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 """
 import hashlib
 import os
-import platform
 import selectors
 import shutil
 import signal
@@ -39,7 +38,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
 import proxy_interop as proxy  # noqa: E402
-from key_update_interop import kernel_can_rekey  # noqa: E402
 from ktls_interop import STEP_TIMEOUT, Upgraded, read_tls_stat, sha, wait_until  # noqa: E402
 
 BINARY = ""  # The copy ktls-proxy runs from.
@@ -292,8 +290,6 @@ class Upgrade(proxy.ProxyTest):
                 upgraded.stop()
 
     def test_privsep_refuses_sigusr2_and_goes_on(self):
-        if os.geteuid() != 0:
-            self.fail("--privsep starts as root: run this suite as root (the UML guests do)")
         backend = proxy.SelectorEchoBackend()
         try:
             with Proxy(backend.port, "--privsep", "--user", "nobody") as server:
@@ -321,19 +317,8 @@ def set_up(directory):
 
 
 def main():
-    if len(sys.argv) < 2:
-        print("usage: proxy_upgrade_interop.py PATH/TO/ktls-proxy [TEST_NAME_SUBSTRING...]", file=sys.stderr)
-        return 2
-    proxy.PROXY = os.path.abspath(sys.argv[1])
-    status = ktls_interop.check_kernel_tls()
-    if status is not None:
-        return status
-    if not ktls_interop.find_openssl() or not os.access(proxy.PROXY, os.X_OK):
-        return ktls_interop.fail(f"need the openssl CLI in PATH and ktls-proxy at {proxy.PROXY}")
-    proxy.REKEY = kernel_can_rekey(platform.release())
-    print(f"kernel {platform.release()} (rekey: {'yes' if proxy.REKEY else 'no'}); Python ssl: {ssl.OPENSSL_VERSION}",
-          flush=True)
-    return ktls_interop.run_tests(sys.modules[__name__], sys.argv[2:], "ktls-proxy-upgrade-", set_up)
+    # As root: the --privsep case starts as root (the UML guests run as root).
+    return proxy.suite_main(sys.modules[__name__], "ktls-proxy-upgrade-", set_up, as_root=True)
 
 
 if __name__ == "__main__":
