@@ -13,7 +13,9 @@ kernel move.
 - an echo before and after the upgrade on the same TCP connection (same
   local port, offloaded once: tls_stat), the old process exits with 0, the
   new one relays it and writes its one line, with the bytes of both;
-- 32 MiB down and 8 MiB up in flight during the upgrade arrive intact
+- a handshake in flight at the upgrade finishes in the old process, then
+  the connection moves;
+- 64 MiB down and 16 MiB up in flight during the upgrade arrive intact
   (SHA-256 at both ends), on one connection offloaded once;
 - the binary on disk replaced by one that exits at once, or gone: the old
   process goes on serving (the open connection and new ones), and says why;
@@ -42,8 +44,8 @@ from ktls_interop import STEP_TIMEOUT, Upgraded, read_tls_stat, sha, wait_until 
 
 BINARY = ""  # The copy ktls-proxy runs from.
 MIB = 1024 * 1024
-DOWN_LEN = 32 * MIB
-UP_LEN = 8 * MIB
+DOWN_LEN = 64 * MIB
+UP_LEN = 16 * MIB
 DOWN = b""
 UP = b""
 
@@ -146,6 +148,32 @@ class Upgrade(proxy.ProxyTest):
                 self.assertEqual(after["TlsDecryptError"], before_new["TlsDecryptError"])
                 self.assertEqual([ln["client"] for ln in server.lines()], [f"{proxy.HOST}:{port}"], "one line")
                 self.assertIn("handed over everything it could", server.err.text())
+            finally:
+                upgraded.stop()
+
+    def test_a_handshake_in_flight_finishes_in_the_old_process_then_moves(self):
+        backend = proxy.Backend(proxy.echo)
+        with Proxy(backend.port) as server:
+            upgraded = Upgraded(server)
+            try:
+                client = proxy.TlsClient(server.port)
+                client.start_handshake()
+                # The old process answered the ClientHello: its handshake is
+                # in flight when the upgrade starts.
+                self.assertTrue(client.sock.recv(1, socket.MSG_PEEK))
+                server.proc.send_signal(signal.SIGUSR2)
+                upgraded.wait_taken_over()
+                client.handshake()
+                client.sock.settimeout(STEP_TIMEOUT)
+                self.assertEqual(client.echo(b"ping"), b"ping")
+                self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 2), 0, "exits once it moved")
+                self.assertEqual(client.echo(b"pong"), b"pong", "relayed by the new process")
+                self.assertEqual(client.echo_and_close(b"last"), (b"last", "close_notify"))
+                line = server.line_for(client.port)
+                backend.finish(self)
+                self.check_line(line, up=12, down=12, end="client_close_notify")
+                self.assertIn("handing over 1 connection(s)", server.err.text())
+                self.assertNotIn("stays in this process", server.err.text())
             finally:
                 upgraded.stop()
 
