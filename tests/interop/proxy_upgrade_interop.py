@@ -13,6 +13,8 @@ kernel move.
 - an echo before and after the upgrade on the same TCP connection (same
   local port, offloaded once: tls_stat), the old process exits with 0, the
   new one relays it and writes its one line, with the bytes of both;
+- the new process upgrades again, as it was started (its connection goes
+  on in a third one);
 - a handshake in flight at the upgrade finishes in the old process, then
   the connection moves;
 - 64 MiB down and 16 MiB up in flight during the upgrade arrive intact
@@ -28,6 +30,7 @@ Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 """
 import hashlib
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -148,6 +151,31 @@ class Upgrade(proxy.ProxyTest):
                 self.assertEqual(after["TlsDecryptError"], before_new["TlsDecryptError"])
                 self.assertEqual([ln["client"] for ln in server.lines()], [f"{proxy.HOST}:{port}"], "one line")
                 self.assertIn("handed over everything it could", server.err.text())
+            finally:
+                upgraded.stop()
+
+    def test_the_new_process_upgrades_again(self):
+        backend = proxy.Backend(proxy.echo)
+        with Proxy(backend.port) as server:
+            upgraded = Upgraded(server)
+            try:
+                client = proxy.TlsClient(server.port).handshake()
+                client.sock.settimeout(STEP_TIMEOUT)
+                self.assertEqual(client.echo(b"one"), b"one")
+                first = self.upgrade(server, upgraded)
+                self.assertTrue(wait_until(lambda: "handed over everything" in server.err.text(), STEP_TIMEOUT))
+                os.kill(first, signal.SIGUSR2)
+
+                def second():
+                    pids = re.findall(r"upgrade: pid (\d+) serves now", server.err.text())
+                    return int(pids[1]) if len(pids) == 2 else None
+                self.assertTrue(wait_until(second, STEP_TIMEOUT), server.err.text())
+                upgraded.pid = second()
+                self.assertTrue(wait_until(lambda: ktls_interop.zombie(first), STEP_TIMEOUT), "the first one exits")
+                self.assertEqual(client.echo(b"two"), b"two", "relayed by the third process")
+                self.assertEqual(client.echo_and_close(b"end"), (b"end", "close_notify"))
+                self.check_line(server.line_for(client.port), up=9, down=9, end="client_close_notify")
+                backend.finish(self)
             finally:
                 upgraded.stop()
 
