@@ -150,7 +150,7 @@ void ReceiveHandedOver(const ktls::proxy::ProxyContext& context,
                        const std::vector<std::unique_ptr<ktls::proxy::EventLoop>>& loops) {
   std::size_t next = 0;
   for (;;) {
-    auto relay = ktls::proxy::ReceiveRelay(ktls::tools::kWorkerFd, ::getuid());
+    auto relay = ktls::proxy::ReceiveRelay(ktls::tools::kWorkerFd, ::getuid(), context.backend->tls());
     if (!relay.ok()) {
       if (relay.error().category == ktls::ErrorCategory::kClosed) {
         std::fprintf(stderr, "ktls-proxy: upgrade: the previous process handed over everything it could\n");

@@ -25,8 +25,9 @@ constexpr char kListenerTag = 'L';
 constexpr char kServingTag = 'R';
 constexpr char kRelayTag = 'C';
 constexpr char kBackendTag = 'B';
-// The header before each connection: the tag, the backend's kind (0 plain
-// TCP, 1 TLS), then up, up_copied, down, down_copied and the age in ms,
+// The header between a connection's backend and its client: the tag, the
+// backend's kind (0 plain TCP, 1 TLS: both processes have the same
+// --backend-tls), then up, up_copied, down, down_copied and the age in ms,
 // each 8 bytes big-endian.
 constexpr std::size_t kNumCounts = 5;
 constexpr std::size_t kHeaderLen = 2 + 8 * kNumCounts;
@@ -103,6 +104,23 @@ bool Successor::Start(const std::string& path, const std::vector<std::string>& a
 ktls::Result<void> Successor::Send(const RelayCounts& counts, ktls::Connection& client, Endpoint& backend) {
   std::lock_guard lock(mu_);
   if (broken_ || sock_.get() < 0) return SysError(EPIPE, "an earlier hand-over failed");
+  // The backend first: an Export it refuses leaves nothing sent, the
+  // stream in step and the connection here.
+  if (backend.tls()) {
+    if (auto sent = ktls::SendConnection(sock_.get(), backend.connection()); !sent.ok()) {
+      // A socket error (the new process gone, or not reading for the
+      // timeout) fails every later send as well: stop here.
+      if (!backend.open() || sent.error().category == ktls::ErrorCategory::kIo) broken_ = true;
+      return sent;
+    }
+  } else if (!tools::SendFd(sock_.get(), backend.fd(), kBackendTag)) {
+    broken_ = true;
+    return SysError(errno, "sending the backend's socket");
+  }
+  // From here on a failure leaves the stream out of step, and the backend's
+  // socket with the new process: the connection is lost to both.
+  broken_ = true;
+  backend.Close();  // This process's copy; the new process has its own.
   std::array<std::uint8_t, kHeaderLen> header{};
   header[0] = kRelayTag;
   header[1] = backend.tls() ? 1 : 0;
@@ -112,27 +130,10 @@ ktls::Result<void> Successor::Send(const RelayCounts& counts, ktls::Connection& 
   ssize_t n;
   while ((n = ::send(sock_.get(), header.data(), header.size(), MSG_NOSIGNAL)) < 0 && errno == EINTR) {
   }
-  if (n != static_cast<ssize_t>(header.size())) {
-    broken_ = true;
-    return SysError(n < 0 ? errno : EPIPE, "sending to the new process");
-  }
-  // From here on a failure leaves the stream out of step: nothing more goes.
-  if (auto sent = ktls::SendConnection(sock_.get(), client); !sent.ok()) {
-    broken_ = true;
-    return sent;
-  }
-  ktls::Result<void> sent;
-  if (backend.tls()) {
-    sent = ktls::SendConnection(sock_.get(), backend.connection());
-  } else if (!tools::SendFd(sock_.get(), backend.fd(), kBackendTag)) {
-    sent = SysError(errno, "sending the backend's socket");
-  }
-  if (!sent.ok()) {
-    // The client's connection went without its backend: lost to both.
-    broken_ = true;
-    backend.Reset();
-  }
-  return sent;
+  if (n != static_cast<ssize_t>(header.size())) return SysError(n < 0 ? errno : EPIPE, "sending to the new process");
+  if (auto sent = ktls::SendConnection(sock_.get(), client); !sent.ok()) return sent;
+  broken_ = false;
+  return {};
 }
 
 void Successor::Close() {
@@ -159,23 +160,14 @@ int ReceiveListener(int sock) { return tools::ReceiveFd(sock, kListenerTag); }
 
 bool SayServing(int sock) { return ::write(sock, &kServingTag, 1) == 1; }
 
-ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid) {
-  std::array<std::uint8_t, kHeaderLen> header{};
+ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_tls) {
+  char next = 0;
   ssize_t n;
-  while ((n = ::recv(sock, header.data(), header.size(), MSG_WAITALL)) < 0 && errno == EINTR) {
+  while ((n = ::recv(sock, &next, 1, MSG_PEEK)) < 0 && errno == EINTR) {
   }
   if (n == 0) return ktls::Error{ktls::ErrorCategory::kClosed, 0, "the previous process handed over everything", -1};
-  if (n != static_cast<ssize_t>(header.size()) || header[0] != kRelayTag || header[1] > 1) {
-    return SysError(n < 0 ? errno : EPROTO, "a connection's header from the previous process");
-  }
   ReceivedRelay relay;
-  std::uint64_t values[kNumCounts];
-  for (std::size_t i = 0; i < kNumCounts; ++i) values[i] = GetU64(header.data() + 2 + 8 * i);
-  relay.counts = {values[0], values[1], values[2], values[3], std::chrono::milliseconds(values[4])};
-  auto client = ktls::ReceiveConnection(sock, {.peer_uid = peer_uid});
-  if (!client.ok()) return client.error();
-  relay.client = std::move(client).value();
-  if (header[1] == 1) {
+  if (backend_tls) {
     auto backend = ktls::ReceiveConnection(sock, {.peer_uid = peer_uid});
     if (!backend.ok()) return backend.error();
     relay.backend = Endpoint::Tls(std::move(backend).value());
@@ -184,6 +176,18 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid) {
     if (fd < 0) return SysError(errno, "the backend's socket from the previous process");
     relay.backend = Endpoint::Plain(UniqueFd(fd));
   }
+  std::array<std::uint8_t, kHeaderLen> header{};
+  while ((n = ::recv(sock, header.data(), header.size(), MSG_WAITALL)) < 0 && errno == EINTR) {
+  }
+  if (n != static_cast<ssize_t>(header.size()) || header[0] != kRelayTag || header[1] != (backend_tls ? 1 : 0)) {
+    return SysError(n < 0 ? errno : EPROTO, "a connection's header from the previous process");
+  }
+  std::uint64_t values[kNumCounts];
+  for (std::size_t i = 0; i < kNumCounts; ++i) values[i] = GetU64(header.data() + 2 + 8 * i);
+  relay.counts = {values[0], values[1], values[2], values[3], std::chrono::milliseconds(values[4])};
+  auto client = ktls::ReceiveConnection(sock, {.peer_uid = peer_uid});
+  if (!client.ok()) return client.error();
+  relay.client = std::move(client).value();
   return relay;
 }
 

@@ -8,9 +8,9 @@
 //
 //   'L' + a listener (SCM_RIGHTS), one per event loop   predecessor to successor
 //   'R'                                                 successor: it serves
-//   per connection: a header (counts, the backend's kind), the client's
-//   connection (ktls::SendConnection), the backend's socket ('B', SCM_RIGHTS)
-//   or connection                                       predecessor to successor
+//   per connection: the backend's socket ('B', SCM_RIGHTS) or connection
+//   (ktls::SendConnection), a header (counts, the backend's kind), the
+//   client's connection                                 predecessor to successor
 //   end of stream: everything that could go went
 #ifndef KTLS_TOOLS_KTLS_PROXY_UPGRADE_H_
 #define KTLS_TOOLS_KTLS_PROXY_UPGRADE_H_
@@ -42,9 +42,9 @@ class Successor {
   pid_t pid() const noexcept { return pid_; }
   // Send moves one quiet relay to the successor (from any event loop
   // thread, one at a time; a send blocked for Start's timeout fails). On
-  // failure client and backend are still this process's if client is
-  // still open; after the first failure nothing more is sent (the stream
-  // may be out of step).
+  // failure the connection is still this process's where both endpoints
+  // are still open (the backend's Export refused, say); otherwise it is
+  // lost. After a socket error nothing more is sent.
   ktls::Result<void> Send(const RelayCounts& counts, ktls::Connection& client, Endpoint& backend);
   // Close ends the stream: the successor stops waiting for connections.
   void Close();
@@ -70,9 +70,10 @@ struct ReceivedRelay {
   ktls::Connection client;
   Endpoint backend;
 };
-// ReceiveRelay receives the next connection; ErrorCategory::kClosed at the
-// end of the stream. Both connections must come from peer_uid.
-ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid);
+// ReceiveRelay receives the next connection (its backend a TLS connection
+// with backend_tls, else a socket); ErrorCategory::kClosed at the end of
+// the stream. Both connections must come from peer_uid.
+ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_tls);
 
 }  // namespace ktls::proxy
 
