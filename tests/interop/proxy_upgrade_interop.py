@@ -17,13 +17,17 @@ kernel move.
   on in a third one);
 - a handshake in flight at the upgrade finishes in the old process, then
   the connection moves;
+- a half-closed connection moves (the client's close_notify passed on as
+  the backend's FIN before), and the backend's reply follows from the new
+  process;
 - 64 MiB down and 16 MiB up in flight during the upgrade arrive intact
   (SHA-256 at both ends), on one connection offloaded once;
 - the binary on disk replaced by one that exits at once, or gone: the old
   process goes on serving (the open connection and new ones), and says why;
 - --backend-tls: both legs move, offloaded once each;
 - a connection that cannot move (--no-rx) stays in the old process, which
-  relays it to its end, writes its line, says why it stayed, then exits.
+  relays it to its end, writes its line, says why it stayed, then exits;
+- --privsep refuses SIGUSR2, says so, and goes on.
 
 Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 (a failure with KTLS_REQUIRE_KERNEL=1).
@@ -177,6 +181,43 @@ class Upgrade(proxy.ProxyTest):
                 self.check_line(server.line_for(client.port), up=9, down=9, end="client_close_notify")
                 backend.finish(self)
             finally:
+                upgraded.stop()
+
+    def test_a_half_closed_connection_moves_and_its_reply_follows(self):
+        """The client's close_notify has become the backend's FIN before the
+        upgrade; the backend's reply comes after it, from the new process."""
+        reply = os.urandom(3 * MIB)
+        got_fin, takeover_done = threading.Event(), threading.Event()
+        request = []
+
+        def serve(conn):
+            request.append(proxy.recv_all(conn))
+            got_fin.set()
+            takeover_done.wait(STEP_TIMEOUT * 2)
+            conn.sendall(reply)
+            conn.shutdown(socket.SHUT_WR)
+
+        backend = proxy.Backend(serve)
+        with Proxy(backend.port) as server:
+            upgraded = Upgraded(server)
+            try:
+                client = proxy.TlsClient(server.port).handshake()
+                client.sock.settimeout(STEP_TIMEOUT)
+                client.send(b"request")
+                client.close_notify()
+                self.assertTrue(got_fin.wait(STEP_TIMEOUT), "the backend saw no FIN")
+                self.upgrade(server, upgraded)  # The old process exits: it moved.
+                takeover_done.set()
+                data, ending = client.read()
+                client.close()
+                line = server.line_for(client.port)
+                backend.finish(self)
+                self.assertEqual(request, [b"request"])
+                self.assertEqual((sha(data), ending), (sha(reply), "close_notify"))
+                self.check_line(line, up=7, down=len(reply), end="client_close_notify")
+                self.assertNotIn("stays in this process", server.err.text())
+            finally:
+                takeover_done.set()
                 upgraded.stop()
 
     def test_a_handshake_in_flight_finishes_in_the_old_process_then_moves(self):

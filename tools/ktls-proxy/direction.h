@@ -55,7 +55,16 @@ class Direction {
   // Quiesce(false) goes back to relaying (the move did not happen).
   void Quiesce(bool on) noexcept;
   bool quiet() const noexcept {
-    return quiescing_ && state_ == State::kRunning && !source_ended_ && channel_.pending() == 0 && flushed_;
+    return quiescing_ && (state_ == State::kDone ||
+                          (state_ == State::kRunning && !source_ended_ && channel_.pending() == 0 && flushed_));
+  }
+  // Ended: this direction was done in the process it was moved from (its
+  // source ended, the sink's side too; truncated: without close_notify).
+  void Ended(bool truncated) noexcept {
+    state_ = State::kDone;
+    source_ended_ = true;
+    truncated_ = truncated;
+    source_wait_ = sink_wait_ = ktls::Wait::kNone;
   }
   // Carry adds the counts of the process this direction was moved from.
   void Carry(std::uint64_t bytes, std::uint64_t copied) noexcept {

@@ -101,6 +101,8 @@ ProxyConnection::ProxyConnection(const ProxyContext& context, ktls::Connection c
   if (phase_ == Phase::kRelay) {
     up_->Carry(counts.up, counts.up_copied);
     down_->Carry(counts.down, counts.down_copied);
+    if (counts.up_ended) up_->Ended(counts.up_truncated);
+    if (counts.down_ended) down_->Ended(counts.down_truncated);
   }
 }
 
@@ -237,10 +239,12 @@ std::string ProxyConnection::PrepareMove() {
   if (backend_.tls()) {
     if (std::string why = tools::WhyNotMovable(backend_.connection()); !why.empty()) return "backend: " + why;
   }
-  if (up_->state() != Direction::State::kRunning || down_->state() != Direction::State::kRunning ||
-      up_->source_ended() || down_->source_ended()) {
-    return "it is half-closed";
+  if (up_->state() == Direction::State::kFailed || down_->state() == Direction::State::kFailed) {
+    return "it is closing";
   }
+  // The client's connection goes after the backend's: nothing may make its
+  // Export fail then (a truncation might).
+  if (up_->source_ended() && up_->truncated()) return "the client closed without close_notify";
   quiescing_ = true;
   up_->Quiesce(true);
   down_->Quiesce(true);
@@ -252,8 +256,15 @@ bool ProxyConnection::movable() const noexcept {
 }
 
 ktls::Result<void> ProxyConnection::MoveOut(const MoveFn& send, Clock::time_point now) {
-  const RelayCounts counts{up_->bytes(), up_->copied(), down_->bytes(), down_->copied(),
-                           std::chrono::duration_cast<std::chrono::milliseconds>(now - started_)};
+  const RelayCounts counts{up_->bytes(),
+                           up_->copied(),
+                           down_->bytes(),
+                           down_->copied(),
+                           std::chrono::duration_cast<std::chrono::milliseconds>(now - started_),
+                           up_->state() == Direction::State::kDone,
+                           up_->truncated(),
+                           down_->state() == Direction::State::kDone,
+                           down_->truncated()};
   auto sent = send(counts, client_.connection(), backend_);
   if (sent.ok()) {
     // The other process relays, counts and logs it from here on.

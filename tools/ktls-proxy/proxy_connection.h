@@ -51,6 +51,10 @@ struct RelayCounts {
   std::uint64_t up = 0, up_copied = 0;
   std::uint64_t down = 0, down_copied = 0;
   std::chrono::milliseconds age{0};
+  // A direction that was done already (half-closed), and whether its
+  // source ended without close_notify.
+  bool up_ended = false, up_truncated = false;
+  bool down_ended = false, down_truncated = false;
 };
 
 class ProxyConnection {
@@ -99,9 +103,9 @@ class ProxyConnection {
 
   // PrepareMove (SIGUSR2: this process hands its connections over): why
   // the connection can never move (a direction in OpenSSL on either leg,
-  // a half-close, closing already), or "" when it may: a handshake or
-  // connect in flight finishes first; a relay stops reading (quiescing)
-  // and gives what its pipes hold, then movable() says so.
+  // closing already), or "" when it may: a handshake or connect in flight
+  // finishes first; a relay stops reading (quiescing) and gives what its
+  // pipes hold (a half-close passed on first), then movable() says so.
   std::string PrepareMove();
   bool quiescing() const noexcept { return quiescing_; }
   // movable: quiet, no byte in flight: MoveOut may send it now.

@@ -26,9 +26,15 @@ constexpr char kServingTag = 'R';
 constexpr char kRelayTag = 'C';
 constexpr char kBackendTag = 'B';
 // The header between a connection's backend and its client: the tag, the
-// backend's kind (0 plain TCP, 1 TLS: both processes have the same
-// --backend-tls), then up, up_copied, down, down_copied and the age in ms,
-// each 8 bytes big-endian.
+// flags below (the backend's kind: both processes have the same
+// --backend-tls; which directions are done), then up, up_copied, down,
+// down_copied and the age in ms, each 8 bytes big-endian.
+constexpr std::uint8_t kBackendTls = 1;
+constexpr std::uint8_t kUpEnded = 2;
+constexpr std::uint8_t kUpTruncated = 4;
+constexpr std::uint8_t kDownEnded = 8;
+constexpr std::uint8_t kDownTruncated = 16;
+constexpr std::uint8_t kAllFlags = 31;
 constexpr std::size_t kNumCounts = 5;
 constexpr std::size_t kHeaderLen = 2 + 8 * kNumCounts;
 
@@ -123,7 +129,10 @@ ktls::Result<void> Successor::Send(const RelayCounts& counts, ktls::Connection& 
   backend.Close();  // This process's copy; the new process has its own.
   std::array<std::uint8_t, kHeaderLen> header{};
   header[0] = kRelayTag;
-  header[1] = backend.tls() ? 1 : 0;
+  header[1] = static_cast<std::uint8_t>((backend.tls() ? kBackendTls : 0) | (counts.up_ended ? kUpEnded : 0) |
+                                        (counts.up_truncated ? kUpTruncated : 0) |
+                                        (counts.down_ended ? kDownEnded : 0) |
+                                        (counts.down_truncated ? kDownTruncated : 0));
   const std::uint64_t values[kNumCounts] = {counts.up, counts.up_copied, counts.down, counts.down_copied,
                                             static_cast<std::uint64_t>(counts.age.count())};
   for (std::size_t i = 0; i < kNumCounts; ++i) PutU64(header.data() + 2 + 8 * i, values[i]);
@@ -179,12 +188,21 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
   std::array<std::uint8_t, kHeaderLen> header{};
   while ((n = ::recv(sock, header.data(), header.size(), MSG_WAITALL)) < 0 && errno == EINTR) {
   }
-  if (n != static_cast<ssize_t>(header.size()) || header[0] != kRelayTag || header[1] != (backend_tls ? 1 : 0)) {
+  if (n != static_cast<ssize_t>(header.size()) || header[0] != kRelayTag || (header[1] & ~kAllFlags) != 0 ||
+      ((header[1] & kBackendTls) != 0) != backend_tls) {
     return SysError(n < 0 ? errno : EPROTO, "a connection's header from the previous process");
   }
   std::uint64_t values[kNumCounts];
   for (std::size_t i = 0; i < kNumCounts; ++i) values[i] = GetU64(header.data() + 2 + 8 * i);
-  relay.counts = {values[0], values[1], values[2], values[3], std::chrono::milliseconds(values[4])};
+  relay.counts = {values[0],
+                  values[1],
+                  values[2],
+                  values[3],
+                  std::chrono::milliseconds(values[4]),
+                  (header[1] & kUpEnded) != 0,
+                  (header[1] & kUpTruncated) != 0,
+                  (header[1] & kDownEnded) != 0,
+                  (header[1] & kDownTruncated) != 0};
   auto client = ktls::ReceiveConnection(sock, {.peer_uid = peer_uid});
   if (!client.ok()) return client.error();
   relay.client = std::move(client).value();
