@@ -127,13 +127,25 @@ class Upgrade(proxy.ProxyTest):
         self.assertTrue(os.path.exists(f"/proc/{new_pid}") and not ktls_interop.zombie(new_pid))
         return new_pid
 
+    def connect(self, server):
+        """A TLS client through server, handshaken, its reads bounded."""
+        client = proxy.TlsClient(server.port).handshake()
+        client.sock.settimeout(STEP_TIMEOUT)
+        return client
+
+    def assert_not_offloaded_since(self, before):
+        """Nothing offloaded (a moved connection is not offloaded again), no
+        record that failed to decrypt, since tls_stat said before."""
+        after = read_tls_stat()
+        self.assertEqual(tuple(after[name] - before[name] for name in ("TlsTxSw", "TlsRxSw", "TlsDecryptError")),
+                         (0, 0, 0), "offloaded again, or a record that did not decrypt")
+
     def test_echo_goes_on_in_the_new_process_on_the_same_connection(self):
         backend = proxy.Backend(proxy.echo)
         with Proxy(backend.port) as server:
             upgraded = Upgraded(server)
             try:
-                client = proxy.TlsClient(server.port).handshake()
-                client.sock.settimeout(STEP_TIMEOUT)
+                client = self.connect(server)
                 port = client.sock.getsockname()[1]
                 self.assertEqual(client.echo(b"before"), b"before")
                 delta = server.stat_delta()
@@ -149,10 +161,7 @@ class Upgrade(proxy.ProxyTest):
                 line = server.line_for(port)
                 backend.finish(self)
                 self.check_line(line, up=15, down=15, end="client_close_notify")
-                after = read_tls_stat()
-                self.assertEqual((after["TlsTxSw"] - before_new["TlsTxSw"], after["TlsRxSw"] - before_new["TlsRxSw"]),
-                                 (0, 0), "offloaded again")
-                self.assertEqual(after["TlsDecryptError"], before_new["TlsDecryptError"])
+                self.assert_not_offloaded_since(before_new)
                 self.assertEqual([ln["client"] for ln in server.lines()], [f"{proxy.HOST}:{port}"], "one line")
                 self.assertIn("handed over everything it could", server.err.text())
             finally:
@@ -163,8 +172,7 @@ class Upgrade(proxy.ProxyTest):
         with Proxy(backend.port) as server:
             upgraded = Upgraded(server)
             try:
-                client = proxy.TlsClient(server.port).handshake()
-                client.sock.settimeout(STEP_TIMEOUT)
+                client = self.connect(server)
                 self.assertEqual(client.echo(b"one"), b"one")
                 first = self.upgrade(server, upgraded)
                 self.assertTrue(wait_until(lambda: "handed over everything" in server.err.text(), STEP_TIMEOUT))
@@ -201,8 +209,7 @@ class Upgrade(proxy.ProxyTest):
         with Proxy(backend.port) as server:
             upgraded = Upgraded(server)
             try:
-                client = proxy.TlsClient(server.port).handshake()
-                client.sock.settimeout(STEP_TIMEOUT)
+                client = self.connect(server)
                 client.send(b"request")
                 client.close_notify()
                 self.assertTrue(got_fin.wait(STEP_TIMEOUT), "the backend saw no FIN")
@@ -289,10 +296,7 @@ class Upgrade(proxy.ProxyTest):
                 self.assertIn("handing over 1 connection(s)", server.err.text())
                 for word in ("stays in this process", "not moved", "taking over a connection"):
                     self.assertNotIn(word, server.err.text())
-                after = read_tls_stat()
-                self.assertEqual((after["TlsTxSw"] - taken_over[0]["TlsTxSw"], after["TlsRxSw"] - taken_over[0]["TlsRxSw"],
-                                  after["TlsDecryptError"] - taken_over[0]["TlsDecryptError"]), (0, 0, 0),
-                                 "offloaded again, or a record that did not decrypt")
+                self.assert_not_offloaded_since(taken_over[0])
             finally:
                 upgraded.stop()
 
@@ -302,8 +306,7 @@ class Upgrade(proxy.ProxyTest):
                 backend = proxy.SelectorEchoBackend()
                 try:
                     with Proxy(backend.port) as server:
-                        client = proxy.TlsClient(server.port).handshake()
-                        client.sock.settimeout(STEP_TIMEOUT)
+                        client = self.connect(server)
                         self.assertEqual(client.echo(b"before"), b"before")
                         os.rename(BINARY, BINARY + ".saved")
                         try:
@@ -320,8 +323,7 @@ class Upgrade(proxy.ProxyTest):
                                          r"(over|the listeners); this process goes on serving")
                         self.assertEqual(client.echo(b"after"), b"after")
                         self.assertEqual(client.echo_and_close(b"last"), (b"last", "close_notify"))
-                        other = proxy.TlsClient(server.port).handshake()
-                        other.sock.settimeout(STEP_TIMEOUT)
+                        other = self.connect(server)
                         self.assertEqual(other.echo_and_close(b"new"), (b"new", "close_notify"), "new clients too")
                         self.assertEqual(server.line_for(client.port)["up"], str(6 + 5 + 4))
                         self.assertIsNone(server.proc.poll())
@@ -335,8 +337,7 @@ class Upgrade(proxy.ProxyTest):
                    "--backend-sni", "localhost") as server:
             upgraded = Upgraded(server)
             try:
-                client = proxy.TlsClient(server.port).handshake()
-                client.sock.settimeout(STEP_TIMEOUT)
+                client = self.connect(server)
                 self.assertEqual(client.echo(b"before"), b"before")
                 delta = server.stat_delta()
                 self.assertEqual((delta["TlsTxSw"], delta["TlsRxSw"]), (2, 2), f"both legs offloaded: {delta}")
@@ -351,9 +352,7 @@ class Upgrade(proxy.ProxyTest):
                 self.assertEqual(backend.hash.hexdigest(), sha(b"beforeafterlast"))
                 self.check_line(line, backend_tx="kernel", backend_rx="kernel", up=15, down=15,
                                 end="client_close_notify")
-                after = read_tls_stat()
-                self.assertEqual((after["TlsTxSw"] - before_new["TlsTxSw"], after["TlsRxSw"] - before_new["TlsRxSw"]),
-                                 (0, 0), "offloaded again")
+                self.assert_not_offloaded_since(before_new)
             finally:
                 upgraded.stop()
 
@@ -362,8 +361,7 @@ class Upgrade(proxy.ProxyTest):
         with Proxy(backend.port, "--no-rx", rx=False) as server:
             upgraded = Upgraded(server)
             try:
-                client = proxy.TlsClient(server.port).handshake()
-                client.sock.settimeout(STEP_TIMEOUT)
+                client = self.connect(server)
                 self.assertEqual(client.echo(b"before"), b"before")
                 server.proc.send_signal(signal.SIGUSR2)
                 new_pid = upgraded.wait_taken_over()
@@ -377,8 +375,7 @@ class Upgrade(proxy.ProxyTest):
                 self.assertEqual((line["rx"], line["up"], line["end"]), ("user", "15", "client_close_notify"), line)
                 self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT), 0, "exits once it holds none")
                 # The new process serves new clients.
-                other = proxy.TlsClient(server.port).handshake()
-                other.sock.settimeout(STEP_TIMEOUT)
+                other = self.connect(server)
                 self.assertEqual(other.echo_and_close(b"new"), (b"new", "close_notify"))
                 server.line_for(other.port)
                 self.assertTrue(os.path.exists(f"/proc/{new_pid}"))
@@ -393,8 +390,7 @@ class Upgrade(proxy.ProxyTest):
                 server.proc.send_signal(signal.SIGUSR2)
                 self.assertTrue(wait_until(lambda: "SIGUSR2: no upgrade (not with --privsep" in server.err.text(),
                                            STEP_TIMEOUT), server.err.text())
-                client = proxy.TlsClient(server.port).handshake()
-                client.sock.settimeout(STEP_TIMEOUT)
+                client = self.connect(server)
                 self.assertEqual(client.echo_and_close(b"still"), (b"still", "close_notify"))
                 self.stopped_cleanly(server)
         finally:
