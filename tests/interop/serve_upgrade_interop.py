@@ -28,7 +28,8 @@ a test can replace "the binary on disk" as an upgrade would.
   cannot move (the key holder ends those itself) hold too: the connections
   go from the old workers, through the old and the new key holder, to the
   new workers, which serve them as nobody; the old key holder and its
-  workers exit; a failed upgrade leaves the old workers serving.
+  workers exit; a failed upgrade leaves the old workers serving; a worker
+  killed while it hands over loses its own connections, no others.
 
 Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 (a failure with KTLS_REQUIRE_KERNEL=1).
@@ -350,6 +351,32 @@ class PrivsepUpgrade(UpgradeCases, unittest.TestCase):
                         self.assertEqual(get(sock, "/small.txt"), b"small\n")
                         self.served_by_new_process(server, sock, new_pid)
                 self.assertEqual(server.err.text().count("connection(s) back"), 2, server.err.text())
+            finally:
+                upgraded.stop()
+
+    def test_a_worker_that_dies_handing_over_loses_only_its_connections(self):
+        with self.serve() as server:
+            upgraded = Upgraded(server)
+            try:
+                with serve.tls_connect(server.port) as idle, serve.tls_connect(server.port) as busy:
+                    self.assertEqual(get(idle, "/small.txt"), b"small\n")
+                    # A download the client does not read: its worker
+                    # cannot hand it over before the response is sent.
+                    busy.sendall(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    self.assertTrue(busy.recv(65536).startswith(b"HTTP/1.1 200"))
+                    [stuck] = socket_holders(server.port, busy.getsockname()[1], server.first_workers)
+                    server.proc.send_signal(signal.SIGUSR2)
+                    new_pid = upgraded.wait_taken_over()
+                    self.assertTrue(wait_until(lambda: server.err.text().count("connection(s) back") == 2,
+                                               STEP_TIMEOUT), server.err.text())
+                    self.assertIsNone(server.proc.poll(), "the old key holder waits for the busy worker")
+                    os.kill(stuck, signal.SIGKILL)
+                    self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT), 0, server.err.text())
+                    self.taken_over(server, new_pid)
+                    self.assertEqual(get(idle, "/small.txt"), b"small\n")
+                    self.served_by_new_process(server, idle, new_pid)
+                    self.assertEqual(socket_holders(server.port, busy.getsockname()[1],
+                                                    [new_pid, *privsep_workers(new_pid)]), [], "lost with its worker")
             finally:
                 upgraded.stop()
 
