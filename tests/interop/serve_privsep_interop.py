@@ -48,20 +48,24 @@ KEY_DIR = ""  # Root-only: the key and certificate.
 FILE = b""    # SITE/file.bin
 
 
+def privsep_args():
+    """--privsep --user nobody, with the key only root can read (make_key)."""
+    return ["--privsep", "--user", USER, "--cert", os.path.join(KEY_DIR, "cert.pem"),
+            "--key", os.path.join(KEY_DIR, "key.pem")]
+
+
 class PrivsepServe(ktls_interop.PrivsepWorkers, serve.Serve):
     """ktls-serve --privsep --user nobody with a key only root can read."""
 
     def __init__(self, *args, rx=True):
-        super().__init__("--privsep", "--user", USER, "--cert", os.path.join(KEY_DIR, "cert.pem"),
-                         "--key", os.path.join(KEY_DIR, "key.pem"), *args, rx=rx)
+        super().__init__(*privsep_args(), *args, rx=rx)
 
 
 class PrivsepMetricsServe(ktls_interop.PrivsepWorkers, metrics.MetricsServe):
     """PrivsepServe with --metrics on a free loopback port (scrape())."""
 
     def __init__(self, *args):
-        super().__init__("--privsep", "--user", USER, "--cert", os.path.join(KEY_DIR, "cert.pem"),
-                         "--key", os.path.join(KEY_DIR, "key.pem"), *args)
+        super().__init__(*privsep_args(), *args)
 
 
 def get(sock, path):
@@ -229,7 +233,7 @@ class Privsep(unittest.TestCase):
 
 
 def set_up(directory):
-    global KEY_DIR, FILE
+    global FILE
     os.chmod(directory, 0o755)  # The workers, as nobody, open the site beneath it.
     serve.SITE = os.path.join(directory, "site")
     os.makedirs(serve.SITE, mode=0o755)
@@ -239,6 +243,13 @@ def set_up(directory):
         with open(path, "wb") as f:
             f.write(data)
         os.chmod(path, 0o644)
+    make_key(directory)
+
+
+def make_key(directory):
+    """A key and certificate in directory/keys, which only root can read
+    (KEY_DIR)."""
+    global KEY_DIR
     KEY_DIR = os.path.join(directory, "keys")
     os.makedirs(KEY_DIR, mode=0o700)
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",

@@ -147,6 +147,17 @@ int ReceiveFd(int sock, char tag) {
   return -1;
 }
 
+bool TakeRecall(int sock) {
+  char byte = 0;
+  ssize_t n;
+  while ((n = ::recv(sock, &byte, 1, MSG_PEEK | MSG_DONTWAIT)) < 0 && errno == EINTR) {
+  }
+  if (n != 1 || byte != kRecall) return false;
+  while ((n = ::recv(sock, &byte, 1, MSG_DONTWAIT)) < 0 && errno == EINTR) {
+  }
+  return n == 1;
+}
+
 WorkerPool::WorkerPool(const char* program, PrivsepUser user, std::vector<std::string> args, StartHook start_hook)
     : program_(program), user_(std::move(user)), args_(std::move(args)), start_hook_(std::move(start_hook)) {}
 
@@ -203,6 +214,10 @@ Result<void> WorkerPool::Hand(Connection& conn) {
   }
   Slot& slot = *slots_[i];
   std::lock_guard lock(slot.mu);
+  // Checked with the slot's lock held: Recall writes kRecall with it held,
+  // so no connection follows kRecall on the socket (the worker would not
+  // read it).
+  if (recalled_) return Error{ErrorCategory::kUsage, 0, "the workers are handing over to a new process", -1};
   if (slot.sock >= 0) {
     auto sent = SendConnection(slot.sock, conn);
     if (sent.ok() || conn.fd() < 0 || (sent.error().sys_errno != EPIPE && sent.error().sys_errno != ECONNRESET)) {
@@ -221,11 +236,45 @@ bool WorkerPool::RestartExited(std::string& error) {
   for (std::size_t i = 0; i < slots_.size(); ++i) {
     Slot& slot = *slots_[i];
     std::lock_guard lock(slot.mu);
+    if (recalled_) return ok;  // A worker that exited after handing over stays gone.
     if (slot.pid <= 0 || ::waitpid(slot.pid, nullptr, WNOHANG) != slot.pid) continue;
     slot.pid = -1;  // Reaped.
     if (!Spawn(i, error)) ok = false;
   }
   return ok;
+}
+
+void WorkerPool::Recall(const Relay& relay) {
+  recalled_ = true;
+  std::vector<int> socks;
+  for (auto& slot : slots_) {
+    std::lock_guard lock(slot->mu);
+    if (slot->sock < 0 || ::send(slot->sock, &kRecall, 1, MSG_NOSIGNAL) != 1) continue;  // Gone, with its own.
+    socks.push_back(slot->sock);
+  }
+  // One thread per worker: each hands back at its own pace (a busy one
+  // after its slowest response), and none waits on another's socket.
+  std::vector<std::thread> threads;
+  for (const int sock : socks) {
+    threads.emplace_back([sock, &relay] {
+      for (;;) {
+        // The socket's credentials are its creator's (this process), as
+        // in the worker (privsep_worker receives with peer_uid 0); only
+        // this process and that worker hold it.
+        auto conn = ReceiveConnection(sock, {.peer_uid = ::getuid()});
+        if (!conn.ok() && conn.error().category == ErrorCategory::kClosed) return;  // The worker is done.
+        const bool broken = !conn.ok() && (conn.error().category == ErrorCategory::kIo ||
+                                           conn.error().category == ErrorCategory::kUsage);
+        relay(std::move(conn));
+        if (broken) {
+          // Out of step, or gone: what the worker still sends fails there.
+          ::shutdown(sock, SHUT_RDWR);
+          return;
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
 }
 
 void WorkerPool::Stop(std::chrono::milliseconds timeout) {
