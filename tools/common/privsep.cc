@@ -190,21 +190,38 @@ bool WorkerPool::Spawn(std::size_t index, std::string& error) {
     return false;
   }
   ::close(pair[1]);
+  // The queue of connections handed to this worker and not yet taken is
+  // bounded by this buffer (a few dozen states): enough for any burst a
+  // running worker drains, small enough that a stuck one is soon passed over.
+  const int queue = kHandOffQueueBytes;
+  (void)::setsockopt(pair[0], SOL_SOCKET, SO_SNDBUF, &queue, sizeof(queue));
   slot.pid = pid;
   slot.sock = pair[0];
   return true;
 }
 
 Result<void> WorkerPool::Hand(Connection& conn) {
-  std::size_t i;
+  std::size_t first;
   {
     std::lock_guard lock(next_mu_);
-    i = next_++ % slots_.size();
+    first = next_++ % slots_.size();
   }
+  // A worker that is behind (its queue to take full: stopped, or stuck) is
+  // passed over for the next, never waited for: this process handshakes
+  // for everyone.
+  for (std::size_t k = 0; k < slots_.size(); ++k) {
+    auto sent = HandTo((first + k) % slots_.size(), conn);
+    if (sent.ok() || conn.fd() < 0 || sent.error().sys_errno != EAGAIN) return sent;
+  }
+  return Error{ErrorCategory::kIo, EAGAIN,
+               "every worker is behind (" + std::to_string(slots_.size()) + " queues of connections full)", -1};
+}
+
+Result<void> WorkerPool::HandTo(std::size_t i, Connection& conn) {
   Slot& slot = *slots_[i];
   std::lock_guard lock(slot.mu);
   if (slot.sock >= 0) {
-    auto sent = SendConnection(slot.sock, conn);
+    auto sent = SendConnection(slot.sock, conn, {.dont_wait = true});
     if (sent.ok() || conn.fd() < 0 || (sent.error().sys_errno != EPIPE && sent.error().sys_errno != ECONNRESET)) {
       return sent;
     }
@@ -213,7 +230,7 @@ Result<void> WorkerPool::Hand(Connection& conn) {
   // time: a new one takes this.
   std::string error;
   if (!Spawn(i, error)) return Error{ErrorCategory::kIo, 0, "starting a worker again: " + error, -1};
-  return SendConnection(slot.sock, conn);
+  return SendConnection(slot.sock, conn, {.dont_wait = true});
 }
 
 bool WorkerPool::RestartExited(std::string& error) {
