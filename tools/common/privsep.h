@@ -35,6 +35,11 @@ inline constexpr int kWorkerFd = 3;
 // StartHook gave it, if any.
 inline constexpr int kWorkerExtraFd = 4;
 
+// kHandOffQueueBytes: the send buffer (SO_SNDBUF, which Linux doubles) of
+// the handshake process's socket to each worker, which bounds the
+// connections queued for a worker that does not take them.
+inline constexpr int kHandOffQueueBytes = 16 * 1024;
+
 // PrivsepUser: the account workers run as. LookUpUser refuses root.
 struct PrivsepUser {
   uid_t uid = 0;
@@ -99,10 +104,12 @@ class WorkerPool {
 
   // Start starts n workers.
   bool Start(std::size_t n, std::string& error);
-  // Hand moves conn to the next worker (round robin). A worker that is
-  // gone is started again, once, and the move retried. On failure the
-  // error says why, and conn is still this process's if nothing was sent
-  // (after Recall: always, a kUsage error).
+  // Hand moves conn to the next worker (round robin), never waiting: a
+  // worker that is behind (kHandOffQueueBytes of connections it has not
+  // taken yet) is passed over for the next. A worker that is gone is started
+  // again, once, and the move retried. On failure the error says why (kIo,
+  // EAGAIN: every worker is behind), and conn is still this process's if
+  // nothing was sent (after Recall: always, a kUsage error).
   Result<void> Hand(Connection& conn);
   // RestartExited starts again every worker that has exited (reaping it),
   // without waiting for a connection to find it gone. False (and error)
@@ -129,6 +136,7 @@ class WorkerPool {
  private:
   struct Slot;
   bool Spawn(std::size_t index, std::string& error);
+  Result<void> HandTo(std::size_t index, Connection& conn);
 
   const char* program_;
   PrivsepUser user_;
