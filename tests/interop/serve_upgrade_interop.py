@@ -94,19 +94,6 @@ class Serve(serve.Serve):
             serve.SERVE = saved
 
 
-class MetricsAt:
-    """scrape() of the --metrics listener on port."""
-    fetch = metrics.MetricsServe.fetch
-    scrape = metrics.MetricsServe.scrape
-
-    def __init__(self, port):
-        self.metrics_port = port
-
-
-def metrics_ports(err):
-    return [int(port) for port in re.findall(r"metrics on http://[^:]+:(\d+)/metrics", err)]
-
-
 class Upgrade(unittest.TestCase):
     def test_keep_alive_connection_goes_on_in_the_new_process(self):
         with Serve() as server:
@@ -166,8 +153,8 @@ class Upgrade(unittest.TestCase):
         with Serve("--metrics", f"{ktls_interop.HOST}:0") as server:
             upgraded = Upgraded(server)
             try:
-                self.assertTrue(wait_until(lambda: len(metrics_ports(server.err.text())) == 1, STEP_TIMEOUT))
-                old = MetricsAt(metrics_ports(server.err.text())[0])
+                self.assertTrue(wait_until(lambda: len(metrics.metrics_ports(server.err.text())) == 1, STEP_TIMEOUT))
+                old = metrics.MetricsAt(metrics.metrics_ports(server.err.text())[0])
                 with serve.tls_connect(server.port) as sock:
                     self.assertEqual(get(sock, "/small.txt"), b"small\n")
                     self.assertTrue(wait_until(lambda: old.scrape()[0].get(ok) == 1, STEP_TIMEOUT))
@@ -175,8 +162,9 @@ class Upgrade(unittest.TestCase):
                     server.proc.send_signal(signal.SIGUSR2)
                     upgraded.wait_taken_over()
                     self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT), 0, server.err.text())
-                    self.assertTrue(wait_until(lambda: len(metrics_ports(server.err.text())) == 2, STEP_TIMEOUT))
-                    new = MetricsAt(metrics_ports(server.err.text())[1])
+                    self.assertTrue(wait_until(lambda: len(metrics.metrics_ports(server.err.text())) == 2,
+                                               STEP_TIMEOUT))
+                    new = metrics.MetricsAt(metrics.metrics_ports(server.err.text())[1])
                     samples = new.scrape()[0]
                     self.assertEqual((samples[open_now], samples[kernel], samples[ok]), (1, 0, 0), samples)
                     self.assertEqual(get(sock, "/small.txt"), b"small\n")
