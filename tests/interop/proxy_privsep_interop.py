@@ -51,8 +51,8 @@ import ktls_interop  # noqa: E402
 import proxy_interop as proxy  # noqa: E402
 import serve_metrics_interop as metrics  # noqa: E402
 from key_update_interop import kernel_can_rekey  # noqa: E402
-from ktls_interop import (HOST, STEP_TIMEOUT, can_open_as, ids, sanitized, sha, sockets_of, uids,  # noqa: E402
-                          wait_until)
+from ktls_interop import (HOST, STEP_TIMEOUT, can_open_as, ids, read_tls_stat, sanitized, sha,  # noqa: E402
+                          sockets_of, uids, wait_until)
 
 USER = "nobody"
 PAYLOAD = b""  # 2 MiB and a bit, random.
@@ -286,6 +286,8 @@ class Privsep(proxy.ProxyTest):
                 holders = {pid: sockets_of(pid) for pid in server.workers()}
                 self.assertEqual(sorted(holders.values()), [3, 3], f"each worker one connection: {holders}")
                 both_open = metrics.settled(self, server.samples, {open_now: 2, kernel: 5})
+                delta = server.stat_delta()
+                self.assertEqual((delta["TlsTxSw"], delta["TlsRxSw"]), (5, 5), f"offloaded once each: {delta}")
                 metrics.not_backwards(self, counted, both_open, gauges)
 
                 # A worker dies holding its connection: the gauge loses it,
@@ -306,12 +308,19 @@ class Privsep(proxy.ProxyTest):
                     client.close()
                 self.assertEqual(sorted(survived), [False, True], "exactly the killed worker's connection ended")
 
-                # Both workers, the new one too, count on: two more.
+                # Both workers, the new one too, count on: two more. (Its
+                # start-up probe offloaded too: tls_stat counts from after it,
+                # and from when no connection of the proxy is open.)
+                self.assertTrue(wait_until(lambda: server.err.text().count(" as uid ") == 3, STEP_TIMEOUT))
+                self.assertTrue(wait_until(lambda: all(read_tls_stat()[name] == server.stats_before[name]
+                                                       for name in ("TlsCurrTxSw", "TlsCurrRxSw")), STEP_TIMEOUT))
+                server.stats_before = read_tls_stat()
                 for size in (2000, 3000):
                     echo_and_close(server, os.urandom(size))
                 final = metrics.settled(self, server.samples, from_lines(server, 7))
                 self.assertEqual(len(server.lines()), 6, "the dead worker's connection has no line")
                 metrics.not_backwards(self, after_kill, final, gauges)
+                self.check_stats(server, 2, rx_kernel=2)  # Each offloaded once, in the key holder.
                 self.stopped_cleanly(server)
         finally:
             backend.stop()
