@@ -20,6 +20,7 @@
 #define KTLS_TOOLS_COMMON_SHARED_METRICS_H_
 
 #include <cstddef>
+#include <functional>
 #include <mutex>
 #include <new>
 #include <optional>
@@ -126,6 +127,11 @@ class PrivsepMetrics {
       regions_[slot].Reset();
     }
     return regions_[slot].fd();
+  }
+  // StartHook: WorkerStarting as a WorkerPool::StartHook (this must
+  // outlive the pool).
+  std::function<int(std::size_t, bool)> StartHook() {
+    return [this](std::size_t slot, bool restart) { return WorkerStarting(slot, restart); };
   }
   // Sum adds to total (a new M) the counts of them all.
   void Sum(M& total) {

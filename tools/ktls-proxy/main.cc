@@ -161,9 +161,7 @@ int Run(const ProxyOptions& options, std::vector<std::string> args) {
         std::fprintf(stderr, "ktls-proxy: --metrics: %s\n", error.c_str());
         return 1;
       }
-      start_hook = [&shared_metrics](std::size_t slot, bool restart) {
-        return shared_metrics->WorkerStarting(slot, restart);
-      };
+      start_hook = shared_metrics->StartHook();
     }
     // Before the key is read: nothing of it is even in this process yet.
     if (const int code = ktls::tools::StartPrivsep("ktls-proxy", options.privsep_user, std::move(args), num_threads,

@@ -1252,9 +1252,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "ktls-serve: --metrics: %s\n", error.c_str());
         return 1;
       }
-      start_hook = [&shared_metrics](std::size_t slot, bool restart) {
-        return shared_metrics->WorkerStarting(slot, restart);
-      };
+      start_hook = shared_metrics->StartHook();
     }
     if (const int code = ktls::tools::StartPrivsep("ktls-serve", o.privsep_user,
                                                    std::vector<std::string>(argv + 1, argv + argc), n, pool, error,
