@@ -164,21 +164,10 @@ class Privsep(unittest.TestCase):
             return server.scrape()[0]
 
         def settled(want):
-            """Scrapes until every key in want has its value (the workers
-            count a request after its last byte went out); the samples."""
-            found = {}
-
-            def check():
-                found.update(scrape())
-                return all(found.get(k) == v for k, v in want.items())
-            self.assertTrue(wait_until(check, STEP_TIMEOUT, 0.05),
-                            {k: (found.get(k), v) for k, v in want.items()})
-            return found
+            return metrics.settled(self, scrape, want)
 
         def not_backwards(before, after):
-            for k, v in before.items():
-                if k[0] not in gauges:
-                    self.assertGreaterEqual(after.get(k, -1), v, f"{k} went backwards")
+            metrics.not_backwards(self, before, after, gauges)
 
         with PrivsepMetricsServe() as server:
             for pid in server.workers():  # The key holder's listener only.

@@ -146,19 +146,6 @@ def socket_holders(server_port, client_port, pids):
     return holders
 
 
-class MetricsAt:
-    """scrape() of the --metrics listener on port."""
-    fetch = metrics.MetricsServe.fetch
-    scrape = metrics.MetricsServe.scrape
-
-    def __init__(self, port):
-        self.metrics_port = port
-
-
-def metrics_ports(err):
-    return [int(port) for port in re.findall(r"metrics on http://[^:]+:(\d+)/metrics", err)]
-
-
 class UpgradeCases:
     """The tests both ways of running share: serve() starts the server,
     the hooks check what differs."""
@@ -237,8 +224,8 @@ class UpgradeCases:
         with self.serve("--metrics", f"{ktls_interop.HOST}:0") as server:
             upgraded = Upgraded(server)
             try:
-                self.assertTrue(wait_until(lambda: len(metrics_ports(server.err.text())) == 1, STEP_TIMEOUT))
-                old = MetricsAt(metrics_ports(server.err.text())[0])
+                self.assertTrue(wait_until(lambda: len(metrics.metrics_ports(server.err.text())) == 1, STEP_TIMEOUT))
+                old = metrics.MetricsAt(metrics.metrics_ports(server.err.text())[0])
                 with serve.tls_connect(server.port) as sock:
                     self.assertEqual(get(sock, "/small.txt"), b"small\n")
                     self.assertTrue(wait_until(lambda: old.scrape()[0].get(ok) == 1, STEP_TIMEOUT))
@@ -246,8 +233,9 @@ class UpgradeCases:
                     server.proc.send_signal(signal.SIGUSR2)
                     upgraded.wait_taken_over()
                     self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT), 0, server.err.text())
-                    self.assertTrue(wait_until(lambda: len(metrics_ports(server.err.text())) == 2, STEP_TIMEOUT))
-                    new = MetricsAt(metrics_ports(server.err.text())[1])
+                    self.assertTrue(wait_until(lambda: len(metrics.metrics_ports(server.err.text())) == 2,
+                                               STEP_TIMEOUT))
+                    new = metrics.MetricsAt(metrics.metrics_ports(server.err.text())[1])
                     # (With --privsep a worker of the new process counts it
                     # once it has it.)
                     self.assertTrue(wait_until(lambda: new.scrape()[0].get(open_now) == 1, STEP_TIMEOUT))

@@ -8,7 +8,8 @@
 // stdin, stdout, stderr and its end of an AF_UNIX socket (fd 3): it never
 // held the key, the listening socket or anyone else's connection, even in
 // memory. A program may give each worker one descriptor more, at
-// kWorkerExtraFd (ktls-serve: its --metrics counters in shared memory).
+// kWorkerExtraFd (the servers: their --metrics counters in shared memory,
+// shared_metrics.h).
 #ifndef KTLS_TOOLS_COMMON_PRIVSEP_H_
 #define KTLS_TOOLS_COMMON_PRIVSEP_H_
 

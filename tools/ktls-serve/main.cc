@@ -60,11 +60,11 @@
 #include "common/connection_limits.h"
 #include "common/privsep.h"
 #include "common/self_signed.h"
+#include "common/shared_metrics.h"
 #include "common/tls_options.h"
 #include "ktls-serve/file_response.h"
 #include "ktls-serve/metrics.h"
 #include "ktls-serve/metrics_http.h"
-#include "ktls-serve/shared_metrics.h"
 #include "ktls-serve/tick_clock.h"
 #include "ktls/asio.h"
 #include "ktls/kernel_tls_stats.h"
@@ -80,6 +80,8 @@ namespace http = beast::http;
 using net::ip::tcp;
 using boost::system::error_code;
 using Clock = std::chrono::steady_clock;
+// --privsep --metrics: the key holder's counts and its workers'.
+using SharedMetrics = ktls::tools::PrivsepMetrics<ktls::serve::Metrics>;
 using std::chrono::milliseconds;
 
 struct Options {
@@ -295,7 +297,7 @@ class Server {
   // --metrics serves.
   Server(Options options, std::optional<ktls::ServerContext> tls, ktls::serve::Root root,
          ktls::serve::Metrics& metrics, ktls::tools::WorkerPool* pool = nullptr,
-         ktls::serve::PrivsepMetrics* shared_metrics = nullptr)
+         SharedMetrics* shared_metrics = nullptr)
       : options_(std::move(options)),
         tls_(std::move(tls)),
         root_(std::move(root)),
@@ -446,7 +448,9 @@ class Server {
     if (std::string error; pool_ != nullptr && !pool_->RestartExited(error)) {
       LogError("ktls-serve: starting a worker again: " + error);
     }
-    return shared_metrics_->Render(ktls::ReadKernelTlsStats());
+    ktls::serve::Metrics total;
+    shared_metrics_->Sum(total);
+    return total.Render(ktls::ReadKernelTlsStats());
   }
 
   net::awaitable<void> AcceptLoop(tcp::acceptor& acceptor) {
@@ -1104,7 +1108,7 @@ class Server {
   std::atomic<bool> draining_ = false;
   Clock::time_point drain_deadline_;
   ktls::tools::WorkerPool* pool_ = nullptr;                 // --privsep: where connections go.
-  ktls::serve::PrivsepMetrics* shared_metrics_ = nullptr;   // --privsep --metrics: what /metrics sums.
+  SharedMetrics* shared_metrics_ = nullptr;   // --privsep --metrics: what /metrics sums.
   std::optional<net::posix::stream_descriptor> from_;       // A worker, or after an upgrade: where they come from.
   uid_t from_uid_ = 0;                                      // Who must be sending them.
   // SIGUSR2: the socket to the new process, while handing over.
@@ -1186,9 +1190,9 @@ int RunPrivsepWorker(Options o) {
   // With --metrics, the counts go where the handshake process reads them
   // (kWorkerExtraFd); without, nobody reads them.
   ktls::serve::Metrics local_metrics;
-  std::optional<ktls::serve::MetricsRegion> region;
+  std::optional<ktls::tools::MetricsRegion<ktls::serve::Metrics>> region;
   if (!o.metrics.empty()) {
-    region = ktls::serve::MetricsRegion::Map(ktls::tools::kWorkerExtraFd, error);
+    region = ktls::tools::MetricsRegion<ktls::serve::Metrics>::Map(ktls::tools::kWorkerExtraFd, error);
     if (!region) std::fprintf(stderr, "ktls-serve: worker: --metrics not counted: %s\n", error.c_str());
   }
   Server server(o, std::nullopt, std::move(*root), region ? region->metrics() : local_metrics);
@@ -1321,7 +1325,7 @@ int main(int argc, char** argv) {
   // Counted whether or not --metrics serves them: a relaxed atomic add each.
   ktls::serve::Metrics metrics;
   // --privsep --metrics: the workers count in shared memory, one region each.
-  std::optional<ktls::serve::PrivsepMetrics> shared_metrics;
+  std::optional<SharedMetrics> shared_metrics;
   std::optional<ktls::tools::WorkerPool> pool;
   if (o.privsep) {
     // The workers start before the key is read: they are fresh images
@@ -1329,14 +1333,12 @@ int main(int argc, char** argv) {
     const unsigned n = o.threads != 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
     ktls::tools::WorkerPool::StartHook start_hook;
     if (!o.metrics.empty()) {
-      shared_metrics.emplace(metrics);
+      shared_metrics.emplace(metrics, "ktls-serve-metrics");
       if (!shared_metrics->Create(n, error)) {
         std::fprintf(stderr, "ktls-serve: --metrics: %s\n", error.c_str());
         return 1;
       }
-      start_hook = [&shared_metrics](std::size_t slot, bool restart) {
-        return shared_metrics->WorkerStarting(slot, restart);
-      };
+      start_hook = shared_metrics->StartHook();
     }
     // o.args: without --upgrade-from, which is this process's, not theirs.
     if (const int code = ktls::tools::StartPrivsep("ktls-serve", o.privsep_user, o.args, n, pool, error,
