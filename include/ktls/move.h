@@ -85,7 +85,18 @@ class KTLS_API ExportedConnection {
 // could be sent, the error says why and conn is as it was, still usable. If
 // the socket broke after part of the state went out, the connection is lost
 // to both sides: the error says so, and conn is empty.
-KTLS_API Result<void> SendConnection(int unix_socket, Connection& conn);
+struct KTLS_API SendConnectionOptions {
+  // dont_wait: never wait for a receiver that is behind. If unix_socket
+  // cannot take the whole state now, nothing is sent: the error is kIo with
+  // sys_errno EAGAIN, and conn is as it was, still usable (hand it to
+  // another receiver, or end it). A state that fits in one buffer of the
+  // socket (up to half its SO_SNDBUF) goes whole or not at all; a larger one
+  // goes only when the socket's queue has room for it twice over, so that
+  // its rest never waits for long.
+  bool dont_wait = false;
+};
+
+KTLS_API Result<void> SendConnection(int unix_socket, Connection& conn, const SendConnectionOptions& options = {});
 
 struct KTLS_API ReceiveConnectionOptions {
   // peer_uid: when set, the sending process must run as this user

@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <netinet/tcp.h>
 #include <unistd.h>
 
@@ -147,6 +148,22 @@ int PipeCapacity(int pipe_fd) {
   return size < 0 ? -errno : size;
 #else
   (void)pipe_fd;
+  return -ENOSYS;
+#endif
+}
+
+int UnsentBytes(int fd) {
+  int bytes = 0;
+#if defined(SIOCOUTQ)
+  return ::ioctl(fd, SIOCOUTQ, &bytes) < 0 ? -errno : bytes;
+#elif defined(FIONWRITE)
+  return ::ioctl(fd, FIONWRITE, &bytes) < 0 ? -errno : bytes;
+#elif defined(SO_NWRITE)
+  socklen_t len = sizeof(bytes);
+  return ::getsockopt(fd, SOL_SOCKET, SO_NWRITE, &bytes, &len) < 0 ? -errno : bytes;
+#else
+  (void)fd;
+  (void)bytes;
   return -ENOSYS;
 #endif
 }

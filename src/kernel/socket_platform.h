@@ -3,7 +3,7 @@
 //
 // Everything outside src/kernel/ uses these instead of the Linux spellings
 // (accept4, SOCK_CLOEXEC, MSG_NOSIGNAL, MSG_MORE, MSG_CMSG_CLOEXEC,
-// SO_PEERCRED, TCP_INFO, F_GETPIPE_SZ, SPLICE_F_*), so the library builds
+// SO_PEERCRED, TCP_INFO, F_GETPIPE_SZ, SIOCOUTQ, SPLICE_F_*), so the library builds
 // from its portable parts where Linux is not there; scripts/check-portable
 // fails the build's tests if one comes back. socket_platform.cc picks each
 // spelling by what the system's headers offer, not by KTLS_KERNEL_TLS: a
@@ -68,6 +68,12 @@ TcpState TcpStateOf(int fd);
 // PipeCapacity: the bytes a pipe holds when full (F_GETPIPE_SZ), or -errno
 // (-ENOSYS where the system cannot tell; -EBADF or -EINVAL: not a pipe).
 int PipeCapacity(int pipe_fd);
+
+// UnsentBytes: what fd's send queue holds that the receiver has not taken
+// yet, as the kernel counts it against SO_SNDBUF (Linux: SIOCOUTQ, which on
+// an AF_UNIX socket includes the kernel's own overhead per buffer). Returns
+// the count, or -errno (-ENOSYS where the system cannot tell).
+int UnsentBytes(int fd);
 
 // splice(2) flags (SPLICE_F_*, Linux 2.6.17); 0 where there is no splice.
 extern const unsigned int kSpliceMove;

@@ -23,6 +23,11 @@ constexpr std::size_t kLengthPrefix = 4;
 // Room for a few descriptors, so that a sender passing more than one is
 // caught (and every one of them closed) rather than cut off unseen.
 constexpr std::size_t kMaxFds = 4;
+// A state this small always fits in one buffer of an AF_UNIX socket, whose
+// SO_SNDBUF is never below the kernel's minimum (SOCK_MIN_SNDBUF, over
+// 4 KiB; a buffer takes up to half, less kBufferOverhead).
+constexpr std::size_t kSmallestBuffer = 2048;
+constexpr std::size_t kBufferOverhead = 64;
 
 // SendRest sends bytes on a blocking socket until all went out.
 Result<void> SendRest(int sock, std::span<const std::byte> bytes) {
@@ -70,9 +75,34 @@ Result<void> CheckUnixStream(int sock, const char* who) {
   return {};
 }
 
+// CheckRoom (SendConnectionOptions::dont_wait): whether unix_socket can
+// take a message of bytes without waiting, as far as can be told before sending.
+// A sendmsg on an AF_UNIX stream socket queues up to about half of
+// SO_SNDBUF per buffer, and allocates a buffer whenever the queue is below
+// SO_SNDBUF: a state that fits in one buffer goes whole or not at all
+// (MSG_DONTWAIT says EAGAIN), and only a larger one (a long certificate
+// chain) can go in part and then wait for the rest. That one goes only when
+// the queue has room for it twice over (the kernel's overhead per buffer
+// included).
+Result<void> CheckRoom(int unix_socket, std::size_t bytes) {
+  if (bytes <= kSmallestBuffer) return {};
+  int sndbuf = 0;
+  socklen_t len = sizeof(sndbuf);
+  if (::getsockopt(unix_socket, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) != 0) {
+    return detail::SysError(errno, "SendConnection: getsockopt(SO_SNDBUF)");
+  }
+  if (sndbuf > 0 && bytes <= static_cast<std::size_t>(sndbuf) / 2 - kBufferOverhead) return {};
+  const int unsent = detail::sys::UnsentBytes(unix_socket);
+  if (unsent == -ENOSYS) return {};  // Cannot tell: the rest may wait.
+  if (unsent < 0) return detail::SysError(-unsent, "SendConnection: the socket's queue");
+  if (static_cast<std::size_t>(unsent) + 2 * bytes < static_cast<std::size_t>(sndbuf)) return {};
+  return detail::SysError(EAGAIN, "SendConnection: the receiver is behind (no room for a " +
+                                      std::to_string(bytes) + "-byte state)");
+}
+
 }  // namespace
 
-Result<void> SendConnection(int unix_socket, Connection& conn) {
+Result<void> SendConnection(int unix_socket, Connection& conn, const SendConnectionOptions& options) {
   if (auto checked = CheckUnixStream(unix_socket, "SendConnection"); !checked.ok()) return checked;
   auto exported = conn.Export();
   if (!exported.ok()) return std::move(exported).error();
@@ -95,12 +125,14 @@ Result<void> SendConnection(int unix_socket, Connection& conn) {
   cmsg->cmsg_len = CMSG_LEN(sizeof(int));
   const int fd = exported->fd();
   std::memcpy(CMSG_DATA(cmsg), &fd, sizeof(fd));
-  ssize_t n;
-  while ((n = ::sendmsg(unix_socket, &msg, detail::sys::kSendNoSignal)) < 0 && errno == EINTR) {
+  Result<void> room = options.dont_wait ? CheckRoom(unix_socket, kLengthPrefix + state.size()) : Result<void>();
+  ssize_t n = -1;
+  const int flags = detail::sys::kSendNoSignal | (options.dont_wait ? MSG_DONTWAIT : 0);
+  while (room.ok() && (n = ::sendmsg(unix_socket, &msg, flags)) < 0 && errno == EINTR) {
   }
   if (n <= 0) {
     // Nothing went out: the connection comes back to conn, as it was.
-    Error error = detail::SysError(n < 0 ? errno : EPIPE, "SendConnection: sendmsg");
+    Error error = !room.ok() ? room.error() : detail::SysError(n < 0 ? errno : EPIPE, "SendConnection: sendmsg");
     auto back = Connection::Import(fd, state);
     if (!back.ok()) {
       error.detail += "; and the connection could not be taken back: " + back.error().detail;

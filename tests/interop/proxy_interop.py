@@ -981,12 +981,12 @@ def set_up(directory):
     UP = os.urandom(UP_LEN)
 
 
-def suite_main(module, prefix, set_up, as_root=False):
+def suite_main(module, prefix, set_up, as_root=False, missing=None):
     """The main of a ktls-proxy suite beside this one (--privsep, the
     upgrade): `SCRIPT PATH/TO/ktls-proxy [TEST_NAME_SUBSTRING...]`. Checks
     the kernel, the openssl CLI (for the PKI) and root (as_root: --privsep
-    starts as root), sets PROXY and REKEY, then runs module's tests; the
-    exit status."""
+    starts as root), fails saying `missing` when the suite lacks something
+    else, sets PROXY and REKEY, then runs module's tests; the exit status."""
     global PROXY, REKEY
     script = os.path.basename(module.__file__)
     if len(sys.argv) < 2:
@@ -998,6 +998,8 @@ def suite_main(module, prefix, set_up, as_root=False):
         return status
     if as_root and os.geteuid() != 0:
         return ktls_interop.fail(f"{script}: --privsep starts as root: run this suite as root (the UML guests do)")
+    if missing:
+        return ktls_interop.fail(missing)
     if not ktls_interop.find_openssl() or not os.access(PROXY, os.X_OK):
         return ktls_interop.fail(f"need the openssl CLI in PATH and ktls-proxy at {PROXY}")
     REKEY = kernel_can_rekey(platform.release())

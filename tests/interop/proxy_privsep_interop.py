@@ -26,7 +26,13 @@ workers as `nobody`. On kernels before 6.14 the proxy runs with --rx
   the reason, and the backend sees no connection;
 - SIGTERM drains: a connection open in a worker goes on until it ends, then
   every process exits;
-- --privsep without --user, with root, or with --metrics is refused.
+- --metrics (read by prometheus_client's parser): the key holder's /metrics
+  counts each connection once (its handshake tx=kernel rx=kernel there,
+  its end and bytes in the worker, exactly what the lines say), the open
+  gauge is k while k are connected and 0 after; a killed worker's
+  connection leaves the gauge, no counter goes down, the scrape starts the
+  worker again, and counting goes on in it;
+- --privsep without --user, with root, or with --no-offload is refused.
 
 Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 (a failure with KTLS_REQUIRE_KERNEL=1).
@@ -41,8 +47,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
 import proxy_interop as proxy  # noqa: E402
-from ktls_interop import (HOST, STEP_TIMEOUT, can_open_as, ids, sanitized, sha, sockets_of, uids,  # noqa: E402
-                          wait_until)
+import serve_metrics_interop as metrics  # noqa: E402
+from ktls_interop import (HOST, STEP_TIMEOUT, can_open_as, ids, read_tls_stat, sanitized, sha,  # noqa: E402
+                          sockets_of, uids, wait_until)
 
 USER = "nobody"
 PAYLOAD = b""  # 2 MiB and a bit, random.
@@ -55,6 +62,25 @@ class PrivsepProxy(ktls_interop.PrivsepWorkers, proxy.Proxy):
     def __init__(self, backend_port, *args, rx=True):
         rx_args = ("--rx",) if rx and not proxy.REKEY else ()
         super().__init__(backend_port, "--privsep", "--user", USER, *rx_args, *args)
+
+
+class PrivsepMetricsProxy(PrivsepProxy):
+    """PrivsepProxy with --metrics on a free loopback port (scrape())."""
+
+    def __init__(self, backend_port, *args):
+        super().__init__(backend_port, "--metrics", f"{HOST}:0", *args)
+
+    def __enter__(self):
+        super().__enter__()
+        ports = metrics.metrics_ports(self.err.text())
+        if len(ports) != 1:
+            self.stop()
+            raise AssertionError("ktls-proxy did not say where its metrics are: " + self.err.text())
+        self.metrics = metrics.MetricsAt(ports[0])
+        return self
+
+    def samples(self):
+        return self.metrics.scrape()[0]
 
 
 def zombie_or_gone(pid):
@@ -204,12 +230,104 @@ class Privsep(proxy.ProxyTest):
             for pid in workers:
                 self.assertFalse(os.path.exists(f"/proc/{pid}"), f"worker {pid} still there")
 
-    def test_refuses_without_a_user_with_root_or_with_metrics(self):
+    def test_metrics_count_each_connection_once_and_outlive_a_dead_worker(self):
+        key = metrics.key
+        kernel = key("ktls_proxy_handshakes_total", tx="kernel", rx="kernel")
+        open_now = key("ktls_proxy_connections_open")
+        gauges = ("ktls_proxy_connections_open",)
+
+        def from_lines(server, handshakes):
+            """The counters the lines logged so far add up to (each line is
+            a connection's end, logged where it was counted), with the
+            handshakes, and no connection open."""
+            want = {kernel: handshakes, open_now: 0}
+            for line in server.lines():
+                end = key("ktls_proxy_connections_total", end=line["end"])
+                want[end] = want.get(end, 0) + 1
+                for direction in ("up", "down"):
+                    copied = int(line[f"{direction}_copied"])
+                    for path, count in (("spliced", int(line[direction]) - copied), ("copied", copied)):
+                        name = key("ktls_proxy_bytes_total", direction=direction, path=path)
+                        want[name] = want.get(name, 0) + count
+            return want
+
+        def echo_and_close(server, payload):
+            client = proxy.TlsClient(server.port).handshake()
+            client.sock.settimeout(STEP_TIMEOUT)
+            self.assertEqual(client.echo_and_close(payload), (payload, "close_notify"))
+            line = server.line_for(client.port)
+            self.check_line(line, up=len(payload), down=len(payload), end="client_close_notify")
+
+        backend = proxy.SelectorEchoBackend()
+        try:
+            with PrivsepMetricsProxy(backend.port) as server:
+                start = server.samples()
+                self.assertTrue(start and all(v == 0 for v in start.values()), start)
+                # Known byte counts through the workers (below the echo
+                # backend's send buffer), one by one.
+                sizes = (1, 1000, 60000)
+                for size in sizes:
+                    echo_and_close(server, os.urandom(size))
+                want = from_lines(server, len(sizes))
+                counted = metrics.settled(self, server.samples, want)
+                self.assertEqual(want[key("ktls_proxy_connections_total", end="client_close_notify")], 3, want)
+                self.assertEqual(sum(v for k, v in want.items() if k[0] == "ktls_proxy_bytes_total"), 2 * sum(sizes))
+                self.assertEqual(metrics.moved(start, counted), {k: v for k, v in want.items() if v},
+                                 "each connection counted once, and nothing else")
+
+                # Two open at once (round robin: one in each worker).
+                clients = [proxy.TlsClient(server.port).handshake() for _ in range(2)]
+                for client in clients:
+                    client.sock.settimeout(STEP_TIMEOUT)
+                    self.assertEqual(client.echo(b"ping"), b"ping")
+                holders = {pid: sockets_of(pid) for pid in server.workers()}
+                self.assertEqual(sorted(holders.values()), [3, 3], f"each worker one connection: {holders}")
+                both_open = metrics.settled(self, server.samples, {open_now: 2, kernel: 5})
+                delta = server.stat_delta()
+                self.assertEqual((delta["TlsTxSw"], delta["TlsRxSw"]), (5, 5), f"offloaded once each: {delta}")
+                metrics.not_backwards(self, counted, both_open, gauges)
+
+                # A worker dies holding its connection: the gauge loses it,
+                # no counter goes down, and the scrape starts it again.
+                victim = server.workers()[0]
+                os.kill(victim, signal.SIGKILL)
+                self.assertTrue(wait_until(lambda: zombie_or_gone(victim), STEP_TIMEOUT))
+                after_kill = metrics.settled(self, server.samples, {open_now: 1, kernel: 5})
+                metrics.not_backwards(self, both_open, after_kill, gauges)
+                self.assertTrue(wait_until(lambda: len(server.workers()) == 2 and victim not in server.workers(),
+                                           STEP_TIMEOUT), server.workers())
+                survived = []
+                for client in clients:
+                    try:
+                        survived.append(client.echo_and_close(b"bye") == (b"bye", "close_notify"))
+                    except OSError:
+                        survived.append(False)
+                    client.close()
+                self.assertEqual(sorted(survived), [False, True], "exactly the killed worker's connection ended")
+
+                # Both workers, the new one too, count on: two more. (Its
+                # start-up probe offloaded too: tls_stat counts from after it,
+                # and from when no connection of the proxy is open.)
+                self.assertTrue(wait_until(lambda: server.err.text().count(" as uid ") == 3, STEP_TIMEOUT))
+                self.assertTrue(wait_until(lambda: all(read_tls_stat()[name] == server.stats_before[name]
+                                                       for name in ("TlsCurrTxSw", "TlsCurrRxSw")), STEP_TIMEOUT))
+                server.stats_before = read_tls_stat()
+                for size in (2000, 3000):
+                    echo_and_close(server, os.urandom(size))
+                final = metrics.settled(self, server.samples, from_lines(server, 7))
+                self.assertEqual(len(server.lines()), 6, "the dead worker's connection has no line")
+                metrics.not_backwards(self, after_kill, final, gauges)
+                self.check_stats(server, 2, rx_kernel=2)  # Each offloaded once, in the key holder.
+                self.stopped_cleanly(server)
+        finally:
+            backend.stop()
+
+    def test_refuses_without_a_user_with_root_or_without_offload(self):
         base = [proxy.PROXY, "--listen", f"{HOST}:0", "--backend", f"{HOST}:1"]
         for args, want in ((["--privsep"], "--privsep needs --user"),
                            (["--user", USER], "--user needs --privsep"),
                            (["--privsep", "--user", "root"], "must not run as root"),
-                           (["--privsep", "--user", USER, "--metrics", f"{HOST}:0"], "not go with --metrics")):
+                           (["--privsep", "--user", USER, "--no-offload"], "not go with --no-offload")):
             done = subprocess.run(base + args, capture_output=True, text=True, timeout=STEP_TIMEOUT)
             self.assertEqual(done.returncode, 2, done.stderr)
             self.assertIn(want, done.stderr)
@@ -227,7 +345,10 @@ def set_up(directory):
 
 
 def main():
-    return proxy.suite_main(sys.modules[__name__], "ktls-proxy-privsep-", set_up, as_root=True)
+    missing = None
+    if metrics.text_string_to_metric_families is None:
+        missing = "needs prometheus_client (Debian: python3-prometheus-client; scripts/setup)"
+    return proxy.suite_main(sys.modules[__name__], "ktls-proxy-privsep-", set_up, as_root=True, missing=missing)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,40 @@ class MetricsServe(serve.Serve):
         return samples, families
 
 
+class MetricsAt:
+    """scrape() of the --metrics listener on port (any tool's: ktls-serve's,
+    ktls-proxy's, the process that took over after an upgrade)."""
+    fetch = MetricsServe.fetch
+    scrape = MetricsServe.scrape
+
+    def __init__(self, port):
+        self.metrics_port = port
+
+
+def metrics_ports(err):
+    """The --metrics ports a tool's stderr announced, in order."""
+    return [int(port) for port in re.findall(r"metrics on http://[^:]+:(\d+)/metrics", err)]
+
+
+def settled(test, scrape, want):
+    """Calls scrape() (samples) until every key in want has its value (the
+    workers count after the last byte went out); the samples, merged."""
+    found = {}
+
+    def check():
+        found.update(scrape())
+        return all(found.get(k) == v for k, v in want.items())
+    test.assertTrue(wait_until(check, STEP_TIMEOUT, 0.05), {k: (found.get(k), v) for k, v in want.items()})
+    return found
+
+
+def not_backwards(test, before, after, gauges):
+    """No sample of before but the gauges' is less in after."""
+    for k, v in before.items():
+        if k[0] not in gauges:
+            test.assertGreaterEqual(after.get(k, -1), v, f"{k} went backwards")
+
+
 def value(samples, name, **labels):
     return samples.get((name, frozenset(labels.items())))
 

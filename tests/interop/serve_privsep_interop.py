@@ -17,6 +17,9 @@ workers as `nobody`.
 - killing a worker ends only the connections it held: the handshake process
   goes on, the other worker's connection goes on, and new connections are
   served (the dead worker is started again);
+- a stopped worker is passed over once its queue of connections is full:
+  the handshake process never waits for it, new connections go to the
+  other worker, and the queued ones are served when it goes on;
 - a connection that cannot move (--no-rx: RX stays in OpenSSL) is never
   served by the key holder: close_notify, and a log line naming why;
 - --metrics (the handshake process's listener; the workers count in shared
@@ -31,7 +34,9 @@ Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 """
 import os
 import pwd
+import selectors
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -48,20 +53,24 @@ KEY_DIR = ""  # Root-only: the key and certificate.
 FILE = b""    # SITE/file.bin
 
 
+def privsep_args():
+    """--privsep --user nobody, with the key only root can read (make_key)."""
+    return ["--privsep", "--user", USER, "--cert", os.path.join(KEY_DIR, "cert.pem"),
+            "--key", os.path.join(KEY_DIR, "key.pem")]
+
+
 class PrivsepServe(ktls_interop.PrivsepWorkers, serve.Serve):
     """ktls-serve --privsep --user nobody with a key only root can read."""
 
     def __init__(self, *args, rx=True):
-        super().__init__("--privsep", "--user", USER, "--cert", os.path.join(KEY_DIR, "cert.pem"),
-                         "--key", os.path.join(KEY_DIR, "key.pem"), *args, rx=rx)
+        super().__init__(*privsep_args(), *args, rx=rx)
 
 
 class PrivsepMetricsServe(ktls_interop.PrivsepWorkers, metrics.MetricsServe):
     """PrivsepServe with --metrics on a free loopback port (scrape())."""
 
     def __init__(self, *args):
-        super().__init__("--privsep", "--user", USER, "--cert", os.path.join(KEY_DIR, "cert.pem"),
-                         "--key", os.path.join(KEY_DIR, "key.pem"), *args)
+        super().__init__(*privsep_args(), *args)
 
 
 def get(sock, path):
@@ -155,21 +164,10 @@ class Privsep(unittest.TestCase):
             return server.scrape()[0]
 
         def settled(want):
-            """Scrapes until every key in want has its value (the workers
-            count a request after its last byte went out); the samples."""
-            found = {}
-
-            def check():
-                found.update(scrape())
-                return all(found.get(k) == v for k, v in want.items())
-            self.assertTrue(wait_until(check, STEP_TIMEOUT, 0.05),
-                            {k: (found.get(k), v) for k, v in want.items()})
-            return found
+            return metrics.settled(self, scrape, want)
 
         def not_backwards(before, after):
-            for k, v in before.items():
-                if k[0] not in gauges:
-                    self.assertGreaterEqual(after.get(k, -1), v, f"{k} went backwards")
+            metrics.not_backwards(self, before, after, gauges)
 
         with PrivsepMetricsServe() as server:
             for pid in server.workers():  # The key holder's listener only.
@@ -209,6 +207,62 @@ class Privsep(unittest.TestCase):
             not_backwards(after_kill, final)
             self.assertIn(f"as uid {pwd.getpwnam(USER).pw_uid}", server.err.text())
 
+    def test_a_stopped_worker_is_passed_over_and_waited_for_by_nobody(self):
+        requests = 200  # More than twice what a worker's queue holds.
+        with PrivsepServe() as server:
+            stopped = server.workers()[0]
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                socks = []
+                for _ in range(requests):
+                    # Each handshake needs the handshake process: were it
+                    # waiting on the stopped worker, this would time out.
+                    sock = serve.tls_connect(server.port)
+                    sock.sendall(b"GET /small.txt HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    socks.append(sock)
+                with serve.tls_connect(server.port) as late:
+                    self.assertEqual(get(late, "/small.txt"), b"small\n", "served by the worker that runs")
+                answered = self.responses(socks, 1.0)
+                queued = requests - len(answered)
+                # Round robin alone would have given the stopped worker half.
+                self.assertGreater(queued, 0, "the stopped worker was handed none")
+                self.assertLess(queued, requests // 2 - 10, "the stopped worker was not passed over")
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+            answered.update(self.responses([s for s in socks if s not in answered], STEP_TIMEOUT))
+            self.assertEqual(len(answered), requests, "every queued connection served once its worker went on")
+            for sock in socks:
+                self.assertTrue(answered[sock].endswith(b"\r\n\r\nsmall\n"), answered[sock])
+                sock.close()
+            self.assertNotIn("not moved", server.err.text())
+
+    def responses(self, socks, wait):
+        """The whole responses (to GET /small.txt) that arrive on socks
+        within wait seconds of the last one: {sock: bytes}."""
+        got, done = {sock: b"" for sock in socks}, {}
+        with selectors.DefaultSelector() as sel:
+            for sock in socks:
+                sock.setblocking(False)
+                sel.register(sock, selectors.EVENT_READ)
+            while len(done) < len(socks):
+                ready = sel.select(wait)
+                if not ready:
+                    break
+                for key, _ in ready:
+                    sock = key.fileobj
+                    try:
+                        chunk = sock.recv(65536)
+                    except ssl.SSLWantReadError:
+                        continue
+                    got[sock] += chunk
+                    if not chunk or got[sock].endswith(b"small\n"):
+                        sel.unregister(sock)
+                        done[sock] = got[sock]
+        for sock in socks:
+            sock.setblocking(True)
+            sock.settimeout(STEP_TIMEOUT)
+        return done
+
     def test_a_connection_that_cannot_move_ends_with_close_notify_and_a_reason(self):
         with PrivsepServe("--no-rx", rx=False) as server:
             with serve.tls_connect(server.port) as sock:
@@ -229,7 +283,7 @@ class Privsep(unittest.TestCase):
 
 
 def set_up(directory):
-    global KEY_DIR, FILE
+    global FILE
     os.chmod(directory, 0o755)  # The workers, as nobody, open the site beneath it.
     serve.SITE = os.path.join(directory, "site")
     os.makedirs(serve.SITE, mode=0o755)
@@ -239,6 +293,13 @@ def set_up(directory):
         with open(path, "wb") as f:
             f.write(data)
         os.chmod(path, 0o644)
+    make_key(directory)
+
+
+def make_key(directory):
+    """A key and certificate in directory/keys, which only root can read
+    (KEY_DIR)."""
+    global KEY_DIR
     KEY_DIR = os.path.join(directory, "keys")
     os.makedirs(KEY_DIR, mode=0o700)
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",

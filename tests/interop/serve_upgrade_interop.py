@@ -6,6 +6,8 @@ listener.
 
 usage: serve_upgrade_interop.py PATH/TO/ktls-serve [TEST_NAME_SUBSTRING...]
 
+Runs as root (the UML guests do), for --privsep.
+
 ktls-serve runs from a copy of the binary in a temporary directory, so that
 a test can replace "the binary on disk" as an upgrade would.
 
@@ -21,13 +23,19 @@ a test can replace "the binary on disk" as an upgrade would.
   log says why;
 - --metrics in the new process (a listener of its own, counts from zero):
   the connection it took over is open there, not a new connection, and its
-  requests count there.
+  requests count there;
+- with --privsep --user nobody all of the above but the connection that
+  cannot move (the key holder ends those itself) hold too: the connections
+  go from the old workers, through the old and the new key holder, to the
+  new workers, which serve them as nobody; the old key holder and its
+  workers exit; a failed upgrade leaves the old workers serving; a worker
+  killed while it hands over loses its own connections, no others.
 
 Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 (a failure with KTLS_REQUIRE_KERNEL=1).
 """
 import os
-import re
+import pwd
 import shutil
 import signal
 import sys
@@ -37,7 +45,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
 import serve_interop as serve  # noqa: E402
 import serve_metrics_interop as metrics  # noqa: E402
-from ktls_interop import STEP_TIMEOUT, Upgraded, sha, wait_until  # noqa: E402
+from ktls_interop import STEP_TIMEOUT, Upgraded, sha, wait_until, zombie  # noqa: E402
+import serve_privsep_interop as privsep  # noqa: E402
+from ktls_interop import privsep_workers, uids  # noqa: E402
 from serve_privsep_interop import get  # noqa: E402
 
 BINARY = ""  # The copy ktls-serve runs from.
@@ -53,22 +63,65 @@ class Serve(serve.Serve):
             serve.SERVE = saved
 
 
-class MetricsAt:
-    """scrape() of the --metrics listener on port."""
-    fetch = metrics.MetricsServe.fetch
-    scrape = metrics.MetricsServe.scrape
+class PrivsepServe(ktls_interop.PrivsepWorkers, Serve):
+    """Serve with --privsep --user nobody (two workers)."""
 
-    def __init__(self, port):
-        self.metrics_port = port
+    def __init__(self, *args, rx=True):
+        super().__init__(*privsep.privsep_args(), *args, rx=rx)
+
+    def __enter__(self):
+        super().__enter__()
+        self.first_workers = self.workers()
+        return self
 
 
-def metrics_ports(err):
-    return [int(port) for port in re.findall(r"metrics on http://[^:]+:(\d+)/metrics", err)]
+def gone(pid):
+    return not os.path.exists(f"/proc/{pid}") or zombie(pid)
 
 
-class Upgrade(unittest.TestCase):
+def socket_holders(server_port, client_port, pids):
+    """Which of pids hold the server's end of the TCP connection from
+    client_port (by its socket inode in /proc/net/tcp)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):  # A kernel without IPv6.
+            continue
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                local, remote = fields[1].rsplit(":", 1)[1], fields[2].rsplit(":", 1)[1]
+                if (int(local, 16), int(remote, 16)) == (server_port, client_port):
+                    inodes.add(f"socket:[{fields[9]}]")
+    holders = []
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    holders.append(pid)
+                    break
+            except OSError:
+                pass
+    return holders
+
+
+class UpgradeCases:
+    """The tests both ways of running share: serve() starts the server,
+    the hooks check what differs."""
+
+    def taken_over(self, server, new_pid):
+        """After the old process exited; new_pid serves."""
+
+    def served_by_new_process(self, server, sock, new_pid):
+        """sock's last request was answered after the upgrade."""
+
+    def still_serving(self, server, before):
+        """After a failed upgrade; before: what serving_state said before."""
+
+    def serving_state(self, server):
+        return None
+
     def test_keep_alive_connection_goes_on_in_the_new_process(self):
-        with Serve() as server:
+        with self.serve() as server:
             upgraded = Upgraded(server)
             try:
                 with serve.tls_connect(server.port) as sock:
@@ -78,16 +131,18 @@ class Upgrade(unittest.TestCase):
                     self.assertEqual((delta["TlsTxSw"], delta["TlsRxSw"]), (1, 1), f"offloaded: {delta}")
                     server.proc.send_signal(signal.SIGUSR2)
                     new_pid = upgraded.wait_taken_over()
-                    # From here on nothing is offloaded again (the new
-                    # process's start-up probe is already done).
-                    server.stats_before = ktls_interop.read_tls_stat()
                     self.assertNotEqual(new_pid, server.proc.pid)
                     self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT), 0, server.err.text())
+                    self.taken_over(server, new_pid)
+                    # From here on nothing is offloaded again (the new
+                    # process's start-up probes are done).
+                    server.stats_before = ktls_interop.read_tls_stat()
                     # The old process is gone: this is the new one, on the
                     # same TCP connection, with no new handshake.
                     self.assertEqual(get(sock, "/small.txt"), b"small\n")
                     self.assertEqual(sock.getsockname()[1], port)
                     self.assertEqual(get(sock, "/small.txt"), b"small\n")
+                    self.served_by_new_process(server, sock, new_pid)
                 delta = server.stat_delta()
                 self.assertEqual((delta["TlsTxSw"], delta["TlsRxSw"]), (0, 0), f"no second offload: {delta}")
                 self.assertIn("handed over everything", server.err.text())
@@ -95,7 +150,7 @@ class Upgrade(unittest.TestCase):
                 upgraded.stop()
 
     def test_download_in_flight_arrives_intact_then_moves(self):
-        with Serve() as server:
+        with self.serve() as server:
             upgraded = Upgraded(server)
             try:
                 with serve.tls_connect(server.port) as sock:
@@ -112,9 +167,11 @@ class Upgrade(unittest.TestCase):
                         self.assertTrue(n, f"closed after {got} bytes")
                         got += n
                     self.assertEqual(sha(bytes(body)), sha(BIG))
-                    upgraded.wait_taken_over()
+                    new_pid = upgraded.wait_taken_over()
                     self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 3), 0, server.err.text())
+                    self.taken_over(server, new_pid)
                     self.assertEqual(get(sock, "/small.txt"), b"small\n", "the same connection, in the new process")
+                    self.served_by_new_process(server, sock, new_pid)
             finally:
                 upgraded.stop()
 
@@ -122,11 +179,11 @@ class Upgrade(unittest.TestCase):
         kernel = metrics.key("ktls_connections_total", tx="kernel", rx="kernel")
         ok = metrics.key("ktls_requests_total", code="200")
         open_now = metrics.key("ktls_open_connections")
-        with Serve("--metrics", f"{ktls_interop.HOST}:0") as server:
+        with self.serve("--metrics", f"{ktls_interop.HOST}:0") as server:
             upgraded = Upgraded(server)
             try:
-                self.assertTrue(wait_until(lambda: len(metrics_ports(server.err.text())) == 1, STEP_TIMEOUT))
-                old = MetricsAt(metrics_ports(server.err.text())[0])
+                self.assertTrue(wait_until(lambda: len(metrics.metrics_ports(server.err.text())) == 1, STEP_TIMEOUT))
+                old = metrics.MetricsAt(metrics.metrics_ports(server.err.text())[0])
                 with serve.tls_connect(server.port) as sock:
                     self.assertEqual(get(sock, "/small.txt"), b"small\n")
                     self.assertTrue(wait_until(lambda: old.scrape()[0].get(ok) == 1, STEP_TIMEOUT))
@@ -134,8 +191,12 @@ class Upgrade(unittest.TestCase):
                     server.proc.send_signal(signal.SIGUSR2)
                     upgraded.wait_taken_over()
                     self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT), 0, server.err.text())
-                    self.assertTrue(wait_until(lambda: len(metrics_ports(server.err.text())) == 2, STEP_TIMEOUT))
-                    new = MetricsAt(metrics_ports(server.err.text())[1])
+                    self.assertTrue(wait_until(lambda: len(metrics.metrics_ports(server.err.text())) == 2,
+                                               STEP_TIMEOUT))
+                    new = metrics.MetricsAt(metrics.metrics_ports(server.err.text())[1])
+                    # (With --privsep a worker of the new process counts it
+                    # once it has it.)
+                    self.assertTrue(wait_until(lambda: new.scrape()[0].get(open_now) == 1, STEP_TIMEOUT))
                     samples = new.scrape()[0]
                     self.assertEqual((samples[open_now], samples[kernel], samples[ok]), (1, 0, 0), samples)
                     self.assertEqual(get(sock, "/small.txt"), b"small\n")
@@ -146,9 +207,10 @@ class Upgrade(unittest.TestCase):
                 upgraded.stop()
 
     def test_a_binary_that_cannot_start_leaves_the_old_process_serving(self):
-        with Serve() as server:
+        with self.serve() as server:
             with serve.tls_connect(server.port) as sock:
                 self.assertEqual(get(sock, "/small.txt"), b"small\n")
+                before = self.serving_state(server)
                 os.rename(BINARY, BINARY + ".saved")
                 try:
                     with open(BINARY, "w") as f:
@@ -159,11 +221,17 @@ class Upgrade(unittest.TestCase):
                                     server.err.text())
                     self.assertIn("goes on serving", server.err.text())
                     self.assertEqual(get(sock, "/small.txt"), b"small\n")
+                    self.still_serving(server, before)
                 finally:
                     os.replace(BINARY + ".saved", BINARY)
             with serve.tls_connect(server.port) as sock:
                 self.assertEqual(get(sock, "/small.txt"), b"small\n", "new connections too")
             self.assertIsNone(server.proc.poll())
+
+
+class Upgrade(UpgradeCases, unittest.TestCase):
+    def serve(self, *args, **kwargs):
+        return Serve(*args, **kwargs)
 
     def test_a_connection_that_cannot_move_ends_with_close_notify(self):
         with Serve("--no-rx", rx=False) as server:
@@ -182,6 +250,83 @@ class Upgrade(unittest.TestCase):
                 upgraded.stop()
 
 
+class PrivsepUpgrade(UpgradeCases, unittest.TestCase):
+    """--privsep --user nobody: the connections are in the workers."""
+
+    def serve(self, *args, **kwargs):
+        return PrivsepServe(*args, **kwargs)
+
+    def setUp(self):
+        self.nobody = pwd.getpwnam(privsep.USER).pw_uid
+
+    def taken_over(self, server, new_pid):
+        # The old key holder has exited (the caller waited): its workers too.
+        self.assertTrue(wait_until(lambda: all(gone(pid) for pid in server.first_workers), STEP_TIMEOUT),
+                        server.first_workers)
+        self.assertIn("handing 1 connection(s) back", server.err.text())
+        # The new key holder's two workers, each past its start-up probe.
+        self.assertTrue(wait_until(lambda: server.err.text().count(" as uid ") == 4 and
+                                   len(privsep_workers(new_pid)) == 2, STEP_TIMEOUT), server.err.text())
+
+    def served_by_new_process(self, server, sock, new_pid):
+        workers = privsep_workers(new_pid)
+        holders = socket_holders(server.port, sock.getsockname()[1], [new_pid, *workers])
+        self.assertEqual(len(holders), 1, f"one holder among {new_pid} and its workers {workers}: {holders}")
+        self.assertIn(holders[0], workers, "a new worker serves it, not the key holder")
+        self.assertEqual(uids(holders[0]), [self.nobody] * 4)
+
+    def serving_state(self, server):
+        return server.workers()
+
+    def still_serving(self, server, before):
+        self.assertEqual(server.workers(), before, "the same workers")
+
+    def test_the_old_workers_exit(self):
+        with self.serve() as server:
+            upgraded = Upgraded(server)
+            try:
+                with serve.tls_connect(server.port) as first, serve.tls_connect(server.port) as second:
+                    # Round robin: one connection in each old worker.
+                    self.assertEqual(get(first, "/small.txt"), b"small\n")
+                    self.assertEqual(get(second, "/small.txt"), b"small\n")
+                    server.proc.send_signal(signal.SIGUSR2)
+                    new_pid = upgraded.wait_taken_over()
+                    self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT), 0, server.err.text())
+                    self.taken_over(server, new_pid)
+                    for sock in (first, second):
+                        self.assertEqual(get(sock, "/small.txt"), b"small\n")
+                        self.served_by_new_process(server, sock, new_pid)
+                self.assertEqual(server.err.text().count("connection(s) back"), 2, server.err.text())
+            finally:
+                upgraded.stop()
+
+    def test_a_worker_that_dies_handing_over_loses_only_its_connections(self):
+        with self.serve() as server:
+            upgraded = Upgraded(server)
+            try:
+                with serve.tls_connect(server.port) as idle, serve.tls_connect(server.port) as busy:
+                    self.assertEqual(get(idle, "/small.txt"), b"small\n")
+                    # A download the client does not read: its worker
+                    # cannot hand it over before the response is sent.
+                    busy.sendall(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    self.assertTrue(busy.recv(65536).startswith(b"HTTP/1.1 200"))
+                    [stuck] = socket_holders(server.port, busy.getsockname()[1], server.first_workers)
+                    server.proc.send_signal(signal.SIGUSR2)
+                    new_pid = upgraded.wait_taken_over()
+                    self.assertTrue(wait_until(lambda: server.err.text().count("connection(s) back") == 2,
+                                               STEP_TIMEOUT), server.err.text())
+                    self.assertIsNone(server.proc.poll(), "the old key holder waits for the busy worker")
+                    os.kill(stuck, signal.SIGKILL)
+                    self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT), 0, server.err.text())
+                    self.taken_over(server, new_pid)
+                    self.assertEqual(get(idle, "/small.txt"), b"small\n")
+                    self.served_by_new_process(server, idle, new_pid)
+                    self.assertEqual(socket_holders(server.port, busy.getsockname()[1],
+                                                    [new_pid, *privsep_workers(new_pid)]), [], "lost with its worker")
+            finally:
+                upgraded.stop()
+
+
 def set_up(directory):
     global BINARY, BIG
     serve.SITE = os.path.join(directory, "site")
@@ -192,10 +337,18 @@ def set_up(directory):
             f.write(data)
     BINARY = os.path.join(directory, "ktls-serve")
     shutil.copy2(serve.SERVE, BINARY)
+    # --privsep: the workers, as nobody, start BINARY and open the site.
+    for path in (directory, serve.SITE):
+        os.chmod(path, 0o755)
+    for name in os.listdir(serve.SITE):
+        os.chmod(os.path.join(serve.SITE, name), 0o644)
+    os.chmod(BINARY, 0o755)
+    privsep.make_key(directory)
 
 
 def main():
-    return metrics.suite_main(sys.modules[__name__], "ktls-serve-upgrade-", set_up)
+    # --privsep starts as root (to start the workers as another user).
+    return metrics.suite_main(sys.modules[__name__], "ktls-serve-upgrade-", set_up, as_root=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@
 //  h. A state of another cipher than the socket's is refused, naming why;
 //     the socket stays the caller's and the right state still imports.
 //  i. TLS_RX_EXPECT_NO_PAD moves with the socket and is reported.
+//  j. SendConnection with dont_wait to a receiver that is behind (its queue
+//     full) sends nothing and says EAGAIN; the connection stays the
+//     sender's, in the kernel, and moves once the receiver caught up.
 #include <malloc.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -529,6 +532,74 @@ TEST(MoveKernelTest, AeadLimitCountsOnFromWhereItWas) {
     EXPECT_LT(stayed.writes_ok, kWrites);
     EXPECT_EQ(stayed.error, "unsupported") << "the limit, where the kernel cannot rekey";
   }
+}
+
+TEST(MoveKernelTest, AReceiverThatIsBehindIsNotWaitedFor) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  const int small = 4096;
+  ASSERT_EQ(::setsockopt(pair[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+  // The receiver takes nothing until its queue is full.
+  const std::vector<char> junk(512, 'j');
+  std::size_t queued = 0;
+  for (;;) {
+    const ssize_t n = ::send(pair[0], junk.data(), junk.size(), MSG_DONTWAIT);
+    if (n < 0) {
+      ASSERT_EQ(errno, EAGAIN);
+      break;
+    }
+    queued += static_cast<std::size_t>(n);
+  }
+  ASSERT_GT(queued, 0u);
+  Error behind;
+  TestServer server(ServerFor(), 1, [&](Connection& conn, ServerEnd& end) {
+    std::vector<std::uint8_t> hello;
+    end.error = ReadExactly(conn, 5, hello);
+    if (!end.error.empty()) return;
+    if (auto sent = SendConnection(pair[0], conn, {.dont_wait = true}); sent.ok()) {
+      end.error = "a connection went into a full queue";
+      return;
+    } else {
+      behind = sent.error();
+    }
+    if (conn.fd() < 0 || conn.tx() != Offload::kKernel || conn.rx() != Offload::kKernel) {
+      end.error = "after EAGAIN the connection is no longer the sender's, in the kernel";
+      return;
+    }
+    end.error = WriteAll(conn, hello);  // Still this process's to use.
+    if (!end.error.empty()) return;
+    std::vector<char> drain(queued);  // The receiver catches up...
+    if (!ReadExactly(pair[1], {reinterpret_cast<std::uint8_t*>(drain.data()), drain.size()})) {
+      end.error = "draining the queue failed";
+      return;
+    }
+    if (auto sent = SendConnection(pair[0], conn, {.dont_wait = true}); !sent.ok()) {  // ...and it moves.
+      end.error = "SendConnection once the receiver caught up: " + sent.error().ToString();
+      return;
+    }
+    auto moved = ReceiveConnection(pair[1], {.peer_uid = ::getuid()});
+    if (!moved.ok()) {
+      end.error = "ReceiveConnection: " + moved.error().ToString();
+      return;
+    }
+    Echo(*moved, end);
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  auto conn = ConnectTo(server.port(), ClientFor());
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  std::vector<std::uint8_t> hello, echoed;
+  EXPECT_EQ(WriteAll(*conn, Text("hello")), "");
+  EXPECT_EQ(ReadExactly(*conn, 5, hello), "") << "answered by the sender after EAGAIN";
+  const auto payload = RandomBytes(256 * kKiB);
+  EXPECT_EQ(EchoThrough(*conn, payload, Pace::kConcurrent, echoed), "") << "echoed after the move";
+  EXPECT_EQ(Sha256Hex(echoed), Sha256Hex(payload));
+  conn->Close();
+  EXPECT_EQ(server.Join()[0].error, "");
+  EXPECT_EQ(behind.category, ErrorCategory::kIo) << behind.ToString();
+  EXPECT_EQ(behind.sys_errno, EAGAIN) << behind.ToString();
+  ::close(pair[0]);
+  ::close(pair[1]);
 }
 
 TEST(MoveKernelTest, ConnectionWithRxInOpenSslSaysWhyAndStaysUsable) {

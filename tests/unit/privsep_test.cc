@@ -51,5 +51,24 @@ TEST(Privsep, StartSelfGivesTheExtraDescriptorAtFour) {
   ::close(extra);
 }
 
+// TakeRecall reads kRecall and nothing else: a connection's first byte
+// (its length's, a zero) stays for ReceiveConnection.
+TEST(Privsep, TakeRecallTakesOnlyTheRecallByte) {
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  EXPECT_FALSE(TakeRecall(pair[1]));  // Nothing yet.
+  const char connection_start[4] = {0, 0, 1, 0};
+  ASSERT_EQ(::send(pair[0], connection_start, sizeof(connection_start), 0), 4);
+  EXPECT_FALSE(TakeRecall(pair[1]));
+  char got[4] = {};
+  ASSERT_EQ(::recv(pair[1], got, sizeof(got), 0), 4);
+  EXPECT_EQ(std::string(got, 4), std::string(connection_start, 4));
+  ASSERT_EQ(::send(pair[0], &kRecall, 1, 0), 1);
+  EXPECT_TRUE(TakeRecall(pair[1]));
+  EXPECT_FALSE(TakeRecall(pair[1]));  // Read.
+  ::close(pair[0]);
+  ::close(pair[1]);
+}
+
 }  // namespace
 }  // namespace ktls::tools

@@ -147,6 +147,17 @@ int ReceiveFd(int sock, char tag) {
   return -1;
 }
 
+bool TakeRecall(int sock) {
+  char byte = 0;
+  ssize_t n;
+  while ((n = ::recv(sock, &byte, 1, MSG_PEEK | MSG_DONTWAIT)) < 0 && errno == EINTR) {
+  }
+  if (n != 1 || byte != kRecall) return false;
+  while ((n = ::recv(sock, &byte, 1, MSG_DONTWAIT)) < 0 && errno == EINTR) {
+  }
+  return n == 1;
+}
+
 WorkerPool::WorkerPool(const char* program, PrivsepUser user, std::vector<std::string> args, StartHook start_hook)
     : program_(program), user_(std::move(user)), args_(std::move(args)), start_hook_(std::move(start_hook)) {}
 
@@ -190,21 +201,43 @@ bool WorkerPool::Spawn(std::size_t index, std::string& error) {
     return false;
   }
   ::close(pair[1]);
+  // The queue of connections handed to this worker and not yet taken is
+  // bounded by this buffer (a few dozen states): enough for any burst a
+  // running worker drains, small enough that a stuck one is soon passed over.
+  const int queue = kHandOffQueueBytes;
+  (void)::setsockopt(pair[0], SOL_SOCKET, SO_SNDBUF, &queue, sizeof(queue));
   slot.pid = pid;
   slot.sock = pair[0];
   return true;
 }
 
 Result<void> WorkerPool::Hand(Connection& conn) {
-  std::size_t i;
+  std::size_t first;
   {
     std::lock_guard lock(next_mu_);
-    i = next_++ % slots_.size();
+    first = next_++ % slots_.size();
   }
+  // A worker that is behind (its queue to take full: stopped, or stuck) is
+  // passed over for the next, never waited for: this process handshakes
+  // for everyone.
+  for (std::size_t k = 0; k < slots_.size(); ++k) {
+    auto sent = HandTo((first + k) % slots_.size(), conn);
+    if (sent.ok() || conn.fd() < 0 || sent.error().sys_errno != EAGAIN) return sent;
+  }
+  return Error{ErrorCategory::kIo, EAGAIN,
+               "every worker is behind (" + std::to_string(slots_.size()) + " queues of connections full)", -1};
+}
+
+Result<void> WorkerPool::HandTo(std::size_t i, Connection& conn) {
+  if (recalled_) return Error{ErrorCategory::kUsage, 0, "the workers are handing over to a new process", -1};
   Slot& slot = *slots_[i];
   std::lock_guard lock(slot.mu);
+  // Checked again with the slot's lock held: Recall takes each slot's
+  // lock after setting it, so no connection follows kRecall on the socket
+  // (the worker would not read it).
+  if (recalled_) return Error{ErrorCategory::kUsage, 0, "the workers are handing over to a new process", -1};
   if (slot.sock >= 0) {
-    auto sent = SendConnection(slot.sock, conn);
+    auto sent = SendConnection(slot.sock, conn, {.dont_wait = true});
     if (sent.ok() || conn.fd() < 0 || (sent.error().sys_errno != EPIPE && sent.error().sys_errno != ECONNRESET)) {
       return sent;
     }
@@ -213,7 +246,7 @@ Result<void> WorkerPool::Hand(Connection& conn) {
   // time: a new one takes this.
   std::string error;
   if (!Spawn(i, error)) return Error{ErrorCategory::kIo, 0, "starting a worker again: " + error, -1};
-  return SendConnection(slot.sock, conn);
+  return SendConnection(slot.sock, conn, {.dont_wait = true});
 }
 
 bool WorkerPool::RestartExited(std::string& error) {
@@ -221,11 +254,49 @@ bool WorkerPool::RestartExited(std::string& error) {
   for (std::size_t i = 0; i < slots_.size(); ++i) {
     Slot& slot = *slots_[i];
     std::lock_guard lock(slot.mu);
+    if (recalled_) return ok;  // A worker that exited after handing over stays gone.
     if (slot.pid <= 0 || ::waitpid(slot.pid, nullptr, WNOHANG) != slot.pid) continue;
     slot.pid = -1;  // Reaped.
     if (!Spawn(i, error)) ok = false;
   }
   return ok;
+}
+
+void WorkerPool::Recall(const Relay& relay) {
+  recalled_ = true;
+  std::vector<int> socks;
+  for (auto& slot : slots_) {
+    // With the slot's lock: a Hand under way finishes first, and none
+    // starts after (recalled_), so kRecall follows every connection sent.
+    std::lock_guard lock(slot->mu);
+    if (slot->sock >= 0) socks.push_back(slot->sock);
+  }
+  // One thread per worker: each hands back at its own pace (a busy one
+  // after its slowest response), and none waits on another's socket (nor
+  // does a Hand: kRecall goes without the slot's lock, and waits, on this
+  // thread only, if the worker's queue is full).
+  std::vector<std::thread> threads;
+  for (const int sock : socks) {
+    threads.emplace_back([sock, &relay] {
+      if (::send(sock, &kRecall, 1, MSG_NOSIGNAL) != 1) return;  // Gone, with its own.
+      for (;;) {
+        // The socket's credentials are its creator's (this process), as
+        // in the worker (privsep_worker receives with peer_uid 0); only
+        // this process and that worker hold it.
+        auto conn = ReceiveConnection(sock, {.peer_uid = ::getuid()});
+        if (!conn.ok() && conn.error().category == ErrorCategory::kClosed) return;  // The worker is done.
+        const bool broken = !conn.ok() && (conn.error().category == ErrorCategory::kIo ||
+                                           conn.error().category == ErrorCategory::kUsage);
+        relay(std::move(conn));
+        if (broken) {
+          // Out of step, or gone: what the worker still sends fails there.
+          ::shutdown(sock, SHUT_RDWR);
+          return;
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
 }
 
 void WorkerPool::Stop(std::chrono::milliseconds timeout) {

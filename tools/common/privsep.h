@@ -8,12 +8,14 @@
 // stdin, stdout, stderr and its end of an AF_UNIX socket (fd 3): it never
 // held the key, the listening socket or anyone else's connection, even in
 // memory. A program may give each worker one descriptor more, at
-// kWorkerExtraFd (ktls-serve: its --metrics counters in shared memory).
+// kWorkerExtraFd (the servers: their --metrics counters in shared memory,
+// shared_metrics.h).
 #ifndef KTLS_TOOLS_COMMON_PRIVSEP_H_
 #define KTLS_TOOLS_COMMON_PRIVSEP_H_
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <functional>
@@ -33,6 +35,11 @@ inline constexpr int kWorkerFd = 3;
 // kWorkerExtraFd: where a worker finds the descriptor WorkerPool's
 // StartHook gave it, if any.
 inline constexpr int kWorkerExtraFd = 4;
+
+// kHandOffQueueBytes: the send buffer (SO_SNDBUF, which Linux doubles) of
+// the handshake process's socket to each worker, which bounds the
+// connections queued for a worker that does not take them.
+inline constexpr int kHandOffQueueBytes = 16 * 1024;
 
 // PrivsepUser: the account workers run as. LookUpUser refuses root.
 struct PrivsepUser {
@@ -59,6 +66,15 @@ std::string WhyNotMovable(const Connection& conn);
 // goes this way to the process that takes over on SIGUSR2.
 bool SendFd(int sock, int fd, char tag);
 int ReceiveFd(int sock, char tag);
+
+// kRecall: the byte the handshake process writes to a worker's socket when
+// it upgrades (WorkerPool::Recall): hand every connection back. Never the
+// first byte of a connection (SendConnection starts with a 4-byte
+// big-endian length of at most kMaxConnectionStateBytes, 1 MiB: a zero).
+inline constexpr char kRecall = 'U';
+// TakeRecall (a worker, its socket readable): whether what comes next is
+// kRecall rather than a connection; if so, it is read.
+bool TakeRecall(int sock);
 
 // StartSelf starts path (this program's binary on disk) as program (its
 // argv[0]) with args and extra appended, as a child whose fd kWorkerFd is
@@ -89,14 +105,30 @@ class WorkerPool {
 
   // Start starts n workers.
   bool Start(std::size_t n, std::string& error);
-  // Hand moves conn to the next worker (round robin). A worker that is
-  // gone is started again, once, and the move retried. On failure the
-  // error says why, and conn is still this process's if nothing was sent.
+  // Hand moves conn to the next worker (round robin), never waiting: a
+  // worker that is behind (kHandOffQueueBytes of connections it has not
+  // taken yet) is passed over for the next. A worker that is gone is started
+  // again, once, and the move retried. On failure the error says why (kIo,
+  // EAGAIN: every worker is behind), and conn is still this process's if
+  // nothing was sent (after Recall: always, a kUsage error).
   Result<void> Hand(Connection& conn);
   // RestartExited starts again every worker that has exited (reaping it),
   // without waiting for a connection to find it gone. False (and error)
   // if one could not start: the next connection for its slot tries again.
+  // After Recall: none.
   bool RestartExited(std::string& error);
+  // Relay: what Recall does with each connection a worker hands back (or
+  // with the error receiving one, to log). Called on one thread per worker.
+  using Relay = std::function<void(Result<Connection>)>;
+  // Recall (an upgrade): sends kRecall to every worker, which hands each
+  // of its connections back over its socket (idle ones at once, busy ones
+  // after their response) and exits. Gives each to relay, until every
+  // worker has closed its socket: done, or dead (a worker that dies loses
+  // its own connections, no others). From the first kRecall on, Hand
+  // refuses and no worker starts again. Blocks until then: call it on a
+  // thread of its own.
+  void Recall(const Relay& relay);
+  bool recalled() const { return recalled_; }
   // Stop asks every worker to drain (SIGTERM) and waits up to timeout, then
   // kills what is left.
   void Stop(std::chrono::milliseconds timeout);
@@ -105,6 +137,7 @@ class WorkerPool {
  private:
   struct Slot;
   bool Spawn(std::size_t index, std::string& error);
+  Result<void> HandTo(std::size_t index, Connection& conn);
 
   const char* program_;
   PrivsepUser user_;
@@ -113,6 +146,7 @@ class WorkerPool {
   std::vector<std::unique_ptr<Slot>> slots_;
   std::mutex next_mu_;
   std::size_t next_ = 0;
+  std::atomic<bool> recalled_ = false;  // Set by Recall before its first kRecall.
 };
 
 // StartPrivsep: the handshake process's first step, as root and before

@@ -244,7 +244,8 @@ void EventLoop::Accept(Clock::time_point now) {
 
 void EventLoop::Receive(Clock::time_point now) {
   if (active_.load() >= context_.options->limits.max_connections) {
-    // Full: the handshake process waits in its send (a blocking one).
+    // Full: what the handshake process hands this worker queues until its
+    // queue is full; then it is passed over (WorkerPool::Hand).
     PauseListener(now);
     return;
   }

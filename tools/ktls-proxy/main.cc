@@ -24,7 +24,8 @@
 // handshakes; worker processes running as USER, started from this binary
 // (common/privsep.h), get each connection (ktls/move.h), connect to the
 // backend and proxy it. SIGTERM drains this process, then the workers.
-// SIGUSR2 is refused there.
+// With --metrics they count in shared memory (common/shared_metrics.h)
+// and this process's /metrics sums them. SIGUSR2 is refused there.
 //
 // This file only wires: the flags (options.h), the backend (backend.h), one
 // event loop per thread (event_loop.h), the signals.
@@ -49,6 +50,7 @@
 
 #include "common/privsep.h"
 #include "common/self_signed.h"
+#include "common/shared_metrics.h"
 #include "common/tls_options.h"
 #include "ktls-proxy/backend.h"
 #include "ktls-proxy/event_loop.h"
@@ -62,7 +64,10 @@
 
 namespace {
 
+using ktls::proxy::ProxyMetrics;
 using ktls::proxy::ProxyOptions;
+// --privsep --metrics: the key holder's counts and its workers'.
+using SharedMetrics = ktls::tools::PrivsepMetrics<ProxyMetrics>;
 
 void LogLine(const std::string& text) {
   std::string line = text + "\n";
@@ -111,8 +116,16 @@ int RunWorker(const ProxyOptions& options) {
     std::fprintf(stderr, "ktls-proxy: worker: %s\n", error.c_str());
     return 1;
   }
-  ktls::proxy::ProxyMetrics metrics;  // Not served (--privsep refuses --metrics).
-  const ktls::proxy::ProxyContext context{&options, nullptr, &*backend, LogLine, &metrics, {}};
+  // With --metrics, the counts go where the key holder reads them
+  // (kWorkerExtraFd); without, nobody reads them.
+  ProxyMetrics local_metrics;
+  std::optional<ktls::tools::MetricsRegion<ProxyMetrics>> region;
+  if (options.metrics_on) {
+    region = ktls::tools::MetricsRegion<ProxyMetrics>::Map(ktls::tools::kWorkerExtraFd, error);
+    if (!region) std::fprintf(stderr, "ktls-proxy: worker: --metrics not counted: %s\n", error.c_str());
+  }
+  const ktls::proxy::ProxyContext context{
+      &options, nullptr, &*backend, LogLine, region ? &region->metrics() : &local_metrics, {}};
   std::atomic<std::size_t> active{0};
   ktls::proxy::EventLoop loop(context, active);
   if (!loop.ReceiveFrom(ktls::proxy::UniqueFd(ktls::tools::kWorkerFd), 0, error)) {
@@ -173,11 +186,23 @@ int Run(const ProxyOptions& options, std::vector<std::string> args, const std::s
     return 1;
   }
   const unsigned num_threads = options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+  ProxyMetrics metrics;  // Counted whether or not --metrics serves them.
+  // --privsep --metrics: the workers count in shared memory, one region each.
+  std::optional<SharedMetrics> shared_metrics;
   std::optional<ktls::tools::WorkerPool> pool;
   if (options.privsep) {
+    ktls::tools::WorkerPool::StartHook start_hook;
+    if (options.metrics_on) {
+      shared_metrics.emplace(metrics, "ktls-proxy-metrics");
+      if (!shared_metrics->Create(num_threads, error)) {
+        std::fprintf(stderr, "ktls-proxy: --metrics: %s\n", error.c_str());
+        return 1;
+      }
+      start_hook = shared_metrics->StartHook();
+    }
     // Before the key is read: nothing of it is even in this process yet.
     if (const int code = ktls::tools::StartPrivsep("ktls-proxy", options.privsep_user, std::move(args), num_threads,
-                                                   pool, error);
+                                                   pool, error, std::move(start_hook));
         code != 0) {
       std::fprintf(stderr, "ktls-proxy: %s\n", error.c_str());
       return code;
@@ -222,12 +247,22 @@ int Run(const ProxyOptions& options, std::vector<std::string> args, const std::s
     std::fprintf(stderr, "ktls-proxy: %s\n", error.c_str());
     return 1;
   }
-  ktls::proxy::ProxyMetrics metrics;  // Counted whether or not --metrics serves them.
   ktls::proxy::ProxyContext context{&options, &tls.value(), &*backend, LogLine, &metrics, {}};
   if (pool) context.hand_off = [&pool](ktls::Connection& conn) { return pool->Hand(conn); };
   ktls::proxy::MetricsServer metrics_server;
-  if (options.metrics_on &&
-      !metrics_server.Start(options.metrics.host, options.metrics.port, [&metrics] { return metrics.Render(); }, error)) {
+  // With --privsep, the sum over this process and the workers, after
+  // starting again any worker that died (so its connections are no longer
+  // counted as open, and its counts are kept).
+  auto render = [&metrics, &shared_metrics, &pool] {
+    if (!shared_metrics) return metrics.Render();
+    if (std::string why; !pool->RestartExited(why)) {
+      std::fprintf(stderr, "ktls-proxy: starting a worker again: %s\n", why.c_str());
+    }
+    ProxyMetrics total;
+    shared_metrics->Sum(total);
+    return total.Render();
+  };
+  if (options.metrics_on && !metrics_server.Start(options.metrics.host, options.metrics.port, render, error)) {
     std::fprintf(stderr, "ktls-proxy: %s\n", error.c_str());
     return 1;
   }

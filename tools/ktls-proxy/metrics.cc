@@ -23,6 +23,17 @@ void ProxyMetrics::Closed(std::string_view end, std::uint64_t up, std::uint64_t 
   bytes_[3].fetch_add(down_copied, std::memory_order_relaxed);
 }
 
+void ProxyMetrics::Add(const ProxyMetrics& from, bool open) noexcept {
+  constexpr auto kRelaxed = std::memory_order_relaxed;
+  const auto add = [](auto& to, const auto& counts) {
+    for (std::size_t i = 0; i < counts.size(); ++i) to[i].fetch_add(counts[i].load(kRelaxed), kRelaxed);
+  };
+  add(ends_, from.ends_);
+  add(handshakes_, from.handshakes_);
+  add(bytes_, from.bytes_);
+  if (open) open_.fetch_add(from.open_.load(kRelaxed), kRelaxed);
+}
+
 std::string ProxyMetrics::Render() const {
   auto value = [](const auto& counter) { return std::to_string(counter.load(std::memory_order_relaxed)); };
   std::string out;

@@ -72,7 +72,8 @@ cxxopts::Options MakeOptions() {
      "worker processes running as --user (one per --threads, which cannot read the key) connect to the backend and "
      "proxy, each client connection moved to them with both directions in the kernel. A connection that cannot move "
      "(RX kept in userspace on Linux < 6.14 without --rx, a cipher the kernel lacks) is ended with close_notify and "
-     "logged (end=cannot_move), never proxied by the key holder. Not with --metrics or --no-offload")
+     "logged (end=cannot_move), never proxied by the key holder. With --metrics, the key holder serves its counts and "
+     "the workers' summed. Not with --no-offload")
     ("user", "With --privsep: the user the workers run as (not root)", cxxopts::value<std::string>())
     ("privsep-worker", "Internal: this is a --privsep worker (started by ktls-proxy itself)")
     ("upgrade-from", "Internal: take over from the ktls-proxy that started this one on SIGUSR2")
@@ -110,10 +111,9 @@ bool ReadPrivsep(const cxxopts::ParseResult& args, ProxyOptions& out, std::strin
     error = std::string(out.privsep_worker ? "--privsep-worker" : "--user") + " needs --privsep";
     return false;
   }
-  // Not yet: the workers' counts would have to reach the key holder's
-  // /metrics. Nothing could move without both directions in the kernel.
-  if (out.privsep && (out.metrics_on || out.offload.no_offload)) {
-    error = std::string("--privsep does not go with ") + (out.metrics_on ? "--metrics (yet)" : "--no-offload");
+  // Nothing could move without both directions in the kernel.
+  if (out.privsep && out.offload.no_offload) {
+    error = "--privsep does not go with --no-offload";
     return false;
   }
   return true;

@@ -76,8 +76,7 @@ ProxyConnection::ProxyConnection(const ProxyContext& context, ktls::Connection c
   record_.backend = context_.backend->name();
   record_.tx = ktls::OffloadName(client.tx());
   record_.rx = ktls::OffloadName(client.rx());
-  context_.metrics->Opened();
-  context_.metrics->Handshaken(client.tx(), client.rx());
+  context_.metrics->Opened();  // Its handshake was counted where it was made, by the key holder.
   client_ = Endpoint::Tls(std::move(client));
 }
 
@@ -216,6 +215,7 @@ void ProxyConnection::HandOff(Clock::time_point now) {
   auto sent = context_.hand_off(client_.connection());
   if (sent.ok()) {
     // The worker logs and counts it from here on; nothing of it is left.
+    context_.metrics->Moved();
     phase_ = Phase::kDone;
     return;
   }

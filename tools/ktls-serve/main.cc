@@ -15,8 +15,10 @@
 // SIGINT/SIGTERM: stop accepting, finish the responses in flight (at most
 // --drain-timeout), send close_notify, exit 0. SIGUSR1: one line on stderr
 // with the connections open and the heap in use (a diagnostic, for leak
-// tests). --metrics ADDR:PORT serves Prometheus text at /metrics on a
-// separate plain-HTTP listener (metrics.h says what is counted).
+// tests). SIGUSR2: a binary upgrade that keeps the connections (README),
+// with --privsep too. --metrics ADDR:PORT serves Prometheus text at
+// /metrics on a separate plain-HTTP listener (metrics.h says what is
+// counted).
 #include <fcntl.h>
 #include <malloc.h>
 #include <sys/resource.h>
@@ -58,11 +60,11 @@
 #include "common/connection_limits.h"
 #include "common/privsep.h"
 #include "common/self_signed.h"
+#include "common/shared_metrics.h"
 #include "common/tls_options.h"
 #include "ktls-serve/file_response.h"
 #include "ktls-serve/metrics.h"
 #include "ktls-serve/metrics_http.h"
-#include "ktls-serve/shared_metrics.h"
 #include "ktls-serve/tick_clock.h"
 #include "ktls/asio.h"
 #include "ktls/kernel_tls_stats.h"
@@ -78,6 +80,8 @@ namespace http = beast::http;
 using net::ip::tcp;
 using boost::system::error_code;
 using Clock = std::chrono::steady_clock;
+// --privsep --metrics: the key holder's counts and its workers'.
+using SharedMetrics = ktls::tools::PrivsepMetrics<ktls::serve::Metrics>;
 using std::chrono::milliseconds;
 
 struct Options {
@@ -293,7 +297,7 @@ class Server {
   // --metrics serves.
   Server(Options options, std::optional<ktls::ServerContext> tls, ktls::serve::Root root,
          ktls::serve::Metrics& metrics, ktls::tools::WorkerPool* pool = nullptr,
-         ktls::serve::PrivsepMetrics* shared_metrics = nullptr)
+         SharedMetrics* shared_metrics = nullptr)
       : options_(std::move(options)),
         tls_(std::move(tls)),
         root_(std::move(root)),
@@ -444,7 +448,9 @@ class Server {
     if (std::string error; pool_ != nullptr && !pool_->RestartExited(error)) {
       LogError("ktls-serve: starting a worker again: " + error);
     }
-    return shared_metrics_->Render(ktls::ReadKernelTlsStats());
+    ktls::serve::Metrics total;
+    shared_metrics_->Sum(total);
+    return total.Render(ktls::ReadKernelTlsStats());
   }
 
   net::awaitable<void> AcceptLoop(tcp::acceptor& acceptor) {
@@ -500,11 +506,14 @@ class Server {
     net::steady_timer tick(main_io_);
     // Handing over to a new process waits for every response in flight:
     // each piece of one still has to go out within the idle timeout.
-    while (active_.load() > 0 && (handing_over_ || Clock::now() < drain_deadline_)) {
+    // With --privsep, the workers hand theirs back (RecallWorkers) for as
+    // long as that takes.
+    while ((active_.load() > 0 && (handing_over_ || Clock::now() < drain_deadline_)) || recalling_) {
       tick.expires_after(milliseconds(20));
       error_code ignored;
       co_await tick.async_wait(net::redirect_error(net::use_awaitable, ignored));
     }
+    if (recall_thread_.joinable()) recall_thread_.join();
     if (active_.load() > 0) {
       LogError("ktls-serve: drain timeout: closing " + std::to_string(active_.load()) + " connection(s)");
     }
@@ -515,10 +524,14 @@ class Server {
   // StartUpgrade (SIGUSR2) starts the binary on disk with the same
   // arguments and hands it the listening socket; once it says it is ready,
   // this process hands over its connections (AwaitTakeover) and exits.
+  // With --privsep this is the key holder, and the new one (root, as
+  // this) starts workers of its own; the connections are in this one's
+  // workers, which hand them back to be relayed (RecallWorkers).
   void StartUpgrade() {
-    if (pool_ != nullptr || options_.privsep_worker || draining_ || upgrade_sock_ >= 0) {
+    if (options_.privsep_worker || draining_ || upgrade_sock_ >= 0) {
       LogError("ktls-serve: SIGUSR2: no upgrade (" +
-               std::string(pool_ != nullptr || options_.privsep_worker ? "not with --privsep" : "already under way") +
+               std::string(options_.privsep_worker ? "a --privsep worker: signal the handshake process"
+                                                   : "already under way") +
                ")");
       return;
     }
@@ -573,9 +586,57 @@ class Server {
       co_return;
     }
     LogError("ktls-serve: upgrade: pid " + std::to_string(upgrade_child_) + " serves now; handing over " +
-             std::to_string(active_.load()) + " connection(s)");
+             (pool_ != nullptr ? "the workers' connections and " : "") + std::to_string(active_.load()) +
+             " connection(s)");
+    // Sent from other threads than this loop's, blocking: AwaitTakeover's
+    // reads may have left the socket non-blocking.
+    if (const int flags = ::fcntl(upgrade_sock_, F_GETFL); flags >= 0) {
+      (void)::fcntl(upgrade_sock_, F_SETFL, flags & ~O_NONBLOCK);
+    }
+    handing_over_ = true;
+    if (pool_ != nullptr) RecallWorkers();
+    BeginDrain(acceptor_);
+  }
+
+  // RecallWorkers (--privsep, once the new process serves): every worker
+  // hands its connections back to this process (HandBack), which sends
+  // each on to the new one, whose workers serve it: never served here, in
+  // the process that holds the key. WaitDrained waits for the workers.
+  void RecallWorkers() {
+    recalling_ = true;
+    recall_thread_ = std::thread([this] {
+      pool_->Recall([this](ktls::Result<ktls::Connection> conn) {
+        if (!conn.ok()) {
+          LogError("ktls-serve: upgrade: from a worker: " + conn.error().ToString());
+          return;
+        }
+        const std::string peer = PeerName(conn->fd());
+        MoveOut(std::move(conn).value(), peer, [this](ktls::Connection& moving) { return SendToNewProcess(moving); },
+                "the new process");
+      });
+      recalling_ = false;
+    });
+  }
+
+  // HandBack (a --privsep worker, on kRecall from the handshake process,
+  // which upgrades): hands every connection back over kWorkerFd, idle ones
+  // at once and busy ones after their response, as the process that
+  // upgrades does (HandOver), then exits.
+  void HandBack() {
+    upgrade_sock_ = ::dup(ktls::tools::kWorkerFd);
+    if (const int flags = upgrade_sock_ >= 0 ? ::fcntl(upgrade_sock_, F_GETFL) : -1; flags >= 0) {
+      (void)::fcntl(upgrade_sock_, F_SETFL, flags & ~O_NONBLOCK);
+    }
+    LogError("ktls-serve: worker " + std::to_string(::getpid()) + ": handing " + std::to_string(active_.load()) +
+             " connection(s) back for the new process");
     handing_over_ = true;
     BeginDrain(acceptor_);
+  }
+
+  // SendToNewProcess sends conn to the process that takes over.
+  ktls::Result<void> SendToNewProcess(ktls::Connection& conn) {
+    std::lock_guard lock(upgrade_mu_);
+    return ktls::SendConnection(upgrade_sock_, conn);
   }
 
   // Conn: what a connection keeps for its whole life, kept small: an idle
@@ -639,7 +700,18 @@ class Server {
       co_await End(*c, true);
       co_return;
     }
-    MoveOut(*c, [this](ktls::Connection& conn) { return pool_->Hand(conn); }, "a worker");
+    // Once the workers hand over to a new process (Recall), one
+    // handshaken here goes to the new process as well.
+    MoveOut(
+        c->stream->release_connection(), c->peer,
+        [this](ktls::Connection& conn) {
+          if (!handing_over_) {
+            auto handed = pool_->Hand(conn);
+            if (handed.ok() || !pool_->recalled() || conn.fd() < 0) return handed;
+          }
+          return SendToNewProcess(conn);
+        },
+        "a worker or the new process");
   }
 
   // WhyNotMovable: why c cannot move to another process, or "".
@@ -649,13 +721,13 @@ class Server {
     return "";
   }
 
-  // MoveOut moves c to another process with send (to a worker, or to the
-  // process that took over). If that fails, the connection ends here
-  // (close_notify, best effort) and the log says why.
-  void MoveOut(Conn& c, const std::function<ktls::Result<void>(ktls::Connection&)>& send, const char* to) {
-    ktls::Connection moving = c.stream->release_connection();
+  // MoveOut moves a connection to another process with send (to a
+  // worker, or to the process that took over). If that fails, the
+  // connection ends here (close_notify, best effort) and the log says why.
+  static void MoveOut(ktls::Connection moving, const std::string& peer,
+                      const std::function<ktls::Result<void>(ktls::Connection&)>& send, const char* to) {
     if (auto sent = send(moving); !sent.ok()) {
-      LogError(c.peer + " not moved to " + to + ": " + sent.error().ToString());
+      LogError(peer + " not moved to " + to + ": " + sent.error().ToString());
       if (moving.fd() >= 0) (void)moving.Shutdown();
       moving.Close();
     }
@@ -669,6 +741,10 @@ class Server {
       error_code ec;
       co_await from_->async_wait(net::posix::descriptor_base::wait_read, net::redirect_error(net::use_awaitable, ec));
       if (ec || draining_) break;
+      if (options_.privsep_worker && ktls::tools::TakeRecall(from_->native_handle())) {
+        HandBack();
+        break;
+      }
       auto conn = ktls::ReceiveConnection(from_->native_handle(), {.peer_uid = from_uid_});
       if (!conn.ok()) {
         if (conn.error().category == ktls::ErrorCategory::kClosed && options_.upgrade_from) {
@@ -683,6 +759,14 @@ class Server {
         LogError("ktls-serve: worker " + std::to_string(::getpid()) + ": " + conn.error().ToString());
         continue;
       }
+      if (pool_ != nullptr) {
+        // A key holder that took over (--privsep): a connection from the
+        // previous one goes to a worker, as one handshaken here would.
+        const std::string peer = PeerName(conn->fd());
+        MoveOut(std::move(conn).value(), peer, [this](ktls::Connection& moving) { return pool_->Hand(moving); },
+                "a worker");
+        continue;
+      }
       Worker& worker = *workers_[next++ % workers_.size()];
       ++active_;
       net::co_spawn(worker.io, Adopted(worker, std::move(conn).value()), net::detached);
@@ -691,15 +775,7 @@ class Server {
 
   // Adopted serves a connection another process handshook.
   net::awaitable<void> Adopted(Worker& worker, ktls::Connection conn) {
-    sockaddr_storage addr{};
-    socklen_t len = sizeof(addr);
-    std::string peer = "?";
-    if (::getpeername(conn.fd(), reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-      tcp::endpoint remote;
-      remote.resize(len);
-      std::memcpy(remote.data(), &addr, len);
-      peer = remote.address().to_string() + ":" + std::to_string(remote.port());
-    }
+    std::string peer = PeerName(conn.fd());
     auto c = std::make_shared<Conn>(*this, worker,
                                     std::make_shared<ktls::asio::stream>(worker.io.get_executor(), std::move(conn)),
                                     std::move(peer));
@@ -709,11 +785,24 @@ class Server {
     co_await Serve(std::move(c));
   }
 
+  // PeerName: the client's address and port, for the log.
+  static std::string PeerName(int fd) {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof(addr);
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return "?";
+    tcp::endpoint remote;
+    remote.resize(len);
+    std::memcpy(remote.data(), &addr, len);
+    return remote.address().to_string() + ":" + std::to_string(remote.port());
+  }
+
   // Serve answers requests until there are none to read, then leaves the
   // connection to Idle (and ends: no frame is kept while it waits), or
   // until the connection ends.
   net::awaitable<void> Serve(std::shared_ptr<Conn> c) {
-    Step step = Step::kEnd;
+    // Between requests until one is read: one that arrives (a handshake
+    // finished, a connection received) once a hand-over began moves on.
+    Step step = Step::kServed;
     while (!draining_) {
       step = co_await ServeNext(*c);
       if (step == Step::kIdle) {
@@ -771,13 +860,10 @@ class Server {
       LogError(c.peer + " not handed over: " + why + "; ended with close_notify");
       return false;
     }
-    MoveOut(
-        c,
-        [this](ktls::Connection& conn) {
-          std::lock_guard lock(upgrade_mu_);
-          return ktls::SendConnection(upgrade_sock_, conn);
-        },
-        "the new process");
+    // A --privsep worker's upgrade_sock_ leads to the handshake process,
+    // which relays (RecallWorkers).
+    MoveOut(c.stream->release_connection(), c.peer,
+            [this](ktls::Connection& conn) { return SendToNewProcess(conn); }, "the new process");
     return true;
   }
 
@@ -1022,7 +1108,7 @@ class Server {
   std::atomic<bool> draining_ = false;
   Clock::time_point drain_deadline_;
   ktls::tools::WorkerPool* pool_ = nullptr;                 // --privsep: where connections go.
-  ktls::serve::PrivsepMetrics* shared_metrics_ = nullptr;   // --privsep --metrics: what /metrics sums.
+  SharedMetrics* shared_metrics_ = nullptr;   // --privsep --metrics: what /metrics sums.
   std::optional<net::posix::stream_descriptor> from_;       // A worker, or after an upgrade: where they come from.
   uid_t from_uid_ = 0;                                      // Who must be sending them.
   // SIGUSR2: the socket to the new process, while handing over.
@@ -1030,6 +1116,9 @@ class Server {
   pid_t upgrade_child_ = -1;
   std::mutex upgrade_mu_;                                   // One SendConnection at a time on it.
   std::atomic<bool> handing_over_ = false;
+  // --privsep: the thread relaying the workers' connections (RecallWorkers).
+  std::thread recall_thread_;
+  std::atomic<bool> recalling_ = false;
 };
 
 std::string Capabilities() {
@@ -1101,9 +1190,9 @@ int RunPrivsepWorker(Options o) {
   // With --metrics, the counts go where the handshake process reads them
   // (kWorkerExtraFd); without, nobody reads them.
   ktls::serve::Metrics local_metrics;
-  std::optional<ktls::serve::MetricsRegion> region;
+  std::optional<ktls::tools::MetricsRegion<ktls::serve::Metrics>> region;
   if (!o.metrics.empty()) {
-    region = ktls::serve::MetricsRegion::Map(ktls::tools::kWorkerExtraFd, error);
+    region = ktls::tools::MetricsRegion<ktls::serve::Metrics>::Map(ktls::tools::kWorkerExtraFd, error);
     if (!region) std::fprintf(stderr, "ktls-serve: worker: --metrics not counted: %s\n", error.c_str());
   }
   Server server(o, std::nullopt, std::move(*root), region ? region->metrics() : local_metrics);
@@ -1155,7 +1244,8 @@ int main(int argc, char** argv) {
      "worker processes running as --user serve the requests, each connection moved to them with both directions in "
      "the kernel. A connection that cannot move (RX kept in userspace on Linux < 6.14 without --rx, a cipher the "
      "kernel lacks) is ended with close_notify and logged, never served by the key holder. With --metrics, this "
-     "process serves the sum of its counts and the workers'")
+     "process serves the sum of its counts and the workers'. SIGUSR2 to this process upgrades (the workers' "
+     "connections go to the new process's workers)")
     ("user", "With --privsep: the user the workers run as (not root)", cxxopts::value<std::string>())
     ("privsep-worker", "Internal: this is a --privsep worker (started by ktls-serve itself)")
     ("upgrade-from", "Internal: take over from the ktls-serve that started this one on SIGUSR2")
@@ -1235,7 +1325,7 @@ int main(int argc, char** argv) {
   // Counted whether or not --metrics serves them: a relaxed atomic add each.
   ktls::serve::Metrics metrics;
   // --privsep --metrics: the workers count in shared memory, one region each.
-  std::optional<ktls::serve::PrivsepMetrics> shared_metrics;
+  std::optional<SharedMetrics> shared_metrics;
   std::optional<ktls::tools::WorkerPool> pool;
   if (o.privsep) {
     // The workers start before the key is read: they are fresh images
@@ -1243,17 +1333,15 @@ int main(int argc, char** argv) {
     const unsigned n = o.threads != 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
     ktls::tools::WorkerPool::StartHook start_hook;
     if (!o.metrics.empty()) {
-      shared_metrics.emplace(metrics);
+      shared_metrics.emplace(metrics, "ktls-serve-metrics");
       if (!shared_metrics->Create(n, error)) {
         std::fprintf(stderr, "ktls-serve: --metrics: %s\n", error.c_str());
         return 1;
       }
-      start_hook = [&shared_metrics](std::size_t slot, bool restart) {
-        return shared_metrics->WorkerStarting(slot, restart);
-      };
+      start_hook = shared_metrics->StartHook();
     }
-    if (const int code = ktls::tools::StartPrivsep("ktls-serve", o.privsep_user,
-                                                   std::vector<std::string>(argv + 1, argv + argc), n, pool, error,
+    // o.args: without --upgrade-from, which is this process's, not theirs.
+    if (const int code = ktls::tools::StartPrivsep("ktls-serve", o.privsep_user, o.args, n, pool, error,
                                                    std::move(start_hook));
         code != 0) {
       std::fprintf(stderr, "ktls-serve: %s\n", error.c_str());

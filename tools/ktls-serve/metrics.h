@@ -54,7 +54,7 @@ enum class ResponsePath : std::uint8_t {
 // Metrics: the counters. Every method is safe from any thread.
 //
 // With --privsep each worker process counts into a Metrics of its own in
-// memory shared with the key holder (shared_metrics.h), which adds them up:
+// memory shared with the key holder (common/shared_metrics.h), which adds them up:
 // so the counters are plain atomics with no pointer inside, the same in
 // every process that maps them.
 class Metrics {
@@ -93,7 +93,7 @@ class Metrics {
 
  private:
   using Counter = std::atomic<std::uint64_t>;
-  // Shared between processes (shared_metrics.h): the atomics must work on
+  // Shared between processes (common/shared_metrics.h): the atomics must work on
   // the memory itself, with no lock elsewhere.
   static_assert(Counter::is_always_lock_free);
   static_assert(std::atomic<std::int64_t>::is_always_lock_free);
