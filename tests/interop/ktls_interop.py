@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -456,6 +457,49 @@ def privsep_workers(parent_pid):
         if ppid == parent_pid and b"--privsep-worker" in cmdline:
             found.append(int(name))
     return sorted(found)
+
+
+class Upgraded:
+    """The process that took over from server (proc, err: a Pump) on
+    SIGUSR2, by its log lines (ktls-serve's and ktls-proxy's alike);
+    stop() stops it at the end of a test."""
+
+    def __init__(self, server):
+        self.server = server
+        self.pid = None
+
+    def wait_taken_over(self):
+        match = None
+
+        def started():
+            nonlocal match
+            match = re.search(r"upgrade: pid (\d+) serves now", self.server.err.text())
+            return match is not None
+        assert wait_until(started, STEP_TIMEOUT), "no takeover: " + self.server.err.text()
+        self.pid = int(match.group(1))
+        return self.pid
+
+    def stop(self):
+        """Stops the new process, even if the test failed before it took
+        over (it holds the server's stdout and stderr pipes)."""
+        match = re.search(r"upgrade: started \S+ as pid (\d+)", self.server.err.text())
+        if self.pid is None and match:
+            self.pid = int(match.group(1))
+        if self.pid is None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        wait_until(lambda: not os.path.exists(f"/proc/{self.pid}") or zombie(self.pid), STEP_TIMEOUT)
+
+
+def zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 class PrivsepWorkers:

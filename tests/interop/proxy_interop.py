@@ -981,6 +981,33 @@ def set_up(directory):
     UP = os.urandom(UP_LEN)
 
 
+def suite_main(module, prefix, set_up, as_root=False, missing=None):
+    """The main of a ktls-proxy suite beside this one (--privsep, the
+    upgrade): `SCRIPT PATH/TO/ktls-proxy [TEST_NAME_SUBSTRING...]`. Checks
+    the kernel, the openssl CLI (for the PKI) and root (as_root: --privsep
+    starts as root), fails saying `missing` when the suite lacks something
+    else, sets PROXY and REKEY, then runs module's tests; the exit status."""
+    global PROXY, REKEY
+    script = os.path.basename(module.__file__)
+    if len(sys.argv) < 2:
+        print(f"usage: {script} PATH/TO/ktls-proxy [TEST_NAME_SUBSTRING...]", file=sys.stderr)
+        return 2
+    PROXY = os.path.abspath(sys.argv[1])
+    status = ktls_interop.check_kernel_tls()
+    if status is not None:
+        return status
+    if as_root and os.geteuid() != 0:
+        return ktls_interop.fail(f"{script}: --privsep starts as root: run this suite as root (the UML guests do)")
+    if missing:
+        return ktls_interop.fail(missing)
+    if not ktls_interop.find_openssl() or not os.access(PROXY, os.X_OK):
+        return ktls_interop.fail(f"need the openssl CLI in PATH and ktls-proxy at {PROXY}")
+    REKEY = kernel_can_rekey(platform.release())
+    print(f"kernel {platform.release()} (rekey: {'yes' if REKEY else 'no'}); Python ssl: {ssl.OPENSSL_VERSION}",
+          flush=True)
+    return ktls_interop.run_tests(module, sys.argv[2:], prefix, set_up)
+
+
 def main():
     global PROXY, OPENSSL, STDBUF, STRACE, REKEY
     if len(sys.argv) < 2:

@@ -38,11 +38,9 @@ Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 (a failure with KTLS_REQUIRE_KERNEL=1).
 """
 import os
-import platform
 import pwd
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 
@@ -50,7 +48,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
 import proxy_interop as proxy  # noqa: E402
 import serve_metrics_interop as metrics  # noqa: E402
-from key_update_interop import kernel_can_rekey  # noqa: E402
 from ktls_interop import (HOST, STEP_TIMEOUT, can_open_as, ids, read_tls_stat, sanitized, sha,  # noqa: E402
                           sockets_of, uids, wait_until)
 
@@ -348,23 +345,10 @@ def set_up(directory):
 
 
 def main():
-    if len(sys.argv) < 2:
-        print("usage: proxy_privsep_interop.py PATH/TO/ktls-proxy [TEST_NAME_SUBSTRING...]", file=sys.stderr)
-        return 2
-    proxy.PROXY = os.path.abspath(sys.argv[1])
-    status = ktls_interop.check_kernel_tls()
-    if status is not None:
-        return status
-    if os.geteuid() != 0:
-        return ktls_interop.fail("--privsep starts as root: run this suite as root (the UML guests do)")
+    missing = None
     if metrics.text_string_to_metric_families is None:
-        return ktls_interop.fail("needs prometheus_client (Debian: python3-prometheus-client; scripts/setup)")
-    if not ktls_interop.find_openssl() or not os.access(proxy.PROXY, os.X_OK):
-        return ktls_interop.fail(f"need the openssl CLI in PATH and ktls-proxy at {proxy.PROXY}")
-    proxy.REKEY = kernel_can_rekey(platform.release())
-    print(f"kernel {platform.release()} (rekey: {'yes' if proxy.REKEY else 'no'}); Python ssl: {ssl.OPENSSL_VERSION}",
-          flush=True)
-    return ktls_interop.run_tests(sys.modules[__name__], sys.argv[2:], "ktls-proxy-privsep-", set_up)
+        missing = "needs prometheus_client (Debian: python3-prometheus-client; scripts/setup)"
+    return proxy.suite_main(sys.modules[__name__], "ktls-proxy-privsep-", set_up, as_root=True, missing=missing)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 """
 import os
 import pwd
-import re
 import shutil
 import signal
 import sys
@@ -46,54 +45,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
 import serve_interop as serve  # noqa: E402
 import serve_metrics_interop as metrics  # noqa: E402
-from ktls_interop import STEP_TIMEOUT, sha, wait_until  # noqa: E402
+from ktls_interop import STEP_TIMEOUT, Upgraded, sha, wait_until, zombie  # noqa: E402
 import serve_privsep_interop as privsep  # noqa: E402
 from ktls_interop import privsep_workers, uids  # noqa: E402
 from serve_privsep_interop import get  # noqa: E402
 
 BINARY = ""  # The copy ktls-serve runs from.
 BIG = b""
-
-
-class Upgraded:
-    """Stops the process that took over, at the end of a test."""
-
-    def __init__(self, server):
-        self.server = server
-        self.pid = None
-
-    def wait_taken_over(self):
-        match = None
-
-        def started():
-            nonlocal match
-            match = re.search(r"upgrade: pid (\d+) serves now", self.server.err.text())
-            return match is not None
-        assert wait_until(started, STEP_TIMEOUT), "no takeover: " + self.server.err.text()
-        self.pid = int(match.group(1))
-        return self.pid
-
-    def stop(self):
-        """Stops the new process, even if the test failed before it took
-        over (it holds the server's stdout and stderr pipes)."""
-        match = re.search(r"upgrade: started \S+ as pid (\d+)", self.server.err.text())
-        if self.pid is None and match:
-            self.pid = int(match.group(1))
-        if self.pid is None:
-            return
-        try:
-            os.kill(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        wait_until(lambda: not os.path.exists(f"/proc/{self.pid}") or zombie(self.pid), STEP_TIMEOUT)
-
-
-def zombie(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 class Serve(serve.Serve):

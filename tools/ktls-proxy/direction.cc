@@ -33,6 +33,13 @@ std::uint32_t Direction::sink_events() const noexcept {
   return state_ == State::kRunning ? EventsFor(sink_wait_) : 0;
 }
 
+void Direction::Quiesce(bool on) noexcept {
+  quiescing_ = on;
+  flushed_ = false;  // quiet() only after a Step has drained and flushed.
+  if (on) source_wait_ = ktls::Wait::kNone;
+  if (!on && state_ == State::kRunning && !source_ended_ && channel_.pending() == 0) source_wait_ = ktls::Wait::kReadable;
+}
+
 void Direction::Fail(Side side, ktls::Error error) {
   state_ = State::kFailed;
   failed_side_ = side;
@@ -111,7 +118,8 @@ void Direction::Step() {
     // the bytes wait in the source's socket buffer (backpressure).
     source_wait_ = ktls::Wait::kNone;
     bool moved = false;
-    if (channel_.pending() == 0 || sink_wait_ == ktls::Wait::kNone) moved |= FillPhase();
+    flushed_ = false;
+    if (!quiescing_ && (channel_.pending() == 0 || sink_wait_ == ktls::Wait::kNone)) moved |= FillPhase();
     if (state_ != State::kRunning) return;
     moved |= DrainPhase();
     if (state_ != State::kRunning) return;
@@ -132,6 +140,10 @@ void Direction::Step() {
     // it (TX in OpenSSL and a full socket): send it before waiting for the
     // source, which may have nothing more to push it out with.
     if (!source_ended_ && !FlushSink()) return;
+    if (quiescing_ && !source_ended_) {
+      flushed_ = true;  // Quiet: wait for nothing until it moves.
+      return;
+    }
     if (source_ended_) {
       Transfer t = sink_.ShutdownWrite(!truncated_);
       if (t.error) {

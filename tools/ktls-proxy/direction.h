@@ -49,6 +49,29 @@ class Direction {
   std::uint32_t source_events() const noexcept;
   std::uint32_t sink_events() const noexcept;
 
+  // Quiesce (a SIGUSR2 hand-over): take nothing more from the source, give
+  // the sink what is pending, then wait for nothing: quiet() once the
+  // channel is empty, so the connection can move with no byte in flight.
+  // Quiesce(false) goes back to relaying (the move did not happen).
+  void Quiesce(bool on) noexcept;
+  bool quiet() const noexcept {
+    return quiescing_ && (state_ == State::kDone ||
+                          (state_ == State::kRunning && !source_ended_ && channel_.pending() == 0 && flushed_));
+  }
+  // Ended: this direction was done in the process it was moved from (its
+  // source ended, the sink's side too; truncated: without close_notify).
+  void Ended(bool truncated) noexcept {
+    state_ = State::kDone;
+    source_ended_ = true;
+    truncated_ = truncated;
+    source_wait_ = sink_wait_ = ktls::Wait::kNone;
+  }
+  // Carry adds the counts of the process this direction was moved from.
+  void Carry(std::uint64_t bytes, std::uint64_t copied) noexcept {
+    bytes_ += bytes;
+    copied_ += copied;
+  }
+
   std::uint64_t bytes() const noexcept { return bytes_; }
   // copied: bytes that passed through this process (at most bytes()).
   std::uint64_t copied() const noexcept { return copied_ < bytes_ ? copied_ : bytes_; }
@@ -70,6 +93,8 @@ class Direction {
   bool truncated_ = false;
   bool failed_in_shutdown_ = false;
   bool more_ = false;
+  bool quiescing_ = false;
+  bool flushed_ = false;  // Quiescing: a Step drained the channel and flushed the sink.
   // What each endpoint is waited for (kNone: not waited for).
   ktls::Wait source_wait_ = ktls::Wait::kReadable;
   ktls::Wait sink_wait_ = ktls::Wait::kNone;

@@ -48,24 +48,20 @@ bool EventLoop::Listen(const std::string& host, std::uint16_t port, std::string&
     error = std::string("epoll or eventfd: ") + std::strerror(errno);
     return false;
   }
-  listener_ = OpenListenSocket(host, port, {.reuse_port = true, .non_blocking = true, .backlog = SOMAXCONN},
-                               "--listen", port_, error);
-  if (listener_.get() < 0) return false;
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = kListenerTag;
-  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &ev) != 0) {
-    error = std::string("epoll_ctl: ") + std::strerror(errno);
-    return false;
-  }
-  listener_registered_ = true;
-  return true;
+  UniqueFd listener = OpenListenSocket(host, port, {.reuse_port = true, .non_blocking = true, .backlog = SOMAXCONN},
+                                      "--listen", port_, error);
+  if (listener.get() < 0) return false;
+  return WatchListener(std::move(listener), error);
 }
 
 bool EventLoop::ReceiveFrom(UniqueFd unix_socket, uid_t peer_uid, std::string& error) {
-  listener_ = std::move(unix_socket);
   receiving_ = true;
   peer_uid_ = peer_uid;
+  return WatchListener(std::move(unix_socket), error);
+}
+
+bool EventLoop::WatchListener(UniqueFd listener, std::string& error) {
+  listener_ = std::move(listener);
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = kListenerTag;
@@ -77,9 +73,96 @@ bool EventLoop::ReceiveFrom(UniqueFd unix_socket, uid_t peer_uid, std::string& e
   return true;
 }
 
+bool EventLoop::ListenOn(UniqueFd listener, std::string& error) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof(addr);
+  if (::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    error = std::string("the listener from the previous process: ") + std::strerror(errno);
+    return false;
+  }
+  port_ = ntohs(addr.ss_family == AF_INET6 ? reinterpret_cast<const sockaddr_in6&>(addr).sin6_port
+                                           : reinterpret_cast<const sockaddr_in&>(addr).sin_port);
+  return WatchListener(std::move(listener), error);
+}
+
 void EventLoop::BeginDrain() {
+  {
+    std::lock_guard lock(mu_);
+    drain_asked_ = true;
+  }
   const std::uint64_t one = 1;
   (void)!::write(wake_.get(), &one, sizeof(one));
+}
+
+void EventLoop::BeginHandOver(ProxyConnection::MoveFn move) {
+  {
+    std::lock_guard lock(mu_);
+    move_asked_ = std::move(move);
+  }
+  const std::uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof(one));
+}
+
+void EventLoop::Adopt(std::unique_ptr<ProxyConnection> conn) {
+  {
+    std::lock_guard lock(mu_);
+    adopted_.push_back(std::move(conn));
+  }
+  const std::uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof(one));
+}
+
+void EventLoop::OnWake(Clock::time_point now) {
+  std::uint64_t count;
+  (void)!::read(wake_.get(), &count, sizeof(count));
+  std::vector<std::unique_ptr<ProxyConnection>> adopted;
+  bool drain = false;
+  {
+    std::lock_guard lock(mu_);
+    adopted.swap(adopted_);
+    drain = drain_asked_;
+    if (move_asked_ && !move_) move_ = std::move(move_asked_);
+  }
+  for (auto& conn : adopted) Add(std::move(conn), now);
+  if (move_ && !draining_) {
+    StartDrain(now);
+    std::vector<std::uint64_t> ids;
+    for (const auto& [id, entry] : connections_) ids.push_back(id);
+    for (std::uint64_t id : ids) {
+      if (auto it = connections_.find(id); it != connections_.end()) TryMove(id, it->second);
+    }
+  }
+  if (drain) StartDrain(now);
+}
+
+void EventLoop::TryMove(std::uint64_t id, Entry& entry) {
+  ProxyConnection& conn = *entry.conn;
+  if (entry.stays || conn.finished()) return;
+  if (!conn.movable()) {
+    const bool was_quiescing = conn.quiescing();
+    if (std::string why = conn.PrepareMove(); !why.empty()) {
+      entry.stays = true;
+      std::fprintf(stderr, "ktls-proxy: upgrade: %s stays in this process until it ends: %s\n",
+                   conn.client().c_str(), why.c_str());
+      return;
+    }
+    // One run to give what the pipes hold, and to wait for the sink only.
+    if (!was_quiescing && conn.quiescing()) ready_.push_back(id);
+    return;
+  }
+  // Out of the epoll first: a registration lives as long as any process
+  // holds the socket.
+  UpdateSlot(id, 0, entry.slots[0], {});
+  UpdateSlot(id, 1, entry.slots[1], {});
+  const std::string client = conn.client();
+  if (auto sent = conn.MoveOut(move_, Clock::now()); !sent.ok()) {
+    entry.stays = true;
+    std::fprintf(stderr, "ktls-proxy: upgrade: %s not moved: %s\n", client.c_str(), sent.error().ToString().c_str());
+    if (!conn.finished()) ready_.push_back(id);  // It relays on here: one run to wait for what it needs.
+    return AfterRun(id, entry);
+  }
+  connections_.erase(id);
+  --active_;
 }
 
 void EventLoop::Run() {
@@ -96,9 +179,7 @@ void EventLoop::Run() {
           Accept(now);
         }
       } else if (tag == kWakeTag) {
-        std::uint64_t count;
-        (void)!::read(wake_.get(), &count, sizeof(count));
-        StartDrain(now);
+        OnWake(now);
       } else if (connections_.count(tag / 2) != 0) {
         RunConnection(tag / 2, now);
       }
@@ -239,6 +320,7 @@ void EventLoop::AfterRun(std::uint64_t id, Entry& entry) {
     timers_.push({deadline, id});
   }
   if (conn.more()) ready_.push_back(id);
+  if (move_) TryMove(id, entry);
 }
 
 void EventLoop::UpdateSlot(std::uint64_t id, int side, Slot& have, ProxyConnection::Interest want) {

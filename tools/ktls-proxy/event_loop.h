@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <queue>
 #include <string>
 #include <unordered_map>
@@ -37,6 +38,13 @@ class EventLoop {
   // picks a free one, which port() then says, for the other loops.
   bool Listen(const std::string& host, std::uint16_t port, std::string& error);
   std::uint16_t port() const noexcept { return port_; }
+  // ListenOn (after an upgrade, instead of Listen): the listener the
+  // previous process gave (upgrade.h), taken over as it is.
+  bool ListenOn(UniqueFd listener, std::string& error);
+  // listener: this loop's listening socket (-1 once draining), for an
+  // upgrade to hand on. Before Run, or from the signal thread while this
+  // loop has not been told to drain.
+  int listener() const noexcept { return listener_.get(); }
   // ReceiveFrom (a --privsep worker, instead of Listen): the connections
   // come handshaken over unix_socket (ktls::ReceiveConnection), from a
   // process running as peer_uid. The loop owns the socket; when the other
@@ -49,6 +57,13 @@ class EventLoop {
   // BeginDrain: stop accepting, let the connections finish for at most
   // --drain-timeout. Safe from any thread (a signal thread).
   void BeginDrain();
+  // BeginHandOver (SIGUSR2, once the new process serves): drain, and move
+  // every connection that can with move (ProxyConnection::MoveOut) as soon
+  // as it is quiet; the rest end here. Safe from any thread.
+  void BeginHandOver(ProxyConnection::MoveFn move);
+  // Adopt runs a connection the previous process handed over. Safe from
+  // any thread; not after the drain began.
+  void Adopt(std::unique_ptr<ProxyConnection> conn);
 
  private:
   struct Slot {
@@ -59,6 +74,7 @@ class EventLoop {
     std::unique_ptr<ProxyConnection> conn;
     Slot slots[2];  // The client's socket, the backend's.
     Clock::time_point scheduled = Clock::time_point::max();
+    bool stays = false;  // Handing over: it cannot move; it ends here.
   };
   struct Timer {
     Clock::time_point when;
@@ -66,6 +82,9 @@ class EventLoop {
     bool operator>(const Timer& other) const { return when > other.when; }
   };
 
+  // WatchListener: listener (or the socket connections come on) into the
+  // epoll.
+  bool WatchListener(UniqueFd listener, std::string& error);
   void Accept(Clock::time_point now);
   void Receive(Clock::time_point now);
   // Add runs a new connection for the first time.
@@ -73,6 +92,11 @@ class EventLoop {
   void PauseListener(Clock::time_point until);
   void ResumeListenerIfRoom(Clock::time_point now);
   void StartDrain(Clock::time_point now);
+  // Woken: adopt what came, start draining or handing over as asked.
+  void OnWake(Clock::time_point now);
+  // TryMove (handing over): moves the connection if it is quiet, or gets
+  // it there; logs once why one never can.
+  void TryMove(std::uint64_t id, Entry& entry);
   // RunConnection runs one connection, then brings its epoll registrations
   // and its timer up to date, and drops it once it finished.
   void RunConnection(std::uint64_t id, Clock::time_point now);
@@ -84,7 +108,7 @@ class EventLoop {
   const ProxyContext& context_;
   std::atomic<std::size_t>& active_;
   UniqueFd epoll_;
-  UniqueFd wake_;  // eventfd: BeginDrain.
+  UniqueFd wake_;  // eventfd: BeginDrain, BeginHandOver, Adopt.
   UniqueFd listener_;  // Or, with ReceiveFrom, the socket connections come on.
   bool receiving_ = false;
   uid_t peer_uid_ = 0;
@@ -97,6 +121,13 @@ class EventLoop {
   std::unordered_map<std::uint64_t, Entry> connections_;
   std::priority_queue<Timer, std::vector<Timer>, std::greater<>> timers_;
   std::vector<std::uint64_t> ready_;  // To run again without waiting.
+  // Handed to this loop from other threads (under mu_), until the wake.
+  std::mutex mu_;
+  bool drain_asked_ = false;
+  ProxyConnection::MoveFn move_asked_;
+  std::vector<std::unique_ptr<ProxyConnection>> adopted_;
+  // Handing over: where movable connections go.
+  ProxyConnection::MoveFn move_;
 };
 
 }  // namespace ktls::proxy

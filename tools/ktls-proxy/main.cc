@@ -16,27 +16,35 @@
 // SIGINT/SIGTERM: stop accepting, let open connections finish for at most
 // --drain-timeout, close the rest, exit 0. --metrics ADDR:PORT serves
 // Prometheus text at /metrics (metrics.h says what is counted).
+// SIGUSR2: a binary upgrade (upgrade.h): the binary on disk starts with the
+// same arguments, takes the listeners and every relaying connection that
+// can move (at a quiet point: no byte in a pipe), and this process exits
+// once it holds none (or at --drain-timeout).
 // --privsep --user USER: this process (root) holds the key, accepts and
 // handshakes; worker processes running as USER, started from this binary
 // (common/privsep.h), get each connection (ktls/move.h), connect to the
 // backend and proxy it. SIGTERM drains this process, then the workers.
 // With --metrics they count in shared memory (common/shared_metrics.h)
-// and this process's /metrics sums them.
+// and this process's /metrics sums them. SIGUSR2 is refused there.
 //
 // This file only wires: the flags (options.h), the backend (backend.h), one
 // event loop per thread (event_loop.h), the signals.
 #include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -50,6 +58,7 @@
 #include "ktls-proxy/metrics_http.h"
 #include "ktls-proxy/options.h"
 #include "ktls-proxy/proxy_connection.h"
+#include "ktls-proxy/upgrade.h"
 #include "ktls/probe.h"
 #include "ktls/server.h"
 
@@ -146,13 +155,41 @@ int RunWorker(const ProxyOptions& options) {
   return 0;
 }
 
-int Run(const ProxyOptions& options, std::vector<std::string> args) {
+// ReceiveHandedOver (after an upgrade, on a thread of its own): the
+// connections the previous process hands over, each to the next loop,
+// until it has sent all it could (or the stream broke: then it is shut, so
+// the previous process keeps the rest rather than wait).
+void ReceiveHandedOver(const ktls::proxy::ProxyContext& context,
+                       const std::vector<std::unique_ptr<ktls::proxy::EventLoop>>& loops) {
+  std::size_t next = 0;
+  for (;;) {
+    auto relay = ktls::proxy::ReceiveRelay(ktls::tools::kWorkerFd, ::getuid(), context.backend->tls());
+    if (!relay.ok()) {
+      if (relay.error().category == ktls::ErrorCategory::kClosed) {
+        std::fprintf(stderr, "ktls-proxy: upgrade: the previous process handed over everything it could\n");
+      } else {
+        std::fprintf(stderr, "ktls-proxy: upgrade: taking over a connection: %s\n", relay.error().ToString().c_str());
+      }
+      ::shutdown(ktls::tools::kWorkerFd, SHUT_RDWR);
+      return;
+    }
+    loops[next++ % loops.size()]->Adopt(std::make_unique<ktls::proxy::ProxyConnection>(
+        context, std::move(relay->client), std::move(relay->backend), relay->counts,
+        ktls::proxy::ProxyConnection::Clock::now()));
+  }
+}
+
+int Run(const ProxyOptions& options, std::vector<std::string> args, const std::string& exe_path) {
+  std::string error;
+  if (options.upgrade_from && !ktls::proxy::AcceptPredecessor(ktls::tools::kWorkerFd, error)) {
+    std::fprintf(stderr, "ktls-proxy: %s\n", error.c_str());
+    return 1;
+  }
   const unsigned num_threads = options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   ProxyMetrics metrics;  // Counted whether or not --metrics serves them.
   // --privsep --metrics: the workers count in shared memory, one region each.
   std::optional<SharedMetrics> shared_metrics;
   std::optional<ktls::tools::WorkerPool> pool;
-  std::string error;
   if (options.privsep) {
     ktls::tools::WorkerPool::StartHook start_hook;
     if (options.metrics_on) {
@@ -236,8 +273,16 @@ int Run(const ProxyOptions& options, std::vector<std::string> args) {
   for (unsigned i = 0; i < num_threads; ++i) {
     loops.push_back(std::make_unique<ktls::proxy::EventLoop>(context, active));
     // The first listener picks the port (when --listen says 0); the others
-    // share it (SO_REUSEPORT).
-    if (!loops.back()->Listen(options.listen.host, port, error)) {
+    // share it (SO_REUSEPORT). After an upgrade: the previous process's.
+    bool listening;
+    if (options.upgrade_from) {
+      const int fd = ktls::proxy::ReceiveListener(ktls::tools::kWorkerFd);
+      if (fd < 0) error = std::string("--upgrade-from: no listener from the previous process: ") + std::strerror(errno);
+      listening = fd >= 0 && loops.back()->ListenOn(ktls::proxy::UniqueFd(fd), error);
+    } else {
+      listening = loops.back()->Listen(options.listen.host, port, error);
+    }
+    if (!listening) {
       std::fprintf(stderr, "ktls-proxy: %s\n", error.c_str());
       return 1;
     }
@@ -250,9 +295,23 @@ int Run(const ProxyOptions& options, std::vector<std::string> args) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGUSR2);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::vector<std::thread> threads;
   for (auto& loop : loops) threads.emplace_back([&loop] { loop->Run(); });
+  std::thread receiver;  // After an upgrade: the connections handed over.
+  std::atomic<bool> receiving{false};
+  if (options.upgrade_from) {
+    if (!ktls::proxy::SayServing(ktls::tools::kWorkerFd)) {
+      std::fprintf(stderr, "ktls-proxy: --upgrade-from: the previous process is gone\n");
+    } else {
+      receiving = true;
+      receiver = std::thread([&] {
+        ReceiveHandedOver(context, loops);
+        receiving = false;
+      });
+    }
+  }
 
   const std::string host = options.listen.host.find(':') != std::string::npos ? "[" + options.listen.host + "]"
                                                                               : options.listen.host;
@@ -266,14 +325,57 @@ int Run(const ProxyOptions& options, std::vector<std::string> args) {
                backend->name().c_str(), backend->tls() ? " (TLS)" : "", num_threads,
                pool ? (" for handshakes, workers running as " + options.privsep_user).c_str() : "",
                options.copy ? "copy" : "splice");
-  int signo = 0;
-  sigwait(&signals, &signo);
-  std::fprintf(stderr, "ktls-proxy: signal %d: draining %zu connection(s)\n", signo, active.load());
-  for (auto& loop : loops) loop->BeginDrain();
+  std::optional<ktls::proxy::Successor> successor;
+  for (;;) {
+    int signo = 0;
+    sigwait(&signals, &signo);
+    if (signo != SIGUSR2) {
+      std::fprintf(stderr, "ktls-proxy: signal %d: draining %zu connection(s)\n", signo, active.load());
+      break;
+    }
+    if (pool || receiving.load()) {
+      std::fprintf(stderr, "ktls-proxy: SIGUSR2: no upgrade (%s)\n",
+                   pool ? "not with --privsep: stop it with SIGTERM and start the new binary instead"
+                        : "still taking over from the previous process");
+      continue;
+    }
+    std::vector<int> listeners;
+    for (auto& loop : loops) listeners.push_back(loop->listener());
+    successor.emplace();
+    if (!successor->Start(exe_path, args, listeners, options.handshake_timeout, error)) {
+      std::fprintf(stderr, "ktls-proxy: upgrade failed: %s; this process goes on serving\n", error.c_str());
+      successor.reset();
+      continue;
+    }
+    std::fprintf(stderr, "ktls-proxy: upgrade: pid %d serves now; handing over %zu connection(s)\n",
+                 static_cast<int>(successor->pid()), active.load());
+    break;
+  }
+  if (receiver.joinable()) {
+    // Stop taking connections over before draining: what is still on its
+    // way stays with the previous process.
+    ::shutdown(ktls::tools::kWorkerFd, SHUT_RDWR);
+    receiver.join();
+  }
+  for (auto& loop : loops) {
+    if (successor) {
+      loop->BeginHandOver([&to = *successor](const ktls::proxy::RelayCounts& counts, ktls::Connection& client,
+                                             ktls::proxy::Endpoint& to_backend) {
+        return to.Send(counts, client, to_backend);
+      });
+    } else {
+      loop->BeginDrain();
+    }
+  }
   for (auto& thread : threads) thread.join();
   metrics_server.Stop();
   if (pool) pool->Stop(options.drain_timeout + std::chrono::milliseconds(1000));  // They drain as this process did.
-  std::fprintf(stderr, "ktls-proxy: drained\n");
+  if (successor) {
+    successor->Close();  // Tells the new process: nothing more comes.
+    std::fprintf(stderr, "ktls-proxy: upgrade: handed over; exiting\n");
+  } else {
+    std::fprintf(stderr, "ktls-proxy: drained\n");
+  }
   return 0;
 }
 
@@ -293,6 +395,17 @@ int main(int argc, char** argv) {
   RaiseFileLimit();
   std::setvbuf(stderr, nullptr, _IOLBF, 0);
   if (options.privsep_worker) return RunWorker(options);
-  // A --privsep worker gets the same arguments, and --privsep-worker.
-  return Run(options, std::vector<std::string>(argv + 1, argv + argc));
+  // A --privsep worker gets the same arguments, and --privsep-worker; the
+  // process SIGUSR2 starts, the same and --upgrade-from, from the binary
+  // on disk (read now: it may be replaced by then).
+  std::vector<std::string> args;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string_view(argv[i]) != "--upgrade-from") args.emplace_back(argv[i]);
+  }
+  std::string exe_path;
+  char path[4096];
+  if (const ssize_t n = ::readlink("/proc/self/exe", path, sizeof(path)); n > 0 && n < ssize_t{sizeof(path)}) {
+    exe_path.assign(path, static_cast<std::size_t>(n));
+  }
+  return Run(options, std::move(args), exe_path);
 }

@@ -29,7 +29,13 @@ bool ParseHostPort(const std::string& text, const char* flag, bool allow_zero, H
 namespace {
 
 cxxopts::Options MakeOptions() {
-  cxxopts::Options cli("ktls-proxy", "TLS-terminating TCP proxy on kernel TLS (kTLS)");
+  cxxopts::Options cli("ktls-proxy",
+                       "TLS-terminating TCP proxy on kernel TLS (kTLS).\n"
+                       "SIGINT/SIGTERM: stop accepting, drain (--drain-timeout), exit.\n"
+                       "SIGUSR2: binary upgrade: start the binary on disk with the same arguments, hand it the "
+                       "listeners and every relaying connection with both directions in the kernel on both legs (same "
+                       "TCP connection, no new handshake), exit once none is left; if it cannot start or take over, "
+                       "this process goes on serving and logs why. Not with --privsep");
   const ProxyOptions defaults;
   // clang-format off
   cli.add_options()
@@ -55,7 +61,8 @@ cxxopts::Options MakeOptions() {
      cxxopts::value<long long>()->default_value(std::to_string(defaults.handshake_timeout.count())))
     ("connect-timeout", "Give up connecting to the backend after this long (ms)",
      cxxopts::value<long long>()->default_value(std::to_string(defaults.connect_timeout.count())))
-    ("drain-timeout", "On SIGINT/SIGTERM, let open connections finish for at most this long (ms)",
+    ("drain-timeout", "On SIGINT/SIGTERM, let open connections finish for at most this long (ms); also how long "
+     "connections that cannot move on SIGUSR2 may go on in the old process",
      cxxopts::value<long long>()->default_value(std::to_string(defaults.drain_timeout.count())))
     ("proxy-protocol", "Send a PROXY protocol v2 header to the backend first")
     ("copy", "Move the bytes with read and write through this process, never splice (to compare)")
@@ -69,6 +76,7 @@ cxxopts::Options MakeOptions() {
      "the workers' summed. Not with --no-offload")
     ("user", "With --privsep: the user the workers run as (not root)", cxxopts::value<std::string>())
     ("privsep-worker", "Internal: this is a --privsep worker (started by ktls-proxy itself)")
+    ("upgrade-from", "Internal: take over from the ktls-proxy that started this one on SIGUSR2")
     ("h,help", "Show this help");
   // clang-format on
   tools::AddConnectionLimitOptions(cli);
@@ -89,9 +97,14 @@ bool Positive(const cxxopts::ParseResult& args, const char* name, std::chrono::m
 bool ReadPrivsep(const cxxopts::ParseResult& args, ProxyOptions& out, std::string& error) {
   out.privsep = args.count("privsep") != 0;
   out.privsep_worker = args.count("privsep-worker") != 0;
+  out.upgrade_from = args.count("upgrade-from") != 0;
   if (args.count("user") != 0) out.privsep_user = args["user"].as<std::string>();
   if (out.privsep && out.privsep_user.empty()) {
     error = "--privsep needs --user USER";
+    return false;
+  }
+  if (out.privsep && out.upgrade_from) {
+    error = "--upgrade-from does not go with --privsep (SIGUSR2 is refused there)";
     return false;
   }
   if (!out.privsep && (!out.privsep_user.empty() || out.privsep_worker)) {

@@ -56,6 +56,9 @@ struct ProxyOptions {
   bool privsep = false;
   std::string privsep_user;
   bool privsep_worker = false;
+  // upgrade_from: this process was started by SIGUSR2 in another one
+  // (upgrade.h) and takes over its listeners and connections.
+  bool upgrade_from = false;
 };
 
 enum class ParseOutcome {

@@ -80,6 +80,31 @@ ProxyConnection::ProxyConnection(const ProxyContext& context, ktls::Connection c
   client_ = Endpoint::Tls(std::move(client));
 }
 
+ProxyConnection::ProxyConnection(const ProxyContext& context, ktls::Connection client, Endpoint backend,
+                                 const RelayCounts& counts, Clock::time_point now)
+    : context_(context), phase_(Phase::kRelay), started_(now - counts.age) {
+  socklen_t len = sizeof(client_addr_);
+  (void)::getpeername(client.fd(), reinterpret_cast<sockaddr*>(&client_addr_), &len);
+  record_.client = AddressText(client_addr_);
+  record_.backend = context_.backend->name();
+  record_.tx = ktls::OffloadName(client.tx());
+  record_.rx = ktls::OffloadName(client.rx());
+  if (backend.tls()) {
+    record_.backend_tx = ktls::OffloadName(backend.connection().tx());
+    record_.backend_rx = ktls::OffloadName(backend.connection().rx());
+  }
+  context_.metrics->Opened();  // Open here; handshaken (and counted so) in the other process.
+  client_ = Endpoint::Tls(std::move(client));
+  backend_ = std::move(backend);
+  StartRelay(now);
+  if (phase_ == Phase::kRelay) {
+    up_->Carry(counts.up, counts.up_copied);
+    down_->Carry(counts.down, counts.down_copied);
+    if (counts.up_ended) up_->Ended(counts.up_truncated);
+    if (counts.down_ended) down_->Ended(counts.down_truncated);
+  }
+}
+
 bool ProxyConnection::more() const noexcept {
   return phase_ == Phase::kRelay && ((up_ && up_->more()) || (down_ && down_->more()));
 }
@@ -197,6 +222,71 @@ void ProxyConnection::HandOff(Clock::time_point now) {
   SetError("not_moved", sent.error().ToString());
   if (!client_.open()) return Finish(now);  // Lost on the way (SendConnection says so).
   CloseClient(now);
+}
+
+std::string ProxyConnection::PrepareMove() {
+  switch (phase_) {
+    case Phase::kClientHandshake:
+    case Phase::kStartBackend:
+    case Phase::kConnecting:
+    case Phase::kProxyHeader:
+    case Phase::kBackendHandshake: return "";  // Ready to move (or ended) after it.
+    case Phase::kRelay: break;
+    default: return "it is closing";
+  }
+  if (quiescing_) return "";
+  if (std::string why = tools::WhyNotMovable(client_.connection()); !why.empty()) return "client: " + why;
+  if (backend_.tls()) {
+    if (std::string why = tools::WhyNotMovable(backend_.connection()); !why.empty()) return "backend: " + why;
+  }
+  if (up_->state() == Direction::State::kFailed || down_->state() == Direction::State::kFailed) {
+    return "it is closing";
+  }
+  // The client's connection goes after the backend's: nothing may make its
+  // Export fail then (a truncation might).
+  if (up_->source_ended() && up_->truncated()) return "the client closed without close_notify";
+  quiescing_ = true;
+  up_->Quiesce(true);
+  down_->Quiesce(true);
+  return "";
+}
+
+bool ProxyConnection::movable() const noexcept {
+  return phase_ == Phase::kRelay && quiescing_ && up_->quiet() && down_->quiet();
+}
+
+ktls::Result<void> ProxyConnection::MoveOut(const MoveFn& send, Clock::time_point now) {
+  const RelayCounts counts{up_->bytes(),
+                           up_->copied(),
+                           down_->bytes(),
+                           down_->copied(),
+                           std::chrono::duration_cast<std::chrono::milliseconds>(now - started_),
+                           up_->state() == Direction::State::kDone,
+                           up_->truncated(),
+                           down_->state() == Direction::State::kDone,
+                           down_->truncated()};
+  auto sent = send(counts, client_.connection(), backend_);
+  if (sent.ok()) {
+    // The other process relays, counts and logs it from here on.
+    up_.reset();
+    down_.reset();
+    backend_.Close();
+    phase_ = Phase::kDone;
+    return sent;
+  }
+  quiescing_ = false;
+  up_->Quiesce(false);
+  down_->Quiesce(false);
+  if (!client_.open() || !backend_.open()) {
+    SetError("not_moved", sent.error().ToString());
+    backend_.Close();
+    if (!client_.open()) {
+      Finish(now);
+    } else {
+      CloseClient(now);
+    }
+  }
+  return sent;
 }
 
 void ProxyConnection::StartBackend(Clock::time_point now) {

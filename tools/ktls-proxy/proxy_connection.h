@@ -44,6 +44,19 @@ struct ProxyContext {
   std::function<ktls::Result<void>(ktls::Connection&)> hand_off;
 };
 
+// RelayCounts: what a relaying connection carries to the process that
+// takes over on SIGUSR2 (upgrade.h), besides its sockets: its bytes so far
+// and its age, for the one line the process that ends it writes.
+struct RelayCounts {
+  std::uint64_t up = 0, up_copied = 0;
+  std::uint64_t down = 0, down_copied = 0;
+  std::chrono::milliseconds age{0};
+  // A direction that was done already (half-closed), and whether its
+  // source ended without close_notify.
+  bool up_ended = false, up_truncated = false;
+  bool down_ended = false, down_truncated = false;
+};
+
 class ProxyConnection {
  public:
   using Clock = std::chrono::steady_clock;
@@ -62,6 +75,10 @@ class ProxyConnection {
   // A client connection another process handshook (a --privsep worker
   // received it): the backend's connect starts at the first Run.
   ProxyConnection(const ProxyContext& context, ktls::Connection client, Clock::time_point now);
+  // A relaying connection the previous process handed over on SIGUSR2
+  // (upgrade.h): it relays on from where it stopped there.
+  ProxyConnection(const ProxyContext& context, ktls::Connection client, Endpoint backend, const RelayCounts& counts,
+                  Clock::time_point now);
   ProxyConnection(const ProxyConnection&) = delete;
   ProxyConnection& operator=(const ProxyConnection&) = delete;
 
@@ -73,6 +90,8 @@ class ProxyConnection {
   void Abort(const std::string& reason, Clock::time_point now);
 
   bool finished() const noexcept { return phase_ == Phase::kDone; }
+  // client: "ADDR:PORT", as the line says.
+  const std::string& client() const noexcept { return record_.client; }
   // handing_off: the client's connection is ready to go to another process
   // (ProxyContext::hand_off). The event loop takes it out of its epoll
   // first (a registration lives as long as any process holds the socket),
@@ -81,6 +100,22 @@ class ProxyConnection {
   bool handing_off() const noexcept { return phase_ == Phase::kHandOff; }
   void HandOff(Clock::time_point now);
   bool more() const noexcept;
+
+  // PrepareMove (SIGUSR2: this process hands its connections over): why
+  // the connection can never move (a direction in OpenSSL on either leg,
+  // closing already), or "" when it may: a handshake or connect in flight
+  // finishes first; a relay stops reading (quiescing) and gives what its
+  // pipes hold (a half-close passed on first), then movable() says so.
+  std::string PrepareMove();
+  bool quiescing() const noexcept { return quiescing_; }
+  // movable: quiet, no byte in flight: MoveOut may send it now.
+  bool movable() const noexcept;
+  // MoveOut sends the connection with send (Successor::Send), once the
+  // event loop took it out of its epoll: finished then, without a line (the
+  // other process writes it). If it did not go, it relays on here, or,
+  // lost on the way, ends here with end=not_moved.
+  using MoveFn = std::function<ktls::Result<void>(const RelayCounts&, ktls::Connection&, Endpoint&)>;
+  ktls::Result<void> MoveOut(const MoveFn& send, Clock::time_point now);
   Interest client_interest() const noexcept;
   Interest backend_interest() const noexcept;
   // deadline: when Run must be called even without readiness.
@@ -147,6 +182,7 @@ class ProxyConnection {
   std::optional<Direction> up_;    // Client to backend.
   std::optional<Direction> down_;  // Backend to client.
   Clock::time_point last_activity_;
+  bool quiescing_ = false;
 };
 
 }  // namespace ktls::proxy

@@ -1,0 +1,80 @@
+// tools/ktls-proxy/upgrade.h: ktls-proxy's binary upgrade on SIGUSR2. The
+// running process (the predecessor) starts the binary on disk with its own
+// arguments and --upgrade-from (common/privsep.h: StartSelf), its fd 3 one
+// end of an AF_UNIX socket pair; gives it the listeners; once it says it
+// serves, hands it every relaying connection at a quiet point (both pipes
+// empty: ProxyConnection::PrepareMove), with its counts so far, and exits
+// when it holds none. The wire, in order on the socket:
+//
+//   'L' + a listener (SCM_RIGHTS), one per event loop   predecessor to successor
+//   'R'                                                 successor: it serves
+//   per connection: the backend's socket ('B', SCM_RIGHTS) or connection
+//   (ktls::SendConnection), a header (counts, the backend's kind), the
+//   client's connection                                 predecessor to successor
+//   end of stream: everything that could go went
+#ifndef KTLS_TOOLS_KTLS_PROXY_UPGRADE_H_
+#define KTLS_TOOLS_KTLS_PROXY_UPGRADE_H_
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "ktls-proxy/endpoint.h"
+#include "ktls-proxy/proxy_connection.h"
+#include "ktls-proxy/unique_fd.h"
+#include "ktls/connection.h"
+#include "ktls/result.h"
+
+namespace ktls::proxy {
+
+// Successor: the predecessor's side, from SIGUSR2 until it exits.
+class Successor {
+ public:
+  // Start starts path (the binary on disk) with args and --upgrade-from,
+  // gives it listeners, and waits up to timeout for it to say it serves.
+  // false and `error` (why; the child is killed and reaped) otherwise:
+  // this process goes on as before.
+  bool Start(const std::string& path, const std::vector<std::string>& args, const std::vector<int>& listeners,
+             std::chrono::milliseconds timeout, std::string& error);
+  pid_t pid() const noexcept { return pid_; }
+  // Send moves one quiet relay to the successor (from any event loop
+  // thread, one at a time; a send blocked for Start's timeout fails). On
+  // failure the connection is still this process's where both endpoints
+  // are still open (the backend's Export refused, say); otherwise it is
+  // lost. After a socket error nothing more is sent.
+  ktls::Result<void> Send(const RelayCounts& counts, ktls::Connection& client, Endpoint& backend);
+  // Close ends the stream: the successor stops waiting for connections.
+  void Close();
+
+ private:
+  UniqueFd sock_;
+  pid_t pid_ = -1;
+  std::mutex mu_;
+  bool broken_ = false;
+};
+
+// AcceptPredecessor (the successor, first): the process at the other end
+// of sock must be this process's parent, running as this user.
+bool AcceptPredecessor(int sock, std::string& error);
+// ReceiveListener: one listener from the predecessor (-1 and errno).
+int ReceiveListener(int sock);
+// SayServing: 'R', once every listener is in an event loop.
+bool SayServing(int sock);
+
+// ReceivedRelay: one connection the predecessor sent.
+struct ReceivedRelay {
+  RelayCounts counts;
+  ktls::Connection client;
+  Endpoint backend;
+};
+// ReceiveRelay receives the next connection (its backend a TLS connection
+// with backend_tls, else a socket); ErrorCategory::kClosed at the end of
+// the stream. Both connections must come from peer_uid.
+ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_tls);
+
+}  // namespace ktls::proxy
+
+#endif  // KTLS_TOOLS_KTLS_PROXY_UPGRADE_H_
