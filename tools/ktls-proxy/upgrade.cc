@@ -60,6 +60,32 @@ std::uint64_t GetU64(const std::uint8_t* at) {
   return value;
 }
 
+// ReceivePart: one connection of a relay (ktls::ReceiveConnection). An
+// error that leaves the stream out of step or broken (the sender gone, a
+// length beyond any state: nothing more can be read in step) becomes kIo;
+// any other (a malformed state, a descriptor that is not its connection)
+// refused this part only, the stream read to its end. The caller checked
+// the sender's uid.
+ktls::Result<ktls::Connection> ReceivePart(int sock, uid_t peer_uid, const char* what) {
+  std::array<std::uint8_t, 4> length{};
+  ssize_t n;
+  while ((n = ::recv(sock, length.data(), length.size(), MSG_PEEK | MSG_WAITALL)) < 0 && errno == EINTR) {
+  }
+  std::size_t len = 0;
+  for (std::uint8_t b : length) len = (len << 8) | b;
+  if (n == static_cast<ssize_t>(length.size()) && len > ktls::kMaxConnectionStateBytes) {
+    return SysError(EPROTO, std::string(what) + " from the other process: a state of " + std::to_string(len) +
+                                " bytes (out of step)");
+  }
+  auto conn = ktls::ReceiveConnection(sock, {.peer_uid = peer_uid});
+  if (!conn.ok() &&
+      (conn.error().category == ktls::ErrorCategory::kIo || conn.error().category == ktls::ErrorCategory::kClosed)) {
+    return SysError(conn.error().sys_errno != 0 ? conn.error().sys_errno : EPROTO,
+                    std::string(what) + " from the other process: " + conn.error().ToString());
+  }
+  return conn;
+}
+
 void KillAndReap(pid_t pid) {
   ::kill(pid, SIGKILL);
   while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
@@ -237,16 +263,18 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
   while ((n = ::recv(sock, &next, 1, MSG_PEEK)) < 0 && errno == EINTR) {
   }
   if (n == 0) return ktls::Error{ktls::ErrorCategory::kClosed, 0, "the other process handed over everything", -1};
+  if (n < 0) return SysError(errno, "receiving from the other process");
+  // The sender's uid, checked once (it cannot change): every later
+  // refusal is then about one part only.
+  ucred cred{};
+  socklen_t cred_len = sizeof(cred);
+  if (::getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) != 0 || cred.uid != peer_uid) {
+    return SysError(EPERM, "the other process does not run as uid " + std::to_string(peer_uid));
+  }
   if (n == 1 && next == kHandshakenTag && from_predecessor) {
     (void)::recv(sock, &next, 1, 0);
-    auto client = ktls::ReceiveConnection(sock, {.peer_uid = peer_uid});
-    if (!client.ok()) {
-      if (client.error().category == ktls::ErrorCategory::kIo || client.error().category == ktls::ErrorCategory::kClosed) {
-        return SysError(client.error().sys_errno != 0 ? client.error().sys_errno : EPROTO,
-                        "a handshaken connection from the other process: " + client.error().ToString());
-      }
-      return client.error();
-    }
+    auto client = ReceivePart(sock, peer_uid, "a handshaken connection");
+    if (!client.ok()) return client.error();
     ReceivedRelay handshaken;
     handshaken.client = std::move(client).value();
     return handshaken;  // No backend yet.
@@ -258,12 +286,9 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
   ReceivedRelay relay;
   std::optional<ktls::Error> refused;
   if (backend_tls) {
-    auto backend = ktls::ReceiveConnection(sock, {.peer_uid = peer_uid});
+    auto backend = ReceivePart(sock, peer_uid, "the backend's connection");
     if (!backend.ok()) {
-      if (backend.error().category == ktls::ErrorCategory::kIo || backend.error().category == ktls::ErrorCategory::kClosed) {
-        return SysError(backend.error().sys_errno != 0 ? backend.error().sys_errno : EPROTO,
-                        "the backend's connection from the other process: " + backend.error().ToString());
-      }
+      if (backend.error().category == ktls::ErrorCategory::kIo) return backend.error();
       refused = backend.error();
     } else {
       relay.backend = Endpoint::Tls(std::move(backend).value());
@@ -291,14 +316,8 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
                   (header[1] & kUpTruncated) != 0,
                   (header[1] & kDownEnded) != 0,
                   (header[1] & kDownTruncated) != 0};
-  auto client = ktls::ReceiveConnection(sock, {.peer_uid = peer_uid});
-  if (!client.ok()) {
-    if (client.error().category == ktls::ErrorCategory::kIo || client.error().category == ktls::ErrorCategory::kClosed) {
-      return SysError(client.error().sys_errno != 0 ? client.error().sys_errno : EPROTO,
-                      "the client's connection from the other process: " + client.error().ToString());
-    }
-    return client.error();
-  }
+  auto client = ReceivePart(sock, peer_uid, "the client's connection");
+  if (!client.ok()) return client.error();
   if (refused) return *refused;  // The client's connection goes too (closed): it had no backend.
   relay.client = std::move(client).value();
   return relay;
