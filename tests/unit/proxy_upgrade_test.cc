@@ -12,8 +12,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <cstddef>
-#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -46,23 +44,13 @@ int OpenFds() {
 }
 
 // SendMalformedConnection: what ktls::SendConnection sends (a 4-byte length,
-// the state, the socket as SCM_RIGHTS), with a state no Import takes.
+// the state, the socket as SCM_RIGHTS), with a state no Import takes: the
+// length's first byte carries the socket.
 void SendMalformedConnection(int sock, int fd) {
-  std::vector<std::byte> bytes = {std::byte{0}, std::byte{0}, std::byte{0}, std::byte{16}};
-  bytes.resize(4 + 16, std::byte{0x5a});
-  iovec iov{bytes.data(), bytes.size()};
-  alignas(cmsghdr) unsigned char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
-  ASSERT_EQ(::sendmsg(sock, &msg, 0), static_cast<ssize_t>(bytes.size()));
+  ASSERT_TRUE(tools::SendFd(sock, fd, 0));
+  std::vector<char> rest = {0, 0, 16};
+  rest.resize(3 + 16, 0x5a);
+  ASSERT_EQ(::send(sock, rest.data(), rest.size(), 0), static_cast<ssize_t>(rest.size()));
 }
 
 // SendBackendAndHeader: a relay's backend (a plain socket) and its header,

@@ -147,12 +147,14 @@ int ReceiveFd(int sock, char tag) {
   return -1;
 }
 
-bool TakeRecall(int sock) {
+bool TakeRecall(int sock) { return TakeTag(sock, kRecall); }
+
+bool TakeTag(int sock, char tag) {
   char byte = 0;
   ssize_t n;
   while ((n = ::recv(sock, &byte, 1, MSG_PEEK | MSG_DONTWAIT)) < 0 && errno == EINTR) {
   }
-  if (n != 1 || byte != kRecall) return false;
+  if (n != 1 || byte != tag) return false;
   while ((n = ::recv(sock, &byte, 1, MSG_DONTWAIT)) < 0 && errno == EINTR) {
   }
   return n == 1;

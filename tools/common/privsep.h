@@ -75,6 +75,9 @@ inline constexpr char kRecall = 'U';
 // TakeRecall (a worker, its socket readable): whether what comes next is
 // kRecall rather than a connection; if so, it is read.
 bool TakeRecall(int sock);
+// TakeTag: whether the next byte on sock, readable now, is tag; if so, it
+// is read.
+bool TakeTag(int sock, char tag);
 
 // StartSelf starts path (this program's binary on disk) as program (its
 // argv[0]) with args and extra appended, as a child whose fd kWorkerFd is

@@ -222,16 +222,7 @@ ktls::Result<void> HandRelayToWorker(int sock, ReceivedRelay& relay) {
   return sent;
 }
 
-bool TakeMovedTag(int sock) {
-  char byte = 0;
-  ssize_t n;
-  while ((n = ::recv(sock, &byte, 1, MSG_PEEK | MSG_DONTWAIT)) < 0 && errno == EINTR) {
-  }
-  if (n != 1 || byte != kMovedTag) return false;
-  while ((n = ::recv(sock, &byte, 1, MSG_DONTWAIT)) < 0 && errno == EINTR) {
-  }
-  return n == 1;
-}
+bool TakeMovedTag(int sock) { return tools::TakeTag(sock, kMovedTag); }
 
 void Successor::Close() {
   std::lock_guard lock(mu_);
