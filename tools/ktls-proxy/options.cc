@@ -35,8 +35,9 @@ cxxopts::Options MakeOptions() {
                        "SIGUSR2: binary upgrade: start the binary on disk with the same arguments, hand it the "
                        "listeners and every relaying connection with both directions in the kernel on both legs (same "
                        "TCP connection, no new handshake), exit once none is left; if it cannot start or take over, "
-                       "this process goes on serving and logs why. With --privsep the new key holder starts workers of its own, "
-                       "and the old workers hand their relaying connections back through this process to them");
+                       "this process goes on serving and logs why. With --privsep (signal the key holder) the new "
+                       "key holder starts workers of its own, and the old workers hand their relaying connections "
+                       "back through this process to them");
   const ProxyOptions defaults;
   // clang-format off
   cli.add_options()
