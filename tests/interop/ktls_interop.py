@@ -502,6 +502,36 @@ def zombie(pid):
         return True
 
 
+def gone(pid):
+    """Whether pid has exited (gone, or a zombie)."""
+    return not os.path.exists(f"/proc/{pid}") or zombie(pid)
+
+
+def socket_holders(server_port, client_port, pids):
+    """Which of pids hold the server's end of the TCP connection from
+    client_port (by its socket inode in /proc/net/tcp)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):  # A kernel without IPv6.
+            continue
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                local, remote = fields[1].rsplit(":", 1)[1], fields[2].rsplit(":", 1)[1]
+                if (int(local, 16), int(remote, 16)) == (server_port, client_port):
+                    inodes.add(f"socket:[{fields[9]}]")
+    holders = []
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    holders.append(pid)
+                    break
+            except OSError:
+                pass
+    return holders
+
+
 class PrivsepWorkers:
     """A mixin for a server class with proc and err (a Pump), run with
     --privsep --threads 2: entering waits for its two workers (and takes

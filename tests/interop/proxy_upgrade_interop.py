@@ -27,7 +27,15 @@ kernel move.
 - --backend-tls: both legs move, offloaded once each;
 - a connection that cannot move (--no-rx) stays in the old process, which
   relays it to its end, writes its line, says why it stayed, then exits;
-- --privsep refuses SIGUSR2, says so, and goes on.
+- with --privsep --user nobody all of the above but the connection that
+  cannot move (--privsep ends that one at once); a handshake in flight in
+  the old key holder goes to one of its workers, or once it recalled them
+  to the new key holder;
+  the old workers hand their connections back to the old key holder, which
+  relays each to the new one, which hands it to one of its workers; after
+  the upgrade the connection is held by a new worker running as nobody
+  (not by the new key holder), and the old key holder and its workers have
+  exited; a failed upgrade leaves the same workers serving.
 
 Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 (a failure with KTLS_REQUIRE_KERNEL=1).
@@ -37,6 +45,7 @@ import os
 import re
 import selectors
 import shutil
+import pwd
 import signal
 import socket
 import ssl
@@ -47,7 +56,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
 import proxy_interop as proxy  # noqa: E402
-from ktls_interop import STEP_TIMEOUT, Upgraded, read_tls_stat, sha, wait_until  # noqa: E402
+from ktls_interop import (STEP_TIMEOUT, Upgraded, gone, privsep_workers, read_tls_stat, sha,  # noqa: E402
+                          socket_holders, uids, wait_until)
 
 BINARY = ""  # The copy ktls-proxy runs from.
 MIB = 1024 * 1024
@@ -55,6 +65,7 @@ DOWN_LEN = 64 * MIB
 UP_LEN = 16 * MIB
 DOWN = b""
 UP = b""
+USER = "nobody"
 
 
 class Proxy(proxy.Proxy):
@@ -68,6 +79,18 @@ class Proxy(proxy.Proxy):
             super().__init__(backend_port, *rx_args, *args)
         finally:
             proxy.PROXY = saved
+
+
+class PrivsepProxy(ktls_interop.PrivsepWorkers, Proxy):
+    """Proxy with --privsep --user nobody (two workers: --threads 2)."""
+
+    def __init__(self, backend_port, *args, rx=True):
+        super().__init__(backend_port, "--privsep", "--user", USER, *args, rx=rx)
+
+    def __enter__(self):
+        super().__enter__()
+        self.first_workers = self.workers()
+        return self
 
 
 def duplex(client, payload, expect_len, on_progress, timeout):
@@ -113,7 +136,25 @@ def duplex(client, payload, expect_len, on_progress, timeout):
     return hasher.hexdigest()
 
 
-class Upgrade(proxy.ProxyTest):
+class UpgradeCases:
+    """The tests both ways of running share: proxy() starts ktls-proxy, the
+    hooks check what differs."""
+
+    def taken_over(self, server, new_pid):
+        """After the old process exited; new_pid serves."""
+
+    def new_process_ready(self, server, new_pid):
+        """new_pid serves: wait until it is past its start-up probes."""
+
+    def served_by_new_process(self, server, client, new_pid):
+        """client's last echo was relayed after the upgrade."""
+
+    def serving_state(self, server):
+        return None
+
+    def still_serving(self, server, before):
+        """After a failed upgrade; before: what serving_state said before."""
+
     def expected_rx(self):
         return "kernel"
 
@@ -125,6 +166,8 @@ class Upgrade(proxy.ProxyTest):
         self.assertNotEqual(new_pid, server.proc.pid)
         self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 2), 0, server.err.text())
         self.assertTrue(os.path.exists(f"/proc/{new_pid}") and not ktls_interop.zombie(new_pid))
+        self.new_process_ready(server, new_pid)
+        self.taken_over(server, new_pid)
         return new_pid
 
     def connect(self, server):
@@ -142,7 +185,7 @@ class Upgrade(proxy.ProxyTest):
 
     def test_echo_goes_on_in_the_new_process_on_the_same_connection(self):
         backend = proxy.Backend(proxy.echo)
-        with Proxy(backend.port) as server:
+        with self.proxy(backend.port) as server:
             upgraded = Upgraded(server)
             try:
                 client = self.connect(server)
@@ -150,12 +193,13 @@ class Upgrade(proxy.ProxyTest):
                 self.assertEqual(client.echo(b"before"), b"before")
                 delta = server.stat_delta()
                 self.assertEqual((delta["TlsTxSw"], delta["TlsRxSw"]), (1, 1), f"offloaded: {delta}")
-                self.upgrade(server, upgraded)
+                new_pid = self.upgrade(server, upgraded)
                 # The new process's start-up probe is done: from here on
                 # nothing may be offloaded again.
                 before_new = read_tls_stat()
                 self.assertEqual(client.echo(b"after"), b"after", "relayed by the new process")
                 self.assertEqual(client.sock.getsockname()[1], port)
+                self.served_by_new_process(server, client, new_pid)
                 data, ending = client.echo_and_close(b"last")
                 self.assertEqual((data, ending), (b"last", "close_notify"))
                 line = server.line_for(port)
@@ -169,7 +213,7 @@ class Upgrade(proxy.ProxyTest):
 
     def test_the_new_process_upgrades_again(self):
         backend = proxy.Backend(proxy.echo)
-        with Proxy(backend.port) as server:
+        with self.proxy(backend.port) as server:
             upgraded = Upgraded(server)
             try:
                 client = self.connect(server)
@@ -206,7 +250,7 @@ class Upgrade(proxy.ProxyTest):
             conn.shutdown(socket.SHUT_WR)
 
         backend = proxy.Backend(serve)
-        with Proxy(backend.port) as server:
+        with self.proxy(backend.port) as server:
             upgraded = Upgraded(server)
             try:
                 client = self.connect(server)
@@ -227,9 +271,10 @@ class Upgrade(proxy.ProxyTest):
                 takeover_done.set()
                 upgraded.stop()
 
+
     def test_a_handshake_in_flight_finishes_in_the_old_process_then_moves(self):
         backend = proxy.Backend(proxy.echo)
-        with Proxy(backend.port) as server:
+        with self.proxy(backend.port) as server:
             upgraded = Upgraded(server)
             try:
                 client = proxy.TlsClient(server.port)
@@ -238,17 +283,21 @@ class Upgrade(proxy.ProxyTest):
                 # in flight when the upgrade starts.
                 self.assertTrue(client.sock.recv(1, socket.MSG_PEEK))
                 server.proc.send_signal(signal.SIGUSR2)
-                upgraded.wait_taken_over()
+                new_pid = upgraded.wait_taken_over()
                 client.handshake()
                 client.sock.settimeout(STEP_TIMEOUT)
                 self.assertEqual(client.echo(b"ping"), b"ping")
                 self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 2), 0, "exits once it moved")
                 self.assertEqual(client.echo(b"pong"), b"pong", "relayed by the new process")
+                self.served_by_new_process(server, client, new_pid)
                 self.assertEqual(client.echo_and_close(b"last"), (b"last", "close_notify"))
                 line = server.line_for(client.port)
                 backend.finish(self)
                 self.check_line(line, up=12, down=12, end="client_close_notify")
-                self.assertIn("handing over 1 connection(s)", server.err.text())
+                # With --privsep the handshake was in the old key holder,
+                # which gives it to a worker or, once it recalled them, to
+                # the new key holder.
+                self.assertRegex(server.err.text(), r"handing over (the workers' connections and )?1 connection\(s\)")
                 self.assertNotIn("stays in this process", server.err.text())
             finally:
                 upgraded.stop()
@@ -264,7 +313,7 @@ class Upgrade(proxy.ProxyTest):
             conn.shutdown(socket.SHUT_WR)
 
         backend = proxy.Backend(serve)
-        with Proxy(backend.port) as server:
+        with self.proxy(backend.port) as server:
             upgraded = Upgraded(server)
             try:
                 client = proxy.TlsClient(server.port).handshake()
@@ -278,7 +327,7 @@ class Upgrade(proxy.ProxyTest):
                         # The rest stays in flight (pipes and socket buffers
                         # full both ways) until the new process serves.
                         server.proc.send_signal(signal.SIGUSR2)
-                        upgraded.wait_taken_over()
+                        self.new_process_ready(server, upgraded.wait_taken_over())
                         taken_over.append(read_tls_stat())  # After its start-up probe.
 
                 down_hash = duplex(client, UP, DOWN_LEN, on_progress, STEP_TIMEOUT * 6)
@@ -293,7 +342,7 @@ class Upgrade(proxy.ProxyTest):
                 self.assertEqual(got_up.hexdigest(), sha(UP), "the upload arrived changed")
                 self.check_line(line, up=UP_LEN, down=DOWN_LEN)
                 self.assertIn(line["end"], ("client_close_notify", "backend_eof"), line)
-                self.assertIn("handing over 1 connection(s)", server.err.text())
+                self.assertIn(self.handing_over_one, server.err.text())
                 for word in ("stays in this process", "not moved", "taking over a connection"):
                     self.assertNotIn(word, server.err.text())
                 self.assert_not_offloaded_since(taken_over[0])
@@ -305,9 +354,10 @@ class Upgrade(proxy.ProxyTest):
             with self.subTest(replacement="exits at once" if replacement else "gone"):
                 backend = proxy.SelectorEchoBackend()
                 try:
-                    with Proxy(backend.port) as server:
+                    with self.proxy(backend.port) as server:
                         client = self.connect(server)
                         self.assertEqual(client.echo(b"before"), b"before")
+                        before = self.serving_state(server)
                         os.rename(BINARY, BINARY + ".saved")
                         try:
                             if replacement:
@@ -327,13 +377,14 @@ class Upgrade(proxy.ProxyTest):
                         self.assertEqual(other.echo_and_close(b"new"), (b"new", "close_notify"), "new clients too")
                         self.assertEqual(server.line_for(client.port)["up"], str(6 + 5 + 4))
                         self.assertIsNone(server.proc.poll())
+                        self.still_serving(server, before)
                         self.stopped_cleanly(server)
                 finally:
                     backend.stop()
 
     def test_backend_tls_both_legs_move(self):
         backend = proxy.TlsBackend()
-        with Proxy(backend.port, "--backend-tls", "--backend-ca", proxy.PKI.ca.cert,
+        with self.proxy(backend.port, "--backend-tls", "--backend-ca", proxy.PKI.ca.cert,
                    "--backend-sni", "localhost") as server:
             upgraded = Upgraded(server)
             try:
@@ -356,9 +407,16 @@ class Upgrade(proxy.ProxyTest):
             finally:
                 upgraded.stop()
 
+
+class Upgrade(UpgradeCases, proxy.ProxyTest):
+    handing_over_one = "handing over 1 connection(s)"
+
+    def proxy(self, backend_port, *args, rx=True):
+        return Proxy(backend_port, *args, rx=rx)
+
     def test_a_connection_that_cannot_move_stays_in_the_old_process_to_its_end(self):
         backend = proxy.Backend(proxy.echo, count=2)
-        with Proxy(backend.port, "--no-rx", rx=False) as server:
+        with self.proxy(backend.port, "--no-rx", rx=False) as server:
             upgraded = Upgraded(server)
             try:
                 client = self.connect(server)
@@ -383,18 +441,41 @@ class Upgrade(proxy.ProxyTest):
             finally:
                 upgraded.stop()
 
-    def test_privsep_refuses_sigusr2_and_goes_on(self):
-        backend = proxy.SelectorEchoBackend()
-        try:
-            with Proxy(backend.port, "--privsep", "--user", "nobody") as server:
-                server.proc.send_signal(signal.SIGUSR2)
-                self.assertTrue(wait_until(lambda: "SIGUSR2: no upgrade (not with --privsep" in server.err.text(),
-                                           STEP_TIMEOUT), server.err.text())
-                client = self.connect(server)
-                self.assertEqual(client.echo_and_close(b"still"), (b"still", "close_notify"))
-                self.stopped_cleanly(server)
-        finally:
-            backend.stop()
+
+class PrivsepUpgrade(UpgradeCases, proxy.ProxyTest):
+    """--privsep --user nobody: the connections are in the workers."""
+
+    handing_over_one = "handing 1 connection(s) back"
+
+    def proxy(self, backend_port, *args, rx=True):
+        return PrivsepProxy(backend_port, *args, rx=rx)
+
+    def setUp(self):
+        self.nobody = pwd.getpwnam(USER).pw_uid
+
+    def new_process_ready(self, server, new_pid):
+        # The new key holder's two workers, each past its start-up probe.
+        self.assertTrue(wait_until(lambda: server.err.text().count(" as uid ") == 4 and
+                                   len(privsep_workers(new_pid)) == 2, STEP_TIMEOUT), server.err.text())
+
+    def taken_over(self, server, new_pid):
+        # The old key holder has exited (the caller waited): its workers too.
+        self.assertTrue(wait_until(lambda: all(gone(pid) for pid in server.first_workers), STEP_TIMEOUT),
+                        server.first_workers)
+        self.assertEqual(server.err.text().count("connection(s) back for the new process"), 2, server.err.text())
+
+    def served_by_new_process(self, server, client, new_pid):
+        workers = privsep_workers(new_pid)
+        holders = socket_holders(server.port, client.sock.getsockname()[1], [new_pid, *workers])
+        self.assertEqual(len(holders), 1, f"one holder among {new_pid} and its workers {workers}: {holders}")
+        self.assertIn(holders[0], workers, "a new worker relays it, not the key holder")
+        self.assertEqual(uids(holders[0]), [self.nobody] * 4)
+
+    def serving_state(self, server):
+        return server.workers()
+
+    def still_serving(self, server, before):
+        self.assertEqual(server.workers(), before, "the same workers")
 
 
 def set_up(directory):

@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
 import serve_interop as serve  # noqa: E402
 import serve_metrics_interop as metrics  # noqa: E402
-from ktls_interop import STEP_TIMEOUT, Upgraded, sha, wait_until, zombie  # noqa: E402
+from ktls_interop import STEP_TIMEOUT, Upgraded, gone, sha, socket_holders, wait_until  # noqa: E402
 import serve_privsep_interop as privsep  # noqa: E402
 from ktls_interop import privsep_workers, uids  # noqa: E402
 from serve_privsep_interop import get  # noqa: E402
@@ -73,35 +73,6 @@ class PrivsepServe(ktls_interop.PrivsepWorkers, Serve):
         super().__enter__()
         self.first_workers = self.workers()
         return self
-
-
-def gone(pid):
-    return not os.path.exists(f"/proc/{pid}") or zombie(pid)
-
-
-def socket_holders(server_port, client_port, pids):
-    """Which of pids hold the server's end of the TCP connection from
-    client_port (by its socket inode in /proc/net/tcp)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        if not os.path.exists(table):  # A kernel without IPv6.
-            continue
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                local, remote = fields[1].rsplit(":", 1)[1], fields[2].rsplit(":", 1)[1]
-                if (int(local, 16), int(remote, 16)) == (server_port, client_port):
-                    inodes.add(f"socket:[{fields[9]}]")
-    holders = []
-    for pid in pids:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                    holders.append(pid)
-                    break
-            except OSError:
-                pass
-    return holders
 
 
 class UpgradeCases:

@@ -147,12 +147,14 @@ int ReceiveFd(int sock, char tag) {
   return -1;
 }
 
-bool TakeRecall(int sock) {
+bool TakeRecall(int sock) { return TakeTag(sock, kRecall); }
+
+bool TakeTag(int sock, char tag) {
   char byte = 0;
   ssize_t n;
   while ((n = ::recv(sock, &byte, 1, MSG_PEEK | MSG_DONTWAIT)) < 0 && errno == EINTR) {
   }
-  if (n != 1 || byte != kRecall) return false;
+  if (n != 1 || byte != tag) return false;
   while ((n = ::recv(sock, &byte, 1, MSG_DONTWAIT)) < 0 && errno == EINTR) {
   }
   return n == 1;
@@ -212,6 +214,11 @@ bool WorkerPool::Spawn(std::size_t index, std::string& error) {
 }
 
 Result<void> WorkerPool::Hand(Connection& conn) {
+  return HandWith([&conn](int sock) { return SendConnection(sock, conn, {.dont_wait = true}); },
+                  [&conn] { return conn.fd() >= 0; });
+}
+
+Result<void> WorkerPool::HandWith(const Sender& send, const std::function<bool()>& kept) {
   std::size_t first;
   {
     std::lock_guard lock(next_mu_);
@@ -221,14 +228,14 @@ Result<void> WorkerPool::Hand(Connection& conn) {
   // passed over for the next, never waited for: this process handshakes
   // for everyone.
   for (std::size_t k = 0; k < slots_.size(); ++k) {
-    auto sent = HandTo((first + k) % slots_.size(), conn);
-    if (sent.ok() || conn.fd() < 0 || sent.error().sys_errno != EAGAIN) return sent;
+    auto sent = HandTo((first + k) % slots_.size(), send, kept);
+    if (sent.ok() || !kept() || sent.error().sys_errno != EAGAIN) return sent;
   }
   return Error{ErrorCategory::kIo, EAGAIN,
                "every worker is behind (" + std::to_string(slots_.size()) + " queues of connections full)", -1};
 }
 
-Result<void> WorkerPool::HandTo(std::size_t i, Connection& conn) {
+Result<void> WorkerPool::HandTo(std::size_t i, const Sender& send, const std::function<bool()>& kept) {
   if (recalled_) return Error{ErrorCategory::kUsage, 0, "the workers are handing over to a new process", -1};
   Slot& slot = *slots_[i];
   std::lock_guard lock(slot.mu);
@@ -237,8 +244,8 @@ Result<void> WorkerPool::HandTo(std::size_t i, Connection& conn) {
   // (the worker would not read it).
   if (recalled_) return Error{ErrorCategory::kUsage, 0, "the workers are handing over to a new process", -1};
   if (slot.sock >= 0) {
-    auto sent = SendConnection(slot.sock, conn, {.dont_wait = true});
-    if (sent.ok() || conn.fd() < 0 || (sent.error().sys_errno != EPIPE && sent.error().sys_errno != ECONNRESET)) {
+    auto sent = send(slot.sock);
+    if (sent.ok() || !kept() || (sent.error().sys_errno != EPIPE && sent.error().sys_errno != ECONNRESET)) {
       return sent;
     }
   }
@@ -246,7 +253,7 @@ Result<void> WorkerPool::HandTo(std::size_t i, Connection& conn) {
   // time: a new one takes this.
   std::string error;
   if (!Spawn(i, error)) return Error{ErrorCategory::kIo, 0, "starting a worker again: " + error, -1};
-  return SendConnection(slot.sock, conn, {.dont_wait = true});
+  return send(slot.sock);
 }
 
 bool WorkerPool::RestartExited(std::string& error) {
@@ -263,6 +270,21 @@ bool WorkerPool::RestartExited(std::string& error) {
 }
 
 void WorkerPool::Recall(const Relay& relay) {
+  RecallWith([&relay](int sock) {
+    // The socket's credentials are its creator's (this process), as in
+    // the worker (privsep_worker receives with peer_uid 0); only this
+    // process and that worker hold it.
+    auto conn = ReceiveConnection(sock, {.peer_uid = ::getuid()});
+    if (!conn.ok() && conn.error().category == ErrorCategory::kClosed) return false;  // The worker is done.
+    // Out of step, or gone: what the worker still sends fails there.
+    const bool broken = !conn.ok() && (conn.error().category == ErrorCategory::kIo ||
+                                       conn.error().category == ErrorCategory::kUsage);
+    relay(std::move(conn));
+    return !broken;
+  });
+}
+
+void WorkerPool::RecallWith(const TakeBack& take_back) {
   recalled_ = true;
   std::vector<int> socks;
   for (auto& slot : slots_) {
@@ -277,23 +299,12 @@ void WorkerPool::Recall(const Relay& relay) {
   // thread only, if the worker's queue is full).
   std::vector<std::thread> threads;
   for (const int sock : socks) {
-    threads.emplace_back([sock, &relay] {
+    threads.emplace_back([sock, &take_back] {
       if (::send(sock, &kRecall, 1, MSG_NOSIGNAL) != 1) return;  // Gone, with its own.
-      for (;;) {
-        // The socket's credentials are its creator's (this process), as
-        // in the worker (privsep_worker receives with peer_uid 0); only
-        // this process and that worker hold it.
-        auto conn = ReceiveConnection(sock, {.peer_uid = ::getuid()});
-        if (!conn.ok() && conn.error().category == ErrorCategory::kClosed) return;  // The worker is done.
-        const bool broken = !conn.ok() && (conn.error().category == ErrorCategory::kIo ||
-                                           conn.error().category == ErrorCategory::kUsage);
-        relay(std::move(conn));
-        if (broken) {
-          // Out of step, or gone: what the worker still sends fails there.
-          ::shutdown(sock, SHUT_RDWR);
-          return;
-        }
+      while (take_back(sock)) {
       }
+      // Done, or out of step: what the worker still sends fails there.
+      ::shutdown(sock, SHUT_RDWR);
     });
   }
   for (auto& thread : threads) thread.join();

@@ -75,6 +75,9 @@ inline constexpr char kRecall = 'U';
 // TakeRecall (a worker, its socket readable): whether what comes next is
 // kRecall rather than a connection; if so, it is read.
 bool TakeRecall(int sock);
+// TakeTag: whether the next byte on sock, readable now, is tag; if so, it
+// is read.
+bool TakeTag(int sock, char tag);
 
 // StartSelf starts path (this program's binary on disk) as program (its
 // argv[0]) with args and extra appended, as a child whose fd kWorkerFd is
@@ -112,6 +115,13 @@ class WorkerPool {
   // EAGAIN: every worker is behind), and conn is still this process's if
   // nothing was sent (after Recall: always, a kUsage error).
   Result<void> Hand(Connection& conn);
+  // HandWith: Hand for something other than one connection (ktls-proxy:
+  // a relaying connection with its backend, moved on an upgrade). send
+  // sends it over a worker's socket, never waiting for the start of it;
+  // kept says, after a failure, whether it is still this process's
+  // (nothing of it was sent): then the next worker is tried, as Hand does.
+  using Sender = std::function<Result<void>(int sock)>;
+  Result<void> HandWith(const Sender& send, const std::function<bool()>& kept);
   // RestartExited starts again every worker that has exited (reaping it),
   // without waiting for a connection to find it gone. False (and error)
   // if one could not start: the next connection for its slot tries again.
@@ -120,6 +130,11 @@ class WorkerPool {
   // Relay: what Recall does with each connection a worker hands back (or
   // with the error receiving one, to log). Called on one thread per worker.
   using Relay = std::function<void(Result<Connection>)>;
+  // TakeBack: what RecallWith does with a worker's socket, once per
+  // thing handed back: receives one whole unit from sock and relays it.
+  // False when that worker is done (end of stream) or its stream is out
+  // of step or broken: then nothing more is read from it.
+  using TakeBack = std::function<bool(int sock)>;
   // Recall (an upgrade): sends kRecall to every worker, which hands each
   // of its connections back over its socket (idle ones at once, busy ones
   // after their response) and exits. Gives each to relay, until every
@@ -128,6 +143,8 @@ class WorkerPool {
   // refuses and no worker starts again. Blocks until then: call it on a
   // thread of its own.
   void Recall(const Relay& relay);
+  // RecallWith: Recall, each unit handed back received by take_back.
+  void RecallWith(const TakeBack& take_back);
   bool recalled() const { return recalled_; }
   // Stop asks every worker to drain (SIGTERM) and waits up to timeout, then
   // kills what is left.
@@ -137,7 +154,7 @@ class WorkerPool {
  private:
   struct Slot;
   bool Spawn(std::size_t index, std::string& error);
-  Result<void> HandTo(std::size_t index, Connection& conn);
+  Result<void> HandTo(std::size_t index, const Sender& send, const std::function<bool()>& kept);
 
   const char* program_;
   PrivsepUser user_;

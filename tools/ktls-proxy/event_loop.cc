@@ -1,6 +1,7 @@
 // tools/ktls-proxy/event_loop.cc: see event_loop.h.
 #include "ktls-proxy/event_loop.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
@@ -12,8 +13,11 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 
+#include "common/privsep.h"
 #include "ktls-proxy/listen_socket.h"
+#include "ktls-proxy/upgrade.h"
 #include "ktls/move.h"
 
 namespace ktls::proxy {
@@ -124,15 +128,31 @@ void EventLoop::OnWake(Clock::time_point now) {
     if (move_asked_ && !move_) move_ = std::move(move_asked_);
   }
   for (auto& conn : adopted) Add(std::move(conn), now);
-  if (move_ && !draining_) {
-    StartDrain(now);
-    std::vector<std::uint64_t> ids;
-    for (const auto& [id, entry] : connections_) ids.push_back(id);
-    for (std::uint64_t id : ids) {
-      if (auto it = connections_.find(id); it != connections_.end()) TryMove(id, it->second);
-    }
-  }
+  if (move_ && !draining_) HandOverAll(now);
   if (drain) StartDrain(now);
+}
+
+void EventLoop::HandOverAll(Clock::time_point now) {
+  StartDrain(now);
+  std::vector<std::uint64_t> ids;
+  for (const auto& [id, entry] : connections_) ids.push_back(id);
+  for (std::uint64_t id : ids) {
+    if (auto it = connections_.find(id); it != connections_.end()) TryMove(id, it->second);
+  }
+}
+
+void EventLoop::HandBack(Clock::time_point now) {
+  // The socket stays open for sending after StartDrain closed the
+  // listener_ copy: blocking, as the key holder reads all the time.
+  auto sock = std::make_shared<UniqueFd>(::fcntl(listener_.get(), F_DUPFD_CLOEXEC, 0));
+  auto broken = std::make_shared<bool>(sock->get() < 0);
+  std::fprintf(stderr, "ktls-proxy: worker %d: handing %zu connection(s) back for the new process\n",
+               static_cast<int>(::getpid()), connections_.size());
+  move_ = [sock, broken](const RelayCounts& counts, ktls::Connection& client, Endpoint& backend) -> ktls::Result<void> {
+    if (*broken) return ktls::Error{ktls::ErrorCategory::kIo, EPIPE, "an earlier hand-back failed", -1};
+    return SendRelay(sock->get(), counts, client, backend, *broken);
+  };
+  HandOverAll(now);
 }
 
 void EventLoop::TryMove(std::uint64_t id, Entry& entry) {
@@ -243,11 +263,29 @@ void EventLoop::Accept(Clock::time_point now) {
 }
 
 void EventLoop::Receive(Clock::time_point now) {
+  // The key holder upgrades: every connection goes back to it, and
+  // nothing more comes (WorkerPool::RecallWith).
+  if (tools::TakeRecall(listener_.get())) return HandBack(now);
   if (active_.load() >= context_.options->limits.max_connections) {
     // Full: what the handshake process hands this worker queues until its
     // queue is full; then it is passed over (WorkerPool::Hand).
     PauseListener(now);
     return;
+  }
+  if (TakeMovedTag(listener_.get())) {
+    // A relaying connection the previous key holder's worker handed back.
+    auto relay = ReceiveRelay(listener_.get(), peer_uid_, context_.backend->tls());
+    if (relay.ok()) {
+      return Add(std::make_unique<ProxyConnection>(context_, std::move(relay->client), std::move(relay->backend),
+                                                   relay->counts, now),
+                 now);
+    }
+    std::fprintf(stderr, "ktls-proxy: worker %d: a moved connection: %s\n", static_cast<int>(::getpid()),
+                 relay.error().ToString().c_str());
+    if (relay.error().category != ktls::ErrorCategory::kIo) return;  // Only that one is lost.
+    // Out of step: nothing more can be read from the handshake process.
+    std::fprintf(stderr, "ktls-proxy: worker %d: draining\n", static_cast<int>(::getpid()));
+    return StartDrain(now);
   }
   auto conn = ktls::ReceiveConnection(listener_.get(), {.peer_uid = peer_uid_});
   if (conn.ok()) return Add(std::make_unique<ProxyConnection>(context_, std::move(conn).value(), now), now);

@@ -47,8 +47,11 @@ class EventLoop {
   int listener() const noexcept { return listener_.get(); }
   // ReceiveFrom (a --privsep worker, instead of Listen): the connections
   // come handshaken over unix_socket (ktls::ReceiveConnection), from a
-  // process running as peer_uid. The loop owns the socket; when the other
-  // end closes it (the handshake process is gone), the loop drains.
+  // process running as peer_uid, or relaying already (upgrade.h:
+  // TakeMovedTag). The loop owns the socket; when the other end closes it
+  // (the handshake process is gone), the loop drains. On kRecall (the
+  // handshake process upgrades) it hands every connection back over it as
+  // BeginHandOver would, and ends once it holds none.
   bool ReceiveFrom(UniqueFd unix_socket, uid_t peer_uid, std::string& error);
 
   // Run serves until BeginDrain was called and its connections are over
@@ -92,6 +95,11 @@ class EventLoop {
   void PauseListener(Clock::time_point until);
   void ResumeListenerIfRoom(Clock::time_point now);
   void StartDrain(Clock::time_point now);
+  // HandOverAll: drain, and move what can (move_) as soon as it is quiet.
+  void HandOverAll(Clock::time_point now);
+  // HandBack (a --privsep worker, on kRecall): HandOverAll back over the
+  // socket the connections came on, to the key holder that upgrades.
+  void HandBack(Clock::time_point now);
   // Woken: adopt what came, start draining or handing over as asked.
   void OnWake(Clock::time_point now);
   // TryMove (handing over): moves the connection if it is quiet, or gets

@@ -25,7 +25,9 @@
 // (common/privsep.h), get each connection (ktls/move.h), connect to the
 // backend and proxy it. SIGTERM drains this process, then the workers.
 // With --metrics they count in shared memory (common/shared_metrics.h)
-// and this process's /metrics sums them. SIGUSR2 is refused there.
+// and this process's /metrics sums them. SIGUSR2 there starts a new key
+// holder (with workers of its own), and this one's workers hand their
+// relaying connections back to it, to be relayed on (never proxied here).
 //
 // This file only wires: the flags (options.h), the backend (backend.h), one
 // event loop per thread (event_loop.h), the signals.
@@ -155,28 +157,82 @@ int RunWorker(const ProxyOptions& options) {
   return 0;
 }
 
+// EndUnmoved: a relay that reached a key holder and could go no further
+// (never proxied there): ended at once, close_notify to both where it can
+// go, its line written (end=not_moved).
+void EndUnmoved(const ktls::proxy::ProxyContext& context, ktls::proxy::ReceivedRelay& relay, const std::string& why) {
+  std::fprintf(stderr, "ktls-proxy: upgrade: a connection not moved: %s\n", why.c_str());
+  if (relay.client.fd() < 0 || !relay.backend.open()) return;  // Lost on the way: nothing left to end.
+  const auto now = ktls::proxy::ProxyConnection::Clock::now();
+  ktls::proxy::ProxyConnection(context, std::move(relay.client), std::move(relay.backend), relay.counts, now)
+      .Abort("not_moved", now);
+}
+
 // ReceiveHandedOver (after an upgrade, on a thread of its own): the
-// connections the previous process hands over, each to the next loop,
-// until it has sent all it could (or the stream broke: then it is shut, so
-// the previous process keeps the rest rather than wait).
+// connections the previous process hands over, each to the next loop (or
+// with --privsep to a worker: a key holder serves none), until it has sent
+// all it could (or the stream broke: then it is shut, so the previous
+// process keeps the rest rather than wait).
 void ReceiveHandedOver(const ktls::proxy::ProxyContext& context,
-                       const std::vector<std::unique_ptr<ktls::proxy::EventLoop>>& loops) {
+                       const std::vector<std::unique_ptr<ktls::proxy::EventLoop>>& loops,
+                       ktls::tools::WorkerPool* pool) {
   std::size_t next = 0;
   for (;;) {
-    auto relay = ktls::proxy::ReceiveRelay(ktls::tools::kWorkerFd, ::getuid(), context.backend->tls());
+    auto relay = ktls::proxy::ReceiveRelay(ktls::tools::kWorkerFd, ::getuid(), context.backend->tls(), true);
     if (!relay.ok()) {
       if (relay.error().category == ktls::ErrorCategory::kClosed) {
         std::fprintf(stderr, "ktls-proxy: upgrade: the previous process handed over everything it could\n");
       } else {
         std::fprintf(stderr, "ktls-proxy: upgrade: taking over a connection: %s\n", relay.error().ToString().c_str());
+        if (relay.error().category != ktls::ErrorCategory::kIo) continue;  // That one only; the stream is in step.
       }
       ::shutdown(ktls::tools::kWorkerFd, SHUT_RDWR);
       return;
     }
+    const auto now = ktls::proxy::ProxyConnection::Clock::now();
+    if (!relay->backend.open()) {
+      // Handshaken in the previous key holder (--privsep), no backend yet.
+      if (pool == nullptr) {
+        loops[next++ % loops.size()]->Adopt(
+            std::make_unique<ktls::proxy::ProxyConnection>(context, std::move(relay->client), now));
+      } else if (auto handed = pool->Hand(relay->client); !handed.ok()) {
+        std::fprintf(stderr, "ktls-proxy: upgrade: a handshaken connection not moved to a worker: %s\n",
+                     handed.error().ToString().c_str());
+        if (relay->client.fd() >= 0) (void)relay->client.Shutdown();
+      }
+      continue;
+    }
+    if (pool != nullptr) {
+      auto handed = pool->HandWith([&relay](int sock) { return ktls::proxy::HandRelayToWorker(sock, *relay); },
+                                   [&relay] { return relay->client.fd() >= 0 && relay->backend.open(); });
+      if (!handed.ok()) EndUnmoved(context, *relay, "to a worker: " + handed.error().ToString());
+      continue;
+    }
     loops[next++ % loops.size()]->Adopt(std::make_unique<ktls::proxy::ProxyConnection>(
-        context, std::move(relay->client), std::move(relay->backend), relay->counts,
-        ktls::proxy::ProxyConnection::Clock::now()));
+        context, std::move(relay->client), std::move(relay->backend), relay->counts, now));
   }
+}
+
+// RecallWorkers (--privsep, once the new key holder serves): every worker
+// hands its relaying connections back (EventLoop::HandBack), each relayed
+// here to the new key holder, which gives it to one of its workers. Blocks
+// until every worker has exited.
+void RecallWorkers(ktls::tools::WorkerPool& pool, ktls::proxy::Successor& successor,
+                   const ktls::proxy::ProxyContext& context) {
+  pool.RecallWith([&](int sock) {
+    // The socket's credentials are this process's (it made it), as the
+    // worker checks them the other way.
+    auto relay = ktls::proxy::ReceiveRelay(sock, ::getuid(), context.backend->tls());
+    if (!relay.ok()) {
+      if (relay.error().category == ktls::ErrorCategory::kClosed) return false;  // The worker is done.
+      std::fprintf(stderr, "ktls-proxy: upgrade: from a worker: %s\n", relay.error().ToString().c_str());
+      return relay.error().category != ktls::ErrorCategory::kIo;  // Out of step: read no more from it.
+    }
+    if (auto sent = successor.Send(relay->counts, relay->client, relay->backend); !sent.ok()) {
+      EndUnmoved(context, *relay, "to the new process: " + sent.error().ToString());
+    }
+    return true;
+  });
 }
 
 int Run(const ProxyOptions& options, std::vector<std::string> args, const std::string& exe_path) {
@@ -201,7 +257,8 @@ int Run(const ProxyOptions& options, std::vector<std::string> args, const std::s
       start_hook = shared_metrics->StartHook();
     }
     // Before the key is read: nothing of it is even in this process yet.
-    if (const int code = ktls::tools::StartPrivsep("ktls-proxy", options.privsep_user, std::move(args), num_threads,
+    // (A copy of args: SIGUSR2 starts the new key holder with them too.)
+    if (const int code = ktls::tools::StartPrivsep("ktls-proxy", options.privsep_user, args, num_threads,
                                                    pool, error, std::move(start_hook));
         code != 0) {
       std::fprintf(stderr, "ktls-proxy: %s\n", error.c_str());
@@ -248,7 +305,17 @@ int Run(const ProxyOptions& options, std::vector<std::string> args, const std::s
     return 1;
   }
   ktls::proxy::ProxyContext context{&options, &tls.value(), &*backend, LogLine, &metrics, {}};
-  if (pool) context.hand_off = [&pool](ktls::Connection& conn) { return pool->Hand(conn); };
+  // Set (SIGUSR2, --privsep) before the workers are recalled: a handshake
+  // that finishes after that goes to the new key holder instead.
+  std::atomic<ktls::proxy::Successor*> handshakes_to{nullptr};
+  if (pool) {
+    context.hand_off = [&pool, &handshakes_to](ktls::Connection& conn) {
+      auto handed = pool->Hand(conn);
+      ktls::proxy::Successor* to = handshakes_to.load();
+      if (handed.ok() || conn.fd() < 0 || !pool->recalled() || to == nullptr) return handed;
+      return to->SendHandshaken(conn);
+    };
+  }
   ktls::proxy::MetricsServer metrics_server;
   // With --privsep, the sum over this process and the workers, after
   // starting again any worker that died (so its connections are no longer
@@ -307,7 +374,7 @@ int Run(const ProxyOptions& options, std::vector<std::string> args, const std::s
     } else {
       receiving = true;
       receiver = std::thread([&] {
-        ReceiveHandedOver(context, loops);
+        ReceiveHandedOver(context, loops, pool ? &*pool : nullptr);
         receiving = false;
       });
     }
@@ -333,10 +400,8 @@ int Run(const ProxyOptions& options, std::vector<std::string> args, const std::s
       std::fprintf(stderr, "ktls-proxy: signal %d: draining %zu connection(s)\n", signo, active.load());
       break;
     }
-    if (pool || receiving.load()) {
-      std::fprintf(stderr, "ktls-proxy: SIGUSR2: no upgrade (%s)\n",
-                   pool ? "not with --privsep: stop it with SIGTERM and start the new binary instead"
-                        : "still taking over from the previous process");
+    if (receiving.load()) {
+      std::fprintf(stderr, "ktls-proxy: SIGUSR2: no upgrade (still taking over from the previous process)\n");
       continue;
     }
     std::vector<int> listeners;
@@ -347,9 +412,14 @@ int Run(const ProxyOptions& options, std::vector<std::string> args, const std::s
       successor.reset();
       continue;
     }
-    std::fprintf(stderr, "ktls-proxy: upgrade: pid %d serves now; handing over %zu connection(s)\n",
-                 static_cast<int>(successor->pid()), active.load());
+    std::fprintf(stderr, "ktls-proxy: upgrade: pid %d serves now; handing over %s%zu connection(s)\n",
+                 static_cast<int>(successor->pid()), pool ? "the workers' connections and " : "", active.load());
     break;
+  }
+  std::thread recaller;  // --privsep: the workers' connections, relayed.
+  if (successor && pool) {
+    handshakes_to = &*successor;
+    recaller = std::thread([&] { RecallWorkers(*pool, *successor, context); });
   }
   if (receiver.joinable()) {
     // Stop taking connections over before draining: what is still on its
@@ -358,7 +428,9 @@ int Run(const ProxyOptions& options, std::vector<std::string> args, const std::s
     receiver.join();
   }
   for (auto& loop : loops) {
-    if (successor) {
+    // A key holder's loops hold handshakes only: they drain, each to a
+    // worker, or once the recall began to the new key holder.
+    if (successor && !pool) {
       loop->BeginHandOver([&to = *successor](const ktls::proxy::RelayCounts& counts, ktls::Connection& client,
                                              ktls::proxy::Endpoint& to_backend) {
         return to.Send(counts, client, to_backend);
@@ -368,6 +440,7 @@ int Run(const ProxyOptions& options, std::vector<std::string> args, const std::s
     }
   }
   for (auto& thread : threads) thread.join();
+  if (recaller.joinable()) recaller.join();  // Every worker has handed back and exited.
   metrics_server.Stop();
   if (pool) pool->Stop(options.drain_timeout + std::chrono::milliseconds(1000));  // They drain as this process did.
   if (successor) {

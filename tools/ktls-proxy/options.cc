@@ -35,7 +35,9 @@ cxxopts::Options MakeOptions() {
                        "SIGUSR2: binary upgrade: start the binary on disk with the same arguments, hand it the "
                        "listeners and every relaying connection with both directions in the kernel on both legs (same "
                        "TCP connection, no new handshake), exit once none is left; if it cannot start or take over, "
-                       "this process goes on serving and logs why. Not with --privsep");
+                       "this process goes on serving and logs why. With --privsep (signal the key holder) the new "
+                       "key holder starts workers of its own, and the old workers hand their relaying connections "
+                       "back through this process to them");
   const ProxyOptions defaults;
   // clang-format off
   cli.add_options()
@@ -103,8 +105,8 @@ bool ReadPrivsep(const cxxopts::ParseResult& args, ProxyOptions& out, std::strin
     error = "--privsep needs --user USER";
     return false;
   }
-  if (out.privsep && out.upgrade_from) {
-    error = "--upgrade-from does not go with --privsep (SIGUSR2 is refused there)";
+  if (out.privsep_worker && out.upgrade_from) {
+    error = "--upgrade-from does not go with --privsep-worker (the key holder takes over)";
     return false;
   }
   if (!out.privsep && (!out.privsep_user.empty() || out.privsep_worker)) {

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "common/privsep.h"
@@ -25,6 +26,15 @@ constexpr char kListenerTag = 'L';
 constexpr char kServingTag = 'R';
 constexpr char kRelayTag = 'C';
 constexpr char kBackendTag = 'B';
+// kMovedTag: before a relay a key holder hands to a --privsep worker
+// (HandRelayToWorker), where a handshaken connection (its first byte 0:
+// ktls::SendConnection's length) or tools::kRecall may come instead.
+constexpr char kMovedTag = 'M';
+// kHandshakenTag: before a client connection only (no backend yet) on the
+// stream to the successor, where a relay starts with 'B' or a 0 (the
+// backend's ktls::SendConnection length). --privsep: a handshake the old
+// key holder finished after it recalled its workers.
+constexpr char kHandshakenTag = 'H';
 // The header between a connection's backend and its client: the tag, the
 // flags below (the backend's kind: both processes have the same
 // --backend-tls; which directions are done), then up, up_copied, down,
@@ -48,6 +58,32 @@ std::uint64_t GetU64(const std::uint8_t* at) {
   std::uint64_t value = 0;
   for (int i = 0; i < 8; ++i) value = (value << 8) | at[i];
   return value;
+}
+
+// ReceivePart: one connection of a relay (ktls::ReceiveConnection). An
+// error that leaves the stream out of step or broken (the sender gone, a
+// length beyond any state: nothing more can be read in step) becomes kIo;
+// any other (a malformed state, a descriptor that is not its connection)
+// refused this part only, the stream read to its end. The caller checked
+// the sender's uid.
+ktls::Result<ktls::Connection> ReceivePart(int sock, uid_t peer_uid, const char* what) {
+  std::array<std::uint8_t, 4> length{};
+  ssize_t n;
+  while ((n = ::recv(sock, length.data(), length.size(), MSG_PEEK | MSG_WAITALL)) < 0 && errno == EINTR) {
+  }
+  std::size_t len = 0;
+  for (std::uint8_t b : length) len = (len << 8) | b;
+  if (n == static_cast<ssize_t>(length.size()) && len > ktls::kMaxConnectionStateBytes) {
+    return SysError(EPROTO, std::string(what) + " from the other process: a state of " + std::to_string(len) +
+                                " bytes (out of step)");
+  }
+  auto conn = ktls::ReceiveConnection(sock, {.peer_uid = peer_uid});
+  if (!conn.ok() &&
+      (conn.error().category == ktls::ErrorCategory::kIo || conn.error().category == ktls::ErrorCategory::kClosed)) {
+    return SysError(conn.error().sys_errno != 0 ? conn.error().sys_errno : EPROTO,
+                    std::string(what) + " from the other process: " + conn.error().ToString());
+  }
+  return conn;
 }
 
 void KillAndReap(pid_t pid) {
@@ -110,23 +146,45 @@ bool Successor::Start(const std::string& path, const std::vector<std::string>& a
 ktls::Result<void> Successor::Send(const RelayCounts& counts, ktls::Connection& client, Endpoint& backend) {
   std::lock_guard lock(mu_);
   if (broken_ || sock_.get() < 0) return SysError(EPIPE, "an earlier hand-over failed");
+  return SendRelay(sock_.get(), counts, client, backend, broken_);
+}
+
+ktls::Result<void> Successor::SendHandshaken(ktls::Connection& client) {
+  std::lock_guard lock(mu_);
+  if (broken_ || sock_.get() < 0) return SysError(EPIPE, "an earlier hand-over failed");
+  // The caller checked that it can move (tools::WhyNotMovable): its Export
+  // does not refuse after the tag went.
+  ssize_t n;
+  while ((n = ::send(sock_.get(), &kHandshakenTag, 1, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
+  }
+  if (n != 1) {
+    broken_ = true;
+    return SysError(n < 0 ? errno : EPIPE, "sending to the new process");
+  }
+  auto sent = ktls::SendConnection(sock_.get(), client);
+  if (!sent.ok()) broken_ = true;  // Out of step: the tag went without its connection.
+  return sent;
+}
+
+ktls::Result<void> SendRelay(int sock, const RelayCounts& counts, ktls::Connection& client, Endpoint& backend,
+                             bool& broken) {
   // The backend first: an Export it refuses leaves nothing sent, the
   // stream in step and the connection here.
   if (backend.tls()) {
-    if (auto sent = ktls::SendConnection(sock_.get(), backend.connection()); !sent.ok()) {
-      // A socket error (the new process gone, or not reading for the
+    if (auto sent = ktls::SendConnection(sock, backend.connection()); !sent.ok()) {
+      // A socket error (the other process gone, or not reading for the
       // timeout) fails every later send as well: stop here.
-      if (!backend.open() || sent.error().category == ktls::ErrorCategory::kIo) broken_ = true;
+      if (!backend.open() || sent.error().category == ktls::ErrorCategory::kIo) broken = true;
       return sent;
     }
-  } else if (!tools::SendFd(sock_.get(), backend.fd(), kBackendTag)) {
-    broken_ = true;
+  } else if (!tools::SendFd(sock, backend.fd(), kBackendTag)) {
+    broken = true;
     return SysError(errno, "sending the backend's socket");
   }
   // From here on a failure leaves the stream out of step, and the backend's
-  // socket with the new process: the connection is lost to both.
-  broken_ = true;
-  backend.Close();  // This process's copy; the new process has its own.
+  // socket with the other process: the connection is lost to both.
+  broken = true;
+  backend.Close();  // This process's copy; the other process has its own.
   std::array<std::uint8_t, kHeaderLen> header{};
   header[0] = kRelayTag;
   header[1] = static_cast<std::uint8_t>((backend.tls() ? kBackendTls : 0) | (counts.up_ended ? kUpEnded : 0) |
@@ -137,13 +195,34 @@ ktls::Result<void> Successor::Send(const RelayCounts& counts, ktls::Connection& 
                                             static_cast<std::uint64_t>(counts.age.count())};
   for (std::size_t i = 0; i < kNumCounts; ++i) PutU64(header.data() + 2 + 8 * i, values[i]);
   ssize_t n;
-  while ((n = ::send(sock_.get(), header.data(), header.size(), MSG_NOSIGNAL)) < 0 && errno == EINTR) {
+  while ((n = ::send(sock, header.data(), header.size(), MSG_NOSIGNAL)) < 0 && errno == EINTR) {
   }
-  if (n != static_cast<ssize_t>(header.size())) return SysError(n < 0 ? errno : EPIPE, "sending to the new process");
-  if (auto sent = ktls::SendConnection(sock_.get(), client); !sent.ok()) return sent;
-  broken_ = false;
+  if (n != static_cast<ssize_t>(header.size())) return SysError(n < 0 ? errno : EPIPE, "sending to the other process");
+  if (auto sent = ktls::SendConnection(sock, client); !sent.ok()) return sent;
+  broken = false;
   return {};
 }
+
+ktls::Result<void> HandRelayToWorker(int sock, ReceivedRelay& relay) {
+  // The tag alone never waits: a worker that is behind is passed over
+  // (WorkerPool::HandWith), with nothing sent. The rest follows at once,
+  // and the worker reads it whole once it read the tag.
+  ssize_t n;
+  while ((n = ::send(sock, &kMovedTag, 1, MSG_NOSIGNAL | MSG_DONTWAIT)) < 0 && errno == EINTR) {
+  }
+  if (n != 1) return SysError(n < 0 ? errno : EPIPE, "handing a moved connection to a worker");
+  // Both connections came in whole just now: their Export does not refuse.
+  // A socket error after the tag loses the unit (and the worker is gone).
+  bool broken = false;
+  auto sent = SendRelay(sock, relay.counts, relay.client, relay.backend, broken);
+  if (!sent.ok()) {
+    relay.backend.Close();
+    relay.client = ktls::Connection();
+  }
+  return sent;
+}
+
+bool TakeMovedTag(int sock) { return tools::TakeTag(sock, kMovedTag); }
 
 void Successor::Close() {
   std::lock_guard lock(mu_);
@@ -169,20 +248,45 @@ int ReceiveListener(int sock) { return tools::ReceiveFd(sock, kListenerTag); }
 
 bool SayServing(int sock) { return ::write(sock, &kServingTag, 1) == 1; }
 
-ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_tls) {
+ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_tls, bool from_predecessor) {
   char next = 0;
   ssize_t n;
   while ((n = ::recv(sock, &next, 1, MSG_PEEK)) < 0 && errno == EINTR) {
   }
-  if (n == 0) return ktls::Error{ktls::ErrorCategory::kClosed, 0, "the previous process handed over everything", -1};
+  if (n == 0) return ktls::Error{ktls::ErrorCategory::kClosed, 0, "the other process handed over everything", -1};
+  if (n < 0) return SysError(errno, "receiving from the other process");
+  // The sender's uid, checked once (it cannot change): every later
+  // refusal is then about one part only.
+  ucred cred{};
+  socklen_t cred_len = sizeof(cred);
+  if (::getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) != 0 || cred.uid != peer_uid) {
+    return SysError(EPERM, "the other process does not run as uid " + std::to_string(peer_uid));
+  }
+  if (n == 1 && next == kHandshakenTag && from_predecessor) {
+    (void)::recv(sock, &next, 1, 0);
+    auto client = ReceivePart(sock, peer_uid, "a handshaken connection");
+    if (!client.ok()) return client.error();
+    ReceivedRelay handshaken;
+    handshaken.client = std::move(client).value();
+    return handshaken;  // No backend yet.
+  }
+  // Every part is read even when one is refused (a malformed state): the
+  // stream stays in step, and only this connection is lost. A part the
+  // stream itself breaks in (a short read, a wrong tag) is a kIo error:
+  // the stream is out of step, read nothing more from it.
   ReceivedRelay relay;
+  std::optional<ktls::Error> refused;
   if (backend_tls) {
-    auto backend = ktls::ReceiveConnection(sock, {.peer_uid = peer_uid});
-    if (!backend.ok()) return backend.error();
-    relay.backend = Endpoint::Tls(std::move(backend).value());
+    auto backend = ReceivePart(sock, peer_uid, "the backend's connection");
+    if (!backend.ok()) {
+      if (backend.error().category == ktls::ErrorCategory::kIo) return backend.error();
+      refused = backend.error();
+    } else {
+      relay.backend = Endpoint::Tls(std::move(backend).value());
+    }
   } else {
     const int fd = tools::ReceiveFd(sock, kBackendTag);
-    if (fd < 0) return SysError(errno, "the backend's socket from the previous process");
+    if (fd < 0) return SysError(errno, "the backend's socket from the other process");
     relay.backend = Endpoint::Plain(UniqueFd(fd));
   }
   std::array<std::uint8_t, kHeaderLen> header{};
@@ -190,7 +294,7 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
   }
   if (n != static_cast<ssize_t>(header.size()) || header[0] != kRelayTag || (header[1] & ~kAllFlags) != 0 ||
       ((header[1] & kBackendTls) != 0) != backend_tls) {
-    return SysError(n < 0 ? errno : EPROTO, "a connection's header from the previous process");
+    return SysError(n < 0 ? errno : EPROTO, "a connection's header from the other process");
   }
   std::uint64_t values[kNumCounts];
   for (std::size_t i = 0; i < kNumCounts; ++i) values[i] = GetU64(header.data() + 2 + 8 * i);
@@ -203,8 +307,9 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
                   (header[1] & kUpTruncated) != 0,
                   (header[1] & kDownEnded) != 0,
                   (header[1] & kDownTruncated) != 0};
-  auto client = ktls::ReceiveConnection(sock, {.peer_uid = peer_uid});
+  auto client = ReceivePart(sock, peer_uid, "the client's connection");
   if (!client.ok()) return client.error();
+  if (refused) return *refused;  // The client's connection goes too (closed): it had no backend.
   relay.client = std::move(client).value();
   return relay;
 }

@@ -11,6 +11,8 @@
 //   per connection: the backend's socket ('B', SCM_RIGHTS) or connection
 //   (ktls::SendConnection), a header (counts, the backend's kind), the
 //   client's connection                                 predecessor to successor
+//   or 'H' and the client's connection (a --privsep handshake finished
+//   after the workers were recalled)                    predecessor to successor
 //   end of stream: everything that could go went
 #ifndef KTLS_TOOLS_KTLS_PROXY_UPGRADE_H_
 #define KTLS_TOOLS_KTLS_PROXY_UPGRADE_H_
@@ -46,6 +48,11 @@ class Successor {
   // are still open (the backend's Export refused, say); otherwise it is
   // lost. After a socket error nothing more is sent.
   ktls::Result<void> Send(const RelayCounts& counts, ktls::Connection& client, Endpoint& backend);
+  // SendHandshaken (--privsep, the old key holder): a client connection
+  // handshaken after the workers were recalled (no backend yet), which
+  // must be movable (tools::WhyNotMovable). On failure it is lost if the
+  // client's connection is closed, and nothing more is sent.
+  ktls::Result<void> SendHandshaken(ktls::Connection& client);
   // Close ends the stream: the successor stops waiting for connections.
   void Close();
 
@@ -64,7 +71,8 @@ int ReceiveListener(int sock);
 // SayServing: 'R', once every listener is in an event loop.
 bool SayServing(int sock);
 
-// ReceivedRelay: one connection the predecessor sent.
+// ReceivedRelay: one connection the predecessor sent (a client connection
+// only, backend not open, when it was sent with SendHandshaken).
 struct ReceivedRelay {
   RelayCounts counts;
   ktls::Connection client;
@@ -73,7 +81,28 @@ struct ReceivedRelay {
 // ReceiveRelay receives the next connection (its backend a TLS connection
 // with backend_tls, else a socket); ErrorCategory::kClosed at the end of
 // the stream. Both connections must come from peer_uid.
-ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_tls);
+// A refused part (a malformed state) fails only this connection, with the
+// stream in step; a kIo error means the stream is out of step or broken.
+// from_predecessor: the stream from the predecessor, where SendHandshaken's
+// connections may come too (elsewhere the tag is an error: out of step).
+ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_tls, bool from_predecessor = false);
+
+// SendRelay: one quiet relay over sock, as Successor::Send (the same
+// wire): from a --privsep worker back to its key holder, on kRecall. On
+// failure `broken` says whether the stream is out of step.
+ktls::Result<void> SendRelay(int sock, const RelayCounts& counts, ktls::Connection& client, Endpoint& backend,
+                             bool& broken);
+
+// --privsep, the key holder that took over: each relay from the previous
+// one goes to a worker (WorkerPool::HandWith) as the tag 'M' (never
+// waiting) and the relay. A worker's socket also brings handshaken
+// connections (first byte 0) and kRecall ('U'): the tag tells them apart.
+// HandRelayToWorker: on failure with nothing sent (EAGAIN, EPIPE) the
+// relay is still whole; otherwise it is lost (both closed).
+ktls::Result<void> HandRelayToWorker(int sock, ReceivedRelay& relay);
+// TakeMovedTag (a worker, its socket readable): whether a relay comes
+// next; if so, the tag is read (ReceiveRelay reads the rest).
+bool TakeMovedTag(int sock);
 
 }  // namespace ktls::proxy
 
