@@ -128,6 +128,13 @@ class UpgradeCases:
                     sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
                     data = sock.recv(65536)
                     server.proc.send_signal(signal.SIGUSR2)
+                    # The download, unread, holds the hand-over open: a
+                    # SIGUSR2 to the new process now is refused (it would
+                    # recall what is still on its way), and nothing is lost.
+                    new_pid = upgraded.wait_taken_over()
+                    os.kill(new_pid, signal.SIGUSR2)
+                    self.assertTrue(wait_until(lambda: "still taking over from the previous process"
+                                               in server.err.text(), STEP_TIMEOUT), server.err.text())
                     head, _, first = data.partition(b"\r\n\r\n")
                     self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
                     body = bytearray(len(BIG))
@@ -138,7 +145,6 @@ class UpgradeCases:
                         self.assertTrue(n, f"closed after {got} bytes")
                         got += n
                     self.assertEqual(sha(bytes(body)), sha(BIG))
-                    new_pid = upgraded.wait_taken_over()
                     self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 3), 0, server.err.text())
                     self.taken_over(server, new_pid)
                     self.assertEqual(get(sock, "/small.txt"), b"small\n", "the same connection, in the new process")
@@ -197,6 +203,29 @@ class UpgradeCases:
                     os.replace(BINARY + ".saved", BINARY)
             with serve.tls_connect(server.port) as sock:
                 self.assertEqual(get(sock, "/small.txt"), b"small\n", "new connections too")
+            self.assertIsNone(server.proc.poll())
+
+    def test_a_new_process_that_cannot_listen_for_metrics_leaves_the_old_one_serving(self):
+        # --metrics on a fixed port: the new process cannot bind it while
+        # this one holds it, so it never says it serves.
+        port = ktls_interop.free_port()
+        with self.serve("--metrics", f"{ktls_interop.HOST}:{port}") as server:
+            with serve.tls_connect(server.port) as sock:
+                self.assertEqual(get(sock, "/small.txt"), b"small\n")
+                before = self.serving_state(server)
+                server.proc.send_signal(signal.SIGUSR2)
+                self.assertTrue(wait_until(lambda: "upgrade failed" in server.err.text(), STEP_TIMEOUT),
+                                server.err.text())
+                self.assertIn("goes on serving", server.err.text())
+                self.assertNotIn("serves now", server.err.text())
+                self.assertEqual(get(sock, "/small.txt"), b"small\n")
+                self.still_serving(server, before)
+            with serve.tls_connect(server.port) as sock:
+                self.assertEqual(get(sock, "/small.txt"), b"small\n", "new connections too")
+            # The old process still serves /metrics (a request is counted
+            # once its last byte went out).
+            metrics.settled(self, lambda: metrics.MetricsAt(port).scrape()[0],
+                            {metrics.key("ktls_requests_total", code="200"): 3})
             self.assertIsNone(server.proc.poll())
 
 

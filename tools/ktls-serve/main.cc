@@ -331,12 +331,11 @@ class Server {
         return false;
       }
       acceptor_.assign(endpoint.protocol(), fd, ec);
-      const char ready = 'R';
-      if (ec || ::write(ktls::tools::kWorkerFd, &ready, 1) != 1) {
-        error = "--upgrade-from: cannot take over the listening socket";
+      if (ec) {
+        error = "--upgrade-from: cannot take over the listening socket: " + ec.message();
         return false;
       }
-      return true;
+      return true;  // Run says it serves ('R'), once its signals are handled.
     }
     acceptor_.open(endpoint.protocol(), ec);
     if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
@@ -396,13 +395,26 @@ class Server {
       upgrade.async_wait(on_upgrade);
     };
     upgrade.async_wait(on_upgrade);
-    // Only now, with every signal handled: scripts signal once they read it.
+    // Only now, with every signal handled: scripts signal once they read it,
+    // and after an upgrade whoever sent the first SIGUSR2 may send the next
+    // once the previous process says this one serves (its 'R'; before its
+    // handler, SIGUSR2 would end this process). So too the metrics
+    // listener: a process that cannot serve never says it does.
+    const char ready = 'R';
+    if (options_.upgrade_from && !options_.privsep_worker && ::write(ktls::tools::kWorkerFd, &ready, 1) != 1) {
+      LogError(std::string("ktls-serve: --upgrade-from: the previous process is gone: ") + std::strerror(errno));
+      guards.clear();
+      for (auto& worker : workers_) worker->io.stop();
+      for (auto& thread : threads) thread.join();
+      return 1;
+    }
     if (options_.upgrade_from || options_.privsep_worker) {
       // Connections arrive on kWorkerFd: from the handshake process (root,
       // which made the socket), or, after an upgrade, from the previous
       // process (this user) until it closes its end, holding none.
       from_.emplace(main_io_, ktls::tools::kWorkerFd);
       from_uid_ = options_.privsep_worker ? 0 : ::getuid();
+      taking_over_ = options_.upgrade_from;
       net::co_spawn(main_io_, ReceiveLoop(), net::detached);
     }
     if (options_.privsep_worker) {
@@ -528,9 +540,10 @@ class Server {
   // this) starts workers of its own; the connections are in this one's
   // workers, which hand them back to be relayed (RecallWorkers).
   void StartUpgrade() {
-    if (options_.privsep_worker || draining_ || upgrade_sock_ >= 0) {
+    if (options_.privsep_worker || draining_ || upgrade_sock_ >= 0 || taking_over_) {
       LogError("ktls-serve: SIGUSR2: no upgrade (" +
                std::string(options_.privsep_worker ? "a --privsep worker: signal the handshake process"
+                           : taking_over_          ? "still taking over from the previous process"
                                                    : "already under way") +
                ")");
       return;
@@ -771,6 +784,7 @@ class Server {
       ++active_;
       net::co_spawn(worker.io, Adopted(worker, std::move(conn).value()), net::detached);
     }
+    taking_over_ = false;
   }
 
   // Adopted serves a connection another process handshook.
@@ -1116,6 +1130,9 @@ class Server {
   pid_t upgrade_child_ = -1;
   std::mutex upgrade_mu_;                                   // One SendConnection at a time on it.
   std::atomic<bool> handing_over_ = false;
+  // --upgrade-from: connections still come from the previous process. A
+  // SIGUSR2 now would recall them half-way (refused until it is done).
+  bool taking_over_ = false;
   // --privsep: the thread relaying the workers' connections (RecallWorkers).
   std::thread recall_thread_;
   std::atomic<bool> recalling_ = false;
