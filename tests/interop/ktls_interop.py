@@ -561,6 +561,34 @@ def ids(pid):
     return found
 
 
+class PrivsepUpgradeChecks:
+    """For a test case that upgrades a server run with --privsep (a
+    PrivsepWorkers whose first_workers are the old ones): what both servers'
+    upgrade suites check. self.nobody: the workers' uid."""
+
+    def assert_old_workers_gone(self, server):
+        self.assertTrue(wait_until(lambda: all(gone(pid) for pid in server.first_workers), STEP_TIMEOUT),
+                        server.first_workers)
+
+    def assert_new_workers_ready(self, server, new_pid):
+        # The new key holder's two workers, each past its start-up probe.
+        self.assertTrue(wait_until(lambda: server.err.text().count(" as uid ") == 4 and
+                                   len(privsep_workers(new_pid)) == 2, STEP_TIMEOUT), server.err.text())
+
+    def assert_held_by_a_new_worker(self, server_port, client_port, new_pid):
+        workers = privsep_workers(new_pid)
+        holders = socket_holders(server_port, client_port, [new_pid, *workers])
+        self.assertEqual(len(holders), 1, f"one holder among {new_pid} and its workers {workers}: {holders}")
+        self.assertIn(holders[0], workers, "a new worker holds it, not the key holder")
+        self.assertEqual(uids(holders[0]), [self.nobody] * 4)
+
+    def serving_state(self, server):
+        return server.workers()
+
+    def still_serving(self, server, before):
+        self.assertEqual(server.workers(), before, "the same workers")
+
+
 def uids(pid):
     """A process's real, effective, saved and filesystem uids."""
     return ids(pid).get("Uid", [])

@@ -56,8 +56,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
 import proxy_interop as proxy  # noqa: E402
-from ktls_interop import (STEP_TIMEOUT, Upgraded, gone, privsep_workers, read_tls_stat, sha,  # noqa: E402
-                          socket_holders, uids, wait_until)
+from ktls_interop import STEP_TIMEOUT, Upgraded, read_tls_stat, sha, wait_until  # noqa: E402
 
 BINARY = ""  # The copy ktls-proxy runs from.
 MIB = 1024 * 1024
@@ -442,7 +441,7 @@ class Upgrade(UpgradeCases, proxy.ProxyTest):
                 upgraded.stop()
 
 
-class PrivsepUpgrade(UpgradeCases, proxy.ProxyTest):
+class PrivsepUpgrade(ktls_interop.PrivsepUpgradeChecks, UpgradeCases, proxy.ProxyTest):
     """--privsep --user nobody: the connections are in the workers."""
 
     handing_over_one = "handing 1 connection(s) back"
@@ -454,28 +453,15 @@ class PrivsepUpgrade(UpgradeCases, proxy.ProxyTest):
         self.nobody = pwd.getpwnam(USER).pw_uid
 
     def new_process_ready(self, server, new_pid):
-        # The new key holder's two workers, each past its start-up probe.
-        self.assertTrue(wait_until(lambda: server.err.text().count(" as uid ") == 4 and
-                                   len(privsep_workers(new_pid)) == 2, STEP_TIMEOUT), server.err.text())
+        self.assert_new_workers_ready(server, new_pid)
 
     def taken_over(self, server, new_pid):
         # The old key holder has exited (the caller waited): its workers too.
-        self.assertTrue(wait_until(lambda: all(gone(pid) for pid in server.first_workers), STEP_TIMEOUT),
-                        server.first_workers)
+        self.assert_old_workers_gone(server)
         self.assertEqual(server.err.text().count("connection(s) back for the new process"), 2, server.err.text())
 
     def served_by_new_process(self, server, client, new_pid):
-        workers = privsep_workers(new_pid)
-        holders = socket_holders(server.port, client.sock.getsockname()[1], [new_pid, *workers])
-        self.assertEqual(len(holders), 1, f"one holder among {new_pid} and its workers {workers}: {holders}")
-        self.assertIn(holders[0], workers, "a new worker relays it, not the key holder")
-        self.assertEqual(uids(holders[0]), [self.nobody] * 4)
-
-    def serving_state(self, server):
-        return server.workers()
-
-    def still_serving(self, server, before):
-        self.assertEqual(server.workers(), before, "the same workers")
+        self.assert_held_by_a_new_worker(server.port, client.sock.getsockname()[1], new_pid)
 
 
 def set_up(directory):

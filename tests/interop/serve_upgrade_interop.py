@@ -45,9 +45,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
 import serve_interop as serve  # noqa: E402
 import serve_metrics_interop as metrics  # noqa: E402
-from ktls_interop import STEP_TIMEOUT, Upgraded, gone, sha, socket_holders, wait_until  # noqa: E402
+from ktls_interop import STEP_TIMEOUT, Upgraded, sha, socket_holders, wait_until  # noqa: E402
 import serve_privsep_interop as privsep  # noqa: E402
-from ktls_interop import privsep_workers, uids  # noqa: E402
+from ktls_interop import privsep_workers  # noqa: E402
 from serve_privsep_interop import get  # noqa: E402
 
 BINARY = ""  # The copy ktls-serve runs from.
@@ -250,7 +250,7 @@ class Upgrade(UpgradeCases, unittest.TestCase):
                 upgraded.stop()
 
 
-class PrivsepUpgrade(UpgradeCases, unittest.TestCase):
+class PrivsepUpgrade(ktls_interop.PrivsepUpgradeChecks, UpgradeCases, unittest.TestCase):
     """--privsep --user nobody: the connections are in the workers."""
 
     def serve(self, *args, **kwargs):
@@ -261,25 +261,12 @@ class PrivsepUpgrade(UpgradeCases, unittest.TestCase):
 
     def taken_over(self, server, new_pid):
         # The old key holder has exited (the caller waited): its workers too.
-        self.assertTrue(wait_until(lambda: all(gone(pid) for pid in server.first_workers), STEP_TIMEOUT),
-                        server.first_workers)
+        self.assert_old_workers_gone(server)
         self.assertIn("handing 1 connection(s) back", server.err.text())
-        # The new key holder's two workers, each past its start-up probe.
-        self.assertTrue(wait_until(lambda: server.err.text().count(" as uid ") == 4 and
-                                   len(privsep_workers(new_pid)) == 2, STEP_TIMEOUT), server.err.text())
+        self.assert_new_workers_ready(server, new_pid)
 
     def served_by_new_process(self, server, sock, new_pid):
-        workers = privsep_workers(new_pid)
-        holders = socket_holders(server.port, sock.getsockname()[1], [new_pid, *workers])
-        self.assertEqual(len(holders), 1, f"one holder among {new_pid} and its workers {workers}: {holders}")
-        self.assertIn(holders[0], workers, "a new worker serves it, not the key holder")
-        self.assertEqual(uids(holders[0]), [self.nobody] * 4)
-
-    def serving_state(self, server):
-        return server.workers()
-
-    def still_serving(self, server, before):
-        self.assertEqual(server.workers(), before, "the same workers")
+        self.assert_held_by_a_new_worker(server.port, sock.getsockname()[1], new_pid)
 
     def test_the_old_workers_exit(self):
         with self.serve() as server:
