@@ -27,8 +27,10 @@
 
 namespace ktls {
 
+class PendingHandshake;
 namespace detail {
 struct PendingHandshakeImpl;
+Result<Connection> FinishBlocking(PendingHandshake handshake);
 }  // namespace detail
 
 // PendingHandshake: a TLS handshake in progress on a non-blocking socket.
@@ -69,6 +71,7 @@ class KTLS_API PendingHandshake {
   explicit PendingHandshake(std::unique_ptr<detail::PendingHandshakeImpl> impl);
 
  private:
+  friend Result<Connection> detail::FinishBlocking(PendingHandshake handshake);
   std::unique_ptr<detail::PendingHandshakeImpl> impl_;
 };
 

@@ -81,6 +81,11 @@ class KTLS_API ServerContext {
   // this fails), makes it non-blocking, and returns the handshake to drive
   // with Step. The deadline is config.handshake_timeout from now.
   Result<PendingHandshake> StartHandshake(int socket) const;
+  // Handshake is StartHandshake for a thread that may block: it takes
+  // ownership of socket (closing it on failure), runs the handshake, waiting
+  // as it needs (never past config.handshake_timeout), and offloads. The
+  // socket's blocking mode is left as it was.
+  Result<Connection> Handshake(int socket) const;
 
   // config is the configuration the context was made from.
   const ServerConfig& config() const noexcept;

@@ -26,10 +26,8 @@ bool IsIpAddress(const std::string& host) {
   return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
 }
 
-}  // namespace
-
-Result<PendingHandshake> StartClientHandshake(int socket, const std::string& host, std::uint16_t port,
-                                              const ClientConfig& config) {
+Result<PendingHandshake> StartClient(int socket, const std::string& host, std::uint16_t port,
+                                     const ClientConfig& config, detail::HandshakeWaits waits) {
   detail::UniqueFd fd(socket);
   if (auto valid = detail::ValidateConfig(config.offload, config.handshake_timeout, config.max_version); !valid) {
     return std::move(valid).error();  // fd closes the socket, as on every failure here.
@@ -64,7 +62,14 @@ Result<PendingHandshake> StartClientHandshake(int socket, const std::string& hos
     }
   }
   return detail::NewPendingHandshake(std::move(fd), std::move(ssl), /*is_server=*/false, config.offload,
-                                     config.handshake_timeout);
+                                     config.handshake_timeout, waits);
+}
+
+}  // namespace
+
+Result<PendingHandshake> StartClientHandshake(int socket, const std::string& host, std::uint16_t port,
+                                              const ClientConfig& config) {
+  return StartClient(socket, host, port, config, detail::HandshakeWaits::kOutside);
 }
 
 Result<PendingHandshake> StartClientHandshake(int socket, const std::string& host, const ClientConfig& config) {
@@ -77,7 +82,7 @@ Result<PendingHandshake> StartClientHandshake(int socket, const std::string& hos
 Result<Connection> Connect(const std::string& host, std::uint16_t port, const ClientConfig& config) {
   auto fd = detail::ConnectTcp(host, std::to_string(port));
   if (!fd.ok()) return std::move(fd).error();
-  auto handshake = StartClientHandshake(fd->release(), host, port, config);
+  auto handshake = StartClient(fd->release(), host, port, config, detail::HandshakeWaits::kInside);
   if (!handshake.ok()) return std::move(handshake).error();
   return detail::FinishBlocking(std::move(handshake).value());
 }

@@ -14,9 +14,9 @@
 #include <utility>
 
 #include "conn/offload_internal.h"
-#include "conn/socket_bio.h"
 #include "core/errors.h"
 #include "kernel/socket_platform.h"
+#include "net/handshake_bio.h"
 
 namespace ktls {
 namespace detail {
@@ -55,16 +55,23 @@ PendingHandshakeImpl::~PendingHandshakeImpl() {
 }
 
 Result<PendingHandshake> NewPendingHandshake(UniqueFd socket, UniqueSsl ssl, bool is_server,
-                                             const OffloadOptions& offload, std::chrono::milliseconds timeout) {
-  if (auto set = SetNonBlocking(socket.get(), true); !set) return std::move(set).error();
+                                             const OffloadOptions& offload, std::chrono::milliseconds timeout,
+                                             HandshakeWaits waits) {
+  const bool blocking = waits == HandshakeWaits::kInside;
+  if (!blocking) {
+    if (auto set = SetNonBlocking(socket.get(), true); !set) return std::move(set).error();
+  }
   if (const int err = sys::KeepSendsFromSignalling(socket.get()); err < 0) {
     return SysError(-err, "handshake: setsockopt(SO_NOSIGPIPE)");
   }
-  // ktls's socket BIO, not OpenSSL's: it sends with MSG_NOSIGNAL, so a
-  // client that vanishes mid-handshake is an error for that connection,
-  // never a SIGPIPE for the process. It does not own the socket.
-  BIO* bio = NewSocketBio(socket.get());
-  if (bio == nullptr) return OpenSslError(ErrorCategory::kInternal, "out of memory for the socket BIO");
+  const Clock::time_point deadline = timeout.count() > 0 ? Clock::now() + timeout : Clock::time_point::max();
+  // ktls's handshake BIO, not OpenSSL's socket BIO: a flight in one read
+  // and never a byte past the handshake (see net/handshake_bio.h), and
+  // sends with MSG_NOSIGNAL, so a client that vanishes mid-handshake is an
+  // error for that connection, never a SIGPIPE for the process. It does not
+  // own the socket.
+  BIO* bio = NewHandshakeBio(socket.get(), blocking, deadline);
+  if (bio == nullptr) return OpenSslError(ErrorCategory::kInternal, "out of memory for the handshake BIO");
   SSL_set_bio(ssl.get(), bio, bio);  // One reference, for both directions.
   if (is_server) {
     SSL_set_accept_state(ssl.get());
@@ -75,8 +82,9 @@ Result<PendingHandshake> NewPendingHandshake(UniqueFd socket, UniqueSsl ssl, boo
   impl->socket = std::move(socket);
   impl->ssl = std::move(ssl);
   impl->is_server = is_server;
+  impl->blocking = blocking;
   impl->offload = offload;
-  if (timeout.count() > 0) impl->deadline = Clock::now() + timeout;
+  impl->deadline = deadline;
   return PendingHandshake(std::move(impl));
 }
 
@@ -97,7 +105,10 @@ Result<Connection> FinishBlocking(PendingHandshake handshake) {
     if (rc < 0 && errno != EINTR) return SysError(errno, "poll during the TLS handshake");
     // rc == 0: the deadline passed; Step reports it.
   }
-  if (auto set = SetNonBlocking(handshake.fd(), false); !set) return std::move(set).error();
+  // kInside left the socket as it was; kOutside made it non-blocking.
+  if (handshake.impl_ && !handshake.impl_->blocking) {
+    if (auto set = SetNonBlocking(handshake.fd(), false); !set) return std::move(set).error();
+  }
   return handshake.Finish();
 }
 
@@ -119,38 +130,57 @@ Result<Wait> PendingHandshake::Step() {
     case State::kFinished:
       return detail::MakeError(ErrorCategory::kUsage, "the handshake was already finished");
     case State::kRunning:
+    case State::kSettling:
       break;
   }
   SSL* ssl = impl_->ssl.get();
-  const auto fail = [this](Error error) -> Result<Wait> {
+  const auto fail = [this, ssl](Error error) -> Result<Wait> {
     impl_->state = State::kFailed;
-    // OpenSSL wrote its alert (if any) straight to the socket; a FIN after
-    // it tells the peer nothing more comes.
+    // OpenSSL's alert (if any) waits in the BIO; a FIN after it tells the
+    // peer nothing more comes.
+    detail::FlushHandshakeBio(SSL_get_wbio(ssl));
     ::shutdown(impl_->socket.get(), SHUT_WR);
     return error;
   };
-  if (std::chrono::steady_clock::now() >= impl_->deadline) {
+  const auto timed_out = [&fail] {
     Error error = detail::MakeError(ErrorCategory::kIo, "TLS handshake timed out");
     error.sys_errno = ETIMEDOUT;
     return fail(std::move(error));
+  };
+  // Blocking (kInside), the BIO keeps the deadline on each of its waits;
+  // a clock read here would be one more system call where there is no vDSO.
+  if (!impl_->blocking && std::chrono::steady_clock::now() >= impl_->deadline) return timed_out();
+  if (impl_->state == State::kRunning) {
+    ERR_clear_error();
+    errno = 0;
+    const int ret = SSL_do_handshake(ssl);
+    if (ret != 1) {
+      const int code = SSL_get_error(ssl, ret);
+      if (code == SSL_ERROR_WANT_READ) return Wait::kReadable;
+      if (code == SSL_ERROR_WANT_WRITE) return Wait::kWritable;
+      if (code == SSL_ERROR_SYSCALL && errno == ETIMEDOUT && impl_->blocking) return timed_out();
+      const long verify = SSL_get_verify_result(ssl);
+      Error error = detail::SslCallError(ssl, ret, "TLS handshake");
+      if (!impl_->is_server && verify != X509_V_OK) {
+        error.detail += ": certificate verification failed: ";
+        error.detail += X509_verify_cert_error_string(verify);
+      }
+      return fail(std::move(error));
+    }
+    impl_->state = State::kSettling;
   }
-  ERR_clear_error();
-  errno = 0;
-  const int ret = SSL_do_handshake(ssl);
-  if (ret == 1) {
-    impl_->state = State::kDone;
-    return Wait::kNone;
+  // The handshake is complete; what OpenSSL wrote last (its Finished, the
+  // tickets) leaves, and the bytes it read leave the socket.
+  if (const int settled = detail::SettleHandshakeBio(SSL_get_rbio(ssl)); settled != 0) {
+    if (settled == -EAGAIN) return Wait::kWritable;
+    if (settled == -ETIMEDOUT) return timed_out();
+    if (settled == -EPROTO) {
+      return fail(detail::MakeError(ErrorCategory::kProtocol, "TLS handshake: the peer sent data before the handshake let it"));
+    }
+    return fail(detail::SysError(-settled, "TLS handshake: sending its last flight"));
   }
-  const int code = SSL_get_error(ssl, ret);
-  if (code == SSL_ERROR_WANT_READ) return Wait::kReadable;
-  if (code == SSL_ERROR_WANT_WRITE) return Wait::kWritable;
-  const long verify = SSL_get_verify_result(ssl);
-  Error error = detail::SslCallError(ssl, ret, "TLS handshake");
-  if (!impl_->is_server && verify != X509_V_OK) {
-    error.detail += ": certificate verification failed: ";
-    error.detail += X509_verify_cert_error_string(verify);
-  }
-  return fail(std::move(error));
+  impl_->state = State::kDone;
+  return Wait::kNone;
 }
 
 Result<Connection> PendingHandshake::Finish() {

@@ -4,6 +4,7 @@
 #define KTLS_SRC_NET_PENDING_HANDSHAKE_H_
 
 #include <chrono>
+#include <cstdint>
 
 #include "core/openssl_ptr.h"
 #include "core/unique_fd.h"
@@ -13,11 +14,13 @@
 namespace ktls::detail {
 
 struct PendingHandshakeImpl {
-  enum class State : std::uint8_t { kRunning, kDone, kFailed, kFinished };
+  // kSettling: OpenSSL is done; the BIO still sends or takes bytes.
+  enum class State : std::uint8_t { kRunning, kSettling, kDone, kFailed, kFinished };
 
   UniqueFd socket;
   UniqueSsl ssl;  // Prepared (PrepareSsl), in accept or connect state.
   bool is_server = false;
+  bool blocking = false;  // HandshakeWaits::kInside.
   OffloadOptions offload;
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
   State state = State::kRunning;
@@ -25,15 +28,24 @@ struct PendingHandshakeImpl {
   ~PendingHandshakeImpl();
 };
 
-// NewPendingHandshake makes socket non-blocking and wraps it with ssl.
-// Closes socket on failure.
-Result<PendingHandshake> NewPendingHandshake(UniqueFd socket, UniqueSsl ssl, bool is_server,
-                                             const OffloadOptions& offload, std::chrono::milliseconds timeout);
+// HandshakeWaits: who waits for the socket during the handshake.
+enum class HandshakeWaits : std::uint8_t {
+  kOutside,  // The caller's event loop: the socket is made non-blocking,
+             // and Step says what to wait for.
+  kInside,   // The BIO itself (poll, never past the deadline), on a socket
+             // left as it was: the blocking Listener::Handshake and Connect.
+};
 
-// FinishBlocking drives a handshake to its end, waiting with poll(2) (never
-// past its deadline), and returns the offloaded Connection on a blocking
-// socket, as the blocking API promises. A server that failed lingers a
-// moment so the client reads our alert.
+// NewPendingHandshake wraps socket with ssl (and, kOutside, makes it
+// non-blocking). Closes socket on failure.
+Result<PendingHandshake> NewPendingHandshake(UniqueFd socket, UniqueSsl ssl, bool is_server,
+                                             const OffloadOptions& offload, std::chrono::milliseconds timeout,
+                                             HandshakeWaits waits);
+
+// FinishBlocking drives a handshake to its end and returns the offloaded
+// Connection on a blocking socket, as the blocking API promises (kInside
+// leaves it blocking; a kOutside one is made blocking again). A server that failed lingers a moment so the
+// client reads our alert.
 Result<Connection> FinishBlocking(PendingHandshake handshake);
 
 }  // namespace ktls::detail

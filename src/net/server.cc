@@ -47,13 +47,27 @@ Result<ServerContext> ServerContext::Create(const ServerConfig& config) {
   return ServerContext(std::move(impl));
 }
 
-Result<PendingHandshake> ServerContext::StartHandshake(int socket) const {
+namespace {
+
+Result<PendingHandshake> StartServerHandshake(const ServerContext& context, int socket, detail::HandshakeWaits waits) {
   detail::UniqueFd fd(socket);
-  detail::UniqueSsl ssl(SSL_new(impl_->ctx.get()));
+  detail::UniqueSsl ssl(SSL_new(context.ssl_ctx()));
   if (!ssl) return detail::OpenSslError(ErrorCategory::kInternal, "SSL_new");
   if (auto prepared = PrepareSsl(ssl.get()); !prepared) return std::move(prepared).error();
-  return detail::NewPendingHandshake(std::move(fd), std::move(ssl), /*is_server=*/true, impl_->config.offload,
-                                     impl_->config.handshake_timeout);
+  return detail::NewPendingHandshake(std::move(fd), std::move(ssl), /*is_server=*/true, context.config().offload,
+                                     context.config().handshake_timeout, waits);
+}
+
+}  // namespace
+
+Result<PendingHandshake> ServerContext::StartHandshake(int socket) const {
+  return StartServerHandshake(*this, socket, detail::HandshakeWaits::kOutside);
+}
+
+Result<Connection> ServerContext::Handshake(int socket) const {
+  auto handshake = StartServerHandshake(*this, socket, detail::HandshakeWaits::kInside);
+  if (!handshake.ok()) return std::move(handshake).error();
+  return detail::FinishBlocking(std::move(handshake).value());
 }
 
 const ServerConfig& ServerContext::config() const noexcept { return impl_->config; }
@@ -105,11 +119,7 @@ Result<int> Listener::AcceptSocket() {
 
 Result<PendingHandshake> Listener::StartHandshake(int socket) const { return impl_->context.StartHandshake(socket); }
 
-Result<Connection> Listener::Handshake(int socket) {
-  auto handshake = StartHandshake(socket);
-  if (!handshake.ok()) return std::move(handshake).error();
-  return detail::FinishBlocking(std::move(handshake).value());
-}
+Result<Connection> Listener::Handshake(int socket) { return impl_->context.Handshake(socket); }
 
 Result<Connection> Listener::Accept() {
   auto fd = AcceptSocket();

@@ -478,6 +478,51 @@ TEST(OffloadShapesKernelTest, ClientDataBehindFinishedReachesListenerInOrder) {
   EXPECT_EQ(end.bytes_in, early.size() + later.size());
 }
 
+// ktls's own handshake reads each of the client's flights in one call and
+// takes nothing past the client's Finished: the ClientHello in one read
+// (nothing can follow it before the server answers), then, once the
+// server has sent its flight, the client's Finished and the data behind it
+// (one send) in one peek, of which exactly the Finished is then taken. Its
+// two sends are the server's flight and, at the end, the session tickets.
+// OpenSSL's socket BIO without read-ahead takes two reads a record (six
+// here) and sends three times. The data behind Finished must still reach
+// the kernel (RX), whole.
+TEST(OffloadShapesKernelTest, ServerHandshakeReadsEachFlightOnceAndNothingBehindIt) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  ServerConfig config = ServerFor();
+  config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too.
+  auto context = ServerContext::Create(config);
+  ASSERT_TRUE(context.ok()) << context.error().ToString();
+  const UniqueSslCtx client_ctx = NewTestContext(false);
+  ASSERT_TRUE(client_ctx);
+  SocketPair pair = LoopbackTcpPair();
+  ASSERT_TRUE(pair.client.valid() && pair.server.valid());
+  ASSERT_TRUE(SetIoTimeout(pair.client.get(), kIoTimeout));
+  const Bytes early = RandomBytes(300);  // One record, in the same send as Finished.
+  HoldState hold;
+  PlainPeer client;
+  std::string client_error;
+  std::thread client_thread([&] {
+    client_error = ConnectPlainWithDataBehindFinished(client_ctx.get(), std::move(pair.client), early, hold, client);
+  });
+  // The ClientHello is there before the handshake starts, so no read waits.
+  pollfd pfd{pair.server.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&pfd, 1, 10'000), 1);
+  ClearFaults();
+  auto conn = context->Handshake(pair.server.release());
+  const int reads = CallCount(Syscall::kRecvMsg);
+  const int sends = CallCount(Syscall::kSendMsg);
+  client_thread.join();
+  ASSERT_EQ(client_error, "");
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  ExpectOffloaded(conn->tx(), conn->rx(), Offload::kKernel, Offload::kKernel, "the server");
+  EXPECT_EQ(reads, 3) << "read the ClientHello, peek at CCS + Finished + data, take CCS + Finished";
+  EXPECT_EQ(sends, 2) << "the server's flight, then both session tickets in one send";
+  Bytes got;
+  ASSERT_EQ(ReadExactly(*conn, early.size(), got), "");
+  EXPECT_EQ(Sha256Hex(got), Sha256Hex(early)) << "the data behind Finished, through the kernel";
+}
+
 // OffloadByoServerKernelTest: a bring-your-own server (PrepareSsl,
 // SSL_accept, OffloadSsl, then Echo) on its own thread, and a plain OpenSSL
 // client in the test, over one loopback TCP pair.
