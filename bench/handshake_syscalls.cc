@@ -31,6 +31,7 @@
 #include <functional>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -46,6 +47,7 @@ constexpr std::size_t kBaseline = 4;
 struct WorkerSpec {
   bool client = false;   // The side under test: the client (else the server).
   bool ktls = false;     // Offload after the handshake (else OpenSSL only).
+  bool ktls_handshake = false;  // ktls runs the handshake too (the server only).
   bool resumed = false;  // Every handshake but the first resumes a ticket.
 };
 
@@ -56,13 +58,17 @@ WorkerSpec ParseSpec(const std::string& text) {
   std::getline(in, side, ',');
   std::getline(in, kind, ',');
   std::getline(in, resume, ',');
-  if ((side != "server" && side != "client") || (kind != "openssl" && kind != "ktls") ||
+  if ((side != "server" && side != "client") ||
+      (kind != "openssl" && kind != "ktls" && !(kind == "ktls_handshake" && side == "server")) ||
       (resume != "full" && resume != "resumed")) {
-    throw BenchError("--syscall-worker wants SIDE,KIND,RESUME (server|client, openssl|ktls, full|resumed), not " +
-                     text);
+    throw BenchError(
+        "--syscall-worker wants SIDE,KIND,RESUME (server|client, openssl|ktls|ktls_handshake (server), "
+        "full|resumed), not " +
+        text);
   }
   spec.client = side == "client";
-  spec.ktls = kind == "ktls";
+  spec.ktls = kind != "openssl";
+  spec.ktls_handshake = kind == "ktls_handshake";
   spec.resumed = resume == "resumed";
   return spec;
 }
@@ -129,10 +135,21 @@ std::size_t ServerSide(const WorkerSpec& spec, std::size_t total) {
       SSL_set_shutdown(ssl.get(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
     }
   });
+  const std::optional<ServerContext> context =
+      spec.ktls_handshake ? std::optional(ServerEnd::KtlsServerContext(server_ctx.get())) : std::nullopt;
   const std::byte one{1};
   std::size_t num_resumed = 0;
   for (std::size_t i = 0; i < total; ++i) {
     UniqueFd fd = listener.Accept();
+    if (context) {
+      auto conn = context->Handshake(fd.release());
+      if (!conn.ok()) throw BenchError("ServerContext::Handshake: " + conn.error().ToString());
+      num_resumed += conn->session().resumed;
+      CheckBothWays(*conn);
+      if (auto wrote = conn->WriteAll(std::span(&one, 1)); !wrote.ok()) throw BenchError("WriteAll failed");
+      if (auto shut = conn->Shutdown(ShutdownFlags::kCloseNotifyOnly); !shut.ok()) throw BenchError("Shutdown failed");
+      continue;
+    }
     UniqueSsl ssl(SSL_new(server_ctx.get()));
     if (!ssl || SSL_set_fd(ssl.get(), fd.get()) != 1 || (spec.ktls && !PrepareSsl(ssl.get()).ok())) {
       throw BenchError("server SSL: " + OpenSslErrors());
@@ -261,12 +278,15 @@ void AddHandshakeSyscalls(Report& report, const Options& opts) {
       comparison.unit = "syscalls";
       comparison.higher_is_better = false;
       comparison.reference = "openssl";
-      for (const char* kind : {"openssl", "ktls"}) {
+      for (const char* kind : {"openssl", "ktls", "ktls_handshake"}) {
+        if (std::string(kind) == "ktls_handshake" && std::string(side) == "client") continue;
         const std::string spec = std::string(side) + "," + kind + "," + resume;
         const auto base = Trace(spec, kBaseline);
         const auto more = Trace(spec, kBaseline + extra);
-        Case& c = comparison.Add(kind, std::string(kind) == "ktls" ? "handshake, then ktls offloads TX and RX"
-                                                                    : "handshake, records stay in OpenSSL");
+        const std::string k = kind;
+        Case& c = comparison.Add(kind, k == "ktls"             ? "OpenSSL's handshake, then ktls offloads TX and RX"
+                                       : k == "ktls_handshake" ? "ktls runs the handshake and offloads TX and RX"
+                                                               : "handshake, records stay in OpenSSL");
         double total = 0;
         for (const auto& [name, calls] : more) {
           const auto found = base.find(name);
@@ -278,7 +298,7 @@ void AddHandshakeSyscalls(Report& report, const Options& opts) {
         }
         c.samples = {total};
         // The worker failed unless ktls offloaded both directions.
-        c.notes = std::string(std::string(kind) == "ktls" ? "tx=kernel rx=kernel" : "tx=user rx=user") +
+        c.notes = std::string(k != "openssl" ? "tx=kernel rx=kernel" : "tx=user rx=user") +
                   "; strace -c of the " + side + "'s thread, " + std::to_string(extra) +
                   " connections over a baseline of " + std::to_string(kBaseline);
       }

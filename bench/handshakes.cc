@@ -1,14 +1,18 @@
 // bench/handshakes.cc: handshakes per second, one connection after the
-// other, ktls and OpenSSL taking turns (ServerTurns), each a whole connection: TCP connect and accept, the TLS 1.3
-// handshake (ECDHE X25519, ECDSA P-256 certificate, two session tickets,
-// OpenSSL's default suite), then for ktls the offload of both directions;
-// the server writes one byte and close_notify, the client reads them (and
-// the tickets before them), and both close. Resumed handshakes present the ticket of the
-// previous connection.
+// other, the server's kinds taking turns (ServerTurns), each a whole
+// connection: TCP connect and accept, the TLS 1.3 handshake (ECDHE X25519,
+// ECDSA P-256 certificate, two session tickets, OpenSSL's default suite),
+// then for ktls the offload of both directions; the server writes one byte
+// and close_notify, the client reads them (and the tickets before them),
+// and both close. Resumed handshakes present the ticket of the previous
+// connection.
 //
 // The same server SSL_CTX settings and the same plain OpenSSL client are
-// used for both cases; ktls only adds PrepareContext/PrepareSsl before the
-// handshake and OffloadSsl after it.
+// used for every kind. "ktls" is OpenSSL's own handshake with
+// PrepareContext/PrepareSsl before it and OffloadSsl after it (offloading
+// an existing OpenSSL connection); "ktls_handshake" is ktls running the
+// handshake itself (ServerContext::Handshake), as its Listener, event-loop
+// and Asio paths do.
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -19,23 +23,29 @@
 namespace ktls::bench {
 namespace {
 
-// ServerTurns: one run of `count` connections per kind, the server taking
-// turns: connection i is served by OpenSSL alone when i is even, by ktls
-// when odd, so whatever else the machine does hits both alike (on a busy
-// host, runs of one kind after the other differed by more than the 5%
-// measured). The client is the same plain OpenSSL for both and, resuming,
-// presents the ticket of the previous connection of the same kind (each
-// server context has its own ticket keys). A kind's rate is its
-// connections over the time the server spent on them, from accept to
-// close; on UML's one CPU that includes the client's share.
-struct TurnsResult {
-  RunResult openssl;
-  RunResult ktls;
+// ServerKind: who runs the server's side of a connection in ServerTurns.
+enum class ServerKind : std::uint8_t {
+  kOpenSsl,        // OpenSSL alone (SSL_accept on a socket BIO).
+  kOffloadSsl,     // The same handshake, ktls::PrepareSsl before and OffloadSsl after.
+  kKtlsHandshake,  // ktls runs the handshake (ServerContext::Handshake) and offloads.
 };
-TurnsResult ServerTurns(SSL_CTX* plain_ctx, SSL_CTX* ktls_ctx, SSL_CTX* client_ctx, bool resumed,
-                        std::size_t count) {
-  constexpr std::size_t kKinds = 2;
-  const auto kind_of = [](std::size_t i) { return i % kKinds == 0 ? ServerTls::kOpenSsl : ServerTls::kKtls; };
+constexpr std::size_t kKinds = 3;
+
+// ServerTurns: one run of `count` connections per kind, the server taking
+// turns, connection i served by kind i % kKinds, so whatever else the
+// machine does hits every kind alike (on a busy host, runs of one kind
+// after the other differed by more than the 5% measured). The client is
+// the same plain OpenSSL for all and, resuming, presents the ticket of the
+// previous connection of the same kind (each server context has its own
+// ticket keys). A kind's rate is its connections over the time the server
+// spent on them, from accept to close; on UML's one CPU that includes the
+// client's share.
+struct TurnsResult {
+  RunResult kinds[kKinds];  // By ServerKind.
+};
+TurnsResult ServerTurns(SSL_CTX* plain_ctx, SSL_CTX* ktls_ctx, const ServerContext& ktls_context, SSL_CTX* client_ctx,
+                        bool resumed, std::size_t count) {
+  const auto kind_of = [](std::size_t i) { return static_cast<ServerKind>(i % kKinds); };
   LoopbackListener listener;
   // A resumed run starts with one full handshake per kind, untimed, for the tickets.
   const std::size_t first = resumed ? kKinds : 0;
@@ -66,12 +76,22 @@ TurnsResult ServerTurns(SSL_CTX* plain_ctx, SSL_CTX* ktls_ctx, SSL_CTX* client_c
     double total() const { return handshake + offload + finish + close; }
   } phases[kKinds];
   for (std::size_t i = 0; i < total; ++i) {
-    const ServerTls kind = kind_of(i);
+    const ServerKind kind = kind_of(i);
     const double t0 = NowSeconds();
-    std::optional<ServerEnd> end(ServerEnd::Handshake(kind == ServerTls::kKtls ? ktls_ctx : plain_ctx,
-                                                      listener.Accept(), kind));
+    std::optional<ServerEnd> end;
+    switch (kind) {
+      case ServerKind::kOpenSsl:
+        end.emplace(ServerEnd::Handshake(plain_ctx, listener.Accept(), ServerTls::kOpenSsl));
+        break;
+      case ServerKind::kOffloadSsl:
+        end.emplace(ServerEnd::Handshake(ktls_ctx, listener.Accept(), ServerTls::kKtls));
+        break;
+      case ServerKind::kKtlsHandshake:
+        end.emplace(ServerEnd::Handshake(ktls_context, listener.Accept()));
+        break;
+    }
     const double t1 = NowSeconds();
-    if (kind == ServerTls::kKtls && !(end->tx_in_kernel() && end->rx_in_kernel())) {
+    if (kind != ServerKind::kOpenSsl && !(end->tx_in_kernel() && end->rx_in_kernel())) {
       throw BenchError("ktls did not offload both directions: " + end->Where());
     }
     end->WriteAll(std::span(&one, 1));
@@ -96,7 +116,7 @@ TurnsResult ServerTurns(SSL_CTX* plain_ctx, SSL_CTX* ktls_ctx, SSL_CTX* client_c
   const auto after = TlsStat();
   const long long tx = TlsStatDelta(before, after, "TlsTxSw");
   const long long rx = TlsStatDelta(before, after, "TlsRxSw");
-  const long long want = static_cast<long long>(total / kKinds);
+  const long long want = static_cast<long long>((kKinds - 1) * (total / kKinds));
   if (!after.empty() && (tx != want || rx != want)) {
     throw BenchError("TlsTxSw +" + std::to_string(tx) + ", TlsRxSw +" + std::to_string(rx) + " for " +
                      std::to_string(want) + " ktls connections");
@@ -106,14 +126,16 @@ TurnsResult ServerTurns(SSL_CTX* plain_ctx, SSL_CTX* ktls_ctx, SSL_CTX* client_c
   };
   TurnsResult result;
   for (std::size_t k = 0; k < kKinds; ++k) {
-    const bool ktls = kind_of(k) == ServerTls::kKtls;
-    RunResult& r = ktls ? result.ktls : result.openssl;
+    const ServerKind kind = kind_of(k);
+    RunResult& r = result.kinds[k];
     const Phases& p = phases[k];
-    r.notes = std::string(ktls ? "tx=kernel rx=kernel" : "tx=user rx=user") + ", taking turns with " +
-              (ktls ? "OpenSSL" : "ktls") + ", connection by connection; TlsTxSw +" + std::to_string(tx) +
-              " TlsRxSw +" + std::to_string(rx) + " per run (the ktls turns)";
-    r.notes += "; server us per connection: accept+handshake " + us(p.handshake) + ", OffloadSsl " +
-               us(p.offload) + ", write+close_notify " + us(p.finish) + ", close " + us(p.close);
+    r.notes = std::string(kind == ServerKind::kOpenSsl ? "tx=user rx=user" : "tx=kernel rx=kernel") +
+              ", the three kinds taking turns, connection by connection; TlsTxSw +" + std::to_string(tx) +
+              " TlsRxSw +" + std::to_string(rx) + " per run (the two ktls kinds' turns)";
+    r.notes += "; server us per connection: accept+handshake " + us(p.handshake);
+    if (kind == ServerKind::kOffloadSsl) r.notes += ", OffloadSsl " + us(p.offload);
+    if (kind == ServerKind::kKtlsHandshake) r.notes += " (with the offload)";
+    r.notes += ", write+close_notify " + us(p.finish) + ", close " + us(p.close);
     r.values = {p.total() > 0 ? static_cast<double>(count) / p.total() : 0};
   }
   return result;
@@ -210,6 +232,8 @@ void AddHandshakes(Report& report, const Options& opts) {
   const std::size_t count = opts.handshakes;
   const auto count_for = [count](bool warmup) { return warmup ? std::max<std::size_t>(count / 4, 1) : count; };
 
+  UniqueSslCtx handshake_ctx = NewServerContext("", ServerTls::kKtls);  // Its own ticket keys.
+  const ServerContext ktls_context = ServerEnd::KtlsServerContext(handshake_ctx.get());
   for (const bool resumed : {false, true}) {
     Comparison& comparison = report.comparisons.emplace_back();
     comparison.id = resumed ? "handshakes.resumed" : "handshakes.full";
@@ -220,33 +244,35 @@ void AddHandshakes(Report& report, const Options& opts) {
     comparison.unit = "handshakes/s";
     comparison.reference = "openssl";
     comparison.Add("openssl", "handshake, records stay in OpenSSL");
-    comparison.Add("ktls", "handshake, then ktls offloads TX and RX");
-    Case& openssl = comparison.cases[0];  // Taken after both Adds: Add moves the cases.
-    Case& ktls = comparison.cases[1];
-    // Each run measures both; the ratio of each run is ktls's over
-    // OpenSSL's, both under the same load.
-    std::vector<double> ratios;
+    comparison.Add("ktls", "the same handshake, then ktls offloads TX and RX (OffloadSsl)");
+    comparison.Add("ktls_handshake", "ktls runs the handshake (ServerContext::Handshake) and offloads TX and RX");
+    // Each run measures all three; each run's ratios are ktls's over
+    // OpenSSL's, all under the same load.
+    std::vector<double> ratios[kKinds];
     for (int run = 0; run <= opts.runs; ++run) {
       const bool warmup = run == 0;
-      const TurnsResult turns = ServerTurns(plain_ctx.get(), ktls_ctx.get(), client_ctx.get(), resumed,
-                                            count_for(warmup));
-      openssl.notes = turns.openssl.notes;
-      ktls.notes = turns.ktls.notes;
+      const TurnsResult turns =
+          ServerTurns(plain_ctx.get(), ktls_ctx.get(), ktls_context, client_ctx.get(), resumed, count_for(warmup));
+      for (std::size_t k = 0; k < kKinds; ++k) comparison.cases[k].notes = turns.kinds[k].notes;
       if (warmup) continue;
-      const double o = turns.openssl.values.front(), k = turns.ktls.values.front();
-      openssl.samples.push_back(o);
-      ktls.samples.push_back(k);
-      ratios.push_back(o > 0 ? k / o : 0);
-      std::fprintf(stderr, "  %s run %d/%d openssl %.1f ktls %.1f ratio %.3f\n", comparison.id.c_str(), run,
-                   opts.runs, o, k, ratios.back());
+      const double o = turns.kinds[0].values.front();
+      for (std::size_t k = 0; k < kKinds; ++k) {
+        comparison.cases[k].samples.push_back(turns.kinds[k].values.front());
+        ratios[k].push_back(o > 0 ? turns.kinds[k].values.front() / o : 0);
+      }
+      std::fprintf(stderr, "  %s run %d/%d openssl %.1f ktls %.1f (ratio %.3f) ktls_handshake %.1f (ratio %.3f)\n",
+                   comparison.id.c_str(), run, opts.runs, o, turns.kinds[1].values.front(), ratios[1].back(),
+                   turns.kinds[2].values.front(), ratios[2].back());
     }
-    const Summary spread = Summarize(ratios);
-    double mean = 0;
-    for (double r : ratios) mean += r / static_cast<double>(ratios.size());
-    char text[160];
-    std::snprintf(text, sizeof(text), "; ratio to OpenSSL per run: mean %.3f, median %.3f, min %.3f, max %.3f",
-                  mean, spread.median, spread.min, spread.max);
-    ktls.notes += text;
+    for (std::size_t k = 1; k < kKinds; ++k) {
+      const Summary spread = Summarize(ratios[k]);
+      double mean = 0;
+      for (double r : ratios[k]) mean += r / static_cast<double>(ratios[k].size());
+      char text[160];
+      std::snprintf(text, sizeof(text), "; ratio to OpenSSL per run: mean %.3f, median %.3f, min %.3f, max %.3f",
+                    mean, spread.median, spread.min, spread.max);
+      comparison.cases[k].notes += text;
+    }
     report.PrintComparison(std::cout, comparison);
   }
 

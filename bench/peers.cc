@@ -295,6 +295,24 @@ OffloadOptions ServerEnd::BothWays() {
   return options;
 }
 
+ServerContext ServerEnd::KtlsServerContext(SSL_CTX* ctx) {
+  ServerConfig config;
+  config.ssl_ctx = ctx;
+  config.offload = BothWays();
+  auto context = ServerContext::Create(config);
+  if (!context.ok()) Fail("ServerContext::Create: " + context.error().ToString());
+  return std::move(context).value();
+}
+
+ServerEnd ServerEnd::Handshake(const ServerContext& context, UniqueFd fd) {
+  ServerEnd end;
+  end.kind_ = ServerTls::kKtls;
+  auto conn = context.Handshake(fd.release());
+  if (!conn.ok()) Fail("ServerContext::Handshake: " + conn.error().ToString());
+  end.conn_ = std::move(conn).value();
+  return end;
+}
+
 ServerEnd ServerEnd::Handshake(SSL_CTX* ctx, UniqueFd fd, ServerTls kind, const OffloadOptions& options) {
   ServerEnd end;
   end.kind_ = kind;

@@ -27,6 +27,7 @@
 #include "core/unique_fd.h"
 #include "ktls/connection.h"
 #include "ktls/offload.h"
+#include "ktls/server.h"
 #include "ktls/types.h"
 
 namespace ktls::bench {
@@ -132,6 +133,12 @@ class ServerEnd {
   // Handshake takes fd, runs the server handshake and, for kKtls, offloads
   // with options (by default both directions, RxOffload::kOn).
   static ServerEnd Handshake(SSL_CTX* ctx, UniqueFd fd, ServerTls kind, const OffloadOptions& options = BothWays());
+  // Handshake (ktls runs it): ServerContext::Handshake on fd, blocking, then
+  // the context's offload; a kKtls end.
+  static ServerEnd Handshake(const ServerContext& context, UniqueFd fd);
+  // KtlsServerContext: a ServerContext on ctx (a kKtls context) that
+  // offloads both directions.
+  static ServerContext KtlsServerContext(SSL_CTX* ctx);
   static OffloadOptions BothWays();
 
   void WriteAll(std::span<const std::byte> data);
