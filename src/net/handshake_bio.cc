@@ -29,6 +29,10 @@ constexpr std::size_t kOutSendAt = 64 * 1024;
 struct State {
   int fd = -1;
   bool blocking = false;
+  // Blocking: the handshake's timeout (zero: none), counted from the first
+  // wait, when the deadline is set: reading the clock before would cost a
+  // system call where there is no vDSO, and until then nothing waited.
+  std::chrono::milliseconds timeout{0};
   Clock::time_point deadline = Clock::time_point::max();
   // Read from (or peeked at) the socket, not yet all handed to OpenSSL.
   // Allocated for each read; freed while the handshake waits for the peer.
@@ -47,11 +51,12 @@ bool WouldBlock(ssize_t n) { return n == -EAGAIN || n == -EWOULDBLOCK; }
 
 // WaitFor (blocking mode): until fd has events, or the deadline. Returns 0,
 // or -errno (-ETIMEDOUT past the deadline).
-int WaitFor(const State& s, short events) {
+int WaitFor(State& s, short events) {
   for (;;) {
     int ms = -1;
-    if (s.deadline != Clock::time_point::max()) {
+    if (s.timeout.count() > 0) {
       const auto now = Clock::now();
+      if (s.deadline == Clock::time_point::max()) s.deadline = now + s.timeout;
       if (now >= s.deadline) return -ETIMEDOUT;
       const auto left = std::chrono::ceil<std::chrono::milliseconds>(s.deadline - now).count();
       ms = static_cast<int>(std::min<long long>(left, INT_MAX));
@@ -259,14 +264,14 @@ State* Ours(BIO* bio) {
 
 }  // namespace
 
-BIO* NewHandshakeBio(int fd, bool blocking, Clock::time_point deadline) {
+BIO* NewHandshakeBio(int fd, bool blocking, std::chrono::milliseconds timeout) {
   const BIO_METHOD* method = Method();
   if (method == nullptr) return nullptr;
   auto state = std::unique_ptr<State>(new (std::nothrow) State);
   if (!state) return nullptr;
   state->fd = fd;
   state->blocking = blocking;
-  state->deadline = deadline;
+  state->timeout = timeout;
   BIO* bio = BIO_new(method);
   if (bio == nullptr) return nullptr;
   BIO_set_data(bio, state.release());

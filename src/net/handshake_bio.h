@@ -34,9 +34,9 @@
 namespace ktls::detail {
 
 // NewHandshakeBio returns a BIO over fd, or nullptr if out of memory.
-// blocking: wait inside the BIO, until deadline at the latest (a wait past
-// it fails with ETIMEDOUT).
-BIO* NewHandshakeBio(int fd, bool blocking, std::chrono::steady_clock::time_point deadline);
+// blocking: wait inside the BIO, for timeout at most (zero: no limit)
+// counted from its first wait (a wait past it fails with ETIMEDOUT).
+BIO* NewHandshakeBio(int fd, bool blocking, std::chrono::milliseconds timeout);
 
 // SettleHandshakeBio, once SSL_do_handshake has returned 1: sends what is
 // still buffered and takes the bytes OpenSSL read out of the socket, so

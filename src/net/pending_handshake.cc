@@ -64,13 +64,15 @@ Result<PendingHandshake> NewPendingHandshake(UniqueFd socket, UniqueSsl ssl, boo
   if (const int err = sys::KeepSendsFromSignalling(socket.get()); err < 0) {
     return SysError(-err, "handshake: setsockopt(SO_NOSIGPIPE)");
   }
-  const Clock::time_point deadline = timeout.count() > 0 ? Clock::now() + timeout : Clock::time_point::max();
+  // Blocking, the BIO keeps the timeout, from its first wait.
+  const Clock::time_point deadline =
+      timeout.count() > 0 && !blocking ? Clock::now() + timeout : Clock::time_point::max();
   // ktls's handshake BIO, not OpenSSL's socket BIO: a flight in one read
   // and never a byte past the handshake (see net/handshake_bio.h), and
   // sends with MSG_NOSIGNAL, so a client that vanishes mid-handshake is an
   // error for that connection, never a SIGPIPE for the process. It does not
   // own the socket.
-  BIO* bio = NewHandshakeBio(socket.get(), blocking, deadline);
+  BIO* bio = NewHandshakeBio(socket.get(), blocking, timeout);
   if (bio == nullptr) return OpenSslError(ErrorCategory::kInternal, "out of memory for the handshake BIO");
   SSL_set_bio(ssl.get(), bio, bio);  // One reference, for both directions.
   if (is_server) {
@@ -147,8 +149,7 @@ Result<Wait> PendingHandshake::Step() {
     error.sys_errno = ETIMEDOUT;
     return fail(std::move(error));
   };
-  // Blocking (kInside), the BIO keeps the deadline on each of its waits;
-  // a clock read here would be one more system call where there is no vDSO.
+  // Blocking (kInside), the BIO keeps the timeout on each of its waits.
   if (!impl_->blocking && std::chrono::steady_clock::now() >= impl_->deadline) return timed_out();
   if (impl_->state == State::kRunning) {
     ERR_clear_error();

@@ -32,8 +32,9 @@ struct PendingHandshakeImpl {
 enum class HandshakeWaits : std::uint8_t {
   kOutside,  // The caller's event loop: the socket is made non-blocking,
              // and Step says what to wait for.
-  kInside,   // The BIO itself (poll, never past the deadline), on a socket
-             // left as it was: the blocking Listener::Handshake and Connect.
+  kInside,   // The BIO itself (poll), on a socket left as it was: the
+             // blocking Listener::Handshake, ServerContext::Handshake and
+             // Connect. The timeout counts from the first wait.
 };
 
 // NewPendingHandshake wraps socket with ssl (and, kOutside, makes it
