@@ -57,7 +57,9 @@ struct KTLS_API ClientConfig {
   // says whether a connection resumed.
   std::shared_ptr<SessionCache> session_cache = std::make_shared<SessionCache>();
   // handshake_timeout: the whole handshake must be done by then, or Connect
-  // fails with ETIMEDOUT. Zero: no limit.
+  // fails with ETIMEDOUT (counted from the first time Connect waits for the
+  // server, after sending its ClientHello; StartClientHandshake's from its
+  // call). Zero: no limit.
   std::chrono::milliseconds handshake_timeout{10'000};
   OffloadOptions offload;
 };

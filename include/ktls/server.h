@@ -55,7 +55,8 @@ struct KTLS_API ServerConfig {
   std::string ciphersuites;
   // handshake_timeout: a client that has not completed the handshake by
   // then is dropped (Handshake fails with ETIMEDOUT), however it trickles
-  // its bytes in. Zero: no limit.
+  // its bytes in. The blocking Handshake counts it from the first time it
+  // waits for the client, StartHandshake from its call. Zero: no limit.
   std::chrono::milliseconds handshake_timeout{10'000};
   // offload: RX on or off, and the fallback callback.
   OffloadOptions offload;
