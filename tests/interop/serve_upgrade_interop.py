@@ -29,7 +29,13 @@ a test can replace "the binary on disk" as an upgrade would.
   go from the old workers, through the old and the new key holder, to the
   new workers, which serve them as nobody; the old key holder and its
   workers exit; a failed upgrade leaves the old workers serving; a worker
-  killed while it hands over loses its own connections, no others.
+  killed while it hands over loses its own connections, no others;
+- --privsep, workers made hostile (hostile_worker.c, LD_PRELOAD): the old
+  ones hand back 150 connections set to block their next holder (blocking,
+  SO_LINGER for a day, send buffer full, client not reading) and the new
+  ones take nothing for their first seconds: the new key holder ends what
+  their full queues cannot take without waiting on any, finishes the
+  hand-over and serves.
 
 Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 (a failure with KTLS_REQUIRE_KERNEL=1).
@@ -52,6 +58,7 @@ from serve_privsep_interop import get  # noqa: E402
 
 BINARY = ""  # The copy ktls-serve runs from.
 BIG = b""
+HOSTILE = None  # ktls_interop.HostileWorkers
 
 
 class Serve(serve.Serve):
@@ -313,9 +320,37 @@ class PrivsepUpgrade(ktls_interop.PrivsepUpgradeChecks, UpgradeCases, unittest.T
             finally:
                 upgraded.stop()
 
+    def test_a_key_holder_never_blocks_on_what_a_worker_set_on_a_connection(self):
+        # The old workers hand back every connection set to block its next
+        # holder (blocking, SO_LINGER for a day, its send buffer full and
+        # the client not reading: hostile_worker.c), and the new workers
+        # take none for their first seconds: the new key holder ends the
+        # connections their full queues cannot take, never waiting on one.
+        socks = []
+        with ktls_interop.environment(HOSTILE.env()), self.serve() as server:
+            upgraded = Upgraded(server)
+            try:
+                socks = ktls_interop.idle_connections(server.port, 150, get, "/small.txt")
+                HOSTILE.stall(8000, 2)
+                server.proc.send_signal(signal.SIGUSR2)
+                new_pid = upgraded.wait_taken_over()
+                HOSTILE.unstall()
+                self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 2), 0, server.err.text())
+                self.assertTrue(wait_until(lambda: "handed over everything it could" in server.err.text(),
+                                           STEP_TIMEOUT), server.err.text())
+                self.assertIn("not moved to a worker", server.err.text())
+                self.assert_new_workers_ready(server, new_pid)
+                with serve.tls_connect(server.port) as sock:
+                    self.assertEqual(get(sock, "/small.txt"), b"small\n", "the new process serves")
+            finally:
+                for sock in socks:
+                    sock.close()
+                HOSTILE.unstall()
+                upgraded.stop()
+
 
 def set_up(directory):
-    global BINARY, BIG
+    global BINARY, BIG, HOSTILE
     serve.SITE = os.path.join(directory, "site")
     os.makedirs(serve.SITE)
     BIG = os.urandom(64 * 1024 * 1024)
@@ -331,6 +366,7 @@ def set_up(directory):
         os.chmod(os.path.join(serve.SITE, name), 0o644)
     os.chmod(BINARY, 0o755)
     privsep.make_key(directory)
+    HOSTILE = ktls_interop.HostileWorkers(directory)
 
 
 def main():

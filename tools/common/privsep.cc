@@ -138,6 +138,7 @@ int ReceiveFd(int sock, char tag) {
     for (std::size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) {
       int fd;
       std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      DistrustSocket(fd);  // Before any close below, too.
       fds.push_back(fd);
     }
   }
@@ -145,6 +146,13 @@ int ReceiveFd(int sock, char tag) {
   for (int fd : fds) ::close(fd);
   errno = n < 0 ? errno : EPROTO;
   return -1;
+}
+
+void DistrustSocket(int fd) {
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0 && (flags & O_NONBLOCK) == 0) (void)::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  const linger off{0, 0};
+  (void)::setsockopt(fd, SOL_SOCKET, SO_LINGER, &off, sizeof(off));
 }
 
 bool TakeRecall(int sock) { return TakeTag(sock, kRecall); }
@@ -274,7 +282,8 @@ void WorkerPool::Recall(const Relay& relay) {
     // The socket's credentials are its creator's (this process), as in
     // the worker (privsep_worker receives with peer_uid 0); only this
     // process and that worker hold it.
-    auto conn = ReceiveConnection(sock, {.peer_uid = ::getuid()});
+    // A worker's socket may be set to make this process wait: distrusted.
+    auto conn = ReceiveConnection(sock, {.peer_uid = ::getuid(), .untrusted_sender = true});
     if (!conn.ok() && conn.error().category == ErrorCategory::kClosed) return false;  // The worker is done.
     // Out of step, or gone: what the worker still sends fails there.
     const bool broken = !conn.ok() && (conn.error().category == ErrorCategory::kIo ||

@@ -64,8 +64,16 @@ std::string WhyNotMovable(const Connection& conn);
 // receives it, checking the tag (-1 on any failure, errno set; anything
 // but exactly one descriptor is closed and refused). The listening socket
 // goes this way to the process that takes over on SIGUSR2.
+// ReceiveFd, like ReceiveConnection with untrusted_sender, makes every
+// descriptor it receives non-blocking with SO_LINGER off (DistrustSocket)
+// before anything else: a worker may send one set to block this process.
 bool SendFd(int sock, int fd, char tag);
 int ReceiveFd(int sock, char tag);
+// DistrustSocket: fd, which another process had, made non-blocking with
+// SO_LINGER off, so that nothing this process writes to it or closes on it
+// waits on what that process set (a key holder's rule for every socket a
+// worker handed back, directly or through the previous key holder).
+void DistrustSocket(int fd);
 
 // kRecall: the byte the handshake process writes to a worker's socket when
 // it upgrades (WorkerPool::Recall): hand every connection back. Never the

@@ -77,7 +77,10 @@ ktls::Result<ktls::Connection> ReceivePart(int sock, uid_t peer_uid, const char*
     return SysError(EPROTO, std::string(what) + " from the other process: a state of " + std::to_string(len) +
                                 " bytes (out of step)");
   }
-  auto conn = ktls::ReceiveConnection(sock, {.peer_uid = peer_uid});
+  // Distrusted (non-blocking, no linger): a key holder may end what it
+  // receives, from a worker or (an upgrade) from the previous key holder,
+  // which had it from one; an event loop wants it non-blocking anyway.
+  auto conn = ktls::ReceiveConnection(sock, {.peer_uid = peer_uid, .untrusted_sender = true});
   if (!conn.ok() &&
       (conn.error().category == ktls::ErrorCategory::kIo || conn.error().category == ktls::ErrorCategory::kClosed)) {
     return SysError(conn.error().sys_errno != 0 ? conn.error().sys_errno : EPROTO,

@@ -758,7 +758,11 @@ class Server {
         HandBack();
         break;
       }
-      auto conn = ktls::ReceiveConnection(from_->native_handle(), {.peer_uid = from_uid_});
+      // A key holder that took over may end what it receives (MoveOut):
+      // it came from a worker, through the previous key holder, so it is
+      // distrusted (privsep.h: DistrustSocket).
+      auto conn = ktls::ReceiveConnection(from_->native_handle(),
+                                          {.peer_uid = from_uid_, .untrusted_sender = pool_ != nullptr});
       if (!conn.ok()) {
         if (conn.error().category == ktls::ErrorCategory::kClosed && options_.upgrade_from) {
           LogError("ktls-serve: the previous process handed over everything it could");
