@@ -35,7 +35,10 @@ kernel move.
   relays each to the new one, which hands it to one of its workers; after
   the upgrade the connection is held by a new worker running as nobody
   (not by the new key holder), and the old key holder and its workers have
-  exited; a failed upgrade leaves the same workers serving.
+  exited; a failed upgrade leaves the same workers serving;
+- --privsep, one new worker stuck (hostile_worker.c, LD_PRELOAD): the new
+  key holder passes it over once its queue has no room for a whole moved
+  connection and finishes the hand-over; no key holder holds a connection.
 
 Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 (a failure with KTLS_REQUIRE_KERNEL=1).
@@ -65,6 +68,7 @@ UP_LEN = 16 * MIB
 DOWN = b""
 UP = b""
 USER = "nobody"
+HOSTILE = None  # ktls_interop.HostileWorkers
 
 
 class Proxy(proxy.Proxy):
@@ -463,9 +467,47 @@ class PrivsepUpgrade(ktls_interop.PrivsepUpgradeChecks, UpgradeCases, proxy.Prox
     def served_by_new_process(self, server, client, new_pid):
         self.assert_held_by_a_new_worker(server.port, client.sock.getsockname()[1], new_pid)
 
+    def test_a_stuck_new_worker_is_passed_over_never_waited_for(self):
+        # One new worker takes nothing (it sleeps for ten minutes first:
+        # hostile_worker.c). Once its queue has no room for a whole moved
+        # connection, the new key holder hands the rest to the other worker:
+        # it never sends part of one and waits for the stuck worker.
+        count = 60
+        backend = proxy.Backend(proxy.echo, count=count)
+        clients = []
+        with ktls_interop.environment(HOSTILE.env(handback=False)), self.proxy(backend.port) as server:
+            upgraded = Upgraded(server)
+            try:
+                for _ in range(count):
+                    clients.append(self.connect(server))
+                    self.assertEqual(clients[-1].echo(b"before"), b"before")
+                HOSTILE.stall(600 * 1000, 1)
+                server.proc.send_signal(signal.SIGUSR2)
+                new_pid = upgraded.wait_taken_over()
+                self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 2), 0, server.err.text())
+                self.assertTrue(wait_until(lambda: "handed over everything it could" in server.err.text(),
+                                           STEP_TIMEOUT * 2), server.err.text())
+                workers = ktls_interop.privsep_workers(new_pid)
+                running = [pid for pid in workers if f"worker {pid}: proxying" in server.err.text()]
+                self.assertEqual((len(workers), len(running)), (2, 1), server.err.text())
+                # Each connection is the running worker's (and relays), or
+                # waits in the stuck worker's queue, or ended because no
+                # queue had room: held by no process, never by a key holder.
+                holders = [ktls_interop.socket_holders(server.port, client.sock.getsockname()[1],
+                                                       [new_pid, *workers]) for client in clients]
+                self.assertEqual([h for h in holders if h and h != running], [], server.err.text())
+                for client, holder in zip(clients, holders):
+                    if holder:
+                        self.assertEqual(client.echo(b"after"), b"after")
+            finally:
+                HOSTILE.unstall()
+                for client in clients:
+                    client.sock.close()
+                upgraded.stop()
+
 
 def set_up(directory):
-    global BINARY, DOWN, UP
+    global BINARY, DOWN, UP, HOSTILE
     proxy.PKI = proxy.Pki(directory)
     # --privsep's workers (nobody) read nothing of it, but start from the
     # copy of the binary: it must be theirs to run.
@@ -474,6 +516,7 @@ def set_up(directory):
     shutil.copy2(proxy.PROXY, BINARY)
     DOWN = os.urandom(DOWN_LEN)
     UP = os.urandom(UP_LEN)
+    HOSTILE = ktls_interop.HostileWorkers(directory)
 
 
 def main():

@@ -5,6 +5,8 @@
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -153,6 +155,21 @@ void DistrustSocket(int fd) {
   if (flags >= 0 && (flags & O_NONBLOCK) == 0) (void)::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
   const linger off{0, 0};
   (void)::setsockopt(fd, SOL_SOCKET, SO_LINGER, &off, sizeof(off));
+}
+
+bool HasRoom(int sock, std::size_t bytes, std::size_t num_messages) {
+  // The kernel's cost of one buffer (struct sk_buff and its shared info,
+  // the allocation rounded up), with room to spare.
+  constexpr std::size_t kOverheadPerMessage = 1024;
+  int sndbuf = 0;
+  socklen_t len = sizeof(sndbuf);
+  int unsent = 0;
+  if (::getsockopt(sock, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) != 0 || sndbuf <= 0 ||
+      ::ioctl(sock, SIOCOUTQ, &unsent) != 0 || unsent < 0) {
+    return false;
+  }
+  return static_cast<std::size_t>(unsent) + 2 * bytes + num_messages * kOverheadPerMessage <
+         static_cast<std::size_t>(sndbuf);
 }
 
 bool TakeRecall(int sock) { return TakeTag(sock, kRecall); }

@@ -87,6 +87,14 @@ bool TakeRecall(int sock);
 // is read.
 bool TakeTag(int sock, char tag);
 
+// HasRoom: whether sock, an AF_UNIX stream socket, takes num_messages
+// sends of bytes in all without waiting: its queue of bytes the other end
+// has not read (SIOCOUTQ, the kernel's overhead per buffer included) has
+// room for them twice over, and for that overhead on each. A unit of
+// several sends goes whole or not at all only so (ktls::SendConnection's
+// dont_wait does this for one connection). False if it cannot be told.
+bool HasRoom(int sock, std::size_t bytes, std::size_t num_messages);
+
 // StartSelf starts path (this program's binary on disk) as program (its
 // argv[0]) with args and extra appended, as a child whose fd kWorkerFd is
 // child_end and that has nothing else open beyond stdio (and child_extra_fd

@@ -47,6 +47,9 @@ constexpr std::uint8_t kDownTruncated = 16;
 constexpr std::uint8_t kAllFlags = 31;
 constexpr std::size_t kNumCounts = 5;
 constexpr std::size_t kHeaderLen = 2 + 8 * kNumCounts;
+// kMessagesPerUnit: the sends HandRelayToWorker makes for one relay: the
+// tag, the backend, the header, the client.
+constexpr std::size_t kMessagesPerUnit = 4;
 
 ktls::Error SysError(int err, std::string what) { return ktls::Error{ktls::ErrorCategory::kIo, err, std::move(what), -1}; }
 
@@ -66,7 +69,7 @@ std::uint64_t GetU64(const std::uint8_t* at) {
 // any other (a malformed state, a descriptor that is not its connection)
 // refused this part only, the stream read to its end. The caller checked
 // the sender's uid.
-ktls::Result<ktls::Connection> ReceivePart(int sock, uid_t peer_uid, const char* what) {
+ktls::Result<ktls::Connection> ReceivePart(int sock, uid_t peer_uid, const char* what, std::size_t& wire_bytes) {
   std::array<std::uint8_t, 4> length{};
   ssize_t n;
   while ((n = ::recv(sock, length.data(), length.size(), MSG_PEEK | MSG_WAITALL)) < 0 && errno == EINTR) {
@@ -77,6 +80,7 @@ ktls::Result<ktls::Connection> ReceivePart(int sock, uid_t peer_uid, const char*
     return SysError(EPROTO, std::string(what) + " from the other process: a state of " + std::to_string(len) +
                                 " bytes (out of step)");
   }
+  wire_bytes += length.size() + len;
   // Distrusted (non-blocking, no linger): a key holder may end what it
   // receives, from a worker or (an upgrade) from the previous key holder,
   // which had it from one; an event loop wants it non-blocking anyway.
@@ -207,9 +211,14 @@ ktls::Result<void> SendRelay(int sock, const RelayCounts& counts, ktls::Connecti
 }
 
 ktls::Result<void> HandRelayToWorker(int sock, ReceivedRelay& relay) {
-  // The tag alone never waits: a worker that is behind is passed over
-  // (WorkerPool::HandWith), with nothing sent. The rest follows at once,
-  // and the worker reads it whole once it read the tag.
+  // All or nothing, never waiting: a worker that is behind (its queue
+  // without room for the whole unit) is passed over (WorkerPool::HandWith)
+  // with nothing sent, rather than waited for, with its slot's lock held,
+  // in the middle of a unit. The unit takes on to the worker what it took
+  // here (the same states, just imported), and the tag.
+  if (!tools::HasRoom(sock, 1 + relay.wire_bytes, kMessagesPerUnit)) {
+    return SysError(EAGAIN, "the worker is behind (no room for a whole moved connection)");
+  }
   ssize_t n;
   while ((n = ::send(sock, &kMovedTag, 1, MSG_NOSIGNAL | MSG_DONTWAIT)) < 0 && errno == EINTR) {
   }
@@ -267,9 +276,9 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
   }
   if (n == 1 && next == kHandshakenTag && from_predecessor) {
     (void)::recv(sock, &next, 1, 0);
-    auto client = ReceivePart(sock, peer_uid, "a handshaken connection");
-    if (!client.ok()) return client.error();
     ReceivedRelay handshaken;
+    auto client = ReceivePart(sock, peer_uid, "a handshaken connection", handshaken.wire_bytes);
+    if (!client.ok()) return client.error();
     handshaken.client = std::move(client).value();
     return handshaken;  // No backend yet.
   }
@@ -280,7 +289,7 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
   ReceivedRelay relay;
   std::optional<ktls::Error> refused;
   if (backend_tls) {
-    auto backend = ReceivePart(sock, peer_uid, "the backend's connection");
+    auto backend = ReceivePart(sock, peer_uid, "the backend's connection", relay.wire_bytes);
     if (!backend.ok()) {
       if (backend.error().category == ktls::ErrorCategory::kIo) return backend.error();
       refused = backend.error();
@@ -291,7 +300,9 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
     const int fd = tools::ReceiveFd(sock, kBackendTag);
     if (fd < 0) return SysError(errno, "the backend's socket from the other process");
     relay.backend = Endpoint::Plain(UniqueFd(fd));
+    relay.wire_bytes += 1;
   }
+  relay.wire_bytes += kHeaderLen;
   std::array<std::uint8_t, kHeaderLen> header{};
   while ((n = ::recv(sock, header.data(), header.size(), MSG_WAITALL)) < 0 && errno == EINTR) {
   }
@@ -310,7 +321,7 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
                   (header[1] & kUpTruncated) != 0,
                   (header[1] & kDownEnded) != 0,
                   (header[1] & kDownTruncated) != 0};
-  auto client = ReceivePart(sock, peer_uid, "the client's connection");
+  auto client = ReceivePart(sock, peer_uid, "the client's connection", relay.wire_bytes);
   if (!client.ok()) return client.error();
   if (refused) return *refused;  // The client's connection goes too (closed): it had no backend.
   relay.client = std::move(client).value();

@@ -77,6 +77,9 @@ struct ReceivedRelay {
   RelayCounts counts;
   ktls::Connection client;
   Endpoint backend;
+  // wire_bytes: what it took on the socket it came over (its states, their
+  // lengths, the header): what it takes again on the way on.
+  std::size_t wire_bytes = 0;
 };
 // ReceiveRelay receives the next connection (its backend a TLS connection
 // with backend_tls, else a socket); ErrorCategory::kClosed at the end of
@@ -94,9 +97,11 @@ ktls::Result<void> SendRelay(int sock, const RelayCounts& counts, ktls::Connecti
                              bool& broken);
 
 // --privsep, the key holder that took over: each relay from the previous
-// one goes to a worker (WorkerPool::HandWith) as the tag 'M' (never
-// waiting) and the relay. A worker's socket also brings handshaken
-// connections (first byte 0) and kRecall ('U'): the tag tells them apart.
+// one goes to a worker (WorkerPool::HandWith) as the tag 'M' and the
+// relay, all of it or nothing: only when the worker's socket has room for
+// the whole unit (tools::HasRoom), else EAGAIN and the next worker. A
+// worker's socket also brings handshaken connections (first byte 0) and
+// kRecall ('U'): the tag tells them apart.
 // HandRelayToWorker: on failure with nothing sent (EAGAIN, EPIPE) the
 // relay is still whole; otherwise it is lost (both closed).
 ktls::Result<void> HandRelayToWorker(int sock, ReceivedRelay& relay);
