@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdint>
@@ -199,7 +200,7 @@ ktls::Result<void> SendRelay(int sock, const RelayCounts& counts, ktls::Connecti
                                         (counts.down_ended ? kDownEnded : 0) |
                                         (counts.down_truncated ? kDownTruncated : 0));
   const std::uint64_t values[kNumCounts] = {counts.up, counts.up_copied, counts.down, counts.down_copied,
-                                            static_cast<std::uint64_t>(counts.age.count())};
+                                            static_cast<std::uint64_t>(std::max<std::int64_t>(counts.age.count(), 0))};
   for (std::size_t i = 0; i < kNumCounts; ++i) PutU64(header.data() + 2 + 8 * i, values[i]);
   ssize_t n;
   while ((n = ::send(sock, header.data(), header.size(), MSG_NOSIGNAL)) < 0 && errno == EINTR) {
@@ -232,6 +233,13 @@ ktls::Result<void> HandRelayToWorker(int sock, ReceivedRelay& relay) {
     relay.client = ktls::Connection();
   }
   return sent;
+}
+
+std::chrono::milliseconds RelayAge(std::uint64_t wire_ms) {
+  // Compared as unsigned: a value past INT64_MAX is no negative age.
+  return wire_ms > static_cast<std::uint64_t>(kMaxRelayAge.count())
+             ? kMaxRelayAge
+             : std::chrono::milliseconds(static_cast<std::chrono::milliseconds::rep>(wire_ms));
 }
 
 bool TakeMovedTag(int sock) { return tools::TakeTag(sock, kMovedTag); }
@@ -316,7 +324,7 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
                   values[1],
                   values[2],
                   values[3],
-                  std::chrono::milliseconds(values[4]),
+                  RelayAge(values[4]),
                   (header[1] & kUpEnded) != 0,
                   (header[1] & kUpTruncated) != 0,
                   (header[1] & kDownEnded) != 0,

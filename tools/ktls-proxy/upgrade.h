@@ -20,6 +20,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -89,6 +90,13 @@ struct ReceivedRelay {
 // from_predecessor: the stream from the predecessor, where SendHandshaken's
 // connections may come too (elsewhere the tag is an error: out of step).
 ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_tls, bool from_predecessor = false);
+
+// kMaxRelayAge: the oldest a relay's age from the other process is taken
+// to be (ten years): beyond it (a worker's nonsense) it is clamped, so that
+// no time computed from it overflows.
+inline constexpr std::chrono::milliseconds kMaxRelayAge{10LL * 366 * 24 * 60 * 60 * 1000};
+// RelayAge: an age as the wire carries it (ms), clamped to kMaxRelayAge.
+std::chrono::milliseconds RelayAge(std::uint64_t wire_ms);
 
 // SendRelay: one quiet relay over sock, as Successor::Send (the same
 // wire): from a --privsep worker back to its key holder, on kRecall. On
