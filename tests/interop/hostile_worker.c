@@ -10,6 +10,9 @@
  * smallest send buffer, filled (with application data through kTLS) as far
  * as the peer's window lets it.
  *
+ * KTLS_HOSTILE_HOLD=PATH: a worker sends nothing with a descriptor (hands
+ * no connection back) while PATH exists.
+ *
  * KTLS_HOSTILE_STALL=PATH: PATH holds "MS COUNT": the first COUNT workers
  * that start while it exists (each takes one of PATH.0 to PATH.COUNT-1,
  * created with O_EXCL: PATH's directory must be writable by the workers)
@@ -51,9 +54,13 @@ ssize_t sendmsg(int sock, const struct msghdr* msg, int flags) {
   static ssize_t (*real_sendmsg)(int, const struct msghdr*, int);
   if (real_sendmsg == NULL) real_sendmsg = (ssize_t(*)(int, const struct msghdr*, int))dlsym(RTLD_NEXT, "sendmsg");
   const char* handback = getenv("KTLS_HOSTILE_HANDBACK");
-  if (getuid() != 0 && handback != NULL && strcmp(handback, "1") == 0) {
+  const char* hold = getenv("KTLS_HOSTILE_HOLD");
+  if (getuid() != 0) {
     for (struct cmsghdr* c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR((struct msghdr*)msg, c)) {
       if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const struct timespec tick = {0, 10 * 1000 * 1000};
+      while (hold != NULL && access(hold, F_OK) == 0) nanosleep(&tick, NULL);
+      if (handback == NULL || strcmp(handback, "1") != 0) continue;
       for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) {
         int fd;
         memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));

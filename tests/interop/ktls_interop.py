@@ -552,7 +552,8 @@ class PrivsepWorkers:
 class HostileWorkers:
     """hostile_worker.c, built into directory (where the workers, as nobody,
     can load it): env() is the environment of a server whose workers hand
-    back connections set to block their next holder, and whose first
+    back connections set to block their next holder (or, with handback
+    False, as they should), none while hold() lasts, and whose first
     workers to start after stall() sleep first."""
 
     def __init__(self, directory):
@@ -561,6 +562,7 @@ class HostileWorkers:
         os.makedirs(stalls, exist_ok=True)
         os.chmod(stalls, 0o777)  # The workers take their turns there.
         self.stall_file = os.path.join(stalls, "stall")
+        self.hold_file = os.path.join(directory, "hold")
         source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostile_worker.c")
         subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O1", "-o", self.library, source, "-ldl"],
                        check=True)
@@ -568,7 +570,16 @@ class HostileWorkers:
 
     def env(self, handback=True):
         return {"LD_PRELOAD": self.library, "KTLS_HOSTILE_STALL": self.stall_file,
-                "KTLS_HOSTILE_HANDBACK": "1" if handback else "0"}
+                "KTLS_HOSTILE_HOLD": self.hold_file, "KTLS_HOSTILE_HANDBACK": "1" if handback else "0"}
+
+    def hold(self):
+        """No worker hands a connection back until release()."""
+        with open(self.hold_file, "w"):
+            pass
+
+    def release(self):
+        if os.path.exists(self.hold_file):
+            os.remove(self.hold_file)
 
     def stall(self, ms, count):
         """The next count workers to start (before unstall) sleep ms first."""

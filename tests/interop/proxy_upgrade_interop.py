@@ -38,7 +38,11 @@ kernel move.
   exited; a failed upgrade leaves the same workers serving;
 - --privsep, one new worker stuck (hostile_worker.c, LD_PRELOAD): the new
   key holder passes it over once its queue has no room for a whole moved
-  connection and finishes the hand-over; no key holder holds a connection.
+  connection and finishes the hand-over; no key holder holds a connection;
+- --privsep, a new worker killed during the hand-over: the worker started
+  again in its slot for the last connection outlives the hand-over (no
+  SIGTERM when the hand-over's thread ends: workers are forked on the
+  pool's spawner thread).
 
 Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 (a failure with KTLS_REQUIRE_KERNEL=1).
@@ -505,6 +509,45 @@ class PrivsepUpgrade(ktls_interop.PrivsepUpgradeChecks, UpgradeCases, proxy.Prox
                     client.sock.close()
                 upgraded.stop()
 
+    def test_a_worker_started_again_during_the_hand_over_outlives_it(self):
+        # A new worker dies before the old workers hand anything back (they
+        # wait: hostile_worker.c's hold); the first connection for its
+        # slot starts a worker again, from the hand-over's thread. A
+        # worker's PR_SET_PDEATHSIG follows the thread that forked it: it
+        # must not be that one, which ends right after.
+        backend = proxy.Backend(proxy.echo, count=2)
+        with ktls_interop.environment(HOSTILE.env(handback=False)), self.proxy(backend.port) as server:
+            upgraded = Upgraded(server)
+            try:
+                # Round robin: one in each old worker, then one in each slot
+                # of the new key holder.
+                clients = [self.connect(server), self.connect(server)]
+                for client in clients:
+                    self.assertEqual(client.echo(b"before"), b"before")
+                HOSTILE.hold()
+                server.proc.send_signal(signal.SIGUSR2)
+                new_pid = upgraded.wait_taken_over()
+                self.assert_new_workers_ready(server, new_pid)
+                first_new = ktls_interop.privsep_workers(new_pid)
+                os.kill(first_new[0], signal.SIGKILL)
+                self.assertTrue(wait_until(lambda: ktls_interop.gone(first_new[0]), STEP_TIMEOUT))
+                HOSTILE.release()
+                self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 2), 0, server.err.text())
+                self.assertTrue(wait_until(lambda: "handed over everything it could" in server.err.text(),
+                                           STEP_TIMEOUT), server.err.text())
+                [again] = [pid for pid in ktls_interop.privsep_workers(new_pid) if pid not in first_new]
+                self.assertTrue(wait_until(lambda: f"worker {again}: proxying" in server.err.text(), STEP_TIMEOUT))
+                for client in clients:
+                    self.assertEqual(client.echo(b"after"), b"after")
+                self.assertEqual(sorted(pid for client in clients for pid in ktls_interop.socket_holders(
+                    server.port, client.sock.getsockname()[1], [again, first_new[1]])), sorted([again, first_new[1]]))
+                self.assertFalse(wait_until(lambda: f"worker {again}: signal" in server.err.text(), 3),
+                                 "the worker started again was told to end: " + server.err.text())
+                self.assertEqual(clients[0].echo(b"still"), b"still")
+                self.assertEqual(clients[1].echo(b"still"), b"still")
+            finally:
+                HOSTILE.release()
+                upgraded.stop()
 
 def set_up(directory):
     global BINARY, DOWN, UP, HOSTILE

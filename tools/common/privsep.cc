@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <grp.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
 #include <linux/sockios.h>
@@ -88,7 +89,14 @@ pid_t StartSelf(const std::string& path, const char* program, std::vector<std::s
   if (user != nullptr) {
     if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) ::_exit(126);
     if (::setuid(0) == 0) ::_exit(126);  // Root must be gone for good.
-    ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // Dies with the handshake process.
+    // Dies with the handshake process (strictly: with the thread that
+    // forked it, WorkerPool's spawner, which lasts as long as the pool).
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    // A fresh mask: the spawner blocks every signal, and a mask survives
+    // execv.
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
   }
   ::execv(path.c_str(), argv.data());
   ::_exit(127);
@@ -186,9 +194,52 @@ bool TakeTag(int sock, char tag) {
 }
 
 WorkerPool::WorkerPool(const char* program, PrivsepUser user, std::vector<std::string> args, StartHook start_hook)
-    : program_(program), user_(std::move(user)), args_(std::move(args)), start_hook_(std::move(start_hook)) {}
+    : program_(program), user_(std::move(user)), args_(std::move(args)), start_hook_(std::move(start_hook)) {
+  // Every signal blocked on the spawner: the program's own threads take
+  // theirs (sigwait), and a worker sets its mask afresh (StartSelf).
+  sigset_t all, before;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &before);
+  spawner_ = std::thread([this] { RunSpawner(); });
+  pthread_sigmask(SIG_SETMASK, &before, nullptr);
+}
 
-WorkerPool::~WorkerPool() { Stop(std::chrono::milliseconds(0)); }
+WorkerPool::~WorkerPool() {
+  Stop(std::chrono::milliseconds(0));
+  {
+    std::lock_guard lock(spawn_mu_);
+    spawner_ending_ = true;
+  }
+  spawn_cv_.notify_all();
+  spawner_.join();
+}
+
+void WorkerPool::RunSpawner() {
+  std::unique_lock lock(spawn_mu_);
+  for (;;) {
+    spawn_cv_.wait(lock, [this] { return spawner_ending_ || spawn_job_ != nullptr; });
+    if (spawn_job_ == nullptr) return;  // Ending, nothing asked.
+    const std::function<void()>* job = std::exchange(spawn_job_, nullptr);
+    lock.unlock();
+    (*job)();
+    lock.lock();
+    ++spawns_done_;
+    spawn_cv_.notify_all();
+  }
+}
+
+bool WorkerPool::Spawn(std::size_t index, std::string& error) {
+  bool started = false;
+  const std::function<void()> job = [&] { started = SpawnHere(index, error); };
+  std::unique_lock lock(spawn_mu_);
+  // One job at a time: wait for the one before to be taken.
+  spawn_cv_.wait(lock, [this] { return spawn_job_ == nullptr; });
+  spawn_job_ = &job;
+  const std::uint64_t mine = ++spawns_asked_;
+  spawn_cv_.notify_all();
+  spawn_cv_.wait(lock, [this, mine] { return spawns_done_ >= mine; });
+  return started;
+}
 
 bool WorkerPool::Start(std::size_t n, std::string& error) {
   for (std::size_t i = 0; i < n; ++i) {
@@ -199,8 +250,9 @@ bool WorkerPool::Start(std::size_t n, std::string& error) {
   return true;
 }
 
-// Spawn starts slot index's worker, with the slot's lock held.
-bool WorkerPool::Spawn(std::size_t index, std::string& error) {
+// SpawnHere starts slot index's worker, on the spawner thread, the slot's
+// lock held by the thread that asked (Spawn).
+bool WorkerPool::SpawnHere(std::size_t index, std::string& error) {
   Slot& slot = *slots_[index];
   if (slot.sock >= 0) ::close(slot.sock);
   if (slot.pid > 0) {

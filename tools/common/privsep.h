@@ -17,12 +17,15 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ktls/connection.h"
@@ -110,13 +113,18 @@ class WorkerPool {
   // first (restart false) and each one after a worker died (restart true;
   // the dead one has been reaped: nothing of it runs any more). Returns a
   // descriptor the worker gets at kWorkerExtraFd, or -1; the pool does not
-  // take it. Called with the slot's lock held, from the thread that starts
-  // the worker.
+  // take it. Called with the slot's lock held, on the pool's spawner
+  // thread (below).
   using StartHook = std::function<int(std::size_t slot, bool restart)>;
 
   // program: the workers' argv[0] ("ktls-serve"); args: this program's
   // arguments (without argv[0]); a worker gets them with --privsep-worker
-  // added.
+  // added. Every worker is forked on one thread the pool starts here, with
+  // every signal blocked, and joins when it goes away: a worker's
+  // PR_SET_PDEATHSIG fires when the thread that forked it ends, not the
+  // process, so no worker may come from a thread that ends sooner (a
+  // worker started again from ktls-proxy's hand-over thread would be sent
+  // SIGTERM when the hand-over is done).
   WorkerPool(const char* program, PrivsepUser user, std::vector<std::string> args, StartHook start_hook = {});
   ~WorkerPool();
   WorkerPool(const WorkerPool&) = delete;
@@ -169,7 +177,11 @@ class WorkerPool {
 
  private:
   struct Slot;
+  // Spawn starts slot index's worker on the spawner thread, waiting for it
+  // (the caller holds the slot's lock); SpawnHere is what that thread does.
   bool Spawn(std::size_t index, std::string& error);
+  bool SpawnHere(std::size_t index, std::string& error);
+  void RunSpawner();
   Result<void> HandTo(std::size_t index, const Sender& send, const std::function<bool()>& kept);
 
   const char* program_;
@@ -180,6 +192,14 @@ class WorkerPool {
   std::mutex next_mu_;
   std::size_t next_ = 0;
   std::atomic<bool> recalled_ = false;  // Set by Recall before its first kRecall.
+  // The spawner thread's work: one Spawn at a time (spawn_job_), the n-th
+  // asked done once spawns_done_ reaches n.
+  std::mutex spawn_mu_;
+  std::condition_variable spawn_cv_;
+  const std::function<void()>* spawn_job_ = nullptr;
+  std::uint64_t spawns_asked_ = 0, spawns_done_ = 0;
+  bool spawner_ending_ = false;
+  std::thread spawner_;
 };
 
 // StartPrivsep: the handshake process's first step, as root and before
