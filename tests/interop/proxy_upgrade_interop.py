@@ -494,12 +494,15 @@ class PrivsepUpgrade(ktls_interop.PrivsepUpgradeChecks, UpgradeCases, proxy.Prox
                 workers = ktls_interop.privsep_workers(new_pid)
                 running = [pid for pid in workers if f"worker {pid}: proxying" in server.err.text()]
                 self.assertEqual((len(workers), len(running)), (2, 1), server.err.text())
-                # Each connection is the running worker's (and relays), or
-                # waits in the stuck worker's queue, or ended because no
-                # queue had room: held by no process, never by a key holder.
+                # None ended: the burst waited for room while the running
+                # worker started. Each connection is the running worker's
+                # (more than its turns: the stuck one was passed over), or
+                # waits in the stuck worker's queue (held by no process).
+                self.assertNotIn("not moved", server.err.text())
                 holders = [ktls_interop.socket_holders(server.port, client.sock.getsockname()[1],
                                                        [new_pid, *workers]) for client in clients]
                 self.assertEqual([h for h in holders if h and h != running], [], server.err.text())
+                self.assertGreater(holders.count(running), count // 2, server.err.text())
                 for client, holder in zip(clients, holders):
                     if holder:
                         self.assertEqual(client.echo(b"after"), b"after")

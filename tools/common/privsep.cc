@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
@@ -14,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <thread>
@@ -290,26 +292,52 @@ bool WorkerPool::SpawnHere(std::size_t index, std::string& error) {
   return true;
 }
 
-Result<void> WorkerPool::Hand(Connection& conn) {
+Result<void> WorkerPool::Hand(Connection& conn, std::chrono::milliseconds wait_for) {
   return HandWith([&conn](int sock) { return SendConnection(sock, conn, {.dont_wait = true}); },
-                  [&conn] { return conn.fd() >= 0; });
+                  [&conn] { return conn.fd() >= 0; }, wait_for);
 }
 
-Result<void> WorkerPool::HandWith(const Sender& send, const std::function<bool()>& kept) {
-  std::size_t first;
-  {
-    std::lock_guard lock(next_mu_);
-    first = next_++ % slots_.size();
-  }
-  // A worker that is behind (its queue to take full: stopped, or stuck) is
-  // passed over for the next, never waited for: this process handshakes
-  // for everyone.
-  for (std::size_t k = 0; k < slots_.size(); ++k) {
-    auto sent = HandTo((first + k) % slots_.size(), send, kept);
-    if (sent.ok() || !kept() || sent.error().sys_errno != EAGAIN) return sent;
+Result<void> WorkerPool::HandWith(const Sender& send, const std::function<bool()>& kept,
+                                  std::chrono::milliseconds wait_for) {
+  const auto give_up = std::chrono::steady_clock::now() + wait_for;
+  for (;;) {
+    std::size_t first;
+    {
+      std::lock_guard lock(next_mu_);
+      first = next_++ % slots_.size();
+    }
+    // A worker that is behind (its queue to take full: stopped, or stuck)
+    // is passed over for the next, never waited for while another has
+    // room: this process handshakes for everyone.
+    for (std::size_t k = 0; k < slots_.size(); ++k) {
+      auto sent = HandTo((first + k) % slots_.size(), send, kept);
+      if (sent.ok() || !kept() || sent.error().sys_errno != EAGAIN) return sent;
+    }
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(give_up - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    WaitForRoom(left);
   }
   return Error{ErrorCategory::kIo, EAGAIN,
-               "every worker is behind (" + std::to_string(slots_.size()) + " queues of connections full)", -1};
+               "every worker is behind (" + std::to_string(slots_.size()) + " queues of connections full" +
+                   (wait_for.count() > 0 ? " for " + std::to_string(wait_for.count()) + " ms" : "") + ")",
+               -1};
+}
+
+void WorkerPool::WaitForRoom(std::chrono::milliseconds at_most) {
+  std::vector<pollfd> socks;
+  for (auto& slot : slots_) {
+    std::lock_guard lock(slot->mu);
+    if (slot->sock >= 0) socks.push_back(pollfd{slot->sock, POLLOUT, 0});
+  }
+  // In slices: a socket may be replaced meanwhile (a worker started
+  // again), and POLLOUT (a quarter of the queue free) may still be too
+  // little for a large state, so the caller tries again, a little later.
+  const int slice = static_cast<int>(std::min<long long>(at_most.count(), 50));
+  int ready;
+  while ((ready = ::poll(socks.data(), socks.size(), slice)) < 0 && errno == EINTR) {
+  }
+  if (ready > 0) std::this_thread::sleep_for(std::chrono::milliseconds(std::min<long long>(at_most.count(), 5)));
 }
 
 Result<void> WorkerPool::HandTo(std::size_t i, const Sender& send, const std::function<bool()>& kept) {

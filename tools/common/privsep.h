@@ -43,6 +43,13 @@ inline constexpr int kWorkerExtraFd = 4;
 // the handshake process's socket to each worker, which bounds the
 // connections queued for a worker that does not take them.
 inline constexpr int kHandOffQueueBytes = 16 * 1024;
+// kTakeOverRoomWait: how long a key holder that takes over on an upgrade
+// waits for room in its workers' queues for a connection from the
+// previous process (WorkerPool::Hand's wait_for), which hands over in a
+// burst, maybe before the new workers read anything. A caller that waited
+// this long in vain waits no more until a connection goes again: a stuck
+// pool costs the hand-over this once, not once per connection.
+inline constexpr std::chrono::milliseconds kTakeOverRoomWait{5000};
 
 // PrivsepUser: the account workers run as. LookUpUser refuses root.
 struct PrivsepUser {
@@ -138,14 +145,19 @@ class WorkerPool {
   // again, once, and the move retried. On failure the error says why (kIo,
   // EAGAIN: every worker is behind), and conn is still this process's if
   // nothing was sent (after Recall: always, a kUsage error).
-  Result<void> Hand(Connection& conn);
+  // wait_for: when every worker is behind, how long to wait for room
+  // (poll: POLLOUT on their sockets) and try again, before that EAGAIN.
+  // 0, for a fresh connection: not at all; kTakeOverRoomWait for one from
+  // the previous process on an upgrade, which come in a burst.
+  Result<void> Hand(Connection& conn, std::chrono::milliseconds wait_for = {});
   // HandWith: Hand for something other than one connection (ktls-proxy:
   // a relaying connection with its backend, moved on an upgrade). send
   // sends it over a worker's socket, never waiting for the start of it;
   // kept says, after a failure, whether it is still this process's
   // (nothing of it was sent): then the next worker is tried, as Hand does.
   using Sender = std::function<Result<void>(int sock)>;
-  Result<void> HandWith(const Sender& send, const std::function<bool()>& kept);
+  Result<void> HandWith(const Sender& send, const std::function<bool()>& kept,
+                        std::chrono::milliseconds wait_for = {});
   // RestartExited starts again every worker that has exited (reaping it),
   // without waiting for a connection to find it gone. False (and error)
   // if one could not start: the next connection for its slot tries again.
@@ -183,6 +195,9 @@ class WorkerPool {
   bool SpawnHere(std::size_t index, std::string& error);
   void RunSpawner();
   Result<void> HandTo(std::size_t index, const Sender& send, const std::function<bool()>& kept);
+  // WaitForRoom: until a worker's socket says it has room (POLLOUT), at
+  // most `at_most`.
+  void WaitForRoom(std::chrono::milliseconds at_most);
 
   const char* program_;
   PrivsepUser user_;
