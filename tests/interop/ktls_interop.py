@@ -569,7 +569,10 @@ class HostileWorkers:
         os.chmod(self.library, 0o755)
 
     def env(self, handback=True):
-        return {"LD_PRELOAD": self.library, "KTLS_HOSTILE_STALL": self.stall_file,
+        # In a sanitizer build the preloaded library comes before ASan's
+        # runtime, which it then must not refuse.
+        asan = ":".join(filter(None, [os.environ.get("ASAN_OPTIONS"), "verify_asan_link_order=0"]))
+        return {"LD_PRELOAD": self.library, "KTLS_HOSTILE_STALL": self.stall_file, "ASAN_OPTIONS": asan,
                 "KTLS_HOSTILE_HOLD": self.hold_file, "KTLS_HOSTILE_HANDBACK": "1" if handback else "0"}
 
     def hold(self):
@@ -587,6 +590,11 @@ class HostileWorkers:
         with open(self.stall_file, "w") as f:
             f.write(f"{ms} {count}\n")
         os.chmod(self.stall_file, 0o644)
+
+    def stalled(self, count):
+        """Whether count workers have begun their stall (a worker may start
+        well after the process that started it serves)."""
+        return all(os.path.exists(f"{self.stall_file}.{i}") for i in range(count))
 
     def unstall(self):
         directory = os.path.dirname(self.stall_file)

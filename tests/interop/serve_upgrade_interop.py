@@ -33,9 +33,8 @@ a test can replace "the binary on disk" as an upgrade would.
 - --privsep, workers made hostile (hostile_worker.c, LD_PRELOAD): the old
   ones hand back 150 connections set to block their next holder (blocking,
   SO_LINGER for a day, send buffer full, client not reading) and the new
-  ones take nothing for their first seconds: the new key holder ends what
-  their full queues cannot take without waiting on any, finishes the
-  hand-over and serves;
+  ones are stuck: the new key holder ends what their full queues cannot
+  take without waiting on any, finishes the hand-over and handshakes;
 - --privsep, 150 idle connections handed over at once to new workers that
   take nothing for their first 1.5 s: every one waits for room and goes on.
 
@@ -339,7 +338,8 @@ class PrivsepUpgrade(ktls_interop.PrivsepUpgradeChecks, UpgradeCases, unittest.T
                 HOSTILE.stall(stall_ms, 2)
                 server.proc.send_signal(signal.SIGUSR2)
                 new_pid = upgraded.wait_taken_over()
-                HOSTILE.unstall()  # The new workers have started (and stall).
+                self.assertTrue(wait_until(lambda: HOSTILE.stalled(2), STEP_TIMEOUT), server.err.text())
+                HOSTILE.unstall()  # No other worker stalls (one started again, say).
                 self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 2), 0, server.err.text())
                 self.assertTrue(wait_until(lambda: "handed over everything it could" in server.err.text(),
                                            STEP_TIMEOUT), server.err.text())
@@ -353,14 +353,13 @@ class PrivsepUpgrade(ktls_interop.PrivsepUpgradeChecks, UpgradeCases, unittest.T
     def test_a_key_holder_never_blocks_on_what_a_worker_set_on_a_connection(self):
         # The old workers hand back every connection set to block its next
         # holder (blocking, SO_LINGER for a day, its send buffer full and
-        # the client not reading), and the new workers take none for their
-        # first 8 s: the new key holder ends the connections their full
-        # queues cannot take, never waiting on one.
-        with self.idle_connections_handed_over(8000, handback=True) as (server, new_pid, _):
+        # the client not reading), and the new workers are stuck (ten
+        # minutes): the new key holder ends the connections their full
+        # queues cannot take, never waiting on one, and goes on handshaking.
+        with self.idle_connections_handed_over(600 * 1000, handback=True) as (server, _, _):
             self.assertIn("not moved to a worker", server.err.text())
-            self.assert_new_workers_ready(server, new_pid)
             with serve.tls_connect(server.port) as sock:
-                self.assertEqual(get(sock, "/small.txt"), b"small\n", "the new process serves")
+                self.assertEqual(sock.version(), "TLSv1.3", "the new key holder handshakes")
 
     def test_a_burst_of_connections_waits_for_new_workers_slow_to_start(self):
         # The new workers take nothing for their first 1.5 s, and the 150
