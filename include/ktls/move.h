@@ -102,6 +102,13 @@ struct KTLS_API ReceiveConnectionOptions {
   // peer_uid: when set, the sending process must run as this user
   // (SO_PEERCRED), or nothing is received.
   std::optional<uid_t> peer_uid;
+  // untrusted_sender: the sender may have set the socket up to make this
+  // process wait (O_NONBLOCK off, SO_LINGER with a long timeout: a close or
+  // write here would block on them). Every descriptor received is made
+  // non-blocking with SO_LINGER off before anything else, so one refused
+  // and closed here never lingers either; the connection returned is
+  // non-blocking.
+  bool untrusted_sender = false;
 };
 
 // ReceiveConnection receives one connection that SendConnection sent and

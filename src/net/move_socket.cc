@@ -1,5 +1,6 @@
 // net/move_socket.cc: SendConnection and ReceiveConnection (ktls/move.h),
 // a connection's socket and state over an AF_UNIX socket.
+#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -100,6 +101,16 @@ Result<void> CheckRoom(int unix_socket, std::size_t bytes) {
                                       std::to_string(bytes) + "-byte state)");
 }
 
+// DistrustSocket (ReceiveConnectionOptions::untrusted_sender): fd made
+// non-blocking, its SO_LINGER off, whatever the sender left there. Errors
+// are ignored: a descriptor that is no socket is refused afterwards.
+void DistrustSocket(int fd) {
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0 && (flags & O_NONBLOCK) == 0) (void)::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  const linger off{0, 0};
+  (void)::setsockopt(fd, SOL_SOCKET, SO_LINGER, &off, sizeof(off));
+}
+
 }  // namespace
 
 Result<void> SendConnection(int unix_socket, Connection& conn, const SendConnectionOptions& options) {
@@ -192,6 +203,9 @@ Result<Connection> ReceiveConnection(int unix_socket, const ReceiveConnectionOpt
       std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
       fds.emplace_back(fd);
     }
+  }
+  if (options.untrusted_sender) {
+    for (const detail::UniqueFd& fd : fds) DistrustSocket(fd.get());
   }
   if (n == 0 && fds.empty()) {
     return detail::MakeError(ErrorCategory::kClosed, "ReceiveConnection: the sender closed the socket");

@@ -549,6 +549,102 @@ class PrivsepWorkers:
         return privsep_workers(self.proc.pid)
 
 
+class HostileWorkers:
+    """hostile_worker.c, built into directory (where the workers, as nobody,
+    can load it): env() is the environment of a server whose workers hand
+    back connections set to block their next holder (or, with handback
+    False, as they should), none while hold() lasts, and whose first
+    workers to start after stall() sleep first."""
+
+    def __init__(self, directory):
+        self.library = os.path.join(directory, "hostile_worker.so")
+        stalls = os.path.join(directory, "stalls")
+        os.makedirs(stalls, exist_ok=True)
+        os.chmod(stalls, 0o777)  # The workers take their turns there.
+        self.stall_file = os.path.join(stalls, "stall")
+        self.hold_file = os.path.join(directory, "hold")
+        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostile_worker.c")
+        subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O1", "-o", self.library, source, "-ldl"],
+                       check=True)
+        os.chmod(self.library, 0o755)
+
+    def env(self, handback=True):
+        # In a sanitizer build the preloaded library comes before ASan's
+        # runtime, which it then must not refuse.
+        asan = ":".join(filter(None, [os.environ.get("ASAN_OPTIONS"), "verify_asan_link_order=0"]))
+        return {"LD_PRELOAD": self.library, "KTLS_HOSTILE_STALL": self.stall_file, "ASAN_OPTIONS": asan,
+                "KTLS_HOSTILE_HOLD": self.hold_file, "KTLS_HOSTILE_HANDBACK": "1" if handback else "0"}
+
+    def hold(self):
+        """No worker hands a connection back until release()."""
+        with open(self.hold_file, "w"):
+            pass
+
+    def release(self):
+        if os.path.exists(self.hold_file):
+            os.remove(self.hold_file)
+
+    def stall(self, ms, count):
+        """The next count workers to start (before unstall) sleep ms first."""
+        self.unstall()
+        with open(self.stall_file, "w") as f:
+            f.write(f"{ms} {count}\n")
+        os.chmod(self.stall_file, 0o644)
+
+    def stalled(self, count):
+        """Whether count workers have begun their stall (a worker may start
+        well after the process that started it serves)."""
+        return all(os.path.exists(f"{self.stall_file}.{i}") for i in range(count))
+
+    def unstall(self):
+        directory = os.path.dirname(self.stall_file)
+        for name in os.listdir(directory):
+            os.remove(os.path.join(directory, name))
+
+
+class environment:
+    """Sets os.environ's values for a with block (the processes it starts
+    get them), then puts back what was there."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def __enter__(self):
+        self.saved = {key: os.environ.get(key) for key in self.values}
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc):
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def idle_connections(port, count, get, path, rcvbuf=4096):
+    """count TLS connections to port, each with a small receive buffer
+    (set before connect: the window stays small) and one request answered
+    (get(sock, path)), left open and unread; the caller closes them."""
+    socks = []
+    try:
+        for _ in range(count):
+            raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            raw.settimeout(STEP_TIMEOUT)
+            raw.connect((HOST, port))
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            sock = context.wrap_socket(raw, server_hostname="localhost")
+            socks.append(sock)
+            get(sock, path)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
 def ids(pid):
     """A process's ids from /proc: {"Uid": [real, effective, saved, fs],
     "Gid": [...], "Groups": [...]}."""

@@ -35,7 +35,14 @@ kernel move.
   relays each to the new one, which hands it to one of its workers; after
   the upgrade the connection is held by a new worker running as nobody
   (not by the new key holder), and the old key holder and its workers have
-  exited; a failed upgrade leaves the same workers serving.
+  exited; a failed upgrade leaves the same workers serving;
+- --privsep, one new worker stuck (hostile_worker.c, LD_PRELOAD): the new
+  key holder passes it over once its queue has no room for a whole moved
+  connection and finishes the hand-over; no key holder holds a connection;
+- --privsep, a new worker killed during the hand-over: the worker started
+  again in its slot for the last connection outlives the hand-over (no
+  SIGTERM when the hand-over's thread ends: workers are forked on the
+  pool's spawner thread).
 
 Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 (a failure with KTLS_REQUIRE_KERNEL=1).
@@ -65,6 +72,7 @@ UP_LEN = 16 * MIB
 DOWN = b""
 UP = b""
 USER = "nobody"
+HOSTILE = None  # ktls_interop.HostileWorkers
 
 
 class Proxy(proxy.Proxy):
@@ -463,9 +471,89 @@ class PrivsepUpgrade(ktls_interop.PrivsepUpgradeChecks, UpgradeCases, proxy.Prox
     def served_by_new_process(self, server, client, new_pid):
         self.assert_held_by_a_new_worker(server.port, client.sock.getsockname()[1], new_pid)
 
+    def test_a_stuck_new_worker_is_passed_over_never_waited_for(self):
+        # One new worker takes nothing (it sleeps for ten minutes first:
+        # hostile_worker.c). Once its queue has no room for a whole moved
+        # connection, the new key holder hands the rest to the other worker:
+        # it never sends part of one and waits for the stuck worker.
+        count = 60
+        backend = proxy.Backend(proxy.echo, count=count)
+        clients = []
+        with ktls_interop.environment(HOSTILE.env(handback=False)), self.proxy(backend.port) as server:
+            upgraded = Upgraded(server)
+            try:
+                for _ in range(count):
+                    clients.append(self.connect(server))
+                    self.assertEqual(clients[-1].echo(b"before"), b"before")
+                HOSTILE.stall(600 * 1000, 1)
+                server.proc.send_signal(signal.SIGUSR2)
+                new_pid = upgraded.wait_taken_over()
+                self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 2), 0, server.err.text())
+                self.assertTrue(wait_until(lambda: "handed over everything it could" in server.err.text(),
+                                           STEP_TIMEOUT * 2), server.err.text())
+                workers = ktls_interop.privsep_workers(new_pid)
+                running = [pid for pid in workers if f"worker {pid}: proxying" in server.err.text()]
+                self.assertEqual((len(workers), len(running)), (2, 1), server.err.text())
+                # None ended: the burst waited for room while the running
+                # worker started. Each connection is the running worker's
+                # (more than its turns: the stuck one was passed over), or
+                # waits in the stuck worker's queue (held by no process).
+                self.assertNotIn("not moved", server.err.text())
+                holders = [ktls_interop.socket_holders(server.port, client.sock.getsockname()[1],
+                                                       [new_pid, *workers]) for client in clients]
+                self.assertEqual([h for h in holders if h and h != running], [], server.err.text())
+                self.assertGreater(holders.count(running), count // 2, server.err.text())
+                for client, holder in zip(clients, holders):
+                    if holder:
+                        self.assertEqual(client.echo(b"after"), b"after")
+            finally:
+                HOSTILE.unstall()
+                for client in clients:
+                    client.sock.close()
+                upgraded.stop()
+
+    def test_a_worker_started_again_during_the_hand_over_outlives_it(self):
+        # A new worker dies before the old workers hand anything back (they
+        # wait: hostile_worker.c's hold); the first connection for its
+        # slot starts a worker again, from the hand-over's thread. A
+        # worker's PR_SET_PDEATHSIG follows the thread that forked it: it
+        # must not be that one, which ends right after.
+        backend = proxy.Backend(proxy.echo, count=2)
+        with ktls_interop.environment(HOSTILE.env(handback=False)), self.proxy(backend.port) as server:
+            upgraded = Upgraded(server)
+            try:
+                # Round robin: one in each old worker, then one in each slot
+                # of the new key holder.
+                clients = [self.connect(server), self.connect(server)]
+                for client in clients:
+                    self.assertEqual(client.echo(b"before"), b"before")
+                HOSTILE.hold()
+                server.proc.send_signal(signal.SIGUSR2)
+                new_pid = upgraded.wait_taken_over()
+                self.assert_new_workers_ready(server, new_pid)
+                first_new = ktls_interop.privsep_workers(new_pid)
+                os.kill(first_new[0], signal.SIGKILL)
+                self.assertTrue(wait_until(lambda: ktls_interop.gone(first_new[0]), STEP_TIMEOUT))
+                HOSTILE.release()
+                self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 2), 0, server.err.text())
+                self.assertTrue(wait_until(lambda: "handed over everything it could" in server.err.text(),
+                                           STEP_TIMEOUT), server.err.text())
+                [again] = [pid for pid in ktls_interop.privsep_workers(new_pid) if pid not in first_new]
+                self.assertTrue(wait_until(lambda: f"worker {again}: proxying" in server.err.text(), STEP_TIMEOUT))
+                for client in clients:
+                    self.assertEqual(client.echo(b"after"), b"after")
+                self.assertEqual(sorted(pid for client in clients for pid in ktls_interop.socket_holders(
+                    server.port, client.sock.getsockname()[1], [again, first_new[1]])), sorted([again, first_new[1]]))
+                self.assertFalse(wait_until(lambda: f"worker {again}: signal" in server.err.text(), 3),
+                                 "the worker started again was told to end: " + server.err.text())
+                self.assertEqual(clients[0].echo(b"still"), b"still")
+                self.assertEqual(clients[1].echo(b"still"), b"still")
+            finally:
+                HOSTILE.release()
+                upgraded.stop()
 
 def set_up(directory):
-    global BINARY, DOWN, UP
+    global BINARY, DOWN, UP, HOSTILE
     proxy.PKI = proxy.Pki(directory)
     # --privsep's workers (nobody) read nothing of it, but start from the
     # copy of the binary: it must be theirs to run.
@@ -474,6 +562,7 @@ def set_up(directory):
     shutil.copy2(proxy.PROXY, BINARY)
     DOWN = os.urandom(DOWN_LEN)
     UP = os.urandom(UP_LEN)
+    HOSTILE = ktls_interop.HostileWorkers(directory)
 
 
 def main():

@@ -29,11 +29,19 @@ a test can replace "the binary on disk" as an upgrade would.
   go from the old workers, through the old and the new key holder, to the
   new workers, which serve them as nobody; the old key holder and its
   workers exit; a failed upgrade leaves the old workers serving; a worker
-  killed while it hands over loses its own connections, no others.
+  killed while it hands over loses its own connections, no others;
+- --privsep, workers made hostile (hostile_worker.c, LD_PRELOAD): the old
+  ones hand back 150 connections set to block their next holder (blocking,
+  SO_LINGER for a day, send buffer full, client not reading) and the new
+  ones are stuck: the new key holder ends what their full queues cannot
+  take without waiting on any, finishes the hand-over and handshakes;
+- --privsep, 150 idle connections handed over at once to new workers that
+  take nothing for their first 1.5 s: every one waits for room and goes on.
 
 Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 (a failure with KTLS_REQUIRE_KERNEL=1).
 """
+import contextlib
 import os
 import pwd
 import shutil
@@ -52,6 +60,7 @@ from serve_privsep_interop import get  # noqa: E402
 
 BINARY = ""  # The copy ktls-serve runs from.
 BIG = b""
+HOSTILE = None  # ktls_interop.HostileWorkers
 
 
 class Serve(serve.Serve):
@@ -313,9 +322,57 @@ class PrivsepUpgrade(ktls_interop.PrivsepUpgradeChecks, UpgradeCases, unittest.T
             finally:
                 upgraded.stop()
 
+    @contextlib.contextmanager
+    def idle_connections_handed_over(self, stall_ms, handback):
+        """150 idle keep-alive connections in the old workers (small receive
+        buffers, unread), the workers made hostile (hostile_worker.c;
+        handback: the old ones hand back connections set to block their
+        next holder) and the new ones stalled for stall_ms: yields server,
+        the new pid and the sockets once upgraded (the old process exited
+        with 0, the hand-over done)."""
+        socks = []
+        with ktls_interop.environment(HOSTILE.env(handback=handback)), self.serve() as server:
+            upgraded = Upgraded(server)
+            try:
+                socks = ktls_interop.idle_connections(server.port, 150, get, "/small.txt")
+                HOSTILE.stall(stall_ms, 2)
+                server.proc.send_signal(signal.SIGUSR2)
+                new_pid = upgraded.wait_taken_over()
+                self.assertTrue(wait_until(lambda: HOSTILE.stalled(2), STEP_TIMEOUT), server.err.text())
+                HOSTILE.unstall()  # No other worker stalls (one started again, say).
+                self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 2), 0, server.err.text())
+                self.assertTrue(wait_until(lambda: "handed over everything it could" in server.err.text(),
+                                           STEP_TIMEOUT), server.err.text())
+                yield server, new_pid, socks
+            finally:
+                for sock in socks:
+                    sock.close()
+                HOSTILE.unstall()
+                upgraded.stop()
+
+    def test_a_key_holder_never_blocks_on_what_a_worker_set_on_a_connection(self):
+        # The old workers hand back every connection set to block its next
+        # holder (blocking, SO_LINGER for a day, its send buffer full and
+        # the client not reading), and the new workers are stuck (ten
+        # minutes): the new key holder ends the connections their full
+        # queues cannot take, never waiting on one, and goes on handshaking.
+        with self.idle_connections_handed_over(600 * 1000, handback=True) as (server, _, _):
+            self.assertIn("not moved to a worker", server.err.text())
+            with serve.tls_connect(server.port) as sock:
+                self.assertEqual(sock.version(), "TLSv1.3", "the new key holder handshakes")
+
+    def test_a_burst_of_connections_waits_for_new_workers_slow_to_start(self):
+        # The new workers take nothing for their first 1.5 s, and the 150
+        # connections are more than their queues hold: each waits for room
+        # (up to kTakeOverRoomWait) rather than end.
+        with self.idle_connections_handed_over(1500, handback=False) as (server, new_pid, socks):
+            self.assertNotIn("not moved", server.err.text())
+            for sock in socks:
+                self.assertEqual(get(sock, "/small.txt"), b"small\n")
+            self.assert_new_workers_ready(server, new_pid)
 
 def set_up(directory):
-    global BINARY, BIG
+    global BINARY, BIG, HOSTILE
     serve.SITE = os.path.join(directory, "site")
     os.makedirs(serve.SITE)
     BIG = os.urandom(64 * 1024 * 1024)
@@ -331,6 +388,7 @@ def set_up(directory):
         os.chmod(os.path.join(serve.SITE, name), 0o644)
     os.chmod(BINARY, 0o755)
     privsep.make_key(directory)
+    HOSTILE = ktls_interop.HostileWorkers(directory)
 
 
 def main():

@@ -70,5 +70,38 @@ TEST(Privsep, TakeRecallTakesOnlyTheRecallByte) {
   ::close(pair[1]);
 }
 
+// HasRoom: a unit of several sends goes to a worker only when its queue
+// can take all of them without waiting; one that has not read is soon
+// passed over.
+TEST(Privsep, HasRoomOnlyWhileTheQueueTakesAWholeUnit) {
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, pair), 0);
+  const int queue = kHandOffQueueBytes;
+  ASSERT_EQ(::setsockopt(pair[0], SOL_SOCKET, SO_SNDBUF, &queue, sizeof(queue)), 0);
+  EXPECT_TRUE(HasRoom(pair[0], 600, 4)) << "an empty queue";
+  EXPECT_FALSE(HasRoom(pair[0], kHandOffQueueBytes, 4)) << "more than the queue ever takes whole";
+  // Units of 600 bytes in 4 sends each, as long as HasRoom says so: none
+  // of them waits, and the queue (unread) fills.
+  std::vector<char> part(150, 'x');
+  int units = 0;
+  while (HasRoom(pair[0], 600, 4) && units < 1000) {
+    for (int i = 0; i < 4; ++i) {
+      ASSERT_EQ(::send(pair[0], part.data(), part.size(), MSG_DONTWAIT), static_cast<ssize_t>(part.size()))
+          << "unit " << units << " waited";
+    }
+    ++units;
+  }
+  EXPECT_GT(units, 0);
+  EXPECT_LT(units, 1000) << "an unread queue fills";
+  EXPECT_FALSE(HasRoom(pair[0], 600, 4));
+  // Read, it has room again.
+  std::vector<char> sink(1 << 16);
+  while (::recv(pair[1], sink.data(), sink.size(), MSG_DONTWAIT) > 0) {
+  }
+  EXPECT_TRUE(HasRoom(pair[0], 600, 4));
+  ::close(pair[0]);
+  ::close(pair[1]);
+}
+
 }  // namespace
 }  // namespace ktls::tools

@@ -12,6 +12,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -151,6 +153,25 @@ TEST(ProxyUpgradeWire, TheWorkersTagsAreToldApartFromAHandshakenConnection) {
   EXPECT_EQ(::recv(pair.fds[1], &got, 1, MSG_DONTWAIT), -1) << "the tag was read";
   // Nothing to read: neither.
   EXPECT_FALSE(TakeMovedTag(pair.fds[1]));
+}
+
+TEST(ProxyUpgradeWire, AnAgeFromTheOtherProcessIsClampedSoNoTimeComputedFromItOverflows) {
+  EXPECT_EQ(RelayAge(0), std::chrono::milliseconds(0));
+  EXPECT_EQ(RelayAge(1234), std::chrono::milliseconds(1234));
+  const auto max = static_cast<std::uint64_t>(kMaxRelayAge.count());
+  EXPECT_EQ(RelayAge(max), kMaxRelayAge);
+  // Beyond: a day in ns overflows from about 292 years, and a value past
+  // INT64_MAX would be a negative age.
+  for (const std::uint64_t wire : {max + 1, std::uint64_t{1} << 62, std::uint64_t{INT64_MAX},
+                                   std::uint64_t{INT64_MAX} + 1, UINT64_MAX}) {
+    EXPECT_EQ(RelayAge(wire), kMaxRelayAge) << wire;
+  }
+  // What ProxyConnection computes from it (its start, then its duration in
+  // its line) stays in range.
+  const auto now = ProxyConnection::Clock::now();
+  const auto started = now - RelayAge(UINT64_MAX);
+  EXPECT_LT(started, now);
+  EXPECT_EQ(std::chrono::duration_cast<std::chrono::milliseconds>(now - started), kMaxRelayAge);
 }
 
 }  // namespace

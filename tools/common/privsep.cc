@@ -3,14 +3,19 @@
 
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <thread>
@@ -86,7 +91,14 @@ pid_t StartSelf(const std::string& path, const char* program, std::vector<std::s
   if (user != nullptr) {
     if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) ::_exit(126);
     if (::setuid(0) == 0) ::_exit(126);  // Root must be gone for good.
-    ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // Dies with the handshake process.
+    // Dies with the handshake process (strictly: with the thread that
+    // forked it, WorkerPool's spawner, which lasts as long as the pool).
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    // A fresh mask: the spawner blocks every signal, and a mask survives
+    // execv.
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
   }
   ::execv(path.c_str(), argv.data());
   ::_exit(127);
@@ -138,6 +150,7 @@ int ReceiveFd(int sock, char tag) {
     for (std::size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) {
       int fd;
       std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      DistrustSocket(fd);  // Before any close below, too.
       fds.push_back(fd);
     }
   }
@@ -145,6 +158,28 @@ int ReceiveFd(int sock, char tag) {
   for (int fd : fds) ::close(fd);
   errno = n < 0 ? errno : EPROTO;
   return -1;
+}
+
+void DistrustSocket(int fd) {
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0 && (flags & O_NONBLOCK) == 0) (void)::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  const linger off{0, 0};
+  (void)::setsockopt(fd, SOL_SOCKET, SO_LINGER, &off, sizeof(off));
+}
+
+bool HasRoom(int sock, std::size_t bytes, std::size_t num_messages) {
+  // The kernel's cost of one buffer (struct sk_buff and its shared info,
+  // the allocation rounded up), with room to spare.
+  constexpr std::size_t kOverheadPerMessage = 1024;
+  int sndbuf = 0;
+  socklen_t len = sizeof(sndbuf);
+  int unsent = 0;
+  if (::getsockopt(sock, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) != 0 || sndbuf <= 0 ||
+      ::ioctl(sock, SIOCOUTQ, &unsent) != 0 || unsent < 0) {
+    return false;
+  }
+  return static_cast<std::size_t>(unsent) + 2 * bytes + num_messages * kOverheadPerMessage <
+         static_cast<std::size_t>(sndbuf);
 }
 
 bool TakeRecall(int sock) { return TakeTag(sock, kRecall); }
@@ -161,9 +196,52 @@ bool TakeTag(int sock, char tag) {
 }
 
 WorkerPool::WorkerPool(const char* program, PrivsepUser user, std::vector<std::string> args, StartHook start_hook)
-    : program_(program), user_(std::move(user)), args_(std::move(args)), start_hook_(std::move(start_hook)) {}
+    : program_(program), user_(std::move(user)), args_(std::move(args)), start_hook_(std::move(start_hook)) {
+  // Every signal blocked on the spawner: the program's own threads take
+  // theirs (sigwait), and a worker sets its mask afresh (StartSelf).
+  sigset_t all, before;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &before);
+  spawner_ = std::thread([this] { RunSpawner(); });
+  pthread_sigmask(SIG_SETMASK, &before, nullptr);
+}
 
-WorkerPool::~WorkerPool() { Stop(std::chrono::milliseconds(0)); }
+WorkerPool::~WorkerPool() {
+  Stop(std::chrono::milliseconds(0));
+  {
+    std::lock_guard lock(spawn_mu_);
+    spawner_ending_ = true;
+  }
+  spawn_cv_.notify_all();
+  spawner_.join();
+}
+
+void WorkerPool::RunSpawner() {
+  std::unique_lock lock(spawn_mu_);
+  for (;;) {
+    spawn_cv_.wait(lock, [this] { return spawner_ending_ || spawn_job_ != nullptr; });
+    if (spawn_job_ == nullptr) return;  // Ending, nothing asked.
+    const std::function<void()>* job = std::exchange(spawn_job_, nullptr);
+    lock.unlock();
+    (*job)();
+    lock.lock();
+    ++spawns_done_;
+    spawn_cv_.notify_all();
+  }
+}
+
+bool WorkerPool::Spawn(std::size_t index, std::string& error) {
+  bool started = false;
+  const std::function<void()> job = [&] { started = SpawnHere(index, error); };
+  std::unique_lock lock(spawn_mu_);
+  // One job at a time: wait for the one before to be taken.
+  spawn_cv_.wait(lock, [this] { return spawn_job_ == nullptr; });
+  spawn_job_ = &job;
+  const std::uint64_t mine = ++spawns_asked_;
+  spawn_cv_.notify_all();
+  spawn_cv_.wait(lock, [this, mine] { return spawns_done_ >= mine; });
+  return started;
+}
 
 bool WorkerPool::Start(std::size_t n, std::string& error) {
   for (std::size_t i = 0; i < n; ++i) {
@@ -174,8 +252,9 @@ bool WorkerPool::Start(std::size_t n, std::string& error) {
   return true;
 }
 
-// Spawn starts slot index's worker, with the slot's lock held.
-bool WorkerPool::Spawn(std::size_t index, std::string& error) {
+// SpawnHere starts slot index's worker, on the spawner thread, the slot's
+// lock held by the thread that asked (Spawn).
+bool WorkerPool::SpawnHere(std::size_t index, std::string& error) {
   Slot& slot = *slots_[index];
   if (slot.sock >= 0) ::close(slot.sock);
   if (slot.pid > 0) {
@@ -213,26 +292,52 @@ bool WorkerPool::Spawn(std::size_t index, std::string& error) {
   return true;
 }
 
-Result<void> WorkerPool::Hand(Connection& conn) {
+Result<void> WorkerPool::Hand(Connection& conn, std::chrono::milliseconds wait_for) {
   return HandWith([&conn](int sock) { return SendConnection(sock, conn, {.dont_wait = true}); },
-                  [&conn] { return conn.fd() >= 0; });
+                  [&conn] { return conn.fd() >= 0; }, wait_for);
 }
 
-Result<void> WorkerPool::HandWith(const Sender& send, const std::function<bool()>& kept) {
-  std::size_t first;
-  {
-    std::lock_guard lock(next_mu_);
-    first = next_++ % slots_.size();
-  }
-  // A worker that is behind (its queue to take full: stopped, or stuck) is
-  // passed over for the next, never waited for: this process handshakes
-  // for everyone.
-  for (std::size_t k = 0; k < slots_.size(); ++k) {
-    auto sent = HandTo((first + k) % slots_.size(), send, kept);
-    if (sent.ok() || !kept() || sent.error().sys_errno != EAGAIN) return sent;
+Result<void> WorkerPool::HandWith(const Sender& send, const std::function<bool()>& kept,
+                                  std::chrono::milliseconds wait_for) {
+  const auto give_up = std::chrono::steady_clock::now() + wait_for;
+  for (;;) {
+    std::size_t first;
+    {
+      std::lock_guard lock(next_mu_);
+      first = next_++ % slots_.size();
+    }
+    // A worker that is behind (its queue to take full: stopped, or stuck)
+    // is passed over for the next, never waited for while another has
+    // room: this process handshakes for everyone.
+    for (std::size_t k = 0; k < slots_.size(); ++k) {
+      auto sent = HandTo((first + k) % slots_.size(), send, kept);
+      if (sent.ok() || !kept() || sent.error().sys_errno != EAGAIN) return sent;
+    }
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(give_up - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    WaitForRoom(left);
   }
   return Error{ErrorCategory::kIo, EAGAIN,
-               "every worker is behind (" + std::to_string(slots_.size()) + " queues of connections full)", -1};
+               "every worker is behind (" + std::to_string(slots_.size()) + " queues of connections full" +
+                   (wait_for.count() > 0 ? " for " + std::to_string(wait_for.count()) + " ms" : "") + ")",
+               -1};
+}
+
+void WorkerPool::WaitForRoom(std::chrono::milliseconds at_most) {
+  std::vector<pollfd> socks;
+  for (auto& slot : slots_) {
+    std::lock_guard lock(slot->mu);
+    if (slot->sock >= 0) socks.push_back(pollfd{slot->sock, POLLOUT, 0});
+  }
+  // In slices: a socket may be replaced meanwhile (a worker started
+  // again), and POLLOUT (a quarter of the queue free) may still be too
+  // little for a large state, so the caller tries again, a little later.
+  const int slice = static_cast<int>(std::min<long long>(at_most.count(), 50));
+  int ready;
+  while ((ready = ::poll(socks.data(), socks.size(), slice)) < 0 && errno == EINTR) {
+  }
+  if (ready > 0) std::this_thread::sleep_for(std::chrono::milliseconds(std::min<long long>(at_most.count(), 5)));
 }
 
 Result<void> WorkerPool::HandTo(std::size_t i, const Sender& send, const std::function<bool()>& kept) {
@@ -274,7 +379,8 @@ void WorkerPool::Recall(const Relay& relay) {
     // The socket's credentials are its creator's (this process), as in
     // the worker (privsep_worker receives with peer_uid 0); only this
     // process and that worker hold it.
-    auto conn = ReceiveConnection(sock, {.peer_uid = ::getuid()});
+    // A worker's socket may be set to make this process wait: distrusted.
+    auto conn = ReceiveConnection(sock, {.peer_uid = ::getuid(), .untrusted_sender = true});
     if (!conn.ok() && conn.error().category == ErrorCategory::kClosed) return false;  // The worker is done.
     // Out of step, or gone: what the worker still sends fails there.
     const bool broken = !conn.ok() && (conn.error().category == ErrorCategory::kIo ||

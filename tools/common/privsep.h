@@ -17,12 +17,15 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ktls/connection.h"
@@ -40,6 +43,13 @@ inline constexpr int kWorkerExtraFd = 4;
 // the handshake process's socket to each worker, which bounds the
 // connections queued for a worker that does not take them.
 inline constexpr int kHandOffQueueBytes = 16 * 1024;
+// kTakeOverRoomWait: how long a key holder that takes over on an upgrade
+// waits for room in its workers' queues for a connection from the
+// previous process (WorkerPool::Hand's wait_for), which hands over in a
+// burst, maybe before the new workers read anything. A caller that waited
+// this long in vain waits no more until a connection goes again: a stuck
+// pool costs the hand-over this once, not once per connection.
+inline constexpr std::chrono::milliseconds kTakeOverRoomWait{5000};
 
 // PrivsepUser: the account workers run as. LookUpUser refuses root.
 struct PrivsepUser {
@@ -64,8 +74,16 @@ std::string WhyNotMovable(const Connection& conn);
 // receives it, checking the tag (-1 on any failure, errno set; anything
 // but exactly one descriptor is closed and refused). The listening socket
 // goes this way to the process that takes over on SIGUSR2.
+// ReceiveFd, like ReceiveConnection with untrusted_sender, makes every
+// descriptor it receives non-blocking with SO_LINGER off (DistrustSocket)
+// before anything else: a worker may send one set to block this process.
 bool SendFd(int sock, int fd, char tag);
 int ReceiveFd(int sock, char tag);
+// DistrustSocket: fd, which another process had, made non-blocking with
+// SO_LINGER off, so that nothing this process writes to it or closes on it
+// waits on what that process set (a key holder's rule for every socket a
+// worker handed back, directly or through the previous key holder).
+void DistrustSocket(int fd);
 
 // kRecall: the byte the handshake process writes to a worker's socket when
 // it upgrades (WorkerPool::Recall): hand every connection back. Never the
@@ -78,6 +96,14 @@ bool TakeRecall(int sock);
 // TakeTag: whether the next byte on sock, readable now, is tag; if so, it
 // is read.
 bool TakeTag(int sock, char tag);
+
+// HasRoom: whether sock, an AF_UNIX stream socket, takes num_messages
+// sends of bytes in all without waiting: its queue of bytes the other end
+// has not read (SIOCOUTQ, the kernel's overhead per buffer included) has
+// room for them twice over, and for that overhead on each. A unit of
+// several sends goes whole or not at all only so (ktls::SendConnection's
+// dont_wait does this for one connection). False if it cannot be told.
+bool HasRoom(int sock, std::size_t bytes, std::size_t num_messages);
 
 // StartSelf starts path (this program's binary on disk) as program (its
 // argv[0]) with args and extra appended, as a child whose fd kWorkerFd is
@@ -94,13 +120,18 @@ class WorkerPool {
   // first (restart false) and each one after a worker died (restart true;
   // the dead one has been reaped: nothing of it runs any more). Returns a
   // descriptor the worker gets at kWorkerExtraFd, or -1; the pool does not
-  // take it. Called with the slot's lock held, from the thread that starts
-  // the worker.
+  // take it. Called with the slot's lock held, on the pool's spawner
+  // thread (below).
   using StartHook = std::function<int(std::size_t slot, bool restart)>;
 
   // program: the workers' argv[0] ("ktls-serve"); args: this program's
   // arguments (without argv[0]); a worker gets them with --privsep-worker
-  // added.
+  // added. Every worker is forked on one thread the pool starts here, with
+  // every signal blocked, and joins when it goes away: a worker's
+  // PR_SET_PDEATHSIG fires when the thread that forked it ends, not the
+  // process, so no worker may come from a thread that ends sooner (a
+  // worker started again from ktls-proxy's hand-over thread would be sent
+  // SIGTERM when the hand-over is done).
   WorkerPool(const char* program, PrivsepUser user, std::vector<std::string> args, StartHook start_hook = {});
   ~WorkerPool();
   WorkerPool(const WorkerPool&) = delete;
@@ -114,14 +145,19 @@ class WorkerPool {
   // again, once, and the move retried. On failure the error says why (kIo,
   // EAGAIN: every worker is behind), and conn is still this process's if
   // nothing was sent (after Recall: always, a kUsage error).
-  Result<void> Hand(Connection& conn);
+  // wait_for: when every worker is behind, how long to wait for room
+  // (poll: POLLOUT on their sockets) and try again, before that EAGAIN.
+  // 0, for a fresh connection: not at all; kTakeOverRoomWait for one from
+  // the previous process on an upgrade, which come in a burst.
+  Result<void> Hand(Connection& conn, std::chrono::milliseconds wait_for = {});
   // HandWith: Hand for something other than one connection (ktls-proxy:
   // a relaying connection with its backend, moved on an upgrade). send
   // sends it over a worker's socket, never waiting for the start of it;
   // kept says, after a failure, whether it is still this process's
   // (nothing of it was sent): then the next worker is tried, as Hand does.
   using Sender = std::function<Result<void>(int sock)>;
-  Result<void> HandWith(const Sender& send, const std::function<bool()>& kept);
+  Result<void> HandWith(const Sender& send, const std::function<bool()>& kept,
+                        std::chrono::milliseconds wait_for = {});
   // RestartExited starts again every worker that has exited (reaping it),
   // without waiting for a connection to find it gone. False (and error)
   // if one could not start: the next connection for its slot tries again.
@@ -153,8 +189,15 @@ class WorkerPool {
 
  private:
   struct Slot;
+  // Spawn starts slot index's worker on the spawner thread, waiting for it
+  // (the caller holds the slot's lock); SpawnHere is what that thread does.
   bool Spawn(std::size_t index, std::string& error);
+  bool SpawnHere(std::size_t index, std::string& error);
+  void RunSpawner();
   Result<void> HandTo(std::size_t index, const Sender& send, const std::function<bool()>& kept);
+  // WaitForRoom: until a worker's socket says it has room (POLLOUT), at
+  // most `at_most`.
+  void WaitForRoom(std::chrono::milliseconds at_most);
 
   const char* program_;
   PrivsepUser user_;
@@ -164,6 +207,14 @@ class WorkerPool {
   std::mutex next_mu_;
   std::size_t next_ = 0;
   std::atomic<bool> recalled_ = false;  // Set by Recall before its first kRecall.
+  // The spawner thread's work: one Spawn at a time (spawn_job_), the n-th
+  // asked done once spawns_done_ reaches n.
+  std::mutex spawn_mu_;
+  std::condition_variable spawn_cv_;
+  const std::function<void()>* spawn_job_ = nullptr;
+  std::uint64_t spawns_asked_ = 0, spawns_done_ = 0;
+  bool spawner_ending_ = false;
+  std::thread spawner_;
 };
 
 // StartPrivsep: the handshake process's first step, as root and before

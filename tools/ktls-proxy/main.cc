@@ -177,6 +177,16 @@ void ReceiveHandedOver(const ktls::proxy::ProxyContext& context,
                        const std::vector<std::unique_ptr<ktls::proxy::EventLoop>>& loops,
                        ktls::tools::WorkerPool* pool) {
   std::size_t next = 0;
+  // --privsep: a connection waits a little for room in the workers' queues
+  // (the previous process hands over in a burst, maybe before they read
+  // anything), unless the one before waited as long in vain.
+  bool waited_in_vain = false;
+  auto wait_for = [&waited_in_vain] {
+    return waited_in_vain ? std::chrono::milliseconds(0) : ktls::tools::kTakeOverRoomWait;
+  };
+  auto note = [&waited_in_vain](const ktls::Result<void>& handed) {
+    waited_in_vain = !handed.ok() && handed.error().sys_errno == EAGAIN;
+  };
   for (;;) {
     auto relay = ktls::proxy::ReceiveRelay(ktls::tools::kWorkerFd, ::getuid(), context.backend->tls(), true);
     if (!relay.ok()) {
@@ -195,7 +205,7 @@ void ReceiveHandedOver(const ktls::proxy::ProxyContext& context,
       if (pool == nullptr) {
         loops[next++ % loops.size()]->Adopt(
             std::make_unique<ktls::proxy::ProxyConnection>(context, std::move(relay->client), now));
-      } else if (auto handed = pool->Hand(relay->client); !handed.ok()) {
+      } else if (auto handed = pool->Hand(relay->client, wait_for()); note(handed), !handed.ok()) {
         std::fprintf(stderr, "ktls-proxy: upgrade: a handshaken connection not moved to a worker: %s\n",
                      handed.error().ToString().c_str());
         if (relay->client.fd() >= 0) (void)relay->client.Shutdown();
@@ -204,7 +214,8 @@ void ReceiveHandedOver(const ktls::proxy::ProxyContext& context,
     }
     if (pool != nullptr) {
       auto handed = pool->HandWith([&relay](int sock) { return ktls::proxy::HandRelayToWorker(sock, *relay); },
-                                   [&relay] { return relay->client.fd() >= 0 && relay->backend.open(); });
+                                   [&relay] { return relay->client.fd() >= 0 && relay->backend.open(); }, wait_for());
+      note(handed);
       if (!handed.ok()) EndUnmoved(context, *relay, "to a worker: " + handed.error().ToString());
       continue;
     }

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdint>
@@ -47,6 +48,9 @@ constexpr std::uint8_t kDownTruncated = 16;
 constexpr std::uint8_t kAllFlags = 31;
 constexpr std::size_t kNumCounts = 5;
 constexpr std::size_t kHeaderLen = 2 + 8 * kNumCounts;
+// kMessagesPerUnit: the sends HandRelayToWorker makes for one relay: the
+// tag, the backend, the header, the client.
+constexpr std::size_t kMessagesPerUnit = 4;
 
 ktls::Error SysError(int err, std::string what) { return ktls::Error{ktls::ErrorCategory::kIo, err, std::move(what), -1}; }
 
@@ -66,7 +70,7 @@ std::uint64_t GetU64(const std::uint8_t* at) {
 // any other (a malformed state, a descriptor that is not its connection)
 // refused this part only, the stream read to its end. The caller checked
 // the sender's uid.
-ktls::Result<ktls::Connection> ReceivePart(int sock, uid_t peer_uid, const char* what) {
+ktls::Result<ktls::Connection> ReceivePart(int sock, uid_t peer_uid, const char* what, std::size_t& wire_bytes) {
   std::array<std::uint8_t, 4> length{};
   ssize_t n;
   while ((n = ::recv(sock, length.data(), length.size(), MSG_PEEK | MSG_WAITALL)) < 0 && errno == EINTR) {
@@ -77,7 +81,11 @@ ktls::Result<ktls::Connection> ReceivePart(int sock, uid_t peer_uid, const char*
     return SysError(EPROTO, std::string(what) + " from the other process: a state of " + std::to_string(len) +
                                 " bytes (out of step)");
   }
-  auto conn = ktls::ReceiveConnection(sock, {.peer_uid = peer_uid});
+  wire_bytes += length.size() + len;
+  // Distrusted (non-blocking, no linger): a key holder may end what it
+  // receives, from a worker or (an upgrade) from the previous key holder,
+  // which had it from one; an event loop wants it non-blocking anyway.
+  auto conn = ktls::ReceiveConnection(sock, {.peer_uid = peer_uid, .untrusted_sender = true});
   if (!conn.ok() &&
       (conn.error().category == ktls::ErrorCategory::kIo || conn.error().category == ktls::ErrorCategory::kClosed)) {
     return SysError(conn.error().sys_errno != 0 ? conn.error().sys_errno : EPROTO,
@@ -192,7 +200,7 @@ ktls::Result<void> SendRelay(int sock, const RelayCounts& counts, ktls::Connecti
                                         (counts.down_ended ? kDownEnded : 0) |
                                         (counts.down_truncated ? kDownTruncated : 0));
   const std::uint64_t values[kNumCounts] = {counts.up, counts.up_copied, counts.down, counts.down_copied,
-                                            static_cast<std::uint64_t>(counts.age.count())};
+                                            static_cast<std::uint64_t>(std::max<std::int64_t>(counts.age.count(), 0))};
   for (std::size_t i = 0; i < kNumCounts; ++i) PutU64(header.data() + 2 + 8 * i, values[i]);
   ssize_t n;
   while ((n = ::send(sock, header.data(), header.size(), MSG_NOSIGNAL)) < 0 && errno == EINTR) {
@@ -204,9 +212,14 @@ ktls::Result<void> SendRelay(int sock, const RelayCounts& counts, ktls::Connecti
 }
 
 ktls::Result<void> HandRelayToWorker(int sock, ReceivedRelay& relay) {
-  // The tag alone never waits: a worker that is behind is passed over
-  // (WorkerPool::HandWith), with nothing sent. The rest follows at once,
-  // and the worker reads it whole once it read the tag.
+  // All or nothing, never waiting: a worker that is behind (its queue
+  // without room for the whole unit) is passed over (WorkerPool::HandWith)
+  // with nothing sent, rather than waited for, with its slot's lock held,
+  // in the middle of a unit. The unit takes on to the worker what it took
+  // here (the same states, just imported), and the tag.
+  if (!tools::HasRoom(sock, 1 + relay.wire_bytes, kMessagesPerUnit)) {
+    return SysError(EAGAIN, "the worker is behind (no room for a whole moved connection)");
+  }
   ssize_t n;
   while ((n = ::send(sock, &kMovedTag, 1, MSG_NOSIGNAL | MSG_DONTWAIT)) < 0 && errno == EINTR) {
   }
@@ -220,6 +233,13 @@ ktls::Result<void> HandRelayToWorker(int sock, ReceivedRelay& relay) {
     relay.client = ktls::Connection();
   }
   return sent;
+}
+
+std::chrono::milliseconds RelayAge(std::uint64_t wire_ms) {
+  // Compared as unsigned: a value past INT64_MAX is no negative age.
+  return wire_ms > static_cast<std::uint64_t>(kMaxRelayAge.count())
+             ? kMaxRelayAge
+             : std::chrono::milliseconds(static_cast<std::chrono::milliseconds::rep>(wire_ms));
 }
 
 bool TakeMovedTag(int sock) { return tools::TakeTag(sock, kMovedTag); }
@@ -264,9 +284,9 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
   }
   if (n == 1 && next == kHandshakenTag && from_predecessor) {
     (void)::recv(sock, &next, 1, 0);
-    auto client = ReceivePart(sock, peer_uid, "a handshaken connection");
-    if (!client.ok()) return client.error();
     ReceivedRelay handshaken;
+    auto client = ReceivePart(sock, peer_uid, "a handshaken connection", handshaken.wire_bytes);
+    if (!client.ok()) return client.error();
     handshaken.client = std::move(client).value();
     return handshaken;  // No backend yet.
   }
@@ -277,7 +297,7 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
   ReceivedRelay relay;
   std::optional<ktls::Error> refused;
   if (backend_tls) {
-    auto backend = ReceivePart(sock, peer_uid, "the backend's connection");
+    auto backend = ReceivePart(sock, peer_uid, "the backend's connection", relay.wire_bytes);
     if (!backend.ok()) {
       if (backend.error().category == ktls::ErrorCategory::kIo) return backend.error();
       refused = backend.error();
@@ -288,7 +308,9 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
     const int fd = tools::ReceiveFd(sock, kBackendTag);
     if (fd < 0) return SysError(errno, "the backend's socket from the other process");
     relay.backend = Endpoint::Plain(UniqueFd(fd));
+    relay.wire_bytes += 1;
   }
+  relay.wire_bytes += kHeaderLen;
   std::array<std::uint8_t, kHeaderLen> header{};
   while ((n = ::recv(sock, header.data(), header.size(), MSG_WAITALL)) < 0 && errno == EINTR) {
   }
@@ -302,12 +324,12 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
                   values[1],
                   values[2],
                   values[3],
-                  std::chrono::milliseconds(values[4]),
+                  RelayAge(values[4]),
                   (header[1] & kUpEnded) != 0,
                   (header[1] & kUpTruncated) != 0,
                   (header[1] & kDownEnded) != 0,
                   (header[1] & kDownTruncated) != 0};
-  auto client = ReceivePart(sock, peer_uid, "the client's connection");
+  auto client = ReceivePart(sock, peer_uid, "the client's connection", relay.wire_bytes);
   if (!client.ok()) return client.error();
   if (refused) return *refused;  // The client's connection goes too (closed): it had no backend.
   relay.client = std::move(client).value();

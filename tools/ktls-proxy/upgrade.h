@@ -20,6 +20,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -77,6 +78,9 @@ struct ReceivedRelay {
   RelayCounts counts;
   ktls::Connection client;
   Endpoint backend;
+  // wire_bytes: what it took on the socket it came over (its states, their
+  // lengths, the header): what it takes again on the way on.
+  std::size_t wire_bytes = 0;
 };
 // ReceiveRelay receives the next connection (its backend a TLS connection
 // with backend_tls, else a socket); ErrorCategory::kClosed at the end of
@@ -87,6 +91,13 @@ struct ReceivedRelay {
 // connections may come too (elsewhere the tag is an error: out of step).
 ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_tls, bool from_predecessor = false);
 
+// kMaxRelayAge: the oldest a relay's age from the other process is taken
+// to be (ten years): beyond it (a worker's nonsense) it is clamped, so that
+// no time computed from it overflows.
+inline constexpr std::chrono::milliseconds kMaxRelayAge{10LL * 366 * 24 * 60 * 60 * 1000};
+// RelayAge: an age as the wire carries it (ms), clamped to kMaxRelayAge.
+std::chrono::milliseconds RelayAge(std::uint64_t wire_ms);
+
 // SendRelay: one quiet relay over sock, as Successor::Send (the same
 // wire): from a --privsep worker back to its key holder, on kRecall. On
 // failure `broken` says whether the stream is out of step.
@@ -94,9 +105,11 @@ ktls::Result<void> SendRelay(int sock, const RelayCounts& counts, ktls::Connecti
                              bool& broken);
 
 // --privsep, the key holder that took over: each relay from the previous
-// one goes to a worker (WorkerPool::HandWith) as the tag 'M' (never
-// waiting) and the relay. A worker's socket also brings handshaken
-// connections (first byte 0) and kRecall ('U'): the tag tells them apart.
+// one goes to a worker (WorkerPool::HandWith) as the tag 'M' and the
+// relay, all of it or nothing: only when the worker's socket has room for
+// the whole unit (tools::HasRoom), else EAGAIN and the next worker. A
+// worker's socket also brings handshaken connections (first byte 0) and
+// kRecall ('U'): the tag tells them apart.
 // HandRelayToWorker: on failure with nothing sent (EAGAIN, EPIPE) the
 // relay is still whole; otherwise it is lost (both closed).
 ktls::Result<void> HandRelayToWorker(int sock, ReceivedRelay& relay);

@@ -750,6 +750,8 @@ class Server {
   // process sends, until it goes away or a signal drains this worker.
   net::awaitable<void> ReceiveLoop() {
     std::size_t next = 0;
+    net::steady_timer room_timer(main_io_);  // A key holder that took over: room in its workers' queues.
+    bool waited_in_vain = false;
     while (!draining_) {
       error_code ec;
       co_await from_->async_wait(net::posix::descriptor_base::wait_read, net::redirect_error(net::use_awaitable, ec));
@@ -758,7 +760,11 @@ class Server {
         HandBack();
         break;
       }
-      auto conn = ktls::ReceiveConnection(from_->native_handle(), {.peer_uid = from_uid_});
+      // A key holder that took over may end what it receives (MoveOut):
+      // it came from a worker, through the previous key holder, so it is
+      // distrusted (privsep.h: DistrustSocket).
+      auto conn = ktls::ReceiveConnection(from_->native_handle(),
+                                          {.peer_uid = from_uid_, .untrusted_sender = pool_ != nullptr});
       if (!conn.ok()) {
         if (conn.error().category == ktls::ErrorCategory::kClosed && options_.upgrade_from) {
           LogError("ktls-serve: the previous process handed over everything it could");
@@ -774,10 +780,23 @@ class Server {
       }
       if (pool_ != nullptr) {
         // A key holder that took over (--privsep): a connection from the
-        // previous one goes to a worker, as one handshaken here would.
+        // previous one goes to a worker, as one handshaken here would, but
+        // waits a little for room: the previous process hands over in a
+        // burst, maybe before the new workers read anything. Waited on
+        // this loop's timer, never blocking it (it accepts too); once one
+        // waited in vain, the next do not wait until one goes.
         const std::string peer = PeerName(conn->fd());
-        MoveOut(std::move(conn).value(), peer, [this](ktls::Connection& moving) { return pool_->Hand(moving); },
-                "a worker");
+        ktls::Connection moving = std::move(conn).value();
+        auto handed = pool_->Hand(moving);
+        const auto give_up = Clock::now() + (waited_in_vain ? milliseconds(0) : ktls::tools::kTakeOverRoomWait);
+        while (!handed.ok() && moving.fd() >= 0 && handed.error().sys_errno == EAGAIN && Clock::now() < give_up) {
+          room_timer.expires_after(milliseconds(20));
+          error_code ignored;
+          co_await room_timer.async_wait(net::redirect_error(net::use_awaitable, ignored));
+          handed = pool_->Hand(moving);
+        }
+        waited_in_vain = !handed.ok() && handed.error().sys_errno == EAGAIN;
+        MoveOut(std::move(moving), peer, [&handed](ktls::Connection&) { return handed; }, "a worker");
         continue;
       }
       Worker& worker = *workers_[next++ % workers_.size()];
