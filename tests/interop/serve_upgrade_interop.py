@@ -29,7 +29,10 @@ a test can replace "the binary on disk" as an upgrade would.
   go from the old workers, through the old and the new key holder, to the
   new workers, which serve them as nobody; the old key holder and its
   workers exit; a failed upgrade leaves the old workers serving; a worker
-  killed while it hands over loses its own connections, no others.
+  killed while it hands over loses its own connections, no others; a
+  stopped worker (SIGSTOP) does not keep the old key holder: it is killed
+  once the recall's bound (--drain-timeout plus --handshake-timeout) has
+  passed, and the upgrade finishes with the other worker's connections.
 
 Exit status as the other interop suites: 0, 1, or 77 (SKIP) without kTLS
 (a failure with KTLS_REQUIRE_KERNEL=1).
@@ -310,6 +313,26 @@ class PrivsepUpgrade(ktls_interop.PrivsepUpgradeChecks, UpgradeCases, unittest.T
                     self.served_by_new_process(server, idle, new_pid)
                     self.assertEqual(socket_holders(server.port, busy.getsockname()[1],
                                                     [new_pid, *privsep_workers(new_pid)]), [], "lost with its worker")
+            finally:
+                upgraded.stop()
+
+    def test_a_stopped_worker_is_killed_and_the_upgrade_finishes(self):
+        with self.serve(*self.RECALL_BOUND) as server:
+            upgraded = Upgraded(server)
+            try:
+                with serve.tls_connect(server.port) as kept, serve.tls_connect(server.port) as lost:
+                    # Round robin: one connection in each old worker.
+                    self.assertEqual(get(kept, "/small.txt"), b"small\n")
+                    self.assertEqual(get(lost, "/small.txt"), b"small\n")
+                    [stopped] = socket_holders(server.port, lost.getsockname()[1], server.first_workers)
+                    self.assertNotIn(stopped, socket_holders(server.port, kept.getsockname()[1], server.first_workers))
+                    new_pid = self.upgrade_with_a_stopped_worker(server, upgraded, stopped)
+                    self.assertEqual(get(kept, "/small.txt"), b"small\n", "moved from the healthy worker")
+                    self.served_by_new_process(server, kept, new_pid)
+                    self.assertEqual(socket_holders(server.port, lost.getsockname()[1],
+                                                    [new_pid, *privsep_workers(new_pid)]), [], "lost with its worker")
+                with serve.tls_connect(server.port) as new:
+                    self.assertEqual(get(new, "/small.txt"), b"small\n", "the new process serves new clients")
             finally:
                 upgraded.stop()
 
