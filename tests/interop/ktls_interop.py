@@ -598,9 +598,15 @@ class PrivsepUpgradeChecks:
         passed, and exits with status 0, the other worker having handed its
         connections back. The new key holder's pid."""
         os.kill(stopped, signal.SIGSTOP)
-        server.proc.send_signal(signal.SIGUSR2)
-        new_pid = upgraded.wait_taken_over()
-        self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 2), 0, server.err.text())
+        try:
+            server.proc.send_signal(signal.SIGUSR2)
+            new_pid = upgraded.wait_taken_over()
+            self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 2), 0, server.err.text())
+        finally:
+            # Should the old key holder not have killed it: a stopped worker
+            # holds the server's pipes (its stderr) open for good.
+            if not gone(stopped):
+                os.kill(stopped, signal.SIGKILL)
         self.assertRegex(server.err.text(), rf"upgrade: worker {stopped} has not handed everything back within "
                          r"4000 ms: killed; it handed back 0 connection\(s\), any it still held are lost")
         self.assert_old_workers_gone(server)
