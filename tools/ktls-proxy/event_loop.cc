@@ -130,16 +130,18 @@ void EventLoop::OnWake(Clock::time_point now) {
   (void)!::read(wake_.get(), &count, sizeof(count));
   std::vector<std::unique_ptr<ProxyConnection>> adopted;
   bool drain = false;
+  bool recall = false;
   {
     std::lock_guard lock(mu_);
     adopted.swap(adopted_);
     drain = drain_asked_;
+    recall = recall_asked_;
     if (move_asked_ && !move_) move_ = std::move(move_asked_);
-    if (recall_asked_ && receiving_ && !recall_expected_) {
-      recall_expected_ = true;  // ResumeListenerIfRoom, after this wake, watches the socket again.
-      std::fprintf(stderr, "ktls-proxy: worker %d: the handshake process upgrades: reading what it queued\n",
-                   static_cast<int>(::getpid()));
-    }
+  }
+  if (recall && receiving_ && !recall_expected_) {
+    recall_expected_ = true;  // ResumeListenerIfRoom, after this wake, watches the socket again.
+    std::fprintf(stderr, "ktls-proxy: worker %d: the handshake process upgrades: reading what it queued\n",
+                 static_cast<int>(::getpid()));
   }
   for (auto& conn : adopted) Add(std::move(conn), now);
   if (move_ && !draining_) HandOverAll(now);

@@ -522,8 +522,9 @@ class Server {
     // long as that takes, which is bounded: a worker's own hand-back ends
     // at --drain-timeout (what has not moved by then is lost), as the key
     // holder that waits for it holds the key (RecallTimeout).
-    const bool unbounded = handing_over_ && !options_.privsep_worker;
-    while ((active_.load() > 0 && (unbounded || Clock::now() < drain_deadline_)) || recalling_) {
+    while ((active_.load() > 0 &&
+            ((handing_over_ && !options_.privsep_worker) || Clock::now() < drain_deadline_)) ||
+           recalling_) {
       tick.expires_after(milliseconds(20));
       error_code ignored;
       co_await tick.async_wait(net::redirect_error(net::use_awaitable, ignored));
