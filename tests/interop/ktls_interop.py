@@ -684,6 +684,32 @@ class PrivsepUpgradeChecks:
     def still_serving(self, server, before):
         self.assertEqual(server.workers(), before, "the same workers")
 
+    # How long the old workers have to hand everything back on an upgrade:
+    # --drain-timeout plus --handshake-timeout, 4 s here (WorkerPool::Recall).
+    RECALL_BOUND = ("--drain-timeout", "1000", "--handshake-timeout", "3000")
+
+    def upgrade_with_a_stopped_worker(self, server, upgraded, stopped):
+        """SIGSTOPs the old worker `stopped` (started with RECALL_BOUND), then
+        SIGUSR2: the old key holder kills it once the recall's bound has
+        passed, and exits with status 0, the other worker having handed its
+        connections back. The new key holder's pid."""
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            server.proc.send_signal(signal.SIGUSR2)
+            new_pid = upgraded.wait_taken_over()
+            self.assertEqual(server.proc.wait(timeout=STEP_TIMEOUT * 2), 0, server.err.text())
+        finally:
+            # Should the old key holder not have killed it: a stopped worker
+            # holds the server's pipes (its stderr) open for good.
+            if not gone(stopped):
+                os.kill(stopped, signal.SIGKILL)
+        self.assertRegex(server.err.text(), rf"upgrade: worker {stopped} has not handed everything back within "
+                         r"4000 ms: killed; it handed back 0 connection\(s\), any it still held are lost")
+        self.assert_old_workers_gone(server)
+        self.assertEqual(server.err.text().count("connection(s) back for the new process"), 1, server.err.text())
+        self.assert_new_workers_ready(server, new_pid)
+        return new_pid
+
 
 def uids(pid):
     """A process's real, effective, saved and filesystem uids."""

@@ -35,7 +35,11 @@ kernel move.
   relays each to the new one, which hands it to one of its workers; after
   the upgrade the connection is held by a new worker running as nobody
   (not by the new key holder), and the old key holder and its workers have
-  exited; a failed upgrade leaves the same workers serving;
+  exited; a failed upgrade leaves the same workers serving; a stopped
+  worker (SIGSTOP) is killed once the recall's bound (--drain-timeout plus
+  --handshake-timeout) has passed, the other worker's connection moves,
+  and the new process upgrades again; a worker full at --max-connections,
+  with a handshaken client queued for it, still hands everything back.
 - --privsep, one new worker stuck (hostile_worker.c, LD_PRELOAD): the new
   key holder passes it over once its queue has no room for a whole moved
   connection and finishes the hand-over; no key holder holds a connection;
@@ -64,6 +68,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ktls_interop  # noqa: E402
 import proxy_interop as proxy  # noqa: E402
 from ktls_interop import STEP_TIMEOUT, Upgraded, read_tls_stat, sha, wait_until  # noqa: E402
+from ktls_interop import privsep_workers, socket_holders  # noqa: E402
 
 BINARY = ""  # The copy ktls-proxy runs from.
 MIB = 1024 * 1024
@@ -551,6 +556,87 @@ class PrivsepUpgrade(ktls_interop.PrivsepUpgradeChecks, UpgradeCases, proxy.Prox
             finally:
                 HOSTILE.release()
                 upgraded.stop()
+
+    def test_a_stopped_worker_is_killed_and_the_upgrade_finishes(self):
+        backend = proxy.SelectorEchoBackend()
+        try:
+            with self.proxy(backend.port, *self.RECALL_BOUND) as server:
+                upgraded = Upgraded(server)
+                try:
+                    kept, lost = self.connect(server), self.connect(server)
+                    # Round robin: one connection in each old worker.
+                    self.assertEqual(kept.echo(b"kept"), b"kept")
+                    self.assertEqual(lost.echo(b"lost"), b"lost")
+                    [stopped] = socket_holders(server.port, lost.port, server.first_workers)
+                    self.assertNotIn(stopped, socket_holders(server.port, kept.port, server.first_workers))
+                    first = self.upgrade_with_a_stopped_worker(server, upgraded, stopped)
+                    self.assertEqual(kept.echo(b"after"), b"after", "moved from the healthy worker")
+                    self.served_by_new_process(server, kept, first)
+                    self.assertEqual(socket_holders(server.port, lost.port, [first, *privsep_workers(first)]), [],
+                                     "lost with its worker")
+                    other = self.connect(server)
+                    self.assertEqual(other.echo_and_close(b"new"), (b"new", "close_notify"), "new clients too")
+                    # The old key holder closed its stream: the new one upgrades again.
+                    self.assertTrue(wait_until(lambda: "handed over everything" in server.err.text(), STEP_TIMEOUT))
+                    os.kill(first, signal.SIGUSR2)
+                    self.assertTrue(wait_until(lambda: server.err.text().count("serves now") == 2, STEP_TIMEOUT),
+                                    server.err.text())
+                    upgraded.pid = int(re.findall(r"upgrade: pid (\d+) serves now", server.err.text())[1])
+                    self.assertTrue(wait_until(lambda: ktls_interop.zombie(first), STEP_TIMEOUT), server.err.text())
+                    self.assertEqual(kept.echo_and_close(b"third"), (b"third", "close_notify"))
+                    self.assertNotIn("no upgrade", server.err.text())
+                finally:
+                    upgraded.stop()
+        finally:
+            backend.stop()
+
+    def test_a_worker_at_max_connections_hands_back_its_connections(self):
+        """--max-connections 1, two workers: the third client waits,
+        handshaken, in the queue of a worker that is full (it stopped
+        reading its socket); kRecall comes after it."""
+        backend = proxy.SelectorEchoBackend()
+        try:
+            with self.proxy(backend.port, "--max-connections", "1", *self.RECALL_BOUND) as server:
+                upgraded = Upgraded(server)
+                try:
+                    clients = [self.connect(server), self.connect(server)]
+                    for client in clients:
+                        self.assertEqual(client.echo(b"before"), b"before")
+                    queued = self.connect(server)
+                    clients.append(queued)
+                    # Out of the key holder, in no worker: on its way, in a full worker's queue.
+                    self.assertTrue(wait_until(lambda: socket_holders(server.port, queued.port,
+                                                                      [server.proc.pid, *server.first_workers]) == [],
+                                               STEP_TIMEOUT))
+                    new_pid = self.upgrade(server, upgraded)
+                    self.assertIn("handing 2 connection(s) back", server.err.text(), "the full worker's and its queued one")
+                    # The new workers are as full: one connection waits again, until the others end.
+                    got = {}
+
+                    def read_after(client):
+                        got[client.port] = client.read(5)[0]
+                    readers = [threading.Thread(target=read_after, args=(c,), daemon=True) for c in clients]
+                    for client, reader in zip(clients, readers):
+                        client.send(b"after")
+                        reader.start()
+                    self.assertTrue(wait_until(lambda: len(got) >= 2, STEP_TIMEOUT), server.err.text())
+                    echoed = [c for c in clients if c.port in got]
+                    self.assertEqual(len(echoed), 2, "one waits for a free slot")
+                    for client in echoed:
+                        self.assertEqual(got[client.port], b"after")
+                        self.served_by_new_process(server, client, new_pid)
+                        self.assertEqual(client.echo_and_close(b"end"), (b"end", "close_notify"))
+                    [last] = [c for c in clients if c not in echoed]
+                    readers[clients.index(last)].join(STEP_TIMEOUT)
+                    self.assertEqual(got.get(last.port), b"after", "served once a slot is free")
+                    self.assertEqual(last.echo_and_close(b"end"), (b"end", "close_notify"))
+                    for client in clients:
+                        self.assertEqual(server.line_for(client.port)["end"], "client_close_notify")
+                finally:
+                    upgraded.stop()
+        finally:
+            backend.stop()
+
 
 def set_up(directory):
     global BINARY, DOWN, UP, HOSTILE

@@ -29,7 +29,10 @@ a test can replace "the binary on disk" as an upgrade would.
   go from the old workers, through the old and the new key holder, to the
   new workers, which serve them as nobody; the old key holder and its
   workers exit; a failed upgrade leaves the old workers serving; a worker
-  killed while it hands over loses its own connections, no others;
+  killed while it hands over loses its own connections, no others; a
+  stopped worker (SIGSTOP) does not keep the old key holder: it is killed
+  once the recall's bound (--drain-timeout plus --handshake-timeout) has
+  passed, and the upgrade finishes with the other worker's connections.
 - --privsep, workers made hostile (hostile_worker.c, LD_PRELOAD): the old
   ones hand back 150 connections set to block their next holder (blocking,
   SO_LINGER for a day, send buffer full, client not reading) and the new
@@ -370,6 +373,27 @@ class PrivsepUpgrade(ktls_interop.PrivsepUpgradeChecks, UpgradeCases, unittest.T
             for sock in socks:
                 self.assertEqual(get(sock, "/small.txt"), b"small\n")
             self.assert_new_workers_ready(server, new_pid)
+
+    def test_a_stopped_worker_is_killed_and_the_upgrade_finishes(self):
+        with self.serve(*self.RECALL_BOUND) as server:
+            upgraded = Upgraded(server)
+            try:
+                with serve.tls_connect(server.port) as kept, serve.tls_connect(server.port) as lost:
+                    # Round robin: one connection in each old worker.
+                    self.assertEqual(get(kept, "/small.txt"), b"small\n")
+                    self.assertEqual(get(lost, "/small.txt"), b"small\n")
+                    [stopped] = socket_holders(server.port, lost.getsockname()[1], server.first_workers)
+                    self.assertNotIn(stopped, socket_holders(server.port, kept.getsockname()[1], server.first_workers))
+                    new_pid = self.upgrade_with_a_stopped_worker(server, upgraded, stopped)
+                    self.assertEqual(get(kept, "/small.txt"), b"small\n", "moved from the healthy worker")
+                    self.served_by_new_process(server, kept, new_pid)
+                    self.assertEqual(socket_holders(server.port, lost.getsockname()[1],
+                                                    [new_pid, *privsep_workers(new_pid)]), [], "lost with its worker")
+                with serve.tls_connect(server.port) as new:
+                    self.assertEqual(get(new, "/small.txt"), b"small\n", "the new process serves new clients")
+            finally:
+                upgraded.stop()
+
 
 def set_up(directory):
     global BINARY, BIG, HOSTILE

@@ -17,6 +17,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 
@@ -374,7 +376,7 @@ bool WorkerPool::RestartExited(std::string& error) {
   return ok;
 }
 
-void WorkerPool::Recall(const Relay& relay) {
+void WorkerPool::Recall(const Relay& relay, std::chrono::milliseconds timeout) {
   RecallWith([&relay](int sock) {
     // The socket's credentials are its creator's (this process), as in
     // the worker (privsep_worker receives with peer_uid 0); only this
@@ -387,31 +389,71 @@ void WorkerPool::Recall(const Relay& relay) {
                                        conn.error().category == ErrorCategory::kUsage);
     relay(std::move(conn));
     return !broken;
-  });
+  }, timeout);
 }
 
-void WorkerPool::RecallWith(const TakeBack& take_back) {
+void WorkerPool::RecallWith(const TakeBack& take_back, std::chrono::milliseconds timeout) {
   recalled_ = true;
-  std::vector<int> socks;
+  struct Recalled {
+    int sock;
+    pid_t pid;
+    std::size_t num_taken = 0;  // Units take_back took (some may have failed to import).
+    bool done = false;
+  };
+  std::vector<Recalled> workers;
   for (auto& slot : slots_) {
     // With the slot's lock: a Hand under way finishes first, and none
     // starts after (recalled_), so kRecall follows every connection sent.
+    // The pid stays this slot's worker (alive or a zombie) until Stop
+    // reaps it: no worker starts again after recalled_.
     std::lock_guard lock(slot->mu);
-    if (slot->sock >= 0) socks.push_back(slot->sock);
+    if (slot->sock >= 0) workers.push_back({slot->sock, slot->pid});
   }
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::mutex mu;  // Guards each Recalled's num_taken and done, and num_done.
+  std::condition_variable finished;
+  std::size_t num_done = 0;
   // One thread per worker: each hands back at its own pace (a busy one
   // after its slowest response), and none waits on another's socket (nor
   // does a Hand: kRecall goes without the slot's lock, and waits, on this
   // thread only, if the worker's queue is full).
   std::vector<std::thread> threads;
-  for (const int sock : socks) {
-    threads.emplace_back([sock, &take_back] {
-      if (::send(sock, &kRecall, 1, MSG_NOSIGNAL) != 1) return;  // Gone, with its own.
-      while (take_back(sock)) {
+  for (Recalled& worker : workers) {
+    // Before kRecall: a worker that stopped reading (its queue may be
+    // full) reads again.
+    if (worker.pid > 0) (void)::kill(worker.pid, kRecallSignal);
+    threads.emplace_back([&worker, &take_back, &mu, &finished, &num_done] {
+      if (::send(worker.sock, &kRecall, 1, MSG_NOSIGNAL) == 1) {
+        while (take_back(worker.sock)) {
+          std::lock_guard lock(mu);
+          ++worker.num_taken;
+        }
       }
-      // Done, or out of step: what the worker still sends fails there.
-      ::shutdown(sock, SHUT_RDWR);
+      // Done, gone (with its own), or out of step: what the worker still
+      // sends fails there.
+      ::shutdown(worker.sock, SHUT_RDWR);
+      std::lock_guard lock(mu);
+      worker.done = true;
+      ++num_done;
+      finished.notify_all();
     });
+  }
+  {
+    std::unique_lock lock(mu);
+    if (!finished.wait_until(lock, deadline, [&] { return num_done == workers.size(); })) {
+      for (Recalled& worker : workers) {
+        if (worker.done) continue;
+        std::fprintf(stderr,
+                     "%s: upgrade: worker %d has not handed everything back within %lld ms: killed; it handed back "
+                     "%zu connection(s), any it still held are lost\n",
+                     program_, static_cast<int>(worker.pid), static_cast<long long>(timeout.count()),
+                     worker.num_taken);
+        if (worker.pid > 0) (void)::kill(worker.pid, SIGKILL);
+        // Wakes its thread, wherever it waits on the socket (another
+        // process of the worker's user may hold the worker's end).
+        ::shutdown(worker.sock, SHUT_RDWR);
+      }
+    }
   }
   for (auto& thread : threads) thread.join();
 }

@@ -13,6 +13,7 @@
 #ifndef KTLS_TOOLS_COMMON_PRIVSEP_H_
 #define KTLS_TOOLS_COMMON_PRIVSEP_H_
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <atomic>
@@ -90,6 +91,13 @@ void DistrustSocket(int fd);
 // first byte of a connection (SendConnection starts with a 4-byte
 // big-endian length of at most kMaxConnectionStateBytes, 1 MiB: a zero).
 inline constexpr char kRecall = 'U';
+// kRecallSignal: sent to each worker just before kRecall, for a worker
+// that stopped reading its socket (ktls-proxy at --max-connections, with
+// connections queued ahead of kRecall): from then on it reads its socket
+// whatever it holds, until kRecall. SIGURG: ignored by default, so a
+// worker that has not set itself up for it yet, or does not need it
+// (ktls-serve's read their sockets always), is not killed by it.
+inline constexpr int kRecallSignal = SIGURG;
 // TakeRecall (a worker, its socket readable): whether what comes next is
 // kRecall rather than a connection; if so, it is read.
 bool TakeRecall(int sock);
@@ -171,16 +179,23 @@ class WorkerPool {
   // False when that worker is done (end of stream) or its stream is out
   // of step or broken: then nothing more is read from it.
   using TakeBack = std::function<bool(int sock)>;
-  // Recall (an upgrade): sends kRecall to every worker, which hands each
-  // of its connections back over its socket (idle ones at once, busy ones
-  // after their response) and exits. Gives each to relay, until every
-  // worker has closed its socket: done, or dead (a worker that dies loses
-  // its own connections, no others). From the first kRecall on, Hand
-  // refuses and no worker starts again. Blocks until then: call it on a
-  // thread of its own.
-  void Recall(const Relay& relay);
-  // RecallWith: Recall, each unit handed back received by take_back.
-  void RecallWith(const TakeBack& take_back);
+  // Recall (an upgrade): sends kRecallSignal and kRecall to every worker,
+  // which hands each of its connections back over its socket (idle ones
+  // at once, busy ones once quiet, within its --drain-timeout) and exits.
+  // Gives each to relay, until every worker has closed its socket: done,
+  // or dead (a worker that dies loses its own connections, no others).
+  // timeout bounds it all, from the first kRecall: a worker that has not
+  // closed its socket by then (stopped, stuck, or hostile: any process of
+  // its user may stop it) is killed (SIGKILL), what it still held is lost,
+  // and the log says so with what it had handed back. A worker whose
+  // stream is out of step ends only its own part. From the first kRecall
+  // on, Hand refuses and no worker starts again. Blocks until then: call
+  // it on a thread of its own.
+  void Recall(const Relay& relay, std::chrono::milliseconds timeout);
+  // RecallWith: Recall, each unit handed back received by take_back
+  // (which must not block on anything but sock for long: only sock is
+  // shut at the timeout).
+  void RecallWith(const TakeBack& take_back, std::chrono::milliseconds timeout);
   bool recalled() const { return recalled_; }
   // Stop asks every worker to drain (SIGTERM) and waits up to timeout, then
   // kills what is left.

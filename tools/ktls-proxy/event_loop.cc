@@ -107,6 +107,15 @@ void EventLoop::BeginHandOver(ProxyConnection::MoveFn move) {
   (void)!::write(wake_.get(), &one, sizeof(one));
 }
 
+void EventLoop::ExpectRecall() {
+  {
+    std::lock_guard lock(mu_);
+    recall_asked_ = true;
+  }
+  const std::uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof(one));
+}
+
 void EventLoop::Adopt(std::unique_ptr<ProxyConnection> conn) {
   {
     std::lock_guard lock(mu_);
@@ -121,11 +130,18 @@ void EventLoop::OnWake(Clock::time_point now) {
   (void)!::read(wake_.get(), &count, sizeof(count));
   std::vector<std::unique_ptr<ProxyConnection>> adopted;
   bool drain = false;
+  bool recall = false;
   {
     std::lock_guard lock(mu_);
     adopted.swap(adopted_);
     drain = drain_asked_;
+    recall = recall_asked_;
     if (move_asked_ && !move_) move_ = std::move(move_asked_);
+  }
+  if (recall && receiving_ && !recall_expected_) {
+    recall_expected_ = true;  // ResumeListenerIfRoom, after this wake, watches the socket again.
+    std::fprintf(stderr, "ktls-proxy: worker %d: the handshake process upgrades: reading what it queued\n",
+                 static_cast<int>(::getpid()));
   }
   for (auto& conn : adopted) Add(std::move(conn), now);
   if (move_ && !draining_) HandOverAll(now);
@@ -266,9 +282,10 @@ void EventLoop::Receive(Clock::time_point now) {
   // The key holder upgrades: every connection goes back to it, and
   // nothing more comes (WorkerPool::RecallWith).
   if (tools::TakeRecall(listener_.get())) return HandBack(now);
-  if (active_.load() >= context_.options->limits.max_connections) {
+  if (active_.load() >= context_.options->limits.max_connections && !recall_expected_) {
     // Full: what the handshake process hands this worker queues until its
-    // queue is full; then it is passed over (WorkerPool::Hand).
+    // queue is full; then it is passed over (WorkerPool::Hand). Until the
+    // recall: kRecall is behind that queue (ExpectRecall).
     PauseListener(now);
     return;
   }
@@ -314,7 +331,7 @@ void EventLoop::PauseListener(Clock::time_point until) {
 
 void EventLoop::ResumeListenerIfRoom(Clock::time_point now) {
   if (listener_registered_ || listener_.get() < 0 || draining_ || now < paused_until_ ||
-      active_.load() >= context_.options->limits.max_connections) {
+      (active_.load() >= context_.options->limits.max_connections && !recall_expected_)) {
     return;
   }
   epoll_event ev{};

@@ -64,6 +64,11 @@ class EventLoop {
   // every connection that can with move (ProxyConnection::MoveOut) as soon
   // as it is quiet; the rest end here. Safe from any thread.
   void BeginHandOver(ProxyConnection::MoveFn move);
+  // ExpectRecall (a --privsep worker, on kRecallSignal): kRecall is on
+  // its way, behind what is queued on the socket: read it all, even at
+  // --max-connections (what comes before kRecall is handed back with the
+  // rest). Safe from any thread.
+  void ExpectRecall();
   // Adopt runs a connection the previous process handed over. Safe from
   // any thread; not after the drain began.
   void Adopt(std::unique_ptr<ProxyConnection> conn);
@@ -132,8 +137,11 @@ class EventLoop {
   // Handed to this loop from other threads (under mu_), until the wake.
   std::mutex mu_;
   bool drain_asked_ = false;
+  bool recall_asked_ = false;
   ProxyConnection::MoveFn move_asked_;
   std::vector<std::unique_ptr<ProxyConnection>> adopted_;
+  // ExpectRecall was called: the socket is read whatever this loop holds.
+  bool recall_expected_ = false;
   // Handing over: where movable connections go.
   ProxyConnection::MoveFn move_;
 };

@@ -138,15 +138,24 @@ int RunWorker(const ProxyOptions& options) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, ktls::tools::kRecallSignal);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::atomic<bool> ended{false};
   std::thread waiter([&] {
-    int signo = 0;
-    sigwait(&signals, &signo);
-    if (ended.load()) return;
-    std::fprintf(stderr, "ktls-proxy: worker %d: signal %d: draining %zu connection(s)\n",
-                 static_cast<int>(::getpid()), signo, active.load());
-    loop.BeginDrain();
+    for (;;) {
+      int signo = 0;
+      sigwait(&signals, &signo);
+      if (ended.load()) return;
+      if (signo == ktls::tools::kRecallSignal) {
+        // The handshake process upgrades: kRecall follows what is queued.
+        loop.ExpectRecall();
+        continue;
+      }
+      std::fprintf(stderr, "ktls-proxy: worker %d: signal %d: draining %zu connection(s)\n",
+                   static_cast<int>(::getpid()), signo, active.load());
+      loop.BeginDrain();
+      return;
+    }
   });
   std::fprintf(stderr, "ktls-proxy: worker %d: proxying to %s as uid %u\n", static_cast<int>(::getpid()),
                backend->name().c_str(), static_cast<unsigned>(::getuid()));
@@ -227,9 +236,13 @@ void ReceiveHandedOver(const ktls::proxy::ProxyContext& context,
 // RecallWorkers (--privsep, once the new key holder serves): every worker
 // hands its relaying connections back (EventLoop::HandBack), each relayed
 // here to the new key holder, which gives it to one of its workers. Blocks
-// until every worker has exited.
+// until every worker has exited, or at most --drain-timeout (which bounds
+// each worker's hand-back: its drain) plus --handshake-timeout (for a
+// loaded machine): a worker not done by then is killed, its connections
+// lost (WorkerPool::RecallWith).
 void RecallWorkers(ktls::tools::WorkerPool& pool, ktls::proxy::Successor& successor,
                    const ktls::proxy::ProxyContext& context) {
+  const auto timeout = context.options->drain_timeout + context.options->handshake_timeout;
   pool.RecallWith([&](int sock) {
     // The socket's credentials are this process's (it made it), as the
     // worker checks them the other way.
@@ -243,7 +256,7 @@ void RecallWorkers(ktls::tools::WorkerPool& pool, ktls::proxy::Successor& succes
       EndUnmoved(context, *relay, "to the new process: " + sent.error().ToString());
     }
     return true;
-  });
+  }, timeout);
 }
 
 int Run(const ProxyOptions& options, std::vector<std::string> args, const std::string& exe_path) {

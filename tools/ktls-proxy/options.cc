@@ -64,7 +64,8 @@ cxxopts::Options MakeOptions() {
     ("connect-timeout", "Give up connecting to the backend after this long (ms)",
      cxxopts::value<long long>()->default_value(std::to_string(defaults.connect_timeout.count())))
     ("drain-timeout", "On SIGINT/SIGTERM, let open connections finish for at most this long (ms); also how long "
-     "connections that cannot move on SIGUSR2 may go on in the old process",
+     "connections that cannot move on SIGUSR2 may go on in the old process (with --privsep, an old worker has this "
+     "plus --handshake-timeout to hand everything back, or it is killed)",
      cxxopts::value<long long>()->default_value(std::to_string(defaults.drain_timeout.count())))
     ("proxy-protocol", "Send a PROXY protocol v2 header to the backend first")
     ("copy", "Move the bytes with read and write through this process, never splice (to compare)")

@@ -519,8 +519,12 @@ class Server {
     // Handing over to a new process waits for every response in flight:
     // each piece of one still has to go out within the idle timeout.
     // With --privsep, the workers hand theirs back (RecallWorkers) for as
-    // long as that takes.
-    while ((active_.load() > 0 && (handing_over_ || Clock::now() < drain_deadline_)) || recalling_) {
+    // long as that takes, which is bounded: a worker's own hand-back ends
+    // at --drain-timeout (what has not moved by then is lost), as the key
+    // holder that waits for it holds the key (RecallTimeout).
+    while ((active_.load() > 0 &&
+            ((handing_over_ && !options_.privsep_worker) || Clock::now() < drain_deadline_)) ||
+           recalling_) {
       tick.expires_after(milliseconds(20));
       error_code ignored;
       co_await tick.async_wait(net::redirect_error(net::use_awaitable, ignored));
@@ -626,10 +630,16 @@ class Server {
         const std::string peer = PeerName(conn->fd());
         MoveOut(std::move(conn).value(), peer, [this](ktls::Connection& moving) { return SendToNewProcess(moving); },
                 "the new process");
-      });
+      }, RecallTimeout());
       recalling_ = false;
     });
   }
+
+  // RecallTimeout: how long the workers have to hand everything back
+  // (WorkerPool::Recall kills one that has not by then): --drain-timeout,
+  // which bounds each worker's hand-back (WaitDrained), and
+  // --handshake-timeout more for a loaded machine.
+  milliseconds RecallTimeout() const { return options_.drain_timeout + options_.handshake_timeout; }
 
   // HandBack (a --privsep worker, on kRecall from the handshake process,
   // which upgrades): hands every connection back over kWorkerFd, idle ones
@@ -1266,7 +1276,8 @@ int main(int argc, char** argv) {
      cxxopts::value<std::size_t>()->default_value("2048"))
     ("handshake-timeout", "Drop clients that have not finished the handshake by then (ms)",
      cxxopts::value<long long>()->default_value("10000"))
-    ("drain-timeout", "On SIGINT/SIGTERM, wait at most this long for responses in flight (ms)",
+    ("drain-timeout", "On SIGINT/SIGTERM, wait at most this long for responses in flight (ms); on SIGUSR2 with "
+     "--privsep, how long an old worker hands its connections back (it is killed at this plus --handshake-timeout)",
      cxxopts::value<long long>()->default_value("10000"))
     ("metrics", "Serve Prometheus metrics over plain HTTP at http://ADDR:PORT/metrics (default: off; use loopback; "
      "with --privsep, the handshake process serves them for all its workers)",
