@@ -43,6 +43,7 @@ struct State {
   std::vector<unsigned char> out;  // Written by OpenSSL, not yet sent.
   std::size_t out_begin = 0;
   bool sent = false;  // Anything sent yet; from then on the socket is only peeked.
+  bool eof = false;   // The peer closed its side (BIO_eof, as OpenSSL's socket BIO).
 };
 
 State* Get(BIO* bio) { return static_cast<State*>(BIO_get_data(bio)); }
@@ -115,18 +116,22 @@ int Take(State& s, std::size_t n) {
 // first send) or peeks. Returns the bytes buffered, 0 at EOF, -EAGAIN
 // (*want_write: for a send), or -errno.
 ssize_t Fill(State& s, bool* want_write) {
-  bool just_sent = false;
-  if (s.out_begin < s.out.size()) {
-    const int sent = Send(s, s.blocking);
-    if (sent == -EAGAIN) *want_write = true;
-    if (sent < 0) return sent;
-    just_sent = true;
-  }
+  // OpenSSL has had every byte buffered: those still in the socket go first.
   if (s.in_peeked && s.in_end > 0) {
     if (const int taken = Take(s, s.in_end); taken < 0) return taken;
   }
   s.in_begin = s.in_end = 0;
   s.in_peeked = false;
+  bool just_sent = false;
+  if (s.out_begin < s.out.size()) {
+    const int sent = Send(s, s.blocking);
+    if (sent == -EAGAIN) {
+      *want_write = true;
+      s.in.reset();  // Nothing held while the handshake waits.
+    }
+    if (sent < 0) return sent;
+    just_sent = true;
+  }
   if (!s.in) {
     s.in.reset(new (std::nothrow) unsigned char[kInCapacity]);
     if (!s.in) return -ENOMEM;
@@ -148,7 +153,10 @@ ssize_t Fill(State& s, bool* want_write) {
       s.in_peeked = peek;
       return n;
     }
-    if (n == 0) return 0;
+    if (n == 0) {
+      s.eof = true;
+      return 0;
+    }
     if (n == -EINTR) continue;
     if (!WouldBlock(n)) return n;
     if (!s.blocking) {
@@ -166,7 +174,12 @@ int Read(BIO* bio, char* buf, int len) {
   if (s.in_begin == s.in_end) {
     bool want_write = false;
     const ssize_t filled = Fill(s, &want_write);
-    if (filled == 0) return 0;
+    if (filled == 0) {
+      // No errno left from a read that would have blocked before: OpenSSL
+      // reads it after a failed call, and a blocking handshake is one call.
+      errno = 0;
+      return 0;
+    }
     if (filled < 0) {
       if (filled == -EAGAIN) {
         if (want_write) {
@@ -210,6 +223,8 @@ long Ctrl(BIO* bio, int cmd, long /*num*/, void* ptr) {
   switch (cmd) {
     case BIO_CTRL_FLUSH:
       return 1;  // Sent when the peer's answer is needed, or at the end.
+    case BIO_CTRL_EOF:
+      return s.eof ? 1 : 0;
     case BIO_CTRL_PENDING:
       return static_cast<long>(s.in_end - s.in_begin);
     case BIO_CTRL_WPENDING:
@@ -279,22 +294,32 @@ BIO* NewHandshakeBio(int fd, bool blocking, std::chrono::milliseconds timeout) {
   return bio;
 }
 
-int SettleHandshakeBio(BIO* bio) {
+int SettleHandshakeBio(BIO* bio, bool only_tickets_left) {
   State* s = Ours(bio);
   if (s == nullptr) return 0;
-  if (const int sent = Send(*s, s->blocking); sent < 0) return sent;
   if (s->in_begin < s->in_end && !s->in_peeked) return -EPROTO;
   if (s->in_peeked && s->in_begin > 0) {
+    // What OpenSSL did not take stays in the socket, for the kernel.
     if (const int taken = Take(*s, s->in_begin); taken < 0) return taken;
   }
   s->in.reset();
   s->in_begin = s->in_end = 0;
   s->in_peeked = false;
+  if (const int sent = Send(*s, s->blocking); sent < 0) {
+    // OpenSSL 3.0 ignores a TLS 1.3 server's ticket that a closed
+    // connection refuses, so that what the client sent before it closed can
+    // still be read; so do we.
+    if (!(only_tickets_left && (sent == -EPIPE || sent == -ECONNRESET))) return sent;
+    std::vector<unsigned char>().swap(s->out);
+    s->out_begin = 0;
+  }
   return 0;
 }
 
 void FlushHandshakeBio(BIO* bio) {
-  if (State* s = Ours(bio)) (void)Send(*s, /*wait=*/false);
+  // Blocking, it waits for room as a blocking socket's send would (never
+  // past the handshake's deadline).
+  if (State* s = Ours(bio)) (void)Send(*s, /*wait=*/s->blocking);
 }
 
 }  // namespace ktls::detail

@@ -38,16 +38,20 @@ namespace ktls::detail {
 // counted from its first wait (a wait past it fails with ETIMEDOUT).
 BIO* NewHandshakeBio(int fd, bool blocking, std::chrono::milliseconds timeout);
 
-// SettleHandshakeBio, once SSL_do_handshake has returned 1: sends what is
-// still buffered and takes the bytes OpenSSL read out of the socket, so
-// that the socket holds exactly what follows the handshake. Returns 0 when
-// done, -EAGAIN when a send would block (call again once writable; never in
-// blocking mode), or -errno: -EPROTO if the peer sent bytes before the
-// handshake let it that OpenSSL never read (they cannot be given back).
-int SettleHandshakeBio(BIO* bio);
+// SettleHandshakeBio, once SSL_do_handshake has returned 1: takes the
+// bytes OpenSSL read out of the socket, so that the socket holds exactly
+// what follows the handshake, and sends what is still buffered. Returns 0
+// when done, -EAGAIN when a send would block (call again once writable;
+// never in blocking mode), or -errno: -EPROTO if the peer sent bytes before
+// the handshake let it that OpenSSL never read (they cannot be given back).
+// only_tickets_left (a TLS 1.3 server: what is left are its session
+// tickets): a peer that already closed (EPIPE, ECONNRESET) is not an error,
+// and the tickets are dropped, as OpenSSL does.
+int SettleHandshakeBio(BIO* bio, bool only_tickets_left);
 
-// FlushHandshakeBio sends what is buffered without waiting, as far as the
-// socket takes it: the alert of a handshake that failed.
+// FlushHandshakeBio sends what is buffered, as far as the socket takes it
+// (blocking, waiting for room until the deadline): the alert of a
+// handshake that failed.
 void FlushHandshakeBio(BIO* bio);
 
 }  // namespace ktls::detail

@@ -102,6 +102,10 @@ Result<Connection> FinishBlocking(PendingHandshake handshake) {
       return std::move(wait).error();
     }
     if (*wait == Wait::kNone) break;
+    if (handshake.impl_->blocking) {
+      // The BIO waits itself; a handshake that waits leaves no deadline here.
+      return MakeError(ErrorCategory::kInternal, "a blocking handshake asked to wait");
+    }
     pollfd pfd{handshake.fd(), static_cast<short>(*wait == Wait::kReadable ? POLLIN : POLLOUT), 0};
     const int rc = ::poll(&pfd, 1, RemainingMs(handshake.deadline()));
     if (rc < 0 && errno != EINTR) return SysError(errno, "poll during the TLS handshake");
@@ -172,7 +176,8 @@ Result<Wait> PendingHandshake::Step() {
   }
   // The handshake is complete; what OpenSSL wrote last (its Finished, the
   // tickets) leaves, and the bytes it read leave the socket.
-  if (const int settled = detail::SettleHandshakeBio(SSL_get_rbio(ssl)); settled != 0) {
+  const bool only_tickets_left = impl_->is_server && SSL_version(ssl) == TLS1_3_VERSION;
+  if (const int settled = detail::SettleHandshakeBio(SSL_get_rbio(ssl), only_tickets_left); settled != 0) {
     if (settled == -EAGAIN) return Wait::kWritable;
     if (settled == -ETIMEDOUT) return timed_out();
     if (settled == -EPROTO) {

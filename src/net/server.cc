@@ -1,6 +1,7 @@
 // net/server.cc: Listener.
 #include "ktls/server.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
@@ -119,12 +120,22 @@ Result<int> Listener::AcceptSocket() {
 
 Result<PendingHandshake> Listener::StartHandshake(int socket) const { return impl_->context.StartHandshake(socket); }
 
-Result<Connection> Listener::Handshake(int socket) { return impl_->context.Handshake(socket); }
+Result<Connection> Listener::Handshake(int socket) {
+  auto conn = impl_->context.Handshake(socket);
+  if (!conn.ok()) return conn;
+  // The socket is the caller's, maybe accepted non-blocking; the blocking
+  // API promises a blocking Connection.
+  const int flags = ::fcntl(conn->fd(), F_GETFL);
+  if (flags < 0 || ((flags & O_NONBLOCK) != 0 && ::fcntl(conn->fd(), F_SETFL, flags & ~O_NONBLOCK) != 0)) {
+    return detail::SysError(errno, "fcntl: making the connection's socket blocking");
+  }
+  return conn;
+}
 
 Result<Connection> Listener::Accept() {
   auto fd = AcceptSocket();
   if (!fd.ok()) return std::move(fd).error();
-  return Handshake(*fd);
+  return impl_->context.Handshake(*fd);  // Our own accept's socket: blocking already.
 }
 
 int Listener::fd() const noexcept { return impl_->fd.get(); }

@@ -411,6 +411,32 @@ class OpenSslClientTest(InteropTest):
         self.check_line(line, "server", bytes_in=len(payload), bytes_out=len(payload), end="truncated")
         self.check_kernel_counters()
 
+    def test_client_hello_cut_short_then_fin_is_answered_as_openssl_does(self):
+        # A client that closes in the middle of its ClientHello: OpenSSL in
+        # userspace (s_server) answers with a fatal decode_error alert and
+        # closes; ktls's handshake must answer the same, and call it eof.
+        cut = bytes([22, 3, 1, 0, 100, 1]) + bytes(9)
+        decode_error = bytes([21, 3, 3, 0, 2, 2, 50])
+
+        def send_then_fin(port):
+            with socket.create_connection((HOST, port), timeout=STEP_TIMEOUT) as sock:
+                sock.sendall(cut)
+                sock.shutdown(socket.SHUT_WR)
+                got = b""
+                while True:
+                    data = sock.recv(4096)
+                    if not data:
+                        return got
+                    got += data
+
+        with SServer() as reference:
+            self.assertEqual(send_then_fin(reference.port).hex(), decode_error.hex(), "openssl s_server's answer")
+        with self.echo_server() as server:
+            self.assertEqual(send_then_fin(server.port).hex(), decode_error.hex(), "ktls-echo's answer")
+            [line] = server.connection_lines(1)
+        self.check_refused_line(line, "server", r"^eof$")
+        self.check_kernel_counters()
+
     def test_client_certificate(self):
         with self.echo_server("--client-ca", PKI.ca.cert) as server:
             payload, _ = self.s_client_echo(server, "-cert", PKI.client.cert, "-key", PKI.client.key)

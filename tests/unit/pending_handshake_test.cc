@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "ktls/handshake.h"
 #include "ktls/server.h"
@@ -152,6 +153,67 @@ TEST(PendingHandshakeTest, ClientGoneMidHandshakeIsAnErrorNotSigpipe) {
   }
   ASSERT_TRUE(failure.has_value()) << "the server's handshake did not notice the client was gone";
   EXPECT_EQ(failure->sys_errno, EPIPE) << failure->ToString();
+}
+
+// A client that closes in the middle of its ClientHello: the blocking
+// handshake says the peer closed (kTruncated, not the EAGAIN of an earlier
+// read), and answers with decode_error, as OpenSSL's socket BIO does.
+TEST(PendingHandshakeTest, AClientClosingMidHandshakeIsTruncationAndGetsDecodeError) {
+  SocketPair pair = LoopbackTcpPair();
+  ASSERT_TRUE(pair.client.valid() && pair.server.valid());
+  auto context = ServerContext::Create(ServerFor());
+  ASSERT_TRUE(context.ok()) << context.error().ToString();
+  std::thread client([fd = pair.client.get()] {
+    // Nothing there at first: the server's first read would block.
+    std::this_thread::sleep_for(milliseconds(100));
+    const unsigned char cut[] = {22, 3, 1, 0, 100, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    (void)::send(fd, cut, sizeof(cut), MSG_NOSIGNAL);
+    ::shutdown(fd, SHUT_WR);
+  });
+  auto conn = context->Handshake(pair.server.release());
+  client.join();
+  ASSERT_FALSE(conn.ok());
+  EXPECT_EQ(conn.error().category, ErrorCategory::kTruncated) << conn.error().ToString();
+  unsigned char alert[16] = {};
+  ASSERT_TRUE(SetIoTimeout(pair.client.get(), milliseconds(5000)));
+  const ssize_t n = ::recv(pair.client.get(), alert, sizeof(alert), MSG_WAITALL);
+  ASSERT_EQ(n, 7);
+  const unsigned char decode_error[] = {21, 3, 3, 0, 2, 2, 50};
+  EXPECT_EQ(std::memcmp(alert, decode_error, sizeof(decode_error)), 0);
+}
+
+// A TLS 1.3 client that resets the connection right after its Finished:
+// the server's session tickets cannot go out, and OpenSSL 3.0 ignores that
+// (what the client sent before it closed can still be read), so the
+// handshake still completes.
+TEST(PendingHandshakeTest, TicketsAClientThatResetCannotTakeDoNotFailTheHandshake) {
+  SocketPair pair = LoopbackTcpPair();
+  ASSERT_TRUE(pair.client.valid() && pair.server.valid());
+  auto context = ServerContext::Create(ServerFor());
+  ASSERT_TRUE(context.ok()) << context.error().ToString();
+  auto server_hs = context->StartHandshake(pair.server.release());
+  ASSERT_TRUE(server_hs.ok());
+  auto client_hs = StartClientHandshake(pair.client.release(), "localhost", ClientFor());
+  ASSERT_TRUE(client_hs.ok()) << client_hs.error().ToString();
+  const auto step_until = [](PendingHandshake& hs, Wait want) {
+    for (int i = 0; i < 100; ++i) {
+      auto step = hs.Step();
+      if (!step.ok()) return step.error().ToString();
+      if (*step == want) return std::string();
+      pollfd pfd{hs.fd(), static_cast<short>(*step == Wait::kReadable ? POLLIN : POLLOUT), 0};
+      (void)::poll(&pfd, 1, 100);
+    }
+    return std::string("no progress");
+  };
+  ASSERT_EQ(step_until(*client_hs, Wait::kReadable), "");  // The ClientHello.
+  ASSERT_EQ(step_until(*server_hs, Wait::kReadable), "");  // The flight; waits for the Finished.
+  ASSERT_EQ(step_until(*client_hs, Wait::kNone), "");      // The Finished.
+  const linger reset{1, 0};
+  ASSERT_EQ(::setsockopt(client_hs->fd(), SOL_SOCKET, SO_LINGER, &reset, sizeof(reset)), 0);
+  { PendingHandshake gone = std::move(*client_hs); }  // Closes its socket: a reset.
+  auto done = server_hs->Step();
+  ASSERT_TRUE(done.ok()) << done.error().ToString();
+  EXPECT_EQ(*done, Wait::kNone);
 }
 
 TEST(PendingHandshakeTest, UntrustedServerFailsTheClientStepWithTheReason) {
