@@ -146,7 +146,17 @@ def start_proxy(name, work, tools, port, backend_port, trace=None):
         cmd = ["strace", "-f", "-c", "-o", trace] + cmd
     log = open(os.path.join(work, f"{name}-{port}.log"), "w+")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    wait_port(port, proc, name)
+    try:
+        wait_port(port, proc, name)
+    except Failure as e:
+        # What the proxy said is the only clue to why it did not start.
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.seek(0)
+        text = log.read()
+        log.close()
+        raise Failure(f"{e}; its output: {text[-1500:]!r}") from None
     # strace wraps the proxy: measure the proxy itself, its only child.
     pid = proc.pid
     if trace:
