@@ -1,6 +1,5 @@
 // net/move_socket.cc: SendConnection and ReceiveConnection (ktls/move.h),
 // a connection's socket and state over an AF_UNIX socket.
-#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -16,6 +15,7 @@
 #include "kernel/socket_platform.h"
 #include "kernel/syscalls.h"
 #include "ktls/move.h"
+#include "net/socket_util.h"
 
 namespace ktls {
 namespace {
@@ -105,8 +105,7 @@ Result<void> CheckRoom(int unix_socket, std::size_t bytes) {
 // non-blocking, its SO_LINGER off, whatever the sender left there. Errors
 // are ignored: a descriptor that is no socket is refused afterwards.
 void DistrustSocket(int fd) {
-  const int flags = ::fcntl(fd, F_GETFL);
-  if (flags >= 0 && (flags & O_NONBLOCK) == 0) (void)::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  (void)detail::SetNonBlocking(fd, true);
   const linger off{0, 0};
   (void)::setsockopt(fd, SOL_SOCKET, SO_LINGER, &off, sizeof(off));
 }

@@ -3,7 +3,6 @@
 // so both kinds of caller get the same handshake and the same offload.
 #include "net/pending_handshake.h"
 
-#include <fcntl.h>
 #include <openssl/err.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -17,20 +16,13 @@
 #include "core/errors.h"
 #include "kernel/socket_platform.h"
 #include "net/handshake_bio.h"
+#include "net/socket_util.h"
 
 namespace ktls {
 namespace detail {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-Result<void> SetNonBlocking(int fd, bool on) {
-  const int flags = ::fcntl(fd, F_GETFL);
-  if (flags < 0) return SysError(errno, "fcntl(F_GETFL)");
-  const int wanted = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
-  if (wanted != flags && ::fcntl(fd, F_SETFL, wanted) != 0) return SysError(errno, "fcntl(F_SETFL)");
-  return {};
-}
 
 // DrainInput reads (and drops) what the peer already sent, without waiting:
 // closing a socket with unread input sends a reset, which can overtake the

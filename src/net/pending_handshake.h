@@ -44,9 +44,9 @@ Result<PendingHandshake> NewPendingHandshake(UniqueFd socket, UniqueSsl ssl, boo
                                              HandshakeWaits waits);
 
 // FinishBlocking drives a handshake to its end and returns the offloaded
-// Connection on a blocking socket, as the blocking API promises (kInside
-// leaves it blocking; a kOutside one is made blocking again). A server that failed lingers a moment so the
-// client reads our alert.
+// Connection. A kOutside handshake's socket is made blocking again; a
+// kInside one's is left as the caller made it. A server that failed
+// lingers a moment so the client reads our alert.
 Result<Connection> FinishBlocking(PendingHandshake handshake);
 
 }  // namespace ktls::detail

@@ -1,7 +1,6 @@
 // net/server.cc: Listener.
 #include "ktls/server.h"
 
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
@@ -125,10 +124,7 @@ Result<Connection> Listener::Handshake(int socket) {
   if (!conn.ok()) return conn;
   // The socket is the caller's, maybe accepted non-blocking; the blocking
   // API promises a blocking Connection.
-  const int flags = ::fcntl(conn->fd(), F_GETFL);
-  if (flags < 0 || ((flags & O_NONBLOCK) != 0 && ::fcntl(conn->fd(), F_SETFL, flags & ~O_NONBLOCK) != 0)) {
-    return detail::SysError(errno, "fcntl: making the connection's socket blocking");
-  }
+  if (auto set = detail::SetNonBlocking(conn->fd(), false); !set) return std::move(set).error();
   return conn;
 }
 

@@ -1,6 +1,7 @@
 // net/socket_util.cc
 #include "net/socket_util.h"
 
+#include <fcntl.h>
 #include <netdb.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -99,6 +100,14 @@ std::uint16_t PortOf(const sockaddr_storage& addr) {
   if (addr.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(addr).sin_port);
   if (addr.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(addr).sin6_port);
   return 0;
+}
+
+Result<void> SetNonBlocking(int fd, bool on) {
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0) return SysError(errno, "fcntl(F_GETFL)");
+  const int wanted = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
+  if (wanted != flags && ::fcntl(fd, F_SETFL, wanted) != 0) return SysError(errno, "fcntl(F_SETFL)");
+  return {};
 }
 
 }  // namespace ktls::detail
