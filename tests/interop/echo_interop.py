@@ -46,6 +46,7 @@ from ktls_interop import (HOST, STEP_TIMEOUT, PkiBase, exchange,  # noqa: E402
                           received, until_exit,
                           parse_line, raw_connection_lines as connection_lines, read_tls_stat, sha,
                           wait_until)
+from ktls_badpeer import read_until_closed  # noqa: E402
 
 PAYLOAD_LEN = 256 * 1024
 
@@ -422,17 +423,13 @@ class OpenSslClientTest(InteropTest):
             with socket.create_connection((HOST, port), timeout=STEP_TIMEOUT) as sock:
                 sock.sendall(cut)
                 sock.shutdown(socket.SHUT_WR)
-                got = b""
-                while True:
-                    data = sock.recv(4096)
-                    if not data:
-                        return got
-                    got += data
+                got, ending = read_until_closed(sock)
+                return got.hex(), ending
 
         with SServer() as reference:
-            self.assertEqual(send_then_fin(reference.port).hex(), decode_error.hex(), "openssl s_server's answer")
+            self.assertEqual(send_then_fin(reference.port), (decode_error.hex(), "eof"), "openssl s_server's answer")
         with self.echo_server() as server:
-            self.assertEqual(send_then_fin(server.port).hex(), decode_error.hex(), "ktls-echo's answer")
+            self.assertEqual(send_then_fin(server.port), (decode_error.hex(), "eof"), "ktls-echo's answer")
             [line] = server.connection_lines(1)
         self.check_refused_line(line, "server", r"^eof$")
         self.check_kernel_counters()
