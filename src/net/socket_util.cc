@@ -1,11 +1,11 @@
 // net/socket_util.cc
 #include "net/socket_util.h"
 
-#include <fcntl.h>
 #include <netdb.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -103,10 +103,10 @@ std::uint16_t PortOf(const sockaddr_storage& addr) {
 }
 
 Result<void> SetNonBlocking(int fd, bool on) {
-  const int flags = ::fcntl(fd, F_GETFL);
-  if (flags < 0) return SysError(errno, "fcntl(F_GETFL)");
-  const int wanted = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
-  if (wanted != flags && ::fcntl(fd, F_SETFL, wanted) != 0) return SysError(errno, "fcntl(F_SETFL)");
+  // FIONBIO sets or clears O_NONBLOCK alone: one call, where fcntl takes
+  // two (F_GETFL, then F_SETFL with the other flags kept).
+  int value = on ? 1 : 0;
+  if (::ioctl(fd, FIONBIO, &value) != 0) return SysError(errno, "ioctl(FIONBIO)");
   return {};
 }
 

@@ -26,8 +26,7 @@ Result<UniqueFd> ConnectTcp(const std::string& host, const std::string& port);
 // for any other family.
 std::uint16_t PortOf(const sockaddr_storage& addr);
 
-// SetNonBlocking sets or clears fd's O_NONBLOCK (one fcntl when it is as
-// wanted already).
+// SetNonBlocking sets or clears fd's O_NONBLOCK (one ioctl, FIONBIO).
 Result<void> SetNonBlocking(int fd, bool on);
 
 }  // namespace ktls::detail
