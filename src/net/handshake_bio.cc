@@ -43,6 +43,9 @@ struct State {
   std::vector<unsigned char> out;  // Written by OpenSSL, not yet sent.
   std::size_t out_begin = 0;
   bool sent = false;  // Anything sent yet; from then on the socket is only peeked.
+  // drained: the last read or peek found the socket's queue empty after it
+  // (short, or would block), so whatever came since made it readable anew.
+  bool drained = false;
   bool eof = false;   // The peer closed its side (BIO_eof, as OpenSSL's socket BIO).
 };
 
@@ -132,12 +135,18 @@ ssize_t Fill(State& s, bool* want_write) {
     if (sent < 0) return sent;
     just_sent = true;
   }
+  // Having just sent a flight, the answer cannot be there yet: wait first
+  // rather than try a read that would fail. An event loop is told to wait
+  // for readability: anything that came after the last read (which left
+  // the queue empty) makes the socket readable, edge-triggered or not.
+  if (just_sent && !s.blocking && s.drained) {
+    s.in.reset();  // Nothing held while the handshake waits.
+    return -EAGAIN;
+  }
   if (!s.in) {
     s.in.reset(new (std::nothrow) unsigned char[kInCapacity]);
     if (!s.in) return -ENOMEM;
   }
-  // Having just sent a flight, the answer cannot be there yet: wait first
-  // rather than try a read that would fail.
   if (s.blocking && just_sent) {
     if (const int waited = WaitFor(s, POLLIN); waited < 0) return waited;
   }
@@ -151,6 +160,7 @@ ssize_t Fill(State& s, bool* want_write) {
     if (n > 0) {
       s.in_end = static_cast<std::size_t>(n);
       s.in_peeked = peek;
+      s.drained = s.in_end < kInCapacity;
       return n;
     }
     if (n == 0) {
@@ -159,6 +169,7 @@ ssize_t Fill(State& s, bool* want_write) {
     }
     if (n == -EINTR) continue;
     if (!WouldBlock(n)) return n;
+    s.drained = true;
     if (!s.blocking) {
       s.in.reset();  // Nothing held while the handshake waits.
       return -EAGAIN;

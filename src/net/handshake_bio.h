@@ -23,6 +23,11 @@
 // In blocking mode the BIO waits itself (poll, never past the deadline), so
 // the socket stays as the caller made it; otherwise a read or write that
 // would block sets OpenSSL's retry flags, as a non-blocking socket BIO does.
+// Right after a flight has gone, the peer's answer cannot be there yet: the
+// blocking BIO waits before it reads, and a non-blocking one asks the loop
+// to wait for readability without trying a read that would fail, when its
+// last read left the socket's queue empty (so anything since has made the
+// socket readable again, for an edge-triggered loop too).
 // Sends never raise SIGPIPE. The BIO does not own the socket.
 #ifndef KTLS_SRC_NET_HANDSHAKE_BIO_H_
 #define KTLS_SRC_NET_HANDSHAKE_BIO_H_

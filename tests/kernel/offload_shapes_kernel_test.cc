@@ -30,6 +30,7 @@
 #include <openssl/x509.h>
 #include <poll.h>
 #include <fcntl.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -521,6 +522,70 @@ TEST(OffloadShapesKernelTest, ServerHandshakeReadsEachFlightOnceAndNothingBehind
   Bytes got;
   ASSERT_EQ(ReadExactly(*conn, early.size(), got), "");
   EXPECT_EQ(Sha256Hex(got), Sha256Hex(early)) << "the data behind Finished, through the kernel";
+}
+
+// An event loop's handshake (StartHandshake, Step) reads as few times as
+// the blocking one: having sent its flight, the server cannot have the
+// client's answer yet, so Step asks the loop to wait without trying a read
+// that would fail. The loop here is edge-triggered epoll, registered before
+// the handshake: its last read left the queue empty, so the answer's
+// arrival is an edge it sees. Three reads in all, as blocking: the
+// ClientHello, a peek at the client's last flight, the take of it.
+TEST(OffloadShapesKernelTest, EventLoopHandshakeWaitsForTheAnswerBeforeReading) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  ServerConfig config = ServerFor();
+  config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too.
+  auto context = ServerContext::Create(config);
+  ASSERT_TRUE(context.ok()) << context.error().ToString();
+  const UniqueSslCtx client_ctx = NewTestContext(false);
+  ASSERT_TRUE(client_ctx);
+  SocketPair pair = LoopbackTcpPair();
+  ASSERT_TRUE(pair.client.valid() && pair.server.valid());
+  ASSERT_TRUE(SetIoTimeout(pair.client.get(), kIoTimeout));
+  UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
+  ASSERT_TRUE(epoll.valid()) << std::strerror(errno);
+  epoll_event event{};
+  event.events = EPOLLIN | EPOLLET;
+  ASSERT_EQ(::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, pair.server.get(), &event), 0) << std::strerror(errno);
+  PlainPeer client;
+  ASSERT_EQ(NewPlainPeer(client_ctx.get(), std::move(pair.client), client), "");
+  std::string client_error;
+  std::thread client_thread([&] {
+    ERR_clear_error();
+    const int ret = SSL_connect(client.ssl.get());
+    if (ret != 1) client_error = SslFailure(client.ssl.get(), ret, "SSL_connect");
+  });
+  // The ClientHello is there before the handshake starts, and the loop has
+  // had its edge: from here only new bytes wake it.
+  epoll_event hello{};
+  ASSERT_EQ(::epoll_wait(epoll.get(), &hello, 1, 10'000), 1);
+  ClearFaults();
+  auto handshake = context->StartHandshake(pair.server.release());
+  ASSERT_TRUE(handshake.ok()) << handshake.error().ToString();
+  int waits = 0;
+  for (;;) {
+    auto wait = handshake->Step();
+    ASSERT_TRUE(wait.ok()) << wait.error().ToString();
+    if (*wait == Wait::kNone) break;
+    ASSERT_LT(++waits, 10) << "the handshake should wait once, for the client's Finished";
+    epoll_event ready{};
+    ASSERT_EQ(::epoll_wait(epoll.get(), &ready, 1, 10'000), 1) << "an edge-triggered loop missed the client's answer";
+  }
+  auto conn = handshake->Finish();
+  const int reads = CallCount(Syscall::kRecvMsg);
+  const int sends = CallCount(Syscall::kSendMsg);
+  client_thread.join();
+  ASSERT_EQ(client_error, "");
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  ExpectOffloaded(conn->tx(), conn->rx(), Offload::kKernel, Offload::kKernel, "the server");
+  EXPECT_EQ(reads, 3) << "read the ClientHello, peek at CCS + Finished, take them; no read right after the flight";
+  EXPECT_EQ(sends, 2) << "the server's flight, then both session tickets in one send";
+  // Through the kernel both ways.
+  const Bytes ping = RandomBytes(100);
+  ASSERT_EQ(WriteAll(*conn, ping), "");
+  Bytes got;
+  ASSERT_EQ(SslReadExactly(client.ssl.get(), ping.size(), got), "");
+  EXPECT_EQ(got, ping);
 }
 
 // OffloadByoServerKernelTest: a bring-your-own server (PrepareSsl,
