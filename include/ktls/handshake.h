@@ -28,9 +28,18 @@
 namespace ktls {
 
 class PendingHandshake;
+class ServerContext;
 namespace detail {
 struct PendingHandshakeImpl;
 Result<Connection> FinishBlocking(PendingHandshake handshake);
+// For ktls/asio.h, whose stream watches the socket from before the
+// handshake starts: ServerContext::StartHandshake and StartClientHandshake
+// (port from the peer's address) on a socket the caller has made
+// non-blocking, that, when they fail, leave the socket open and the
+// caller's, so that the watch can end before it is closed.
+KTLS_API Result<PendingHandshake> StartServerHandshakeKeepingSocket(const ServerContext& context, int socket);
+KTLS_API Result<PendingHandshake> StartClientHandshakeKeepingSocket(int socket, const std::string& host,
+                                                                    const ClientConfig& config);
 }  // namespace detail
 
 // PendingHandshake: a TLS handshake in progress on a non-blocking socket.
@@ -56,7 +65,9 @@ class KTLS_API PendingHandshake {
   // Finish offloads the completed handshake (as OffloadSsl does, with the
   // context's OffloadOptions) and returns the Connection, which owns the
   // socket; the socket stays non-blocking. Fails with kUsage before Step
-  // returned Wait::kNone.
+  // returned Wait::kNone. A Finish that fails (kUsage, or out of memory)
+  // has offloaded nothing and leaves the socket open until the
+  // PendingHandshake is destroyed, so a loop can stop watching it first.
   Result<Connection> Finish();
 
   // fd is the socket, to wait on.

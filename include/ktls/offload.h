@@ -143,9 +143,9 @@ KTLS_API Result<void> PrepareSsl(SSL* ssl);
 // OffloadSsl hands a connection whose handshake has completed to the
 // kernel, each direction as far as possible. On success the Connection owns
 // ssl and its socket (SSL_get_fd(ssl)); once both directions are in the
-// kernel, ssl is freed. Fails, leaving ssl with the caller, when called
-// wrongly: handshake not finished, ssl not prepared, no socket. (Out of
-// memory is the one other failure; then ssl and its socket are freed.)
+// kernel, ssl is freed. Fails, leaving ssl and its socket with the caller
+// and nothing offloaded, when called wrongly (handshake not finished, ssl
+// not prepared, no socket) or out of memory.
 KTLS_API Result<Connection> OffloadSsl(SSL* ssl, const OffloadOptions& options);
 
 }  // namespace ktls

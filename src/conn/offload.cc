@@ -347,7 +347,8 @@ void SetRxNoPad(ConnectionImpl& conn, const OffloadOptions& options) {
 
 }  // namespace
 
-Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_server, const OffloadOptions& options) {
+Result<Connection> OffloadHandshaken(UniqueFd&& socket, UniqueSsl&& ssl, bool is_server,
+                                     const OffloadOptions& options) {
   CaptureState* state = GetCaptureState(ssl.get());
   if (state == nullptr) return MakeError(ErrorCategory::kUsage, "offload: the SSL was not prepared (PrepareSsl)");
   if (SSL_is_init_finished(ssl.get()) != 1) {
@@ -371,6 +372,8 @@ Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_ser
   UniqueBio no_write(NewNoWriteBio(&conn->openssl_write_attempted));
   if (!socket_bio || !no_write) {
     ERR_clear_error();
+    socket = std::move(conn->socket);  // Nothing was offloaded: the caller's again.
+    ssl = std::move(conn->ssl);
     return MakeError(ErrorCategory::kInternal, "offload: out of memory for BIOs");
   }
 
@@ -532,7 +535,14 @@ Result<Connection> OffloadSsl(SSL* ssl, const OffloadOptions& options) {
     return detail::SysError(-err, "OffloadSsl: setsockopt(SO_NOSIGPIPE)");
   }
   const bool is_server = SSL_is_server(ssl) == 1;
-  return detail::OffloadHandshaken(detail::UniqueFd(fd), detail::UniqueSsl(ssl), is_server, options);
+  detail::UniqueFd owned_fd(fd);
+  detail::UniqueSsl owned_ssl(ssl);
+  auto conn = detail::OffloadHandshaken(std::move(owned_fd), std::move(owned_ssl), is_server, options);
+  if (!conn.ok()) {
+    (void)owned_fd.release();  // Nothing was offloaded: both stay the caller's.
+    (void)owned_ssl.release();
+  }
+  return conn;
 }
 
 }  // namespace ktls

@@ -24,8 +24,11 @@ Result<void> ValidateConfig(const OffloadOptions& offload, std::chrono::millisec
 
 // OffloadHandshaken takes a prepared SSL whose handshake completed on
 // socket, and returns the Connection with each direction in the kernel where
-// possible. Fails only for usage errors (not prepared, handshake unfinished).
-Result<Connection> OffloadHandshaken(UniqueFd socket, UniqueSsl ssl, bool is_server, const OffloadOptions& options);
+// possible; it owns socket and ssl then. Fails only for usage errors (not
+// prepared, handshake unfinished) and when out of memory, before anything
+// was offloaded, and then leaves socket and ssl with the caller.
+Result<Connection> OffloadHandshaken(UniqueFd&& socket, UniqueSsl&& ssl, bool is_server,
+                                     const OffloadOptions& options);
 
 }  // namespace ktls::detail
 

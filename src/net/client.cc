@@ -26,11 +26,11 @@ bool IsIpAddress(const std::string& host) {
   return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
 }
 
-Result<PendingHandshake> StartClient(int socket, const std::string& host, std::uint16_t port,
+// StartClient: on failure, fd is left as it was.
+Result<PendingHandshake> StartClient(detail::UniqueFd& fd, const std::string& host, std::uint16_t port,
                                      const ClientConfig& config, detail::HandshakeWaits waits) {
-  detail::UniqueFd fd(socket);
   if (auto valid = detail::ValidateConfig(config.offload, config.handshake_timeout, config.max_version); !valid) {
-    return std::move(valid).error();  // fd closes the socket, as on every failure here.
+    return std::move(valid).error();
   }
   auto ctx = detail::NewClientContext(config);
   if (!ctx.ok()) return std::move(ctx).error();
@@ -65,24 +65,40 @@ Result<PendingHandshake> StartClient(int socket, const std::string& host, std::u
                                      config.handshake_timeout, waits);
 }
 
-}  // namespace
-
-Result<PendingHandshake> StartClientHandshake(int socket, const std::string& host, std::uint16_t port,
-                                              const ClientConfig& config) {
-  return StartClient(socket, host, port, config, detail::HandshakeWaits::kOutside);
-}
-
-Result<PendingHandshake> StartClientHandshake(int socket, const std::string& host, const ClientConfig& config) {
+// PeerPort: the port of socket's peer; 0 while it is still connecting.
+std::uint16_t PeerPort(int socket) {
   sockaddr_storage peer{};
   socklen_t peer_len = sizeof(peer);
   const bool known = ::getpeername(socket, reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0;
-  return StartClientHandshake(socket, host, known ? detail::PortOf(peer) : std::uint16_t{0}, config);
+  return known ? detail::PortOf(peer) : std::uint16_t{0};
+}
+
+}  // namespace
+
+namespace detail {
+Result<PendingHandshake> StartClientHandshakeKeepingSocket(int socket, const std::string& host,
+                                                           const ClientConfig& config) {
+  UniqueFd fd(socket);
+  auto handshake = StartClient(fd, host, PeerPort(socket), config, HandshakeWaits::kOutsideNonBlocking);
+  (void)fd.release();  // Moved into the handshake, or (failed) still the caller's.
+  return handshake;
+}
+}  // namespace detail
+
+Result<PendingHandshake> StartClientHandshake(int socket, const std::string& host, std::uint16_t port,
+                                              const ClientConfig& config) {
+  detail::UniqueFd fd(socket);  // Closes the socket if this fails.
+  return StartClient(fd, host, port, config, detail::HandshakeWaits::kOutside);
+}
+
+Result<PendingHandshake> StartClientHandshake(int socket, const std::string& host, const ClientConfig& config) {
+  return StartClientHandshake(socket, host, PeerPort(socket), config);
 }
 
 Result<Connection> Connect(const std::string& host, std::uint16_t port, const ClientConfig& config) {
   auto fd = detail::ConnectTcp(host, std::to_string(port));
   if (!fd.ok()) return std::move(fd).error();
-  auto handshake = StartClient(fd->release(), host, port, config, detail::HandshakeWaits::kInside);
+  auto handshake = StartClient(*fd, host, port, config, detail::HandshakeWaits::kInside);
   if (!handshake.ok()) return std::move(handshake).error();
   return detail::FinishBlocking(std::move(handshake).value());
 }

@@ -46,11 +46,11 @@ PendingHandshakeImpl::~PendingHandshakeImpl() {
   ssl.reset();  // Before the socket: the SSL's BIO refers to it.
 }
 
-Result<PendingHandshake> NewPendingHandshake(UniqueFd socket, UniqueSsl ssl, bool is_server,
+Result<PendingHandshake> NewPendingHandshake(UniqueFd&& socket, UniqueSsl ssl, bool is_server,
                                              const OffloadOptions& offload, std::chrono::milliseconds timeout,
                                              HandshakeWaits waits) {
   const bool blocking = waits == HandshakeWaits::kInside;
-  if (!blocking) {
+  if (waits == HandshakeWaits::kOutside) {
     if (auto set = SetNonBlocking(socket.get(), true); !set) return std::move(set).error();
   }
   if (const int err = sys::KeepSendsFromSignalling(socket.get()); err < 0) {

@@ -32,14 +32,16 @@ struct PendingHandshakeImpl {
 enum class HandshakeWaits : std::uint8_t {
   kOutside,  // The caller's event loop: the socket is made non-blocking,
              // and Step says what to wait for.
+  kOutsideNonBlocking,  // As kOutside, on a socket the caller has made
+                        // non-blocking already (ktls/asio.h).
   kInside,   // The BIO itself (poll), on a socket left as it was: the
              // blocking Listener::Handshake, ServerContext::Handshake and
              // Connect. The timeout counts from the first wait.
 };
 
 // NewPendingHandshake wraps socket with ssl (and, kOutside, makes it
-// non-blocking). Closes socket on failure.
-Result<PendingHandshake> NewPendingHandshake(UniqueFd socket, UniqueSsl ssl, bool is_server,
+// non-blocking); on failure socket is left as it was (its mode too).
+Result<PendingHandshake> NewPendingHandshake(UniqueFd&& socket, UniqueSsl ssl, bool is_server,
                                              const OffloadOptions& offload, std::chrono::milliseconds timeout,
                                              HandshakeWaits waits);
 

@@ -49,23 +49,35 @@ Result<ServerContext> ServerContext::Create(const ServerConfig& config) {
 
 namespace {
 
-Result<PendingHandshake> StartServerHandshake(const ServerContext& context, int socket, detail::HandshakeWaits waits) {
-  detail::UniqueFd fd(socket);
+// StartServerHandshake: on failure, socket is left as it was.
+Result<PendingHandshake> StartServerHandshake(const ServerContext& context, detail::UniqueFd& socket,
+                                              detail::HandshakeWaits waits) {
   detail::UniqueSsl ssl(SSL_new(context.ssl_ctx()));
   if (!ssl) return detail::OpenSslError(ErrorCategory::kInternal, "SSL_new");
   if (auto prepared = PrepareSsl(ssl.get()); !prepared) return std::move(prepared).error();
-  return detail::NewPendingHandshake(std::move(fd), std::move(ssl), /*is_server=*/true, context.config().offload,
+  return detail::NewPendingHandshake(std::move(socket), std::move(ssl), /*is_server=*/true, context.config().offload,
                                      context.config().handshake_timeout, waits);
 }
 
 }  // namespace
 
+namespace detail {
+Result<PendingHandshake> StartServerHandshakeKeepingSocket(const ServerContext& context, int socket) {
+  UniqueFd fd(socket);
+  auto handshake = StartServerHandshake(context, fd, HandshakeWaits::kOutsideNonBlocking);
+  (void)fd.release();  // Moved into the handshake, or (failed) still the caller's.
+  return handshake;
+}
+}  // namespace detail
+
 Result<PendingHandshake> ServerContext::StartHandshake(int socket) const {
-  return StartServerHandshake(*this, socket, detail::HandshakeWaits::kOutside);
+  detail::UniqueFd fd(socket);  // Closes the socket if this fails.
+  return StartServerHandshake(*this, fd, detail::HandshakeWaits::kOutside);
 }
 
 Result<Connection> ServerContext::Handshake(int socket) const {
-  auto handshake = StartServerHandshake(*this, socket, detail::HandshakeWaits::kInside);
+  detail::UniqueFd fd(socket);  // Closes the socket if this fails.
+  auto handshake = StartServerHandshake(*this, fd, detail::HandshakeWaits::kInside);
   if (!handshake.ok()) return std::move(handshake).error();
   return detail::FinishBlocking(std::move(handshake).value());
 }
