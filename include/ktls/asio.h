@@ -150,8 +150,11 @@ namespace ktls::asio {
 // ktls::Connection (the kernel, where offloaded).
 //
 // Ownership: the stream owns the socket. The Asio socket inside is used only
-// to wait for readiness: ktls owns the descriptor (PendingHandshake, then
-// Connection), and the Asio socket always releases it before ktls closes it.
+// to wait for readiness, and stays registered with the reactor from the
+// start to the end (one epoll registration a connection): before the
+// handshake it holds the socket (and closes it if the handshake never
+// starts); from then on ktls owns the descriptor (PendingHandshake, then
+// Connection), and the Asio socket releases it before ktls closes it.
 // Destroying the stream, or close(), closes the socket at once, without
 // close_notify (async_shutdown sends it) and without lingering (async_close
 // lingers). Moving a stream with operations outstanding is
@@ -162,15 +165,8 @@ class stream {
   using lowest_layer_type = net::ip::tcp::socket;
 
   // stream takes a connected TCP socket, to handshake with async_handshake.
-  explicit stream(net::ip::tcp::socket socket)
-      : waiter_(socket.get_executor()), timer_(socket.get_executor()) {
-    if (socket.is_open()) {
-      error_code ec;
-      const auto local = socket.local_endpoint(ec);
-      if (!ec) protocol_ = local.protocol();
-      unowned_fd_ = socket.release(ec);
-      if (ec) unowned_fd_ = -1;
-    }
+  explicit stream(net::ip::tcp::socket socket) : waiter_(std::move(socket)), timer_(waiter_.get_executor()) {
+    if (waiter_.is_open()) unowned_fd_ = waiter_.native_handle();
   }
 
   // stream adopts a Connection that is already offloaded (from
@@ -179,8 +175,7 @@ class stream {
       : waiter_(executor), timer_(executor), conn_(std::move(conn)) {
     if (conn_.fd() >= 0) {
       error_code ec;
-      protocol_ = ProtocolOf(conn_.fd());
-      waiter_.assign(protocol_, conn_.fd(), ec);
+      waiter_.assign(ProtocolOf(conn_.fd()), conn_.fd(), ec);
       if (!ec) waiter_.non_blocking(true, ec);
     }
   }
@@ -188,7 +183,6 @@ class stream {
   stream(stream&& other) noexcept
       : waiter_(std::move(other.waiter_)),
         timer_(std::move(other.timer_)),
-        protocol_(other.protocol_),
         unowned_fd_(std::exchange(other.unowned_fd_, -1)),
         handshake_(std::move(other.handshake_)),
         conn_(std::move(other.conn_)),
@@ -237,11 +231,14 @@ class stream {
   // close: cancels everything and closes the socket, without close_notify.
   void close() {
     error_code ignored;
-    if (waiter_.is_open()) waiter_.release(ignored);  // Cancels; ktls closes the fd below.
+    if (std::exchange(unowned_fd_, -1) >= 0) {
+      waiter_.close(ignored);  // Not handshaken yet: the Asio socket's to close.
+    } else if (waiter_.is_open()) {
+      waiter_.release(ignored);  // Cancels; ktls closes the fd below.
+    }
     timer_.cancel();
     handshake_.reset();
     conn_.Close();
-    if (unowned_fd_ >= 0) ::close(std::exchange(unowned_fd_, -1));
   }
 
   // async_handshake (server side): the handshake with context's
@@ -250,7 +247,7 @@ class stream {
   template <typename Token>
   auto async_handshake(const ServerContext& context, Token&& token) {
     return net::async_compose<Token, void(error_code)>(
-        HandshakeOp{this, [context](int fd) { return context.StartHandshake(fd); }}, token, waiter_);
+        HandshakeOp{this, [context](int fd) { return ktls::detail::StartServerHandshakeKeepingSocket(context, fd); }}, token, waiter_);
   }
 
   // async_handshake (client side): as Connect does, with host as the name
@@ -258,7 +255,8 @@ class stream {
   template <typename Token>
   auto async_handshake(const std::string& host, const ClientConfig& config, Token&& token) {
     return net::async_compose<Token, void(error_code)>(
-        HandshakeOp{this, [host, config](int fd) { return StartClientHandshake(fd, host, config); }}, token, waiter_);
+        HandshakeOp{this,
+                    [host, config](int fd) { return ktls::detail::StartClientHandshakeKeepingSocket(fd, host, config); }}, token, waiter_);
   }
 
   // async_read_some reads some plaintext into the first non-empty buffer.
@@ -591,11 +589,23 @@ class stream {
       if (!started) {
         started = true;
         if (s->unowned_fd_ < 0) return Post(self, make_error_code(error::usage));
-        auto hs = start(std::exchange(s->unowned_fd_, -1));  // Owns the fd now, even on failure.
-        if (!hs.ok()) return Post(self, s->Fail(hs.error()));
+        // The waiter keeps watching the fd, which ktls owns from here; a
+        // handshake that cannot start leaves it with the waiter, to close.
+        // Non-blocking through Asio, which then knows (no second ioctl at
+        // its first wait; none at all after its async_connect).
+        error_code unused;
+        if (!s->waiter_.native_non_blocking()) s->waiter_.native_non_blocking(true, ec);
+        if (ec) {
+          s->unowned_fd_ = -1;
+          s->waiter_.close(unused);
+          return Post(self, ec);
+        }
+        auto hs = start(std::exchange(s->unowned_fd_, -1));
+        if (!hs.ok()) {
+          s->waiter_.close(unused);
+          return Post(self, s->Fail(hs.error()));
+        }
         s->handshake_.emplace(std::move(hs).value());
-        s->waiter_.assign(s->protocol_, s->handshake_->fd(), ec);
-        if (ec) return Post(self, Abandon(ec));
         s->timed_out_ = std::make_shared<bool>(false);
         if (s->handshake_->deadline() != std::chrono::steady_clock::time_point::max()) {
           s->timer_.expires_at(s->handshake_->deadline());
@@ -619,17 +629,17 @@ class stream {
       auto step = s->handshake_->Step();
       if (!step.ok()) return Complete(self, Abandon(s->Fail(step.error())));
       if (*step != ktls::Wait::kNone) return s->Wait(*step, std::move(self));
-      // Done: ktls takes the fd from the PendingHandshake to the Connection.
-      error_code ignored;
-      s->waiter_.release(ignored);
+      // Done: ktls takes the fd from the PendingHandshake to the Connection,
+      // and the waiter goes on watching it. A Finish that fails leaves the
+      // fd with the PendingHandshake (closed by Abandon, after the waiter
+      // has let go).
       auto conn = s->handshake_->Finish();
+      if (!conn.ok()) return Complete(self, Abandon(s->Fail(conn.error())));
       s->handshake_.reset();
       s->timed_out_.reset();
       s->timer_.cancel();
-      if (!conn.ok()) return Complete(self, s->Fail(conn.error()));
       s->conn_ = std::move(conn).value();
-      s->waiter_.assign(s->protocol_, s->conn_.fd(), ec);
-      Complete(self, ec);
+      Complete(self, {});
     }
 
     // Abandon ends a failed or cancelled handshake: nothing was offloaded,
@@ -655,8 +665,7 @@ class stream {
 
   net::ip::tcp::socket waiter_;  // Readiness only; never reads, writes or closes.
   net::steady_timer timer_;      // The handshake deadline.
-  net::ip::tcp protocol_ = net::ip::tcp::v4();
-  int unowned_fd_ = -1;  // The TCP socket before the handshake takes it.
+  int unowned_fd_ = -1;  // The TCP socket (held by waiter_) before the handshake takes it.
   std::optional<PendingHandshake> handshake_;
   std::shared_ptr<bool> timed_out_;  // Set by the deadline timer while a handshake runs.
   ktls::Connection conn_;

@@ -4,8 +4,10 @@
 // async_splice_write; the handshake deadline and cancellation, which must
 // leave no descriptor behind.
 #include <dirent.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -34,6 +36,20 @@
 #include "tests/support/offload_shape.h"
 #include "tests/support/sockets.h"
 #include "tests/support/tls_peers.h"
+
+namespace {
+std::atomic<int> epoll_ctl_calls[4];  // By operation: EPOLL_CTL_ADD (1), DEL (2), MOD (3).
+}  // namespace
+
+// Every epoll_ctl that Asio (compiled into this binary) makes comes here
+// first, since the executable's definition wins over libc's: counted, then
+// passed on unchanged.
+extern "C" int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept {
+  using Next = int (*)(int, int, int, epoll_event*);
+  static const Next next = reinterpret_cast<Next>(::dlsym(RTLD_NEXT, "epoll_ctl"));
+  if (op >= 1 && op <= 3) epoll_ctl_calls[op].fetch_add(1, std::memory_order_relaxed);
+  return next(epfd, op, fd, event);
+}
 
 namespace ktls::testing {
 namespace {
@@ -492,6 +508,63 @@ TEST(AsioHandshakeKernelTest, CancelledHandshakeClosesTheSocketAndOffloadsNothin
   for (const char* counter : {"TlsTxSw", "TlsRxSw", "TlsCurrTxSw", "TlsCurrRxSw"}) {
     EXPECT_EQ(stats_after.at(counter), stats_before.at(counter)) << counter << ": a cancelled handshake offloaded";
   }
+}
+
+// A stream registers its socket with the reactor once, from accept (or
+// connect) to close: not again around the handshake or the offload (each
+// time a DEL and an ADD, as it once did). Counted for a server stream
+// (async_accept) and a client stream (stream(socket), async_handshake)
+// over a keep-alive exchange.
+TEST(AsioHandshakeKernelTest, EachSocketIsRegisteredOnceFromAcceptOrConnectToClose) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  TempFile file(10'000);
+  ASSERT_TRUE(file.ok());
+  ServerConfig server_config = ServerFor();
+  server_config.offload.rx = RxOffload::kOn;  // Both directions in the kernel on 6.1 too.
+  ClientConfig client_config = ClientFor();
+  client_config.offload.rx = RxOffload::kOn;
+  auto context = ServerContext::Create(server_config);
+  ASSERT_TRUE(context.ok()) << context.error().ToString();
+  net::io_context io;
+  tcp::acceptor acceptor(io, tcp::endpoint(net::ip::address_v4::loopback(), 0));
+  std::string server_error, client_error;
+  Offload server_tx{}, server_rx{}, client_tx{}, client_rx{};
+  std::vector<std::string> bodies;
+  const int adds_before = epoll_ctl_calls[EPOLL_CTL_ADD].load();
+  const int dels_before = epoll_ctl_calls[EPOLL_CTL_DEL].load();
+  net::co_spawn(io, Serve(acceptor, *context, file, server_error, server_tx, server_rx), net::detached);
+  net::co_spawn(io, Fetch(acceptor.local_endpoint(), client_config, bodies, client_error, client_tx, client_rx),
+                net::detached);
+  RunFor(io, kTestDeadline);
+  EXPECT_EQ(server_error, "");
+  EXPECT_EQ(client_error, "");
+  ASSERT_EQ(bodies.size(), 3u);
+  EXPECT_EQ(bodies[2], "hello /again");
+  ExpectOffloaded(server_tx, server_rx, Offload::kKernel, Offload::kKernel, "server");
+  ExpectOffloaded(client_tx, client_rx, Offload::kKernel, Offload::kKernel, "client");
+  EXPECT_EQ(epoll_ctl_calls[EPOLL_CTL_ADD].load() - adds_before, 2) << "one registration for each end";
+  EXPECT_LE(epoll_ctl_calls[EPOLL_CTL_DEL].load() - dels_before, 2) << "one removal for each end, at its close";
+}
+
+// A stream that never handshakes closes its socket (held by the Asio
+// socket it came in) when it is destroyed: the peer sees the end, and no
+// descriptor is left.
+TEST(AsioHandshakeKernelTest, StreamDroppedBeforeItsHandshakeClosesTheSocket) {
+  net::io_context io;
+  tcp::acceptor acceptor(io, tcp::endpoint(net::ip::address_v4::loopback(), 0));
+  const int fds_before = OpenFdCount();
+  tcp::socket client(io);
+  client.connect(acceptor.local_endpoint());
+  {
+    asio::stream s(acceptor.accept());
+    EXPECT_TRUE(s.is_open());
+  }
+  char byte;
+  error_code read_ec;
+  client.read_some(net::buffer(&byte, 1), read_ec);
+  EXPECT_EQ(read_ec, net::error::eof);
+  client.close();
+  EXPECT_EQ(OpenFdCount(), fds_before) << "a descriptor leaked";
 }
 
 }  // namespace
