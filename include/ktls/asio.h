@@ -220,10 +220,14 @@ class stream {
   // process (ktls/move.h: SendConnection) or drive it elsewhere. No
   // operation may be outstanding. The stream owns nothing afterwards
   // (is_open() is false); the Connection is empty if the handshake has not
-  // completed.
+  // completed (a socket not yet handshaken is closed).
   ktls::Connection release_connection() {
     error_code ignored;
-    if (waiter_.is_open()) waiter_.release(ignored);  // Asio lets go of the fd; the Connection keeps it.
+    if (std::exchange(unowned_fd_, -1) >= 0) {
+      waiter_.close(ignored);  // Not handshaken: nothing to hand over, and the socket is closed.
+    } else if (waiter_.is_open()) {
+      waiter_.release(ignored);  // Asio lets go of the fd; the Connection keeps it.
+    }
     timer_.cancel();
     return std::move(conn_);
   }
@@ -593,6 +597,8 @@ class stream {
         // handshake that cannot start leaves it with the waiter, to close.
         // Non-blocking through Asio, which then knows (no second ioctl at
         // its first wait; none at all after its async_connect).
+        // (unowned_fd_ is cleared only once ktls has the fd: should start
+        // throw, the stream still closes it through the waiter.)
         error_code unused;
         if (!s->waiter_.native_non_blocking()) s->waiter_.native_non_blocking(true, ec);
         if (ec) {
@@ -600,7 +606,8 @@ class stream {
           s->waiter_.close(unused);
           return Post(self, ec);
         }
-        auto hs = start(std::exchange(s->unowned_fd_, -1));
+        auto hs = start(s->unowned_fd_);
+        s->unowned_fd_ = -1;
         if (!hs.ok()) {
           s->waiter_.close(unused);
           return Post(self, s->Fail(hs.error()));
@@ -663,7 +670,9 @@ class stream {
     }
   };
 
-  net::ip::tcp::socket waiter_;  // Readiness only; never reads, writes or closes.
+  // Readiness only: never reads or writes; closes the socket only before
+  // ktls has it (no handshake started, or it could not start).
+  net::ip::tcp::socket waiter_;
   net::steady_timer timer_;      // The handshake deadline.
   int unowned_fd_ = -1;  // The TCP socket (held by waiter_) before the handshake takes it.
   std::optional<PendingHandshake> handshake_;

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <boost/asio/co_spawn.hpp>
@@ -48,6 +49,7 @@ extern "C" int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept 
   using Next = int (*)(int, int, int, epoll_event*);
   static const Next next = reinterpret_cast<Next>(::dlsym(RTLD_NEXT, "epoll_ctl"));
   if (op >= 1 && op <= 3) epoll_ctl_calls[op].fetch_add(1, std::memory_order_relaxed);
+  if (next == nullptr) return static_cast<int>(::syscall(SYS_epoll_ctl, epfd, op, fd, event));  // Linked statically.
   return next(epfd, op, fd, event);
 }
 
@@ -547,24 +549,32 @@ TEST(AsioHandshakeKernelTest, EachSocketIsRegisteredOnceFromAcceptOrConnectToClo
 }
 
 // A stream that never handshakes closes its socket (held by the Asio
-// socket it came in) when it is destroyed: the peer sees the end, and no
-// descriptor is left.
+// socket it came in) when it is destroyed, or when its (empty) connection
+// is released: the peer sees the end, and no descriptor is left.
 TEST(AsioHandshakeKernelTest, StreamDroppedBeforeItsHandshakeClosesTheSocket) {
-  net::io_context io;
-  tcp::acceptor acceptor(io, tcp::endpoint(net::ip::address_v4::loopback(), 0));
-  const int fds_before = OpenFdCount();
-  tcp::socket client(io);
-  client.connect(acceptor.local_endpoint());
-  {
-    asio::stream s(acceptor.accept());
-    EXPECT_TRUE(s.is_open());
+  for (const bool release_first : {false, true}) {
+    SCOPED_TRACE(release_first ? "release_connection, then destroyed" : "destroyed");
+    net::io_context io;
+    tcp::acceptor acceptor(io, tcp::endpoint(net::ip::address_v4::loopback(), 0));
+    const int fds_before = OpenFdCount();
+    tcp::socket client(io);
+    client.connect(acceptor.local_endpoint());
+    {
+      asio::stream s(acceptor.accept());
+      EXPECT_TRUE(s.is_open());
+      if (release_first) {
+        const Connection released = s.release_connection();
+        EXPECT_LT(released.fd(), 0) << "nothing was handshaken, so nothing is handed over";
+        EXPECT_FALSE(s.is_open());
+      }
+    }
+    char byte;
+    error_code read_ec;
+    client.read_some(net::buffer(&byte, 1), read_ec);
+    EXPECT_EQ(read_ec, net::error::eof);
+    client.close();
+    EXPECT_EQ(OpenFdCount(), fds_before) << "a descriptor leaked";
   }
-  char byte;
-  error_code read_ec;
-  client.read_some(net::buffer(&byte, 1), read_ec);
-  EXPECT_EQ(read_ec, net::error::eof);
-  client.close();
-  EXPECT_EQ(OpenFdCount(), fds_before) << "a descriptor leaked";
 }
 
 }  // namespace
