@@ -4,7 +4,7 @@
 //   auto hs = server_context.StartHandshake(accepted_fd);  // now non-blocking
 //   for (;;) {                                        // (really: your loop)
 //     auto wait = hs->Step();
-//     if (!wait.ok()) break;                          // failed; fd is closed
+//     if (!wait.ok()) break;                          // failed; fd closes with hs
 //     if (*wait == ktls::Wait::kNone) break;          // done
 //     ... wait until hs->fd() is readable or writable, as *wait says,
 //     ... or until hs->deadline(), then call Step again
@@ -59,7 +59,10 @@ class KTLS_API PendingHandshake {
   // is complete: then call Finish. A failed handshake (the peer's alert, a
   // protocol error, the deadline passed: ETIMEDOUT) is an Error; the
   // socket's write side is shut after OpenSSL's alert, and later calls fail
-  // with kClosed.
+  // with kClosed. Right after sending a flight, Step asks for readability
+  // without another read (the answer cannot be there yet) when its last
+  // read emptied the socket's queue: an edge-triggered loop gets an edge
+  // for whatever the peer sends next.
   Result<Wait> Step();
 
   // Finish offloads the completed handshake (as OffloadSsl does, with the

@@ -31,6 +31,7 @@
 #include "conn/ticket_relay.h"
 #include "conn/traffic_keys.h"
 #include "core/errors.h"
+#include "core/scope_exit.h"
 #include "handshake/capture.h"
 #include "kernel/crypto_info.h"
 #include "kernel/socket_platform.h"
@@ -358,10 +359,6 @@ Result<Connection> OffloadHandshaken(UniqueFd&& socket, UniqueSsl&& ssl, bool is
   conn->linger = options.linger;
   CaptureSession(conn->ssl.get(), conn->session, options.keep_peer_certificates);
 
-  // The socket belongs to the Connection; OpenSSL's BIOs must never close it.
-  if (BIO* rbio = SSL_get_rbio(conn->ssl.get())) BIO_set_close(rbio, BIO_NOCLOSE);
-  if (BIO* wbio = SSL_get_wbio(conn->ssl.get())) BIO_set_close(wbio, BIO_NOCLOSE);
-
   Plan plan = Validate(*conn, *state, options);
   // Allocated before the commit, so nothing can fail after TLS_TX. For the
   // directions that stay in OpenSSL: a socket BIO that never blocks (so the
@@ -376,6 +373,9 @@ Result<Connection> OffloadHandshaken(UniqueFd&& socket, UniqueSsl&& ssl, bool is
     ssl = std::move(conn->ssl);
     return MakeError(ErrorCategory::kInternal, "offload: out of memory for BIOs");
   }
+  // The socket belongs to the Connection; OpenSSL's BIOs must never close it.
+  if (BIO* rbio = SSL_get_rbio(conn->ssl.get())) BIO_set_close(rbio, BIO_NOCLOSE);
+  if (BIO* wbio = SSL_get_wbio(conn->ssl.get())) BIO_set_close(wbio, BIO_NOCLOSE);
 
   const int fd = conn->socket.get();
   if (plan.tx) {
@@ -537,12 +537,13 @@ Result<Connection> OffloadSsl(SSL* ssl, const OffloadOptions& options) {
   const bool is_server = SSL_is_server(ssl) == 1;
   detail::UniqueFd owned_fd(fd);
   detail::UniqueSsl owned_ssl(ssl);
-  auto conn = detail::OffloadHandshaken(std::move(owned_fd), std::move(owned_ssl), is_server, options);
-  if (!conn.ok()) {
-    (void)owned_fd.release();  // Nothing was offloaded: both stay the caller's.
+  // Moved into the Connection, or (failed, nothing offloaded, even by an
+  // exception) the caller's still.
+  const detail::ScopeExit give_back([&] {
+    (void)owned_fd.release();
     (void)owned_ssl.release();
-  }
-  return conn;
+  });
+  return detail::OffloadHandshaken(std::move(owned_fd), std::move(owned_ssl), is_server, options);
 }
 
 }  // namespace ktls

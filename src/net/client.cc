@@ -13,6 +13,7 @@
 #include "conn/offload_internal.h"
 #include "core/errors.h"
 #include "core/openssl_ptr.h"
+#include "core/scope_exit.h"
 #include "handshake/context.h"
 #include "net/pending_handshake.h"
 #include "net/session_cache_internal.h"
@@ -79,9 +80,9 @@ namespace detail {
 Result<PendingHandshake> StartClientHandshakeKeepingSocket(int socket, const std::string& host,
                                                            const ClientConfig& config) {
   UniqueFd fd(socket);
-  auto handshake = StartClient(fd, host, PeerPort(socket), config, HandshakeWaits::kOutsideNonBlocking);
-  (void)fd.release();  // Moved into the handshake, or (failed) still the caller's.
-  return handshake;
+  // Moved into the handshake, or (failed, even by an exception) the caller's still.
+  const ScopeExit give_back([&fd] { (void)fd.release(); });
+  return StartClient(fd, host, PeerPort(socket), config, HandshakeWaits::kOutsideNonBlocking);
 }
 }  // namespace detail
 

@@ -40,7 +40,7 @@ enum class HandshakeWaits : std::uint8_t {
 };
 
 // NewPendingHandshake wraps socket with ssl (and, kOutside, makes it
-// non-blocking); on failure socket is left as it was (its mode too).
+// non-blocking); on failure socket is left open, with the caller.
 Result<PendingHandshake> NewPendingHandshake(UniqueFd&& socket, UniqueSsl ssl, bool is_server,
                                              const OffloadOptions& offload, std::chrono::milliseconds timeout,
                                              HandshakeWaits waits);

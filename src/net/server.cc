@@ -11,6 +11,7 @@
 #include "conn/offload_internal.h"
 #include "core/errors.h"
 #include "core/openssl_ptr.h"
+#include "core/scope_exit.h"
 #include "core/unique_fd.h"
 #include "handshake/context.h"
 #include "kernel/socket_platform.h"
@@ -64,9 +65,9 @@ Result<PendingHandshake> StartServerHandshake(const ServerContext& context, deta
 namespace detail {
 Result<PendingHandshake> StartServerHandshakeKeepingSocket(const ServerContext& context, int socket) {
   UniqueFd fd(socket);
-  auto handshake = StartServerHandshake(context, fd, HandshakeWaits::kOutsideNonBlocking);
-  (void)fd.release();  // Moved into the handshake, or (failed) still the caller's.
-  return handshake;
+  // Moved into the handshake, or (failed, even by an exception) the caller's still.
+  const ScopeExit give_back([&fd] { (void)fd.release(); });
+  return StartServerHandshake(context, fd, HandshakeWaits::kOutsideNonBlocking);
 }
 }  // namespace detail
 
