@@ -131,6 +131,9 @@ ssize_t Fill(State& s, bool* want_write) {
     if (sent == -EAGAIN) {
       *want_write = true;
       s.in.reset();  // Nothing held while the handshake waits.
+      // The loop waits for room now, and may take a readable edge with it:
+      // after this flight, read before asking to wait again.
+      s.drained = false;
     }
     if (sent < 0) return sent;
     just_sent = true;

@@ -26,8 +26,11 @@
 // Right after a flight has gone, the peer's answer cannot be there yet: the
 // blocking BIO waits before it reads, and a non-blocking one asks the loop
 // to wait for readability without trying a read that would fail, when its
-// last read left the socket's queue empty (so anything since has made the
-// socket readable again, for an edge-triggered loop too).
+// last read left the socket's queue empty and no wait for room came since
+// (so anything the peer sent since is a new edge for an edge-triggered
+// loop). One exception: a FIN (or urgent byte) that came in with the last
+// bytes read is not seen until the deadline by an edge-triggered loop that
+// does not re-arm; such a peer cannot finish the handshake anyway.
 // Sends never raise SIGPIPE. The BIO does not own the socket.
 #ifndef KTLS_SRC_NET_HANDSHAKE_BIO_H_
 #define KTLS_SRC_NET_HANDSHAKE_BIO_H_
