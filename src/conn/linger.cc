@@ -37,17 +37,23 @@ Result<IoProgress> ConnectionImpl::Linger() {
     SendFin();
     return done;
   }
+  bool just_started = false;
   if (!linger_started_) {
     linger_started_ = true;
     linger_deadline_ = std::chrono::steady_clock::now() + linger.time;
-    SendFin();  // Our FIN, where Shutdown or an alert did not send it yet.
+    just_started = true;
   }
   // Read and drop whatever the peer still sends, never blocking: the
-  // caller waits (Close with poll, an event loop, ktls::asio).
+  // caller waits (Close with poll, an event loop, ktls::asio). Our FIN
+  // (where Shutdown or an alert did not send it yet) goes before the first
+  // wait, once a read shows the peer is still there: a peer that has
+  // closed or reset already needs none (Close follows), and that is the
+  // usual end of a client's connection.
   std::array<std::byte, 16 * 1024> scratch;
   std::size_t discarded = 0;
-  for (;;) {
-    if (linger_discarded_ >= linger.max_bytes || std::chrono::steady_clock::now() >= linger_deadline_) {
+  for (bool first = just_started;; first = false) {
+    // The deadline was just set on the first pass: no need to read the clock.
+    if (linger_discarded_ >= linger.max_bytes || (!first && std::chrono::steady_clock::now() >= linger_deadline_)) {
       linger_done_ = true;
       return done;
     }
@@ -67,7 +73,10 @@ Result<IoProgress> ConnectionImpl::Linger() {
       discarded += static_cast<std::size_t>(n);
       continue;
     }
-    if (n < 0 && WouldBlock(static_cast<int>(-n))) return IoProgress{discarded, true, false, Wait::kReadable};
+    if (n < 0 && WouldBlock(static_cast<int>(-n))) {
+      SendFin();
+      return IoProgress{discarded, true, false, Wait::kReadable};
+    }
     if (n < 0 && n == -EINTR) continue;
     // The peer's FIN, a reset, or records the kernel can no longer
     // decrypt: nothing more to wait for.

@@ -1080,6 +1080,42 @@ TEST_P(ShutdownFinKernelTest, ThenALingeringCloseShutTheSocketOnce) {
   EXPECT_EQ(after_close.load(), 1);
 }
 
+// A lingering close whose peer has closed already (the usual end of a
+// client's connection) learns it from its first read and shuts nothing:
+// close() follows at once.
+TEST(ShutdownFinKernelTest, ALingeringCloseAfterThePeerClosedShutsNothing) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  std::atomic<int> shutdowns = -1;
+  std::atomic<int> reads = -1;
+  ServerConfig config = ServerFor();
+  config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too: its reads are counted.
+  TestServer server(config, 1, [&](Connection& conn, ServerEnd& end) {
+    if (end.error = WriteAll(conn, Bytes{'x'}); !end.error.empty()) return;
+    if (auto shut = conn.Shutdown(ShutdownFlags::kCloseNotifyOnly); !shut.ok()) {
+      end.error = shut.error().ToString();
+      return;
+    }
+    pollfd pfd{conn.fd(), POLLRDHUP, 0};  // The client's FIN, unread.
+    if (::poll(&pfd, 1, 10'000) != 1) {
+      end.error = "the client did not close";
+      return;
+    }
+    ClearFaults();
+    conn.Close();  // Owes a linger: it has not read the client's end yet.
+    shutdowns = CallCount(Syscall::kShutdown);
+    reads = CallCount(Syscall::kRecvMsg);
+  });
+  PlainPeer client;
+  ASSERT_NO_FATAL_FAILURE(ConnectPlainTo(server, client));
+  Bytes received;
+  ASSERT_EQ(SslReadExactly(client.ssl.get(), 1, received), "");
+  EXPECT_EQ(SslExpectCloseNotify(client.ssl.get()), "");
+  client = PlainPeer();  // Closes the socket.
+  EXPECT_EQ(server.Join()[0].error, "");
+  EXPECT_EQ(shutdowns.load(), 0) << "no FIN of our own before close(), which sends it";
+  EXPECT_EQ(reads.load(), 1) << "one read, which finds the client's end";
+}
+
 INSTANTIATE_TEST_SUITE_P(Flags, ShutdownFinKernelTest,
                          ::testing::Values(ShutdownFlags::kNone, ShutdownFlags::kCloseNotifyOnly),
                          [](const ::testing::TestParamInfo<ShutdownFlags>& info) {
