@@ -203,6 +203,30 @@ net::awaitable<void> Fetch(tcp::endpoint endpoint, ClientConfig config, std::vec
   if (ec != net::error::eof) error = "expected the server's close_notify, got: " + ec.message();
 }
 
+// BeastExchange: what Serve and Fetch, run against each other to the end,
+// leave behind.
+struct BeastExchange {
+  std::string server_error, client_error;
+  Offload server_tx{}, server_rx{}, client_tx{}, client_rx{};
+  std::vector<std::string> bodies;
+};
+
+// RunBeastExchange runs Serve and Fetch on one io_context; before_start
+// runs once the io_context and the acceptor exist, just before either
+// side starts.
+BeastExchange RunBeastExchange(const ServerContext& context, const ClientConfig& client_config,
+                               const TempFile& file, const std::function<void()>& before_start = {}) {
+  BeastExchange x;
+  net::io_context io;
+  tcp::acceptor acceptor(io, tcp::endpoint(net::ip::address_v4::loopback(), 0));
+  if (before_start) before_start();
+  net::co_spawn(io, Serve(acceptor, context, file, x.server_error, x.server_tx, x.server_rx), net::detached);
+  net::co_spawn(io, Fetch(acceptor.local_endpoint(), client_config, x.bodies, x.client_error, x.client_tx, x.client_rx),
+                net::detached);
+  RunFor(io, kTestDeadline);
+  return x;
+}
+
 TEST_P(AsioKernelTest, BeastRequestsOverKeepAliveWithSendfileBody) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
   const auto stats_before = ReadTlsStat();
@@ -215,25 +239,16 @@ TEST_P(AsioKernelTest, BeastRequestsOverKeepAliveWithSendfileBody) {
   ClientConfig client_config = ClientFor();
   client_config.offload = Options();
 
-  net::io_context io;
-  tcp::acceptor acceptor(io, tcp::endpoint(net::ip::address_v4::loopback(), 0));
-  std::string server_error, client_error;
-  Offload server_tx{}, server_rx{}, client_tx{}, client_rx{};
-  std::vector<std::string> bodies;
-  net::co_spawn(io, Serve(acceptor, *context, file, server_error, server_tx, server_rx), net::detached);
-  net::co_spawn(io, Fetch(acceptor.local_endpoint(), client_config, bodies, client_error, client_tx, client_rx),
-                net::detached);
-  RunFor(io, kTestDeadline);
-
-  EXPECT_EQ(server_error, "");
-  EXPECT_EQ(client_error, "");
-  ASSERT_EQ(bodies.size(), 3u);
-  EXPECT_EQ(bodies[0], "hello /hello");
-  EXPECT_EQ(Sha256Hex(std::span(reinterpret_cast<const std::uint8_t*>(bodies[1].data()), bodies[1].size())),
+  const BeastExchange x = RunBeastExchange(*context, client_config, file);
+  EXPECT_EQ(x.server_error, "");
+  EXPECT_EQ(x.client_error, "");
+  ASSERT_EQ(x.bodies.size(), 3u);
+  EXPECT_EQ(x.bodies[0], "hello /hello");
+  EXPECT_EQ(Sha256Hex(std::span(reinterpret_cast<const std::uint8_t*>(x.bodies[1].data()), x.bodies[1].size())),
             Sha256Hex(file.contents()));
-  EXPECT_EQ(bodies[2], "hello /again");
-  ExpectOffloaded(server_tx, server_rx, WantTx(), WantRx(), "server");
-  ExpectOffloaded(client_tx, client_rx, WantTx(), WantRx(), "client");
+  EXPECT_EQ(x.bodies[2], "hello /again");
+  ExpectOffloaded(x.server_tx, x.server_rx, WantTx(), WantRx(), "server");
+  ExpectOffloaded(x.client_tx, x.client_rx, WantTx(), WantRx(), "client");
   const auto stats_after = ReadTlsStat();
   const auto delta = [&](const char* name) { return stats_after.at(name) - stats_before.at(name); };
   EXPECT_EQ(delta("TlsTxSw"), WantTx() == Offload::kKernel ? 2 : 0);
@@ -527,23 +542,17 @@ TEST(AsioHandshakeKernelTest, EachSocketIsRegisteredOnceFromAcceptOrConnectToClo
   client_config.offload.rx = RxOffload::kOn;
   auto context = ServerContext::Create(server_config);
   ASSERT_TRUE(context.ok()) << context.error().ToString();
-  net::io_context io;
-  tcp::acceptor acceptor(io, tcp::endpoint(net::ip::address_v4::loopback(), 0));
-  std::string server_error, client_error;
-  Offload server_tx{}, server_rx{}, client_tx{}, client_rx{};
-  std::vector<std::string> bodies;
-  const int adds_before = epoll_ctl_calls[EPOLL_CTL_ADD].load();
-  const int dels_before = epoll_ctl_calls[EPOLL_CTL_DEL].load();
-  net::co_spawn(io, Serve(acceptor, *context, file, server_error, server_tx, server_rx), net::detached);
-  net::co_spawn(io, Fetch(acceptor.local_endpoint(), client_config, bodies, client_error, client_tx, client_rx),
-                net::detached);
-  RunFor(io, kTestDeadline);
-  EXPECT_EQ(server_error, "");
-  EXPECT_EQ(client_error, "");
-  ASSERT_EQ(bodies.size(), 3u);
-  EXPECT_EQ(bodies[2], "hello /again");
-  ExpectOffloaded(server_tx, server_rx, Offload::kKernel, Offload::kKernel, "server");
-  ExpectOffloaded(client_tx, client_rx, Offload::kKernel, Offload::kKernel, "client");
+  int adds_before = 0, dels_before = 0;
+  const BeastExchange x = RunBeastExchange(*context, client_config, file, [&] {
+    adds_before = epoll_ctl_calls[EPOLL_CTL_ADD].load();
+    dels_before = epoll_ctl_calls[EPOLL_CTL_DEL].load();
+  });
+  EXPECT_EQ(x.server_error, "");
+  EXPECT_EQ(x.client_error, "");
+  ASSERT_EQ(x.bodies.size(), 3u);
+  EXPECT_EQ(x.bodies[2], "hello /again");
+  ExpectOffloaded(x.server_tx, x.server_rx, Offload::kKernel, Offload::kKernel, "server");
+  ExpectOffloaded(x.client_tx, x.client_rx, Offload::kKernel, Offload::kKernel, "client");
   EXPECT_EQ(epoll_ctl_calls[EPOLL_CTL_ADD].load() - adds_before, 2) << "one registration for each end";
   EXPECT_LE(epoll_ctl_calls[EPOLL_CTL_DEL].load() - dels_before, 2) << "one removal for each end, at its close";
 }

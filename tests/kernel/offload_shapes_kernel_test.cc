@@ -479,6 +479,28 @@ TEST(OffloadShapesKernelTest, ClientDataBehindFinishedReachesListenerInOrder) {
   EXPECT_EQ(end.bytes_in, early.size() + later.size());
 }
 
+// CountedHandshake: what the tests that count a server handshake's calls
+// start from: a server context with both directions for the kernel (RX on
+// 6.1 too), a plain client context, and a loopback TCP pair.
+struct CountedHandshake {
+  std::optional<ServerContext> context;
+  UniqueSslCtx client_ctx;
+  SocketPair pair;
+};
+
+void SetUpCountedHandshake(CountedHandshake& out) {
+  ServerConfig config = ServerFor();
+  config.offload.rx = RxOffload::kOn;
+  auto context = ServerContext::Create(config);
+  ASSERT_TRUE(context.ok()) << context.error().ToString();
+  out.context.emplace(std::move(context).value());
+  out.client_ctx = NewTestContext(false);
+  ASSERT_TRUE(out.client_ctx);
+  out.pair = LoopbackTcpPair();
+  ASSERT_TRUE(out.pair.client.valid() && out.pair.server.valid());
+  ASSERT_TRUE(SetIoTimeout(out.pair.client.get(), kIoTimeout));
+}
+
 // ktls's own handshake reads each of the client's flights in one call and
 // takes nothing past the client's Finished: the ClientHello in one read
 // (nothing can follow it before the server answers), then, once the
@@ -490,15 +512,11 @@ TEST(OffloadShapesKernelTest, ClientDataBehindFinishedReachesListenerInOrder) {
 // the kernel (RX), whole.
 TEST(OffloadShapesKernelTest, ServerHandshakeReadsEachFlightOnceAndNothingBehindIt) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
-  ServerConfig config = ServerFor();
-  config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too.
-  auto context = ServerContext::Create(config);
-  ASSERT_TRUE(context.ok()) << context.error().ToString();
-  const UniqueSslCtx client_ctx = NewTestContext(false);
-  ASSERT_TRUE(client_ctx);
-  SocketPair pair = LoopbackTcpPair();
-  ASSERT_TRUE(pair.client.valid() && pair.server.valid());
-  ASSERT_TRUE(SetIoTimeout(pair.client.get(), kIoTimeout));
+  CountedHandshake setup;
+  ASSERT_NO_FATAL_FAILURE(SetUpCountedHandshake(setup));
+  auto& context = setup.context;
+  const UniqueSslCtx& client_ctx = setup.client_ctx;
+  SocketPair& pair = setup.pair;
   const Bytes early = RandomBytes(300);  // One record, in the same send as Finished.
   HoldState hold;
   PlainPeer client;
@@ -533,15 +551,11 @@ TEST(OffloadShapesKernelTest, ServerHandshakeReadsEachFlightOnceAndNothingBehind
 // ClientHello, a peek at the client's last flight, the take of it.
 TEST(OffloadShapesKernelTest, EventLoopHandshakeWaitsForTheAnswerBeforeReading) {
   KTLS_REQUIRE_KTLS_OR_SKIP();
-  ServerConfig config = ServerFor();
-  config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too.
-  auto context = ServerContext::Create(config);
-  ASSERT_TRUE(context.ok()) << context.error().ToString();
-  const UniqueSslCtx client_ctx = NewTestContext(false);
-  ASSERT_TRUE(client_ctx);
-  SocketPair pair = LoopbackTcpPair();
-  ASSERT_TRUE(pair.client.valid() && pair.server.valid());
-  ASSERT_TRUE(SetIoTimeout(pair.client.get(), kIoTimeout));
+  CountedHandshake setup;
+  ASSERT_NO_FATAL_FAILURE(SetUpCountedHandshake(setup));
+  auto& context = setup.context;
+  const UniqueSslCtx& client_ctx = setup.client_ctx;
+  SocketPair& pair = setup.pair;
   UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
   ASSERT_TRUE(epoll.valid()) << std::strerror(errno);
   epoll_event event{};
