@@ -250,17 +250,18 @@ class stream {
   // context's handshake_timeout bounds it (std::errc::timed_out).
   template <typename Token>
   auto async_handshake(const ServerContext& context, Token&& token) {
-    return net::async_compose<Token, void(error_code)>(
-        HandshakeOp{this, [context](int fd) { return ktls::detail::StartServerHandshakeKeepingSocket(context, fd); }}, token, waiter_);
+    const auto start = [context](int fd) { return ktls::detail::StartServerHandshakeKeepingSocket(context, fd); };
+    return net::async_compose<Token, void(error_code)>(HandshakeOp{this, start}, token, waiter_);
   }
 
   // async_handshake (client side): as Connect does, with host as the name
   // to send and verify.
   template <typename Token>
   auto async_handshake(const std::string& host, const ClientConfig& config, Token&& token) {
-    return net::async_compose<Token, void(error_code)>(
-        HandshakeOp{this,
-                    [host, config](int fd) { return ktls::detail::StartClientHandshakeKeepingSocket(fd, host, config); }}, token, waiter_);
+    const auto start = [host, config](int fd) {
+      return ktls::detail::StartClientHandshakeKeepingSocket(fd, host, config);
+    };
+    return net::async_compose<Token, void(error_code)>(HandshakeOp{this, start}, token, waiter_);
   }
 
   // async_read_some reads some plaintext into the first non-empty buffer.
