@@ -222,24 +222,14 @@ class stream {
   // (is_open() is false); the Connection is empty if the handshake has not
   // completed (a socket not yet handshaken is closed).
   ktls::Connection release_connection() {
-    error_code ignored;
-    if (std::exchange(unowned_fd_, -1) >= 0) {
-      waiter_.close(ignored);  // Not handshaken: nothing to hand over, and the socket is closed.
-    } else if (waiter_.is_open()) {
-      waiter_.release(ignored);  // Asio lets go of the fd; the Connection keeps it.
-    }
+    StopWatching();  // The Connection keeps the fd.
     timer_.cancel();
     return std::move(conn_);
   }
 
   // close: cancels everything and closes the socket, without close_notify.
   void close() {
-    error_code ignored;
-    if (std::exchange(unowned_fd_, -1) >= 0) {
-      waiter_.close(ignored);  // Not handshaken yet: the Asio socket's to close.
-    } else if (waiter_.is_open()) {
-      waiter_.release(ignored);  // Cancels; ktls closes the fd below.
-    }
+    StopWatching();  // Cancels; ktls closes the fd below.
     timer_.cancel();
     handshake_.reset();
     conn_.Close();
@@ -600,19 +590,17 @@ class stream {
         // its first wait; none at all after its async_connect).
         // (unowned_fd_ is cleared only once ktls has the fd: should start
         // throw, the stream still closes it through the waiter.)
-        error_code unused;
         if (!s->waiter_.native_non_blocking()) s->waiter_.native_non_blocking(true, ec);
         if (ec) {
-          s->unowned_fd_ = -1;
-          s->waiter_.close(unused);
+          s->StopWatching();
           return Post(self, ec);
         }
         auto hs = start(s->unowned_fd_);
-        s->unowned_fd_ = -1;
         if (!hs.ok()) {
-          s->waiter_.close(unused);
+          s->StopWatching();
           return Post(self, s->Fail(hs.error()));
         }
+        s->unowned_fd_ = -1;
         s->handshake_.emplace(std::move(hs).value());
         s->timed_out_ = std::make_shared<bool>(false);
         if (s->handshake_->deadline() != std::chrono::steady_clock::time_point::max()) {
@@ -653,8 +641,7 @@ class stream {
     // Abandon ends a failed or cancelled handshake: nothing was offloaded,
     // and the socket is closed (released from the Asio socket first).
     error_code Abandon(error_code ec) {
-      error_code ignored;
-      if (s->waiter_.is_open()) s->waiter_.release(ignored);
+      s->StopWatching();
       s->handshake_.reset();
       s->timed_out_.reset();
       s->timer_.cancel();
@@ -670,6 +657,18 @@ class stream {
       self.complete(ec);
     }
   };
+
+  // StopWatching ends the waiter's watch: a socket ktls does not have yet
+  // (no handshake started, or it could not start) is closed with it;
+  // otherwise Asio lets go of the fd, which ktls keeps (and closes).
+  void StopWatching() {
+    error_code ignored;
+    if (std::exchange(unowned_fd_, -1) >= 0) {
+      waiter_.close(ignored);
+    } else if (waiter_.is_open()) {
+      waiter_.release(ignored);
+    }
+  }
 
   // Readiness only: never reads or writes; closes the socket only before
   // ktls has it (no handshake started, or it could not start).
