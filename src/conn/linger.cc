@@ -37,11 +37,11 @@ Result<IoProgress> ConnectionImpl::Linger() {
     SendFin();
     return done;
   }
-  bool just_started = false;
+  bool deadline_just_set = false;
   if (!linger_started_) {
     linger_started_ = true;
     linger_deadline_ = std::chrono::steady_clock::now() + linger.time;
-    just_started = true;
+    deadline_just_set = true;
   }
   // Read and drop whatever the peer still sends, never blocking: the
   // caller waits (Close with poll, an event loop, ktls::asio). Our FIN
@@ -51,9 +51,10 @@ Result<IoProgress> ConnectionImpl::Linger() {
   // usual end of a client's connection.
   std::array<std::byte, 16 * 1024> scratch;
   std::size_t discarded = 0;
-  for (bool first = just_started;; first = false) {
-    // The deadline was just set on the first pass: no need to read the clock.
-    if (linger_discarded_ >= linger.max_bytes || (!first && std::chrono::steady_clock::now() >= linger_deadline_)) {
+  for (;; deadline_just_set = false) {
+    // Just set, the deadline needs no clock read to know it has not passed.
+    if (linger_discarded_ >= linger.max_bytes ||
+        (!deadline_just_set && std::chrono::steady_clock::now() >= linger_deadline_)) {
       linger_done_ = true;
       return done;
     }
