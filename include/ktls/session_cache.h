@@ -13,12 +13,17 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "ktls/export.h"
 
 namespace ktls {
+
+namespace detail {
+struct SessionCacheAccess;
+}
 
 // SessionCache: resumable sessions per server (host and port), bounded and
 // thread-safe. ktls::Connect takes a session from it before the handshake
@@ -31,6 +36,16 @@ namespace ktls {
 // that reason (OpenSSL: 2). A TLS 1.2 session stays until it expires or is
 // replaced: resuming it again is how TLS 1.2 works. Expired sessions are
 // never handed out.
+//
+// A resumed handshake checks no certificate, on either side: a session
+// stands for the server it was made with and for the client certificate
+// shown then. So Connect keeps apart the sessions of configs that would
+// authenticate differently: of the sessions Connect stored, it resumes only
+// those made with the same ClientConfig::sni (where it names another server
+// than the host), ca_file and cert_file. With verify on it resumes only a
+// session whose certificate matches the name (or IP address) it verifies,
+// sessions brought in with Put too. Put's sessions are for any config;
+// Take hands out any of host:port's.
 class KTLS_API SessionCache {
  public:
   // max_servers: servers kept, least recently used dropped first.
@@ -59,6 +74,15 @@ class KTLS_API SessionCache {
   std::size_t size() const;
 
  private:
+  friend struct detail::SessionCacheAccess;
+  // PutScoped and TakeScoped: Put and Take for Connect, with the scope of
+  // its config (null: Put's and Take's, none). TakeScoped skips sessions
+  // stored under another scope, and those usable refuses.
+  void PutScoped(const std::string& host, std::uint16_t port, const std::string* scope, SSL_SESSION* session,
+                 bool verified);
+  SSL_SESSION* TakeScoped(const std::string& host, std::uint16_t port, const std::string* scope, bool only_verified,
+                          const std::function<bool(SSL_SESSION*)>& usable);
+
   struct State;
   std::unique_ptr<State> state_;
 };

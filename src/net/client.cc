@@ -27,6 +27,18 @@ bool IsIpAddress(const std::string& host) {
   return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
 }
 
+// SessionScope: what besides host and port decides whom a connection
+// with config authenticates, and as whom (detail::SessionKey::scope).
+std::string SessionScope(const ClientConfig& config, const std::string& host) {
+  const std::string sni = config.sni == host ? std::string() : config.sni;
+  if (sni.empty() && config.ca_file.empty() && config.cert_file.empty()) return {};
+  std::string scope;
+  for (const std::string* field : {&sni, &config.ca_file, &config.cert_file}) {
+    scope += std::to_string(field->size()) + ":" + *field;
+  }
+  return scope;
+}
+
 // StartClient: on failure, fd is left as it was.
 Result<PendingHandshake> StartClient(detail::UniqueFd& fd, const std::string& host, std::uint16_t port,
                                      const ClientConfig& config, detail::HandshakeWaits waits) {
@@ -43,22 +55,32 @@ Result<PendingHandshake> StartClient(detail::UniqueFd& fd, const std::string& ho
   detail::UniqueSsl ssl(SSL_new(ctx->get()));
   if (!ssl) return detail::OpenSslError(ErrorCategory::kInternal, "SSL_new");
   if (auto prepared = PrepareSsl(ssl.get()); !prepared) return std::move(prepared).error();
-  const std::string name = !config.sni.empty() ? config.sni : (IsIpAddress(host) ? std::string() : host);
+  // The server's name: sni, else host. Sent as SNI unless it is an IP
+  // address (RFC 6066 3), and verified either way.
+  const std::string& target = config.sni.empty() ? host : config.sni;
+  const bool target_is_ip = IsIpAddress(target);
+  if (config.verify && target.empty()) {
+    // OpenSSL would then check the chain and no name: any certificate a
+    // trusted CA signed would pass.
+    return detail::MakeError(ErrorCategory::kUsage, "no server name to verify: give a host or ClientConfig::sni");
+  }
   // SSL_set_tlsext_host_name, without the macro's C cast.
-  if (!name.empty() && SSL_ctrl(ssl.get(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
-                                const_cast<char*>(name.c_str())) != 1) {
-    return detail::OpenSslError(ErrorCategory::kUsage, "invalid SNI name " + name);
+  if (!target.empty() && !target_is_ip &&
+      SSL_ctrl(ssl.get(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+               const_cast<char*>(target.c_str())) != 1) {
+    return detail::OpenSslError(ErrorCategory::kUsage, "invalid SNI name " + target);
   }
   if (config.verify) {
-    const int ok = IsIpAddress(host) && config.sni.empty() ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl.get()), host.c_str())
-                                                            : SSL_set1_host(ssl.get(), name.c_str());
-    if (ok != 1) return detail::OpenSslError(ErrorCategory::kUsage, "cannot set the name to verify");
+    const int ok = target_is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl.get()), target.c_str())
+                                : SSL_set1_host(ssl.get(), target.c_str());
+    if (ok != 1) return detail::OpenSslError(ErrorCategory::kUsage, "cannot set the name to verify: " + target);
   }
   if (!alpn->empty() && SSL_set_alpn_protos(ssl.get(), alpn->data(), static_cast<unsigned int>(alpn->size())) != 0) {
     return detail::OpenSslError(ErrorCategory::kInternal, "SSL_set_alpn_protos");
   }
   if (use_cache) {
-    if (auto used = detail::UseSessionCache(ssl.get(), config.session_cache, host, port, config.verify); !used) {
+    detail::SessionKey key{host, port, SessionScope(config, host), config.verify, target, target_is_ip};
+    if (auto used = detail::UseSessionCache(ssl.get(), config.session_cache, std::move(key)); !used) {
       return std::move(used).error();
     }
   }
@@ -97,6 +119,9 @@ Result<PendingHandshake> StartClientHandshake(int socket, const std::string& hos
 }
 
 Result<Connection> Connect(const std::string& host, std::uint16_t port, const ClientConfig& config) {
+  // getaddrinfo would take "" for this machine: a host missing from a
+  // configuration must not connect anywhere.
+  if (host.empty()) return detail::MakeError(ErrorCategory::kUsage, "Connect: no host");
   auto fd = detail::ConnectTcp(host, std::to_string(port));
   if (!fd.ok()) return std::move(fd).error();
   auto handshake = StartClient(*fd, host, port, config, detail::HandshakeWaits::kInside);

@@ -2,10 +2,14 @@
 #include "ktls/session_cache.h"
 #include "net/session_cache_internal.h"
 
+#include <openssl/x509v3.h>
+
 #include <ctime>
 #include <deque>
+#include <functional>
 #include <list>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 #include <utility>
 
@@ -18,6 +22,9 @@ namespace {
 struct Entry {
   detail::UniqueSession session;
   bool verified = false;
+  // scope: the config scope Connect stored it under (detail::SessionKey);
+  // none for a session brought in with Put, which any config may resume.
+  std::optional<std::string> scope;
 };
 
 struct Server {
@@ -73,6 +80,15 @@ SessionCache::SessionCache(std::size_t max_servers, std::size_t max_per_server)
 SessionCache::~SessionCache() = default;
 
 void SessionCache::Put(const std::string& host, std::uint16_t port, SSL_SESSION* session, bool verified) {
+  PutScoped(host, port, nullptr, session, verified);
+}
+
+SSL_SESSION* SessionCache::Take(const std::string& host, std::uint16_t port, bool only_verified) {
+  return TakeScoped(host, port, nullptr, only_verified, nullptr);
+}
+
+void SessionCache::PutScoped(const std::string& host, std::uint16_t port, const std::string* scope,
+                             SSL_SESSION* session, bool verified) {
   const std::time_t now = std::time(nullptr);
   if (session == nullptr || Expired(session, now)) return;
   if (SSL_SESSION_up_ref(session) != 1) return;
@@ -91,7 +107,8 @@ void SessionCache::Put(const std::string& host, std::uint16_t port, SSL_SESSION*
     server = s.servers.begin();
     s.by_key.emplace(key, server);
   }
-  server->sessions.push_back(Entry{std::move(owned), verified});
+  server->sessions.push_back(
+      Entry{std::move(owned), verified, scope != nullptr ? std::optional(*scope) : std::nullopt});
   ++s.num_sessions;
   if (server->sessions.size() > s.max_per_server) {
     server->sessions.pop_front();
@@ -105,7 +122,8 @@ void SessionCache::Put(const std::string& host, std::uint16_t port, SSL_SESSION*
   }
 }
 
-SSL_SESSION* SessionCache::Take(const std::string& host, std::uint16_t port, bool only_verified) {
+SSL_SESSION* SessionCache::TakeScoped(const std::string& host, std::uint16_t port, const std::string* scope,
+                                      bool only_verified, const std::function<bool(SSL_SESSION*)>& usable) {
   std::lock_guard lock(state_->mu);
   State& s = *state_;
   auto found = s.by_key.find(KeyFor(host, port));
@@ -116,6 +134,8 @@ SSL_SESSION* SessionCache::Take(const std::string& host, std::uint16_t port, boo
   auto& sessions = server->sessions;
   for (auto it = sessions.rbegin(); it != sessions.rend(); ++it) {
     if (only_verified && !it->verified) continue;
+    if (scope != nullptr && it->scope && *it->scope != *scope) continue;
+    if (usable && !usable(it->session.get())) continue;
     if (SSL_SESSION_get_protocol_version(it->session.get()) == TLS1_3_VERSION) {
       taken = it->session.release();  // Used once (RFC 8446 C.4).
       sessions.erase(std::next(it).base());
@@ -137,15 +157,38 @@ std::size_t SessionCache::size() const {
 }  // namespace ktls
 
 namespace ktls::detail {
+
+// SessionCacheAccess: the client's way into a SessionCache's scoped keys.
+struct SessionCacheAccess {
+  static void Put(SessionCache& cache, const std::string& host, std::uint16_t port, const std::string& scope,
+                  SSL_SESSION* session, bool verified) {
+    cache.PutScoped(host, port, &scope, session, verified);
+  }
+  static SSL_SESSION* Take(SessionCache& cache, const std::string& host, std::uint16_t port,
+                           const std::string& scope, bool only_verified,
+                           const std::function<bool(SSL_SESSION*)>& usable) {
+    return cache.TakeScoped(host, port, &scope, only_verified, usable);
+  }
+};
+
 namespace {
 
 // CacheTarget: where one SSL's new sessions go.
 struct CacheTarget {
   std::shared_ptr<SessionCache> cache;
-  std::string host;
-  std::uint16_t port = 0;
-  bool verified = false;
+  SessionKey key;
 };
+
+// MatchesName: whether session's server certificate is valid for the name
+// (or IP address) a connection verifies. A resumed handshake shows none,
+// so a session made for another name must not stand for this one (RFC
+// 8446 4.6.1).
+bool MatchesName(SSL_SESSION* session, const SessionKey& key) {
+  X509* peer = SSL_SESSION_get0_peer(session);
+  if (peer == nullptr) return false;
+  if (key.verify_ip) return X509_check_ip_asc(peer, key.verify_name.c_str(), 0) == 1;
+  return X509_check_host(peer, key.verify_name.data(), key.verify_name.size(), 0, nullptr) == 1;
+}
 
 void FreeCacheTarget(void* /*parent*/, void* ptr, CRYPTO_EX_DATA* /*ad*/, int /*idx*/, long /*argl*/,
                      void* /*argp*/) {
@@ -162,7 +205,8 @@ int TargetIndex() {
 // tickets the kernel received).
 int StoreNewSession(SSL* ssl, SSL_SESSION* session) {
   if (const auto* target = static_cast<CacheTarget*>(SSL_get_ex_data(ssl, TargetIndex()))) {
-    target->cache->Put(target->host, target->port, session, target->verified);
+    const SessionKey& key = target->key;
+    SessionCacheAccess::Put(*target->cache, key.host, key.port, key.scope, session, key.verify);
   }
   return 0;  // The cache took its own reference; OpenSSL keeps its own.
 }
@@ -174,15 +218,15 @@ void EnableClientSessions(SSL_CTX* ctx) {
   SSL_CTX_sess_set_new_cb(ctx, StoreNewSession);
 }
 
-Result<void> UseSessionCache(SSL* ssl, std::shared_ptr<SessionCache> cache, const std::string& host,
-                             std::uint16_t port, bool verify) {
+Result<void> UseSessionCache(SSL* ssl, std::shared_ptr<SessionCache> cache, SessionKey key) {
   if (TargetIndex() < 0) return OpenSslError(ErrorCategory::kInternal, "SSL_get_ex_new_index");
-  if (SSL_SESSION* session = cache->Take(host, port, /*only_verified=*/verify)) {
+  const auto usable = [&key](SSL_SESSION* session) { return !key.verify || MatchesName(session, key); };
+  if (SSL_SESSION* session = SessionCacheAccess::Take(*cache, key.host, key.port, key.scope, key.verify, usable)) {
     const int set = SSL_set_session(ssl, session);
     SSL_SESSION_free(session);
     if (set != 1) return OpenSslError(ErrorCategory::kInternal, "SSL_set_session");
   }
-  auto target = std::make_unique<CacheTarget>(CacheTarget{std::move(cache), host, port, verify});
+  auto target = std::make_unique<CacheTarget>(CacheTarget{std::move(cache), std::move(key)});
   if (SSL_set_ex_data(ssl, TargetIndex(), target.get()) != 1) {
     return OpenSslError(ErrorCategory::kInternal, "SSL_set_ex_data");
   }

@@ -222,6 +222,120 @@ INSTANTIATE_TEST_SUITE_P(Kinds, Tls12ClientResumptionKernelTest, ::testing::Valu
                            return info.param ? std::string("Ticket") : std::string("SessionId");
                          });
 
+// --- b2. Sessions stand for whom they authenticated -------------------------------
+
+// UseAndClose: a connection with config that must succeed; its tickets go
+// into the config's cache. Returns whether it resumed.
+bool UseAndClose(std::uint16_t port, const ClientConfig& config) {
+  auto conn = ConnectTo(port, config);
+  EXPECT_TRUE(conn.ok()) << conn.error().ToString();
+  if (!conn.ok()) return false;
+  EchoSome(*conn, 100);
+  CloseBoth(*conn);
+  return conn->session().resumed;
+}
+
+// A resumed handshake shows no certificate: a session made for one name
+// must not stand for another (RFC 8446 4.6.1). The test certificate is for
+// localhost and 127.0.0.1, not for other.example.
+TEST(ClientResumptionKernelTest, ASessionIsNotResumedForAnotherName) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  TestServer server(ServerFor(), 5, Echo);
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  const ClientConfig config = ClientFor();  // 127.0.0.1, verified as an IP address.
+  EXPECT_FALSE(UseAndClose(server.port(), config));
+  ASSERT_EQ(config.session_cache->size(), 2u);
+
+  ClientConfig other = config;  // Shares the cache.
+  other.sni = "other.example";
+  auto refused = ConnectTo(server.port(), other);
+  ASSERT_FALSE(refused.ok()) << "a session made for 127.0.0.1 let other.example through unverified (resumed "
+                             << refused->session().resumed << ")";
+  EXPECT_NE(refused.error().ToString().find("hostname mismatch"), std::string::npos) << refused.error().ToString();
+  EXPECT_EQ(config.session_cache->size(), 2u) << "the failed connection took a session";
+
+  ClientConfig named = config;
+  named.sni = "localhost";  // In the certificate, but another name: its own sessions.
+  EXPECT_FALSE(UseAndClose(server.port(), named));
+  EXPECT_TRUE(UseAndClose(server.port(), named));
+  EXPECT_TRUE(UseAndClose(server.port(), config)) << "the first connection's sessions are still there";
+  server.Join();
+}
+
+// A session brought in with SessionCache::Put under another host is
+// resumed only if its certificate matches that host: 127.0.0.2 is not in
+// the test certificate.
+TEST(ClientResumptionKernelTest, APutSessionIsResumedOnlyWhereItsCertificateMatches) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  TestServer server(ServerFor(), 3, Echo);
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  const ClientConfig config = ClientFor();
+  EXPECT_FALSE(UseAndClose(server.port(), config));
+  detail::UniqueSession session(config.session_cache->Take("127.0.0.1", server.port(), /*only_verified=*/true));
+  ASSERT_TRUE(session);
+
+  ClientConfig moved = ClientFor();  // A cache of its own.
+  moved.session_cache->Put("127.0.0.2", server.port(), session.get());
+  auto handshake = StartClientHandshake(ConnectLoopback(server.port()).release(), "127.0.0.2", server.port(), moved);
+  ASSERT_TRUE(handshake.ok()) << handshake.error().ToString();
+  auto refused = detail::FinishBlocking(std::move(handshake).value());
+  ASSERT_FALSE(refused.ok()) << "a session for 127.0.0.1 let 127.0.0.2 through unverified (resumed "
+                             << refused->session().resumed << ")";
+  EXPECT_NE(refused.error().ToString().find("IP address mismatch"), std::string::npos) << refused.error().ToString();
+  EXPECT_EQ(moved.session_cache->size(), 1u) << "the session was handed out";
+
+  moved.session_cache->Put("127.0.0.1", server.port(), session.get());
+  EXPECT_TRUE(UseAndClose(server.port(), moved)) << "where the certificate matches, it resumes";
+  server.Join();
+}
+
+// A session stands for the client certificate shown in its handshake: a
+// config without one must not resume it (the server, which requires one,
+// then refuses the full handshake).
+TEST(ClientResumptionKernelTest, SessionsMadeWithAClientCertificateStayWithIt) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  ServerConfig server_config = ServerFor();
+  server_config.client_ca_file = TestCert().cert_file;
+  TestServer server(server_config, 3, Echo);
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  ClientConfig with_cert = ClientFor();
+  with_cert.cert_file = TestCert().cert_file;
+  with_cert.key_file = TestCert().key_file;
+  EXPECT_FALSE(UseAndClose(server.port(), with_cert));
+
+  ClientConfig without = with_cert;  // Shares the cache.
+  without.cert_file.clear();
+  without.key_file.clear();
+  auto conn = ConnectTo(server.port(), without);
+  if (conn.ok()) {
+    ASSERT_FALSE(conn->session().resumed) << "resumed the session made with another client's certificate";
+    // TLS 1.3: the server's refusal of a full handshake without a
+    // certificate comes after the client's Finished, at the first read.
+    Bytes got;
+    EXPECT_NE(ReadExactly(*conn, 1, got), "") << "the server took a client without a certificate";
+  }
+  EXPECT_TRUE(UseAndClose(server.port(), with_cert)) << "the config with the certificate resumes";
+  server.Join();
+}
+
+// Connect with no host would reach this machine (getaddrinfo), and a
+// verifying client with no name to verify would accept any certificate a
+// trusted CA signed.
+TEST(ClientResumptionKernelTest, NoNameToVerifyIsAUsageError) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  auto connected = Connect("", 443, ClientFor());
+  ASSERT_FALSE(connected.ok());
+  EXPECT_EQ(connected.error().category, ErrorCategory::kUsage) << connected.error().ToString();
+  SocketPair pair = LoopbackTcpPair();
+  auto started = StartClientHandshake(pair.client.release(), "", 443, ClientFor());
+  ASSERT_FALSE(started.ok());
+  EXPECT_EQ(started.error().category, ErrorCategory::kUsage) << started.error().ToString();
+  ClientConfig unverified = ClientFor();
+  unverified.verify = false;  // Nothing to verify: no name needed.
+  SocketPair other = LoopbackTcpPair();
+  EXPECT_TRUE(StartClientHandshake(other.client.release(), "", 443, unverified).ok());
+}
+
 // --- d. Tickets off -------------------------------------------------------------
 
 TEST(ClientResumptionKernelTest, TicketsOffKeepsNothingAndSaysWhy) {
