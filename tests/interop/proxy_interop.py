@@ -23,7 +23,8 @@ the client (7.2: RX re-keyed in the kernel; 6.1: RX stays in OpenSSL by
 default, so update_not_requested goes on, and update_requested ends the
 connection with internal_error, as the README says); 500 connections at once
 and the proxy's fds back to where they were; the PROXY v2 header; the idle,
-handshake and drain timeouts; and under strace, that a 64 MiB download moves
+handshake and drain timeouts, and a download or upload cut short by them
+(both sides reset, no clean end); and under strace, that a 64 MiB download moves
 by splice(2) with next to no read/write calls and no bytes copied.
 
 /proc/net/tls_stat proves the kernel did the work: TlsTxSw (and TlsRxSw
@@ -295,6 +296,20 @@ def echo(conn):
             break
         conn.sendall(data)
     conn.shutdown(socket.SHUT_WR)
+
+
+def echo_noting_end(ends):
+    """echo for a Backend, noting how each connection ended in the list
+    ends: "fin" (the proxy's FIN), or "reset"."""
+
+    def serve(conn):
+        try:
+            echo(conn)
+            ends.append("fin")
+        except ConnectionResetError:
+            ends.append("reset")
+
+    return serve
 
 
 class SelectorEchoBackend(threading.Thread):
@@ -784,15 +799,7 @@ class KeyUpdateTest(ProxyTest):
         goes on. 6.1 cannot give TX a new key: the README's documented
         outcome there is an internal_error alert, and the connection ends."""
         backend_ends = []
-
-        def serve(conn):
-            try:
-                echo(conn)
-                backend_ends.append("fin")
-            except ConnectionResetError:
-                backend_ends.append("reset")
-
-        backend = Backend(serve)
+        backend = Backend(echo_noting_end(backend_ends))
         steps = ("data", "K", "data", "K", "data")
         with Proxy(backend.port) as proxy:
             echoed, output = self.s_client_steps(proxy.port, steps)
@@ -947,8 +954,9 @@ class FeatureTest(ProxyTest):
     def test_drain_on_sigterm(self):
         """SIGTERM: no new clients; the open connection goes on until it
         ends; then exit 0. A second open one is closed at the drain
-        timeout."""
-        backend = Backend(echo, count=2)
+        timeout: cut, both sides reset."""
+        ends = []
+        backend = Backend(echo_noting_end(ends), count=2)
         with Proxy(backend.port, "--drain-timeout", "3000") as proxy:
             busy = TlsClient(proxy.port).handshake()
             idle = TlsClient(proxy.port).handshake()
@@ -965,11 +973,120 @@ class FeatureTest(ProxyTest):
             self.assertEqual(busy.read(), (b"", "close_notify"))
             busy.close()
             self.assertEqual(proxy.line_for(busy.port)["end"], "client_close_notify")
-            self.assertEqual(idle.read()[1], "close_notify", "drain timeout: close_notify to the rest")
+            self.assertEqual(idle.read()[1], "reset", "drain timeout: the rest are cut, not ended cleanly")
             idle.close()
-            self.assertEqual(proxy.line_for(idle.port)["end"], "drain_timeout")
+            self.assertEqual(proxy.line_for(idle.port)["end"], "drain_timeout_cut")
             self.assertEqual(proxy.proc.wait(timeout=STEP_TIMEOUT), 0)
             backend.finish(self)
+            self.assertEqual(sorted(ends), ["fin", "reset"], "the busy one ends with a FIN, the idle one reset")
+
+
+class CutTest(ProxyTest):
+    """A stream the proxy ends before its source did (the drain timeout; the
+    idle timeout with bytes a sink has not taken) is cut: both sides reset,
+    never close_notify to the client or a FIN to the backend, which would
+    make a part look like the whole. up=/down= count what reached the sink."""
+
+    def stream_until_cut(self):
+        """A backend that sends until the proxy cuts it: a Backend, and the
+        list where its end goes ("reset")."""
+        ends = []
+
+        def serve(conn):
+            chunk = os.urandom(65536)
+            try:
+                while True:
+                    conn.sendall(chunk)
+            except (ConnectionResetError, BrokenPipeError):
+                ends.append("reset")
+
+        return Backend(serve), ends
+
+    def test_drain_timeout_mid_download(self):
+        backend, backend_ends = self.stream_until_cut()
+        with Proxy(backend.port, "--drain-timeout", "1500") as proxy:
+            client = TlsClient(proxy.port).handshake()
+            got, ending = client.read(65536)
+            self.assertEqual((len(got), ending), (65536, None))
+            os.kill(proxy.pid, signal.SIGTERM)
+            # A slow reader, so that close_notify would find room.
+            deadline = time.monotonic() + STEP_TIMEOUT * 3
+            while ending is None and not proxy.lines() and time.monotonic() < deadline:
+                piece, ending = client.read(16384)
+                got += piece
+                time.sleep(0.05)
+            if ending is None:
+                rest, ending = client.read()
+                got += rest
+            client.close()
+            line = proxy.line_for(client.port)
+            self.assertEqual(proxy.proc.wait(timeout=STEP_TIMEOUT), 0)
+            backend.finish(self)
+            self.assertEqual(ending, "reset", "a download cut short must not end with close_notify")
+            self.assertEqual(backend_ends, ["reset"])
+            self.check_line(line, end="drain_timeout_cut")
+            self.assertLessEqual(len(got), int(line["down"]), line)
+
+    def test_drain_timeout_mid_upload(self):
+        seen = []
+
+        def serve(conn):
+            count = 0
+            try:
+                while chunk := conn.recv(65536):
+                    count += len(chunk)
+                seen.append(("eof", count))
+            except ConnectionResetError:
+                seen.append(("reset", count))
+
+        backend = Backend(serve)
+        with Proxy(backend.port, "--drain-timeout", "1500") as proxy:
+            client = TlsClient(proxy.port).handshake()
+            client.send(b"u" * 1000)
+            sent = 1000
+            self.assertTrue(wait_until(lambda: len(backend.workers) == 1, STEP_TIMEOUT))
+            os.kill(proxy.pid, signal.SIGTERM)
+            # An upload still going on, 1000 bytes every 50 ms, until the
+            # proxy ends it.
+            ending = None
+            deadline = time.monotonic() + STEP_TIMEOUT * 3
+            while not proxy.lines() and time.monotonic() < deadline:
+                try:
+                    client.send(b"u" * 1000)
+                except (ConnectionResetError, BrokenPipeError):
+                    ending = "reset"
+                    break
+                sent += 1000
+                time.sleep(0.05)
+            if ending is None:
+                _, ending = client.read()
+            client.close()
+            line = proxy.line_for(client.port)
+            backend.finish(self)
+            self.assertEqual(ending, "reset", "the client must not see a clean end")
+            self.assertEqual([end for end, _ in seen], ["reset"], "the backend must see a reset, not a FIN")
+            self.check_line(line, end="drain_timeout_cut")
+            self.assertLessEqual(seen[0][1], int(line["up"]), line)
+            self.assertLessEqual(int(line["up"]), sent, line)
+
+    def test_idle_timeout_with_bytes_in_flight(self):
+        """A client that stops reading mid-download: at the idle timeout the
+        proxy holds bytes it could not give it, so the download is cut (an
+        idle connection with nothing in flight gets close_notify:
+        test_idle_timeout)."""
+        backend, backend_ends = self.stream_until_cut()
+        with Proxy(backend.port, "--idle-timeout", "1000") as proxy:
+            client = TlsClient(proxy.port).handshake()
+            got, ending = client.read(65536)
+            self.assertEqual((len(got), ending), (65536, None))
+            line = proxy.line_for(client.port, timeout=STEP_TIMEOUT * 3)
+            rest, ending = client.read()
+            client.close()
+            backend.finish(self)
+            self.assertEqual(ending, "reset", "a download cut short must not look complete")
+            self.assertEqual(backend_ends, ["reset"])
+            self.check_line(line, end="idle_timeout_cut")
+            self.assertLessEqual(len(got) + len(rest), int(line["down"]), line)
 
 
 # --- Main ----------------------------------------------------------------------------

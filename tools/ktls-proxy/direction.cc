@@ -55,7 +55,6 @@ bool Direction::FillPhase() {
       Fail(Side::kSource, std::move(*t.error));
       return moved;
     }
-    bytes_ += t.bytes;
     copied_ += t.copied;
     if (t.bytes > 0) moved = true;
     if (t.eof) {
@@ -98,6 +97,7 @@ bool Direction::DrainPhase() {
       Fail(Side::kSink, std::move(*t.error));
       return moved;
     }
+    bytes_ += t.bytes;
     copied_ += t.copied;
     if (t.bytes > 0) moved = true;
     if (t.would_block) {

@@ -45,6 +45,13 @@ class Direction {
     if (state_ == State::kFailed && failed_in_shutdown_) state_ = State::kDone;
   }
 
+  // in_flight: bytes taken from the source that the sink has not taken
+  // (or, a TLS sink, not sent yet), or the sink's end not sent yet: ending
+  // the connection now would lose them.
+  bool in_flight() const noexcept {
+    return state_ == State::kRunning && (channel_.pending() > 0 || sink_wait_ != ktls::Wait::kNone);
+  }
+
   // The epoll events this direction waits for now on each endpoint.
   std::uint32_t source_events() const noexcept;
   std::uint32_t sink_events() const noexcept;
@@ -72,6 +79,9 @@ class Direction {
     copied_ += copied;
   }
 
+  // bytes: bytes given to the sink (its socket, or its TLS connection),
+  // not those taken from the source: a connection cut short counts only
+  // what went on.
   std::uint64_t bytes() const noexcept { return bytes_; }
   // copied: bytes that passed through this process (at most bytes()).
   std::uint64_t copied() const noexcept { return copied_ < bytes_ ? copied_ : bytes_; }

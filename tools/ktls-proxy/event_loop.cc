@@ -229,7 +229,7 @@ void EventLoop::Run() {
     ResumeListenerIfRoom(now);
     if (draining_ && now >= drain_deadline_ && !connections_.empty()) {
       for (auto& [id, entry] : connections_) {
-        entry.conn->Abort("drain_timeout", now);
+        entry.conn->Abort("drain_timeout", "drain_timeout_cut", now);
         for (int side = 0; side < 2; ++side) UpdateSlot(id, side, entry.slots[side], {});
       }
       active_ -= connections_.size();

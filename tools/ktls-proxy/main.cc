@@ -167,14 +167,14 @@ int RunWorker(const ProxyOptions& options) {
 }
 
 // EndUnmoved: a relay that reached a key holder and could go no further
-// (never proxied there): ended at once, close_notify to both where it can
-// go, its line written (end=not_moved).
+// (never proxied there): ended at once, its streams cut (both sides reset:
+// neither may take it for complete), its line written (end=not_moved).
 void EndUnmoved(const ktls::proxy::ProxyContext& context, ktls::proxy::ReceivedRelay& relay, const std::string& why) {
   std::fprintf(stderr, "ktls-proxy: upgrade: a connection not moved: %s\n", why.c_str());
   if (relay.client.fd() < 0 || !relay.backend.open()) return;  // Lost on the way: nothing left to end.
   const auto now = ktls::proxy::ProxyConnection::Clock::now();
   ktls::proxy::ProxyConnection(context, std::move(relay.client), std::move(relay.backend), relay.counts, now)
-      .Abort("not_moved", now);
+      .Abort("not_moved", "not_moved", now);
 }
 
 // ReceiveHandedOver (after an upgrade, on a thread of its own): the

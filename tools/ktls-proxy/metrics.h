@@ -25,11 +25,12 @@ namespace ktls::proxy {
 // kEndLabels: how connections ended (ktls_proxy_connections_total{end=}):
 // the log line's end= word up to any ':' ("alert:unknown_ca" counts as
 // "alert"); any other word as "other", the last.
-inline constexpr std::array<std::string_view, 22> kEndLabels = {
+inline constexpr std::array<std::string_view, 24> kEndLabels = {
     "client_close_notify", "client_truncated", "backend_eof", "backend_close_notify", "backend_truncated",
     "client_reset", "backend_reset", "alert", "backend_alert", "handshake_failed", "handshake_timeout",
     "backend_refused", "backend_unreachable", "backend_connect_timeout", "backend_handshake_failed",
-    "backend_handshake_timeout", "idle_timeout", "drain_timeout", "proxy_error", "cannot_move", "not_moved", "other"};
+    "backend_handshake_timeout", "idle_timeout", "idle_timeout_cut", "drain_timeout", "drain_timeout_cut",
+    "proxy_error", "cannot_move", "not_moved", "other"};
 
 // ProxyMetrics: the counters. Every method is safe from any thread, and
 // from any process that maps it (plain lock-free atomics, no pointer).

@@ -63,7 +63,8 @@ cxxopts::Options MakeOptions() {
      cxxopts::value<long long>()->default_value(std::to_string(defaults.handshake_timeout.count())))
     ("connect-timeout", "Give up connecting to the backend after this long (ms)",
      cxxopts::value<long long>()->default_value(std::to_string(defaults.connect_timeout.count())))
-    ("drain-timeout", "On SIGINT/SIGTERM, let open connections finish for at most this long (ms); also how long "
+    ("drain-timeout", "On SIGINT/SIGTERM, let open connections finish for at most this long (ms), then cut the rest "
+     "(both sides reset, end=drain_timeout_cut); also how long "
      "connections that cannot move on SIGUSR2 may go on in the old process (with --privsep, an old worker has this "
      "plus --handshake-timeout to hand everything back, or it is killed)",
      cxxopts::value<long long>()->default_value(std::to_string(defaults.drain_timeout.count())))

@@ -414,6 +414,9 @@ void ProxyConnection::RunRelay(Clock::time_point now) {
     return Finish(now);
   }
   if (now >= last_activity_ + context_.options->limits.idle_timeout) {
+    // Quiet both ways with nothing in flight: close_notify, as a server
+    // ends an idle connection. Bytes a sink has not taken: cut.
+    if (up_->in_flight() || down_->in_flight()) return Cut("idle_timeout_cut", now);
     SetError("idle_timeout", "");
     if (backend_.tls()) (void)backend_.ShutdownWrite(true);  // close_notify if it fits now.
     backend_.Close();
@@ -439,6 +442,16 @@ void ProxyConnection::RelayFailed(const Direction& direction, Party source, Part
   }
   // The backend reset (or failed): so does the client's connection.
   backend_.Close();
+  client_.Reset();
+  Finish(now);
+}
+
+void ProxyConnection::Cut(std::string reason, Clock::time_point now) {
+  SetError(std::move(reason), "");
+  // A stream that has not ended must not look complete at either end:
+  // no close_notify to the client, no FIN to the backend; a reset to both,
+  // as when one side resets.
+  backend_.Reset();
   client_.Reset();
   Finish(now);
 }
@@ -484,8 +497,11 @@ void ProxyConnection::RunLinger(Clock::time_point now) {
   Finish(now);
 }
 
-void ProxyConnection::Abort(const std::string& reason, Clock::time_point now) {
+void ProxyConnection::Abort(const std::string& reason, const std::string& cut_reason, Clock::time_point now) {
   if (phase_ == Phase::kDone) return;
+  // A relay has a direction running (both done, or one failed, ended it
+  // already): its stream is cut short.
+  if (phase_ == Phase::kRelay) return Cut(cut_reason, now);
   SetError(reason, "");
   client_handshake_.reset();
   backend_handshake_.reset();

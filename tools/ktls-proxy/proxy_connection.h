@@ -85,9 +85,12 @@ class ProxyConnection {
   // Run does what can be done now: called when a socket is ready, when the
   // deadline passed, or at once when more() said so.
   void Run(Clock::time_point now);
-  // Abort ends the connection now (the drain timeout ran out): close_notify
-  // to the client where it can go without waiting, then both sockets closed.
-  void Abort(const std::string& reason, Clock::time_point now);
+  // Abort ends the connection now (the drain timeout ran out, or a relay
+  // that could not move). A relay (a direction still running) is cut: both
+  // sides reset, end=cut_reason. Otherwise (a handshake, a connect, a
+  // close under way) close_notify to the client where it can go without
+  // waiting, then both sockets closed, end=reason.
+  void Abort(const std::string& reason, const std::string& cut_reason, Clock::time_point now);
 
   bool finished() const noexcept { return phase_ == Phase::kDone; }
   // client: "ADDR:PORT", as the line says.
@@ -146,6 +149,9 @@ class ProxyConnection {
   void StartRelay(Clock::time_point now);
   void RunRelay(Clock::time_point now);
   void RelayFailed(const Direction& direction, Party source, Party sink);
+  // Cut: a stream ends before its source did (the drain or idle timeout):
+  // both sides reset, so neither can take it for a complete one.
+  void Cut(std::string reason, Clock::time_point now);
   void RunClosingClient(Clock::time_point now);
   void RunLinger(Clock::time_point now);
   // BackendFailed: no backend connection came of it: close_notify to the
