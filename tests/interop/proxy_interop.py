@@ -86,6 +86,15 @@ class Pki(PkiBase):
         self.other_ca = self.make_ca("other-ca", "ktls proxy test other CA")
         self.server = self.make_leaf("server", self.ca, "localhost", "serverAuth",
                                      "subjectAltName=DNS:localhost,IP:127.0.0.1")
+        # The server's certificate, then the CA's many times over: a chain
+        # of about 18 KiB (DER) that still verifies (the copies go unused).
+        with open(self.server.cert) as f:
+            leaf = f.read()
+        with open(self.ca.cert) as f:
+            ca = f.read()
+        self.fat_chain = self.path("fat-chain.pem")
+        with open(self.fat_chain, "w") as f:
+            f.write(leaf + ca * (24 * 1024 // len(ca) + 1))
 
 
 # --- ktls-proxy ------------------------------------------------------------------
@@ -365,10 +374,10 @@ class TlsBackend(threading.Thread):
     """A TLS server (Python ssl) for one connection: echoes until the
     client's close_notify, then answers with its own."""
 
-    def __init__(self):
+    def __init__(self, chain=None):
         super().__init__(daemon=True)
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(PKI.server.cert, PKI.server.key)
+        self.ctx.load_cert_chain(chain or PKI.server.cert, PKI.server.key)
         self.listener = socket.create_server((HOST, 0))
         self.listener.settimeout(STEP_TIMEOUT)
         self.port = self.listener.getsockname()[1]

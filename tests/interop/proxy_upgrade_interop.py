@@ -395,7 +395,9 @@ class UpgradeCases:
                     backend.stop()
 
     def test_backend_tls_both_legs_move(self):
-        backend = proxy.TlsBackend()
+        # A backend chain of about 18 KiB: the proxy keeps none of it, so the
+        # state that moves stays small enough for a worker's queue.
+        backend = proxy.TlsBackend(chain=proxy.PKI.fat_chain)
         with self.proxy(backend.port, "--backend-tls", "--backend-ca", proxy.PKI.ca.cert,
                    "--backend-sni", "localhost") as server:
             upgraded = Upgraded(server)

@@ -78,6 +78,11 @@ std::optional<Backend> Backend::Create(const ProxyOptions& options,
     config.handshake_timeout = options.handshake_timeout;
     if (!tools::SetOffloadChoice(options.offload, config.offload, error)) return std::nullopt;
     config.offload.on_fallback = std::move(on_fallback);
+    // The relay needs nothing of the backend's chain after the handshake
+    // verified it. Kept, it would be memory on every connection, and part
+    // of the state an upgrade moves: one over about 14 KiB could never go
+    // to a new worker (privsep's hand-off queue takes less at once).
+    config.offload.keep_peer_certificates = false;
   }
   return backend;
 }
