@@ -311,8 +311,16 @@ namespace {
 
 FileResponse FromOpenError(int err) {
   // EXDEV/ELOOP: the path would leave the root (or loops); EACCES: not ours
-  // to show. The rest: not there.
+  // to show. Out of descriptors or memory: the file may well be there, so
+  // not 404 (a client or cache would take that as final) but 503, and the
+  // log says why. EIO: 500. The rest: not there.
   if (err == EXDEV || err == ELOOP || err == EACCES || err == EPERM) return ErrorResponse(http::status::forbidden, false);
+  if (err == EMFILE || err == ENFILE || err == ENOMEM) {
+    FileResponse refused = ErrorResponse(http::status::service_unavailable, false);
+    refused.refusal = err == ENOMEM ? "out-of-memory" : "out-of-descriptors";
+    return refused;
+  }
+  if (err == EIO) return ErrorResponse(http::status::internal_server_error, false);
   return ErrorResponse(http::status::not_found, false);
 }
 
@@ -345,16 +353,14 @@ FileResponse Respond(const Root& root, const Request& request, const RequestLimi
   };
   int err = 0;
   auto file = open(relative->empty() ? "." : *relative, err);
-  if (file == nullptr) return err == EIO ? ErrorResponse(http::status::internal_server_error, false) : FromOpenError(err);
+  if (file == nullptr) return FromOpenError(err);
   std::string served_path = *relative;
   if (S_ISDIR(file->st.st_mode)) {
     const std::size_t path_end = target.find_first_of("?#");
     const std::string_view path = target.substr(0, path_end);
     const std::string index = relative->empty() ? "index.html" : *relative + "/index.html";
     file = open(index, err);
-    if (file == nullptr) {
-      return err == EIO ? ErrorResponse(http::status::internal_server_error, false) : FromOpenError(err);
-    }
+    if (file == nullptr) return FromOpenError(err);
     if (path.back() != '/') {
       // Relative links in the index resolve against the directory only
       // with the slash: send the client there. Built from the normalised
