@@ -591,6 +591,37 @@ class Hardening(unittest.TestCase):
         with Serve("--dotfiles") as server:
             self.assertEqual(get(server.port, "/.env")[0::2], (200, b"PASSWORD=hunter2"))
 
+    def test_date_header_host_required_and_if_range(self):
+        with Serve() as server:
+            # Date (RFC 9110 6.6.1) on every response, the current time
+            # (within a generous window: the guest's clock is the host's).
+            before = time.time()
+            status, headers, _ = get(server.port, "/index.html")
+            date = email.utils.parsedate_to_datetime(headers["date"]).timestamp()
+            self.assertEqual(status, 200)
+            self.assertLess(abs(date - before), 60, headers["date"])
+            self.assertIn("date", get(server.port, "/missing")[1])
+            # An HTTP/1.1 request without Host, or with two, gets 400 and
+            # close (RFC 9112 3.2); HTTP/1.0 needs none.
+            for request in (b"GET /index.html HTTP/1.1\r\nConnection: close\r\n\r\n",
+                            b"GET /index.html HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"):
+                reply = exchange(server.port, request)
+                self.assertTrue(reply.startswith(b"HTTP/1.1 400 "), (request, reply[:100]))
+                self.assertIn(b"\r\nConnection: close\r\n", reply)
+            self.assertTrue(exchange(server.port, b"GET /index.html HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200 "))
+            # If-Range (RFC 9110 13.1.5): the range while the validator is
+            # the file's Last-Modified; the whole file (200) otherwise.
+            index = get(server.port, "/index.html")
+            modified = index[1]["last-modified"]
+            for validator, status, body in ((modified, 206, index[2][:10]),
+                                            ("Sun, 06 Nov 1994 08:49:37 GMT", 200, index[2]),
+                                            ('"an-etag"', 200, index[2])):
+                reply = exchange(server.port, f"GET /index.html HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n"
+                                              f"If-Range: {validator}\r\nConnection: close\r\n\r\n".encode())
+                head, _, got = reply.partition(b"\r\n\r\n")
+                self.assertTrue(head.startswith(f"HTTP/1.1 {status} ".encode()), (validator, head))
+                self.assertEqual(got, body, validator)
+
     def test_tls12_client_offering_only_cbc_fails_with_handshake_failure(self):
         with Serve() as server:
             with self.assertRaises(ssl.SSLError) as caught:

@@ -5,8 +5,8 @@
 //              [--ciphers LIST] [--ciphersuites LIST] [--hsts SECONDS]
 //              [--metrics ADDR:PORT] [--open-file-cache N] [limits...]
 //
-// HTTP/1.1 (Boost.Beast) with keep-alive, GET and HEAD, single ranges,
-// If-Modified-Since; file bodies go out with sendfile(2) through kTLS (or
+// HTTP/1.1 (Boost.Beast) with keep-alive, GET and HEAD, single ranges
+// (If-Range), If-Modified-Since, no request body; file bodies go out with sendfile(2) through kTLS (or
 // through OpenSSL, 16 KiB at a time, where TX stays in userspace). One
 // access-log line per request on stdout, written in batches (at most
 // --access-log-flush ms late, 1 s by default; whole lines, never mixed):
@@ -45,6 +45,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <cxxopts.hpp>
 #include <functional>
 #include <memory>
@@ -230,7 +231,29 @@ struct Worker {
   // this worker's thread (and after it ended).
   std::string log_pending;
   std::unique_ptr<ktls::serve::OpenFileCache> file_cache;  // --open-file-cache; null without.
+  // The Date header (RFC 9110 6.6.1), formatted by the sweep once a second
+  // from `now` and wall_offset (the system clock less the steady one, read
+  // again once a minute): no clock read per request.
+  std::string date;
+  std::time_t date_time = 0;
+  Clock::duration wall_offset{};
+  Clock::time_point wall_read{};
 };
+
+// UpdateDate (by the sweep) keeps worker.date the current HTTP-date.
+void UpdateDate(Worker& worker) {
+  if (worker.date.empty() || worker.now - worker.wall_read >= std::chrono::minutes(1)) {
+    worker.wall_offset = std::chrono::duration_cast<Clock::duration>(
+                             std::chrono::system_clock::now().time_since_epoch()) - worker.now.time_since_epoch();
+    worker.wall_read = worker.now;
+  }
+  const auto wall = std::chrono::duration_cast<std::chrono::seconds>(worker.now.time_since_epoch() + worker.wall_offset);
+  const auto seconds = static_cast<std::time_t>(wall.count());
+  if (worker.date.empty() || seconds != worker.date_time) {
+    worker.date_time = seconds;
+    worker.date = ktls::serve::HttpDate(seconds);
+  }
+}
 
 void FlushLog(Worker& worker) {
   if (worker.log_pending.empty()) return;
@@ -283,6 +306,7 @@ class Deadline {
 void Sweep(Worker& worker) {
   worker.now = Clock::now();
   if (worker.ticks != nullptr) worker.ticks->Calibrate();
+  UpdateDate(worker);
   FlushLog(worker);
   // Check may cancel a stream, which only posts completions: the set
   // does not change under us.
@@ -1034,7 +1058,7 @@ class Server {
       if (!request.keep_alive()) response.close = true;
     }
     if (draining_ && !handing_over_) response.close = true;
-    const std::uint64_t sent = co_await WriteResponse(stream, deadline, response, ec);
+    const std::uint64_t sent = co_await WriteResponse(stream, deadline, response, worker.date, ec);
     const ktls::Connection& conn = stream.connection();
     LogAccess(worker, peer, method, target, response, sent, started,
               std::string("tx=") + ktls::OffloadName(conn.tx()) + " rx=" + ktls::OffloadName(conn.rx()), ec);
@@ -1048,7 +1072,9 @@ class Server {
   }
 
   template <typename Body>
-  void SetHeader(http::response<Body>& header, const ktls::serve::FileResponse& response) const {
+  void SetHeader(http::response<Body>& header, const ktls::serve::FileResponse& response,
+                 const std::string& date) const {
+    if (!date.empty()) header.set(http::field::date, date);
     header.set(http::field::server, "ktls-serve");
     if (options_.hsts_seconds != 0) {
       header.set(http::field::strict_transport_security, "max-age=" + std::to_string(options_.hsts_seconds));
@@ -1089,13 +1115,14 @@ class Server {
 
   // WriteResponse sends the header and the body; returns the body bytes sent.
   net::awaitable<std::uint64_t> WriteResponse(ktls::asio::stream& stream, Deadline& deadline,
-                                              const ktls::serve::FileResponse& response, error_code& ec) {
+                                              const ktls::serve::FileResponse& response, const std::string& date,
+                                              error_code& ec) {
     // Status, headers and a short body (an error text, a small file) in one
     // write, so in one TLS record, with TX in the kernel or in OpenSSL
     // (the stream gathers up to 16 KiB of pieces into one write).
     if (!response.send_body || response.file_fd < 0 || response.length <= kSmallBody) {
       http::response<http::string_body> message{response.status, 11};
-      SetHeader(message, response);
+      SetHeader(message, response, date);
       if (response.send_body && response.file_fd >= 0) {
         if (!ReadSmallBody(response, message.body(), ec)) co_return 0;
       } else if (response.send_body) {
@@ -1111,7 +1138,7 @@ class Server {
     // first record with the file's first bytes (kTLS: MSG_MORE, then
     // sendfile fills the open record).
     http::response<http::empty_body> header{response.status, 11};
-    SetHeader(header, response);
+    SetHeader(header, response, date);
     std::ostringstream header_text;
     header_text << header.base();
     const std::string head = std::move(header_text).str();
