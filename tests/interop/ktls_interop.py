@@ -142,6 +142,19 @@ def check_tls_stat(test, before, from_connections, num_probes, probe_cost):
         test.assertEqual(after[name], before[name], f"{name}: kTLS sockets left open")
 
 
+def unverified_client_context():
+    """A TLS client context for servers with self-signed certificates (no
+    verification) that reports a close without close_notify: a read raises
+    ssl.SSLEOFError on a bare FIN instead of returning b"" as if the peer
+    had sent close_notify (some Pythons, Debian's /usr/bin/python3 among
+    them, turn on OP_IGNORE_UNEXPECTED_EOF by default)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+    return ctx
+
+
 # --- Processes ---------------------------------------------------------------
 
 def wait_until(predicate, timeout, interval=0.01):
@@ -632,10 +645,7 @@ def idle_connections(port, count, get, path, rcvbuf=4096):
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             raw.settimeout(STEP_TIMEOUT)
             raw.connect((HOST, port))
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            sock = context.wrap_socket(raw, server_hostname="localhost")
+            sock = unverified_client_context().wrap_socket(raw, server_hostname="localhost")
             socks.append(sock)
             get(sock, path)
     except BaseException:

@@ -24,7 +24,6 @@ import email.utils
 import http.client
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -53,6 +52,7 @@ MEDIUM = b""  # Contents of SITE/medium.bin (8 MiB).
 # UML's one slow CPU shared with the other tests.
 IDLE_TIMEOUT = 1.0
 IDLE_LATE = 2 * IDLE_TIMEOUT / 8 + 2.0
+HEADER_TIMEOUT = IDLE_TIMEOUT  # ktls-serve --header-timeout, late as the idle timeout.
 
 # One access-log line: CLIENT METHOD PATH STATUS BYTES DURATIONms tx=.. rx=..
 ACCESS = re.compile(r"^(?P<client>\S+) (?P<method>\S+) (?P<path>\S+) (?P<status>\d{3}) (?P<bytes>\d+) "
@@ -64,11 +64,12 @@ class Serve:
     """ktls-serve on a free port, serving SITE; stopped with SIGTERM, which
     must end it with status 0."""
 
-    def __init__(self, *args, rx=True):
+    def __init__(self, *args, rx=True, prefix=()):
         self.args = ["--root", SITE, "--listen", f"{HOST}:0", "--threads", "2", *(["--rx"] if rx else []), *args]
+        self.prefix = list(prefix)  # A command ktls-serve runs under (prlimit ...).
 
     def __enter__(self):
-        self.proc = subprocess.Popen([SERVE, *self.args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([*self.prefix, SERVE, *self.args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
         self.out = Pump(self.proc.stdout)
         self.err = Pump(self.proc.stderr)
@@ -121,10 +122,7 @@ def curl(*args, timeout=STEP_TIMEOUT * 3):
 
 
 def tls_context():
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    return ktls_interop.unverified_client_context()
 
 
 def tls_connect(port, timeout=STEP_TIMEOUT):
@@ -389,30 +387,104 @@ class Robustness(unittest.TestCase):
         self.assertGreaterEqual(waited, IDLE_TIMEOUT, "closed before the idle timeout")
         self.assertLess(waited, IDLE_TIMEOUT + IDLE_LATE, "closed long after the idle timeout")
 
-    def test_client_trickling_its_request_header_is_dropped_after_the_idle_timeout(self):
-        # A byte of header every tenth of the timeout: progress, but the
-        # request is not complete within the idle timeout, so it is dropped
-        # (a slowloris client must not hold a connection for ever).
-        with Serve("--idle-timeout", str(int(IDLE_TIMEOUT * 1000))) as server:
+    def test_client_trickling_its_request_header_is_dropped_after_the_header_timeout(self):
+        # A byte of header every tenth of the header timeout: each within
+        # the (long) idle timeout, but the header is not complete within the
+        # header timeout of its first byte, so the client is dropped (a
+        # slowloris client must not hold a connection for ever).
+        with Serve("--header-timeout", str(int(HEADER_TIMEOUT * 1000)), "--idle-timeout", "30000") as server:
             with tls_connect(server.port) as slow:
-                connected = time.monotonic()
                 header = b"GET /index.html HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
+                reply = None
+                sent = 0
+                started = time.monotonic()
                 for byte in header:
-                    if select.select([slow], [], [], 0)[0]:
-                        break  # The server's close_notify is in: stop sending.
                     slow.sendall(bytes([byte]))
-                    time.sleep(IDLE_TIMEOUT / 10)
-                    if time.monotonic() - connected > IDLE_TIMEOUT + IDLE_LATE:
+                    sent += 1
+                    # Waits a tenth of the timeout; takes in the session
+                    # tickets, then the server's close_notify (b"").
+                    slow.settimeout(HEADER_TIMEOUT / 10)
+                    try:
+                        reply = slow.recv(65536)
                         break
-                # Whatever came back: no response, only close_notify.
-                self.assertEqual(read_until_close(slow), b"", "the trickled request got an answer")
-                waited = time.monotonic() - connected
+                    except (socket.timeout, TimeoutError):
+                        pass
+                    if time.monotonic() - started > HEADER_TIMEOUT + IDLE_LATE:
+                        break
+                waited = time.monotonic() - started
+                # close_notify (not a bare FIN, not a response) while the
+                # client was still sending, bytes apart.
+                self.assertEqual(reply, b"", f"no close_notify after {sent} bytes in {waited:.1f} s")
+                self.assertGreater(sent, 5, "the client did not trickle")
                 # Everyone else is still served.
                 status, body, err = curl(server.url("/index.html"))
                 self.assertEqual(status, 0, err)
-        self.assertGreaterEqual(waited, IDLE_TIMEOUT, "dropped before the idle timeout")
-        self.assertLess(waited, IDLE_TIMEOUT + IDLE_LATE + IDLE_TIMEOUT / 10,
-                        "dropped long after the idle timeout")
+            self.assertIn("dropped: request header not complete within the header timeout", server.err.text())
+        self.assertGreaterEqual(waited, HEADER_TIMEOUT, "dropped before the header timeout")
+        self.assertLess(waited, HEADER_TIMEOUT + IDLE_LATE + HEADER_TIMEOUT / 10, "dropped long after the header timeout")
+
+    def test_transfer_encoding_gets_400_and_close_as_soon_as_its_header_is_in(self):
+        # No request body is accepted: a Transfer-Encoding header, whatever
+        # its coding, is answered with 400 and close_notify once the header
+        # is in, before anything after it is read as a body (an endless
+        # chunk line or trailer would grow the server's buffer for ever) or
+        # as the next request (a body the client meant, taken for a second
+        # request: request smuggling).
+        endless = b"a" * 65536
+        second = b"GET /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        shapes = {
+            "endless chunk extension": b"Transfer-Encoding: chunked\r\n\r\n0;ext=" + endless,
+            "endless trailer": b"Transfer-Encoding: chunked\r\n\r\n0\r\nX-T: " + endless,
+            "empty chunked body": b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "gzip, then a request": b"Transfer-Encoding: gzip\r\n\r\n" + second,
+            "chunked, gzip, then a request": b"Transfer-Encoding: chunked, gzip\r\n\r\n" + second,
+        }
+        with Serve() as server:
+            for name, rest in shapes.items():
+                with tls_connect(server.port) as client:
+                    client.sendall(b"GET /index.html HTTP/1.1\r\nHost: x\r\n" + rest)
+                    # close_notify, or raises: a timeout (the idle timeout
+                    # is longer) when the server waits for more.
+                    reply = read_until_close(client)
+                self.assertTrue(reply.startswith(b"HTTP/1.1 400 "), (name, reply[:100]))
+                self.assertEqual(reply.count(b"HTTP/1.1 "), 1, (name, reply))
+                self.assertIn(b"\r\nConnection: close\r\n", reply, name)
+            lines = server.access(len(shapes))
+            self.assertEqual([(line["status"], line["reason"]) for line in lines],
+                             [("400", "transfer-encoding")] * len(shapes))
+            status, body, err = curl(server.url("/index.html"))
+            self.assertEqual(status, 0, err)
+
+    def test_existing_file_gets_503_not_404_when_descriptors_run_out(self):
+        # Clients hold connections until the server has no descriptor left
+        # (the next handshake waits in the listen queue): a request for a
+        # file that exists then gets 503, to try again, not 404 (gone), and
+        # the log says why. Once connections end, it is served again.
+        with Serve(prefix=("prlimit", "--nofile=64:64")) as server:
+            held = []
+            try:
+                while len(held) < 100:
+                    try:
+                        held.append(tls_connect(server.port, timeout=3))
+                    except (socket.timeout, TimeoutError):
+                        break
+                self.assertLess(len(held), 64, "the server never ran out of descriptors")
+                held[-1].sendall(b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n")
+                held[-1].settimeout(STEP_TIMEOUT)
+                reply = held[-1].recv(65536)
+                self.assertTrue(reply.startswith(b"HTTP/1.1 503 "), reply[:100])
+                self.assertIn(b"\r\nContent-Length: ", reply)
+                self.assertIn("accept: ", server.err.text())  # Out of descriptors there too.
+            finally:
+                for sock in held:
+                    sock.close()
+            status, body, err = curl(server.url("/index.html"))
+            self.assertEqual(status, 0, err)
+            self.assertTrue(body.startswith(b"<!doctype html>"), body[:100])
+            # Threads write their lines in batches: in either order.
+            lines = server.access(2)
+            self.assertEqual(sorted((line["path"], line["status"], line["reason"] or "") for line in lines),
+                             [("/index.html", "200", ""), ("/index.html", "503", "out-of-descriptors")])
 
     def test_connection_limit_queues_the_next_client(self):
         with Serve("--max-connections", "1") as server:
@@ -519,6 +591,37 @@ class Hardening(unittest.TestCase):
                              [("200", "")] + [("404", "dotfile")] * 4)
         with Serve("--dotfiles") as server:
             self.assertEqual(get(server.port, "/.env")[0::2], (200, b"PASSWORD=hunter2"))
+
+    def test_date_header_host_required_and_if_range(self):
+        with Serve() as server:
+            # Date (RFC 9110 6.6.1) on every response, the current time
+            # (within a generous window: the guest's clock is the host's).
+            before = time.time()
+            status, headers, _ = get(server.port, "/index.html")
+            date = email.utils.parsedate_to_datetime(headers["date"]).timestamp()
+            self.assertEqual(status, 200)
+            self.assertLess(abs(date - before), 60, headers["date"])
+            self.assertIn("date", get(server.port, "/missing")[1])
+            # An HTTP/1.1 request without Host, or with two, gets 400 and
+            # close (RFC 9112 3.2); HTTP/1.0 needs none.
+            for request in (b"GET /index.html HTTP/1.1\r\nConnection: close\r\n\r\n",
+                            b"GET /index.html HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"):
+                reply = exchange(server.port, request)
+                self.assertTrue(reply.startswith(b"HTTP/1.1 400 "), (request, reply[:100]))
+                self.assertIn(b"\r\nConnection: close\r\n", reply)
+            self.assertTrue(exchange(server.port, b"GET /index.html HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200 "))
+            # If-Range (RFC 9110 13.1.5): the range while the validator is
+            # the file's Last-Modified; the whole file (200) otherwise.
+            index = get(server.port, "/index.html")
+            modified = index[1]["last-modified"]
+            for validator, status, body in ((modified, 206, index[2][:10]),
+                                            ("Sun, 06 Nov 1994 08:49:37 GMT", 200, index[2]),
+                                            ('"an-etag"', 200, index[2])):
+                reply = exchange(server.port, f"GET /index.html HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n"
+                                              f"If-Range: {validator}\r\nConnection: close\r\n\r\n".encode())
+                head, _, got = reply.partition(b"\r\n\r\n")
+                self.assertTrue(head.startswith(f"HTTP/1.1 {status} ".encode()), (validator, head))
+                self.assertEqual(got, body, validator)
 
     def test_tls12_client_offering_only_cbc_fails_with_handshake_failure(self):
         with Serve() as server:

@@ -48,7 +48,6 @@ import random
 import re
 import resource
 import signal
-import ssl
 import sys
 import time
 import unittest
@@ -86,10 +85,7 @@ def set_up(directory):
 
 
 def client_context():
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    return ktls_interop.unverified_client_context()
 
 
 class Client:

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -126,6 +127,7 @@ class RespondTest : public ::testing::Test {
   FileResponse Get(const std::string& target, http::verb method = http::verb::get,
                    std::initializer_list<std::pair<http::field, std::string>> fields = {}) {
     Request request{method, target, 11};
+    request.set(http::field::host, "x");
     for (const auto& [field, value] : fields) request.set(field, value);
     return Respond(*root_, request, RequestLimits{});
   }
@@ -202,6 +204,53 @@ TEST_F(RespondTest, RangesAndConditionals) {
   EXPECT_EQ(garbage.status, http::status::ok);
 }
 
+// If-Range (RFC 9110 13.1.5): the range only while the client's copy is
+// this file; otherwise the whole file with 200.
+TEST_F(RespondTest, IfRangeSendsTheWholeFileUnlessTheValidatorMatches) {
+  const std::string modified = Get("/data.bin").last_modified;
+  auto same = Get("/data.bin", http::verb::get, {{http::field::range, "bytes=0-9"}, {http::field::if_range, modified}});
+  EXPECT_EQ(same.status, http::status::partial_content);
+  EXPECT_EQ(same.length, 10u);
+  for (const char* validator : {"Sun, 06 Nov 1994 08:49:37 GMT", "\"abc\"", "W/\"abc\"", "garbage"}) {
+    auto other = Get("/data.bin", http::verb::get, {{http::field::range, "bytes=0-9"}, {http::field::if_range, validator}});
+    EXPECT_EQ(other.status, http::status::ok) << validator;
+    EXPECT_EQ(other.length, 100u) << validator;
+    EXPECT_TRUE(other.content_range.empty()) << validator;
+  }
+}
+
+// RFC 9112 3.2: an HTTP/1.1 request needs exactly one Host; HTTP/1.0 none.
+TEST_F(RespondTest, HostIsRequiredOnceInHttp11) {
+  Request no_host{http::verb::get, "/data.bin", 11};
+  auto refused = Respond(*root_, no_host, RequestLimits{});
+  EXPECT_EQ(refused.status, http::status::bad_request);
+  EXPECT_TRUE(refused.close);
+  Request two_hosts{http::verb::get, "/data.bin", 11};
+  two_hosts.insert(http::field::host, "a");
+  two_hosts.insert(http::field::host, "b");
+  EXPECT_EQ(Respond(*root_, two_hosts, RequestLimits{}).status, http::status::bad_request);
+  Request http10{http::verb::get, "/data.bin", 10};
+  EXPECT_EQ(Respond(*root_, http10, RequestLimits{}).status, http::status::ok);
+}
+
+// Out of descriptors, an existing file is 503 (try again), not 404.
+TEST_F(RespondTest, OutOfDescriptorsIs503NotA404) {
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  const int lowest_free = ::dup(0);  // Every descriptor below it is in use.
+  ASSERT_GE(lowest_free, 0);
+  ::close(lowest_free);
+  rlimit low = saved;
+  low.rlim_cur = static_cast<rlim_t>(lowest_free);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  auto response = Get("/data.bin");
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+  EXPECT_EQ(response.status, http::status::service_unavailable);
+  EXPECT_EQ(response.refusal, "out-of-descriptors");
+  EXPECT_EQ(response.file_fd, -1);
+  EXPECT_EQ(Get("/data.bin").status, http::status::ok);
+}
+
 // A directory asked for as "//sub" must not redirect to "//sub/", which a
 // browser reads as the host "sub" (an open redirect).
 TEST_F(RespondTest, RedirectLocationIsTheNormalisedPathOnThisHost) {
@@ -257,6 +306,7 @@ TEST_F(RespondTest, DotfilesAreRefusedUnlessWellKnownOrAllowed) {
   EXPECT_EQ(Get("/missing.txt").refusal, "") << "a plain 404 gives no refusal reason";
 
   Request request{http::verb::get, "/.git/config", 11};
+  request.set(http::field::host, "x");
   RequestLimits allow;
   allow.dotfiles = true;
   auto served = Respond(*root_, request, allow);
@@ -286,6 +336,7 @@ class OpenFileCacheTest : public RespondTest {
 
   FileResponse Cached(const std::string& target, std::int64_t now_ns) {
     Request request{http::verb::get, target, 11};
+    request.set(http::field::host, "x");
     return Respond(*root_, request, RequestLimits{}, &cache_, now_ns);
   }
   // CachedBody: what ktls-serve sends for a small file: the cached bytes.

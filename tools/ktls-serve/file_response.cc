@@ -311,15 +311,41 @@ namespace {
 
 FileResponse FromOpenError(int err) {
   // EXDEV/ELOOP: the path would leave the root (or loops); EACCES: not ours
-  // to show. The rest: not there.
+  // to show. Out of descriptors or memory: the file may well be there, so
+  // not 404 (a client or cache would take that as final) but 503, and the
+  // log says why. EIO: 500. The rest: not there.
   if (err == EXDEV || err == ELOOP || err == EACCES || err == EPERM) return ErrorResponse(http::status::forbidden, false);
+  if (err == EMFILE || err == ENFILE || err == ENOMEM) {
+    FileResponse refused = ErrorResponse(http::status::service_unavailable, false);
+    refused.refusal = err == ENOMEM ? "out-of-memory" : "out-of-descriptors";
+    return refused;
+  }
+  if (err == EIO) return ErrorResponse(http::status::internal_server_error, false);
   return ErrorResponse(http::status::not_found, false);
+}
+
+// IfRangeHolds: whether a Range applies under the request's If-Range (RFC
+// 9110 13.1.5): yes without one; with a date, only if it is the file's
+// Last-Modified exactly; with an entity-tag, never (none is sent).
+bool IfRangeHolds(const Request& request, std::time_t mtime) {
+  const auto field = request.find(http::field::if_range);
+  if (field == request.end()) return true;
+  const std::string_view value(field->value().data(), field->value().size());
+  if (value.starts_with('"') || value.starts_with("W/")) return false;
+  const auto date = ParseHttpDate(value);
+  return date && *date == mtime;
 }
 
 }  // namespace
 
 FileResponse Respond(const Root& root, const Request& request, const RequestLimits& limits, OpenFileCache* cache,
                      std::int64_t now_ns) {
+  // RFC 9112 3.2: 400 for an HTTP/1.1 request without Host, and for any
+  // request with more than one.
+  const std::size_t num_hosts = request.count(http::field::host);
+  if (num_hosts > 1 || (num_hosts == 0 && request.version() >= 11)) {
+    return ErrorResponse(http::status::bad_request, true);
+  }
   const bool head = request.method() == http::verb::head;
   if (request.method() != http::verb::get && !head) {
     FileResponse response = ErrorResponse(http::status::method_not_allowed, false);
@@ -345,16 +371,14 @@ FileResponse Respond(const Root& root, const Request& request, const RequestLimi
   };
   int err = 0;
   auto file = open(relative->empty() ? "." : *relative, err);
-  if (file == nullptr) return err == EIO ? ErrorResponse(http::status::internal_server_error, false) : FromOpenError(err);
+  if (file == nullptr) return FromOpenError(err);
   std::string served_path = *relative;
   if (S_ISDIR(file->st.st_mode)) {
     const std::size_t path_end = target.find_first_of("?#");
     const std::string_view path = target.substr(0, path_end);
     const std::string index = relative->empty() ? "index.html" : *relative + "/index.html";
     file = open(index, err);
-    if (file == nullptr) {
-      return err == EIO ? ErrorResponse(http::status::internal_server_error, false) : FromOpenError(err);
-    }
+    if (file == nullptr) return FromOpenError(err);
     if (path.back() != '/') {
       // Relative links in the index resolve against the directory only
       // with the slash: send the client there. Built from the normalised
@@ -389,7 +413,10 @@ FileResponse Respond(const Root& root, const Request& request, const RequestLimi
       return response;
     }
   }
-  if (auto range_field = request.find(http::field::range); range_field != request.end()) {
+  // Range, unless If-Range says the client's copy is not this file: then
+  // the whole file (200).
+  if (auto range_field = request.find(http::field::range);
+      range_field != request.end() && IfRangeHolds(request, st.st_mtime)) {
     ByteRange range;
     switch (ParseRange(std::string_view(range_field->value().data(), range_field->value().size()), response.file_size,
                        range)) {

@@ -63,7 +63,9 @@ struct FileResponse {
   std::string allow;           // 405: the methods allowed.
   std::string text_body;       // Short body of an error response.
   // refusal: why a request that named something under the root was
-  // refused anyway, for the access log ("dotfile"); empty otherwise.
+  // refused anyway, for the access log ("dotfile", "out-of-descriptors",
+  // "out-of-memory"), or why a request was refused before it was read
+  // ("transfer-encoding"); empty otherwise.
   std::string refusal;
   bool send_body = true;       // false for HEAD and 304.
   bool close = false;          // Close the connection after this response.

@@ -5,8 +5,8 @@
 //              [--ciphers LIST] [--ciphersuites LIST] [--hsts SECONDS]
 //              [--metrics ADDR:PORT] [--open-file-cache N] [limits...]
 //
-// HTTP/1.1 (Boost.Beast) with keep-alive, GET and HEAD, single ranges,
-// If-Modified-Since; file bodies go out with sendfile(2) through kTLS (or
+// HTTP/1.1 (Boost.Beast) with keep-alive, GET and HEAD, single ranges
+// (If-Range), If-Modified-Since, no request body; file bodies go out with sendfile(2) through kTLS (or
 // through OpenSSL, 16 KiB at a time, where TX stays in userspace). One
 // access-log line per request on stdout, written in batches (at most
 // --access-log-flush ms late, 1 s by default; whole lines, never mixed):
@@ -45,6 +45,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <cxxopts.hpp>
 #include <functional>
 #include <memory>
@@ -107,6 +108,9 @@ struct Options {
   std::size_t max_target_len = 2048;
   milliseconds handshake_timeout{10'000};
   milliseconds idle_timeout{30'000};
+  // A request header must all arrive within this of its first byte
+  // (--header-timeout), however steadily it trickles in.
+  milliseconds header_timeout{30'000};
   milliseconds drain_timeout{10'000};
   std::size_t max_connections = 10'000;
   std::string metrics;  // --metrics ADDR:PORT; empty: no metrics listener.
@@ -227,7 +231,29 @@ struct Worker {
   // this worker's thread (and after it ended).
   std::string log_pending;
   std::unique_ptr<ktls::serve::OpenFileCache> file_cache;  // --open-file-cache; null without.
+  // The Date header (RFC 9110 6.6.1), formatted by the sweep once a second
+  // from `now` and wall_offset (the system clock less the steady one, read
+  // again once a minute): no clock read per request.
+  std::string date;
+  std::time_t date_time = 0;
+  Clock::duration wall_offset{};
+  Clock::time_point wall_read{};
 };
+
+// UpdateDate (by the sweep) keeps worker.date the current HTTP-date.
+void UpdateDate(Worker& worker) {
+  if (worker.date.empty() || worker.now - worker.wall_read >= std::chrono::minutes(1)) {
+    worker.wall_offset = std::chrono::duration_cast<Clock::duration>(
+                             std::chrono::system_clock::now().time_since_epoch()) - worker.now.time_since_epoch();
+    worker.wall_read = worker.now;
+  }
+  const auto wall = std::chrono::duration_cast<std::chrono::seconds>(worker.now.time_since_epoch() + worker.wall_offset);
+  const auto seconds = static_cast<std::time_t>(wall.count());
+  if (worker.date.empty() || seconds != worker.date_time) {
+    worker.date_time = seconds;
+    worker.date = ktls::serve::HttpDate(seconds);
+  }
+}
 
 void FlushLog(Worker& worker) {
   if (worker.log_pending.empty()) return;
@@ -249,11 +275,13 @@ class Deadline {
   ~Deadline() { worker_.deadlines.erase(this); }
   Deadline(const Deadline&) = delete;
   Deadline& operator=(const Deadline&) = delete;
-  // Arm: runs out after at least `after` (and at most two sweep periods more).
-  void Arm(milliseconds after) {
+  // Arm: runs out after at least `after` (and at most two sweep periods
+  // more), or at `due` (as late) if that comes first.
+  void Arm(milliseconds after, Clock::time_point due = Clock::time_point::max()) {
     fired_ = false;
     armed_ = true;
-    expiry_ = worker_.now + after + worker_.sweep_period;
+    const Clock::time_point by_idle = worker_.now + after;
+    expiry_ = (due < by_idle ? due : by_idle) + worker_.sweep_period;
   }
   void Cancel() { armed_ = false; }
   bool fired() const { return fired_; }
@@ -278,6 +306,7 @@ class Deadline {
 void Sweep(Worker& worker) {
   worker.now = Clock::now();
   if (worker.ticks != nullptr) worker.ticks->Calibrate();
+  UpdateDate(worker);
   FlushLog(worker);
   // Check may cancel a stream, which only posts completions: the set
   // does not change under us.
@@ -305,9 +334,10 @@ class Server {
         pool_(pool),
         shared_metrics_(shared_metrics) {
     const unsigned n = options_.threads != 0 ? options_.threads : std::max(1u, std::thread::hardware_concurrency());
-    // Idle timeouts are checked this often: at most two periods late.
+    // Idle and header timeouts are checked this often: at most two periods late.
     // The access log is written by the same sweep.
-    milliseconds period = std::clamp(options_.idle_timeout / 8, milliseconds(10), milliseconds(1000));
+    milliseconds period = std::clamp(std::min(options_.idle_timeout, options_.header_timeout) / 8, milliseconds(10),
+                                     milliseconds(1000));
     if (options_.access_log_flush.count() != 0) period = std::max(milliseconds(10), std::min(period, options_.access_log_flush));
     for (unsigned i = 0; i < n; ++i) {
       workers_.push_back(std::make_unique<Worker>());
@@ -930,7 +960,8 @@ class Server {
 
   // ServeNext reads one request (calling Connection::Read itself, so that
   // it can return kIdle, buffer freed, when nothing has arrived) and
-  // answers it.
+  // answers it. The request's header must all arrive within the header
+  // timeout of its first byte, each piece within the idle timeout.
   net::awaitable<Step> ServeNext(Conn& c) {
     // A read this big takes a whole request in one recvmsg, usually.
     constexpr std::size_t kReadSize = 2048;
@@ -942,11 +973,26 @@ class Server {
     std::size_t parsed = 0;  // Bytes of buf the parser has taken.
     error_code ec;           // A parse error, answered with 400 or 431.
     ktls::Connection& conn = c.stream->connection();
+    // When the header must be complete: set at its first byte.
+    std::optional<Clock::time_point> header_due;
     for (;;) {
       if (parsed < buf.size()) {
         parsed += parser.put(net::buffer(buf.data() + parsed, buf.size() - parsed), ec);
         if (ec == http::error::need_more) ec = {};
+        // No request body is accepted: one announced by Transfer-Encoding
+        // (chunked, or any coding, which RFC 9112 6.3 says to refuse) is
+        // refused once the header is in, never parsed (Beast bounds
+        // neither a chunk line nor the trailers).
+        if (!ec && parser.is_header_done() && parser.get().count(http::field::transfer_encoding) != 0) {
+          ec = http::error::bad_transfer_encoding;
+        }
         if (ec || parser.is_done()) break;
+      }
+      // Whatever the parser does, the bytes held for one request stay
+      // within the header limit and one read (no body is ever read).
+      if (buf.size() >= options_.header_limit + kReadSize) {
+        ec = http::error::header_limit;
+        break;
       }
       const std::size_t had = buf.size();
       buf.resize(had + kReadSize);
@@ -958,15 +1004,20 @@ class Server {
         co_return Step::kFailed;
       }
       if (read->end_of_stream) co_return Step::kEnd;  // close_notify (in the middle of a request or not).
+      if (!buf.empty() && !header_due) header_due = c.worker.now + options_.header_timeout;
       if (!read->would_block) continue;
       if (buf.empty() && read->wait == ktls::Wait::kReadable) co_return Step::kIdle;
       // Part of a request (or a read that must write first: OpenSSL
       // answering a KeyUpdate): wait here.
-      c.deadline.Arm(options_.idle_timeout);
+      c.deadline.Arm(options_.idle_timeout, header_due.value_or(Clock::time_point::max()));
       co_await c.stream->async_wait(read->wait, net::redirect_error(net::use_awaitable, ec));
       c.deadline.Cancel();
       if (ec) {
-        if (c.deadline.fired()) LogError(c.peer + " dropped: request not complete within the idle timeout");
+        if (c.deadline.fired()) {
+          LogError(c.peer + (header_due && c.worker.now >= *header_due
+                                 ? " dropped: request header not complete within the header timeout"
+                                 : " dropped: request not complete within the idle timeout"));
+        }
         co_return Step::kEnd;
       }
     }
@@ -995,6 +1046,7 @@ class Server {
       const auto status = ec == http::error::header_limit ? http::status::request_header_fields_too_large
                                                           : http::status::bad_request;
       response = ktls::serve::ErrorResponse(status, true);
+      if (ec == http::error::bad_transfer_encoding) response.refusal = "transfer-encoding";
     } else {
       const auto& request = parser.get();
       head = request.method() == http::verb::head;
@@ -1006,7 +1058,7 @@ class Server {
       if (!request.keep_alive()) response.close = true;
     }
     if (draining_ && !handing_over_) response.close = true;
-    const std::uint64_t sent = co_await WriteResponse(stream, deadline, response, ec);
+    const std::uint64_t sent = co_await WriteResponse(stream, deadline, response, worker.date, ec);
     const ktls::Connection& conn = stream.connection();
     LogAccess(worker, peer, method, target, response, sent, started,
               std::string("tx=") + ktls::OffloadName(conn.tx()) + " rx=" + ktls::OffloadName(conn.rx()), ec);
@@ -1020,7 +1072,9 @@ class Server {
   }
 
   template <typename Body>
-  void SetHeader(http::response<Body>& header, const ktls::serve::FileResponse& response) const {
+  void SetHeader(http::response<Body>& header, const ktls::serve::FileResponse& response,
+                 const std::string& date) const {
+    if (!date.empty()) header.set(http::field::date, date);
     header.set(http::field::server, "ktls-serve");
     if (options_.hsts_seconds != 0) {
       header.set(http::field::strict_transport_security, "max-age=" + std::to_string(options_.hsts_seconds));
@@ -1061,13 +1115,14 @@ class Server {
 
   // WriteResponse sends the header and the body; returns the body bytes sent.
   net::awaitable<std::uint64_t> WriteResponse(ktls::asio::stream& stream, Deadline& deadline,
-                                              const ktls::serve::FileResponse& response, error_code& ec) {
+                                              const ktls::serve::FileResponse& response, const std::string& date,
+                                              error_code& ec) {
     // Status, headers and a short body (an error text, a small file) in one
     // write, so in one TLS record, with TX in the kernel or in OpenSSL
     // (the stream gathers up to 16 KiB of pieces into one write).
     if (!response.send_body || response.file_fd < 0 || response.length <= kSmallBody) {
       http::response<http::string_body> message{response.status, 11};
-      SetHeader(message, response);
+      SetHeader(message, response, date);
       if (response.send_body && response.file_fd >= 0) {
         if (!ReadSmallBody(response, message.body(), ec)) co_return 0;
       } else if (response.send_body) {
@@ -1083,7 +1138,7 @@ class Server {
     // first record with the file's first bytes (kTLS: MSG_MORE, then
     // sendfile fills the open record).
     http::response<http::empty_body> header{response.status, 11};
-    SetHeader(header, response);
+    SetHeader(header, response, date);
     std::ostringstream header_text;
     header_text << header.base();
     const std::string head = std::move(header_text).str();
@@ -1248,7 +1303,7 @@ int RunPrivsepWorker(Options o) {
 int main(int argc, char** argv) {
   cxxopts::Options cli("ktls-serve", "HTTPS static file server on kernel TLS");
   Options o;
-  long long handshake_ms = 0, drain_ms = 0, log_flush_ms = 0, cache_valid_ms = 0;
+  long long handshake_ms = 0, header_ms = 0, drain_ms = 0, log_flush_ms = 0, cache_valid_ms = 0;
   // clang-format off
   cli.add_options()
     ("root", "Directory to serve", cxxopts::value<std::string>()->default_value("."))
@@ -1276,6 +1331,9 @@ int main(int argc, char** argv) {
      cxxopts::value<std::size_t>()->default_value("2048"))
     ("handshake-timeout", "Drop clients that have not finished the handshake by then (ms)",
      cxxopts::value<long long>()->default_value("10000"))
+    ("header-timeout", "Drop clients whose request header is not complete this long after its first byte, "
+     "however steadily it arrives (ms; each piece must also come within --idle-timeout)",
+     cxxopts::value<long long>()->default_value("30000"))
     ("drain-timeout", "On SIGINT/SIGTERM, wait at most this long for responses in flight (ms); on SIGUSR2 with "
      "--privsep, how long an old worker hands its connections back (it is killed at this plus --handshake-timeout)",
      cxxopts::value<long long>()->default_value("10000"))
@@ -1325,6 +1383,7 @@ int main(int argc, char** argv) {
     o.header_limit = args["header-limit"].as<std::size_t>();
     o.max_target_len = args["max-target"].as<std::size_t>();
     handshake_ms = args["handshake-timeout"].as<long long>();
+    header_ms = args["header-timeout"].as<long long>();
     drain_ms = args["drain-timeout"].as<long long>();
     if (args.count("metrics") != 0) o.metrics = args["metrics"].as<std::string>();
     o.open_file_cache = args["open-file-cache"].as<std::size_t>();
@@ -1345,14 +1404,17 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ktls-serve: --cert and --key go together\n");
     return 2;
   }
-  if (handshake_ms <= 0 || drain_ms < 0 || log_flush_ms < 0 || cache_valid_ms < 0 || o.header_limit == 0) {
-    std::fprintf(stderr, "ktls-serve: --handshake-timeout and --header-limit must be positive, --drain-timeout and "
+  if (handshake_ms <= 0 || header_ms <= 0 || drain_ms < 0 || log_flush_ms < 0 || cache_valid_ms < 0 ||
+      o.header_limit == 0) {
+    std::fprintf(stderr, "ktls-serve: --handshake-timeout, --header-timeout and --header-limit must be positive, "
+                         "--drain-timeout and "
                          "--access-log-flush and --open-file-cache-valid not negative\n");
     return 2;
   }
   o.access_log_flush = milliseconds(log_flush_ms);
   o.open_file_cache_valid = milliseconds(cache_valid_ms);
   o.handshake_timeout = milliseconds(handshake_ms);
+  o.header_timeout = milliseconds(header_ms);
   o.idle_timeout = limits.idle_timeout;
   o.max_connections = limits.max_connections;
   o.drain_timeout = milliseconds(drain_ms);

@@ -42,8 +42,8 @@ inline constexpr std::size_t kHandshakeCancelled = 1;
 
 // kStatusCodes: the statuses ktls-serve answers with, as labels
 // (ktls_requests_total{code=...}); any other is counted as "other".
-inline constexpr std::array<unsigned, 12> kStatusCodes = {200, 206, 301, 304, 400, 403,
-                                                          404, 405, 414, 416, 431, 500};
+inline constexpr std::array<unsigned, 13> kStatusCodes = {200, 206, 301, 304, 400, 403,
+                                                          404, 405, 414, 416, 431, 500, 503};
 
 // ResponsePath: how response bytes left (ktls_response_bytes_total{path=...}).
 enum class ResponsePath : std::uint8_t {
