@@ -50,6 +50,16 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
     const int level = alert_bytes_[0];
     const int description = alert_bytes_[1];
     alert_bytes_.clear();
+    // OpenSSL counts every warning-level alert (and TLS 1.3 user_canceled
+    // at any level) before it looks at what it says, close_notify
+    // included, and ends the connection at the fifth in a row.
+    const bool counted = level == kAlertLevelWarning ||
+                         (version == TlsVersion::kTls13 && description == kAlertUserCanceled);
+    if (counted && ++warning_alerts_in_a_row_ >= kMaxWarningAlertsInARow) {
+      SendFatalAlert(kAlertUnexpectedMessage);
+      return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
+                             "the peer sent " + std::to_string(kMaxWarningAlertsInARow) + " warning alerts in a row"));
+    }
     // TLS 1.3 alerts have no meaningful level (RFC 8446 6): OpenSSL takes
     // close_notify at any. In TLS 1.2 only a warning close_notify closes;
     // a fatal one ends the connection as any fatal alert does, and one of
@@ -59,16 +69,9 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
       return IoProgress{0, false, true};
     }
     // Warnings that do not end the connection: user_canceled in TLS 1.3
-    // (RFC 8446 6.1), any warning in TLS 1.2. OpenSSL ignores them, up to
-    // a limit, which it checks first (a fifth warning no_renegotiation is
-    // unexpected_message too).
+    // (RFC 8446 6.1), any warning in TLS 1.2. OpenSSL ignores them.
     const bool warning = version == TlsVersion::kTls13 ? description == kAlertUserCanceled
                                                        : level == kAlertLevelWarning;
-    if (warning && ++warning_alerts_in_a_row_ >= kMaxWarningAlertsInARow) {
-      SendFatalAlert(kAlertUnexpectedMessage);
-      return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
-                             "the peer sent " + std::to_string(kMaxWarningAlertsInARow) + " warning alerts in a row"));
-    }
     if (warning && description == kAlertNoRenegotiation) {
       // We never renegotiate, so this answers nothing we sent; OpenSSL
       // takes it as a failed renegotiation.

@@ -159,6 +159,9 @@ TLS13_CASES = {
                                       CLOSE_NOTIFY_BACK),
     "user_canceled_four_times": Case(lambda c: alerts(c, 1, 90, count=4), GOES_ON),
     "user_canceled_five_times": Case(lambda c: alerts(c, 1, 90, count=5), fatal("unexpected_message")),
+    # OpenSSL counts a warning close_notify with the warnings before it.
+    "user_canceled_four_times_then_close_notify": Case(lambda c: alerts(c, 1, 90, count=4) + alerts(c, 1, 0),
+                                                       fatal("unexpected_message")),
     "user_canceled_four_times_data_then_four_more": Case(
         lambda c: alerts(c, 1, 90, count=4) + c.seal(CONTENT_APPLICATION_DATA, b"x") + alerts(c, 1, 90, count=4),
         GOES_ON),
@@ -239,6 +242,8 @@ TLS12_CASES = {
         fatal("unexpected_message")),
     "warning_four_times_then_no_renegotiation": Case(lambda c: alerts(c, 1, 42, count=4) + alerts(c, 1, 100),
                                                      fatal("unexpected_message")),
+    "warning_four_times_then_close_notify": Case(lambda c: alerts(c, 1, 42, count=4) + alerts(c, 1, 0),
+                                                 fatal("unexpected_message")),
     "close_notify_at_fatal_level": Case(lambda c: alerts(c, 2, 0), CLOSED),
     "close_notify_of_unknown_level": Case(lambda c: alerts(c, 3, 0), fatal("illegal_parameter")),
     "fin_without_close_notify": Case(lambda c: b"", fatal("decode_error"), fin=True),
