@@ -142,6 +142,14 @@ class ConnectionImpl {
   // record_end: the kernel returned the record's last byte (MSG_EOR).
   std::optional<Result<IoProgress>> HandleControlRecord(unsigned char type, std::span<const std::byte> bytes,
                                                         bool record_end);
+  // MessageIsPartial: a TLS 1.3 post-handshake message has begun and not
+  // ended; until it does, only handshake records (and alerts) may come
+  // (RFC 8446 5.1).
+  bool MessageIsPartial() const { return version == TlsVersion::kTls13 && !handshake_bytes_.empty(); }
+  // RefuseDataInsideMessage: called for a data record, before any of it is
+  // delivered. While MessageIsPartial, sends unexpected_message, as
+  // OpenSSL does, and returns the error; otherwise nullopt.
+  std::optional<Result<IoProgress>> RefuseDataInsideMessage();
   // SendWarningAlert sends a warning alert through the kernel, now or, if
   // a write is in progress or the send buffer is full, ahead of the next
   // write (tx_warning_pending_).
@@ -151,8 +159,10 @@ class ConnectionImpl {
   // stream without close_notify: truncated, unless the connection was in
   // fact reset. A reset's error can be gone by then: kTLS's sendmsg
   // consumes it (sk_err) while still returning the bytes it took, so the
-  // next read sees only the end of the stream.
-  Error EndWithoutCloseNotify(Error truncated);
+  // next read sees only the end of the stream. Sends decode_error, as
+  // OpenSSL does for a FIN without close_notify. fin_read: a FIN was
+  // already told from a reset (the socket BIO's EOF).
+  Error EndWithoutCloseNotify(Error truncated, bool fin_read = false);
   // SendFatalAlert sends a fatal alert (best effort: the connection is
   // ending) and shuts down the write side.
   void SendFatalAlert(int alert);

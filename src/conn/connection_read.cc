@@ -85,7 +85,14 @@ Result<IoProgress> ConnectionImpl::ReadUser(std::span<std::byte> buf) {
       continue;
     }
     Error error = SslCallError(ssl.get(), ret, "SSL_read");
-    if (error.category == ErrorCategory::kTruncated) return Fail(EndWithoutCloseNotify(std::move(error)));
+    if (error.category == ErrorCategory::kTruncated) {
+      // The socket BIO marks a FIN it read (never a reset) as EOF, and
+      // OpenSSL then sent decode_error: that send may have drawn a reset
+      // since, which must not turn the truncation into one.
+      const BIO* rbio = SSL_get_rbio(ssl.get());
+      const bool fin_read = rbio != nullptr && BIO_test_flags(rbio, BIO_FLAGS_IN_EOF) != 0;
+      return Fail(EndWithoutCloseNotify(std::move(error), fin_read));
+    }
     if (const CaptureState* state = GetCaptureState(ssl.get());
         error.category == ErrorCategory::kProtocol && error.tls_alert < 0 && state != nullptr &&
         state->last_written_alert[0] == kAlertLevelFatal) {
@@ -124,6 +131,7 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
           MakeError(ErrorCategory::kTruncated, "the peer closed the connection without close_notify")));
     }
     if (type == uapi::kRecordApplicationData) {
+      if (auto refused = RefuseDataInsideMessage()) return std::move(*refused);
       // Zero-length application data records are legal (RFC 8446 5.1) and
       // carry nothing: read on. (The kernel returns 0 for one only when a
       // record of another type follows it.)
@@ -186,13 +194,19 @@ std::optional<Result<IoProgress>> ConnectionImpl::KernelRxFailed(int err) {
   return Fail(SysError(err, "recvmsg on the kTLS socket"));
 }
 
-Error ConnectionImpl::EndWithoutCloseNotify(Error truncated) {
+Error ConnectionImpl::EndWithoutCloseNotify(Error truncated, bool fin_read) {
   peer_eof_ = true;
   // A FIN leaves our socket in CLOSE_WAIT (our side is still open); a reset
   // leaves it in CLOSE. Once we sent our own FIN, CLOSE is a normal end too.
-  if (!sent_close_ && sys::TcpStateOf(socket.get()) == sys::TcpState::kReset) {
+  if (!fin_read && !sent_close_ && sys::TcpStateOf(socket.get()) == sys::TcpState::kReset) {
     return SysError(ECONNRESET, "read: the peer reset the connection");
   }
+  // OpenSSL answers a FIN without close_notify with decode_error
+  // (SSL_R_UNEXPECTED_EOF_WHILE_READING); so does ktls, after the reset
+  // check above (a send to a closed peer can draw a reset). The send
+  // raises no SIGPIPE (MSG_NOSIGNAL); with RX in OpenSSL, OpenSSL already
+  // sent it, and this sends nothing more.
+  SendFatalAlert(kAlertDecodeError);
   return truncated;
 }
 

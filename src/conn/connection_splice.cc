@@ -162,6 +162,14 @@ Result<IoProgress> ConnectionImpl::SpliceReadKernel(int pipe_fd, std::size_t len
     splice_pipe_checked_ = pipe_fd;
   }
   for (;;) {
+    if (MessageIsPartial()) {
+      // Splice would move a data record before ktls saw its type; one
+      // there is refused (RefuseDataInsideMessage), so read with recvmsg
+      // until the message is whole.
+      if (auto done = SpliceNextRecord(pipe_fd, len, /*after_einval=*/false)) return std::move(*done);
+      if (MessageIsPartial() && !WaitFor(POLLIN)) return Blocked(Wait::kReadable);
+      continue;
+    }
     const ssize_t n = sys::Splice(socket.get(), pipe_fd, len, sys::kSpliceMove | sys::kSpliceNonblock);
     if (n > 0) {
       warning_alerts_in_a_row_ = 0;
@@ -211,6 +219,7 @@ std::optional<Result<IoProgress>> ConnectionImpl::SpliceNextRecord(int pipe_fd, 
   if (got.n < 0) return KernelRxFailed(static_cast<int>(-got.n));
   const std::span<std::byte> bytes = std::span(buf).first(static_cast<std::size_t>(got.n));
   if (got.type == uapi::kRecordApplicationData) {
+    if (auto refused = RefuseDataInsideMessage()) return std::move(*refused);
     // Data behind an empty record (or behind a refused record, which the
     // kernel never does): recvmsg has it now, so deliver it by copying.
     if (bytes.empty()) return std::nullopt;

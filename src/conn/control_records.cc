@@ -50,13 +50,26 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
     const int level = alert_bytes_[0];
     const int description = alert_bytes_[1];
     alert_bytes_.clear();
-    if (description == kAlertCloseNotify) {
+    // OpenSSL counts every warning-level alert (and TLS 1.3 user_canceled
+    // at any level) before it looks at what it says, close_notify
+    // included, and ends the connection at the fifth in a row.
+    const bool counted = level == kAlertLevelWarning ||
+                         (version == TlsVersion::kTls13 && description == kAlertUserCanceled);
+    if (counted && ++warning_alerts_in_a_row_ >= kMaxWarningAlertsInARow) {
+      SendFatalAlert(kAlertUnexpectedMessage);
+      return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
+                             "the peer sent " + std::to_string(kMaxWarningAlertsInARow) + " warning alerts in a row"));
+    }
+    // TLS 1.3 alerts have no meaningful level (RFC 8446 6): OpenSSL takes
+    // close_notify at any. In TLS 1.2 only a warning close_notify closes;
+    // a fatal one ends the connection as any fatal alert does, and one of
+    // another level is refused below, as OpenSSL does.
+    if (description == kAlertCloseNotify && (version == TlsVersion::kTls13 || level == kAlertLevelWarning)) {
       peer_closed = true;
       return IoProgress{0, false, true};
     }
     // Warnings that do not end the connection: user_canceled in TLS 1.3
-    // (RFC 8446 6.1), any warning in TLS 1.2. OpenSSL ignores them, up to
-    // a limit.
+    // (RFC 8446 6.1), any warning in TLS 1.2. OpenSSL ignores them.
     const bool warning = version == TlsVersion::kTls13 ? description == kAlertUserCanceled
                                                        : level == kAlertLevelWarning;
     if (warning && description == kAlertNoRenegotiation) {
@@ -66,12 +79,7 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
       return Fail(AlertError(ErrorCategory::kProtocol, kAlertHandshakeFailure,
                              "the peer sent no_renegotiation, and no renegotiation was asked for"));
     }
-    if (warning) {
-      if (++warning_alerts_in_a_row_ < kMaxWarningAlertsInARow) return std::nullopt;
-      SendFatalAlert(kAlertUnexpectedMessage);
-      return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
-                             "the peer sent " + std::to_string(kMaxWarningAlertsInARow) + " warning alerts in a row"));
-    }
+    if (warning) return std::nullopt;
     if (version == TlsVersion::kTls12 && level != kAlertLevelFatal) {
       SendFatalAlert(kAlertIllegalParameter);
       return Fail(AlertError(ErrorCategory::kProtocol, kAlertIllegalParameter,
@@ -79,7 +87,9 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
     }
     return Fail(AlertError(ErrorCategory::kAlert, description, "the peer sent an alert"));
   }
-  warning_alerts_in_a_row_ = 0;
+  // OpenSSL counts warnings in a row up to a record that is not empty: an
+  // empty handshake record between them does not reset the count.
+  if (!bytes.empty()) warning_alerts_in_a_row_ = 0;
   if (type != uapi::kRecordHandshake) {
     SendFatalAlert(kAlertUnexpectedMessage);
     return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
@@ -107,8 +117,9 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
     // before the body is waited for.
     if (version == TlsVersion::kTls12 && msg_type == (is_server ? kHandshakeClientHello : kHandshakeHelloRequest)) {
       if (!is_server && body_len != 0) {
-        SendFatalAlert(kAlertDecodeError);
-        return Fail(AlertError(ErrorCategory::kProtocol, kAlertDecodeError, "a HelloRequest with a body"));
+        // OpenSSL checks the length on the header, with illegal_parameter.
+        SendFatalAlert(kAlertIllegalParameter);
+        return Fail(AlertError(ErrorCategory::kProtocol, kAlertIllegalParameter, "a HelloRequest with a body"));
       }
       // Renegotiation is refused from the start (SSL_OP_NO_RENEGOTIATION):
       // like OpenSSL, warn with no_renegotiation, drop the rest of the
@@ -149,7 +160,13 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
     }
     const unsigned char body_first_byte = body_len > 0 ? handshake_bytes_[kHandshakeHeaderLen] : 0;
     handshake_bytes_.erase(handshake_bytes_.begin(), handshake_bytes_.begin() + static_cast<std::ptrdiff_t>(message_len));
-    // KeyUpdate.
+    // KeyUpdate. Keys change at record boundaries (RFC 8446 5.1); OpenSSL
+    // checks that first, then the body.
+    if (!handshake_bytes_.empty() || !record_end) {
+      SendFatalAlert(kAlertUnexpectedMessage);
+      return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
+                             "a KeyUpdate that does not end its record"));
+    }
     if (body_len != 1) {
       SendFatalAlert(kAlertDecodeError);
       return Fail(AlertError(ErrorCategory::kProtocol, kAlertDecodeError, "malformed KeyUpdate"));
@@ -158,12 +175,6 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
     if (request != kKeyUpdateNotRequested && request != kKeyUpdateRequested) {
       SendFatalAlert(kAlertIllegalParameter);
       return Fail(AlertError(ErrorCategory::kProtocol, kAlertIllegalParameter, "KeyUpdate with an invalid request"));
-    }
-    if (!handshake_bytes_.empty() || !record_end) {
-      // Keys change at record boundaries (RFC 8446 5.1).
-      SendFatalAlert(kAlertUnexpectedMessage);
-      return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
-                             "a KeyUpdate that does not end its record"));
     }
     if (!kernel_rekey) {
       // The kernel keeps decrypting with the old key; everything after
@@ -184,6 +195,14 @@ std::optional<Result<IoProgress>> ConnectionImpl::HandleControlRecord(unsigned c
     }
   }
   return std::nullopt;
+}
+
+std::optional<Result<IoProgress>> ConnectionImpl::RefuseDataInsideMessage() {
+  if (!MessageIsPartial()) return std::nullopt;
+  handshake_bytes_.clear();
+  SendFatalAlert(kAlertUnexpectedMessage);
+  return Fail(AlertError(ErrorCategory::kProtocol, kAlertUnexpectedMessage,
+                         "a data record inside a post-handshake message; nothing of it was delivered"));
 }
 
 std::optional<Result<IoProgress>> ConnectionImpl::HandleSessionTicket(std::span<const unsigned char> message) {

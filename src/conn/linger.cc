@@ -14,6 +14,7 @@
 
 #include "conn/connection_impl.h"
 #include "conn/kernel_io.h"
+#include "kernel/tls_uapi.h"
 
 namespace ktls::detail {
 
@@ -64,6 +65,25 @@ Result<IoProgress> ConnectionImpl::Linger() {
       const KernelRecv got = RecvKernelRecord(socket.get(), scratch, MSG_DONTWAIT);
       n = got.n;
       typed = got.typed;
+      if (kernel_rekey && got.n > 0 && got.type == uapi::kRecordHandshake) {
+        // A KeyUpdate must re-key RX here too: the kernel pauses RX after
+        // its record (EKEYEXPIRED) and cannot read what follows without
+        // the next key, which a close with it unread would reset.
+        const auto bytes = std::span(scratch).first(static_cast<std::size_t>(got.n));
+        if (HandleControlRecord(got.type, bytes, got.record_end)) {
+          linger_done_ = true;  // Refused, or the re-key failed: nothing more can be read.
+          return done;
+        }
+      }
+      if (kernel_rekey && got.n == -EKEYEXPIRED) {
+        // The pause after a fragment's first byte (see KernelRxFailed):
+        // the key is unchanged, so read on.
+        if (KernelRxFailed(EKEYEXPIRED)) {
+          linger_done_ = true;
+          return done;
+        }
+        continue;
+      }
     } else {
       // Records for OpenSSL nobody will read: the raw bytes will do.
       n = ::recv(socket.get(), scratch.data(), scratch.size(), MSG_DONTWAIT);

@@ -22,6 +22,13 @@ int Transfer(BIO* bio, char* buf, int len, bool write) {
   msg.msg_iovlen = 1;
   const ssize_t n = write ? sys::SendMsg(Fd(bio), &msg, MSG_DONTWAIT | sys::kSendNoSignal)
                           : sys::RecvMsg(Fd(bio), &msg, MSG_DONTWAIT);
+  if (n == 0 && !write && sys::TcpStateOf(Fd(bio)) != sys::TcpState::kReset) {
+    // The end of the stream: BIO_eof says so, and OpenSSL then sends
+    // decode_error for a missing close_notify, as over its own socket
+    // BIO. Not after a reset, which gets no alert (and is then told apart
+    // by the caller, EndWithoutCloseNotify).
+    BIO_set_flags(bio, BIO_FLAGS_IN_EOF);
+  }
   if (n >= 0) return static_cast<int>(n);
   if (n == -EAGAIN || n == -EWOULDBLOCK) {
     if (write) {
@@ -41,6 +48,8 @@ long Ctrl(BIO* bio, int cmd, long /*num*/, void* ptr) {
   switch (cmd) {
     case BIO_CTRL_FLUSH:
       return 1;
+    case BIO_CTRL_EOF:
+      return BIO_test_flags(bio, BIO_FLAGS_IN_EOF) != 0 ? 1 : 0;
     case BIO_C_GET_FD:
       if (ptr != nullptr) *static_cast<int*>(ptr) = Fd(bio);
       return Fd(bio);

@@ -93,10 +93,12 @@ class Case:
     """One case: `build(client)` returns the records to send; `expect` is
     OpenSSL's outcome. kernel_rx: the outcome with RX in the kernel where
     the kernel decides otherwise; no_rekey: with RX in the kernel on a
-    kernel that cannot install new RX keys."""
+    kernel that cannot install new RX keys. fin: once the data record was
+    served, a FIN (no close_notify); `expect` is the outcome of that."""
 
-    def __init__(self, build, expect, kernel_rx=None, no_rekey=None):
+    def __init__(self, build, expect, kernel_rx=None, no_rekey=None, fin=False):
         self.build, self.expect, self.kernel_rx, self.no_rekey = build, expect, kernel_rx, no_rekey
+        self.fin = fin
 
     def expected(self, target):
         if target.startswith("ktls-echo --rx"):
@@ -106,14 +108,16 @@ class Case:
         return self.expect
 
 
-def seal_inner(client, inner):
+def seal_inner(client, inner, outer_type=CONTENT_APPLICATION_DATA):
     """One TLS 1.3 record whose plaintext (RFC 8446 5.2's TLSInnerPlaintext:
-    content, type, zeros) is `inner`, under the client's live key."""
+    content, type, zeros) is `inner`, under the client's live key. Its
+    header on the wire says outer_type; the one authenticated (the AAD)
+    says application_data, as every TLS 1.3 record's must."""
     client.protection = client.protection or client.traffic_protection()
-    header = record_header(CONTENT_APPLICATION_DATA, len(inner) + 16)
-    record = header + client.protection.aead.encrypt(xor_seq(client.protection.iv, client.next_seq), inner, header)
+    aad = record_header(CONTENT_APPLICATION_DATA, len(inner) + 16)
+    body = client.protection.aead.encrypt(xor_seq(client.protection.iv, client.next_seq), inner, aad)
     client.next_seq += 1
-    return record
+    return record_header(outer_type, len(body)) + body
 
 
 def seal_padding_only(client):
@@ -134,6 +138,17 @@ def key_update(request=0):
     return handshake_message(24, bytes([request]))
 
 
+def split_key_update(client, head_len, between):
+    """A KeyUpdate whose first head_len bytes and the rest come in two
+    records, with the records between(client) returns sent between them;
+    the client then writes under its next key."""
+    message = key_update()
+    records = client.seal(CONTENT_HANDSHAKE, message[:head_len]) + between(client)
+    records += client.seal(CONTENT_HANDSHAKE, message[head_len:])
+    client.protection, client.next_seq = client.protection.updated(), 0
+    return records
+
+
 TLS13_CASES = {
     "alert_of_0_bytes": Case(lambda c: c.seal(CONTENT_ALERT, b""), fatal("unexpected_message")),
     "alert_of_0_bytes_with_padding": Case(lambda c: seal_padded(c, CONTENT_ALERT, b"", 20),
@@ -144,6 +159,9 @@ TLS13_CASES = {
                                       CLOSE_NOTIFY_BACK),
     "user_canceled_four_times": Case(lambda c: alerts(c, 1, 90, count=4), GOES_ON),
     "user_canceled_five_times": Case(lambda c: alerts(c, 1, 90, count=5), fatal("unexpected_message")),
+    # OpenSSL counts a warning close_notify with the warnings before it.
+    "user_canceled_four_times_then_close_notify": Case(lambda c: alerts(c, 1, 90, count=4) + alerts(c, 1, 0),
+                                                       fatal("unexpected_message")),
     "user_canceled_four_times_data_then_four_more": Case(
         lambda c: alerts(c, 1, 90, count=4) + c.seal(CONTENT_APPLICATION_DATA, b"x") + alerts(c, 1, 90, count=4),
         GOES_ON),
@@ -171,6 +189,22 @@ TLS13_CASES = {
                                   fatal("illegal_parameter")),
     "key_update_of_0_bytes": Case(lambda c: c.seal(CONTENT_HANDSHAKE, handshake_message(24, b"")),
                                   fatal("decode_error")),
+    # OpenSSL checks that a KeyUpdate ends its record before its body.
+    "key_update_of_0_bytes_then_more": Case(lambda c: c.seal(CONTENT_HANDSHAKE, handshake_message(24, b"") + b"\x04"),
+                                            fatal("unexpected_message")),
+    "key_update_with_invalid_request_then_more": Case(lambda c: c.seal(CONTENT_HANDSHAKE, key_update(7) + b"\x00"),
+                                                      fatal("unexpected_message")),
+    # RFC 8446 5.1: no other record type inside a handshake message; an
+    # alert is taken there (OpenSSL handles it, then reads on).
+    "data_inside_a_key_update": Case(
+        lambda c: split_key_update(c, 4, lambda c: c.seal(CONTENT_APPLICATION_DATA, b"mid")),
+        fatal("unexpected_message")),
+    "data_inside_a_key_update_header": Case(
+        lambda c: split_key_update(c, 2, lambda c: c.seal(CONTENT_APPLICATION_DATA, b"mid")),
+        fatal("unexpected_message")),
+    "user_canceled_inside_a_key_update": Case(lambda c: split_key_update(c, 4, lambda c: alerts(c, 1, 90)),
+                                              GOES_ON, no_rekey=fatal("internal_error")),
+    "fin_without_close_notify": Case(lambda c: b"", fatal("decode_error"), fin=True),
     "zero_length_application_data": Case(lambda c: c.seal(CONTENT_APPLICATION_DATA, b""), GOES_ON),
     "zero_length_application_data_before_an_alert": Case(
         lambda c: c.seal(CONTENT_APPLICATION_DATA, b"") + c.seal(CONTENT_ALERT, b""), fatal("unexpected_message")),
@@ -183,6 +217,15 @@ TLS13_CASES = {
     "plaintext_change_cipher_spec_kernel_decides": Case(lambda c: record_header(20, 1) + b"\x01",
                                                         fatal("unexpected_message"),
                                                         kernel_rx=fatal("bad_record_mac")),
+    # The kernel authenticates every record as application_data (23),
+    # whatever type its header says, and returns no outer type: a record
+    # that decrypts is taken.
+    "outer_type_handshake_kernel_decides": Case(lambda c: seal_inner(c, b"smuggled" + b"\x17", outer_type=22),
+                                                fatal("unexpected_message"), kernel_rx=GOES_ON),
+    # The kernel refuses a plaintext, padding included, above 2^14 + 1
+    # bytes (EMSGSIZE); OpenSSL takes it up to 2^14 + 256 of ciphertext.
+    "padded_over_2_14_plus_1_kernel_decides": Case(lambda c: seal_padded(c, CONTENT_APPLICATION_DATA, b"x" * 100, 16300),
+                                                   GOES_ON, kernel_rx=fatal("record_overflow")),
 }
 
 TLS12_CASES = {
@@ -192,6 +235,18 @@ TLS12_CASES = {
     "warning_four_times": Case(lambda c: alerts(c, 1, 42, count=4), GOES_ON),
     "warning_five_times": Case(lambda c: alerts(c, 1, 42, count=5), fatal("unexpected_message")),
     "warning_no_renegotiation": Case(lambda c: alerts(c, 1, 100), fatal("handshake_failure")),
+    # OpenSSL counts warnings in a row until a record that is not empty,
+    # and checks the count before what the warning says.
+    "warning_four_times_empty_handshake_record_one_more": Case(
+        lambda c: alerts(c, 1, 42, count=4) + c.seal(CONTENT_HANDSHAKE, b"") + alerts(c, 1, 42),
+        fatal("unexpected_message")),
+    "warning_four_times_then_no_renegotiation": Case(lambda c: alerts(c, 1, 42, count=4) + alerts(c, 1, 100),
+                                                     fatal("unexpected_message")),
+    "warning_four_times_then_close_notify": Case(lambda c: alerts(c, 1, 42, count=4) + alerts(c, 1, 0),
+                                                 fatal("unexpected_message")),
+    "close_notify_at_fatal_level": Case(lambda c: alerts(c, 2, 0), CLOSED),
+    "close_notify_of_unknown_level": Case(lambda c: alerts(c, 3, 0), fatal("illegal_parameter")),
+    "fin_without_close_notify": Case(lambda c: b"", fatal("decode_error"), fin=True),
     "alert_of_unknown_level": Case(lambda c: alerts(c, 3, 10), fatal("illegal_parameter")),
     "fatal_alert_of_unknown_description": Case(lambda c: alerts(c, 2, 254), CLOSED),
     "renegotiation_client_hello": Case(lambda c: c.seal(CONTENT_HANDSHAKE, bytes([1, 0, 0, 4, 3, 3, 0, 0])),
@@ -224,10 +279,10 @@ def observe(client, first_seq, served):
     record after the case reached the server's application (ktls-echo echoes
     it; s_server prints it): that, not a quiet spell, is how "goes on" is
     told from an alert still on its way, so a loaded machine cannot turn one
-    into the other."""
+    into the other. client.server_seq: the next record's sequence number."""
     protection = client.traffic_protection("server")
     splitter = RecordSplitter()
-    seq = first_seq
+    seq = client.server_seq = first_seq
     data = bytearray()
     warnings = []
     deadline = time.monotonic() + ktls_interop.STEP_TIMEOUT
@@ -249,7 +304,7 @@ def observe(client, first_seq, served):
             return CLOSED if not warnings else f"warning {warnings[0]}, then closed", bytes(data)
         for record in splitter.feed(chunk or b""):
             content_type, payload = protection.open(seq, record)
-            seq += 1
+            seq = client.server_seq = seq + 1
             if content_type == CONTENT_ALERT:
                 level, description = payload[0], payload[1]
                 name = ALERTS.get(description, str(description))
@@ -341,6 +396,12 @@ class ConformanceTest(unittest.TestCase):
                 except OSError:
                     pass  # The server already ended it: its alert is still to be read.
                 outcome, data = observe(client, first_seq, served)
+                if case.fin:
+                    # The FIN once the data was served: the connection is
+                    # offloaded by then.
+                    self.assertEqual(outcome, GOES_ON, f"{name}: before the FIN")
+                    client.sock.shutdown(socket.SHUT_WR)
+                    outcome, _ = observe(client, client.server_seq, lambda data: False)
                 outcomes[name] = outcome
                 if name.startswith("ktls-echo"):
                     if outcome.endswith(GOES_ON):
@@ -349,6 +410,8 @@ class ConformanceTest(unittest.TestCase):
                     line = server.line_for(client.port)
                     rx = "kernel" if "--rx" in name.split() else "user"
                     self.assertEqual((line.get("tx"), line.get("rx")), ("kernel", rx), f"{name}: {line}")
+                    if case.fin:
+                        self.assertEqual(line.get("end"), "truncated", f"{name}: {line}")
                     if "--splice" in name.split():
                         # Kernel to kernel: not one byte through ktls-echo,
                         # except a record right after a zero-length one

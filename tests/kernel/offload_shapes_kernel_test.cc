@@ -1130,6 +1130,38 @@ TEST(ShutdownFinKernelTest, ALingeringCloseAfterThePeerClosedShutsNothing) {
   EXPECT_EQ(reads.load(), 1) << "one read, which finds the client's end";
 }
 
+// A lingering close reads on through a KeyUpdate: the kernel pauses RX
+// after its record (Linux 6.14+), and what follows needs the next key, so
+// the linger re-keys RX, as Read does; closing with the rest unread would
+// reset the connection. A kernel that cannot re-key ends the linger there.
+TEST(ShutdownFinKernelTest, ALingeringCloseReadsThroughAKeyUpdate) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  std::atomic<std::uint64_t> rx_key_updates = 99;
+  ServerConfig config = ServerFor();
+  config.offload.rx = RxOffload::kOn;  // Kernel RX on 6.1 too.
+  TestServer server(config, 1, [&](Connection& conn, ServerEnd& end) {
+    if (end.error = WriteAll(conn, Bytes{'x'}); !end.error.empty()) return;
+    if (auto shut = conn.Shutdown(ShutdownFlags::kNone); !shut.ok()) {
+      end.error = shut.error().ToString();
+      return;
+    }
+    conn.Close();  // Lingers until the client closes.
+    rx_key_updates = conn.rx_key_updates();
+  });
+  PlainPeer client;
+  ASSERT_NO_FATAL_FAILURE(ConnectPlainTo(server, client));
+  Bytes received;
+  ASSERT_EQ(SslReadExactly(client.ssl.get(), 1, received), "");
+  EXPECT_EQ(SslExpectCloseNotify(client.ssl.get()), "");
+  // The server lingers now: a KeyUpdate, then data under the next key.
+  ASSERT_EQ(SSL_key_update(client.ssl.get(), SSL_KEY_UPDATE_NOT_REQUESTED), 1);
+  ASSERT_EQ(SslWriteAll(client.ssl.get(), Bytes(1000, 'y')), "");
+  client = PlainPeer();  // Closes the socket.
+  EXPECT_EQ(server.Join()[0].error, "");
+  EXPECT_EQ(rx_key_updates.load(), CachedCapabilities().rekey ? 1U : 0U)
+      << "the linger should re-key RX at the KeyUpdate where the kernel can";
+}
+
 INSTANTIATE_TEST_SUITE_P(Flags, ShutdownFinKernelTest,
                          ::testing::Values(ShutdownFlags::kNone, ShutdownFlags::kCloseNotifyOnly),
                          [](const ::testing::TestParamInfo<ShutdownFlags>& info) {
