@@ -165,7 +165,8 @@ class ConnectionImpl {
   Error EndWithoutCloseNotify(Error truncated, bool fin_read = false);
   // SendFatalAlert sends a fatal alert (best effort: the connection is
   // ending) and shuts down the write side.
-  void SendFatalAlert(int alert);
+  // fin false: no FIN after it (the close sends one).
+  void SendFatalAlert(int alert, bool fin = true);
   // SendFin shuts the socket's write side (our FIN), once: Shutdown, a
   // fatal alert and the lingering close each want it, and a second
   // shutdown(2) only costs a syscall.

@@ -206,7 +206,11 @@ Error ConnectionImpl::EndWithoutCloseNotify(Error truncated, bool fin_read) {
   // check above (a send to a closed peer can draw a reset). The send
   // raises no SIGPIPE (MSG_NOSIGNAL); with RX in OpenSSL, OpenSSL already
   // sent it, and this sends nothing more.
-  SendFatalAlert(kAlertDecodeError);
+  // No FIN with it: the peer has closed its side already, and a writer
+  // between its push and its check (SendWentNowhere) would take our own
+  // FIN for a socket that can no longer send, and report bytes that went
+  // out as lost. The close sends the FIN.
+  SendFatalAlert(kAlertDecodeError, /*fin=*/false);
   return truncated;
 }
 

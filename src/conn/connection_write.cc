@@ -257,7 +257,7 @@ Result<void> ConnectionImpl::SendPendingWarningLocked(int alert) {
   return sent;
 }
 
-void ConnectionImpl::SendFatalAlert(int alert) {
+void ConnectionImpl::SendFatalAlert(int alert, bool fin) {
   // Without tx_mu_: a writer may hold it, blocked on a peer that waits for
   // us. The connection ends either way.
   if (socket.get() < 0 || sent_close_.exchange(true)) return;
@@ -274,7 +274,7 @@ void ConnectionImpl::SendFatalAlert(int alert) {
   // With TX in OpenSSL, OpenSSL already sent its own alert for the errors it
   // detects itself. Either way a FIN follows the alert, so the peer reads the
   // alert before our close can turn into a reset.
-  SendFin();
+  if (fin) SendFin();
 }
 
 }  // namespace ktls::detail
