@@ -50,7 +50,6 @@ constexpr std::uint8_t kKnownFlags = 0xff;
 // Limits no state Export makes can pass: a partial handshake record is at
 // most one record, a partial alert one byte, a string a TLS field.
 constexpr std::size_t kMaxString = 255;
-constexpr std::uint64_t kMaxLingerMs = 24ULL * 3600 * 1000;
 
 template <typename Byte>
 void Cleanse(std::vector<Byte>& v) {
@@ -301,7 +300,9 @@ Result<MovedState> ParseMovedState(std::span<const std::byte> bytes) {
     s.session.peer_certificates.push_back(std::move(cert));
   }
   KTLS_READ_BE(linger_ms, 8, "the linger time");
-  if (linger_ms > kMaxLingerMs) return Bad("has a linger time of more than a day");
+  if (linger_ms > static_cast<std::uint64_t>(kMaxLingerTime.count())) {
+    return Bad("has a linger time of more than a day");
+  }
   s.linger.time = std::chrono::milliseconds(static_cast<std::int64_t>(linger_ms));
   KTLS_READ_BE(linger_bytes, 8, "the linger budget");
   s.linger.max_bytes = static_cast<std::size_t>(linger_bytes);

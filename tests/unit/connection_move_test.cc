@@ -117,6 +117,22 @@ TEST(MovedStateFormat, EveryFieldRoundTrips) {
   EXPECT_EQ(SerializeMovedState(*parsed), bytes);
 }
 
+// The longest linger OffloadOptions accept (kMaxLingerTime) moves; one
+// millisecond more, which ValidateOffloadOptions refuses (options_test.cc),
+// is refused here too: what can be exported can be imported.
+TEST(MovedStateFormat, TheLongestLingerTheOptionsAcceptMoves) {
+  MovedState s = AllFieldsSet();
+  s.linger.time = kMaxLingerTime;
+  auto parsed = ParseMovedState(SerializeMovedState(s));
+  ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();
+  EXPECT_EQ(parsed->linger.time, kMaxLingerTime);
+  s.linger.time += std::chrono::milliseconds(1);
+  auto longer = ParseMovedState(SerializeMovedState(s));
+  ASSERT_FALSE(longer.ok());
+  EXPECT_EQ(longer.error().category, ErrorCategory::kUsage);
+  EXPECT_NE(longer.error().detail.find("linger time of more than a day"), std::string::npos) << longer.error().detail;
+}
+
 TEST(MovedStateFormat, EveryTruncationIsANamedUsageError) {
   const auto bytes = SerializeMovedState(AllFieldsSet());
   for (std::size_t len = 0; len < bytes.size(); ++len) {
