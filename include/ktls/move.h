@@ -57,10 +57,14 @@ class KTLS_API ConnectionState {
 };
 
 // ExportedConnection: what Export hands over, the socket and the state.
-// Owns the socket until release_fd(); destroying it closes the socket.
+// Owns the socket until release_fd(); destroying it closes the socket (on
+// a thread of its own, as CloseWithoutWaiting without reset, with
+// close_without_waiting: Export sets it for a connection that
+// ReceiveConnection took from an untrusted_sender).
 class KTLS_API ExportedConnection {
  public:
-  ExportedConnection(int fd, ConnectionState state) noexcept : fd_(fd), state_(std::move(state)) {}
+  ExportedConnection(int fd, ConnectionState state, bool close_without_waiting = false) noexcept
+      : fd_(fd), state_(std::move(state)), close_without_waiting_(close_without_waiting) {}
   ExportedConnection(ExportedConnection&& other) noexcept;
   ExportedConnection& operator=(ExportedConnection&& other) noexcept;
   ExportedConnection(const ExportedConnection&) = delete;
@@ -73,8 +77,11 @@ class KTLS_API ExportedConnection {
   const ConnectionState& state() const noexcept { return state_; }
 
  private:
+  void Close() noexcept;
+
   int fd_ = -1;
   ConnectionState state_;
+  bool close_without_waiting_ = false;
 };
 
 // SendConnection exports conn and sends its socket and state over
@@ -94,6 +101,12 @@ struct KTLS_API SendConnectionOptions {
   // goes only when the socket's queue has room for it twice over, so that
   // its rest never waits for long.
   bool dont_wait = false;
+  // untrusted_receiver: the receiver may set the socket up to make this
+  // process wait when it closes its copy (SO_LINGER with a timeout, set and
+  // the receiver's copy closed before this process's close: that close is
+  // then the last, and lingers). This process's copy is then closed with
+  // CloseWithoutWaiting (not reset: the receiver's connection goes on).
+  bool untrusted_receiver = false;
 };
 
 KTLS_API Result<void> SendConnection(int unix_socket, Connection& conn, const SendConnectionOptions& options = {});
@@ -105,16 +118,37 @@ struct KTLS_API ReceiveConnectionOptions {
   // untrusted_sender: the sender may have set the socket up to make this
   // process wait (O_NONBLOCK off, SO_LINGER with a long timeout: a close or
   // write here would block on them). Every descriptor received is made
-  // non-blocking with SO_LINGER off before anything else, so one refused
-  // and closed here never lingers either; the connection returned is
-  // non-blocking.
+  // non-blocking with SO_LINGER off before anything else; but both live in
+  // state the sender shares (the open file description, the socket), and
+  // it can set them again from the copy it keeps, then close that copy so
+  // that this process's close is the last. So a descriptor refused here is
+  // closed with CloseWithoutWaiting (a reset); and the connection returned
+  // never waits on them either: its reads and writes through the kernel
+  // pass MSG_DONTWAIT, its Close never lingers blocking, and its socket is
+  // closed on a thread of its own (its ExportedConnection's too). Only
+  // SendFile and the splice calls still follow the shared O_NONBLOCK.
   bool untrusted_sender = false;
 };
+
+// CloseWithoutWaiting closes fd, a socket that another process holds or
+// held too, such that nothing that process set makes the caller wait: it
+// may have set SO_LINGER with a timeout and closed its own copy first, so
+// that this close is the socket's last and waits for the peer to take what
+// is unsent. reset (for a connection refused or given up): the close is
+// abortive (SO_LINGER 0: the peer gets a TCP reset, what was unsent is
+// dropped), so it has nothing to wait for. Either way the close is made on
+// a thread of its own (detached), so that no setting the other process
+// makes, even between that setsockopt and the close, makes the caller
+// wait: only that thread would, and a process that exits ends its wait.
+// If no thread can be started, fd is closed on the caller's. Errors are
+// ignored; fd < 0 does nothing.
+KTLS_API void CloseWithoutWaiting(int fd, bool reset = true) noexcept;
 
 // ReceiveConnection receives one connection that SendConnection sent and
 // imports it. A malformed state, a descriptor that is not the connection
 // the state describes, or more than one descriptor, is an error (the
-// descriptors received are closed), and the socket is ready for the next
+// descriptors received are closed, from an untrusted_sender with
+// CloseWithoutWaiting), and the socket is ready for the next
 // message; only a length beyond kMaxConnectionStateBytes leaves it out of
 // step (close it). End of stream before a connection arrived:
 // ErrorCategory::kClosed.

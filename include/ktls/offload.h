@@ -56,6 +56,11 @@ enum class TxOffload : std::uint8_t {
          // switch offload off without changing code paths).
 };
 
+// kMaxLingerTime: the longest LingerOptions::time (a day). A longer one is
+// a usage error, so that every connection that can be exported can be
+// imported again (ParseMovedState refuses a state that says more).
+inline constexpr std::chrono::milliseconds kMaxLingerTime = std::chrono::hours(24);
+
 // LingerOptions: what Connection::Close does after ktls ended a connection
 // (our close_notify, or a fatal alert) while the peer may still be sending.
 // Closing a socket with unread data makes the kernel send a TCP reset, and
@@ -65,8 +70,8 @@ enum class TxOffload : std::uint8_t {
 // peer still sends, until the peer closes or a budget is spent, and only
 // then closes.
 struct KTLS_API LingerOptions {
-  // time: the longest Close waits for the peer to close. Zero: close at
-  // once (the peer may get a reset).
+  // time: the longest Close waits for the peer to close, at most
+  // kMaxLingerTime. Zero: close at once (the peer may get a reset).
   std::chrono::milliseconds time{2000};
   // max_bytes: the most Close reads and discards before it closes anyway.
   std::size_t max_bytes = 256 * 1024;

@@ -16,6 +16,7 @@
 #include "core/errors.h"
 #include "handshake/capture.h"
 #include "kernel/syscalls.h"
+#include "net/socket_util.h"
 
 namespace ktls {
 namespace detail {
@@ -23,7 +24,18 @@ namespace detail {
 ConnectionImpl::ConnectionImpl(UniqueFd fd, UniqueSsl ssl_in, bool server)
     : socket(std::move(fd)), ssl(std::move(ssl_in)), is_server(server) {}
 
-ConnectionImpl::~ConnectionImpl() { ReleaseSsl(); }
+ConnectionImpl::~ConnectionImpl() {
+  ReleaseSsl();
+  if (from_untrusted_sender) CloseSocket();  // Else socket's own destructor, last.
+}
+
+void ConnectionImpl::CloseSocket() noexcept {
+  if (from_untrusted_sender) {
+    CloseOnOwnThread(socket.release());
+  } else {
+    socket.reset();
+  }
+}
 
 Result<IoProgress> ConnectionImpl::Fail(Error error) {
   failed_ = true;
@@ -31,6 +43,7 @@ Result<IoProgress> ConnectionImpl::Fail(Error error) {
 }
 
 bool ConnectionImpl::WaitFor(short events) {
+  if (from_untrusted_sender) return false;  // Non-blocking, whatever O_NONBLOCK says.
   const int flags = ::fcntl(socket.get(), F_GETFL);
   if (flags < 0 || (flags & O_NONBLOCK) != 0) return false;
   // Wait no longer than a blocking recvmsg/sendmsg would: the kernel path

@@ -5,6 +5,8 @@
 #ifndef KTLS_SRC_CONN_CONNECTION_IMPL_H_
 #define KTLS_SRC_CONN_CONNECTION_IMPL_H_
 
+#include <sys/socket.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -86,6 +88,17 @@ class ConnectionImpl {
   std::atomic<bool> peer_closed = false;
   // How Close lingers (OffloadOptions::linger).
   LingerOptions linger;
+  // from_untrusted_sender (ReceiveConnectionOptions::untrusted_sender): the
+  // process that sent the socket keeps a copy, and can change what the two
+  // share (O_NONBLOCK: the open file description; SO_LINGER: the socket).
+  // So this connection is non-blocking whatever O_NONBLOCK says (DontWait
+  // on its reads and writes through the kernel; WaitFor and Close never
+  // wait), and its socket is closed on a thread of its own (CloseSocket).
+  bool from_untrusted_sender = false;
+  // DontWait: the flag for a recvmsg or sendmsg on the socket.
+  int DontWait() const noexcept { return from_untrusted_sender ? MSG_DONTWAIT : 0; }
+  // CloseSocket closes the socket (once; see from_untrusted_sender).
+  void CloseSocket() noexcept;
   // OpenSSL tried to write with TX in the kernel (mixed mode); see
   // conn/no_write_bio.h. Written under ssl_mu_.
   bool openssl_write_attempted = false;

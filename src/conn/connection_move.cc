@@ -27,6 +27,7 @@
 #include "keys/tls13_key_schedule.h"
 #include "ktls/move.h"
 #include "ktls/probe.h"
+#include "net/socket_util.h"
 
 namespace ktls {
 namespace detail {
@@ -50,7 +51,6 @@ constexpr std::uint8_t kKnownFlags = 0xff;
 // Limits no state Export makes can pass: a partial handshake record is at
 // most one record, a partial alert one byte, a string a TLS field.
 constexpr std::size_t kMaxString = 255;
-constexpr std::uint64_t kMaxLingerMs = 24ULL * 3600 * 1000;
 
 template <typename Byte>
 void Cleanse(std::vector<Byte>& v) {
@@ -301,7 +301,9 @@ Result<MovedState> ParseMovedState(std::span<const std::byte> bytes) {
     s.session.peer_certificates.push_back(std::move(cert));
   }
   KTLS_READ_BE(linger_ms, 8, "the linger time");
-  if (linger_ms > kMaxLingerMs) return Bad("has a linger time of more than a day");
+  if (linger_ms > static_cast<std::uint64_t>(kMaxLingerTime.count())) {
+    return Bad("has a linger time of more than a day");
+  }
   s.linger.time = std::chrono::milliseconds(static_cast<std::int64_t>(linger_ms));
   KTLS_READ_BE(linger_bytes, 8, "the linger budget");
   s.linger.max_bytes = static_cast<std::size_t>(linger_bytes);
@@ -511,20 +513,30 @@ void ConnectionState::Wipe() noexcept {
 }
 
 ExportedConnection::ExportedConnection(ExportedConnection&& other) noexcept
-    : fd_(std::exchange(other.fd_, -1)), state_(std::move(other.state_)) {}
+    : fd_(std::exchange(other.fd_, -1)),
+      state_(std::move(other.state_)),
+      close_without_waiting_(other.close_without_waiting_) {}
 
 ExportedConnection& ExportedConnection::operator=(ExportedConnection&& other) noexcept {
   if (this != &other) {
-    if (fd_ >= 0) ::close(fd_);
+    Close();
     fd_ = std::exchange(other.fd_, -1);
     state_ = std::move(other.state_);
+    close_without_waiting_ = other.close_without_waiting_;
   }
   return *this;
 }
 
-ExportedConnection::~ExportedConnection() {
-  if (fd_ >= 0) ::close(fd_);
+void ExportedConnection::Close() noexcept {
+  const int fd = std::exchange(fd_, -1);
+  if (close_without_waiting_) {
+    detail::CloseOnOwnThread(fd);
+  } else if (fd >= 0) {
+    ::close(fd);
+  }
 }
+
+ExportedConnection::~ExportedConnection() { Close(); }
 
 int ExportedConnection::release_fd() noexcept { return std::exchange(fd_, -1); }
 
@@ -535,11 +547,18 @@ Result<ExportedConnection> Connection::Export() {
   ConnectionState state(detail::SerializeMovedState(*snapshot));
   impl_->WipeAfterMove();
   const int fd = impl_->socket.release();
+  const bool from_untrusted_sender = impl_->from_untrusted_sender;
   impl_.reset();
-  return ExportedConnection(fd, std::move(state));
+  return ExportedConnection(fd, std::move(state), from_untrusted_sender);
 }
 
 Result<Connection> Connection::Import(int fd, std::span<const std::byte> state) {
+  return detail::ImportConnection(fd, state, /*from_untrusted_sender=*/false);
+}
+
+namespace detail {
+
+Result<Connection> ImportConnection(int fd, std::span<const std::byte> state, bool from_untrusted_sender) {
   // A library without kernel TLS could still be handed a socket another
   // process put into kTLS (on Linux), but it has no sendfile or splice for
   // it: it takes none.
@@ -562,7 +581,10 @@ Result<Connection> Connection::Import(int fd, std::span<const std::byte> state) 
       no_pad != 0) {
     impl->rx_no_pad = detail::ConnectionImpl::NoPad::kOn;
   }
+  impl->from_untrusted_sender = from_untrusted_sender;
   return Connection(std::move(impl));
 }
+
+}  // namespace detail
 
 }  // namespace ktls

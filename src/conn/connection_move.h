@@ -84,6 +84,10 @@ std::vector<std::byte> SerializeMovedState(const MovedState& state);
 // anything Serialize could not have made.
 Result<MovedState> ParseMovedState(std::span<const std::byte> bytes);
 
+// ImportConnection: Connection::Import, the connection marked as from an
+// untrusted sender (ConnectionImpl::from_untrusted_sender) if so.
+Result<Connection> ImportConnection(int fd, std::span<const std::byte> state, bool from_untrusted_sender);
+
 // TrafficSecretLength: the length of a TLS 1.3 traffic secret for cipher
 // (its suite's hash).
 std::size_t TrafficSecretLength(Cipher cipher) noexcept;

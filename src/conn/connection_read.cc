@@ -115,7 +115,7 @@ Result<IoProgress> ConnectionImpl::ReadKernel(std::span<std::byte> buf) {
   std::array<std::byte, kMaxRecordPlaintext> control_rest;
   std::span<std::byte> into = buf;
   for (;;) {
-    const KernelRecv got = RecvKernelRecord(socket.get(), into, 0);
+    const KernelRecv got = RecvKernelRecord(socket.get(), into, DontWait());
     const ssize_t n = got.n;
     if (n < 0) {
       const int err = static_cast<int>(-n);

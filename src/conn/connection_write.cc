@@ -50,7 +50,7 @@ Result<IoProgress> ConnectionImpl::Write(std::span<const std::byte> data, WriteF
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     // MSG_MORE: kTLS leaves the record open for the next send to fill.
-    const ssize_t n = sys::SendMsg(socket.get(), &msg, sys::kSendNoSignal | (more ? sys::kSendMore : 0));
+    const ssize_t n = sys::SendMsg(socket.get(), &msg, sys::kSendNoSignal | DontWait() | (more ? sys::kSendMore : 0));
     if (n >= 0) {
       tx_records_bound_ += MaxRecordsFor(static_cast<std::size_t>(n));
       // A kMore write that fills no record pushes nothing to TCP, so none
@@ -224,7 +224,7 @@ std::optional<Error> ConnectionImpl::SendWentNowhere(std::size_t len) {
 }
 
 Result<void> ConnectionImpl::SendKernelControlRecord(unsigned char type, std::span<const unsigned char> payload) {
-  const ssize_t n = SendControlRecord(socket.get(), type, payload, sys::kSendNoSignal);
+  const ssize_t n = SendControlRecord(socket.get(), type, payload, sys::kSendNoSignal | DontWait());
   if (n < 0) return SysError(static_cast<int>(-n), "sendmsg of a control record");
   if (static_cast<std::size_t>(n) != payload.size()) {
     return MakeError(ErrorCategory::kIo, "short write of a control record");

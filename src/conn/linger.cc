@@ -112,7 +112,9 @@ void ConnectionImpl::Close() {
   // non-blocking one never waits (its owner drives Linger from its loop).
   // The flags only when there is a linger to do: a connection whose peer
   // closed first (the usual end of a client's) closes with no fcntl.
-  const int flags = LingerOwed() ? ::fcntl(socket.get(), F_GETFL) : -1;
+  // Non-blocking (O_NONBLOCK, or from an untrusted sender whatever it
+  // says): what lingering is left is the caller's, with Linger.
+  const int flags = LingerOwed() && !from_untrusted_sender ? ::fcntl(socket.get(), F_GETFL) : -1;
   while (flags >= 0 && (flags & O_NONBLOCK) == 0 && LingerOwed()) {
     auto step = Linger();
     if (!step.ok() || !step->would_block) break;
@@ -125,7 +127,7 @@ void ConnectionImpl::Close() {
     if (rc <= 0) break;  // The time is up.
   }
   ReleaseSsl();
-  socket.reset();
+  CloseSocket();
 }
 void ConnectionImpl::ReleaseSsl() {
   if (ssl && sent_close_ && !failed_) {

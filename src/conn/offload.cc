@@ -499,6 +499,11 @@ Result<void> ValidateOffloadOptions(const OffloadOptions& options) {
   if (options.linger.time.count() < 0) {
     return MakeError(ErrorCategory::kUsage, "OffloadOptions::linger.time must not be negative");
   }
+  if (options.linger.time > kMaxLingerTime) {
+    // Import refuses more (ParseMovedState): a connection could move out
+    // and never in, nor back when SendConnection takes it back.
+    return MakeError(ErrorCategory::kUsage, "OffloadOptions::linger.time must be at most a day (kMaxLingerTime)");
+  }
   return {};
 }
 

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "conn/connection_move.h"
 #include "core/errors.h"
-#include "core/unique_fd.h"
 #include "kernel/socket_platform.h"
 #include "kernel/syscalls.h"
 #include "ktls/move.h"
@@ -103,14 +103,52 @@ Result<void> CheckRoom(int unix_socket, std::size_t bytes) {
 
 // DistrustSocket (ReceiveConnectionOptions::untrusted_sender): fd made
 // non-blocking, its SO_LINGER off, whatever the sender left there. Errors
-// are ignored: a descriptor that is no socket is refused afterwards.
+// are ignored: a descriptor that is no socket is refused afterwards. Both
+// live in state the sender shares (the open file description, the socket)
+// and can be set again from its own copy: so a descriptor refused here is
+// not closed on the strength of them, but with CloseWithoutWaiting.
 void DistrustSocket(int fd) {
   (void)detail::SetNonBlocking(fd, true);
   const linger off{0, 0};
   (void)::setsockopt(fd, SOL_SOCKET, SO_LINGER, &off, sizeof(off));
 }
 
+// ReceivedFds: the descriptors one message brought, each closed when this
+// goes unless released; from an untrusted sender without waiting.
+struct ReceivedFds {
+  ~ReceivedFds() {
+    for (int fd : fds) {
+      if (fd < 0) continue;
+      if (untrusted) {
+        CloseWithoutWaiting(fd);
+      } else {
+        ::close(fd);
+      }
+    }
+  }
+  std::vector<int> fds;
+  bool untrusted = false;
+};
+
 }  // namespace
+
+void CloseWithoutWaiting(int fd, bool reset) noexcept {
+  if (fd < 0) return;
+  if (reset) {
+    // Abortive: a close that is the socket's last waits only while a FIN
+    // is unacknowledged with SO_LINGER on and a timeout, and this one
+    // sends none (the peer gets a reset, what was unsent is dropped).
+    const linger abort{1, 0};
+    (void)::setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort, sizeof(abort));
+  }
+  // That alone leaves a window: another holder of the socket can set
+  // SO_LINGER again, and close its own copy, between the setsockopt above
+  // and the close (it can watch SO_LINGER from its copy to time it, or
+  // this thread may be preempted there). So the close is on a thread of
+  // its own, which is all that such a holder can make wait; after the
+  // reset it is normally done at once.
+  detail::CloseOnOwnThread(fd);
+}
 
 Result<void> SendConnection(int unix_socket, Connection& conn, const SendConnectionOptions& options) {
   if (auto checked = CheckUnixStream(unix_socket, "SendConnection"); !checked.ok()) return checked;
@@ -153,6 +191,10 @@ Result<void> SendConnection(int unix_socket, Connection& conn, const SendConnect
     return error;
   }
   // The descriptor went with the first byte; the rest of the state follows.
+  // This process's copy is not the socket's last while the receiver holds
+  // one, unless that receiver closed it already, having set SO_LINGER: an
+  // untrusted one may have.
+  if (options.untrusted_receiver) CloseWithoutWaiting(exported->release_fd(), /*reset=*/false);
   const std::size_t total = kLengthPrefix + state.size();
   if (static_cast<std::size_t>(n) < total) {
     const std::size_t sent = static_cast<std::size_t>(n);
@@ -192,19 +234,23 @@ Result<Connection> ReceiveConnection(int unix_socket, const ReceiveConnectionOpt
   msg.msg_controllen = control.size();
   const ssize_t n = detail::sys::RecvMsgCloexec(unix_socket, &msg);
   if (n < 0) return detail::SysError(static_cast<int>(-n), "ReceiveConnection: recvmsg");
-  // Every descriptor that arrived is owned here from now on.
-  std::vector<detail::UniqueFd> fds;
+  // Every descriptor that arrived is owned here from now on; one refused
+  // (any error below) from an untrusted sender is closed without waiting,
+  // as its sender may have set it up again since DistrustSocket.
+  ReceivedFds received;
+  received.untrusted = options.untrusted_sender;
+  std::vector<int>& fds = received.fds;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
     for (std::size_t i = 0; i < count; ++i) {
       int fd;
       std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      fds.emplace_back(fd);
+      fds.push_back(fd);
     }
   }
   if (options.untrusted_sender) {
-    for (const detail::UniqueFd& fd : fds) DistrustSocket(fd.get());
+    for (int fd : fds) DistrustSocket(fd);
   }
   if (n == 0 && fds.empty()) {
     return detail::MakeError(ErrorCategory::kClosed, "ReceiveConnection: the sender closed the socket");
@@ -230,9 +276,11 @@ Result<Connection> ReceiveConnection(int unix_socket, const ReceiveConnectionOpt
                                                         std::to_string(fds.size()) +
                                                         ((msg.msg_flags & MSG_CTRUNC) != 0 ? " and more" : ""));
   }
-  auto conn = Connection::Import(fds[0].get(), state.bytes);
+  // From an untrusted sender, the connection never waits on what the
+  // sender can still set from its copy (ConnectionImpl::from_untrusted_sender).
+  auto conn = detail::ImportConnection(fds[0], state.bytes, options.untrusted_sender);
   if (!conn.ok()) return std::move(conn).error();
-  fds[0].release();  // The Connection owns it.
+  fds[0] = -1;  // The Connection owns it.
   return conn;
 }
 

@@ -11,6 +11,8 @@
 
 #include <cerrno>
 #include <memory>
+#include <system_error>
+#include <thread>
 
 #include "core/errors.h"
 #include "kernel/socket_platform.h"
@@ -108,6 +110,15 @@ Result<void> SetNonBlocking(int fd, bool on) {
   int value = on ? 1 : 0;
   if (::ioctl(fd, FIONBIO, &value) != 0) return SysError(errno, "ioctl(FIONBIO)");
   return {};
+}
+
+void CloseOnOwnThread(int fd) noexcept {
+  if (fd < 0) return;
+  try {
+    std::thread([fd] { ::close(fd); }).detach();
+  } catch (const std::system_error&) {
+    ::close(fd);  // No thread to be had (EAGAIN): the caller's, then.
+  }
 }
 
 }  // namespace ktls::detail

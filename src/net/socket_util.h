@@ -29,6 +29,14 @@ std::uint16_t PortOf(const sockaddr_storage& addr);
 // SetNonBlocking sets or clears fd's O_NONBLOCK (one ioctl, FIONBIO).
 Result<void> SetNonBlocking(int fd, bool on);
 
+// CloseOnOwnThread closes fd on a thread started for it, so that a close
+// that waits (a socket another process set SO_LINGER on, then closed its
+// own copy of: this close is the last, and waits for what is unsent to be
+// taken) makes only that thread wait. A process that exits meanwhile ends
+// the wait (the kernel never lingers for an exiting process). If no thread
+// can be started, fd is closed here.
+void CloseOnOwnThread(int fd) noexcept;
+
 }  // namespace ktls::detail
 
 #endif  // KTLS_SRC_NET_SOCKET_UTIL_H_

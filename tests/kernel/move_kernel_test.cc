@@ -25,6 +25,11 @@
 //  j. SendConnection with dont_wait to a receiver that is behind (its queue
 //     full) sends nothing and says EAGAIN; the connection stays the
 //     sender's, in the kernel, and moves once the receiver caught up.
+//  k. A connection received from an untrusted_sender never waits on what
+//     the sender sets from the copy it kept (O_NONBLOCK cleared, SO_LINGER
+//     30 s, the send buffer full, its copy closed first): a read and a
+//     write say would_block, and dropping it returns at once.
+#include <fcntl.h>
 #include <malloc.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -33,6 +38,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
@@ -598,6 +604,61 @@ TEST(MoveKernelTest, AReceiverThatIsBehindIsNotWaitedFor) {
   EXPECT_EQ(server.Join()[0].error, "");
   EXPECT_EQ(behind.category, ErrorCategory::kIo) << behind.ToString();
   EXPECT_EQ(behind.sys_errno, EAGAIN) << behind.ToString();
+  ::close(pair[0]);
+  ::close(pair[1]);
+}
+
+TEST(MoveKernelTest, AConnectionFromAnUntrustedSenderNeverWaitsOnWhatTheSenderSetsLater) {
+  KTLS_REQUIRE_KTLS_OR_SKIP();
+  std::atomic<bool> finish = false;
+  TestServer server(ServerFor(), 1, [&](Connection&, ServerEnd&) {
+    // Reads nothing: what the client's socket sends fills its buffers.
+    while (!finish) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  });
+  ASSERT_TRUE(server.ok()) << server.listen_error();
+  struct Finish {  // On every way out, before the server is joined.
+    std::atomic<bool>& finish;
+    ~Finish() { finish = true; }
+  } finish_first{finish};
+  ClientConfig config = ClientFor();
+  config.offload.session_tickets = false;  // So that the client can move.
+  auto conn = ConnectTo(server.port(), config);
+  ASSERT_TRUE(conn.ok()) << conn.error().ToString();
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  const int senders_copy = ::dup(conn->fd());  // What a hostile sender keeps.
+  ASSERT_GE(senders_copy, 0);
+  auto sent = SendConnection(pair[0], *conn);
+  ASSERT_TRUE(sent.ok()) << sent.error().ToString();
+  auto held = ReceiveConnection(pair[1], {.peer_uid = ::getuid(), .untrusted_sender = true});
+  ASSERT_TRUE(held.ok()) << held.error().ToString();
+  // The sender undoes DistrustSocket from its copy, after it was applied.
+  const int flags = ::fcntl(senders_copy, F_GETFL);
+  ASSERT_EQ(::fcntl(senders_copy, F_SETFL, flags & ~O_NONBLOCK), 0);
+  const linger lingering{1, 30};
+  ASSERT_EQ(::setsockopt(senders_copy, SOL_SOCKET, SO_LINGER, &lingering, sizeof(lingering)), 0);
+  const std::vector<char> junk(16 * kKiB, 'j');
+  while (::send(senders_copy, junk.data(), junk.size(), MSG_DONTWAIT | MSG_NOSIGNAL) > 0) {
+  }
+  ASSERT_EQ(errno, EAGAIN) << "the send buffer should be full";
+  ::close(senders_copy);  // The holder's copy is the last now.
+  ASSERT_EQ(::fcntl(held->fd(), F_GETFL) & O_NONBLOCK, 0) << "O_NONBLOCK is shared: the sender cleared it";
+  // Were the holder to wait, SO_RCVTIMEO / SO_SNDTIMEO would end a read or
+  // a write after 20 s (and the linger after 30 s): far past the bound.
+  ASSERT_TRUE(SetIoTimeout(held->fd(), std::chrono::seconds(20)));
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::byte> buf(64);
+  auto read = held->Read(buf);
+  ASSERT_TRUE(read.ok()) << read.error().ToString();
+  EXPECT_TRUE(read->would_block);
+  auto wrote = held->Write(std::as_bytes(std::span(junk)));
+  ASSERT_TRUE(wrote.ok()) << wrote.error().ToString();
+  EXPECT_TRUE(wrote->would_block);
+  *held = Connection();  // Closes the socket, its last copy.
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_LT(took, std::chrono::seconds(10)) << "the holder waited on the sender's settings";
+  finish = true;
+  EXPECT_EQ(server.Join()[0].error, "");
   ::close(pair[0]);
   ::close(pair[1]);
 }

@@ -7,9 +7,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <poll.h>
+
+#include <chrono>
 #include <cstddef>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "conn/connection_move.h"
@@ -115,6 +119,22 @@ TEST(MovedStateFormat, EveryFieldRoundTrips) {
   ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();
   ExpectSame(original, *parsed);
   EXPECT_EQ(SerializeMovedState(*parsed), bytes);
+}
+
+// The longest linger OffloadOptions accept (kMaxLingerTime) moves; one
+// millisecond more, which ValidateOffloadOptions refuses (options_test.cc),
+// is refused here too: what can be exported can be imported.
+TEST(MovedStateFormat, TheLongestLingerTheOptionsAcceptMoves) {
+  MovedState s = AllFieldsSet();
+  s.linger.time = kMaxLingerTime;
+  auto parsed = ParseMovedState(SerializeMovedState(s));
+  ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();
+  EXPECT_EQ(parsed->linger.time, kMaxLingerTime);
+  s.linger.time += std::chrono::milliseconds(1);
+  auto longer = ParseMovedState(SerializeMovedState(s));
+  ASSERT_FALSE(longer.ok());
+  EXPECT_EQ(longer.error().category, ErrorCategory::kUsage);
+  EXPECT_NE(longer.error().detail.find("linger time of more than a day"), std::string::npos) << longer.error().detail;
 }
 
 TEST(MovedStateFormat, EveryTruncationIsANamedUsageError) {
@@ -321,6 +341,60 @@ TEST(ReceiveConnection, RefusesWrongSendersAndBadMessagesAndClosesWhatCame) {
   auto not_unix = ReceiveConnection(tcp.client.get());
   ASSERT_FALSE(not_unix.ok());
   EXPECT_EQ(not_unix.error().category, ErrorCategory::kUsage);
+}
+
+// A sender that undoes DistrustSocket from its own copy of the socket, as
+// a hostile worker can (reproduced from a review): it sends the socket with
+// only the state's length, waits until the receiver has made it
+// non-blocking with SO_LINGER off, sets SO_LINGER to 30 s again, fills the
+// send buffer (the peer never reads), closes its copy (the receiver's is
+// now the last), then sends a state that is refused. A plain close of the
+// refused socket would wait the 30 s in the kernel, O_NONBLOCK or not;
+// ReceiveConnection must not wait for it, and must still close it (the
+// peer gets a reset: the refused connection is given up).
+TEST(ReceiveConnection, AnUntrustedSenderCannotMakeTheCloseOfARefusedSocketWait) {
+  auto tcp = testing::LoopbackTcpPair();
+  const int small = 4096;
+  ASSERT_EQ(::setsockopt(tcp.server.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+  ASSERT_EQ(::setsockopt(tcp.client.get(), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, pair), 0);
+  const int senders_copy = tcp.client.release();
+  constexpr int kLingerSeconds = 30;
+  std::thread sender([&] {
+    const std::vector<std::byte> length = {std::byte{0}, std::byte{0}, std::byte{0}, std::byte{16}};
+    SendRaw(pair[0], length, senders_copy, 1);
+    // O_NONBLOCK is in the open file description both copies share.
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while ((::fcntl(senders_copy, F_GETFL) & O_NONBLOCK) == 0 && std::chrono::steady_clock::now() < give_up) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    const linger lingering{1, kLingerSeconds};
+    EXPECT_EQ(::setsockopt(senders_copy, SOL_SOCKET, SO_LINGER, &lingering, sizeof(lingering)), 0);
+    std::vector<char> junk(4096, 'x');
+    while (::send(senders_copy, junk.data(), junk.size(), MSG_DONTWAIT | MSG_NOSIGNAL) > 0) {
+    }
+    EXPECT_EQ(errno, EAGAIN) << "the send buffer should be full";
+    ::close(senders_copy);
+    const std::vector<std::byte> not_a_state(16, std::byte{'j'});
+    EXPECT_EQ(::send(pair[0], not_a_state.data(), not_a_state.size(), MSG_NOSIGNAL), 16);
+  });
+  const auto start = std::chrono::steady_clock::now();
+  auto refused = ReceiveConnection(pair[1], {.untrusted_sender = true});
+  const auto took = std::chrono::steady_clock::now() - start;
+  sender.join();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().category, ErrorCategory::kUsage) << refused.error().ToString();
+  // Generous: a loaded machine is slow, but nowhere near the linger.
+  EXPECT_LT(took, std::chrono::seconds(10)) << "ReceiveConnection waited for the sender's SO_LINGER";
+  // Closed, abortively: the peer sees the reset (not the FIN a linger
+  // would queue behind the full buffer).
+  // No events asked: what it has unread does not count, a hang-up does.
+  pollfd peer{tcp.server.get(), 0, 0};
+  ASSERT_EQ(::poll(&peer, 1, 10'000), 1) << "the peer saw no reset: the refused socket is still open";
+  EXPECT_NE(peer.revents & POLLERR, 0) << "a reset, not a FIN: revents " << peer.revents;
+  ::close(pair[0]);
+  ::close(pair[1]);
 }
 
 }  // namespace

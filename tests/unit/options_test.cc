@@ -40,6 +40,11 @@ std::vector<Refusal> Refusals() {
   options = {};
   options.linger.time = std::chrono::milliseconds(-1);
   refusals.push_back({"negative linger", options, "linger.time"});
+  options = {};
+  // Import refuses a state that lingers longer: such a connection could
+  // move out and never in (nor back, when SendConnection fails).
+  options.linger.time = kMaxLingerTime + std::chrono::milliseconds(1);
+  refusals.push_back({"linger longer than a day", options, "linger.time must be at most a day"});
   return refusals;
 }
 

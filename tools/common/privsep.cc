@@ -157,7 +157,9 @@ int ReceiveFd(int sock, char tag) {
     }
   }
   if (n == 1 && got == tag && fds.size() == 1 && (msg.msg_flags & MSG_CTRUNC) == 0) return fds[0];
-  for (int fd : fds) ::close(fd);
+  // The sender may have set them up again since DistrustSocket, from its
+  // own copy: a plain close could wait.
+  for (int fd : fds) CloseWithoutWaiting(fd);
   errno = n < 0 ? errno : EPROTO;
   return -1;
 }
@@ -295,8 +297,11 @@ bool WorkerPool::SpawnHere(std::size_t index, std::string& error) {
 }
 
 Result<void> WorkerPool::Hand(Connection& conn, std::chrono::milliseconds wait_for) {
-  return HandWith([&conn](int sock) { return SendConnection(sock, conn, {.dont_wait = true}); },
-                  [&conn] { return conn.fd() >= 0; }, wait_for);
+  // The worker may set the socket up to make this process's close of its
+  // copy wait (having closed its own first): untrusted_receiver.
+  return HandWith(
+      [&conn](int sock) { return SendConnection(sock, conn, {.dont_wait = true, .untrusted_receiver = true}); },
+      [&conn] { return conn.fd() >= 0; }, wait_for);
 }
 
 Result<void> WorkerPool::HandWith(const Sender& send, const std::function<bool()>& kept,

@@ -77,13 +77,18 @@ std::string WhyNotMovable(const Connection& conn);
 // goes this way to the process that takes over on SIGUSR2.
 // ReceiveFd, like ReceiveConnection with untrusted_sender, makes every
 // descriptor it receives non-blocking with SO_LINGER off (DistrustSocket)
-// before anything else: a worker may send one set to block this process.
+// before anything else: a worker may send one set to block this process;
+// and one it refuses it closes with ktls::CloseWithoutWaiting, as the
+// sender may set it up again from its own copy. The one it returns is the
+// caller's to close the same way (the sender still may).
 bool SendFd(int sock, int fd, char tag);
 int ReceiveFd(int sock, char tag);
 // DistrustSocket: fd, which another process had, made non-blocking with
 // SO_LINGER off, so that nothing this process writes to it or closes on it
 // waits on what that process set (a key holder's rule for every socket a
-// worker handed back, directly or through the previous key holder).
+// worker handed back, directly or through the previous key holder). Both
+// are shared with that process's copy, which can set them again: close
+// such a socket with ktls::CloseWithoutWaiting.
 void DistrustSocket(int fd);
 
 // kRecall: the byte the handshake process writes to a worker's socket when

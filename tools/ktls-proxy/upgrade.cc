@@ -307,7 +307,8 @@ ktls::Result<ReceivedRelay> ReceiveRelay(int sock, uid_t peer_uid, bool backend_
   } else {
     const int fd = tools::ReceiveFd(sock, kBackendTag);
     if (fd < 0) return SysError(errno, "the backend's socket from the other process");
-    relay.backend = Endpoint::Plain(UniqueFd(fd));
+    // The worker keeps its copy: closed here without waiting on it.
+    relay.backend = Endpoint::Plain(UniqueFd(fd, /*shared_with_untrusted=*/true));
     relay.wire_bytes += 1;
   }
   relay.wire_bytes += kHeaderLen;
