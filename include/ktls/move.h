@@ -125,7 +125,7 @@ struct KTLS_API ReceiveConnectionOptions {
   // closed with CloseWithoutWaiting (a reset); and the connection returned
   // never waits on them either: its reads and writes through the kernel
   // pass MSG_DONTWAIT, its Close never lingers blocking, and its socket is
-  // closed on a thread of its own (its ExportedConnection's too). Only
+  // closed as CloseWithoutWaiting closes (its ExportedConnection's too). Only
   // SendFile and the splice calls still follow the shared O_NONBLOCK.
   bool untrusted_sender = false;
 };
@@ -136,12 +136,15 @@ struct KTLS_API ReceiveConnectionOptions {
 // that this close is the socket's last and waits for the peer to take what
 // is unsent. reset (for a connection refused or given up): the close is
 // abortive (SO_LINGER 0: the peer gets a TCP reset, what was unsent is
-// dropped), so it has nothing to wait for. Either way the close is made on
-// a thread of its own (detached), so that no setting the other process
-// makes, even between that setsockopt and the close, makes the caller
-// wait: only that thread would, and a process that exits ends its wait.
-// If no thread can be started, fd is closed on the caller's. Errors are
-// ignored; fd < 0 does nothing.
+// dropped), so it has nothing to wait for. A socket whose SO_LINGER could
+// make the close wait (on, with a timeout) is closed on a thread of its
+// own (detached): only that thread waits, and a process that exits ends
+// its wait. Any other is closed on the caller's thread (no thread for each
+// connection a key holder hands on); what is left is a holder that sets
+// SO_LINGER, and closes its own copy, between this function's getsockopt
+// and its close, two system calls in a row it cannot see. If no thread can
+// be started, fd is closed on the caller's. Errors are ignored; fd < 0
+// does nothing.
 KTLS_API void CloseWithoutWaiting(int fd, bool reset = true) noexcept;
 
 // ReceiveConnection receives one connection that SendConnection sent and

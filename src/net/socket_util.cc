@@ -114,6 +114,19 @@ Result<void> SetNonBlocking(int fd, bool on) {
 
 void CloseOnOwnThread(int fd) noexcept {
   if (fd < 0) return;
+  // Only a lingering close (SO_LINGER on, with a timeout) can wait; with
+  // linger off or abortive, close here and start no thread (one for each
+  // connection a key holder hands to a worker would cost more than the
+  // hand-off). Left: a holder that sets SO_LINGER, and closes its own
+  // copy, between this getsockopt and the close. It cannot see when that
+  // is, and must do both in a window of two system calls in a row.
+  linger current{};
+  socklen_t len = sizeof(current);
+  if (::getsockopt(fd, SOL_SOCKET, SO_LINGER, &current, &len) == 0 &&
+      (current.l_onoff == 0 || current.l_linger == 0)) {
+    ::close(fd);
+    return;
+  }
   try {
     std::thread([fd] { ::close(fd); }).detach();
   } catch (const std::system_error&) {

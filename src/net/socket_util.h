@@ -29,12 +29,13 @@ std::uint16_t PortOf(const sockaddr_storage& addr);
 // SetNonBlocking sets or clears fd's O_NONBLOCK (one ioctl, FIONBIO).
 Result<void> SetNonBlocking(int fd, bool on);
 
-// CloseOnOwnThread closes fd on a thread started for it, so that a close
-// that waits (a socket another process set SO_LINGER on, then closed its
+// CloseOnOwnThread closes fd on a thread started for it when its close
+// could wait (a socket another process set SO_LINGER on, then closed its
 // own copy of: this close is the last, and waits for what is unsent to be
-// taken) makes only that thread wait. A process that exits meanwhile ends
-// the wait (the kernel never lingers for an exiting process). If no thread
-// can be started, fd is closed here.
+// taken), so that only that thread waits; a process that exits meanwhile
+// ends the wait (the kernel never lingers for an exiting process). With
+// SO_LINGER off or abortive (no timeout), or if no thread can be started,
+// fd is closed here.
 void CloseOnOwnThread(int fd) noexcept;
 
 }  // namespace ktls::detail
