@@ -223,8 +223,18 @@ def transfer(tools, port, mode, size, upload_file, backend):
 
 def one_run(name, work, tools, mode, size, blob, upload_file, trace=None):
     backend = Backend(mode, size, blob)
-    port = free_port()
-    proc, pid, log = start_proxy(name, work, tools, port, backend.port, trace)
+    # A port free_port found free can be taken before the proxy listens on
+    # it (a connection's ephemeral port comes from the same range): then
+    # another.
+    for attempt in range(3):
+        port = free_port()
+        try:
+            proc, pid, log = start_proxy(name, work, tools, port, backend.port, trace)
+            break
+        except Failure as e:
+            if "Address already in use" not in str(e) or attempt == 2:
+                backend.close()
+                raise
     try:
         cpu_before = cpu_seconds(pid)
         wall = transfer(tools, port, mode, size, upload_file, backend)
