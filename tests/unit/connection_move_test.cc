@@ -384,7 +384,7 @@ TEST(ReceiveConnection, AnUntrustedSenderCannotMakeTheCloseOfARefusedSocketWait)
   const auto took = std::chrono::steady_clock::now() - start;
   sender.join();
   ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.error().category, ErrorCategory::kUsage) << refused.error().ToString();
+  EXPECT_EQ(refused.error().category, kBadSocket) << refused.error().ToString();
   // Generous: a loaded machine is slow, but nowhere near the linger.
   EXPECT_LT(took, std::chrono::seconds(10)) << "ReceiveConnection waited for the sender's SO_LINGER";
   // Closed, abortively: the peer sees the reset (not the FIN a linger
