@@ -31,8 +31,19 @@ if(KTLS_SANITIZE)
      AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 15)
     add_compile_options(-fno-sanitize=function)
   endif()
+  # UBSan's vptr check makes sure a vtable is readable by writing it to a
+  # pipe it opens. With no descriptor free, which ktls-serve's answer when
+  # descriptors run out and its tests provoke on purpose, that fails, and
+  # it reports every object it then checks as having an invalid vptr. The
+  # check is in inline code every target shares (shared_ptr's), so it
+  # cannot be turned off for those tests alone; ASan still catches a call
+  # on a freed object.
+  if(KTLS_SANITIZE MATCHES "undefined")
+    add_compile_options(-fno-sanitize=vptr)
+  endif()
   message(STATUS "ktls: building with -fsanitize=${KTLS_SANITIZE}")
 endif()
+
 
 # KTLS_BUILD_FUZZERS builds tests/fuzz as libFuzzer binaries. libFuzzer
 # comes with Clang (Debian: clang, libclang-rt-14-dev), so configure with
