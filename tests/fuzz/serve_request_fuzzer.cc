@@ -202,11 +202,16 @@ void CheckResponse(const Tree& tree, const ktls::serve::Request& request, const 
   FUZZ_CHECK(response.file_fd < 0);
   FUZZ_CHECK(response.length == response.text_body.size());
   FUZZ_CHECK((status == http::status::method_not_allowed) == !response.allow.empty());
+  // Host is judged before the method: 400 for an HTTP/1.1 request without
+  // one, or any request with two (RFC 9112 3.2), whatever its method.
+  const std::size_t num_hosts = request.count(http::field::host);
+  const bool bad_host = num_hosts > 1 || (num_hosts == 0 && request.version() >= 11);
+  if (bad_host) FUZZ_CHECK(status == http::status::bad_request);
   if (status == http::status::method_not_allowed) {
     FUZZ_CHECK(!get_or_head);
     FUZZ_CHECK(response.allow == "GET, HEAD");
   } else {
-    FUZZ_CHECK(get_or_head);
+    FUZZ_CHECK(get_or_head || bad_host);
   }
   if (status == http::status::range_not_satisfiable) {
     const std::string_view range = response.content_range;
@@ -234,7 +239,7 @@ void CheckResponse(const Tree& tree, const ktls::serve::Request& request, const 
     FUZZ_CHECK(location_names && target_names && *location_names == *target_names);
   }
   if (status == http::status::uri_too_long) FUZZ_CHECK(target.size() > kMaxTargetLen);
-  if (target.size() > kMaxTargetLen && get_or_head) FUZZ_CHECK(status == http::status::uri_too_long);
+  if (target.size() > kMaxTargetLen && get_or_head && !bad_host) FUZZ_CHECK(status == http::status::uri_too_long);
 }
 
 }  // namespace
